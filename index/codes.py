@@ -1,0 +1,115 @@
+"""Bit layouts of user and item codes, and the search forms that make Hamming distance exact.
+
+A code layout says how a node's representation is stored in a bundle:
+
+- ``float32``: full-precision vectors ``float32 [n, d]`` (the `fp` reference, inner-product search).
+- ``sign1``: one bit per dimension, ``b = 1`` for a positive value; dequantized ``s = 2b - 1``.
+- ``planes2``: two bits per dimension, ``q in {0..3}`` stored as two packed bit planes
+  ``[H | O]`` with ``H = q >> 1`` and ``O = q & 1``; dequantized level ``l = 2q - 3``.
+
+For binary layouts the FAISS index stores a *search form* of every item and queries use a matching
+search form, so that ``score = search_bits - 2 * Hamming(query, item)`` equals the inner product of
+the dequantized codes exactly (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+Packed = npt.NDArray[np.uint8]
+
+
+class CodeLayout(StrEnum):
+    FLOAT32 = "float32"
+    SIGN1 = "sign1"
+    PLANES2 = "planes2"
+
+    @property
+    def is_binary(self) -> bool:
+        return self is not CodeLayout.FLOAT32
+
+    @property
+    def bits_per_dim(self) -> int:
+        return {CodeLayout.FLOAT32: 32, CodeLayout.SIGN1: 1, CodeLayout.PLANES2: 2}[self]
+
+
+def check_dim(layout: CodeLayout, dim: int) -> None:
+    """Binary codes are packed in whole bytes: FAISS needs a bit count divisible by 8."""
+    if dim <= 0:
+        raise ValueError(f"dim must be positive, got {dim}")
+    if layout.is_binary and dim % 8:
+        raise ValueError(f"binary code layouts need dim divisible by 8, got {dim}")
+
+
+def code_width(layout: CodeLayout, dim: int) -> int:
+    """Row width of the stored code array: bytes for binary layouts, floats for ``float32``."""
+    check_dim(layout, dim)
+    return dim if layout is CodeLayout.FLOAT32 else dim * layout.bits_per_dim // 8
+
+
+def pack_bits(bits: npt.NDArray[np.integer] | npt.NDArray[np.bool_]) -> Packed:
+    """Pack a ``{0,1} [n, d]`` matrix into ``uint8 [n, d/8]``, bit j of a row in byte j // 8 (LSB first)."""
+    return np.packbits(np.asarray(bits, dtype=np.uint8), axis=1, bitorder="little")
+
+
+def unpack_bits(packed: Packed, dim: int) -> npt.NDArray[np.uint8]:
+    return np.unpackbits(packed, axis=1, count=dim, bitorder="little")
+
+
+def encode_sign1(values: npt.NDArray[np.floating]) -> Packed:
+    """1-bit codes of real vectors: a bit is set where the value is strictly positive (0 maps to -1)."""
+    return pack_bits(values > 0)
+
+
+def encode_planes2(levels: npt.NDArray[np.integer]) -> Packed:
+    """2-bit codes from integer levels ``q in {0, 1, 2, 3}``, stored as planes ``[H | O]``."""
+    q = np.asarray(levels)
+    if q.size and (q.min() < 0 or q.max() > 3):
+        raise ValueError("2-bit levels must lie in 0..3")
+    q = q.astype(np.uint8)
+    return np.concatenate([pack_bits(q >> 1), pack_bits(q & 1)], axis=1)
+
+
+def _planes(codes: Packed, dim: int) -> tuple[Packed, Packed]:
+    width = dim // 8
+    return codes[:, :width], codes[:, width : 2 * width]
+
+
+def dequantize(codes: npt.NDArray[np.generic], layout: CodeLayout, dim: int) -> npt.NDArray[np.float32]:
+    """The real vectors a code stands for; their inner products are what the index ranks by."""
+    if layout is CodeLayout.FLOAT32:
+        return np.asarray(codes, dtype=np.float32)
+    packed = np.asarray(codes, dtype=np.uint8)
+    if layout is CodeLayout.SIGN1:
+        return unpack_bits(packed, dim).astype(np.float32) * 2.0 - 1.0
+    high, low = _planes(packed, dim)
+    q = unpack_bits(high, dim).astype(np.float32) * 2.0 + unpack_bits(low, dim)
+    return q * 2.0 - 3.0
+
+
+def search_bits(layout: CodeLayout, dim: int) -> int:
+    """Bits per vector in the FAISS binary index (``9d`` for the exact 2-bit form)."""
+    if layout is CodeLayout.SIGN1:
+        return dim
+    if layout is CodeLayout.PLANES2:
+        return 9 * dim
+    raise ValueError(f"{layout} has no binary search form")
+
+
+def item_search_form(codes: Packed, layout: CodeLayout, dim: int) -> Packed:
+    """What the index stores per item: the code itself, or ``[H H H H | H H | O O | O]`` for 2 bits."""
+    if layout is CodeLayout.SIGN1:
+        return np.ascontiguousarray(codes, dtype=np.uint8)
+    high, low = _planes(codes, dim)
+    return np.ascontiguousarray(np.concatenate([high] * 6 + [low] * 3, axis=1))
+
+
+def query_search_form(codes: Packed, layout: CodeLayout, dim: int) -> Packed:
+    """What a query sends: the code itself, or ``[H H H H | O O | H H | O]`` for 2 bits."""
+    if layout is CodeLayout.SIGN1:
+        return np.ascontiguousarray(codes, dtype=np.uint8)
+    high, low = _planes(codes, dim)
+    return np.ascontiguousarray(np.concatenate([high] * 4 + [low] * 2 + [high] * 2 + [low], axis=1))

@@ -1,0 +1,233 @@
+"""Exact Top-K over item codes with FAISS: binary Hamming for low-bit codes, inner product for floats.
+
+FAISS returns the ``k`` nearest codes but neither filters seen items nor breaks ties in a fixed
+order, and low-bit scores tie a lot (64-bit codes have only 65 distinct scores). ``ItemIndex``
+over-fetches, filters, orders by (score desc, item id asc) and widens the fetch until the boundary
+score is no longer shared with items it did not fetch, so results are exact and deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from index.codes import CodeLayout, code_width, item_search_form, query_search_form, search_bits
+from index.hamming import exact_scores
+
+try:
+    import faiss
+except ImportError as error:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "FAISS is not installed: install the project with the `cpu` extra (faiss-cpu) or the `gpu` extra"
+    ) from error
+
+log = logging.getLogger(__name__)
+
+DevicePreference = Literal["auto", "cpu", "gpu"]
+GPU_MAX_K = 2048  # GpuIndexBinaryFlat / GpuIndexFlat refuse larger k
+
+
+class IndexSelfCheckError(RuntimeError):
+    """The index returned wrong results for codes it holds (e.g. a GPU build without code for the card)."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Row q holds query q's items (internal ids, best first) and exact scores; -1 pads short rows."""
+
+    ids: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float32]
+
+
+def gpu_count() -> int:
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+class ItemIndex:
+    """Top-K search over one bundle's items.
+
+    Example::
+
+        index = ItemIndex.build(item_codes, CodeLayout.SIGN1, dim=64)
+        result = index.search(user_codes[:2], k=20, exclude=[seen_0, seen_1])
+    """
+
+    def __init__(self, cpu_index: Any, *, layout: CodeLayout, dim: int, device: DevicePreference = "auto") -> None:
+        self.layout = layout
+        self.dim = dim
+        self._cpu_index = cpu_index
+        self._gpu_index: Any | None = None
+        want_gpu = device == "gpu" or (device == "auto" and gpu_count() > 0)
+        if device == "gpu" and gpu_count() == 0:
+            raise RuntimeError("device=gpu asked for, but FAISS sees no GPU (is faiss-gpu installed?)")
+        if want_gpu:
+            self._gpu_index = self._to_gpu(cpu_index)
+        log.info(
+            "item index ready: %d items, layout %s, d=%d, on %s",
+            self.n_items,
+            layout,
+            dim,
+            "gpu" if self._gpu_index is not None else "cpu",
+        )
+
+    def _to_gpu(self, cpu_index: Any) -> Any:
+        resources = faiss.StandardGpuResources()
+        if self.layout.is_binary:
+            return faiss.GpuIndexBinaryFlat(resources, cpu_index)
+        return faiss.index_cpu_to_gpu(resources, 0, cpu_index)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._gpu_index is not None
+
+    @property
+    def n_items(self) -> int:
+        return int(self._cpu_index.ntotal)
+
+    @classmethod
+    def build(
+        cls,
+        item_codes: npt.NDArray[Any],
+        layout: CodeLayout,
+        dim: int,
+        *,
+        device: DevicePreference = "auto",
+    ) -> ItemIndex:
+        expected = code_width(layout, dim)
+        if item_codes.ndim != 2 or item_codes.shape[1] != expected:
+            raise ValueError(f"item codes must have {expected} columns for {layout} d={dim}, got {item_codes.shape}")
+        if layout.is_binary:
+            cpu_index = faiss.IndexBinaryFlat(search_bits(layout, dim))
+            cpu_index.add(item_search_form(np.asarray(item_codes, np.uint8), layout, dim))
+        else:
+            cpu_index = faiss.IndexFlatIP(dim)
+            cpu_index.add(np.ascontiguousarray(item_codes, dtype=np.float32))
+        return cls(cpu_index, layout=layout, dim=dim, device=device)
+
+    @classmethod
+    def load(cls, path: Path, *, layout: CodeLayout, dim: int, device: DevicePreference = "auto") -> ItemIndex:
+        reader = faiss.read_index_binary if layout.is_binary else faiss.read_index
+        cpu_index = reader(str(path))
+        expected_d = search_bits(layout, dim) if layout.is_binary else dim
+        if cpu_index.d != expected_d:
+            raise ValueError(f"{path}: index has d={cpu_index.d}, the bundle's codes need {expected_d}")
+        return cls(cpu_index, layout=layout, dim=dim, device=device)
+
+    def serialize(self) -> bytes:
+        """The CPU form of the index as bytes (GPU placement is a runtime choice, not a file format)."""
+        if self.layout.is_binary:
+            return bytes(faiss.serialize_index_binary(self._cpu_index).tobytes())
+        return bytes(faiss.serialize_index(self._cpu_index).tobytes())
+
+    def self_check(self, item_codes: npt.NDArray[Any], *, samples: int = 4, k: int = 10) -> None:
+        """Search a few items' own codes and compare with numpy's exact scores; raise if they differ."""
+        if self.n_items == 0:
+            return
+        rows = np.unique(np.linspace(0, self.n_items - 1, num=min(samples, self.n_items)).astype(np.int64))
+        k = min(k, self.n_items)
+        if self.layout.is_binary:
+            stored = item_search_form(np.asarray(item_codes[rows], np.uint8), self.layout, self.dim)
+            distances, _ = self._active_index(k).search(stored, k)
+            if np.any(distances[:, 0] != 0):
+                raise IndexSelfCheckError(
+                    f"an item's own code was not found at Hamming distance 0 (got {distances[:, 0].tolist()})"
+                )
+        expected = np.sort(exact_scores(item_codes[rows], item_codes, self.layout, self.dim), axis=1)[:, ::-1][:, :k]
+        got = self.search(np.asarray(item_codes[rows]), k).scores
+        if not np.allclose(got, expected, rtol=1e-4, atol=1e-3):
+            raise IndexSelfCheckError("index scores disagree with exact scoring of the same codes")
+
+    def _active_index(self, fetch: int) -> Any:
+        if self._gpu_index is not None and fetch <= GPU_MAX_K:
+            return self._gpu_index
+        return self._cpu_index
+
+    def _raw_search(
+        self, queries: npt.NDArray[Any], fetch: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        distances, ids = self._active_index(fetch).search(queries, fetch)
+        if self.layout.is_binary:
+            scores = (search_bits(self.layout, self.dim) - 2 * distances.astype(np.int64)).astype(np.float32)
+        else:
+            scores = distances.astype(np.float32)
+        return ids.astype(np.int64), scores
+
+    def prepare_queries(self, query_codes: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        if query_codes.ndim != 2 or query_codes.shape[1] != code_width(self.layout, self.dim):
+            raise ValueError(f"query codes must be [n, {code_width(self.layout, self.dim)}], got {query_codes.shape}")
+        if self.layout.is_binary:
+            return query_search_form(np.asarray(query_codes, np.uint8), self.layout, self.dim)
+        return np.ascontiguousarray(query_codes, dtype=np.float32)
+
+    def search(
+        self,
+        query_codes: npt.NDArray[Any],
+        k: int,
+        *,
+        exclude: list[npt.NDArray[np.int64]] | None = None,
+    ) -> SearchResult:
+        """Exact top-``k`` items per query, skipping each query's ``exclude`` items; ties by item id."""
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        queries = self.prepare_queries(query_codes)
+        n_queries = queries.shape[0]
+        if exclude is not None and len(exclude) != n_queries:
+            raise ValueError(f"exclude has {len(exclude)} rows for {n_queries} queries")
+        out_ids = np.full((n_queries, k), -1, dtype=np.int64)
+        out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+        n_excluded = np.array([len(e) for e in exclude] if exclude is not None else [0] * n_queries, dtype=np.int64)
+        fetch_per_query = np.minimum(k + n_excluded, self.n_items)
+        pending = np.arange(n_queries)
+        while pending.size and self.n_items:
+            fetch = int(fetch_per_query[pending].max())
+            ids, scores = self._raw_search(queries[pending], fetch)
+            unresolved = []
+            for row, query in enumerate(pending):
+                done = self._finish_row(
+                    ids[row],
+                    scores[row],
+                    exclude[query] if exclude is not None else None,
+                    k,
+                    complete=fetch >= self.n_items,
+                    out_ids=out_ids[query],
+                    out_scores=out_scores[query],
+                )
+                if not done:
+                    unresolved.append(query)
+            pending = np.asarray(unresolved, dtype=np.int64)
+            fetch_per_query[pending] = np.minimum(fetch_per_query[pending] * 2, self.n_items)
+        return SearchResult(ids=out_ids, scores=out_scores)
+
+    @staticmethod
+    def _finish_row(
+        ids: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.float32],
+        excluded: npt.NDArray[np.int64] | None,
+        k: int,
+        *,
+        complete: bool,
+        out_ids: npt.NDArray[np.int64],
+        out_scores: npt.NDArray[np.float32],
+    ) -> bool:
+        """Fill one query's answer if the fetched candidates determine it exactly; else ask for more."""
+        valid = ids >= 0
+        ids, scores = ids[valid], scores[valid]
+        boundary = scores[-1] if scores.size else np.inf
+        if excluded is not None and excluded.size:
+            keep = ~np.isin(ids, excluded)
+            ids, scores = ids[keep], scores[keep]
+        order = np.lexsort((ids, -scores))[:k]
+        ids, scores = ids[order], scores[order]
+        # Items scoring exactly the fetch boundary may have been left out by FAISS: the answer is only
+        # exact when the k-th kept score is strictly above it (or everything was fetched).
+        if not complete and (ids.size < k or scores[-1] <= boundary):
+            return False
+        out_ids[: ids.size] = ids
+        out_scores[: ids.size] = scores
+        return True

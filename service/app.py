@@ -1,0 +1,47 @@
+"""The FastAPI application factory: heavy resources are created in the lifespan, kept on app.state."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from service.recommender import Recommender, ServingModel
+from service.routes import health, recommend
+from service.settings import ServiceSettings, get_settings
+from service.user_codes import UserCodeCache
+
+
+def create_app(settings: ServiceSettings | None = None, *, model: ServingModel | None = None) -> FastAPI:
+    """Build the app; ``model`` may be pre-loaded (the CLI verifies the bundle before binding a port)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        serving = model or ServingModel.load(settings.bundle_root, device=settings.device)
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            max_connections=settings.redis_max_connections,
+        )
+        recommender = Recommender(serving, UserCodeCache(redis, ttl_s=settings.user_code_ttl_s))
+        app.state.settings = settings
+        app.state.recommender = recommender
+        try:
+            yield
+        finally:
+            recommender.close()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="binrec",
+        summary="Top-K recommendations from binary / 2-bit GNN codes by exact Hamming search",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    app.include_router(recommend.build_router(settings))
+    return app

@@ -1,0 +1,58 @@
+"""`recsys-serve`: verify the CURRENT bundle, then serve it with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from index.bundle import BundleError
+from index.item_index import IndexSelfCheckError
+from service.app import create_app
+from service.recommender import ServingModel
+from service.settings import ServiceSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recsys-serve",
+        description="Serve /recommend from a bundle. Every option also reads RECSYS_<NAME> from the environment.",
+    )
+    parser.add_argument(
+        "--bundle-root", type=Path, default=None, help="bundle directory or root with CURRENT (RECSYS_BUNDLE_ROOT)"
+    )
+    parser.add_argument("--host", default=None, help="interface to bind (RECSYS_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port to bind (RECSYS_PORT, default 8000)")
+    parser.add_argument("--redis-url", default=None, help="Redis for user codes (RECSYS_REDIS_URL)")
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "gpu"], default=None, help="where the index runs (RECSYS_DEVICE)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as error:
+        first = error.errors()[0]
+        print(f"recsys-serve: error: setting {first['loc'][0]}: {first['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        model = ServingModel.load(settings.bundle_root, device=settings.device)
+    except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
+        print(f"recsys-serve: error: {error}", file=sys.stderr)
+        return 2
+    app = create_app(settings, model=model)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""GET /recommend: Top-K items for one user."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from service.deps import RecommenderDep
+from service.schemas import Recommendation
+from service.settings import ServiceSettings
+
+USER_ID_PATTERN = r"^[^\s]+$"
+
+
+def build_router(settings: ServiceSettings) -> APIRouter:
+    """Routes whose validation bounds come from settings (``k`` ≤ ``max_k``)."""
+    router = APIRouter(tags=["recommend"])
+
+    @router.get(
+        "/recommend",
+        summary="Top-K items for a user",
+        responses={422: {"description": "a query parameter is missing or out of range; the body names it"}},
+    )
+    async def recommend(
+        recommender: RecommenderDep,
+        user_id: Annotated[
+            str,
+            Query(
+                min_length=1,
+                max_length=256,
+                pattern=USER_ID_PATTERN,
+                description="external user id; unknown users get the popularity fallback",
+            ),
+        ],
+        k: Annotated[int, Query(ge=1, le=settings.max_k, description="number of items")] = settings.default_k,
+        exclude_seen: Annotated[bool, Query(description="leave out items the user was trained on")] = True,
+    ) -> Recommendation:
+        return await recommender.recommend(user_id, k, exclude_seen=exclude_seen)
+
+    return router

@@ -1,0 +1,36 @@
+"""Response bodies of the API (request parameters are declared on the routes)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RecommendedItem(BaseModel):
+    item_id: str = Field(description="external item id, as in the training data")
+    score: float | None = Field(
+        description="exact inner product of the dequantized codes (higher is better); null for popularity fallback"
+    )
+
+
+class Recommendation(BaseModel):
+    user_id: str
+    model_version: str = Field(description="bundle that produced the answer")
+    source: Literal["codes", "popular"] = Field(
+        description="'codes': ranked by the user's code; 'popular': the user is unknown to the model"
+    )
+    items: list[RecommendedItem]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "degraded"] = Field(
+        description="'degraded': serving, but Redis is unreachable and codes come from the bundle"
+    )
+    model_version: str
+    redis: bool
+    index_device: Literal["cpu", "gpu"]

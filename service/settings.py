@@ -1,0 +1,33 @@
+"""Service settings, read from ``RECSYS_*`` environment variables (and nothing at import time)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Every knob of the service; ``RECSYS_BUNDLE_ROOT=/bundles`` sets ``bundle_root`` and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="ignore")
+
+    bundle_root: Path = Field(Path("var/bundles"), description="directory holding bundles and CURRENT")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="where user codes are cached")
+    redis_timeout_s: float = Field(0.1, gt=0, description="per-call Redis timeout; past it the bundle answers")
+    redis_max_connections: int = Field(64, ge=1, description="upper bound of the Redis connection pool")
+    user_code_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="lifetime of a cached user code")
+    host: str = Field("127.0.0.1", description="interface uvicorn binds")
+    port: int = Field(8000, ge=1, le=65535, description="port uvicorn binds")
+    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="where the item index runs")
+    default_k: int = Field(20, ge=1, description="k when a request gives none")
+    max_k: int = Field(1000, ge=1, description="largest k a request may ask for")
+    log_level: str = Field("info", description="uvicorn and application log level")
+
+
+@lru_cache
+def get_settings() -> ServiceSettings:
+    return ServiceSettings()

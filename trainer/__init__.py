@@ -1,0 +1,1 @@
+"""Offline training of quantized LightGCN recommenders and export of servable bundles."""

@@ -1,0 +1,151 @@
+"""`recsys-train`: load a dataset, train one method, export a bundle, print a short result table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from index.bundle import BundleError
+from trainer.data import DatasetError, SyntheticConfig, load_dataset
+from trainer.export import export_bundle
+from trainer.quantizers import QUANTIZERS
+from trainer.train import TrainConfig, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="recsys-train",
+        description="Train a LightGCN recommender with a quantizer and publish a servable bundle.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        default="synthetic",
+        help="'synthetic', a dataset name under --data-dir, or a path (LightGCN folder, .inter or .csv file)",
+    )
+    data.add_argument(
+        "--data-dir", type=Path, default=None, help="where named datasets live (env RECSYS_DATA_DIR, else ./data)"
+    )
+    data.add_argument("--dataset-url", default=None, help="download the named dataset from here if it is not local")
+    data.add_argument("--sha256", default=None, help="expected sha256 of the download (required with --dataset-url)")
+    data.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of each user's train items held out for validation"
+    )
+    data.add_argument("--synthetic-users", type=int, default=SyntheticConfig.n_users, help="synthetic dataset: users")
+    data.add_argument("--synthetic-items", type=int, default=SyntheticConfig.n_items, help="synthetic dataset: items")
+    model = parser.add_argument_group("model")
+    model.add_argument("--method", choices=sorted(QUANTIZERS), default=defaults.method, help="quantization method")
+    model.add_argument(
+        "--dim", type=int, default=defaults.dim, help="embedding size (a multiple of 8 for binary codes)"
+    )
+    model.add_argument("--layers", type=int, default=defaults.layers, help="LightGCN propagation layers K")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
+    optim.add_argument("--batch-size", type=int, default=defaults.batch_size, help="BPR triples per step")
+    optim.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
+    optim.add_argument("--reg", type=float, default=defaults.reg, help="L2 weight on the batch's ego embeddings")
+    optim.add_argument("--eval-every", type=int, default=defaults.eval_every, help="epochs between validations")
+    optim.add_argument(
+        "--patience", type=int, default=defaults.patience, help="validations without gain before stopping"
+    )
+    optim.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
+    optim.add_argument("--seed", type=int, default=defaults.seed, help="seed for init, sampling and the split")
+    optim.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
+    out = parser.add_argument_group("output")
+    out.add_argument("--bundle-root", type=Path, default=Path("var/bundles"), help="bundles are published here")
+    out.add_argument("--no-make-current", action="store_true", help="publish without pointing CURRENT at the bundle")
+    out.add_argument("--checkpoint-dir", type=Path, default=None, help="write resumable checkpoints here")
+    out.add_argument("--resume", action="store_true", help="resume from --checkpoint-dir/last.pt")
+    out.add_argument("--results-json", type=Path, default=None, help="append a result record to this JSON list")
+    return parser
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _append_record(path: Path, record: dict[str, object]) -> None:
+    records = json.loads(path.read_text()) if path.is_file() else []
+    records.append(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=2) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        method=args.method,
+        dim=args.dim,
+        layers=args.layers,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        reg=args.reg,
+        epochs=args.epochs,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        max_minutes=args.max_minutes,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+    )
+    if QUANTIZERS[args.method].layout.is_binary and args.dim % 8:
+        raise ValueError(f"--dim must be a multiple of 8 for binary codes, got {args.dim}")
+    synthetic = SyntheticConfig(n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed)
+    data = load_dataset(
+        args.dataset,
+        data_dir=args.data_dir,
+        url=args.dataset_url,
+        sha256=args.sha256,
+        val_fraction=args.val_fraction,
+        synthetic=synthetic,
+    )
+    logging.getLogger(__name__).info(data.summary())
+    result = train(data, config)
+    report = export_bundle(result, data, config, args.bundle_root, make_current=not args.no_make_current)
+    record: dict[str, object] = {
+        "dataset": data.name,
+        "method": config.method,
+        "bits": result.quantizer.bits,
+        **{k: round(v, 5) for k, v in report.test_served.items()},
+        "bytes_per_node": report.bytes_per_node,
+        "train_seconds": round(result.train_seconds, 1),
+        "best_epoch": result.best_epoch,
+        "peak_gpu_mb": round(result.peak_gpu_mb, 1),
+        "device": result.device,
+        "commit": _commit(),
+        "model_version": report.model_version,
+    }
+    if args.results_json is not None:
+        _append_record(args.results_json, record)
+    print(f"\nbundle: {report.bundle_path}")
+    print(f"{'metric':<12} {'test (served path)':>18}")
+    for name, value in report.test_served.items():
+        print(f"{name:<12} {value:>18.4f}")
+    print(f"{'train s':<12} {result.train_seconds:>18.1f}")
+    print(f"{'device':<12} {result.device:>18}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (DatasetError, BundleError, ValueError) as error:
+        print(f"recsys-train: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""LightGCN: an input layer gives ego embeddings E⁰, propagation averages E⁰…E^K over Â.
+
+The input layer is a module of its own so that compressed inputs (hashing, GNAQ codebooks) can
+replace the embedding table without touching propagation or the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainer.graph import propagate
+
+
+class EmbeddingTable(nn.Module):
+    """The classic O(n·d) ego-embedding table, initialised N(0, 0.1²) as in LightGCN."""
+
+    def __init__(self, n_nodes: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_nodes, dim) * 0.1)
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+    def ego(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Ego embeddings of some nodes, for the L2 regulariser on the batch."""
+        return self.weight[nodes]
+
+
+class LightGCN(nn.Module):
+    """E^(k+1) = Â E^(k); the output is the mean over k = 0..K, split into users and items."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, layers: int, adjacency: torch.Tensor) -> None:
+        super().__init__()
+        self.n_users = n_users
+        self.n_items = n_items
+        self.layers = layers
+        self.inputs = EmbeddingTable(n_users + n_items, dim)
+        self.register_buffer("adjacency", adjacency, persistent=False)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.inputs()
+        total = layer
+        for _ in range(self.layers):
+            layer = propagate(self.adjacency, layer)
+            total = total + layer
+        final = total / (self.layers + 1)
+        return final[: self.n_users], final[self.n_users :]

@@ -1,0 +1,224 @@
+"""The training loop: BPR over full-graph LightGCN propagation, early stopping on validation.
+
+Read top to bottom: a config, a learning step, an evaluation, an explicit loop with checkpoints
+that hold everything needed to resume (model, optimizer, epoch, best metric, config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from trainer.data import Dataset
+from trainer.evaluate import device_metrics
+from trainer.graph import normalized_adjacency, to_torch_sparse
+from trainer.model import LightGCN
+from trainer.quantizers import Quantizer, make_quantizer
+from trainer.sampling import BPRSampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    method: str = "fp"
+    dim: int = 64
+    layers: int = 3
+    lr: float = 1e-3
+    batch_size: int = 2048
+    reg: float = 1e-4
+    epochs: int = 400
+    eval_every: int = 5
+    patience: int = 5
+    select_metric: str = "recall@20"
+    seed: int = 2024
+    device: str = "auto"
+    max_minutes: float | None = None
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class TrainResult:
+    """The selected model and how it was reached (validation curve, timing, memory)."""
+
+    model: LightGCN
+    quantizer: Quantizer
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    peak_gpu_mb: float = 0.0
+    device: str = "cpu"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def bpr_loss(
+    model: LightGCN,
+    quantizer: Quantizer,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    reg: float,
+) -> torch.Tensor:
+    """BPR on the quantized final embeddings plus L2 on the batch's ego embeddings (LightGCN's form)."""
+    user_final, item_final = model()
+    u = quantizer(user_final[users], "user")
+    p = quantizer(item_final[positives], "item")
+    n = quantizer(item_final[negatives], "item")
+    scale = quantizer.score_scale
+    margin = scale * ((u * p).sum(dim=1) - (u * n).sum(dim=1))
+    ranking = F.softplus(-margin).mean()
+    ego = model.inputs.ego(torch.cat([users, positives + model.n_users, negatives + model.n_users]))
+    l2 = 0.5 * ego.pow(2).sum() / users.numel()
+    return ranking + reg * l2
+
+
+@torch.no_grad()
+def encoded_vectors(model: LightGCN, quantizer: Quantizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """What serving scores with: the quantizer's dequantized output of the final embeddings."""
+    model.eval()
+    user_final, item_final = model()
+    result = quantizer(user_final, "user"), quantizer(item_final, "item")
+    model.train()
+    return result
+
+
+def evaluate_valid(model: LightGCN, quantizer: Quantizer, data: Dataset) -> dict[str, float]:
+    users, items = encoded_vectors(model, quantizer)
+    return device_metrics(users, items, data.valid, data.train, integer_scores=quantizer.layout.is_binary)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(data: Dataset, config: TrainConfig) -> TrainResult:
+    """Train with early stopping on validation; return the best model (weights restored)."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    device = pick_device(config.device)
+    adjacency = to_torch_sparse(normalized_adjacency(data.train), device)
+    model = LightGCN(data.n_users, data.n_items, config.dim, config.layers, adjacency).to(device)
+    quantizer = make_quantizer(config.method, config.dim).to(device)
+    optimizer = torch.optim.Adam([*model.parameters(), *quantizer.parameters()], lr=config.lr)
+    sampler = BPRSampler(data.train, device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+
+    start_epoch, best_epoch, best_score, stale = 0, -1, -math.inf, 0
+    best_state: dict[str, Any] | None = None
+    best_valid: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    last_path = config.checkpoint_dir / "last.pt" if config.checkpoint_dir else None
+    if config.resume and last_path is not None and last_path.is_file():
+        checkpoint = torch.load(last_path, map_location=device, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        quantizer.load_state_dict(checkpoint["quantizer"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch, best_epoch, best_score = (
+            checkpoint["epoch"] + 1,
+            checkpoint["best_epoch"],
+            checkpoint["best_score"],
+        )
+        best_state, best_valid, history = checkpoint["best_state"], checkpoint["best_valid"], checkpoint["history"]
+        generator.set_state(checkpoint["generator"].to(generator.get_state().device))
+        log.info("resumed from %s at epoch %d", last_path, start_epoch)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    deadline = started + config.max_minutes * 60 if config.max_minutes else math.inf
+    progress = tqdm(range(start_epoch, config.epochs), desc=f"train {config.method}", unit="epoch", dynamic_ncols=True)
+    for epoch in progress:
+        total = torch.zeros((), device=device)
+        batches = sampler.epoch(config.batch_size, generator)
+        for users, positives, negatives in batches:
+            loss = bpr_loss(model, quantizer, users, positives, negatives, config.reg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        mean_loss = float(total) / len(batches)  # a sync point, once per epoch
+        last_epoch = epoch + 1 == config.epochs or time.perf_counter() > deadline
+        if (epoch + 1) % config.eval_every == 0 or last_epoch:
+            valid = evaluate_valid(model, quantizer, data)
+            elapsed = time.perf_counter() - started
+            history.append({"epoch": epoch, "loss": mean_loss, "seconds": elapsed, **valid})
+            score = valid[config.select_metric]
+            log.info(json.dumps({"event": "valid", "epoch": epoch, "loss": round(mean_loss, 5), **valid}))
+            if score > best_score:
+                best_epoch, best_score, best_valid, stale = epoch, score, valid, 0
+                best_state = {
+                    "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    "quantizer": {k: v.detach().clone() for k, v in quantizer.state_dict().items()},
+                }
+            else:
+                stale += 1
+            progress.set_postfix(loss=f"{mean_loss:.4f}", **{config.select_metric: f"{score:.4f}"}, best=best_epoch)
+            if last_path is not None:
+                _save_checkpoint(
+                    last_path,
+                    {
+                        "config": config.to_json(),
+                        "model": model.state_dict(),
+                        "quantizer": quantizer.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "best_epoch": best_epoch,
+                        "best_score": best_score,
+                        "best_state": best_state,
+                        "best_valid": best_valid,
+                        "history": history,
+                        "generator": generator.get_state(),
+                    },
+                )
+            if stale >= config.patience:
+                log.info("early stop at epoch %d: no %s gain in %d evaluations", epoch, config.select_metric, stale)
+                break
+        if time.perf_counter() > deadline:
+            log.info("stopping at epoch %d: time budget of %.1f min reached", epoch, config.max_minutes)
+            break
+    progress.close()
+    if best_state is not None:
+        model.load_state_dict(best_state["model"])
+        quantizer.load_state_dict(best_state["quantizer"])
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    return TrainResult(
+        model=model,
+        quantizer=quantizer,
+        best_epoch=best_epoch,
+        best_valid=best_valid,
+        history=history,
+        train_seconds=time.perf_counter() - started,
+        peak_gpu_mb=peak,
+        device=device_name(device),
+    )
