@@ -9,6 +9,8 @@
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+# No .git travels to the device: pass the revision in, e.g. RECSYS_COMMIT=$(git rev-parse --short HEAD).
+export RECSYS_COMMIT=${RECSYS_COMMIT:-unknown}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -18,9 +20,9 @@ for spec in "$@"; do
   name=${spec%%:*}
   opts=${spec#*:}
   # shellcheck disable=SC2086
-  ( /usr/bin/time -f "$name wall %e s" python3 -m trainer.cli --dataset "$DATASET" --data-dir .carry/data \
+  ( start=$(date +%s); rc=0; python3 -m trainer.cli --dataset "$DATASET" --data-dir .carry/data \
       --bundle-root "/tmp/bundles/$name" --results-json "$OUT/quality_$name.json" $opts \
-      >"$OUT/$name.log" 2>&1; tail -n 1 "$OUT/$name.log" ) &
+      >"$OUT/$name.log" 2>&1 || rc=$?; echo "$name: exit $rc, wall $(( $(date +%s) - start )) s"; exit $rc ) &
   pids+=($!)
 done
 status=0

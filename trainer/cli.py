@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from index.bundle import BundleError
 from trainer.data import DatasetError, SyntheticConfig, load_dataset
 from trainer.export import export_bundle
 from trainer.quantizers import QUANTIZERS
-from trainer.train import TrainConfig, train
+from trainer.train import TrainConfig, refit, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument(
         "--patience", type=int, default=defaults.patience, help="validations without gain before stopping"
     )
+    optim.add_argument(
+        "--refit",
+        action="store_true",
+        help="after validation picks the epoch count, retrain on train + validation for that many epochs",
+    )
     optim.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
     optim.add_argument("--seed", type=int, default=defaults.seed, help="seed for init, sampling and the split")
     optim.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
@@ -67,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _commit() -> str:
+    """The source revision, for result records; RECSYS_COMMIT wins where no .git travels (GPU machines)."""
+    if os.environ.get("RECSYS_COMMIT"):
+        return os.environ["RECSYS_COMMIT"]
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=5
@@ -112,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.getLogger(__name__).info(data.summary())
     result = train(data, config)
+    if args.refit:
+        result = refit(data, config, result)
     report = export_bundle(result, data, config, args.bundle_root, make_current=not args.no_make_current)
     record: dict[str, object] = {
         "dataset": data.name,
@@ -121,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         "bytes_per_node": report.bytes_per_node,
         "train_seconds": round(result.train_seconds, 1),
         "best_epoch": result.best_epoch,
+        "refit": bool(args.refit),
         "peak_gpu_mb": round(result.peak_gpu_mb, 1),
         "device": result.device,
         "commit": _commit(),

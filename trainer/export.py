@@ -73,6 +73,7 @@ def export_bundle(
     training: dict[str, Any] = {
         "config": config.to_json(),
         "best_epoch": result.best_epoch,
+        "epochs_trained": result.epochs_trained,
         "valid": result.best_valid,
         "train_seconds": round(result.train_seconds, 2),
         "peak_gpu_mb": round(result.peak_gpu_mb, 1),

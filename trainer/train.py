@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -60,6 +61,7 @@ class TrainResult:
     quantizer: Quantizer
     best_epoch: int
     best_valid: dict[str, float]
+    epochs_trained: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
     peak_gpu_mb: float = 0.0
@@ -153,12 +155,16 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         generator.set_state(checkpoint["generator"].to(generator.get_state().device))
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
 
+    # Without validation data (a refit on all training data) the loop runs its epochs and keeps the last.
+    validating = config.eval_every > 0 and data.valid.nnz > 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     deadline = started + config.max_minutes * 60 if config.max_minutes else math.inf
     progress = tqdm(range(start_epoch, config.epochs), desc=f"train {config.method}", unit="epoch", dynamic_ncols=True)
+    epochs_trained = start_epoch
     for epoch in progress:
+        epochs_trained = epoch + 1
         total = torch.zeros((), device=device)
         batches = sampler.epoch(config.batch_size, generator)
         for users, positives, negatives in batches:
@@ -169,7 +175,9 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             total += loss.detach()
         mean_loss = float(total) / len(batches)  # a sync point, once per epoch
         last_epoch = epoch + 1 == config.epochs or time.perf_counter() > deadline
-        if (epoch + 1) % config.eval_every == 0 or last_epoch:
+        if not validating:
+            best_epoch = epoch
+        elif (epoch + 1) % config.eval_every == 0 or last_epoch:
             valid = evaluate_valid(model, quantizer, data)
             elapsed = time.perf_counter() - started
             history.append({"epoch": epoch, "loss": mean_loss, "seconds": elapsed, **valid})
@@ -217,8 +225,33 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         quantizer=quantizer,
         best_epoch=best_epoch,
         best_valid=best_valid,
+        epochs_trained=epochs_trained,
         history=history,
         train_seconds=time.perf_counter() - started,
         peak_gpu_mb=peak,
         device=device_name(device),
+    )
+
+
+def refit(data: Dataset, config: TrainConfig, selected: TrainResult) -> TrainResult:
+    """Retrain on train + validation for the number of epochs validation selected.
+
+    Validation decides *how long* to train; the final model then learns from every training
+    interaction, as a deployed model would. Test data is still touched only once, after this.
+    """
+    empty = sp.csr_matrix(data.valid.shape, dtype=data.valid.dtype)
+    merged = dataclasses.replace(data, train=data.seen(), valid=empty)
+    refit_config = dataclasses.replace(
+        config, epochs=selected.best_epoch + 1, eval_every=0, resume=False, checkpoint_dir=None, max_minutes=None
+    )
+    log.info("refit on train + validation for %d epochs", refit_config.epochs)
+    result = train(merged, refit_config)
+    return dataclasses.replace(
+        result,
+        best_epoch=selected.best_epoch,
+        best_valid=selected.best_valid,
+        history=selected.history,
+        epochs_trained=selected.epochs_trained + result.epochs_trained,
+        train_seconds=selected.train_seconds + result.train_seconds,
+        peak_gpu_mb=max(selected.peak_gpu_mb, result.peak_gpu_mb),
     )

@@ -72,6 +72,8 @@ def load_dataset(
         ds.summary()  # 'gowalla: 29858 users, 40981 items, train ..., valid ..., test 217242'
     """
     started = time.perf_counter()
+    if not spec.strip():
+        raise DatasetError("empty dataset spec: expected 'synthetic', a path, or a dataset name")
     if spec == "synthetic":
         dataset = _synthetic(synthetic or SyntheticConfig(), val_fraction=val_fraction, seed=seed)
     elif Path(spec).exists():
@@ -81,9 +83,10 @@ def load_dataset(
         target = root / spec
         if not target.exists():
             if url is None:
+                source = "the data_dir argument" if data_dir is not None else _data_dir_source()
                 raise DatasetError(
                     f"dataset {spec!r} not found: no such path, and no {target} "
-                    f"(data dir from {'data_dir' if data_dir is not None else _data_dir_source()}); "
+                    f"(data dir from {source}); "
                     f"put the files there, set {DATA_DIR_ENV}, pass a path, or give url= and sha256="
                 )
             download(url, target, sha256=sha256)
