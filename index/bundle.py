@@ -216,7 +216,8 @@ def _read_lines(path: Path) -> list[str]:
 
 def _load_npy(path: Path) -> npt.NDArray[Any]:
     try:
-        return np.load(path, allow_pickle=False)
+        array: npt.NDArray[Any] = np.load(path, allow_pickle=False)
+        return array
     except (ValueError, OSError) as error:
         raise BundleError(f"{path}: not a readable .npy array ({error})") from error
 

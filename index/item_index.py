@@ -102,6 +102,7 @@ class ItemIndex:
         expected = code_width(layout, dim)
         if item_codes.ndim != 2 or item_codes.shape[1] != expected:
             raise ValueError(f"item codes must have {expected} columns for {layout} d={dim}, got {item_codes.shape}")
+        cpu_index: Any
         if layout.is_binary:
             cpu_index = faiss.IndexBinaryFlat(search_bits(layout, dim))
             cpu_index.add(item_search_form(np.asarray(item_codes, np.uint8), layout, dim))

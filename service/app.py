@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
 from service.recommender import Recommender, ServingModel
 from service.routes import health, recommend
 from service.settings import ServiceSettings, get_settings
 from service.user_codes import UserCodeCache
+
+log = logging.getLogger(__name__)
+
+
+async def internal_error(request: Request, error: Exception) -> JSONResponse:
+    """A bug must still answer JSON, never a traceback; the details go to the log."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return JSONResponse(status_code=500, content={"detail": "internal error"})
 
 
 def create_app(settings: ServiceSettings | None = None, *, model: ServingModel | None = None) -> FastAPI:
@@ -42,6 +52,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.add_exception_handler(Exception, internal_error)
     app.include_router(health.router)
     app.include_router(recommend.build_router(settings))
     return app

@@ -40,7 +40,7 @@ class UserCodeCache:
             self.errors += 1
             log.warning("redis get failed, answering from the bundle: %s", error)
             return np.asarray(codes[row])
-        if cached is not None and len(cached) == codes.shape[1] * codes.dtype.itemsize:
+        if isinstance(cached, bytes) and len(cached) == codes.shape[1] * codes.dtype.itemsize:
             self.hits += 1
             return np.frombuffer(cached, dtype=codes.dtype)
         self.misses += 1

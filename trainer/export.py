@@ -103,5 +103,6 @@ def export_bundle(
 
 
 def _bytes_per_node(user_codes: npt.NDArray[Any], item_codes: npt.NDArray[Any]) -> float:
-    rows = user_codes.shape[0] + item_codes.shape[0]
-    return float(user_codes.nbytes + item_codes.nbytes) / rows
+    rows = int(user_codes.shape[0]) + int(item_codes.shape[0])
+    total: int = user_codes.nbytes + item_codes.nbytes
+    return total / rows

@@ -60,5 +60,5 @@ class _SymmetricPropagation(torch.autograd.Function):
 
 def propagate(adjacency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """One LightGCN layer over the symmetric normalised adjacency."""
-    out: torch.Tensor = _SymmetricPropagation.apply(adjacency, x)
+    out: torch.Tensor = _SymmetricPropagation.apply(adjacency, x)  # type: ignore[no-untyped-call]
     return out

@@ -18,7 +18,8 @@ def hit_matrix(
     keys = np.repeat(np.arange(truth.shape[0], dtype=np.int64), counts) * n_items + truth.indices
     queries = users[:, None].astype(np.int64) * n_items + topk
     pos = np.clip(np.searchsorted(keys, queries), 0, max(keys.size - 1, 0))
-    return (keys.size > 0) & (keys[pos] == queries) & (topk >= 0)
+    hits: npt.NDArray[np.bool_] = (keys.size > 0) & (keys[pos] == queries) & (topk >= 0)
+    return hits
 
 
 def ranking_metrics(

@@ -30,6 +30,8 @@ class EmbeddingTable(nn.Module):
 class LightGCN(nn.Module):
     """E^(k+1) = Â E^(k); the output is the mean over k = 0..K, split into users and items."""
 
+    adjacency: torch.Tensor
+
     def __init__(self, n_users: int, n_items: int, dim: int, layers: int, adjacency: torch.Tensor) -> None:
         super().__init__()
         self.n_users = n_users

@@ -48,16 +48,18 @@ class _SignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        return torch.where(x > 0, 1.0, -1.0).to(x.dtype)
+        signs: torch.Tensor = torch.where(x > 0, 1.0, -1.0).to(x.dtype)
+        return signs
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        clipped: torch.Tensor = grad * (x.abs() <= 1).to(grad.dtype)
+        return clipped
 
 
 def sign_ste(x: torch.Tensor) -> torch.Tensor:
-    out: torch.Tensor = _SignSTE.apply(x)
+    out: torch.Tensor = _SignSTE.apply(x)  # type: ignore[no-untyped-call]
     return out
 
 

@@ -30,7 +30,8 @@ class BPRSampler:
     def _is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         queries = users * self.n_items + items
         pos = torch.searchsorted(self.keys, queries).clamp_(max=self.keys.numel() - 1)
-        return self.keys[pos] == queries
+        found: torch.Tensor = self.keys[pos] == queries
+        return found
 
     def negatives(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         items = torch.randint(self.n_items, users.shape, device=self.device, generator=generator)

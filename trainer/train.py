@@ -170,7 +170,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         for users, positives, negatives in batches:
             loss = bpr_loss(model, quantizer, users, positives, negatives, config.reg)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             total += loss.detach()
         mean_loss = float(total) / len(batches)  # a sync point, once per epoch

@@ -1,6 +1,8 @@
-"""GET /recommend: Top-K items for one user."""
+"""GET /recommend: Top-K items for one user.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI must evaluate the `Query` bounds, which close over
+the settings given to `build_router`.
+"""
 
 from typing import Annotated
 

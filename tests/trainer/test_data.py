@@ -113,18 +113,14 @@ MALFORMED = [
     pytest.param("data.csv", "user,item,timestamp\nu1,i1,5\nu1,i2,soon\n", 3, "'soon'", id="csv-timestamp"),
     pytest.param("data.csv", "u1,,3\n", 1, "'u1,,3'", id="csv-empty-id"),
     pytest.param("data.csv", "\n\n", 1, "''", id="csv-empty"),
-    pytest.param(
-        "data.inter", "item_id:token\trating:float\n1\t2\n", 1, "'item_id:token", id="inter-no-user"
-    ),
+    pytest.param("data.inter", "item_id:token\trating:float\n1\t2\n", 1, "'item_id:token", id="inter-no-user"),
     pytest.param("data.inter", "user_id:token\titem_id:token\n1\t2\n1\n", 3, "'1'", id="inter-short-row"),
     pytest.param("data.inter", "", 1, "''", id="inter-empty"),
 ]
 
 
 @pytest.mark.parametrize(("name", "text", "line", "shown"), MALFORMED)
-def test_malformed_file_names_file_and_line(
-    tmp_path: Path, name: str, text: str, line: int, shown: str
-) -> None:
+def test_malformed_file_names_file_and_line(tmp_path: Path, name: str, text: str, line: int, shown: str) -> None:
     path = write(tmp_path / "bad" / name, text)
     if name == "train.txt":
         write(tmp_path / "bad" / "test.txt", "0 1\n")
@@ -177,9 +173,7 @@ def test_synthetic_popularity_is_long_tailed() -> None:
 
 @pytest.mark.parametrize(("affinity", "low", "high"), [(0.8, 0.6, 0.9), (0.0, 0.05, 0.15)])
 def test_synthetic_users_stay_in_their_community(affinity: float, low: float, high: float) -> None:
-    config = SyntheticConfig(
-        n_users=2000, n_items=2000, n_communities=10, community_affinity=affinity, seed=3
-    )
+    config = SyntheticConfig(n_users=2000, n_items=2000, n_communities=10, community_affinity=affinity, seed=3)
     raw = make_synthetic(config)
     latent = latent_structure(config)
     # 80 % of draws are in-community; repeats are likelier there, so fewer distinct items are (~70 %).
@@ -228,9 +222,7 @@ def test_holdout_is_per_user_reproducible_and_order_free() -> None:
     assert not np.array_equal(held, holdout(users, items, fraction=0.1, seed=1))
 
     shuffle = np.random.default_rng(5).permutation(users.size)
-    np.testing.assert_array_equal(
-        held[shuffle], holdout(users[shuffle], items[shuffle], fraction=0.1, seed=2024)
-    )
+    np.testing.assert_array_equal(held[shuffle], holdout(users[shuffle], items[shuffle], fraction=0.1, seed=2024))
 
 
 def test_holdout_with_timestamps_takes_each_users_latest() -> None:
@@ -244,10 +236,7 @@ def test_holdout_with_timestamps_takes_each_users_latest() -> None:
 
 def test_validation_is_carved_from_train(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
-    lines = [
-        f"{u} " + " ".join(map(str, rng.choice(60, size=rng.integers(1, 30), replace=False)))
-        for u in range(80)
-    ]
+    lines = [f"{u} " + " ".join(map(str, rng.choice(60, size=rng.integers(1, 30), replace=False))) for u in range(80)]
     write(tmp_path / "train.txt", "\n".join(lines) + "\n")
     write(tmp_path / "test.txt", "0 1\n")
     original = load_dataset(str(tmp_path), val_fraction=0.0).train

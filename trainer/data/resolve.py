@@ -173,9 +173,7 @@ def _from_pairs(
     users, items, timestamps = _dedupe(users, items, timestamps, shape[1])
     in_test = holdout(users, items, fraction=TEST_FRACTION, seed=TEST_SPLIT_SEED, timestamps=timestamps)
     test = _matrix(users[in_test], items[in_test], shape)
-    return _with_validation(
-        name, user_ids, item_ids, users[~in_test], items[~in_test], test, val_fraction, seed
-    )
+    return _with_validation(name, user_ids, item_ids, users[~in_test], items[~in_test], test, val_fraction, seed)
 
 
 def _with_validation(

@@ -54,9 +54,7 @@ class SyntheticConfig:
         if self.n_items < MIN_ITEMS_PER_USER:
             raise ValueError(f"n_items must be >= {MIN_ITEMS_PER_USER}, got {self.n_items}")
         if self.mean_items_per_user < MIN_ITEMS_PER_USER:
-            raise ValueError(
-                f"mean_items_per_user must be >= {MIN_ITEMS_PER_USER}, got {self.mean_items_per_user}"
-            )
+            raise ValueError(f"mean_items_per_user must be >= {MIN_ITEMS_PER_USER}, got {self.mean_items_per_user}")
         if self.n_communities < 1:
             raise ValueError(f"n_communities must be >= 1, got {self.n_communities}")
         if not 0.0 <= self.community_affinity <= 1.0:
@@ -104,9 +102,7 @@ class _Sampler:
         uniform = rng.random(n)
         own = (rng.random(n) < affinity) & (self.mass[communities] > 0)
         anywhere = np.searchsorted(self.global_cumulative, uniform * self.global_cumulative[-1], side="right")
-        items: npt.NDArray[np.int64] = np.minimum(anywhere, self.global_cumulative.shape[0] - 1).astype(
-            np.int64
-        )
+        items: npt.NDArray[np.int64] = np.minimum(anywhere, self.global_cumulative.shape[0] - 1).astype(np.int64)
         c = communities[own]
         target = self.mass_start[c] + uniform[own] * self.mass[c]
         position = np.searchsorted(self.cumulative, target, side="right")

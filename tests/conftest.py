@@ -1,0 +1,97 @@
+"""Shared fixtures: a real redis-server on a free port, and a small trained bundle."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from trainer.data import Dataset, SyntheticConfig, load_dataset
+from trainer.export import ExportReport, export_bundle
+from trainer.train import TrainConfig, train
+
+TINY = SyntheticConfig(n_users=300, n_items=400, mean_items_per_user=20, n_communities=8, seed=7)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run the README's test command, which installs it")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis(port=port, socket_connect_timeout=0.2).ping():
+                return process
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"redis-server did not answer on port {port}")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    port = free_port()
+    process = start_redis(port)
+    yield RedisServer(process, port)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> Dataset:
+    return load_dataset("synthetic", synthetic=TINY)
+
+
+@dataclass(frozen=True)
+class TrainedBundle:
+    root: Path
+    report: ExportReport
+    data: Dataset
+
+
+def train_bundle(data: Dataset, root: Path, method: str, epochs: int = 15) -> TrainedBundle:
+    config = TrainConfig(method=method, dim=32, epochs=epochs, batch_size=1024, lr=5e-3, eval_every=5, device="cpu")
+    report = export_bundle(train(data, config), data, config, root)
+    return TrainedBundle(root, report, data)
+
+
+@pytest.fixture(scope="session")
+def ste_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> TrainedBundle:
+    return train_bundle(tiny_data, tmp_path_factory.mktemp("bundles-ste"), "ste")
+
+
+@pytest.fixture(scope="session")
+def fp_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> TrainedBundle:
+    return train_bundle(tiny_data, tmp_path_factory.mktemp("bundles-fp"), "fp")

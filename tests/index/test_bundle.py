@@ -1,0 +1,120 @@
+"""Bundles round-trip, publish atomically, and a damaged bundle is refused with the file named."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from index.bundle import CURRENT, MANIFEST, Bundle, BundleContent, BundleError, publish_bundle, set_current
+from index.codes import CodeLayout, encode_sign1
+
+
+def content(version: str = "v1", n_users: int = 5, n_items: int = 7, dim: int = 16) -> BundleContent:
+    rng = np.random.default_rng(0)
+    seen = sp.csr_matrix((np.ones(3), ([0, 0, 2], [1, 4, 6])), shape=(n_users, n_items))
+    return BundleContent(
+        model_version=version,
+        dataset="toy",
+        method="ste",
+        bits=1,
+        dim=dim,
+        code_layout=CodeLayout.SIGN1,
+        user_codes=encode_sign1(rng.standard_normal((n_users, dim))),
+        item_codes=encode_sign1(rng.standard_normal((n_items, dim))),
+        user_ids=[f"u{i}" for i in range(n_users)],
+        item_ids=[f"i{i}" for i in range(n_items)],
+        seen=seen,
+        popular=np.arange(n_items, dtype=np.int64)[::-1].copy(),
+        metrics={"recall@20": 0.5},
+    )
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    original = content()
+    path = publish_bundle(tmp_path, original)
+    assert (tmp_path / CURRENT).read_text().strip() == "v1"
+    bundle = Bundle.load(tmp_path)
+    assert bundle.path == path
+    np.testing.assert_array_equal(bundle.user_codes, original.user_codes)
+    np.testing.assert_array_equal(bundle.item_codes, original.item_codes)
+    assert bundle.user_ids == original.user_ids and bundle.item_ids == original.item_ids
+    assert bundle.user_row("u2") == 2 and bundle.user_row("nobody") is None
+    np.testing.assert_array_equal(bundle.seen_items(0), [1, 4])
+    np.testing.assert_array_equal(bundle.popular, original.popular)
+    assert bundle.manifest.metrics == {"recall@20": 0.5}
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_republishing_a_version_is_refused(tmp_path: Path) -> None:
+    publish_bundle(tmp_path, content())
+    with pytest.raises(BundleError, match="already exists"):
+        publish_bundle(tmp_path, content())
+
+
+def test_invalid_content_leaves_nothing_behind(tmp_path: Path) -> None:
+    publish_bundle(tmp_path, content("good"))
+    bad = content("bad")
+    bad = BundleContent(**{**bad.__dict__, "item_codes": bad.item_codes[:, :1]})
+    with pytest.raises(ValueError, match="item codes"):
+        publish_bundle(tmp_path, bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CURRENT, "good"]
+    assert Bundle.load(tmp_path).manifest.model_version == "good"
+
+
+@pytest.mark.parametrize("victim", ["item_codes.npy", "user_ids.txt", "seen.npz", "popular.npy"])
+def test_a_corrupted_file_is_refused_naming_it(tmp_path: Path, victim: str) -> None:
+    path = publish_bundle(tmp_path, content())
+    data = bytearray((path / victim).read_bytes())
+    data[-1] ^= 0xFF
+    (path / victim).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"{victim}: checksum mismatch"):
+        Bundle.load(tmp_path)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path, content())
+    os.remove(path / "user_codes.npy")
+    with pytest.raises(BundleError, match="user_codes.npy: missing"):
+        Bundle.load(path)
+
+
+def test_a_half_written_manifest_is_refused(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path, content())
+    text = (path / MANIFEST).read_text()
+    (path / MANIFEST).write_text(text[: len(text) // 2])
+    with pytest.raises(BundleError, match="manifest.json: invalid manifest"):
+        Bundle.load(path)
+
+
+def test_consistent_checksums_but_wrong_shapes_are_refused(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path, content())
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["n_items"] = 8  # says 8 items, the files hold 7
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"item_codes.npy: expected uint8 \[8, 2\]"):
+        Bundle.load(path)
+
+
+def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path, content())
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["format_version"] = 99
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format version 99"):
+        Bundle.load(path)
+
+
+def test_current_must_name_a_published_bundle(tmp_path: Path) -> None:
+    publish_bundle(tmp_path, content())
+    with pytest.raises(BundleError, match="no published bundle"):
+        set_current(tmp_path, "v2")
+    (tmp_path / CURRENT).write_text("../elsewhere\n")
+    with pytest.raises(BundleError, match="expected a bundle name"):
+        Bundle.load(tmp_path)
+    with pytest.raises(BundleError, match="neither a bundle"):
+        Bundle.load(tmp_path / "missing")

@@ -1,0 +1,62 @@
+"""The Hamming path must equal the float inner product of dequantized codes, for 1 and 2 bits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from index.codes import CodeLayout, dequantize, encode_planes2, encode_sign1, unpack_bits
+from index.hamming import exact_scores
+from index.item_index import ItemIndex
+
+
+def random_codes(layout: CodeLayout, rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    if layout is CodeLayout.SIGN1:
+        return encode_sign1(rng.standard_normal((n, dim)))
+    return encode_planes2(rng.integers(0, 4, size=(n, dim)))
+
+
+@pytest.mark.parametrize("layout", [CodeLayout.SIGN1, CodeLayout.PLANES2])
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dim=st.sampled_from([8, 16, 64, 72]),
+    n_items=st.integers(1, 60),
+    n_users=st.integers(1, 6),
+)
+def test_faiss_hamming_scores_equal_dequantized_matmul(
+    layout: CodeLayout, seed: int, dim: int, n_items: int, n_users: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    items = random_codes(layout, rng, n_items, dim)
+    users = random_codes(layout, rng, n_users, dim)
+    expected = dequantize(users, layout, dim) @ dequantize(items, layout, dim).T
+
+    np.testing.assert_array_equal(exact_scores(users, items, layout, dim), expected)
+    result = ItemIndex.build(items, layout, dim, device="cpu").search(users, n_items)
+    for row in range(n_users):
+        order = np.lexsort((np.arange(n_items), -expected[row]))
+        np.testing.assert_array_equal(result.ids[row], order)
+        np.testing.assert_array_equal(result.scores[row], expected[row, order])
+
+
+def test_sign_codes_round_trip_and_zero_is_negative() -> None:
+    values = np.array([[0.5, -0.1, 0.0, 2.0, -3.0, 1e-9, -1e-9, 0.0]])
+    np.testing.assert_array_equal(
+        dequantize(encode_sign1(values), CodeLayout.SIGN1, 8), [[1, -1, -1, 1, -1, 1, -1, -1]]
+    )
+
+
+def test_two_bit_levels_decode_to_odd_integers() -> None:
+    levels = np.array([[0, 1, 2, 3, 3, 2, 1, 0]])
+    codes = encode_planes2(levels)
+    assert codes.shape == (1, 2)
+    np.testing.assert_array_equal(unpack_bits(codes[:, :1], 8)[0], levels[0] >> 1)
+    np.testing.assert_array_equal(dequantize(codes, CodeLayout.PLANES2, 8), 2 * levels - 3)
+
+
+def test_two_bit_levels_out_of_range_are_refused() -> None:
+    with pytest.raises(ValueError, match="0..3"):
+        encode_planes2(np.array([[4, 0, 0, 0, 0, 0, 0, 0]]))

@@ -1,0 +1,83 @@
+"""ItemIndex: exact top-k with ties by id, seen-item exclusion, serialisation and the self-check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index.codes import CodeLayout, dequantize, encode_planes2, encode_sign1
+from index.item_index import IndexSelfCheckError, ItemIndex
+
+
+def brute_force(users: np.ndarray, items: np.ndarray, layout: CodeLayout, dim: int, k: int, exclude: list[np.ndarray]):
+    scores = dequantize(users, layout, dim) @ dequantize(items, layout, dim).T
+    out = []
+    for row, excluded in enumerate(exclude):
+        s = scores[row].copy()
+        s[excluded] = -np.inf
+        order = np.lexsort((np.arange(items.shape[0]), -s))[:k]
+        out.append(order[np.isfinite(s[order])])
+    return out
+
+
+@pytest.mark.parametrize("layout", [CodeLayout.SIGN1, CodeLayout.PLANES2, CodeLayout.FLOAT32])
+def test_search_matches_brute_force_with_exclusions(layout: CodeLayout) -> None:
+    rng = np.random.default_rng(3)
+    dim, n_items = 16, 700
+    if layout is CodeLayout.FLOAT32:
+        items = rng.standard_normal((n_items, dim)).astype(np.float32)
+        users = rng.standard_normal((9, dim)).astype(np.float32)
+    elif layout is CodeLayout.SIGN1:
+        items, users = encode_sign1(rng.standard_normal((n_items, dim))), encode_sign1(rng.standard_normal((9, dim)))
+    else:
+        items = encode_planes2(rng.integers(0, 4, (n_items, dim)))
+        users = encode_planes2(rng.integers(0, 4, (9, dim)))
+    exclude = [rng.choice(n_items, size=rng.integers(0, 300), replace=False).astype(np.int64) for _ in range(9)]
+    index = ItemIndex.build(items, layout, dim, device="cpu")
+    result = index.search(users, 25, exclude=exclude)
+    for row, expected in enumerate(brute_force(users, items, layout, dim, 25, exclude)):
+        np.testing.assert_array_equal(result.ids[row], expected)
+        assert not np.isin(result.ids[row], exclude[row]).any()
+
+
+def test_heavy_ties_are_broken_by_item_id() -> None:
+    # 8-bit codes over 2,000 items: every score is shared by hundreds of items.
+    rng = np.random.default_rng(0)
+    items = encode_sign1(rng.standard_normal((2000, 8)))
+    user = encode_sign1(rng.standard_normal((1, 8)))
+    result = ItemIndex.build(items, CodeLayout.SIGN1, 8, device="cpu").search(user, 50)
+    expected = brute_force(user, items, CodeLayout.SIGN1, 8, 50, [np.empty(0, np.int64)])[0]
+    np.testing.assert_array_equal(result.ids[0], expected)
+
+
+def test_k_larger_than_catalogue_pads_with_minus_one() -> None:
+    items = encode_sign1(np.eye(8) - 0.5)
+    result = ItemIndex.build(items, CodeLayout.SIGN1, 8, device="cpu").search(items[:1], 12, exclude=[np.array([0])])
+    assert (result.ids[0, :7] >= 0).all() and (result.ids[0, 7:] == -1).all()
+    assert 0 not in result.ids[0]
+
+
+def test_serialised_index_round_trips(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    items = encode_sign1(rng.standard_normal((100, 24)))
+    index = ItemIndex.build(items, CodeLayout.SIGN1, 24, device="cpu")
+    path = tmp_path / "index.faiss"
+    path.write_bytes(index.serialize())
+    loaded = ItemIndex.load(path, layout=CodeLayout.SIGN1, dim=24, device="cpu")
+    loaded.self_check(items)
+    np.testing.assert_array_equal(loaded.search(items[:5], 10).ids, index.search(items[:5], 10).ids)
+
+
+def test_self_check_catches_an_index_that_returns_wrong_codes() -> None:
+    rng = np.random.default_rng(2)
+    items = encode_sign1(rng.standard_normal((50, 16)))
+    other = encode_sign1(rng.standard_normal((50, 16)))
+    index = ItemIndex.build(other, CodeLayout.SIGN1, 16, device="cpu")
+    with pytest.raises(IndexSelfCheckError):
+        index.self_check(items)
+
+
+def test_wrong_code_width_is_refused() -> None:
+    index = ItemIndex.build(encode_sign1(np.ones((4, 16))), CodeLayout.SIGN1, 16, device="cpu")
+    with pytest.raises(ValueError, match="query codes"):
+        index.search(np.zeros((1, 3), np.uint8), 2)

@@ -1,0 +1,160 @@
+"""End to end: a trained bundle, its index built by the CLI, a real uvicorn server and a real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from index.bundle import Bundle
+from index.cli import main as index_main
+from service.app import create_app
+from service.settings import ServiceSettings
+from service.user_codes import user_code_key
+from tests.conftest import RedisServer, TrainedBundle, free_port
+
+
+@contextmanager
+def running_service(settings: ServiceSettings) -> Iterator[str]:
+    """Serve the app with uvicorn in a thread; yield its base URL once it accepts requests."""
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def indexed_bundle(ste_bundle: TrainedBundle) -> TrainedBundle:
+    assert index_main(["build", "--bundle-root", str(ste_bundle.root), "--device", "cpu"]) == 0
+    assert Bundle.load(ste_bundle.root).index_path is not None
+    return ste_bundle
+
+
+@pytest.fixture(scope="module")
+def service(indexed_bundle: TrainedBundle, redis_server: RedisServer) -> Iterator[str]:
+    settings = ServiceSettings(
+        bundle_root=indexed_bundle.root, redis_url=redis_server.url, port=free_port(), device="cpu"
+    )
+    with running_service(settings) as url:
+        yield url
+
+
+def a_user_with_history(data) -> tuple[str, set[str]]:
+    seen = data.seen()
+    row = int(np.argmax(np.diff(seen.indptr)))
+    items = {data.item_ids[i] for i in seen.indices[seen.indptr[row] : seen.indptr[row + 1]]}
+    return data.user_ids[row], items
+
+
+def test_recommend_returns_unseen_items_from_codes(service: str, indexed_bundle: TrainedBundle) -> None:
+    user, history = a_user_with_history(indexed_bundle.data)
+    response = httpx.get(f"{service}/recommend", params={"user_id": user, "k": 15})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["source"] == "codes"
+    assert body["model_version"] == indexed_bundle.report.model_version
+    items = [item["item_id"] for item in body["items"]]
+    assert len(items) == 15 and len(set(items)) == 15
+    assert not set(items) & history
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_exclude_seen_false_may_return_history(service: str, indexed_bundle: TrainedBundle) -> None:
+    user, history = a_user_with_history(indexed_bundle.data)
+    body = httpx.get(f"{service}/recommend", params={"user_id": user, "k": 400, "exclude_seen": "false"}).json()
+    assert history <= {item["item_id"] for item in body["items"]}
+
+
+def test_user_codes_are_cached_in_redis_under_the_model_version(
+    service: str, indexed_bundle: TrainedBundle, redis_server: RedisServer
+) -> None:
+    user = indexed_bundle.data.user_ids[3]
+    key = user_code_key(indexed_bundle.report.model_version, user)
+    redis_server.client().delete(key)
+    assert httpx.get(f"{service}/recommend", params={"user_id": user}).status_code == 200
+    cached = redis_server.client().get(key)
+    bundle = Bundle.load(indexed_bundle.root)
+    assert cached == bundle.user_codes[bundle.user_row(user)].tobytes()
+    # A second request is served from the cache and answers the same.
+    first = httpx.get(f"{service}/recommend", params={"user_id": user}).json()
+    second = httpx.get(f"{service}/recommend", params={"user_id": user}).json()
+    assert first == second
+
+
+def test_unknown_user_gets_popular_items(service: str, indexed_bundle: TrainedBundle) -> None:
+    body = httpx.get(f"{service}/recommend", params={"user_id": "never-seen", "k": 5}).json()
+    assert body["source"] == "popular"
+    bundle = Bundle.load(indexed_bundle.root)
+    assert [i["item_id"] for i in body["items"]] == [bundle.item_ids[r] for r in bundle.popular[:5]]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"k": 5}, "user_id"),
+        ({"user_id": "u1", "k": 0}, "k"),
+        ({"user_id": "u1", "k": -3}, "k"),
+        ({"user_id": "u1", "k": 1001}, "k"),
+        ({"user_id": "u1", "k": "many"}, "k"),
+        ({"user_id": ""}, "user_id"),
+        ({"user_id": "has space"}, "user_id"),
+        ({"user_id": "u1", "exclude_seen": "perhaps"}, "exclude_seen"),
+    ],
+)
+def test_bad_input_gets_422_naming_the_field(service: str, params: dict[str, object], field: str) -> None:
+    response = httpx.get(f"{service}/recommend", params=params)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/json"
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", field]]
+
+
+def test_health_and_readiness(service: str, indexed_bundle: TrainedBundle) -> None:
+    assert httpx.get(f"{service}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{service}/readyz").json()
+    assert ready == {
+        "status": "ready",
+        "model_version": indexed_bundle.report.model_version,
+        "redis": True,
+        "index_device": "cpu",
+    }
+
+
+def test_redis_down_degrades_but_still_answers(indexed_bundle: TrainedBundle) -> None:
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    settings = ServiceSettings(bundle_root=indexed_bundle.root, redis_url=dead_redis, port=free_port(), device="cpu")
+    user, history = a_user_with_history(indexed_bundle.data)
+    with running_service(settings) as url:
+        assert httpx.get(f"{url}/readyz").json()["status"] == "degraded"
+        response = httpx.get(f"{url}/recommend", params={"user_id": user, "k": 10})
+        assert response.status_code == 200
+        assert response.json()["source"] == "codes"
+        assert not {item["item_id"] for item in response.json()["items"]} & history
+
+
+def test_openapi_documents_the_recommend_parameters(service: str) -> None:
+    spec = httpx.get(f"{service}/openapi.json").json()
+    names = {p["name"] for p in spec["paths"]["/recommend"]["get"]["parameters"]}
+    assert names == {"user_id", "k", "exclude_seen"}
+
+
+def test_served_bundle_is_the_one_in_current(indexed_bundle: TrainedBundle) -> None:
+    assert Path(indexed_bundle.report.bundle_path).parent == indexed_bundle.root

@@ -1,0 +1,52 @@
+"""recsys-train as a user runs it: bad input is one readable line and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from index.bundle import Bundle
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_malformed_dataset_is_one_line_naming_file_and_line(tmp_path: Path) -> None:
+    data = tmp_path / "broken"
+    data.mkdir()
+    (data / "train.txt").write_text("0 1 2\n1 x 3\n")
+    (data / "test.txt").write_text("0 3\n")
+    result = run_cli("--dataset", str(data), "--bundle-root", str(tmp_path / "b"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "train.txt:2" in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_binary_methods_need_a_dimension_divisible_by_8(tmp_path: Path) -> None:
+    result = run_cli("--method", "ste", "--dim", "12", "--bundle-root", str(tmp_path / "b"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "recsys-train: error: --dim must be a multiple of 8 for binary codes, got 12"
+
+
+def test_missing_named_dataset_says_where_it_looked(tmp_path: Path) -> None:
+    result = run_cli("--dataset", "nope", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("recsys-train: error:") and str(tmp_path) in result.stderr
+
+
+def test_trains_and_publishes_a_bundle(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    result = run_cli(
+        "--epochs", "2", "--eval-every", "1", "--synthetic-users", "200", "--synthetic-items", "300",
+        "--method", "ste", "--dim", "16", "--bundle-root", str(tmp_path / "b"), "--results-json", str(results),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    bundle = Bundle.load(tmp_path / "b")
+    assert bundle.manifest.method == "ste" and bundle.manifest.n_users == 200
+    assert "recall@20" in result.stdout and '"recall@20"' in results.read_text()

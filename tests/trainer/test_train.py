@@ -1,0 +1,72 @@
+"""Training learns, the served path reproduces the device path, checkpoints resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.bundle import Bundle
+from index.item_index import ItemIndex
+from tests.conftest import TrainedBundle
+from trainer.data import Dataset
+from trainer.evaluate import served_path_metrics
+from trainer.metrics import ranking_metrics
+from trainer.train import TrainConfig, refit, train
+
+
+def popularity_recall(data: Dataset) -> float:
+    seen = data.seen()
+    counts = np.bincount(seen.indices, minlength=data.n_items)
+    users = np.flatnonzero(np.diff(data.test.indptr) > 0)
+    topk = []
+    for user in users:
+        order = np.lexsort((np.arange(data.n_items), -counts))
+        order = order[~np.isin(order, seen.indices[seen.indptr[user] : seen.indptr[user + 1]])]
+        topk.append(order[:50])
+    return ranking_metrics(np.array(topk), users, data.test)["recall@20"]
+
+
+@pytest.mark.parametrize("bundle_name", ["fp_bundle", "ste_bundle"])
+def test_trained_models_beat_popularity(bundle_name: str, request: pytest.FixtureRequest) -> None:
+    trained: TrainedBundle = request.getfixturevalue(bundle_name)
+    assert trained.report.test_served["recall@20"] > 1.2 * popularity_recall(trained.data)
+
+
+@pytest.mark.parametrize("bundle_name", ["fp_bundle", "ste_bundle"])
+def test_exported_codes_rescored_give_the_same_metrics(bundle_name: str, request: pytest.FixtureRequest) -> None:
+    trained: TrainedBundle = request.getfixturevalue(bundle_name)
+    bundle = Bundle.load(trained.root)
+    index = ItemIndex.build(bundle.item_codes, bundle.layout, bundle.dim, device="cpu")
+    again = served_path_metrics(
+        bundle.user_codes,
+        bundle.item_codes,
+        bundle.layout,
+        bundle.dim,
+        trained.data.test,
+        trained.data.seen(),
+        index=index,
+    )
+    assert again == bundle.manifest.metrics
+    tolerance = 1e-12 if bundle.layout.is_binary else 1e-4  # binary: same rankings, mean in another order
+    for name, value in trained.report.test_device.items():
+        assert again[name] == pytest.approx(value, abs=tolerance)
+
+
+def test_checkpoint_resume_continues_where_it_stopped(tmp_path: Path, tiny_data: Dataset) -> None:
+    base = TrainConfig(method="ste", dim=16, batch_size=2048, eval_every=2, device="cpu", checkpoint_dir=tmp_path)
+    first = train(tiny_data, TrainConfig(**{**base.__dict__, "epochs": 4}))
+    assert (tmp_path / "last.pt").is_file()
+    resumed = train(tiny_data, TrainConfig(**{**base.__dict__, "epochs": 6, "resume": True}))
+    assert [h["epoch"] for h in resumed.history] == [1, 3, 5]
+    assert resumed.history[:2] == first.history
+    assert resumed.epochs_trained == 6
+
+
+def test_refit_trains_the_selected_number_of_epochs_on_all_training_data(tiny_data: Dataset) -> None:
+    config = TrainConfig(method="fp", dim=16, epochs=4, eval_every=2, batch_size=2048, device="cpu")
+    selected = train(tiny_data, config)
+    final = refit(tiny_data, config, selected)
+    assert final.best_epoch == selected.best_epoch
+    assert final.epochs_trained == selected.epochs_trained + selected.best_epoch + 1
