@@ -1,0 +1,115 @@
+# syntax=docker/dockerfile:1
+#
+# Images of the recommender, built from one Dockerfile:
+#
+#   docker build -t binrec-api .                        # default target: the service (faiss-cpu, no torch)
+#   docker build -t binrec-trainer --target trainer .   # trainer + indexer (CPU torch)
+#
+# Builder stages install dependencies into /opt/venv; the runtime stages copy only that venv, so
+# compilers, pip caches and sources stay out of the images. Dependencies are installed from
+# pyproject.toml alone, before any code is copied: editing code rebuilds one small wheel, not torch.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+
+# --- requirements: dependency lists read from pyproject.toml (no code needed) ---------------------
+FROM base AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python - <<'EOF'
+import tomllib
+from pathlib import Path
+
+project = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))["project"]
+extras = project["optional-dependencies"]
+out = Path("/requirements")
+out.mkdir()
+(out / "api.txt").write_text("\n".join(project["dependencies"] + extras["cpu"]) + "\n", encoding="utf-8")
+(out / "train.txt").write_text("\n".join(extras["train"]) + "\n", encoding="utf-8")
+EOF
+
+
+# --- wheel: the project itself, built once for both targets --------------------------------------
+FROM base AS wheel
+WORKDIR /src
+# README.m[d]: the readme is package metadata, but the build must not fail without it.
+COPY pyproject.toml README.m[d] ./
+COPY trainer/ trainer/
+COPY index/ index/
+COPY service/ service/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip wheel --no-deps --wheel-dir /wheels .
+
+
+# --- builders: a venv with the dependencies of .[cpu] (api) and .[cpu,train] (trainer) ------------
+FROM base AS builder-api
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# One list per layer: COPY is cached by content, so a change to the `train` extra alone leaves this
+# layer (and torch below) cached.
+COPY --from=requirements /requirements/api.txt /requirements/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install -r /requirements/api.txt
+
+FROM builder-api AS builder-trainer
+# From PyPI, torch for Linux pulls the CUDA build (several GB of nvidia-* wheels); the CPU wheel
+# index keeps the image small. Set TORCH_INDEX_URL="" to use the default index (or a mirror).
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# hadolint ignore=DL3013
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
+# The `train` extra asks for torch>=2.4, which the CPU build above already satisfies.
+COPY --from=requirements /requirements/train.txt /requirements/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install -r /requirements/train.txt
+
+# The project goes in last and without dependencies: they are all in the layers above.
+FROM builder-api AS install-api
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-deps /wheels/*.whl
+
+FROM builder-trainer AS install-trainer
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-deps /wheels/*.whl
+
+
+# --- runtime: shared by both targets --------------------------------------------------------------
+FROM base AS runtime
+ARG APP_UID=10001
+# /bundles is owned by the app user so that a fresh named volume mounted there is writable by it.
+RUN groupadd --system --gid "${APP_UID}" recsys \
+    && useradd --system --uid "${APP_UID}" --gid recsys --create-home --home-dir /home/recsys \
+        --shell /usr/sbin/nologin recsys \
+    && install -d -o recsys -g recsys /bundles
+ENV PATH=/opt/venv/bin:$PATH \
+    VIRTUAL_ENV=/opt/venv \
+    RECSYS_BUNDLE_ROOT=/bundles
+WORKDIR /home/recsys
+# Numeric, so that orchestrators can check runAsNonRoot; COPY below still writes root-owned files.
+USER ${APP_UID}:${APP_UID}
+
+
+# --- trainer: recsys-train (and recsys-index) with CPU torch ---------------------------------------
+FROM runtime AS trainer
+COPY --from=install-trainer /opt/venv /opt/venv
+ENTRYPOINT ["recsys-train"]
+CMD ["--dataset", "synthetic", "--method", "ste", "--bundle-root", "/bundles"]
+
+
+# --- api (default): recsys-serve on 0.0.0.0:8000 ---------------------------------------------------
+FROM runtime AS api
+COPY --from=install-api /opt/venv /opt/venv
+ENV RECSYS_HOST=0.0.0.0 \
+    RECSYS_PORT=8000
+EXPOSE 8000
+# No curl in slim images: the standard library does the probe; any error or non-2xx exits 1.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('RECSYS_PORT', '8000') + '/healthz', timeout=2)"]
+ENTRYPOINT ["recsys-serve"]
