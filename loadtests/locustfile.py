@@ -1,0 +1,194 @@
+"""Locust load test for the recommendation service, shaped like production traffic.
+
+Why this shape and not a loop over one user id:
+
+- Real traffic is skewed: a few heavy users ask again and again (their codes stay hot in Redis) and
+  a long tail asks rarely. User ids are drawn Zipf-like from the ids the served bundle knows, so the
+  cache sees the same mix of hits and misses it would in production; a uniform draw would overstate
+  misses and a single id would hide them.
+- About 5% of requests come from users the model has never seen. They take the popularity fallback,
+  which skips Redis and the index, so it is a different code path with its own latency.
+- Every response is checked against the API contract, so a fast but wrong answer (an error body,
+  too many items, the wrong source) counts as a failure, and ``--exit-code-on-error`` can gate CI.
+
+User ids come from ``user_ids.txt`` of the bundle that ``RECSYS_BUNDLE_ROOT`` names (a bundle, or a
+root whose ``CURRENT`` names one); without it the test falls back to ``u0``..``u999``, the ids of
+the synthetic dataset. Run it with ``loadtests/run_headless.sh HOST [USERS] [SPAWN_RATE] [RUN_TIME]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import secrets
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from locust import FastHttpUser, between, task
+
+K = 20
+"""Items asked for per request, as the product pages do."""
+
+ZIPF_EXPONENT = 1.0
+"""Skew of user popularity (classic Zipf): the i-th heaviest user asks 1/i as often as the heaviest."""
+
+FALLBACK_USER_IDS = [f"u{i}" for i in range(1000)]
+"""Synthetic-dataset ids, used when no bundle can be read."""
+
+SOURCES = {"codes", "popular"}
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UserPopulation:
+    """Known user ids with Zipf-like request weights; ``pick`` draws one id.
+
+    Example::
+
+        population = UserPopulation.zipf(["u0", "u1", "u2"], from_bundle=True)
+        population.pick(random.Random(0))  # "u0", "u1" or "u2", heavy users more often
+    """
+
+    user_ids: list[str]
+    cum_weights: list[float]
+    from_bundle: bool
+
+    @classmethod
+    def zipf(cls, user_ids: list[str], *, from_bundle: bool, exponent: float = ZIPF_EXPONENT) -> UserPopulation:
+        if not user_ids:
+            raise ValueError("cannot draw from an empty list of user ids")
+        # A fixed-seed shuffle decides who is heavy, so heavy users are not just the first rows of the
+        # bundle, yet every run (and every worker process) agrees on them.
+        ranked = list(user_ids)
+        random.Random(2024).shuffle(ranked)
+        weights = (1.0 / (rank + 1) ** exponent for rank in range(len(ranked)))
+        return cls(user_ids=ranked, cum_weights=list(itertools.accumulate(weights)), from_bundle=from_bundle)
+
+    def pick(self, rng: random.Random) -> str:
+        return rng.choices(self.user_ids, cum_weights=self.cum_weights, k=1)[0]
+
+
+def read_bundle_user_ids(root: Path) -> list[str]:
+    """The user ids of a bundle directory, or of the bundle a root's ``CURRENT`` names."""
+    bundle = root if (root / "manifest.json").is_file() else root / (root / "CURRENT").read_text("utf-8").strip()
+    ids = [line for line in (bundle / "user_ids.txt").read_text("utf-8").splitlines() if line]
+    if not ids:
+        raise ValueError(f"{bundle / 'user_ids.txt'}: no user ids")
+    return ids
+
+
+@cache
+def user_population() -> UserPopulation:
+    """Read once per process; locust imports this module once and shares it between simulated users."""
+    root = os.environ.get("RECSYS_BUNDLE_ROOT")
+    if root:
+        try:
+            ids = read_bundle_user_ids(Path(root))
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot read user ids from RECSYS_BUNDLE_ROOT=%s (%s); using u0..u999", root, exc)
+        else:
+            logger.info("drawing from %d user ids of the bundle under %s", len(ids), root)
+            return UserPopulation.zipf(ids, from_bundle=True)
+    else:
+        logger.warning("RECSYS_BUNDLE_ROOT is not set; using user ids u0..u999")
+    return UserPopulation.zipf(FALLBACK_USER_IDS, from_bundle=False)
+
+
+class CheckedResponse(Protocol):
+    """What the checks use of locust's ``catch_response`` context (its own methods are unannotated)."""
+
+    status_code: int
+
+    @property
+    def text(self) -> str | None: ...
+
+    def json(self) -> Any: ...
+
+    def success(self) -> None: ...
+
+    def failure(self, exc: Any) -> None: ...
+
+
+def describe_status(response: CheckedResponse) -> str:
+    """``status 503: <body>``, or the connection error when there was no response (status 0)."""
+    if response.status_code == 0:
+        return f"no response: {getattr(response, 'error', None)!r}"
+    return f"status {response.status_code}: {(response.text or '')[:200]}"
+
+
+def check_recommendation(response: CheckedResponse, *, expected_sources: set[str]) -> None:
+    """Mark the response failed unless it is a 200 with at most ``K`` items from an expected source."""
+    if response.status_code != 200:
+        response.failure(describe_status(response))
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        response.failure(f"body is not JSON: {(response.text or '')[:200]}")
+        return
+    items = body.get("items") if isinstance(body, dict) else None
+    source = body.get("source") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        response.failure(f"'items' is not a list: {items!r:.200}")
+    elif len(items) > K:
+        response.failure(f"{len(items)} items for k={K}")
+    elif source not in expected_sources:
+        response.failure(f"source {source!r}, expected one of {sorted(expected_sources)}")
+    else:
+        response.success()
+
+
+def check_readiness(response: CheckedResponse) -> None:
+    """Mark the response failed unless the service reports 'ready'."""
+    if response.status_code != 200:
+        response.failure(describe_status(response))
+        return
+    body = response.json()
+    status = body.get("status") if isinstance(body, dict) else None
+    if status != "ready":
+        # 'degraded' means Redis stopped answering within its timeout: under load, that is a finding.
+        response.failure(f"readiness {status!r}")
+    else:
+        response.success()
+
+
+class RecommendUser(FastHttpUser):
+    """A client of the recommendation API: mostly known users, a few new ones, and a health probe."""
+
+    wait_time = between(0.05, 0.25)
+
+    def on_start(self) -> None:
+        self.population = user_population()
+        self.rng = random.Random()
+        # Ids read from the bundle must be ranked by their codes; the fallback ids may be unknown to
+        # whatever bundle is served, so there either source is a valid answer.
+        self.known_sources = {"codes"} if self.population.from_bundle else SOURCES
+
+    @task(95)
+    def recommend_known_user(self) -> None:
+        user_id = self.population.pick(self.rng)
+        with self.client.get(
+            "/recommend", params={"user_id": user_id, "k": str(K)}, name="/recommend", catch_response=True
+        ) as response:
+            check_recommendation(response, expected_sources=self.known_sources)
+
+    @task(5)
+    def recommend_unknown_user(self) -> None:
+        user_id = f"loadtest-new-{secrets.token_hex(6)}"
+        with self.client.get(
+            "/recommend",
+            params={"user_id": user_id, "k": str(K)},
+            name="/recommend [unknown user]",
+            catch_response=True,
+        ) as response:
+            check_recommendation(response, expected_sources={"popular"})
+
+    @task(1)
+    def readiness(self) -> None:
+        with self.client.get("/readyz", name="/readyz", catch_response=True) as response:
+            check_readiness(response)
