@@ -8,9 +8,10 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 from index.bundle import INDEX_FILE, Bundle, BundleError, add_file_to_bundle
-from index.item_index import IndexSelfCheckError, ItemIndex
+from index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build(bundle_root: Path, device: str) -> dict[str, object]:
+def build(bundle_root: Path, device: DevicePreference) -> dict[str, object]:
     bundle = Bundle.load(bundle_root)
     started = time.perf_counter()
-    index = ItemIndex.build(bundle.item_codes, bundle.layout, bundle.dim, device=device)  # type: ignore[arg-type]
+    index = ItemIndex.build(bundle.item_codes, bundle.layout, bundle.dim, device=device)
     index.self_check(bundle.item_codes)
     add_file_to_bundle(bundle.path, INDEX_FILE, index.serialize())
     Bundle.load(bundle.path)  # re-verify what readers will now see
@@ -44,13 +45,9 @@ def build(bundle_root: Path, device: str) -> dict[str, object]:
     }
 
 
-def check(bundle_root: Path, device: str) -> dict[str, object]:
+def check(bundle_root: Path, device: DevicePreference) -> dict[str, object]:
     bundle = Bundle.load(bundle_root)
-    if bundle.index_path is not None:
-        index = ItemIndex.load(bundle.index_path, layout=bundle.layout, dim=bundle.dim, device=device)  # type: ignore[arg-type]
-    else:
-        index = ItemIndex.build(bundle.item_codes, bundle.layout, bundle.dim, device=device)  # type: ignore[arg-type]
-    index.self_check(bundle.item_codes)
+    ItemIndex.for_bundle(bundle, device=device)
     return {
         "bundle": str(bundle.path),
         "model_version": bundle.manifest.model_version,
@@ -64,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     action = build if args.command == "build" else check
     try:
-        print(json.dumps(action(args.bundle_root, args.device)))
+        print(json.dumps(action(args.bundle_root, cast(DevicePreference, args.device))))
     except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
         print(f"recsys-index: error: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from index.bundle import Bundle
 from index.codes import CodeLayout, code_width, item_search_form, query_search_form, search_bits
 from index.hamming import exact_scores
 
@@ -119,6 +120,21 @@ class ItemIndex:
         if cpu_index.d != expected_d:
             raise ValueError(f"{path}: index has d={cpu_index.d}, the bundle's codes need {expected_d}")
         return cls(cpu_index, layout=layout, dim=dim, device=device)
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, *, device: DevicePreference = "auto") -> ItemIndex:
+        """The bundle's stored index (or one built from its codes when none is stored), self-checked."""
+        layout, dim = bundle.layout, bundle.dim
+        if bundle.index_path is not None:
+            index = cls.load(bundle.index_path, layout=layout, dim=dim, device=device)
+            if index.n_items != bundle.manifest.n_items:
+                raise ValueError(
+                    f"{bundle.index_path}: {index.n_items} items, the bundle has {bundle.manifest.n_items}"
+                )
+        else:
+            index = cls.build(bundle.item_codes, layout, dim, device=device)
+        index.self_check(bundle.item_codes)
+        return index
 
     def serialize(self) -> bytes:
         """The CPU form of the index as bytes (GPU placement is a runtime choice, not a file format)."""

@@ -34,14 +34,7 @@ class ServingModel:
     def load(cls, root: Path, *, device: DevicePreference = "auto") -> ServingModel:
         """Load and verify the CURRENT bundle, load (or build) its index and self-check it."""
         bundle = Bundle.load(root)
-        layout, dim = bundle.layout, bundle.dim
-        if bundle.index_path is not None:
-            index = ItemIndex.load(bundle.index_path, layout=layout, dim=dim, device=device)
-            if index.n_items != bundle.manifest.n_items:
-                raise ValueError(f"{bundle.index_path}: {index.n_items} items, bundle has {bundle.manifest.n_items}")
-        else:
-            index = ItemIndex.build(bundle.item_codes, layout, dim, device=device)
-        index.self_check(bundle.item_codes)
+        index = ItemIndex.for_bundle(bundle, device=device)
         log.info(
             "loaded model %s from %s (index on %s)",
             bundle.manifest.model_version,
