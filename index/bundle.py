@@ -23,7 +23,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from index.codes import CodeLayout, code_width
+from index.codes import CodeLayout, ScaleMode, check_scales, code_width
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -47,6 +47,7 @@ class Manifest(BaseModel):
     bits: int = Field(ge=1, le=32)
     dim: int = Field(gt=0)
     code_layout: CodeLayout
+    scale_mode: ScaleMode | None = None
     n_users: int = Field(gt=0)
     n_items: int = Field(gt=0)
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -73,6 +74,7 @@ class BundleContent:
     popular: npt.NDArray[np.int64]
     user_scales: npt.NDArray[np.float32] | None = None
     item_scales: npt.NDArray[np.float32] | None = None
+    scale_mode: ScaleMode | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -132,6 +134,8 @@ def _validate_content(content: BundleContent) -> None:
                 f"{side} codes must be {np.dtype(expected_dtype).name} [{len(ids)}, {width}] for "
                 f"{layout} d={content.dim}, got {codes.dtype} {list(codes.shape)}"
             )
+    check_scales(layout, content.dim, content.user_scales, content.scale_mode, len(content.user_ids))
+    check_scales(layout, content.dim, content.item_scales, content.scale_mode, len(content.item_ids))
     if content.seen.shape != (len(content.user_ids), len(content.item_ids)):
         raise ValueError(f"seen matrix has shape {content.seen.shape}, expected (n_users, n_items)")
 
@@ -168,6 +172,9 @@ def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = T
             bits=content.bits,
             dim=content.dim,
             code_layout=content.code_layout,
+            scale_mode=content.scale_mode
+            if content.user_scales is not None or content.item_scales is not None
+            else None,
             n_users=len(content.user_ids),
             n_items=len(content.item_ids),
             metrics=content.metrics,
@@ -339,8 +346,10 @@ class Bundle:
             ("user_scales.npy", self.user_scales, m.n_users),
             ("item_scales.npy", self.item_scales, m.n_items),
         ):
-            if scales is not None and (scales.ndim == 0 or scales.shape[0] != rows):
-                raise BundleError(f"{self.path / name}: expected {rows} rows, got shape {list(scales.shape)}")
+            try:
+                check_scales(m.code_layout, m.dim, scales, m.scale_mode, rows)
+            except ValueError as error:
+                raise BundleError(f"{self.path / name}: {error}") from error
         indptr, indices = self.seen_indptr, self.seen_indices
         if (
             indptr.shape != (m.n_users + 1,)

@@ -7,6 +7,11 @@ A code layout says how a node's representation is stored in a bundle:
 - ``planes2``: two bits per dimension, ``q in {0..3}`` stored as two packed bit planes
   ``[H | O]`` with ``H = q >> 1`` and ``O = q & 1``; dequantized level ``l = 2q - 3``.
 
+Optional per-node scales refine binary codes (``ScaleMode``): ``segment`` scales ``[n, g]`` multiply each of
+``g`` equal segments of the dequantized vector (BiGeaR's per-layer scales, g = 1 for one scale per node);
+``levels`` (2-bit only) ``[n, 4]`` give each node its own value for q = 0..3 (GNAQ's per-node codebook).
+Item scales change rankings, so the index re-ranks Hamming candidates with them.
+
 For binary layouts the FAISS index stores a *search form* of every item and queries use a matching
 search form, so that ``score = search_bits - 2 * Hamming(query, item)`` equals the inner product of
 the dequantized codes exactly (DESIGN.md §4).
@@ -34,6 +39,27 @@ class CodeLayout(StrEnum):
     @property
     def bits_per_dim(self) -> int:
         return {CodeLayout.FLOAT32: 32, CodeLayout.SIGN1: 1, CodeLayout.PLANES2: 2}[self]
+
+
+class ScaleMode(StrEnum):
+    SEGMENT = "segment"
+    LEVELS = "levels"
+
+
+def check_scales(
+    layout: CodeLayout, dim: int, scales: npt.NDArray[np.floating] | None, mode: ScaleMode | None, rows: int
+) -> None:
+    """Raise ValueError unless ``scales`` fit the layout, the mode and the number of nodes."""
+    if scales is None:
+        return
+    if mode is None or not layout.is_binary:
+        raise ValueError(f"scales need a binary layout and a scale mode, got {layout} / {mode}")
+    if scales.ndim != 2 or scales.shape[0] != rows:
+        raise ValueError(f"scales must be [{rows}, g], got {list(scales.shape)}")
+    if mode is ScaleMode.LEVELS and (layout is not CodeLayout.PLANES2 or scales.shape[1] != 4):
+        raise ValueError(f"level tables need planes2 codes and 4 columns, got {layout} with {scales.shape[1]}")
+    if mode is ScaleMode.SEGMENT and (scales.shape[1] == 0 or dim % scales.shape[1]):
+        raise ValueError(f"{scales.shape[1]} scale segments do not divide dim {dim}")
 
 
 def check_dim(layout: CodeLayout, dim: int) -> None:
@@ -78,16 +104,29 @@ def _planes(codes: Packed, dim: int) -> tuple[Packed, Packed]:
     return codes[:, :width], codes[:, width : 2 * width]
 
 
-def dequantize(codes: npt.NDArray[np.generic], layout: CodeLayout, dim: int) -> npt.NDArray[np.float32]:
+def dequantize(
+    codes: npt.NDArray[np.generic],
+    layout: CodeLayout,
+    dim: int,
+    scales: npt.NDArray[np.floating] | None = None,
+    mode: ScaleMode | None = None,
+) -> npt.NDArray[np.float32]:
     """The real vectors a code stands for; their inner products are what the index ranks by."""
     if layout is CodeLayout.FLOAT32:
         return np.asarray(codes, dtype=np.float32)
     packed = np.asarray(codes, dtype=np.uint8)
+    check_scales(layout, dim, scales, mode, packed.shape[0])
     if layout is CodeLayout.SIGN1:
-        return unpack_bits(packed, dim).astype(np.float32) * 2.0 - 1.0
-    high, low = _planes(packed, dim)
-    q = unpack_bits(high, dim).astype(np.float32) * 2.0 + unpack_bits(low, dim)
-    return q * 2.0 - 3.0
+        values = unpack_bits(packed, dim).astype(np.float32) * 2.0 - 1.0
+    else:
+        high, low = _planes(packed, dim)
+        q = unpack_bits(high, dim).astype(np.int64) * 2 + unpack_bits(low, dim)
+        if mode is ScaleMode.LEVELS and scales is not None:
+            return np.take_along_axis(np.asarray(scales, np.float32), q, axis=1)
+        values = q.astype(np.float32) * 2.0 - 3.0
+    if scales is not None:
+        values *= np.repeat(np.asarray(scales, np.float32), dim // scales.shape[1], axis=1)
+    return values
 
 
 def search_bits(layout: CodeLayout, dim: int) -> int:

@@ -17,7 +17,16 @@ import numpy as np
 import numpy.typing as npt
 
 from index.bundle import Bundle
-from index.codes import CodeLayout, code_width, item_search_form, query_search_form, search_bits
+from index.codes import (
+    CodeLayout,
+    ScaleMode,
+    check_scales,
+    code_width,
+    dequantize,
+    item_search_form,
+    query_search_form,
+    search_bits,
+)
 from index.hamming import exact_scores
 
 try:
@@ -31,6 +40,38 @@ log = logging.getLogger(__name__)
 
 DevicePreference = Literal["auto", "cpu", "gpu"]
 GPU_MAX_K = 2048  # GpuIndexBinaryFlat / GpuIndexFlat refuse larger k
+
+
+DEFAULT_RERANK_FACTOR = 10  # Hamming candidates per requested item when item scales re-rank
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """Item codes and scales kept beside the index, to score Hamming candidates exactly."""
+
+    item_codes: npt.NDArray[np.uint8]
+    item_scales: npt.NDArray[np.float32]
+    mode: ScaleMode
+    factor: int = DEFAULT_RERANK_FACTOR
+
+    @classmethod
+    def of(
+        cls,
+        item_codes: npt.NDArray[Any],
+        item_scales: npt.NDArray[np.floating] | None,
+        mode: ScaleMode | None,
+        layout: CodeLayout,
+        dim: int,
+        factor: int = DEFAULT_RERANK_FACTOR,
+    ) -> Reranker | None:
+        if item_scales is None:
+            return None
+        check_scales(layout, dim, item_scales, mode, item_codes.shape[0])
+        assert mode is not None
+        return cls(np.asarray(item_codes, np.uint8), np.asarray(item_scales, np.float32), mode, factor)
+
+    def item_vectors(self, ids: npt.NDArray[np.int64], layout: CodeLayout, dim: int) -> npt.NDArray[np.float32]:
+        return dequantize(self.item_codes[ids], layout, dim, self.item_scales[ids], self.mode)
 
 
 class IndexSelfCheckError(RuntimeError):
@@ -59,9 +100,18 @@ class ItemIndex:
         result = index.search(user_codes[:2], k=20, exclude=[seen_0, seen_1])
     """
 
-    def __init__(self, cpu_index: Any, *, layout: CodeLayout, dim: int, device: DevicePreference = "auto") -> None:
+    def __init__(
+        self,
+        cpu_index: Any,
+        *,
+        layout: CodeLayout,
+        dim: int,
+        device: DevicePreference = "auto",
+        rerank: Reranker | None = None,
+    ) -> None:
         self.layout = layout
         self.dim = dim
+        self.rerank = rerank
         self._cpu_index = cpu_index
         self._gpu_index: Any | None = None
         want_gpu = device == "gpu" or (device == "auto" and gpu_count() > 0)
@@ -99,6 +149,9 @@ class ItemIndex:
         dim: int,
         *,
         device: DevicePreference = "auto",
+        item_scales: npt.NDArray[np.floating] | None = None,
+        scale_mode: ScaleMode | None = None,
+        rerank_factor: int = DEFAULT_RERANK_FACTOR,
     ) -> ItemIndex:
         expected = code_width(layout, dim)
         if item_codes.ndim != 2 or item_codes.shape[1] != expected:
@@ -110,29 +163,46 @@ class ItemIndex:
         else:
             cpu_index = faiss.IndexFlatIP(dim)
             cpu_index.add(np.ascontiguousarray(item_codes, dtype=np.float32))
-        return cls(cpu_index, layout=layout, dim=dim, device=device)
+        rerank = Reranker.of(item_codes, item_scales, scale_mode, layout, dim, rerank_factor)
+        return cls(cpu_index, layout=layout, dim=dim, device=device, rerank=rerank)
 
     @classmethod
-    def load(cls, path: Path, *, layout: CodeLayout, dim: int, device: DevicePreference = "auto") -> ItemIndex:
+    def load(
+        cls,
+        path: Path,
+        *,
+        layout: CodeLayout,
+        dim: int,
+        device: DevicePreference = "auto",
+        rerank: Reranker | None = None,
+    ) -> ItemIndex:
         reader = faiss.read_index_binary if layout.is_binary else faiss.read_index
         cpu_index = reader(str(path))
         expected_d = search_bits(layout, dim) if layout.is_binary else dim
         if cpu_index.d != expected_d:
             raise ValueError(f"{path}: index has d={cpu_index.d}, the bundle's codes need {expected_d}")
-        return cls(cpu_index, layout=layout, dim=dim, device=device)
+        return cls(cpu_index, layout=layout, dim=dim, device=device, rerank=rerank)
 
     @classmethod
     def for_bundle(cls, bundle: Bundle, *, device: DevicePreference = "auto") -> ItemIndex:
         """The bundle's stored index (or one built from its codes when none is stored), self-checked."""
         layout, dim = bundle.layout, bundle.dim
+        rerank = Reranker.of(bundle.item_codes, bundle.item_scales, bundle.manifest.scale_mode, layout, dim)
         if bundle.index_path is not None:
-            index = cls.load(bundle.index_path, layout=layout, dim=dim, device=device)
+            index = cls.load(bundle.index_path, layout=layout, dim=dim, device=device, rerank=rerank)
             if index.n_items != bundle.manifest.n_items:
                 raise ValueError(
                     f"{bundle.index_path}: {index.n_items} items, the bundle has {bundle.manifest.n_items}"
                 )
         else:
-            index = cls.build(bundle.item_codes, layout, dim, device=device)
+            index = cls.build(
+                bundle.item_codes,
+                layout,
+                dim,
+                device=device,
+                item_scales=bundle.item_scales,
+                scale_mode=bundle.manifest.scale_mode,
+            )
         index.self_check(bundle.item_codes)
         return index
 
@@ -156,7 +226,7 @@ class ItemIndex:
                     f"an item's own code was not found at Hamming distance 0 (got {distances[:, 0].tolist()})"
                 )
         expected = np.sort(exact_scores(item_codes[rows], item_codes, self.layout, self.dim), axis=1)[:, ::-1][:, :k]
-        got = self.search(np.asarray(item_codes[rows]), k).scores
+        _, got = self._raw_search(self.prepare_queries(np.asarray(item_codes[rows])), k)
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-3):
             raise IndexSelfCheckError("index scores disagree with exact scoring of the same codes")
 
@@ -188,11 +258,17 @@ class ItemIndex:
         k: int,
         *,
         exclude: list[npt.NDArray[np.int64]] | None = None,
+        query_scales: npt.NDArray[np.floating] | None = None,
     ) -> SearchResult:
-        """Exact top-``k`` items per query, skipping each query's ``exclude`` items; ties by item id."""
+        """Top-``k`` items per query, skipping each query's ``exclude`` items; ties by item id.
+
+        Exact for codes without item scales; with them, Hamming candidates are re-ranked exactly.
+        """
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         queries = self.prepare_queries(query_codes)
+        if self.rerank is not None:
+            return self._search_reranked(queries, query_codes, query_scales, k, exclude)
         n_queries = queries.shape[0]
         if exclude is not None and len(exclude) != n_queries:
             raise ValueError(f"exclude has {len(exclude)} rows for {n_queries} queries")
@@ -219,6 +295,32 @@ class ItemIndex:
                     unresolved.append(query)
             pending = np.asarray(unresolved, dtype=np.int64)
             fetch_per_query[pending] = np.minimum(fetch_per_query[pending] * 2, self.n_items)
+        return SearchResult(ids=out_ids, scores=out_scores)
+
+    def _search_reranked(
+        self,
+        queries: npt.NDArray[Any],
+        query_codes: npt.NDArray[Any],
+        query_scales: npt.NDArray[np.floating] | None,
+        k: int,
+        exclude: list[npt.NDArray[np.int64]] | None,
+    ) -> SearchResult:
+        assert self.rerank is not None
+        n_queries = queries.shape[0]
+        n_excluded = [len(e) for e in exclude] if exclude is not None else [0] * n_queries
+        fetch = min(self.n_items, k * self.rerank.factor + max(n_excluded, default=0))
+        candidates, _ = self._raw_search(queries, fetch)
+        users = dequantize(query_codes, self.layout, self.dim, query_scales, self.rerank.mode)
+        out_ids = np.full((n_queries, k), -1, dtype=np.int64)
+        out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+        for row in range(n_queries):
+            ids = candidates[row][candidates[row] >= 0]
+            if exclude is not None and exclude[row].size:
+                ids = ids[~np.isin(ids, exclude[row])]
+            scores = self.rerank.item_vectors(ids, self.layout, self.dim) @ users[row]
+            order = np.lexsort((ids, -scores))[:k]
+            out_ids[row, : order.size] = ids[order]
+            out_scores[row, : order.size] = scores[order]
         return SearchResult(ids=out_ids, scores=out_scores)
 
     @staticmethod

@@ -69,7 +69,9 @@ class Recommender:
             return self.popular(model, user_id, k)
         code = await self.codes.get(model.bundle, user_id, row)
         exclude = [model.bundle.seen_items(row)] if exclude_seen else None
-        search = partial(model.index.search, code[None, :], k, exclude=exclude)
+        scales = model.bundle.user_scales
+        query_scales = scales[row : row + 1] if scales is not None else None
+        search = partial(model.index.search, code[None, :], k, exclude=exclude, query_scales=query_scales)
         result = await asyncio.get_running_loop().run_in_executor(self._executor, search)
         items = [
             RecommendedItem(item_id=model.bundle.item_ids[i], score=float(s))

@@ -13,7 +13,7 @@ from pathlib import Path
 from index.bundle import BundleError
 from trainer.data import DatasetError, SyntheticConfig, load_dataset
 from trainer.export import export_bundle
-from trainer.quantizers import QUANTIZERS
+from trainer.quantization import METHODS, make_quantizer
 from trainer.train import TrainConfig, refit, train
 
 
@@ -41,7 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--synthetic-users", type=int, default=SyntheticConfig.n_users, help="synthetic dataset: users")
     data.add_argument("--synthetic-items", type=int, default=SyntheticConfig.n_items, help="synthetic dataset: items")
     model = parser.add_argument_group("model")
-    model.add_argument("--method", choices=sorted(QUANTIZERS), default=defaults.method, help="quantization method")
+    model.add_argument(
+        "--method",
+        choices=list(METHODS),
+        default=defaults.method,
+        help="; ".join(f"{name}: {text}" for name, text in METHODS.items()),
+    )
+    model.add_argument("--bits", type=int, choices=[1, 2], default=None, help="code bits per dimension (hq only)")
+    model.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=defaults.pretrain_epochs,
+        help="gnaq: most epochs of the full-precision stage that initialises the codebooks",
+    )
     model.add_argument(
         "--dim", type=int, default=defaults.dim, help="embedding size (a multiple of 8 for binary codes)"
     )
@@ -94,6 +106,8 @@ def _append_record(path: Path, record: dict[str, object]) -> None:
 def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         method=args.method,
+        bits=args.bits,
+        pretrain_epochs=args.pretrain_epochs,
         dim=args.dim,
         layers=args.layers,
         lr=args.lr,
@@ -108,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
     )
-    if QUANTIZERS[args.method].layout.is_binary and args.dim % 8:
+    if make_quantizer(args.method, args.dim, args.layers, bits=args.bits).layout.is_binary and args.dim % 8:
         raise ValueError(f"--dim must be a multiple of 8 for binary codes, got {args.dim}")
     synthetic = SyntheticConfig(n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed)
     data = load_dataset(

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 
-from index.codes import CodeLayout
+from index.codes import CodeLayout, ScaleMode
 from index.item_index import ItemIndex
 from trainer.metrics import ranking_metrics
 
@@ -86,12 +86,15 @@ def served_path_metrics(
     truth: sp.csr_matrix,
     seen: sp.csr_matrix,
     *,
+    user_scales: npt.NDArray[np.float32] | None = None,
+    item_scales: npt.NDArray[np.float32] | None = None,
+    scale_mode: ScaleMode | None = None,
     ks: tuple[int, ...] = KS,
     batch: int = 1024,
     index: ItemIndex | None = None,
 ) -> dict[str, float]:
     """Recall/NDCG from the service's own search: FAISS over the exported codes, seen items excluded."""
-    index = index or ItemIndex.build(item_codes, layout, dim)
+    index = index or ItemIndex.build(item_codes, layout, dim, item_scales=item_scales, scale_mode=scale_mode)
     seen = seen.tocsr()
     users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
     # Users with similar history lengths share a batch, so the over-fetch per FAISS call stays small.
@@ -101,5 +104,8 @@ def served_path_metrics(
     for start in range(0, users.size, batch):
         rows = users[start : start + batch]
         exclude = [seen.indices[seen.indptr[u] : seen.indptr[u + 1]].astype(np.int64) for u in rows]
-        topk[start : start + rows.size] = index.search(user_codes[rows], k, exclude=exclude).ids
+        query_scales = user_scales[rows] if user_scales is not None else None
+        topk[start : start + rows.size] = index.search(
+            user_codes[rows], k, exclude=exclude, query_scales=query_scales
+        ).ids
     return ranking_metrics(topk, users, truth, ks)

@@ -16,7 +16,8 @@ import torch
 from index.bundle import BundleContent, publish_bundle
 from trainer.data import Dataset
 from trainer.evaluate import device_metrics, served_path_metrics
-from trainer.train import TrainConfig, TrainResult
+from trainer.quantization import ExportedCodes
+from trainer.train import TrainConfig, TrainResult, integer_ranking
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +54,31 @@ def export_bundle(
     """Encode users and items, evaluate the test set through the index, publish the bundle atomically."""
     model, quantizer = result.model, result.quantizer
     model.eval()
-    user_final, item_final = model()
-    user_codes = quantizer.encode(user_final, "user")
-    item_codes = quantizer.encode(item_final, "item")
+    user_rep, item_rep = quantizer.node_representations(model)
+    users, items = quantizer.export(user_rep, "user"), quantizer.export(item_rep, "item")
     seen = data.seen()
     test_device = device_metrics(
-        quantizer(user_final, "user"),
-        quantizer(item_final, "item"),
+        quantizer.served(user_rep, "user"),
+        quantizer.served(item_rep, "item"),
         data.test,
         seen,
-        integer_scores=quantizer.layout.is_binary,
+        integer_scores=integer_ranking(quantizer),
     )
-    test_served = served_path_metrics(user_codes, item_codes, quantizer.layout, config.dim, data.test, seen)
+    test_served = served_path_metrics(
+        users.codes,
+        items.codes,
+        quantizer.layout,
+        quantizer.code_dim,
+        data.test,
+        seen,
+        user_scales=users.scales,
+        item_scales=items.scales,
+        scale_mode=quantizer.scale_mode,
+    )
     for name, value in test_served.items():
         if abs(value - test_device[name]) > 1e-6:
             log.warning("served-path %s %.6f differs from device-path %.6f", name, value, test_device[name])
-    bytes_per_node = _bytes_per_node(user_codes, item_codes)
+    bytes_per_node = _bytes_per_node(users, items)
     version = new_model_version(data.name, config.method, quantizer.bits)
     training: dict[str, Any] = {
         "config": config.to_json(),
@@ -86,10 +96,13 @@ def export_bundle(
         dataset=data.name,
         method=config.method,
         bits=quantizer.bits,
-        dim=config.dim,
+        dim=quantizer.code_dim,
         code_layout=quantizer.layout,
-        user_codes=user_codes,
-        item_codes=item_codes,
+        user_codes=users.codes,
+        item_codes=items.codes,
+        user_scales=users.scales,
+        item_scales=items.scales,
+        scale_mode=quantizer.scale_mode,
         user_ids=list(data.user_ids),
         item_ids=list(data.item_ids),
         seen=seen,
@@ -102,7 +115,8 @@ def export_bundle(
     return ExportReport(path, version, test_served, test_device, bytes_per_node)
 
 
-def _bytes_per_node(user_codes: npt.NDArray[Any], item_codes: npt.NDArray[Any]) -> float:
-    rows = int(user_codes.shape[0]) + int(item_codes.shape[0])
-    total: int = user_codes.nbytes + item_codes.nbytes
+def _bytes_per_node(users: ExportedCodes, items: ExportedCodes) -> float:
+    """Served bytes per node: codes plus any scales or level tables."""
+    rows = int(users.codes.shape[0]) + int(items.codes.shape[0])
+    total = sum(int(part.nbytes) for side in (users, items) for part in (side.codes, side.scales) if part is not None)
     return total / rows

@@ -28,7 +28,11 @@ class EmbeddingTable(nn.Module):
 
 
 class LightGCN(nn.Module):
-    """E^(k+1) = Â E^(k); the output is the mean over k = 0..K, split into users and items."""
+    """E^(k+1) = Â E^(k) for k < K; ``forward`` returns the stack E^(0..K), shape [K+1, n_nodes, d].
+
+    LightGCN's final embedding is the mean over layers; quantizers that use layers separately
+    (BiGeaR) see them all. Rows are users first, then items.
+    """
 
     adjacency: torch.Tensor
 
@@ -36,15 +40,20 @@ class LightGCN(nn.Module):
         super().__init__()
         self.n_users = n_users
         self.n_items = n_items
+        self.dim = dim
         self.layers = layers
-        self.inputs = EmbeddingTable(n_users + n_items, dim)
+        self.inputs: nn.Module = EmbeddingTable(n_users + n_items, dim)
         self.register_buffer("adjacency", adjacency, persistent=False)
 
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self) -> torch.Tensor:
         layer = self.inputs()
-        total = layer
+        stack = [layer]
         for _ in range(self.layers):
             layer = propagate(self.adjacency, layer)
-            total = total + layer
-        final = total / (self.layers + 1)
-        return final[: self.n_users], final[self.n_users :]
+            stack.append(layer)
+        return torch.stack(stack)
+
+    def ego(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Ego embeddings of some nodes (users first, then items), for the L2 regulariser."""
+        out: torch.Tensor = self.inputs.ego(nodes)  # type: ignore[operator]
+        return out

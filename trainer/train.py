@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from trainer.data import Dataset
 from trainer.evaluate import device_metrics
 from trainer.graph import normalized_adjacency, to_torch_sparse
+from trainer.loss import bpr
 from trainer.model import LightGCN
-from trainer.quantizers import Quantizer, make_quantizer
+from trainer.quantization import Quantizer, RefreshContext, make_quantizer
 from trainer.sampling import BPRSampler
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     method: str = "fp"
+    bits: int | None = None  # hq only: 1 or 2
+    pretrain_epochs: int = 200  # gnaq only: full-precision stage before quantization
     dim: int = 64
     layers: int = 3
     lr: float = 1e-3
@@ -88,32 +90,34 @@ def bpr_loss(
     negatives: torch.Tensor,
     reg: float,
 ) -> torch.Tensor:
-    """BPR on the quantized final embeddings plus L2 on the batch's ego embeddings (LightGCN's form)."""
-    user_final, item_final = model()
-    u = quantizer(user_final[users], "user")
-    p = quantizer(item_final[positives], "item")
-    n = quantizer(item_final[negatives], "item")
-    scale = quantizer.score_scale
-    margin = scale * ((u * p).sum(dim=1) - (u * n).sum(dim=1))
-    ranking = F.softplus(-margin).mean()
-    ego = model.inputs.ego(torch.cat([users, positives + model.n_users, negatives + model.n_users]))
+    """BPR on the quantized representations plus L2 on the batch's ego embeddings (LightGCN's form)."""
+    user_rep, item_rep = quantizer.node_representations(model)
+    u = quantizer(user_rep[users], "user")
+    p = quantizer(item_rep[positives], "item")
+    n = quantizer(item_rep[negatives], "item")
+    ego = model.ego(torch.cat([users, positives + model.n_users, negatives + model.n_users]))
     l2 = 0.5 * ego.pow(2).sum() / users.numel()
-    return ranking + reg * l2
+    return bpr(u, p, n, quantizer.score_scale) + reg * l2
 
 
 @torch.no_grad()
-def encoded_vectors(model: LightGCN, quantizer: Quantizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """What serving scores with: the quantizer's dequantized output of the final embeddings."""
+def served_vectors(model: LightGCN, quantizer: Quantizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """What serving ranks with: the quantizer's dequantized codes (up to a global positive factor)."""
     model.eval()
-    user_final, item_final = model()
-    result = quantizer(user_final, "user"), quantizer(item_final, "item")
+    user_rep, item_rep = quantizer.node_representations(model)
+    result = quantizer.served(user_rep, "user"), quantizer.served(item_rep, "item")
     model.train()
     return result
 
 
+def integer_ranking(quantizer: Quantizer) -> bool:
+    """Unscaled binary codes score as small integers: ranked exactly, ties by item id."""
+    return quantizer.layout.is_binary and quantizer.scale_mode is None
+
+
 def evaluate_valid(model: LightGCN, quantizer: Quantizer, data: Dataset) -> dict[str, float]:
-    users, items = encoded_vectors(model, quantizer)
-    return device_metrics(users, items, data.valid, data.train, integer_scores=quantizer.layout.is_binary)
+    users, items = served_vectors(model, quantizer)
+    return device_metrics(users, items, data.valid, data.train, integer_scores=integer_ranking(quantizer))
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -130,7 +134,18 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     device = pick_device(config.device)
     adjacency = to_torch_sparse(normalized_adjacency(data.train), device)
     model = LightGCN(data.n_users, data.n_items, config.dim, config.layers, adjacency).to(device)
-    quantizer = make_quantizer(config.method, config.dim).to(device)
+    quantizer = make_quantizer(config.method, config.dim, config.layers, bits=config.bits).to(device)
+    last_path = config.checkpoint_dir / "last.pt" if config.checkpoint_dir else None
+    resuming = config.resume and last_path is not None and last_path.is_file()
+    pretrain_seconds = 0.0
+    pretrained: torch.Tensor | None = None
+    if quantizer.needs_pretraining and not resuming:
+        log.info("%s: full-precision pre-training (at most %d epochs)", config.method, config.pretrain_epochs)
+        stage = train(data, dataclasses.replace(config, method="fp", bits=None, epochs=config.pretrain_epochs))
+        pretrained, pretrain_seconds = stage.model.inputs().detach(), stage.train_seconds
+    replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, pretrained)
+    if replacement is not None:
+        model.inputs = replacement.to(device)
     optimizer = torch.optim.Adam([*model.parameters(), *quantizer.parameters()], lr=config.lr)
     sampler = BPRSampler(data.train, device)
     generator = torch.Generator(device=device)
@@ -140,8 +155,8 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     best_state: dict[str, Any] | None = None
     best_valid: dict[str, float] = {}
     history: list[dict[str, float]] = []
-    last_path = config.checkpoint_dir / "last.pt" if config.checkpoint_dir else None
-    if config.resume and last_path is not None and last_path.is_file():
+    if resuming:
+        assert last_path is not None
         checkpoint = torch.load(last_path, map_location=device, weights_only=False)
         model.load_state_dict(checkpoint["model"])
         quantizer.load_state_dict(checkpoint["quantizer"])
@@ -172,8 +187,12 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            quantizer.after_step(model)
             total += loss.detach()
         mean_loss = float(total) / len(batches)  # a sync point, once per epoch
+        refreshed = quantizer.refresh(RefreshContext(model=model, batches=batches, epoch=epoch))
+        if refreshed:
+            log.info(json.dumps({"event": "refresh", "epoch": epoch, **refreshed}))
         last_epoch = epoch + 1 == config.epochs or time.perf_counter() > deadline
         if not validating:
             best_epoch = epoch
@@ -227,7 +246,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         best_valid=best_valid,
         epochs_trained=epochs_trained,
         history=history,
-        train_seconds=time.perf_counter() - started,
+        train_seconds=pretrain_seconds + time.perf_counter() - started,
         peak_gpu_mb=peak,
         device=device_name(device),
     )

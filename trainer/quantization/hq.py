@@ -1,0 +1,159 @@
+"""HQ-GNN: Hessian-aware b-bit quantization of the final embeddings (DESIGN.md §5).
+
+Forward: a uniform symmetric quantizer with odd levels, x_q = step · l, l ∈ {−m, …, −1, 1, …, m},
+m = 2^b − 1, over a learnable range (initialised at ±3σ). Working in z = x / (2·step), where levels are
+one apart, the generalised straight-through estimator is
+
+    g_z = g_q ⊙ (1 + δ · sign(g_q) ⊙ (z − z_q)),   zero outside the range,
+
+and δ = max(0, (Tr(H)/N) / (3·std(g_q))), with Tr(H) of the loss w.r.t. the quantized z estimated by
+Hutchinson's method on a few batches, re-estimated every few epochs (δ = 0 at the start).
+
+A global step per side scales every score by the same factor, so the bundle's plain 1-bit (``sign1``)
+or 2-bit (``planes2``) codes rank exactly as the trained model does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from index.codes import CodeLayout, encode_planes2, encode_sign1
+from trainer.hessian import hutchinson_trace
+from trainer.loss import bpr
+from trainer.quantization.base import ExportedCodes, Quantizer, RefreshContext, Side, as_numpy
+
+
+def odd_levels(x: torch.Tensor, step: torch.Tensor, max_level: int) -> torch.Tensor:
+    """Nearest odd integer level in [−m, m] of x / step."""
+    q = torch.round((x / step + max_level) / 2).clamp(0, max_level)
+    return q * 2 - max_level
+
+
+class _EWGS(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, step: torch.Tensor, max_level: int, delta: float) -> torch.Tensor:
+        level = odd_levels(x, step, max_level)
+        x_q = level * step
+        ctx.save_for_backward(x, x_q, level, step)
+        ctx.max_level, ctx.delta = max_level, delta
+        return x_q
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        x, x_q, level, step = ctx.saved_tensors
+        inside = (x.abs() <= ctx.max_level * step).to(grad.dtype)
+        error = (x - x_q) / (2 * step)  # z − z_q, in [−½, ½] inside the range
+        grad_x = grad * (1 + ctx.delta * torch.sign(grad) * error) * inside
+        # LSQ-style range gradient: ∂x_q/∂step = (x_q − x)/step inside, the clipped level outside.
+        grad_step = (grad * torch.where(inside > 0, (x_q - x) / step, level)).sum().reshape(step.shape)
+        return grad_x, grad_step, None, None
+
+
+class HessianAwareQuantizer(Quantizer):
+    """``hq`` with b = 1 (sign codes) or b = 2 (2-bit planes)."""
+
+    delta: torch.Tensor
+    initialised: torch.Tensor
+
+    def __init__(self, dim: int, layers: int, *, bits: int, delta_every: int = 5, delta_batches: int = 4) -> None:
+        super().__init__(dim, layers)
+        if bits not in (1, 2):
+            raise ValueError(f"hq supports 1 or 2 bits, got {bits}")
+        self.bits = bits
+        self.layout = CodeLayout.SIGN1 if bits == 1 else CodeLayout.PLANES2
+        self.max_level = 2**bits - 1
+        self.delta_every = delta_every
+        self.delta_batches = delta_batches
+        self.user_step = nn.Parameter(torch.ones(()))
+        self.item_step = nn.Parameter(torch.ones(()))
+        self.register_buffer("delta", torch.zeros(()))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        # Host copies of buffers, so the training step never waits on the device to read them.
+        self._delta_value: float | None = None
+        self._range_ready = False
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self._delta_value, self._range_ready = None, False
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _step(self, side: Side) -> torch.Tensor:
+        return (self.user_step if side == "user" else self.item_step).abs() + 1e-8
+
+    @torch.no_grad()
+    def initialise_range(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Range ±3σ of each side's values; the step is the range over the top level."""
+        self.user_step.copy_(3 * users.std() / self.max_level)
+        self.item_step.copy_(3 * items.std() / self.max_level)
+        self.initialised.fill_(True)
+
+    def node_representations(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        users, items = super().node_representations(model)
+        if not self._range_ready:
+            if not bool(self.initialised):
+                self.initialise_range(users.detach(), items.detach())
+            self._range_ready = True
+        return users, items
+
+    def forward(self, x: torch.Tensor, side: Side) -> torch.Tensor:
+        if self._delta_value is None:
+            self._delta_value = float(self.delta)
+        out: torch.Tensor = _EWGS.apply(x, self._step(side), self.max_level, self._delta_value)  # type: ignore[no-untyped-call]
+        return out
+
+    def export(self, x: torch.Tensor, side: Side) -> ExportedCodes:
+        with torch.no_grad():
+            level = odd_levels(x, self._step(side), self.max_level)
+        if self.bits == 1:
+            return ExportedCodes(encode_sign1(as_numpy(level)))
+        return ExportedCodes(encode_planes2(((as_numpy(level) + 3) / 2).astype(np.int64)))
+
+    def refresh(self, context: RefreshContext) -> dict[str, float]:
+        if (context.epoch + 1) % self.delta_every:
+            return {}
+        delta = self.estimate_delta(context.model, context.batches[: self.delta_batches])
+        self.delta.fill_(delta)
+        self._delta_value = delta
+        return {"delta": delta}
+
+    def estimate_delta(
+        self, model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> float:
+        """δ = max(0, (Tr(H)/N) / (3·std(g))) with H, g of the BPR loss w.r.t. the quantized z = x_q / (2·step)."""
+        with torch.no_grad():
+            users, items = self.node_representations(model)
+            user_step, item_step = 2 * self._step("user"), 2 * self._step("item")
+        traces, grads, count = 0.0, [], 0
+        for batch_users, positives, negatives in batches:
+            with torch.no_grad():
+                z = [
+                    self(users[batch_users], "user") / user_step,
+                    self(items[positives], "item") / item_step,
+                    self(items[negatives], "item") / item_step,
+                ]
+
+            def loss(zs: Sequence[torch.Tensor]) -> torch.Tensor:
+                return bpr(zs[0] * user_step, zs[1] * item_step, zs[2] * item_step, self.score_scale)
+
+            trace, grad = hutchinson_trace(loss, z)
+            traces += trace
+            grads.append(grad)
+            count += grad.numel()
+        return delta_from(traces / count, torch.cat(grads))
+
+    @property
+    def score_scale(self) -> float:
+        return 1.0
+
+
+def delta_from(mean_curvature: float, grad: torch.Tensor) -> float:
+    """EWGS's δ from the mean Hessian diagonal and the gradient spread."""
+    spread = float(grad.std())
+    if not math.isfinite(mean_curvature) or spread == 0.0:
+        return 0.0
+    return max(0.0, mean_curvature / (3 * spread))
