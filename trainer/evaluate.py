@@ -56,7 +56,9 @@ def rank_topk(
         rows = users[start : start + batch]
         scores = user_vectors[torch.from_numpy(rows).to(user_vectors.device)] @ item_vectors.T
         if integer_scores:
-            scores = scores.double().round() * n_items + tie_break
+            if not torch.equal(scores, scores.round()):
+                raise ValueError("integer_scores asked for, but the vectors' inner products are not integers")
+            scores = scores.double() * n_items + tie_break
         mask_rows, mask_cols = _csr_rows_to_torch(mask, rows, scores.device)
         scores[mask_rows, mask_cols] = -torch.inf
         out[start : start + rows.size] = torch.topk(scores, k, dim=1).indices.cpu().numpy()

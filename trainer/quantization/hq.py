@@ -106,6 +106,11 @@ class HessianAwareQuantizer(Quantizer):
         out: torch.Tensor = _EWGS.apply(x, self._step(side), self.max_level, self._delta_value)  # type: ignore[no-untyped-call]
         return out
 
+    @torch.no_grad()
+    def served(self, x: torch.Tensor, side: Side) -> torch.Tensor:
+        """The integer levels: serving drops the global steps, which scale every score alike."""
+        return odd_levels(x, self._step(side), self.max_level)
+
     def export(self, x: torch.Tensor, side: Side) -> ExportedCodes:
         with torch.no_grad():
             level = odd_levels(x, self._step(side), self.max_level)
