@@ -112,10 +112,10 @@ def dequantize(
     mode: ScaleMode | None = None,
 ) -> npt.NDArray[np.float32]:
     """The real vectors a code stands for; their inner products are what the index ranks by."""
+    check_scales(layout, dim, scales, mode, codes.shape[0])
     if layout is CodeLayout.FLOAT32:
         return np.asarray(codes, dtype=np.float32)
     packed = np.asarray(codes, dtype=np.uint8)
-    check_scales(layout, dim, scales, mode, packed.shape[0])
     if layout is CodeLayout.SIGN1:
         values = unpack_bits(packed, dim).astype(np.float32) * 2.0 - 1.0
     else:

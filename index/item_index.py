@@ -267,11 +267,11 @@ class ItemIndex:
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         queries = self.prepare_queries(query_codes)
-        if self.rerank is not None:
-            return self._search_reranked(queries, query_codes, query_scales, k, exclude)
         n_queries = queries.shape[0]
         if exclude is not None and len(exclude) != n_queries:
             raise ValueError(f"exclude has {len(exclude)} rows for {n_queries} queries")
+        if self.rerank is not None:
+            return self._search_reranked(queries, query_codes, query_scales, k, exclude)
         out_ids = np.full((n_queries, k), -1, dtype=np.int64)
         out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
         n_excluded = np.array([len(e) for e in exclude] if exclude is not None else [0] * n_queries, dtype=np.int64)

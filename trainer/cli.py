@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         "method": config.method,
         "bits": result.quantizer.bits,
         **{k: round(v, 5) for k, v in report.test_served.items()},
+        **{f"exact_{k}": round(v, 5) for k, v in report.test_device.items()},
         "bytes_per_node": report.bytes_per_node,
         "train_seconds": round(result.train_seconds, 1),
         "best_epoch": result.best_epoch,

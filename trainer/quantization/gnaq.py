@@ -24,7 +24,7 @@ LEVELS = 4
 
 def quartile_bins(x: torch.Tensor) -> torch.Tensor:
     """Per row, 0..3 by rank: each quarter of a node's dimensions gets one code (ties by position)."""
-    ranks = torch.argsort(torch.argsort(x, dim=1), dim=1)
+    ranks = torch.argsort(torch.argsort(x, dim=1, stable=True), dim=1, stable=True)
     return (ranks * LEVELS) // x.shape[1]
 
 

@@ -61,7 +61,9 @@ class HessianAwareQuantizer(Quantizer):
     delta: torch.Tensor
     initialised: torch.Tensor
 
-    def __init__(self, dim: int, layers: int, *, bits: int, delta_every: int = 5, delta_batches: int = 4) -> None:
+    def __init__(
+        self, dim: int, layers: int, *, bits: int, delta_every: int = 5, delta_batches: int = 8, delta_probes: int = 16
+    ) -> None:
         super().__init__(dim, layers)
         if bits not in (1, 2):
             raise ValueError(f"hq supports 1 or 2 bits, got {bits}")
@@ -70,6 +72,8 @@ class HessianAwareQuantizer(Quantizer):
         self.max_level = 2**bits - 1
         self.delta_every = delta_every
         self.delta_batches = delta_batches
+        # vᵀHv is noisy (BPR's Hessian has large off-diagonal terms): average many probes over several batches.
+        self.delta_probes = delta_probes
         self.user_step = nn.Parameter(torch.ones(()))
         self.item_step = nn.Parameter(torch.ones(()))
         self.register_buffer("delta", torch.zeros(()))
@@ -145,7 +149,7 @@ class HessianAwareQuantizer(Quantizer):
             def loss(zs: Sequence[torch.Tensor]) -> torch.Tensor:
                 return bpr(zs[0] * user_step, zs[1] * item_step, zs[2] * item_step, self.score_scale)
 
-            trace, grad = hutchinson_trace(loss, z)
+            trace, grad = hutchinson_trace(loss, z, probes=self.delta_probes)
             traces += trace
             grads.append(grad)
             count += grad.numel()
