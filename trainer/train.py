@@ -141,7 +141,11 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     pretrained: torch.Tensor | None = None
     if quantizer.needs_pretraining and not resuming:
         log.info("%s: full-precision pre-training (at most %d epochs)", config.method, config.pretrain_epochs)
-        stage = train(data, dataclasses.replace(config, method="fp", bits=None, epochs=config.pretrain_epochs))
+        stage_checkpoints = config.checkpoint_dir / "pretrain" if config.checkpoint_dir else None
+        stage_config = dataclasses.replace(
+            config, method="fp", bits=None, epochs=config.pretrain_epochs, checkpoint_dir=stage_checkpoints
+        )
+        stage = train(data, stage_config)
         pretrained, pretrain_seconds = stage.model.inputs().detach(), stage.train_seconds
     replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, pretrained)
     if replacement is not None:

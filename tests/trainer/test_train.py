@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from index.bundle import Bundle
 from index.item_index import ItemIndex
@@ -70,3 +71,16 @@ def test_refit_trains_the_selected_number_of_epochs_on_all_training_data(tiny_da
     final = refit(tiny_data, config, selected)
     assert final.best_epoch == selected.best_epoch
     assert final.epochs_trained == selected.epochs_trained + selected.best_epoch + 1
+
+
+def test_gnaq_keeps_its_pretraining_checkpoints_apart(tmp_path: Path, tiny_data: Dataset) -> None:
+    config = TrainConfig(
+        method="gnaq", dim=16, epochs=2, pretrain_epochs=2, eval_every=1, batch_size=2048, device="cpu",
+        checkpoint_dir=tmp_path,
+    )  # fmt: skip
+    result = train(tiny_data, config)
+    stage = torch.load(tmp_path / "pretrain" / "last.pt", weights_only=False)
+    final = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert stage["config"]["method"] == "fp" and "inputs.weight" in stage["model"]
+    assert final["config"]["method"] == "gnaq" and "inputs.codebook" in final["model"]
+    assert result.epochs_trained == 2
