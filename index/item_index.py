@@ -43,15 +43,23 @@ GPU_MAX_K = 2048  # GpuIndexBinaryFlat / GpuIndexFlat refuse larger k
 
 
 DEFAULT_RERANK_FACTOR = 10  # Hamming candidates per requested item when item scales re-rank
+DEFAULT_HEAVY_ITEMS = 500  # largest-norm items added to every re-rank's candidates
 
 
 @dataclass(frozen=True)
 class Reranker:
-    """Item codes and scales kept beside the index, to score Hamming candidates exactly."""
+    """Item codes and scales kept beside the index, to score Hamming candidates exactly.
+
+    Hamming distance sees only the code's direction; with scales, an item's magnitude moves its score
+    as much. So the candidates are the Hamming neighbours plus the items of largest norm (``heavy``):
+    on Gowalla with BiGeaR codes, 10 × k Hamming candidates alone kept 70 % of the exact Recall@20 and
+    with the 500 heaviest items added 99 % (BENCHMARKS.md).
+    """
 
     item_codes: npt.NDArray[np.uint8]
     item_scales: npt.NDArray[np.float32]
     mode: ScaleMode
+    heavy: npt.NDArray[np.int64]
     factor: int = DEFAULT_RERANK_FACTOR
 
     @classmethod
@@ -63,12 +71,21 @@ class Reranker:
         layout: CodeLayout,
         dim: int,
         factor: int = DEFAULT_RERANK_FACTOR,
+        heavy_items: int = DEFAULT_HEAVY_ITEMS,
     ) -> Reranker | None:
         if item_scales is None:
             return None
         check_scales(layout, dim, item_scales, mode, item_codes.shape[0])
         assert mode is not None
-        return cls(np.asarray(item_codes, np.uint8), np.asarray(item_scales, np.float32), mode, factor)
+        codes, scales = np.asarray(item_codes, np.uint8), np.asarray(item_scales, np.float32)
+        norms = np.concatenate(
+            [
+                np.linalg.norm(dequantize(codes[s : s + 65536], layout, dim, scales[s : s + 65536], mode), axis=1)
+                for s in range(0, codes.shape[0], 65536)
+            ]
+        )
+        heavy = np.sort(np.argsort(-norms, kind="stable")[:heavy_items]).astype(np.int64)
+        return cls(codes, scales, mode, heavy, factor)
 
     def item_vectors(self, ids: npt.NDArray[np.int64], layout: CodeLayout, dim: int) -> npt.NDArray[np.float32]:
         return dequantize(self.item_codes[ids], layout, dim, self.item_scales[ids], self.mode)
@@ -314,7 +331,7 @@ class ItemIndex:
         out_ids = np.full((n_queries, k), -1, dtype=np.int64)
         out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
         for row in range(n_queries):
-            ids = candidates[row][candidates[row] >= 0]
+            ids = np.union1d(candidates[row][candidates[row] >= 0], self.rerank.heavy)
             if exclude is not None and exclude[row].size:
                 ids = ids[~np.isin(ids, exclude[row])]
             scores = self.rerank.item_vectors(ids, self.layout, self.dim) @ users[row]

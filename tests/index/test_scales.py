@@ -18,7 +18,7 @@ import pytest
 import scipy.sparse as sp
 
 from index.bundle import Bundle, BundleContent, BundleError, publish_bundle
-from index.codes import CodeLayout, ScaleMode, check_scales, dequantize, encode_planes2, encode_sign1
+from index.codes import CodeLayout, ScaleMode, check_scales, dequantize, encode_planes2, encode_sign1, pack_bits
 from index.item_index import ItemIndex
 
 SIGNS = np.array([[1, -1, 1, 1, -1, -1, 1, -1], [-1, -1, 1, -1, 1, 1, 1, 1]], dtype=np.float32)
@@ -281,3 +281,22 @@ def test_load_refuses_stored_scales_with_the_wrong_number_of_rows(tmp_path: Path
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="item_scales.npy.*scales must be"):
         Bundle.load(tmp_path)
+
+
+def test_a_far_but_heavy_item_reaches_the_rerank() -> None:
+    # Item 1 disagrees with the query on the whole first segment, so Hamming ranks it far down, but its
+    # matching second segment weighs a thousand times more: only the heavy-item list can bring it in.
+    dim = 16
+    rng = np.random.default_rng(5)
+    query_bits = rng.integers(0, 2, (1, dim))
+    items_bits = rng.integers(0, 2, (2000, dim))  # more items than the 500 heavy ones
+    items_bits[1] = query_bits[0]
+    items_bits[1, :8] = 1 - query_bits[0, :8]  # far from the query in the first segment only
+    scales = np.ones((2000, 2), dtype=np.float32)
+    scales[1] = [0.01, 1000.0]
+    index = ItemIndex.build(
+        pack_bits(items_bits), CodeLayout.SIGN1, dim, device="cpu", item_scales=scales,
+        scale_mode=ScaleMode.SEGMENT, rerank_factor=1,
+    )  # fmt: skip
+    result = index.search(pack_bits(query_bits), 1)
+    assert result.ids[0, 0] == 1
