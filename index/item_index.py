@@ -169,6 +169,7 @@ class ItemIndex:
         item_scales: npt.NDArray[np.floating] | None = None,
         scale_mode: ScaleMode | None = None,
         rerank_factor: int = DEFAULT_RERANK_FACTOR,
+        heavy_items: int = DEFAULT_HEAVY_ITEMS,
     ) -> ItemIndex:
         expected = code_width(layout, dim)
         if item_codes.ndim != 2 or item_codes.shape[1] != expected:
@@ -180,7 +181,7 @@ class ItemIndex:
         else:
             cpu_index = faiss.IndexFlatIP(dim)
             cpu_index.add(np.ascontiguousarray(item_codes, dtype=np.float32))
-        rerank = Reranker.of(item_codes, item_scales, scale_mode, layout, dim, rerank_factor)
+        rerank = Reranker.of(item_codes, item_scales, scale_mode, layout, dim, rerank_factor, heavy_items)
         return cls(cpu_index, layout=layout, dim=dim, device=device, rerank=rerank)
 
     @classmethod
