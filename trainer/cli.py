@@ -49,10 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--bits", type=int, choices=[1, 2], default=None, help="code bits per dimension (hq only)")
     model.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="start a quantized method from a full-precision pre-training stage (gnaq always does)",
+    )
+    model.add_argument(
         "--pretrain-epochs",
         type=int,
         default=defaults.pretrain_epochs,
-        help="gnaq: most epochs of the full-precision stage that initialises the codebooks",
+        help="most epochs of the full-precision stage (gnaq, --warm-start); it stops early on validation",
     )
     model.add_argument(
         "--dim", type=int, default=defaults.dim, help="embedding size (a multiple of 8 for binary codes)"
@@ -108,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         bits=args.bits,
         pretrain_epochs=args.pretrain_epochs,
+        warm_start=args.warm_start,
         dim=args.dim,
         layers=args.layers,
         lr=args.lr,
@@ -148,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds": round(result.train_seconds, 1),
         "best_epoch": result.best_epoch,
         "refit": bool(args.refit),
+        "warm_start": bool(args.warm_start),
         "peak_gpu_mb": round(result.peak_gpu_mb, 1),
         "device": result.device,
         "commit": _commit(),

@@ -24,7 +24,7 @@ from trainer.data import Dataset
 from trainer.evaluate import device_metrics
 from trainer.graph import normalized_adjacency, to_torch_sparse
 from trainer.loss import bpr
-from trainer.model import LightGCN
+from trainer.model import EmbeddingTable, LightGCN
 from trainer.quantization import Quantizer, RefreshContext, make_quantizer
 from trainer.sampling import BPRSampler
 
@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     method: str = "fp"
     bits: int | None = None  # hq only: 1 or 2
-    pretrain_epochs: int = 200  # gnaq only: full-precision stage before quantization
+    pretrain_epochs: int = 200  # gnaq, or any method with warm_start: full-precision stage before quantization
+    warm_start: bool = False  # start the quantized model from a full-precision pre-training stage
     dim: int = 64
     layers: int = 3
     lr: float = 1e-3
@@ -139,17 +140,25 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     resuming = config.resume and last_path is not None and last_path.is_file()
     pretrain_seconds = 0.0
     pretrained: torch.Tensor | None = None
-    if quantizer.needs_pretraining and not resuming:
+    if (quantizer.needs_pretraining or (config.warm_start and config.method != "fp")) and not resuming:
         log.info("%s: full-precision pre-training (at most %d epochs)", config.method, config.pretrain_epochs)
         stage_checkpoints = config.checkpoint_dir / "pretrain" if config.checkpoint_dir else None
         stage_config = dataclasses.replace(
-            config, method="fp", bits=None, epochs=config.pretrain_epochs, checkpoint_dir=stage_checkpoints
+            config,
+            method="fp",
+            bits=None,
+            epochs=config.pretrain_epochs,
+            checkpoint_dir=stage_checkpoints,
+            warm_start=False,
         )
         stage = train(data, stage_config)
         pretrained, pretrain_seconds = stage.model.inputs().detach(), stage.train_seconds
     replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, pretrained)
     if replacement is not None:
         model.inputs = replacement.to(device)
+    elif pretrained is not None and isinstance(model.inputs, EmbeddingTable):
+        with torch.no_grad():
+            model.inputs.weight.copy_(pretrained)
     optimizer = torch.optim.Adam([*model.parameters(), *quantizer.parameters()], lr=config.lr)
     sampler = BPRSampler(data.train, device)
     generator = torch.Generator(device=device)

@@ -84,3 +84,16 @@ def test_gnaq_keeps_its_pretraining_checkpoints_apart(tmp_path: Path, tiny_data:
     assert stage["config"]["method"] == "fp" and "inputs.weight" in stage["model"]
     assert final["config"]["method"] == "gnaq" and "inputs.codebook" in final["model"]
     assert result.epochs_trained == 2
+
+
+def test_warm_start_runs_a_full_precision_stage_first(tmp_path: Path, tiny_data: Dataset) -> None:
+    config = TrainConfig(
+        method="hq", bits=2, dim=16, epochs=1, pretrain_epochs=3, eval_every=1, batch_size=2048, device="cpu",
+        checkpoint_dir=tmp_path, warm_start=True,
+    )  # fmt: skip
+    result = train(tiny_data, config)
+    stage = torch.load(tmp_path / "pretrain" / "last.pt", weights_only=False)
+    assert stage["config"]["method"] == "fp" and stage["epoch"] == 2
+    assert result.epochs_trained == 1
+    cold = train(tiny_data, TrainConfig(**{**config.__dict__, "warm_start": False, "checkpoint_dir": None}))
+    assert cold.best_valid != result.best_valid  # the pre-trained start changes where one epoch lands
