@@ -81,8 +81,10 @@ class TrainedBundle:
     data: Dataset
 
 
-def train_bundle(data: Dataset, root: Path, method: str, epochs: int = 15) -> TrainedBundle:
-    config = TrainConfig(method=method, dim=32, epochs=epochs, batch_size=1024, lr=5e-3, eval_every=5, device="cpu")
+def train_bundle(data: Dataset, root: Path, method: str, epochs: int = 15, bits: int | None = None) -> TrainedBundle:
+    config = TrainConfig(
+        method=method, bits=bits, dim=32, epochs=epochs, batch_size=1024, lr=5e-3, eval_every=5, device="cpu"
+    )
     report = export_bundle(train(data, config), data, config, root)
     return TrainedBundle(root, report, data)
 
@@ -95,3 +97,8 @@ def ste_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> 
 @pytest.fixture(scope="session")
 def fp_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> TrainedBundle:
     return train_bundle(tiny_data, tmp_path_factory.mktemp("bundles-fp"), "fp")
+
+
+@pytest.fixture(scope="session")
+def hq2_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> TrainedBundle:
+    return train_bundle(tiny_data, tmp_path_factory.mktemp("bundles-hq2"), "hq", bits=2)

@@ -19,11 +19,8 @@ from torch import nn
 import trainer.quantization.hq as hq
 from index.bundle import Bundle
 from index.codes import CodeLayout, dequantize
-from index.item_index import ItemIndex
 from tests.conftest import TrainedBundle
 from trainer.data import Dataset
-from trainer.evaluate import served_path_metrics
-from trainer.export import export_bundle
 from trainer.quantization.base import RefreshContext
 from trainer.quantization.hq import _EWGS, HessianAwareQuantizer, delta_from, odd_levels
 from trainer.sampling import BPRSampler
@@ -39,14 +36,6 @@ def hq_config(epochs: int) -> TrainConfig:
 @pytest.fixture(scope="module")
 def one_epoch(tiny_data: Dataset) -> TrainResult:
     return train(tiny_data, hq_config(epochs=1))
-
-
-@pytest.fixture(scope="module")
-def hq2_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> TrainedBundle:
-    # conftest's train_bundle has no `bits`; same settings, 2 bits.
-    config = hq_config(epochs=15)
-    root = tmp_path_factory.mktemp("bundles-hq2")
-    return TrainedBundle(root, export_bundle(train(tiny_data, config), tiny_data, config, root), tiny_data)
 
 
 def batches_of(data: Dataset, size: int, count: int, seed: int = 0) -> list[Batch]:
@@ -247,23 +236,12 @@ def test_exported_codes_dequantize_to_the_odd_levels(bits: int, layout: CodeLayo
     np.testing.assert_allclose(quantizer(x, "item").detach().numpy(), 0.25 * levels, rtol=1e-6)
 
 
-def test_trained_hq2_bundle_metrics_equal_rescoring_its_codes(hq2_bundle: TrainedBundle) -> None:
+def test_trained_hq2_bundle_holds_plain_two_bit_codes(hq2_bundle: TrainedBundle) -> None:
     bundle = Bundle.load(hq2_bundle.root)
     assert bundle.layout is CodeLayout.PLANES2 and bundle.manifest.bits == 2 and bundle.dim == 32
     assert bundle.manifest.scale_mode is None and bundle.item_scales is None
     assert bundle.manifest.training["config"]["bits"] == 2
-    index = ItemIndex.build(bundle.item_codes, bundle.layout, bundle.dim, device="cpu")
-    again = served_path_metrics(
-        bundle.user_codes,
-        bundle.item_codes,
-        bundle.layout,
-        bundle.dim,
-        hq2_bundle.data.test,
-        hq2_bundle.data.seen(),
-        index=index,
-    )
-    assert again == bundle.manifest.metrics == hq2_bundle.report.test_served
-    assert again["recall@20"] > 0.1  # a trained model, not an empty ranking
+    assert bundle.manifest.metrics["recall@20"] > 0.1  # a trained model, not an empty ranking
 
 
 def test_trained_hq2_device_path_equals_served_path(hq2_bundle: TrainedBundle) -> None:

@@ -35,7 +35,7 @@ def test_trained_models_beat_popularity(bundle_name: str, request: pytest.Fixtur
     assert trained.report.test_served["recall@20"] > 1.2 * popularity_recall(trained.data)
 
 
-@pytest.mark.parametrize("bundle_name", ["fp_bundle", "ste_bundle"])
+@pytest.mark.parametrize("bundle_name", ["fp_bundle", "ste_bundle", "hq2_bundle"])
 def test_exported_codes_rescored_give_the_same_metrics(bundle_name: str, request: pytest.FixtureRequest) -> None:
     trained: TrainedBundle = request.getfixturevalue(bundle_name)
     bundle = Bundle.load(trained.root)
