@@ -102,3 +102,8 @@ def fp_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> T
 @pytest.fixture(scope="session")
 def hq2_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> TrainedBundle:
     return train_bundle(tiny_data, tmp_path_factory.mktemp("bundles-hq2"), "hq", bits=2)
+
+
+@pytest.fixture(scope="session")
+def bigear_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> TrainedBundle:
+    return train_bundle(tiny_data, tmp_path_factory.mktemp("bundles-bigear"), "bigear")

@@ -15,6 +15,7 @@ import uvicorn
 
 from index.bundle import Bundle
 from index.cli import main as index_main
+from index.codes import dequantize
 from service.app import create_app
 from service.settings import ServiceSettings
 from service.user_codes import user_code_key
@@ -158,3 +159,24 @@ def test_openapi_documents_the_recommend_parameters(service: str) -> None:
 
 def test_served_bundle_is_the_one_in_current(indexed_bundle: TrainedBundle) -> None:
     assert Path(indexed_bundle.report.bundle_path).parent == indexed_bundle.root
+
+
+def test_scaled_codes_are_served_by_exact_rerank(bigear_bundle: TrainedBundle, redis_server: RedisServer) -> None:
+    """BiGeaR bundles carry per-layer scales: answers must equal the exact scores of the dequantized codes."""
+    settings = ServiceSettings(
+        bundle_root=bigear_bundle.root, redis_url=redis_server.url, port=free_port(), device="cpu"
+    )
+    user, history = a_user_with_history(bigear_bundle.data)
+    bundle = Bundle.load(bigear_bundle.root)
+    with running_service(settings) as url:
+        body = httpx.get(f"{url}/recommend", params={"user_id": user, "k": 10}).json()
+    assert body["source"] == "codes" and not {item["item_id"] for item in body["items"]} & history
+    row = bundle.user_row(user)
+    mode = bundle.manifest.scale_mode
+    user_vector = dequantize(
+        bundle.user_codes[row : row + 1], bundle.layout, bundle.dim, bundle.user_scales[row : row + 1], mode
+    )
+    item_vectors = dequantize(bundle.item_codes, bundle.layout, bundle.dim, bundle.item_scales, mode)
+    scores = item_vectors @ user_vector[0]
+    for item in body["items"]:
+        assert item["score"] == pytest.approx(float(scores[bundle.item_ids.index(item["item_id"])]), rel=1e-5)
