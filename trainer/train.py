@@ -140,6 +140,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     resuming = config.resume and last_path is not None and last_path.is_file()
     pretrain_seconds = 0.0
     pretrained: torch.Tensor | None = None
+    propagated: torch.Tensor | None = None
     if (quantizer.needs_pretraining or (config.warm_start and config.method != "fp")) and not resuming:
         log.info("%s: full-precision pre-training (at most %d epochs)", config.method, config.pretrain_epochs)
         stage_checkpoints = config.checkpoint_dir / "pretrain" if config.checkpoint_dir else None
@@ -153,7 +154,9 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         )
         stage = train(data, stage_config)
         pretrained, pretrain_seconds = stage.model.inputs().detach(), stage.train_seconds
-    replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, pretrained)
+        with torch.no_grad():
+            propagated = quantizer.represent(stage.model())
+    replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, pretrained, propagated)
     if replacement is not None:
         model.inputs = replacement.to(device)
     elif pretrained is not None and isinstance(model.inputs, EmbeddingTable):

@@ -135,3 +135,13 @@ def test_served_values_equal_dequantized_export() -> None:
     for row in range(7):
         assert np.unique(served[row]).size == 4
     assert quantizer.forward(x, "item") is x  # the loss sees the propagated output itself
+
+
+def test_codes_can_start_from_the_propagated_output_while_levels_fit_the_ego() -> None:
+    ego = torch.randn(5, 8, generator=torch.Generator().manual_seed(1)) * 0.5
+    propagated = torch.randn(5, 8, generator=torch.Generator().manual_seed(2))
+    layer = NodeCodebookInput(5, 8, ego, bins_from=propagated)
+    codes = quartile_bins(propagated)
+    assert torch.equal(layer.codes, codes)
+    expected = torch.tanh(torch.atanh(bin_means(ego, codes).clamp(-0.999, 0.999)))
+    torch.testing.assert_close(layer.codebook.tanh(), expected)

@@ -79,8 +79,13 @@ class Quantizer(nn.Module):
     def export(self, x: torch.Tensor, side: Side) -> ExportedCodes:
         return ExportedCodes(x.detach().float().cpu().numpy().astype(np.float32))
 
-    def input_layer(self, n_nodes: int, dim: int, pretrained: torch.Tensor | None) -> nn.Module | None:
-        """A replacement for the embedding table, or None to keep it."""
+    def input_layer(
+        self, n_nodes: int, dim: int, pretrained: torch.Tensor | None, propagated: torch.Tensor | None = None
+    ) -> nn.Module | None:
+        """A replacement for the embedding table, or None to keep it.
+
+        ``pretrained`` are a full-precision stage's ego embeddings, ``propagated`` its output representation.
+        """
         return None
 
     def after_step(self, model: nn.Module) -> None:

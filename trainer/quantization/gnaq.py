@@ -40,7 +40,9 @@ class NodeCodebookInput(nn.Module):
 
     codes: torch.Tensor
 
-    def __init__(self, n_nodes: int, dim: int, pretrained: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, n_nodes: int, dim: int, pretrained: torch.Tensor | None = None, *, bins_from: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         if dim < LEVELS:
             raise ValueError(f"gnaq needs dim >= {LEVELS}, got {dim}")
@@ -48,7 +50,9 @@ class NodeCodebookInput(nn.Module):
         self.register_buffer("codes", torch.zeros(n_nodes, dim, dtype=torch.long))
         if pretrained is not None:
             with torch.no_grad():
-                codes = quartile_bins(pretrained)
+                # Codes follow the propagated output's quartiles from the first step on (see after_step);
+                # binning the pre-trained output here keeps the first re-bin from scrambling the codebooks.
+                codes = quartile_bins(pretrained if bins_from is None else bins_from)
                 self.codes.copy_(codes)
                 self.codebook.copy_(torch.atanh(bin_means(pretrained, codes).clamp(-0.999, 0.999)))
 
@@ -69,8 +73,10 @@ class NodeAwareQuantizer(Quantizer):
     scale_mode = ScaleMode.LEVELS
     needs_pretraining = True
 
-    def input_layer(self, n_nodes: int, dim: int, pretrained: torch.Tensor | None) -> nn.Module | None:
-        return NodeCodebookInput(n_nodes, dim, pretrained)
+    def input_layer(
+        self, n_nodes: int, dim: int, pretrained: torch.Tensor | None, propagated: torch.Tensor | None = None
+    ) -> nn.Module | None:
+        return NodeCodebookInput(n_nodes, dim, pretrained, bins_from=propagated)
 
     def forward(self, x: torch.Tensor, side: Side) -> torch.Tensor:
         return x  # the loss sees the propagated output; codebooks learn through propagation
