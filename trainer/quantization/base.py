@@ -29,7 +29,7 @@ class ExportedCodes:
 
 @dataclass
 class RefreshContext:
-    """What an epoch-end hook may use: the model, a few training batches and the loss scale."""
+    """What an epoch-end hook may use: the model, the epoch's training batches and the epoch number."""
 
     model: nn.Module
     batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]

@@ -155,10 +155,6 @@ class HessianAwareQuantizer(Quantizer):
             count += grad.numel()
         return delta_from(traces / count, torch.cat(grads))
 
-    @property
-    def score_scale(self) -> float:
-        return 1.0
-
 
 def delta_from(mean_curvature: float, grad: torch.Tensor) -> float:
     """EWGS's δ from the mean Hessian diagonal and the gradient spread."""
