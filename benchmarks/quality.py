@@ -34,7 +34,7 @@ METHOD_OPTIONS = {
     "hq2": "--method hq --bits 2",
     "gnaq": "--method gnaq",
 }
-PROTOCOL = "--epochs 1000 --eval-every 5 --patience 6 --batch-size 8192 --lr 5e-3"
+PROTOCOL = "--epochs 1000 --eval-every 5 --patience 10 --batch-size 8192 --lr 5e-3 --refit"
 
 
 def child_env(parallel: int) -> dict[str, str]:
