@@ -143,6 +143,7 @@ def _validate_content(content: BundleContent) -> None:
 def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = True) -> Path:
     """Write a bundle under ``root/<model_version>`` atomically and (optionally) point CURRENT at it."""
     _validate_content(content)
+    check_plain_name(content.model_version, "model version")
     root.mkdir(parents=True, exist_ok=True)
     final = root / content.model_version
     if final.exists():
@@ -197,6 +198,12 @@ def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = T
     return final
 
 
+def check_plain_name(name: str, what: str) -> None:
+    """Bundle and file names are single path components that readers accept (no '/', no leading '.')."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or ".tmp-" in name:
+        raise BundleError(f"{what} must be a plain name (no '/', no leading '.', no '.tmp-'), got {name!r}")
+
+
 def set_current(root: Path, model_version: str) -> None:
     """Point ``CURRENT`` at a published bundle (one atomic rename)."""
     if not (root / model_version / MANIFEST).is_file():
@@ -211,14 +218,18 @@ def resolve_bundle_path(path: Path) -> Path:
     current = path / CURRENT
     if current.is_file():
         name = current.read_text(encoding="utf-8").strip()
-        if not name or "/" in name or name.startswith("."):
-            raise BundleError(f"{current}: expected a bundle name, got {name!r}")
+        try:
+            check_plain_name(name, "bundle name")
+        except BundleError as error:
+            raise BundleError(f"{current}: expected a bundle name, got {name!r}") from error
         return path / name
     raise BundleError(f"{path}: neither a bundle (no {MANIFEST}) nor a bundle root (no {CURRENT})")
 
 
 def _read_lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines()
+    # split("\n"), not splitlines(): ids may hold other line-break characters (\x0c, \u2028…).
+    lines = path.read_text(encoding="utf-8").split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def _load_npy(path: Path) -> npt.NDArray[Any]:
@@ -371,6 +382,9 @@ def add_file_to_bundle(bundle_path: Path, name: str, data: bytes) -> None:
     The file is renamed into place first and the manifest second, each atomically: a reader sees
     either the old manifest (and ignores the new file) or the new one with a matching checksum.
     """
+    check_plain_name(name, "bundle file name")
+    if name == MANIFEST:
+        raise BundleError(f"{bundle_path}: the manifest cannot be added as a file")
     manifest_path = bundle_path / MANIFEST
     manifest = Manifest.model_validate_json(manifest_path.read_bytes())
     write_file_atomically(bundle_path / name, data)

@@ -77,6 +77,8 @@ def device_metrics(
     """Recall/NDCG on the training device: used every few epochs for early stopping."""
     users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
     topk = rank_topk(user_vectors, item_vectors, users, mask, max(ks), integer_scores=integer_scores)
+    if topk.shape[1] < max(ks):  # a catalogue smaller than K: pad as the index does
+        topk = np.pad(topk, ((0, 0), (0, max(ks) - topk.shape[1])), constant_values=-1)
     return ranking_metrics(topk, users, truth, ks)
 
 

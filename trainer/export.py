@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,8 +39,10 @@ def popularity_order(data: Dataset) -> npt.NDArray[np.int64]:
 
 
 def new_model_version(dataset: str, method: str, bits: int) -> str:
+    """A unique, plain directory name: the dataset's name made safe, method, bits, UTC time, random suffix."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset).lstrip(".") or "dataset"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{dataset}-{method}{bits}b-{stamp}-{secrets.token_hex(2)}"
+    return f"{safe}-{method}{bits}b-{stamp}-{secrets.token_hex(2)}"
 
 
 @torch.no_grad()

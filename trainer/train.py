@@ -65,6 +65,7 @@ class TrainResult:
     best_epoch: int
     best_valid: dict[str, float]
     epochs_trained: int = 0
+    pretrain_epochs_selected: int | None = None  # the fp stage's validated epoch count (gnaq, warm start)
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
     peak_gpu_mb: float = 0.0
@@ -141,6 +142,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     pretrain_seconds = 0.0
     pretrained: torch.Tensor | None = None
     propagated: torch.Tensor | None = None
+    pretrain_epochs_selected: int | None = None
     if (quantizer.needs_pretraining or (config.warm_start and config.method != "fp")) and not resuming:
         log.info("%s: full-precision pre-training (at most %d epochs)", config.method, config.pretrain_epochs)
         stage_checkpoints = config.checkpoint_dir / "pretrain" if config.checkpoint_dir else None
@@ -154,6 +156,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         )
         stage = train(data, stage_config)
         pretrained, pretrain_seconds = stage.model.inputs().detach(), stage.train_seconds
+        pretrain_epochs_selected = stage.best_epoch + 1
         with torch.no_grad():
             propagated = quantizer.represent(stage.model())
     replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, pretrained, propagated)
@@ -167,7 +170,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
 
-    start_epoch, best_epoch, best_score, stale = 0, -1, -math.inf, 0
+    start_epoch, best_epoch, best_score, stale, epochs_trained = 0, -1, -math.inf, 0, 0
     best_state: dict[str, Any] | None = None
     best_valid: dict[str, float] = {}
     history: list[dict[str, float]] = []
@@ -183,6 +186,9 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             checkpoint["best_score"],
         )
         best_state, best_valid, history = checkpoint["best_state"], checkpoint["best_valid"], checkpoint["history"]
+        stale, epochs_trained = checkpoint.get("stale", 0), start_epoch
+        if stale >= config.patience:
+            start_epoch = config.epochs  # it had already stopped early: restore the best state and return
         generator.set_state(checkpoint["generator"].to(generator.get_state().device))
         log.info("resumed from %s at epoch %d", last_path, start_epoch)
 
@@ -193,7 +199,6 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     deadline = started + config.max_minutes * 60 if config.max_minutes else math.inf
     progress = tqdm(range(start_epoch, config.epochs), desc=f"train {config.method}", unit="epoch", dynamic_ncols=True)
-    epochs_trained = start_epoch
     for epoch in progress:
         epochs_trained = epoch + 1
         total = torch.zeros((), device=device)
@@ -238,6 +243,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
                         "epoch": epoch,
                         "best_epoch": best_epoch,
                         "best_score": best_score,
+                        "stale": stale,
                         "best_state": best_state,
                         "best_valid": best_valid,
                         "history": history,
@@ -261,6 +267,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         best_epoch=best_epoch,
         best_valid=best_valid,
         epochs_trained=epochs_trained,
+        pretrain_epochs_selected=pretrain_epochs_selected,
         history=history,
         train_seconds=pretrain_seconds + time.perf_counter() - started,
         peak_gpu_mb=peak,
@@ -277,7 +284,13 @@ def refit(data: Dataset, config: TrainConfig, selected: TrainResult) -> TrainRes
     empty = sp.csr_matrix(data.valid.shape, dtype=data.valid.dtype)
     merged = dataclasses.replace(data, train=data.seen(), valid=empty)
     refit_config = dataclasses.replace(
-        config, epochs=selected.best_epoch + 1, eval_every=0, resume=False, checkpoint_dir=None, max_minutes=None
+        config,
+        epochs=selected.best_epoch + 1,
+        pretrain_epochs=selected.pretrain_epochs_selected or config.pretrain_epochs,
+        eval_every=0,
+        resume=False,
+        checkpoint_dir=None,
+        max_minutes=None,
     )
     log.info("refit on train + validation for %d epochs", refit_config.epochs)
     result = train(merged, refit_config)

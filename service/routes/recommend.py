@@ -12,7 +12,7 @@ from service.deps import RecommenderDep
 from service.schemas import Recommendation
 from service.settings import ServiceSettings
 
-USER_ID_PATTERN = r"^[^\s]+$"
+USER_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # any printable id, spaces included (CSV ids may hold them)
 
 
 def build_router(settings: ServiceSettings) -> APIRouter:

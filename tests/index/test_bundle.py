@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from index.bundle import CURRENT, MANIFEST, Bundle, BundleContent, BundleError, publish_bundle, set_current
+from index.bundle import (
+    CURRENT,
+    MANIFEST,
+    Bundle,
+    BundleContent,
+    BundleError,
+    add_file_to_bundle,
+    publish_bundle,
+    set_current,
+)
 from index.codes import CodeLayout, encode_sign1
 
 
@@ -118,3 +127,25 @@ def test_current_must_name_a_published_bundle(tmp_path: Path) -> None:
         Bundle.load(tmp_path)
     with pytest.raises(BundleError, match="neither a bundle"):
         Bundle.load(tmp_path / "missing")
+
+
+def test_ids_with_unusual_line_breaks_round_trip(tmp_path: Path) -> None:
+    original = content()
+    odd = BundleContent(**{**original.__dict__, "item_ids": ["a\u2028b", "c\x0cd", *original.item_ids[2:]]})
+    publish_bundle(tmp_path, odd)
+    assert Bundle.load(tmp_path).item_ids == odd.item_ids
+
+
+@pytest.mark.parametrize("version", ["../escaped", ".hidden", "a/b", "v.tmp-1234"])
+def test_model_versions_must_be_plain_names(tmp_path: Path, version: str) -> None:
+    with pytest.raises(BundleError, match="plain name"):
+        publish_bundle(tmp_path / "root", content(version))
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_added_files_must_be_plain_names(tmp_path: Path) -> None:
+    path = publish_bundle(tmp_path, content())
+    for name in ("../v0/manifest.json", MANIFEST):
+        with pytest.raises(BundleError):
+            add_file_to_bundle(path, name, b"{}")
+    assert Bundle.load(tmp_path).manifest.model_version == "v1"

@@ -117,7 +117,7 @@ def test_unknown_user_gets_popular_items(service: str, indexed_bundle: TrainedBu
         ({"user_id": "u1", "k": 1001}, "k"),
         ({"user_id": "u1", "k": "many"}, "k"),
         ({"user_id": ""}, "user_id"),
-        ({"user_id": "has space"}, "user_id"),
+        ({"user_id": "control\x01char"}, "user_id"),
         ({"user_id": "u1", "exclude_seen": "perhaps"}, "exclude_seen"),
     ],
 )

@@ -87,7 +87,9 @@ def test_directory_with_one_inter_file_is_recognised(tmp_path: Path) -> None:
     assert (ds.name, ds.n_users, ds.n_items, ds.seen().nnz + ds.test.nnz) == ("ml", 2, 2, 3)
 
 
-@pytest.mark.parametrize("header", ["user,item,timestamp\n", "user_id,item_id,timestamp\n", ""])
+@pytest.mark.parametrize(
+    "header", ["user,item,timestamp\n", "user_id,item_id,timestamp\n", "userId,movieId,timestamp\n", ""]
+)
 def test_csv_with_or_without_header(tmp_path: Path, header: str) -> None:
     body = "bob,x,1\nalice,y,2\n\nbob,y,3\nbob,z,4\nbob,w,5\nbob,v,6\n"
     ds = load_dataset(str(write(tmp_path / "events.csv", header + body)), val_fraction=0.0)

@@ -97,3 +97,42 @@ def test_warm_start_runs_a_full_precision_stage_first(tmp_path: Path, tiny_data:
     assert result.epochs_trained == 1
     cold = train(tiny_data, TrainConfig(**{**config.__dict__, "warm_start": False, "checkpoint_dir": None}))
     assert cold.best_valid != result.best_valid  # the pre-trained start changes where one epoch lands
+
+
+def test_resume_remembers_that_the_run_had_stopped_early(tmp_path: Path, tiny_data: Dataset) -> None:
+    config = TrainConfig(
+        method="fp", dim=8, lr=0.0, epochs=30, eval_every=1, patience=2, device="cpu", checkpoint_dir=tmp_path
+    )
+    first = train(tiny_data, config)  # lr 0: nothing improves after the first validation
+    assert first.epochs_trained == 3
+    again = train(tiny_data, TrainConfig(**{**config.__dict__, "resume": True}))
+    assert again.epochs_trained == 3 and again.best_epoch == first.best_epoch
+
+
+def test_device_metrics_work_on_catalogues_smaller_than_k() -> None:
+    import scipy.sparse as sp
+
+    from trainer.evaluate import device_metrics
+
+    truth = sp.csr_matrix(([1.0], ([0], [2])), shape=(1, 5))
+    mask = sp.csr_matrix((1, 5))
+    users, items = torch.ones(1, 4), torch.eye(5, 4)
+    metrics = device_metrics(users, items, truth, mask, integer_scores=True)
+    assert metrics["recall@50"] == 1.0
+
+
+def test_model_versions_are_plain_names_even_for_hidden_dataset_folders() -> None:
+    from trainer.export import new_model_version
+
+    version = new_model_version(".cache/my data", "hq", 2)
+    assert version.startswith("cache_my_data-hq2b-") and "/" not in version
+
+
+def test_refit_repeats_only_the_validated_pretraining_epochs(tiny_data: Dataset) -> None:
+    config = TrainConfig(
+        method="ste", dim=8, lr=0.0, epochs=3, eval_every=1, patience=1, device="cpu", warm_start=True,
+        pretrain_epochs=30,
+    )  # fmt: skip
+    selected = train(tiny_data, config)
+    assert selected.pretrain_epochs_selected == 1  # lr 0: the stage's first validation stays the best
+    assert refit(tiny_data, config, selected).pretrain_epochs_selected == 1  # not all 30 again

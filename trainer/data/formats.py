@@ -192,7 +192,7 @@ def read_inter(path: Path) -> RawInteractions:
 
 
 def read_csv(path: Path) -> RawInteractions:
-    """Read ``user,item[,timestamp]`` rows; a first row starting with ``user`` or ``user_id`` is a header.
+    """Read ``user,item[,timestamp]`` rows; a first field ``user``, ``user_id`` or ``userId`` marks a header row.
 
     The column count is fixed by the first row (2 or 3); every other row must match it.
     """
@@ -205,7 +205,8 @@ def read_csv(path: Path) -> RawInteractions:
     number, fields = first
     if len(fields) not in (2, 3):
         raise malformed(path, number, "2 or 3 columns 'user,item[,timestamp]'", ",".join(fields))
-    has_header = fields[0].strip().lower() in ("user", "user_id")
+    # `user`, `user_id`, `userId`, `user id`…: a first field naming the user column is a header.
+    has_header = fields[0].strip().lower().replace("_", "").replace(" ", "") in ("user", "userid")
 
     def rows() -> Iterator[tuple[int, list[str]]]:
         if not has_header:
