@@ -129,6 +129,33 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+@dataclass(frozen=True)
+class PretrainingStage:
+    """What a full-precision stage hands a quantized method (nothing, when there was none)."""
+
+    ego: torch.Tensor | None = None
+    propagated: torch.Tensor | None = None
+    seconds: float = 0.0
+    epochs_selected: int | None = None
+
+
+def pretraining_stage(data: Dataset, config: TrainConfig, quantizer: Quantizer) -> PretrainingStage:
+    """Train `fp` (early-stopped, at most ``pretrain_epochs``; checkpoints under ``pretrain/``)."""
+    log.info("%s: full-precision pre-training (at most %d epochs)", config.method, config.pretrain_epochs)
+    checkpoints = config.checkpoint_dir / "pretrain" if config.checkpoint_dir else None
+    stage_config = dataclasses.replace(
+        config, method="fp", bits=None, epochs=config.pretrain_epochs, checkpoint_dir=checkpoints, warm_start=False
+    )
+    result = train(data, stage_config)
+    with torch.no_grad():
+        return PretrainingStage(
+            ego=result.model.inputs().detach(),
+            propagated=quantizer.represent(result.model()),
+            seconds=result.train_seconds,
+            epochs_selected=result.best_epoch + 1,
+        )
+
+
 def train(data: Dataset, config: TrainConfig) -> TrainResult:
     """Train with early stopping on validation; return the best model (weights restored)."""
     torch.manual_seed(config.seed)
@@ -139,32 +166,17 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     quantizer = make_quantizer(config.method, config.dim, config.layers, bits=config.bits).to(device)
     last_path = config.checkpoint_dir / "last.pt" if config.checkpoint_dir else None
     resuming = config.resume and last_path is not None and last_path.is_file()
-    pretrain_seconds = 0.0
-    pretrained: torch.Tensor | None = None
-    propagated: torch.Tensor | None = None
-    pretrain_epochs_selected: int | None = None
-    if (quantizer.needs_pretraining or (config.warm_start and config.method != "fp")) and not resuming:
-        log.info("%s: full-precision pre-training (at most %d epochs)", config.method, config.pretrain_epochs)
-        stage_checkpoints = config.checkpoint_dir / "pretrain" if config.checkpoint_dir else None
-        stage_config = dataclasses.replace(
-            config,
-            method="fp",
-            bits=None,
-            epochs=config.pretrain_epochs,
-            checkpoint_dir=stage_checkpoints,
-            warm_start=False,
-        )
-        stage = train(data, stage_config)
-        pretrained, pretrain_seconds = stage.model.inputs().detach(), stage.train_seconds
-        pretrain_epochs_selected = stage.best_epoch + 1
-        with torch.no_grad():
-            propagated = quantizer.represent(stage.model())
-    replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, pretrained, propagated)
+    stage = (
+        pretraining_stage(data, config, quantizer)
+        if (quantizer.needs_pretraining or (config.warm_start and config.method != "fp")) and not resuming
+        else PretrainingStage()
+    )
+    replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, stage.ego, stage.propagated)
     if replacement is not None:
         model.inputs = replacement.to(device)
-    elif pretrained is not None and isinstance(model.inputs, EmbeddingTable):
+    elif stage.ego is not None and isinstance(model.inputs, EmbeddingTable):
         with torch.no_grad():
-            model.inputs.weight.copy_(pretrained)
+            model.inputs.weight.copy_(stage.ego)
     optimizer = torch.optim.Adam([*model.parameters(), *quantizer.parameters()], lr=config.lr)
     sampler = BPRSampler(data.train, device)
     generator = torch.Generator(device=device)
@@ -267,9 +279,9 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         best_epoch=best_epoch,
         best_valid=best_valid,
         epochs_trained=epochs_trained,
-        pretrain_epochs_selected=pretrain_epochs_selected,
+        pretrain_epochs_selected=stage.epochs_selected,
         history=history,
-        train_seconds=pretrain_seconds + time.perf_counter() - started,
+        train_seconds=stage.seconds + time.perf_counter() - started,
         peak_gpu_mb=peak,
         device=device_name(device),
     )
