@@ -205,8 +205,8 @@ class ItemIndex:
     def for_bundle(cls, bundle: Bundle, *, device: DevicePreference = "auto") -> ItemIndex:
         """The bundle's stored index (or one built from its codes when none is stored), self-checked."""
         layout, dim = bundle.layout, bundle.dim
-        rerank = Reranker.of(bundle.item_codes, bundle.item_scales, bundle.manifest.scale_mode, layout, dim)
         if bundle.index_path is not None:
+            rerank = Reranker.of(bundle.item_codes, bundle.item_scales, bundle.manifest.scale_mode, layout, dim)
             index = cls.load(bundle.index_path, layout=layout, dim=dim, device=device, rerank=rerank)
             if index.n_items != bundle.manifest.n_items:
                 raise ValueError(

@@ -77,7 +77,7 @@ class Quantizer(nn.Module):
         return out
 
     def export(self, x: torch.Tensor, side: Side) -> ExportedCodes:
-        return ExportedCodes(x.detach().float().cpu().numpy().astype(np.float32))
+        return ExportedCodes(as_numpy(x))
 
     def input_layer(
         self, n_nodes: int, dim: int, pretrained: torch.Tensor | None, propagated: torch.Tensor | None = None
