@@ -4,9 +4,12 @@
         --methods fp ste bigear hq1 hq2 gnaq --out benchmarks/results/quality.json
 
 Each (dataset, method) is one `recsys-train` run under the same protocol (validation-selected epoch,
-test once on the served path); `--parallel N` runs N at once (on one GPU they share it, so their
-times are not solo times). Records are appended to `--out`; the table and the PNG are made from the
-whole file, so they can be refreshed alone with `--report-only`.
+learning-rate decay on plateau, refit on train + validation, test once on the served path). The `fp`
+runs go first and save their embeddings; every quantized method then starts from its dataset's `fp`
+model (`--warm-start-from`; its record's train_seconds include the fp stage), unless `--cold`.
+`--parallel N` runs N at once (on one GPU they share it, so their times are not solo times). Records
+are appended to `--out`; the table and the PNG are made from the whole file, so they can be refreshed
+alone with `--report-only`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ METHOD_OPTIONS = {
     "hq2": "--method hq --bits 2",
     "gnaq": "--method gnaq",
 }
-PROTOCOL = "--epochs 1000 --eval-every 5 --patience 10 --batch-size 8192 --lr 5e-3 --refit"
+PROTOCOL = "--epochs 1000 --eval-every 5 --patience 6 --lr-decay-patience 3 --batch-size 8192 --lr 5e-3 --refit"
 
 
 def child_env(parallel: int) -> dict[str, str]:
@@ -44,12 +47,27 @@ def child_env(parallel: int) -> dict[str, str]:
     return env
 
 
+def warm_start_file(dataset: str, args: argparse.Namespace) -> Path:
+    return Path(args.bundle_root) / f"{dataset}_fp_warm_start.pt"
+
+
 def run_one(dataset: str, method: str, args: argparse.Namespace) -> tuple[str, int, float]:
     log = args.logs / f"{dataset}_{method}.log"
+    warm = warm_start_file(dataset, args)
+    if method == "fp":
+        start = ["--save-warm-start", str(warm)]
+    elif args.cold:
+        start = []
+    elif warm.is_file():
+        start = ["--warm-start-from", str(warm)]
+    else:
+        log.write_text(f"no fp model to start from: {warm} (run fp first, or pass --cold)\n")
+        return f"{dataset}/{method}", 2, 0.0
+    extra = args.extra if method == "fp" else f"{args.extra} {args.quantized_extra}"
     command = [
         sys.executable, "-m", "trainer.cli", "--dataset", dataset, "--data-dir", str(args.data_dir),
         "--bundle-root", str(args.bundle_root / f"{dataset}_{method}"), "--results-json", str(args.out),
-        *shlex.split(METHOD_OPTIONS[method]), *shlex.split(args.protocol), *shlex.split(args.extra),
+        *shlex.split(METHOD_OPTIONS[method]), *shlex.split(args.protocol), *shlex.split(extra), *start,
     ]  # fmt: skip
     started = time.perf_counter()
     with log.open("w") as handle:
@@ -99,7 +117,9 @@ def main() -> int:
     parser.add_argument("--logs", type=Path, default=Path("var/quality-logs"))
     parser.add_argument("--bundle-root", type=Path, default=Path("var/quality-bundles"))
     parser.add_argument("--protocol", default=PROTOCOL, help="recsys-train options shared by every run")
-    parser.add_argument("--extra", default="", help="more recsys-train options, e.g. '--max-minutes 5 --refit'")
+    parser.add_argument("--extra", default="", help="more recsys-train options, e.g. '--max-minutes 5'")
+    parser.add_argument("--quantized-extra", default="", help="more options for the quantized methods only")
+    parser.add_argument("--cold", action="store_true", help="quantized methods start from scratch, not from fp")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once")
     parser.add_argument("--report-only", action="store_true", help="only print the table and draw the plot")
     args = parser.parse_args()
@@ -107,11 +127,13 @@ def main() -> int:
     failed = 0
     if not args.report_only:
         args.logs.mkdir(parents=True, exist_ok=True)
-        jobs = [(d, m) for d in args.datasets for m in args.methods]
+        first = [(d, m) for d in args.datasets for m in args.methods if m == "fp"]
+        then = [(d, m) for d in args.datasets for m in args.methods if m != "fp"]
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            for name, code, seconds in pool.map(lambda job: run_one(*job, args), jobs):
-                print(f"{name}: exit {code} in {seconds:.0f} s", flush=True)
-                failed += code != 0
+            for jobs in (first, then):  # quantized runs start from the fp models
+                for name, code, seconds in pool.map(lambda job: run_one(job[0], job[1], args), jobs):
+                    print(f"{name}: exit {code} in {seconds:.0f} s", flush=True)
+                    failed += code != 0
     report(args.out, plot)
     return 1 if failed else 0
 

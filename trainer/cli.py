@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -10,11 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from index.bundle import BundleError
 from trainer.data import DatasetError, SyntheticConfig, load_dataset
 from trainer.export import export_bundle
 from trainer.quantization import METHODS, make_quantizer
-from trainer.train import TrainConfig, refit, train
+from trainer.sampling import SAMPLING_MODES
+from trainer.train import TrainConfig, TrainResult, refit, train
+from trainer.warm_start import SavedStage, Stage, save_stages
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a quantized method from a full-precision pre-training stage (gnaq always does)",
     )
     model.add_argument(
+        "--warm-start-from",
+        type=Path,
+        default=None,
+        help="start a quantized method from the file an fp run wrote with --save-warm-start (implies --warm-start)",
+    )
+    model.add_argument(
         "--pretrain-epochs",
         type=int,
         default=defaults.pretrain_epochs,
@@ -68,10 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--batch-size", type=int, default=defaults.batch_size, help="BPR triples per step")
     optim.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
     optim.add_argument("--reg", type=float, default=defaults.reg, help="L2 weight on the batch's ego embeddings")
+    optim.add_argument(
+        "--sampling",
+        choices=SAMPLING_MODES,
+        default=defaults.sampling,
+        help="BPR positives: 'user' draws users uniformly (LightGCN), 'interaction' visits every pair once per epoch",
+    )
     optim.add_argument("--eval-every", type=int, default=defaults.eval_every, help="epochs between validations")
     optim.add_argument(
         "--patience", type=int, default=defaults.patience, help="validations without gain before stopping"
     )
+    optim.add_argument(
+        "--lr-decay-patience",
+        type=int,
+        default=defaults.lr_decay_patience,
+        help="validations without gain before the learning rate is multiplied by --lr-decay-factor (0: never)",
+    )
+    optim.add_argument("--lr-decay-factor", type=float, default=defaults.lr_decay_factor, help="learning-rate decay")
+    optim.add_argument("--lr-decays", type=int, default=defaults.lr_decays, help="most learning-rate decays")
     optim.add_argument(
         "--refit",
         action="store_true",
@@ -86,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--checkpoint-dir", type=Path, default=None, help="write resumable checkpoints here")
     out.add_argument("--resume", action="store_true", help="resume from --checkpoint-dir/last.pt")
     out.add_argument("--results-json", type=Path, default=None, help="append a result record to this JSON list")
+    out.add_argument(
+        "--save-warm-start",
+        type=Path,
+        default=None,
+        help="fp only: save the trained ego embeddings for quantized runs' --warm-start-from",
+    )
     return parser
 
 
@@ -101,11 +132,33 @@ def _commit() -> str:
         return "unknown"
 
 
+def _read_records(path: Path) -> list[object]:
+    try:
+        records = json.loads(path.read_text()) if path.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"--results-json {path}: not a JSON list ({error}); not overwriting it") from error
+    if not isinstance(records, list):
+        raise ValueError(f"--results-json {path}: holds a JSON {type(records).__name__}, not a list")
+    return records
+
+
 def _append_record(path: Path, record: dict[str, object]) -> None:
-    records = json.loads(path.read_text()) if path.is_file() else []
-    records.append(record)
+    """Append under an exclusive lock and replace atomically: benchmark runs share one results file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(records, indent=2) + "\n")
+    with path.with_name(f".{path.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = _read_records(path)
+        records.append(record)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(records, indent=2) + "\n")
+        tmp.replace(path)
+
+
+def _saved(result: TrainResult, seconds: float) -> SavedStage:
+    """A full-precision model's ego embeddings and what they cost, for --save-warm-start."""
+    with torch.no_grad():
+        ego = result.model.inputs().detach()
+    return SavedStage(ego=ego, seconds=seconds, epochs=result.best_epoch + 1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,15 +172,28 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         batch_size=args.batch_size,
         reg=args.reg,
+        sampling=args.sampling,
         epochs=args.epochs,
         eval_every=args.eval_every,
         patience=args.patience,
+        lr_decay_patience=args.lr_decay_patience,
+        lr_decay_factor=args.lr_decay_factor,
+        lr_decays=args.lr_decays,
+        warm_start_from=args.warm_start_from,
         seed=args.seed,
         device=args.device,
         max_minutes=args.max_minutes,
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
     )
+    if args.results_json is not None:
+        _read_records(args.results_json)  # refuse a file we could not append to before training, not after
+    if args.save_warm_start is not None and args.method != "fp":
+        raise ValueError("--save-warm-start saves a full-precision stage: use it with --method fp")
+    if args.warm_start_from is not None and args.method == "fp":
+        raise ValueError("--warm-start-from starts a quantized method: use it with a --method other than fp")
+    if args.warm_start_from is not None and not args.warm_start_from.is_file():
+        raise ValueError(f"--warm-start-from: no such file: {args.warm_start_from}")
     if make_quantizer(args.method, args.dim, args.layers, bits=args.bits).layout.is_binary and args.dim % 8:
         raise ValueError(f"--dim must be a multiple of 8 for binary codes, got {args.dim}")
     synthetic = SyntheticConfig(n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed)
@@ -141,8 +207,13 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.getLogger(__name__).info(data.summary())
     result = train(data, config)
+    stages: dict[Stage, SavedStage] = {"select": _saved(result, result.train_seconds)}
     if args.refit:
+        selected_seconds = result.train_seconds
         result = refit(data, config, result)
+        stages["refit"] = _saved(result, result.train_seconds - selected_seconds)  # the refit's own time
+    if args.save_warm_start is not None:
+        save_stages(args.save_warm_start, data.name, stages)
     report = export_bundle(result, data, config, args.bundle_root, make_current=not args.no_make_current)
     record: dict[str, object] = {
         "dataset": data.name,
@@ -154,7 +225,9 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds": round(result.train_seconds, 1),
         "best_epoch": result.best_epoch,
         "refit": bool(args.refit),
-        "warm_start": bool(args.warm_start),
+        "warm_start": bool(args.warm_start or args.warm_start_from),
+        "sampling": config.sampling,
+        "lr_milestones": result.lr_milestones,
         "peak_gpu_mb": round(result.peak_gpu_mb, 1),
         "device": result.device,
         "commit": _commit(),

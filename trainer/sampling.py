@@ -2,25 +2,46 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+Sampling = Literal["user", "interaction"]
+SAMPLING_MODES: tuple[Sampling, ...] = ("user", "interaction")
+
 
 class BPRSampler:
-    """Positive pairs in a shuffled order, each with one uniformly drawn item the user has not seen.
+    """Positive pairs, each with one uniformly drawn item the user has not seen.
+
+    ``user`` sampling (LightGCN's reference sampler) draws a user uniformly among those with training
+    items, then one of their items: every user weighs the same, as in the per-user Recall/NDCG averages.
+    ``interaction`` sampling visits each training pair once per epoch in a shuffled order, which weighs
+    users by their activity. Both draw as many triples per epoch as there are training pairs.
 
     Membership is tested by binary search over the sorted keys ``user·n_items + item`` of the training
     set; colliding negatives are redrawn a few times (after that the rare leftover is kept, as the
     reference implementations do).
     """
 
-    def __init__(self, train: sp.csr_matrix, device: torch.device, *, redraws: int = 4) -> None:
-        coo = train.tocoo()
-        self.n_items = train.shape[1]
+    def __init__(
+        self, train: sp.csr_matrix, device: torch.device, *, mode: Sampling = "user", redraws: int = 4
+    ) -> None:
+        if mode not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {mode!r}")
+        csr = sp.csr_matrix(train)
+        csr.sort_indices()
+        coo = csr.tocoo()
+        self.n_items = csr.shape[1]
         self.users = torch.from_numpy(coo.row.astype(np.int64)).to(device)
         self.items = torch.from_numpy(coo.col.astype(np.int64)).to(device)
         self.keys = torch.sort(self.users * self.n_items + self.items).values
+        degrees = np.diff(csr.indptr)
+        self.active = torch.from_numpy(np.flatnonzero(degrees).astype(np.int64)).to(device)
+        self.start = torch.from_numpy(csr.indptr[:-1].astype(np.int64)).to(device)
+        self.degree = torch.from_numpy(degrees.astype(np.int64)).to(device)
+        self.mode = mode
         self.device = device
         self.redraws = redraws
 
@@ -42,11 +63,21 @@ class BPRSampler:
             items[clash] = torch.randint(self.n_items, (int(clash.sum()),), device=self.device, generator=generator)
         return items
 
+    def positives(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users, items) for one epoch, in training order."""
+        if self.mode == "interaction":
+            order = torch.randperm(len(self), device=self.device, generator=generator)
+            return self.users[order], self.items[order]
+        pick = torch.randint(self.active.numel(), (len(self),), device=self.device, generator=generator)
+        users = self.active[pick]
+        offsets = torch.rand(len(self), device=self.device, generator=generator) * self.degree[users]
+        slots = self.start[users] + offsets.long().clamp_(max=self.degree[users] - 1)
+        return users, self.items[slots]
+
     def epoch(
         self, batch_size: int, generator: torch.Generator
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self), device=self.device, generator=generator)
-        users, positives = self.users[order], self.items[order]
+        users, positives = self.positives(generator)
         negatives = self.negatives(users, generator)
         return [
             (users[s : s + batch_size], positives[s : s + batch_size], negatives[s : s + batch_size])

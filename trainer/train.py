@@ -26,7 +26,8 @@ from trainer.graph import normalized_adjacency, to_torch_sparse
 from trainer.loss import bpr
 from trainer.model import EmbeddingTable, LightGCN
 from trainer.quantization import Quantizer, RefreshContext, make_quantizer
-from trainer.sampling import BPRSampler
+from trainer.sampling import BPRSampler, Sampling
+from trainer.warm_start import Stage, load_stage
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,17 @@ class TrainConfig:
     lr: float = 1e-3
     batch_size: int = 2048
     reg: float = 1e-4
+    sampling: Sampling = "user"
     epochs: int = 400
     eval_every: int = 5
-    patience: int = 5
+    patience: int = 5  # validations without gain (since the last learning-rate decay) before stopping
+    lr_decay_patience: int = 0  # validations without gain before the learning rate decays; 0 = never
+    lr_decay_factor: float = 0.2
+    lr_decays: int = 2  # at most this many decays
+    lr_milestones: tuple[int, ...] = ()  # replay: decay after these epochs (a refit repeats the selection run's)
+    pretrain_lr_milestones: tuple[int, ...] = ()  # the same for the full-precision stage
+    warm_start_from: Path | None = None  # a file saved by an fp run (trainer.warm_start) instead of a new fp stage
+    warm_start_stage: Stage = "select"
     select_metric: str = "recall@20"
     seed: int = 2024
     device: str = "auto"
@@ -66,6 +75,8 @@ class TrainResult:
     best_valid: dict[str, float]
     epochs_trained: int = 0
     pretrain_epochs_selected: int | None = None  # the fp stage's validated epoch count (gnaq, warm start)
+    lr_milestones: list[int] = field(default_factory=list)  # epochs after which the learning rate decayed
+    pretrain_lr_milestones: list[int] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
     peak_gpu_mb: float = 0.0
@@ -134,26 +145,55 @@ class PretrainingStage:
     """What a full-precision stage hands a quantized method (nothing, when there was none)."""
 
     ego: torch.Tensor | None = None
-    propagated: torch.Tensor | None = None
     seconds: float = 0.0
     epochs_selected: int | None = None
+    lr_milestones: tuple[int, ...] = ()
 
 
-def pretraining_stage(data: Dataset, config: TrainConfig, quantizer: Quantizer) -> PretrainingStage:
+def pretraining_stage(data: Dataset, config: TrainConfig) -> PretrainingStage:
     """Train `fp` (early-stopped, at most ``pretrain_epochs``; checkpoints under ``pretrain/``)."""
+    if config.warm_start_from is not None:
+        saved = load_stage(
+            config.warm_start_from,
+            config.warm_start_stage,
+            dataset=data.name,
+            n_nodes=data.n_users + data.n_items,
+            dim=config.dim,
+        )
+        log.info("%s: warm start from %s (%s stage)", config.method, config.warm_start_from, config.warm_start_stage)
+        return PretrainingStage(ego=saved.ego, seconds=saved.seconds, epochs_selected=saved.epochs)
     log.info("%s: full-precision pre-training (at most %d epochs)", config.method, config.pretrain_epochs)
     checkpoints = config.checkpoint_dir / "pretrain" if config.checkpoint_dir else None
     stage_config = dataclasses.replace(
-        config, method="fp", bits=None, epochs=config.pretrain_epochs, checkpoint_dir=checkpoints, warm_start=False
+        config,
+        method="fp",
+        bits=None,
+        epochs=config.pretrain_epochs,
+        checkpoint_dir=checkpoints,
+        warm_start=False,
+        lr_milestones=config.pretrain_lr_milestones,
+        pretrain_lr_milestones=(),
     )
     result = train(data, stage_config)
-    with torch.no_grad():
-        return PretrainingStage(
-            ego=result.model.inputs().detach(),
-            propagated=quantizer.represent(result.model()),
-            seconds=result.train_seconds,
-            epochs_selected=result.best_epoch + 1,
-        )
+    return PretrainingStage(
+        ego=result.model.inputs().detach(),
+        seconds=result.train_seconds,
+        epochs_selected=result.best_epoch + 1,
+        lr_milestones=tuple(result.lr_milestones),
+    )
+
+
+def _decay_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _snapshot(model: LightGCN, quantizer: Quantizer) -> dict[str, Any]:
+    return {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "quantizer": {k: v.detach().clone() for k, v in quantizer.state_dict().items()},
+    }
 
 
 def train(data: Dataset, config: TrainConfig) -> TrainResult:
@@ -166,19 +206,20 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     quantizer = make_quantizer(config.method, config.dim, config.layers, bits=config.bits).to(device)
     last_path = config.checkpoint_dir / "last.pt" if config.checkpoint_dir else None
     resuming = config.resume and last_path is not None and last_path.is_file()
-    stage = (
-        pretraining_stage(data, config, quantizer)
-        if (quantizer.needs_pretraining or (config.warm_start and config.method != "fp")) and not resuming
-        else PretrainingStage()
+    warm = config.method != "fp" and (
+        quantizer.needs_pretraining or config.warm_start or config.warm_start_from is not None
     )
-    replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, stage.ego, stage.propagated)
-    if replacement is not None:
-        model.inputs = replacement.to(device)
-    elif stage.ego is not None and isinstance(model.inputs, EmbeddingTable):
+    stage = pretraining_stage(data, config) if warm and not resuming else PretrainingStage()
+    propagated = None
+    if stage.ego is not None and isinstance(model.inputs, EmbeddingTable):
         with torch.no_grad():
             model.inputs.weight.copy_(stage.ego)
+            propagated = quantizer.represent(model())
+    replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, stage.ego, propagated)
+    if replacement is not None:
+        model.inputs = replacement.to(device)
     optimizer = torch.optim.Adam([*model.parameters(), *quantizer.parameters()], lr=config.lr)
-    sampler = BPRSampler(data.train, device)
+    sampler = BPRSampler(data.train, device, mode=config.sampling)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
 
@@ -186,6 +227,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     best_state: dict[str, Any] | None = None
     best_valid: dict[str, float] = {}
     history: list[dict[str, float]] = []
+    milestones: list[int] = []
     if resuming:
         assert last_path is not None
         checkpoint = torch.load(last_path, map_location=device, weights_only=False)
@@ -199,6 +241,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         )
         best_state, best_valid, history = checkpoint["best_state"], checkpoint["best_valid"], checkpoint["history"]
         stale, epochs_trained = checkpoint.get("stale", 0), start_epoch
+        milestones = list(checkpoint.get("lr_milestones", []))
         if stale >= config.patience:
             start_epoch = config.epochs  # it had already stopped early: restore the best state and return
         generator.set_state(checkpoint["generator"].to(generator.get_state().device))
@@ -210,6 +253,18 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     deadline = started + config.max_minutes * 60 if config.max_minutes else math.inf
+    if validating and stage.ego is not None:
+        # The warm start itself is a candidate: fine-tuning that only loses is not selected.
+        start = evaluate_valid(model, quantizer, data)
+        history.append({"epoch": -1, "loss": math.nan, "seconds": 0.0, **start})
+        log.info(json.dumps({"event": "valid", "epoch": -1, **start}))
+        best_epoch, best_score, best_valid, best_state = (
+            -1,
+            start[config.select_metric],
+            start,
+            _snapshot(model, quantizer),
+        )
+    replay = set(config.lr_milestones)
     progress = tqdm(range(start_epoch, config.epochs), desc=f"train {config.method}", unit="epoch", dynamic_ncols=True)
     for epoch in progress:
         epochs_trained = epoch + 1
@@ -237,12 +292,18 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             log.info(json.dumps({"event": "valid", "epoch": epoch, "loss": round(mean_loss, 5), **valid}))
             if score > best_score:
                 best_epoch, best_score, best_valid, stale = epoch, score, valid, 0
-                best_state = {
-                    "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                    "quantizer": {k: v.detach().clone() for k, v in quantizer.state_dict().items()},
-                }
+                best_state = _snapshot(model, quantizer)
             else:
                 stale += 1
+                if (
+                    config.lr_decay_patience
+                    and stale >= config.lr_decay_patience
+                    and len(milestones) < config.lr_decays
+                ):
+                    lr = _decay_learning_rate(optimizer, config.lr_decay_factor)
+                    milestones.append(epoch)
+                    stale = 0
+                    log.info(json.dumps({"event": "lr", "epoch": epoch, "lr": lr}))
             progress.set_postfix(loss=f"{mean_loss:.4f}", **{config.select_metric: f"{score:.4f}"}, best=best_epoch)
             if last_path is not None:
                 _save_checkpoint(
@@ -256,6 +317,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
                         "best_epoch": best_epoch,
                         "best_score": best_score,
                         "stale": stale,
+                        "lr_milestones": milestones,
                         "best_state": best_state,
                         "best_valid": best_valid,
                         "history": history,
@@ -265,6 +327,10 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             if stale >= config.patience:
                 log.info("early stop at epoch %d: no %s gain in %d evaluations", epoch, config.select_metric, stale)
                 break
+        if epoch in replay:
+            lr = _decay_learning_rate(optimizer, config.lr_decay_factor)
+            milestones.append(epoch)
+            log.info(json.dumps({"event": "lr", "epoch": epoch, "lr": lr}))
         if time.perf_counter() > deadline:
             log.info("stopping at epoch %d: time budget of %.1f min reached", epoch, config.max_minutes)
             break
@@ -280,6 +346,8 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         best_valid=best_valid,
         epochs_trained=epochs_trained,
         pretrain_epochs_selected=stage.epochs_selected,
+        lr_milestones=milestones,
+        pretrain_lr_milestones=list(stage.lr_milestones),
         history=history,
         train_seconds=stage.seconds + time.perf_counter() - started,
         peak_gpu_mb=peak,
@@ -299,6 +367,9 @@ def refit(data: Dataset, config: TrainConfig, selected: TrainResult) -> TrainRes
         config,
         epochs=selected.best_epoch + 1,
         pretrain_epochs=selected.pretrain_epochs_selected or config.pretrain_epochs,
+        lr_milestones=tuple(m for m in selected.lr_milestones if m <= selected.best_epoch),
+        pretrain_lr_milestones=tuple(selected.pretrain_lr_milestones),
+        warm_start_stage="refit",
         eval_every=0,
         resume=False,
         checkpoint_dir=None,

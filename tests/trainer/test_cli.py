@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,46 @@ def test_trains_and_publishes_a_bundle(tmp_path: Path) -> None:
     bundle = Bundle.load(tmp_path / "b")
     assert bundle.manifest.method == "ste" and bundle.manifest.n_users == 200
     assert "recall@20" in result.stdout and '"recall@20"' in results.read_text()
+
+
+def test_fp_saves_a_warm_start_that_a_quantized_run_uses(tmp_path: Path) -> None:
+    common = ["--epochs", "2", "--eval-every", "1", "--synthetic-users", "200", "--synthetic-items", "300"]
+    common += ["--dim", "16", "--refit", "--results-json", str(tmp_path / "r.json")]
+    warm = tmp_path / "fp.pt"
+    fp = run_cli(
+        *common, "--method", "fp", "--save-warm-start", str(warm), "--bundle-root", str(tmp_path / "a"), cwd=tmp_path
+    )
+    assert fp.returncode == 0, fp.stderr
+    hq = run_cli(
+        *common,
+        "--method",
+        "hq",
+        "--bits",
+        "1",
+        "--warm-start-from",
+        str(warm),
+        "--bundle-root",
+        str(tmp_path / "b"),
+        cwd=tmp_path,
+    )
+    assert hq.returncode == 0, hq.stderr
+    assert "warm start from" in hq.stderr and "(refit stage)" in hq.stderr  # the refit starts from fp's refit
+    records = json.loads((tmp_path / "r.json").read_text())
+    assert [r["method"] for r in records] == ["fp", "hq"] and records[1]["warm_start"] is True
+    assert records[1]["train_seconds"] > records[0]["train_seconds"]  # the fp stage's time is counted
+
+
+def test_warm_start_options_are_checked_before_training(tmp_path: Path) -> None:
+    wrong_method = run_cli("--method", "ste", "--save-warm-start", str(tmp_path / "x.pt"), cwd=tmp_path)
+    assert wrong_method.returncode == 2 and "use it with --method fp" in wrong_method.stderr
+    missing = run_cli("--method", "ste", "--warm-start-from", str(tmp_path / "none.pt"), cwd=tmp_path)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    assert missing.stderr.count("\n") == 1
+
+
+def test_a_results_file_that_is_not_a_list_is_refused_before_training(tmp_path: Path) -> None:
+    results = tmp_path / "r.json"
+    results.write_text('{"not": "a list"}')
+    result = run_cli("--results-json", str(results), "--bundle-root", str(tmp_path / "b"), cwd=tmp_path)
+    assert result.returncode == 2 and "not a list" in result.stderr and "Traceback" not in result.stderr
+    assert results.read_text() == '{"not": "a list"}' and not (tmp_path / "b").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,21 @@ def test_refit_repeats_only_the_validated_pretraining_epochs(tiny_data: Dataset)
     selected = train(tiny_data, config)
     assert selected.pretrain_epochs_selected == 1  # lr 0: the stage's first validation stays the best
     assert refit(tiny_data, config, selected).pretrain_epochs_selected == 1  # not all 30 again
+
+
+def test_learning_rate_decays_on_plateau_then_stops(tiny_data: Dataset) -> None:
+    config = TrainConfig(
+        method="fp", dim=8, lr=0.0, epochs=30, eval_every=1, patience=2, lr_decay_patience=1, lr_decays=2,
+        device="cpu",
+    )  # fmt: skip
+    result = train(tiny_data, config)  # lr 0: no validation ever gains after the first
+    assert result.lr_milestones == [1, 2]  # a decay after each stale validation, at most two
+    assert result.epochs_trained == 5  # then two more stale validations stop it
+
+
+def test_refit_replays_the_decays_that_selection_made(tiny_data: Dataset) -> None:
+    config = TrainConfig(method="fp", dim=8, epochs=2, eval_every=1, batch_size=2048, device="cpu")
+    selected = dataclasses.replace(train(tiny_data, config), best_epoch=3, lr_milestones=[0, 2, 7])
+    final = refit(tiny_data, config, selected)
+    assert final.epochs_trained - selected.epochs_trained == 4
+    assert final.lr_milestones == [0, 2]  # 7 came after the selected epoch

@@ -1,0 +1,53 @@
+"""A saved full-precision stage starts quantized runs: same embeddings, time accounted, wrong files refused."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.data import Dataset
+from trainer.train import TrainConfig, train
+from trainer.warm_start import SavedStage, WarmStartError, load_stage, save_stages
+
+
+def fp_stage(data: Dataset) -> SavedStage:
+    result = train(data, TrainConfig(method="fp", dim=16, epochs=4, eval_every=2, batch_size=2048, device="cpu"))
+    return SavedStage(ego=result.model.inputs().detach(), seconds=result.train_seconds, epochs=result.best_epoch + 1)
+
+
+def test_round_trip_and_refusals(tmp_path: Path, tiny_data: Dataset) -> None:
+    path = tmp_path / "fp.pt"
+    stage = fp_stage(tiny_data)
+    save_stages(path, tiny_data.name, {"select": stage})
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    n_nodes = tiny_data.n_users + tiny_data.n_items
+    loaded = load_stage(path, "select", dataset=tiny_data.name, n_nodes=n_nodes, dim=16)
+    assert torch.equal(loaded.ego, stage.ego) and loaded.epochs == stage.epochs
+    with pytest.raises(WarmStartError, match="saved for dataset"):
+        load_stage(path, "select", dataset="gowalla", n_nodes=n_nodes, dim=16)
+    with pytest.raises(WarmStartError, match="shape"):
+        load_stage(path, "select", dataset=tiny_data.name, n_nodes=n_nodes, dim=32)
+    with pytest.raises(WarmStartError, match="no 'refit' stage"):
+        load_stage(path, "refit", dataset=tiny_data.name, n_nodes=n_nodes, dim=16)
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(WarmStartError, match="not a warm-start file"):
+        load_stage(tmp_path / "junk.pt", "select", dataset=tiny_data.name, n_nodes=n_nodes, dim=16)
+
+
+def test_quantized_run_starts_from_the_saved_stage_and_counts_its_time(tmp_path: Path, tiny_data: Dataset) -> None:
+    path = tmp_path / "fp.pt"
+    stage = dataclasses.replace(fp_stage(tiny_data), seconds=1000.0)
+    save_stages(path, tiny_data.name, {"select": stage})
+    config = TrainConfig(
+        method="hq", bits=2, dim=16, epochs=2, eval_every=1, batch_size=2048, device="cpu", warm_start_from=path
+    )
+    result = train(tiny_data, config)
+    assert result.train_seconds > 1000.0
+    assert result.pretrain_epochs_selected == stage.epochs
+    assert result.history[0]["epoch"] == -1  # the warm start itself was validated as a candidate
+    lr_zero = train(tiny_data, dataclasses.replace(config, lr=0.0))
+    assert lr_zero.best_epoch == -1  # nothing beat the starting point, so the starting point is kept
+    assert torch.equal(lr_zero.model.inputs.weight, stage.ego)  # type: ignore[union-attr]

@@ -1,0 +1,63 @@
+"""A full-precision stage saved once and shared by every quantized run that warm-starts from it.
+
+Quantization-aware training starts from a trained fp model (as GNAQ prescribes and as production QAT
+does). Training that model once per quantized method repeats the same work; instead an `fp` run saves
+its ego embeddings — the validation-selected model and, with ``--refit``, the model refit on train +
+validation — and quantized runs load the one matching their own stage. The file also carries the
+seconds and epochs that stage took, so a quantized run's reported training time still includes them.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Stage = Literal["select", "refit"]
+
+
+class WarmStartError(ValueError):
+    """A warm-start file that is missing, unreadable or made for another dataset or model shape."""
+
+
+@dataclass(frozen=True)
+class SavedStage:
+    ego: torch.Tensor
+    seconds: float
+    epochs: int
+
+
+def save_stages(path: Path, dataset: str, stages: dict[Stage, SavedStage]) -> None:
+    """Write atomically: a half-written file must never be picked up by a concurrent run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "dataset": dataset,
+        "stages": {
+            name: {"ego": s.ego.detach().cpu(), "seconds": s.seconds, "epochs": s.epochs} for name, s in stages.items()
+        },
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_stage(path: Path, stage: Stage, *, dataset: str, n_nodes: int, dim: int) -> SavedStage:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        saved = payload["stages"]
+        found = payload["dataset"]
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as error:
+        raise WarmStartError(f"{path}: not a warm-start file ({error})") from error
+    if found != dataset:
+        raise WarmStartError(f"{path}: saved for dataset {found!r}, this run trains {dataset!r}")
+    if stage not in saved:
+        raise WarmStartError(f"{path}: has no {stage!r} stage (save it from an fp run with --refit)")
+    entry = saved[stage]
+    ego = entry["ego"]
+    if tuple(ego.shape) != (n_nodes, dim):
+        raise WarmStartError(f"{path}: embeddings of shape {tuple(ego.shape)}, this model needs {(n_nodes, dim)}")
+    return SavedStage(ego=ego.float(), seconds=float(entry["seconds"]), epochs=int(entry["epochs"]))
