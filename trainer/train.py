@@ -210,12 +210,13 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         quantizer.needs_pretraining or config.warm_start or config.warm_start_from is not None
     )
     stage = pretraining_stage(data, config) if warm and not resuming else PretrainingStage()
+    ego = stage.ego.to(device) if stage.ego is not None else None  # a saved stage is loaded on the CPU
     propagated = None
-    if stage.ego is not None and isinstance(model.inputs, EmbeddingTable):
+    if ego is not None and isinstance(model.inputs, EmbeddingTable):
         with torch.no_grad():
-            model.inputs.weight.copy_(stage.ego)
+            model.inputs.weight.copy_(ego)
             propagated = quantizer.represent(model())
-    replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, stage.ego, propagated)
+    replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, ego, propagated)
     if replacement is not None:
         model.inputs = replacement.to(device)
     optimizer = torch.optim.Adam([*model.parameters(), *quantizer.parameters()], lr=config.lr)
