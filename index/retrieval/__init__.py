@@ -1,0 +1,88 @@
+"""Exact Hamming top-k behind one interface, on whichever backend is fastest where it runs.
+
+Backends: ``faiss-cpu`` (``IndexBinaryFlat``), ``faiss-gpu`` (``GpuIndexBinaryFlat``), ``triton`` (our
+fused GPU kernel), ``torch`` (portable fallback, CPU or CUDA); any of them sharded over several devices.
+They return identical ids and distances (ties broken by item id). ``auto`` picks, in order: ``triton``
+when torch sees a CUDA GPU and Triton is installed, ``faiss-gpu`` when FAISS sees a GPU, else
+``faiss-cpu`` (the fastest exact CPU backend on our 2-core benchmark; BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from index.retrieval.base import MAX_K, HammingBackend, TopK, reference_topk
+from index.retrieval.faiss_backend import FaissBinaryBackend, faiss_gpu_count
+from index.retrieval.sharded import ShardedBackend
+
+BackendName = Literal["auto", "faiss-cpu", "faiss-gpu", "triton", "torch"]
+BACKENDS: tuple[BackendName, ...] = ("auto", "faiss-cpu", "faiss-gpu", "triton", "torch")
+
+__all__ = [
+    "BACKENDS",
+    "MAX_K",
+    "BackendName",
+    "HammingBackend",
+    "TopK",
+    "available_backends",
+    "make_backend",
+    "reference_topk",
+]
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def available_backends() -> list[str]:
+    """Backends that can run here, fastest first (the order ``auto`` follows)."""
+    found = []
+    if _cuda_devices() and _has_triton():
+        found.append("triton")
+    if faiss_gpu_count():
+        found.append("faiss-gpu")
+    found += ["faiss-cpu", "torch"]
+    return found
+
+
+def _single(codes: npt.NDArray[np.uint8], name: str, device: int) -> HammingBackend:
+    if name == "faiss-cpu":
+        return FaissBinaryBackend(codes)
+    if name == "faiss-gpu":
+        return FaissBinaryBackend(codes, gpu=True, device=device)
+    if name == "triton":
+        from index.retrieval.triton_backend import TritonBackend
+
+        return TritonBackend(codes, device=f"cuda:{device}")
+    if name == "torch":
+        from index.retrieval.torch_backend import TorchBackend
+
+        return TorchBackend(codes, device=f"cuda:{device}" if _cuda_devices() else "cpu")
+    raise ValueError(f"unknown retrieval backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def make_backend(codes: npt.NDArray[np.uint8], backend: str = "auto", *, shards: int | None = None) -> HammingBackend:
+    """A backend over ``codes``; GPU backends shard over every visible GPU unless ``shards`` says otherwise.
+
+    With one GPU, ``shards > 1`` puts several shards on it (catalogues beyond one index's limits).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown retrieval backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    name = available_backends()[0] if backend == "auto" else backend
+    if name in ("triton", "faiss-gpu") and name not in available_backends():
+        raise RuntimeError(f"retrieval backend {name!r} needs a GPU it can use here; available: {available_backends()}")
+    gpus = max(1, _cuda_devices() if name == "triton" else faiss_gpu_count() if name == "faiss-gpu" else 1)
+    count = shards if shards is not None else (gpus if name in ("triton", "faiss-gpu") else 1)
+    if count <= 1:
+        return _single(codes, name, 0)
+    return ShardedBackend(codes, count, lambda part, i: _single(part, name, i % gpus))

@@ -1,0 +1,49 @@
+"""Several backends over contiguous slices of one catalogue (one per GPU, or several on one), merged exactly.
+
+For catalogues larger than one device's memory. Each shard answers its own top-k with local ids; shifted
+by the shard's offset those ids keep their order, so the merged (distance, id) top-k is the exact answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import numpy.typing as npt
+
+from index.retrieval.base import HammingBackend, TopK, select_topk
+
+ShardFactory = Callable[[npt.NDArray[np.uint8], int], HammingBackend]  # (codes of the shard, shard number)
+
+
+def shard_bounds(n_items: int, n_shards: int) -> list[tuple[int, int]]:
+    edges = np.linspace(0, n_items, n_shards + 1).astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+class ShardedBackend(HammingBackend):
+    def __init__(self, codes: npt.NDArray[np.uint8], n_shards: int, factory: ShardFactory) -> None:
+        super().__init__(codes)
+        if n_shards < 1:
+            raise ValueError(f"n_shards must be at least 1, got {n_shards}")
+        bounds = shard_bounds(self.n_items, n_shards)
+        self.offsets = [start for start, _ in bounds]
+        self.shards: Sequence[HammingBackend] = [factory(codes[a:b], i) for i, (a, b) in enumerate(bounds)]
+        self.name = f"sharded[{len(self.shards)}×{self.shards[0].name}]"
+        self._pool = ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="shard")
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(shard.memory_bytes for shard in self.shards)
+
+    def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
+        # Each shard runs in its own thread: FAISS and CUDA work release the GIL, so GPUs overlap.
+        parts = list(self._pool.map(lambda shard: shard.search(queries, min(k, shard.n_items)), self.shards))
+        distances = np.concatenate([p.distances for p in parts], axis=1)
+        ids = np.concatenate(
+            [np.where(p.ids >= 0, p.ids + off, -1) for p, off in zip(parts, self.offsets, strict=True)], axis=1
+        )
+        ids_for_order = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
+        found = select_topk(distances, ids_for_order, k)
+        return TopK(found.distances, np.where(found.ids == np.iinfo(np.int64).max, -1, found.ids))

@@ -1,0 +1,174 @@
+"""Fused Hamming top-k for NVIDIA GPUs, written in Triton.
+
+FAISS's ``GpuIndexBinaryFlat`` gives one warp to each query and keeps a per-query heap, so a single query
+or a small batch leaves the GPU idle. Here every thread block scores a tile of (queries × items) with
+XOR + popcount over 32-bit words held word-major (coalesced loads, no copy beyond the codes), and the
+top-k uses the small integer distance range instead of a heap:
+
+1. *Threshold.* Score the first ``n_sample`` items and take each query's k-th smallest distance. The k
+   nearest of all items are at most that far, so it bounds the answer from above.
+2. *Collect.* One pass over all items appends the key ``distance << 32 | id`` of every item within the
+   bound to the query's buffer (an atomic counter per query hands out the slots).
+3. *Select.* An integer top-k over the buffer orders by distance, then id: the exact answer.
+
+A loose bound only makes step 2 write more keys; a buffer that overflows is redone for those queries
+with the exact count, so the result is exact whatever the data. Cost: one pass over the codes plus the
+sample (1/16 of them), against the floor of one pass.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from index.retrieval.base import HammingBackend, TopK
+from index.retrieval.torch_backend import ID_BITS, NO_KEY, split_keys
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter, used by the tests
+SAMPLE_FRACTION = 16  # the threshold pass scores n_items / 16 items (at least 32 · k)
+KEY_BUDGET = 1 << 25  # int64 keys held at once (256 MiB); query batches are split to stay under it
+
+
+@triton.jit
+def _popcount(x: Any, USE_POPC: tl.constexpr) -> Any:
+    if USE_POPC:
+        return libdevice.popc(x)
+    else:  # the interpreter has no popc: SWAR on unsigned words
+        u = x.to(tl.uint32, bitcast=True)
+        u = u - ((u >> 1) & 0x55555555)
+        u = (u & 0x33333333) + ((u >> 2) & 0x33333333)
+        u = (u + (u >> 4)) & 0x0F0F0F0F
+        return ((u * 0x01010101) >> 24).to(tl.int32)
+
+
+@triton.jit
+def _tile_distances(
+    queries_ptr: Any, codes_ptr: Any, q_offs: Any, n_offs: Any, q_mask: Any, n_mask: Any,
+    n_queries: Any, n_items: Any,
+    WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+) -> Any:  # fmt: skip
+    distances = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.int32)
+    for word in tl.static_range(WORDS):
+        q = tl.load(queries_ptr + word * n_queries + q_offs, mask=q_mask, other=0)
+        c = tl.load(codes_ptr + word * n_items + n_offs, mask=n_mask, other=0)
+        distances += _popcount(q[:, None] ^ c[None, :], USE_POPC)
+    return distances
+
+
+@triton.jit
+def _sample_kernel(
+    queries_ptr: Any, codes_ptr: Any, out_ptr: Any, n_queries: Any, n_items: Any, n_sample: Any,
+    WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+) -> None:  # fmt: skip
+    q_offs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    n_offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    q_mask, n_mask = q_offs < n_queries, n_offs < n_sample
+    distances = _tile_distances(
+        queries_ptr, codes_ptr, q_offs, n_offs, q_mask, n_mask, n_queries, n_items, WORDS, USE_POPC, BLOCK_Q, BLOCK_N
+    )
+    out = out_ptr + q_offs[:, None].to(tl.int64) * n_sample + n_offs[None, :]
+    tl.store(out, distances.to(tl.int16), mask=q_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _collect_kernel(
+    queries_ptr: Any, codes_ptr: Any, bounds_ptr: Any, counts_ptr: Any, keys_ptr: Any,
+    n_queries: Any, n_items: Any, capacity: Any,
+    WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+) -> None:  # fmt: skip
+    q_offs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    n_offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    q_mask, n_mask = q_offs < n_queries, n_offs < n_items
+    distances = _tile_distances(
+        queries_ptr, codes_ptr, q_offs, n_offs, q_mask, n_mask, n_queries, n_items, WORDS, USE_POPC, BLOCK_Q, BLOCK_N
+    )
+    bounds = tl.load(bounds_ptr + q_offs, mask=q_mask, other=-1)
+    hit = (distances <= bounds[:, None]) & n_mask[None, :]
+    counters = counts_ptr + q_offs[:, None] + tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.int32)
+    slots = tl.atomic_add(counters, tl.full((BLOCK_Q, BLOCK_N), 1, tl.int32), mask=hit)
+    keys = (distances.to(tl.int64) << 32) | n_offs[None, :].to(tl.int64)
+    out = keys_ptr + q_offs[:, None].to(tl.int64) * capacity + slots
+    tl.store(out, keys, mask=hit & (slots < capacity))
+
+
+def word_major(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
+    """[n, bytes] → [words, n] int32 (zero-padded to whole words), so a warp loads one word of 32 items at once."""
+    padded = np.zeros((codes.shape[0], -(-codes.shape[1] // 4) * 4), np.uint8)
+    padded[:, : codes.shape[1]] = codes
+    return np.ascontiguousarray(padded.view(np.int32).T)
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class TritonBackend(HammingBackend):
+    name = "triton"
+
+    def __init__(self, codes: npt.NDArray[np.uint8], *, device: str | torch.device = "cuda") -> None:
+        super().__init__(codes)
+        if self.n_items >= 1 << 31:
+            raise ValueError(f"at most 2^31 items per backend (shard larger catalogues), got {self.n_items}")
+        self.device = torch.device(device)
+        if self.device.type != "cuda" and not INTERPRETED:
+            raise RuntimeError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 for tests)")
+        self.codes = torch.from_numpy(word_major(codes)).to(self.device)  # [words, n]: the code size, no more
+        self.words = int(self.codes.shape[0])
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.codes.numel() * 4)
+
+    def _launch(self, kernel: Any, n_cols: int, n_queries: int, *args: Any) -> None:
+        block_q = min(32, next_power_of_two(n_queries))
+        block_n = 128 if block_q >= 16 else 256
+        grid = (triton.cdiv(n_cols, block_n), triton.cdiv(n_queries, block_q))
+        kernel[grid](*args, WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=4)
+
+    def bounds(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+        """Each query's k-th smallest distance among the first ``n_sample`` items, and ``n_sample``."""
+        n_queries = queries.shape[1]
+        n_sample = min(self.n_items, max(32 * k, self.n_items // SAMPLE_FRACTION))
+        sample = torch.empty((n_queries, n_sample), dtype=torch.int16, device=self.device)
+        self._launch(
+            _sample_kernel, n_sample, n_queries, queries, self.codes, sample, n_queries, self.n_items, n_sample
+        )
+        return sample.to(torch.int32).kthvalue(k, dim=1).values.contiguous(), n_sample
+
+    def collect(self, queries: torch.Tensor, bounds: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n_queries = queries.shape[1]
+        counts = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
+        keys = torch.full((n_queries, capacity), NO_KEY, dtype=torch.int64, device=self.device)
+        self._launch(
+            _collect_kernel, self.n_items, n_queries,
+            queries, self.codes, bounds, counts, keys, n_queries, self.n_items, capacity,
+        )  # fmt: skip
+        return keys, counts
+
+    def _search_chunk(self, queries: torch.Tensor, k: int) -> torch.Tensor:
+        bounds, n_sample = self.bounds(queries, k)
+        expected = k * self.n_items // n_sample
+        capacity = min(self.n_items, next_power_of_two(2 * expected + 1024))
+        keys, counts = self.collect(queries, bounds, capacity)
+        over = torch.nonzero(counts > capacity).flatten()
+        if over.numel():  # a loose bound (many ties at it): redo those queries with room for every hit
+            room = int(counts[over].max())
+            again, _ = self.collect(queries[:, over].contiguous(), bounds[over].contiguous(), room)
+            keys = torch.cat([keys, torch.full((keys.shape[0], room - capacity), NO_KEY, device=self.device)], 1)
+            keys[over] = again
+        return torch.topk(keys, k, dim=1, largest=False, sorted=True).values
+
+    def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
+        words = torch.from_numpy(word_major(queries)).to(self.device)
+        capacity_guess = next_power_of_two(2 * k * SAMPLE_FRACTION + 1024)
+        step = max(1, min(4096, KEY_BUDGET // capacity_guess))
+        parts = [self._search_chunk(words[:, s : s + step].contiguous(), k) for s in range(0, words.shape[1], step)]
+        assert ID_BITS == 32
+        return split_keys(torch.cat(parts))

@@ -1,0 +1,129 @@
+"""Every backend gives the numpy reference's ids and distances, ties by item id, on tie-heavy codes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+
+from index.retrieval import MAX_K, HammingBackend, available_backends, make_backend, reference_topk
+from index.retrieval.base import hamming_matrix
+from index.retrieval.faiss_backend import FaissBinaryBackend
+from index.retrieval.sharded import ShardedBackend, shard_bounds
+from index.retrieval.torch_backend import TorchBackend, popcount64
+
+CPU_BACKENDS: dict[str, Callable[[npt.NDArray[np.uint8]], HammingBackend]] = {
+    "faiss-cpu": FaissBinaryBackend,
+    "torch-cpu": TorchBackend,
+    "sharded-faiss": lambda codes: ShardedBackend(codes, 3, lambda part, _: FaissBinaryBackend(part)),
+    "sharded-torch": lambda codes: ShardedBackend(codes, 2, lambda part, _: TorchBackend(part, tile_elements=4096)),
+}
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def codes(n: int, n_bytes: int, seed: int = 0) -> npt.NDArray[np.uint8]:
+    return np.random.default_rng(seed).integers(0, 256, (n, n_bytes), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("backend", list(CPU_BACKENDS))
+@pytest.mark.parametrize(("n_bytes", "n_items"), [(1, 2500), (8, 1800), (72, 700)])
+@pytest.mark.parametrize("k", [1, 17, 100, 1800])
+def test_backends_match_the_reference(backend: str, n_bytes: int, n_items: int, k: int) -> None:
+    items, queries = codes(n_items, n_bytes), codes(9, n_bytes, seed=1)
+    index = CPU_BACKENDS[backend](items)
+    got = index.search(queries, k)
+    want = reference_topk(queries, items, min(k, n_items))
+    assert np.array_equal(got.ids[:, : want.ids.shape[1]], want.ids)
+    assert np.array_equal(got.distances[:, : want.ids.shape[1]], want.distances)
+    assert (got.ids[:, want.ids.shape[1] :] == -1).all()  # k beyond the catalogue: padded, not invented
+
+
+def test_reference_breaks_ties_by_item_id() -> None:
+    items = np.array([[0b1111], [0b0001], [0b0011], [0b0001], [0b0000]], dtype=np.uint8)
+    found = reference_topk(np.array([[0b0001]], dtype=np.uint8), items, 5)
+    assert found.ids.tolist() == [[1, 3, 2, 4, 0]] and found.distances.tolist() == [[0, 0, 1, 1, 3]]
+
+
+def test_popcount64_counts_every_bit_including_the_sign() -> None:
+    values = torch.tensor([0, 1, -1, -(2**63), 2**63 - 1, 0x5555555555555555], dtype=torch.int64)
+    assert popcount64(values).tolist() == [0, 1, 64, 1, 63, 32]
+
+
+def test_hamming_matrix_counts_differing_bits() -> None:
+    assert hamming_matrix(np.array([[0xFF, 0]], np.uint8), np.array([[0, 0], [0xF0, 1]], np.uint8)).tolist() == [[8, 5]]
+
+
+def test_shards_cover_the_catalogue_without_overlap() -> None:
+    assert shard_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert shard_bounds(2, 4) == [(0, 1), (1, 2)]  # more shards than items: empty ones are dropped
+
+
+@pytest.mark.parametrize(
+    ("k", "shape", "message"), [(0, (2, 8), "k must be"), (MAX_K + 1, (2, 8), "k must be"), (5, (2, 7), r"\[n, 8\]")]
+)
+def test_bad_requests_are_refused(k: int, shape: tuple[int, int], message: str) -> None:
+    index = FaissBinaryBackend(codes(50, 8))
+    with pytest.raises(ValueError, match=message):
+        index.search(np.zeros(shape, np.uint8), k)
+
+
+def test_auto_picks_faiss_cpu_without_a_gpu_and_refuses_gpu_backends() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert make_backend(codes(10, 8)).name == "faiss-cpu"
+    with pytest.raises(RuntimeError, match="needs a GPU"):
+        make_backend(codes(10, 8), "triton")
+    with pytest.raises(ValueError, match="unknown retrieval backend"):
+        make_backend(codes(10, 8), "annoy")
+
+
+TRITON_CHECK = textwrap.dedent(
+    """
+    import numpy as np
+    from index.retrieval import reference_topk
+    from index.retrieval.triton_backend import TritonBackend
+    rng = np.random.default_rng(0)
+    for n_bytes, n, k in [(8, 700, 5), (32, 500, 50), (72, 300, 300), (4, 600, 1)]:
+        items = rng.integers(0, 256, (n, n_bytes), dtype=np.uint8)
+        queries = rng.integers(0, 256, (3, n_bytes), dtype=np.uint8)
+        got, want = TritonBackend(items, device="cpu").search(queries, k), reference_topk(queries, items, k)
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), (n_bytes, k)
+    # Every item ties: the sampled bound lets all 3000 through, past the key buffer -> the overflow redo.
+    tied = TritonBackend(np.zeros((3000, 8), np.uint8), device="cpu").search(np.full((2, 8), 255, np.uint8), 3)
+    assert tied.ids.tolist() == [[0, 1, 2]] * 2 and tied.distances.tolist() == [[64] * 3] * 2
+    print("triton kernels agree")
+    """
+)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (the `gpu` extra)")
+def test_triton_kernels_match_the_reference_in_the_interpreter() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "triton kernels agree" in result.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs CUDA and Triton")
+@pytest.mark.parametrize("n_bytes", [8, 32, 72])
+def test_gpu_backends_match_the_reference(n_bytes: int) -> None:
+    items, queries = codes(200_000, n_bytes), codes(70, n_bytes, seed=1)
+    want = reference_topk(queries, items, 100)
+    for name in ("triton", "torch", "faiss-gpu"):
+        if name == "faiss-gpu" and name not in available_backends():
+            continue
+        got = make_backend(items, name).search(queries, 100)
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), name
+    sharded = make_backend(items, "triton", shards=3).search(queries, 100)
+    assert np.array_equal(sharded.ids, want.ids)
