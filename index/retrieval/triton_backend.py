@@ -37,7 +37,7 @@ KEY_BUDGET = 1 << 25  # int64 keys held at once (256 MiB); query batches are spl
 
 
 @triton.jit
-def _popcount(x: Any, USE_POPC: tl.constexpr) -> Any:
+def _popcount(x, USE_POPC: tl.constexpr):
     if USE_POPC:
         return libdevice.popc(x)
     else:  # the interpreter has no popc: SWAR on unsigned words
@@ -50,10 +50,10 @@ def _popcount(x: Any, USE_POPC: tl.constexpr) -> Any:
 
 @triton.jit
 def _tile_distances(
-    queries_ptr: Any, codes_ptr: Any, q_offs: Any, n_offs: Any, q_mask: Any, n_mask: Any,
-    n_queries: Any, n_items: Any,
+    queries_ptr, codes_ptr, q_offs, n_offs, q_mask, n_mask,
+    n_queries, n_items,
     WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-) -> Any:  # fmt: skip
+):  # fmt: skip
     distances = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.int32)
     for word in tl.static_range(WORDS):
         q = tl.load(queries_ptr + word * n_queries + q_offs, mask=q_mask, other=0)
@@ -64,9 +64,9 @@ def _tile_distances(
 
 @triton.jit
 def _sample_kernel(
-    queries_ptr: Any, codes_ptr: Any, out_ptr: Any, n_queries: Any, n_items: Any, n_sample: Any,
+    queries_ptr, codes_ptr, out_ptr, n_queries, n_items, n_sample,
     WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-) -> None:  # fmt: skip
+):  # fmt: skip
     q_offs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     n_offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     q_mask, n_mask = q_offs < n_queries, n_offs < n_sample
@@ -79,10 +79,10 @@ def _sample_kernel(
 
 @triton.jit
 def _collect_kernel(
-    queries_ptr: Any, codes_ptr: Any, bounds_ptr: Any, counts_ptr: Any, keys_ptr: Any,
-    n_queries: Any, n_items: Any, capacity: Any,
+    queries_ptr, codes_ptr, bounds_ptr, counts_ptr, keys_ptr,
+    n_queries, n_items, capacity,
     WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-) -> None:  # fmt: skip
+):  # fmt: skip
     q_offs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     n_offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     q_mask, n_mask = q_offs < n_queries, n_offs < n_items
