@@ -160,8 +160,11 @@ def measure_backend(
             agrees = bool(np.array_equal(found.ids, reference[batch].ids)
                           and np.array_equal(found.distances, reference[batch].distances))  # fmt: skip
         reference.setdefault(batch, found)
+        extra = {}
+        if args.profile and hasattr(backend, "profile"):
+            extra["phases_ms"] = {phase: round(t, 4) for phase, t in backend.profile(queries, args.k).items()}
         rows.append(record(base, backend.name, n_items, bits, batch, ms, memory_bytes=backend.memory_bytes,
-                           runs=runs, agrees=agrees))  # fmt: skip
+                           runs=runs, agrees=agrees, **extra))  # fmt: skip
     return rows
 
 
@@ -263,6 +266,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed runs per row, at most")
     parser.add_argument("--floors", action="store_true", help="add the GPU floor rows")
+    parser.add_argument("--profile", action="store_true", help="per-phase ms (CUDA events) where a backend has them")
     parser.add_argument("--faiss-gpu-kit", type=Path, default=None, help="set up the lent machines' faiss-gpu first")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/retrieval.json"))
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")

@@ -12,6 +12,7 @@ from typing import cast
 
 from index.bundle import INDEX_FILE, Bundle, BundleError, add_file_to_bundle
 from index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex
+from index.retrieval import BACKENDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,13 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
             "--bundle-root", type=Path, default=Path("var/bundles"), help="a bundle, or a root whose CURRENT names one"
         )
         command.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where to build/search")
+        command.add_argument(
+            "--backend", choices=list(BACKENDS), default="auto", help="Hamming search backend (auto: fastest here)"
+        )
     return parser
 
 
-def build(bundle_root: Path, device: DevicePreference) -> dict[str, object]:
+def build(bundle_root: Path, device: DevicePreference, backend: str = "auto") -> dict[str, object]:
     bundle = Bundle.load(bundle_root)
     started = time.perf_counter()
-    index = ItemIndex.build(bundle.item_codes, bundle.layout, bundle.dim, device=device)
+    index = ItemIndex.build(bundle.item_codes, bundle.layout, bundle.dim, device=device, backend=backend)
     index.self_check(bundle.item_codes)
     add_file_to_bundle(bundle.path, INDEX_FILE, index.serialize())
     Bundle.load(bundle.path)  # re-verify what readers will now see
@@ -41,13 +45,14 @@ def build(bundle_root: Path, device: DevicePreference) -> dict[str, object]:
         "items": index.n_items,
         "layout": str(bundle.layout),
         "on_gpu": index.on_gpu,
+        "backend": index.backend,
         "seconds": round(time.perf_counter() - started, 3),
     }
 
 
-def check(bundle_root: Path, device: DevicePreference) -> dict[str, object]:
+def check(bundle_root: Path, device: DevicePreference, backend: str = "auto") -> dict[str, object]:
     bundle = Bundle.load(bundle_root)
-    ItemIndex.for_bundle(bundle, device=device)
+    ItemIndex.for_bundle(bundle, device=device, backend=backend)
     return {
         "bundle": str(bundle.path),
         "model_version": bundle.manifest.model_version,
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     action = build if args.command == "build" else check
     try:
-        print(json.dumps(action(args.bundle_root, cast(DevicePreference, args.device))))
+        print(json.dumps(action(args.bundle_root, cast(DevicePreference, args.device), args.backend)))
     except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
         print(f"recsys-index: error: {error}", file=sys.stderr)
         return 2

@@ -1,9 +1,11 @@
-"""Exact Top-K over item codes with FAISS: binary Hamming for low-bit codes, inner product for floats.
+"""Exact Top-K over item codes: Hamming search for low-bit codes, FAISS inner product for floats.
 
-FAISS returns the ``k`` nearest codes but neither filters seen items nor breaks ties in a fixed
-order, and low-bit scores tie a lot (64-bit codes have only 65 distinct scores). ``ItemIndex``
-over-fetches, filters, orders by (score desc, item id asc) and widens the fetch until the boundary
-score is no longer shared with items it did not fetch, so results are exact and deterministic.
+Binary codes are searched by an ``index.retrieval`` backend (our Triton kernel on a GPU, FAISS
+otherwise; a setting picks another), floats by FAISS ``IndexFlatIP``; the FAISS form is also what a
+bundle stores. Searches do not filter seen items, and low-bit scores tie a lot (64-bit codes have
+only 65 distinct scores), so ``ItemIndex`` over-fetches, filters, orders by (score desc, item id asc)
+and widens the fetch until the boundary score is no longer shared with items it did not fetch:
+results are exact and deterministic whichever backend runs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from index.codes import (
     search_bits,
 )
 from index.hamming import exact_scores
+from index.retrieval import MAX_K, HammingBackend, make_backend
 
 try:
     import faiss
@@ -125,34 +128,30 @@ class ItemIndex:
         dim: int,
         device: DevicePreference = "auto",
         rerank: Reranker | None = None,
+        backend: str = "auto",
     ) -> None:
         self.layout = layout
         self.dim = dim
         self.rerank = rerank
         self._cpu_index = cpu_index
         self._gpu_index: Any | None = None
-        want_gpu = device == "gpu" or (device == "auto" and gpu_count() > 0)
-        if device == "gpu" and gpu_count() == 0:
-            raise RuntimeError("device=gpu asked for, but FAISS sees no GPU (is faiss-gpu installed?)")
-        if want_gpu:
-            self._gpu_index = self._to_gpu(cpu_index)
-        log.info(
-            "item index ready: %d items, layout %s, d=%d, on %s",
-            self.n_items,
-            layout,
-            dim,
-            "gpu" if self._gpu_index is not None else "cpu",
-        )
-
-    def _to_gpu(self, cpu_index: Any) -> Any:
-        resources = faiss.StandardGpuResources()
-        if self.layout.is_binary:
-            return faiss.GpuIndexBinaryFlat(resources, cpu_index)
-        return faiss.index_cpu_to_gpu(resources, 0, cpu_index)
+        self._hamming: HammingBackend | None = None
+        if layout.is_binary:
+            codes = faiss.vector_to_array(cpu_index.xb).reshape(cpu_index.ntotal, cpu_index.code_size)
+            if codes.shape[0]:
+                self._hamming = make_backend(codes, backend, device=device, cpu_index=cpu_index)
+            self.backend = self._hamming.name if self._hamming is not None else "faiss-cpu"
+        else:
+            if device == "gpu" and gpu_count() == 0:
+                raise RuntimeError("device=gpu asked for, but FAISS sees no GPU (is faiss-gpu installed?)")
+            if device == "gpu" or (device == "auto" and gpu_count() > 0):
+                self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, cpu_index)
+            self.backend = "faiss-float-gpu" if self._gpu_index is not None else "faiss-float-cpu"
+        log.info("item index ready: %d items, layout %s, d=%d, backend %s", self.n_items, layout, dim, self.backend)
 
     @property
     def on_gpu(self) -> bool:
-        return self._gpu_index is not None
+        return self.backend not in ("faiss-cpu", "torch-cpu", "faiss-float-cpu")
 
     @property
     def n_items(self) -> int:
@@ -170,6 +169,7 @@ class ItemIndex:
         scale_mode: ScaleMode | None = None,
         rerank_factor: int = DEFAULT_RERANK_FACTOR,
         heavy_items: int = DEFAULT_HEAVY_ITEMS,
+        backend: str = "auto",
     ) -> ItemIndex:
         expected = code_width(layout, dim)
         if item_codes.ndim != 2 or item_codes.shape[1] != expected:
@@ -182,7 +182,7 @@ class ItemIndex:
             cpu_index = faiss.IndexFlatIP(dim)
             cpu_index.add(np.ascontiguousarray(item_codes, dtype=np.float32))
         rerank = Reranker.of(item_codes, item_scales, scale_mode, layout, dim, rerank_factor, heavy_items)
-        return cls(cpu_index, layout=layout, dim=dim, device=device, rerank=rerank)
+        return cls(cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend)
 
     @classmethod
     def load(
@@ -193,21 +193,22 @@ class ItemIndex:
         dim: int,
         device: DevicePreference = "auto",
         rerank: Reranker | None = None,
+        backend: str = "auto",
     ) -> ItemIndex:
         reader = faiss.read_index_binary if layout.is_binary else faiss.read_index
         cpu_index = reader(str(path))
         expected_d = search_bits(layout, dim) if layout.is_binary else dim
         if cpu_index.d != expected_d:
             raise ValueError(f"{path}: index has d={cpu_index.d}, the bundle's codes need {expected_d}")
-        return cls(cpu_index, layout=layout, dim=dim, device=device, rerank=rerank)
+        return cls(cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend)
 
     @classmethod
-    def for_bundle(cls, bundle: Bundle, *, device: DevicePreference = "auto") -> ItemIndex:
+    def for_bundle(cls, bundle: Bundle, *, device: DevicePreference = "auto", backend: str = "auto") -> ItemIndex:
         """The bundle's stored index (or one built from its codes when none is stored), self-checked."""
         layout, dim = bundle.layout, bundle.dim
         if bundle.index_path is not None:
             rerank = Reranker.of(bundle.item_codes, bundle.item_scales, bundle.manifest.scale_mode, layout, dim)
-            index = cls.load(bundle.index_path, layout=layout, dim=dim, device=device, rerank=rerank)
+            index = cls.load(bundle.index_path, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend)
             if index.n_items != bundle.manifest.n_items:
                 raise ValueError(
                     f"{bundle.index_path}: {index.n_items} items, the bundle has {bundle.manifest.n_items}"
@@ -220,6 +221,7 @@ class ItemIndex:
                 device=device,
                 item_scales=bundle.item_scales,
                 scale_mode=bundle.manifest.scale_mode,
+                backend=backend,
             )
         index.self_check(bundle.item_codes)
         return index
@@ -238,7 +240,8 @@ class ItemIndex:
         k = min(k, self.n_items)
         if self.layout.is_binary:
             stored = item_search_form(np.asarray(item_codes[rows], np.uint8), self.layout, self.dim)
-            distances, _ = self._active_index(k).search(stored, k)
+            _, scores = self._raw_search(stored, k)
+            distances = (search_bits(self.layout, self.dim) - scores.astype(np.int64)) // 2
             if np.any(distances[:, 0] != 0):
                 raise IndexSelfCheckError(
                     f"an item's own code was not found at Hamming distance 0 (got {distances[:, 0].tolist()})"
@@ -248,15 +251,16 @@ class ItemIndex:
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-3):
             raise IndexSelfCheckError("index scores disagree with exact scoring of the same codes")
 
-    def _active_index(self, fetch: int) -> Any:
-        if self._gpu_index is not None and fetch <= GPU_MAX_K:
-            return self._gpu_index
-        return self._cpu_index
-
     def _raw_search(
         self, queries: npt.NDArray[Any], fetch: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        distances, ids = self._active_index(fetch).search(queries, fetch)
+        if self._hamming is not None and fetch <= MAX_K:
+            found = self._hamming.search(queries, fetch)
+            distances, ids = found.distances, found.ids
+        elif self._gpu_index is not None and fetch <= GPU_MAX_K:
+            distances, ids = self._gpu_index.search(queries, fetch)
+        else:
+            distances, ids = self._cpu_index.search(queries, fetch)
         if self.layout.is_binary:
             scores = (search_bits(self.layout, self.dim) - 2 * distances.astype(np.int64)).astype(np.float32)
         else:

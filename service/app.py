@@ -30,7 +30,9 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        serving = model or ServingModel.load(settings.bundle_root, device=settings.device)
+        serving = model or ServingModel.load(
+            settings.bundle_root, device=settings.device, backend=settings.retrieval_backend
+        )
         redis = Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,

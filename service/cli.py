@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        model = ServingModel.load(settings.bundle_root, device=settings.device)
+        model = ServingModel.load(settings.bundle_root, device=settings.device, backend=settings.retrieval_backend)
     except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
         print(f"recsys-serve: error: {error}", file=sys.stderr)
         return 2

@@ -31,15 +31,12 @@ class ServingModel:
         return self.bundle.manifest.model_version
 
     @classmethod
-    def load(cls, root: Path, *, device: DevicePreference = "auto") -> ServingModel:
+    def load(cls, root: Path, *, device: DevicePreference = "auto", backend: str = "auto") -> ServingModel:
         """Load and verify the CURRENT bundle, load (or build) its index and self-check it."""
         bundle = Bundle.load(root)
-        index = ItemIndex.for_bundle(bundle, device=device)
+        index = ItemIndex.for_bundle(bundle, device=device, backend=backend)
         log.info(
-            "loaded model %s from %s (index on %s)",
-            bundle.manifest.model_version,
-            bundle.path,
-            "gpu" if index.on_gpu else "cpu",
+            "loaded model %s from %s (search backend %s)", bundle.manifest.model_version, bundle.path, index.backend
         )
         return cls(bundle=bundle, index=index)
 

@@ -34,3 +34,4 @@ class Readiness(BaseModel):
     model_version: str
     redis: bool
     index_device: Literal["cpu", "gpu"]
+    search_backend: str = Field(description="the backend answering Hamming searches, e.g. 'triton' or 'faiss-cpu'")

@@ -23,6 +23,9 @@ class ServiceSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface uvicorn binds")
     port: int = Field(8000, ge=1, le=65535, description="port uvicorn binds")
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="where the item index runs")
+    retrieval_backend: Literal["auto", "faiss-cpu", "faiss-gpu", "triton", "torch"] = Field(
+        "auto", description="Hamming search backend; 'auto' = the fastest exact one available on the device"
+    )
     default_k: int = Field(20, ge=1, description="k when a request gives none")
     max_k: int = Field(1000, ge=1, description="largest k a request may ask for")
     log_level: str = Field("info", description="uvicorn and application log level")

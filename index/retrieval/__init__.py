@@ -10,7 +10,7 @@ when torch sees a CUDA GPU and Triton is installed, ``faiss-gpu`` when FAISS see
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,7 @@ from index.retrieval.sharded import ShardedBackend
 
 BackendName = Literal["auto", "faiss-cpu", "faiss-gpu", "triton", "torch"]
 BACKENDS: tuple[BackendName, ...] = ("auto", "faiss-cpu", "faiss-gpu", "triton", "torch")
+GPU_BACKENDS = ("triton", "faiss-gpu")
 
 __all__ = [
     "BACKENDS",
@@ -31,6 +32,7 @@ __all__ = [
     "available_backends",
     "make_backend",
     "reference_topk",
+    "resolve_backend",
 ]
 
 
@@ -55,9 +57,9 @@ def available_backends() -> list[str]:
     return found
 
 
-def _single(codes: npt.NDArray[np.uint8], name: str, device: int) -> HammingBackend:
+def _single(codes: npt.NDArray[np.uint8], name: str, device: int, cpu_index: Any | None = None) -> HammingBackend:
     if name == "faiss-cpu":
-        return FaissBinaryBackend(codes)
+        return FaissBinaryBackend(codes, cpu_index=cpu_index)
     if name == "faiss-gpu":
         return FaissBinaryBackend(codes, gpu=True, device=device)
     if name == "triton":
@@ -71,18 +73,41 @@ def _single(codes: npt.NDArray[np.uint8], name: str, device: int) -> HammingBack
     raise ValueError(f"unknown retrieval backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def make_backend(codes: npt.NDArray[np.uint8], backend: str = "auto", *, shards: int | None = None) -> HammingBackend:
+def resolve_backend(backend: str = "auto", device: Literal["auto", "cpu", "gpu"] = "auto") -> str:
+    """The backend ``make_backend`` will build: ``auto`` is the fastest available on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown retrieval backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if device == "cpu":
+        return "faiss-cpu"
+    found = available_backends()
+    if device == "gpu":
+        gpu = [name for name in found if name in GPU_BACKENDS]
+        if not gpu:
+            raise RuntimeError("device=gpu asked for, but neither Triton with CUDA nor faiss-gpu is usable here")
+        return gpu[0]
+    return found[0]
+
+
+def make_backend(
+    codes: npt.NDArray[np.uint8],
+    backend: str = "auto",
+    *,
+    device: Literal["auto", "cpu", "gpu"] = "auto",
+    shards: int | None = None,
+    cpu_index: Any | None = None,
+) -> HammingBackend:
     """A backend over ``codes``; GPU backends shard over every visible GPU unless ``shards`` says otherwise.
 
     With one GPU, ``shards > 1`` puts several shards on it (catalogues beyond one index's limits).
+    ``cpu_index``: a FAISS ``IndexBinaryFlat`` holding ``codes``, reused by an unsharded ``faiss-cpu``.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown retrieval backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    name = available_backends()[0] if backend == "auto" else backend
+    name = resolve_backend(backend, device)
     if name in ("triton", "faiss-gpu") and name not in available_backends():
         raise RuntimeError(f"retrieval backend {name!r} needs a GPU it can use here; available: {available_backends()}")
     gpus = max(1, _cuda_devices() if name == "triton" else faiss_gpu_count() if name == "faiss-gpu" else 1)
     count = shards if shards is not None else (gpus if name in ("triton", "faiss-gpu") else 1)
     if count <= 1:
-        return _single(codes, name, 0)
+        return _single(codes, name, 0, cpu_index)
     return ShardedBackend(codes, count, lambda part, i: _single(part, name, i % gpus))

@@ -30,10 +30,15 @@ def faiss_gpu_count() -> int:
 class FaissBinaryBackend(HammingBackend):
     """``faiss-cpu`` (``IndexBinaryFlat``) or, with ``gpu=True``, ``GpuIndexBinaryFlat`` on one GPU."""
 
-    def __init__(self, codes: npt.NDArray[np.uint8], *, gpu: bool = False, device: int = 0) -> None:
+    def __init__(
+        self, codes: npt.NDArray[np.uint8], *, gpu: bool = False, device: int = 0, cpu_index: Any | None = None
+    ) -> None:
+        """``cpu_index``: an ``IndexBinaryFlat`` already holding exactly ``codes``, used instead of a copy."""
         super().__init__(codes)
-        self.cpu_index = faiss.IndexBinaryFlat(self.bits)
-        self.cpu_index.add(np.ascontiguousarray(codes, dtype=np.uint8))
+        if cpu_index is None:
+            cpu_index = faiss.IndexBinaryFlat(self.bits)
+            cpu_index.add(np.ascontiguousarray(codes, dtype=np.uint8))
+        self.cpu_index = cpu_index
         self.gpu_index: Any | None = None
         if gpu:
             if faiss_gpu_count() <= device:

@@ -121,6 +121,26 @@ class TritonBackend(HammingBackend):
             raise RuntimeError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 for tests)")
         self.codes = torch.from_numpy(word_major(codes)).to(self.device)  # [words, n]: the code size, no more
         self.words = int(self.codes.shape[0])
+        self._marks: list[tuple[str, Any]] | None = None  # CUDA events per phase while profiling
+
+    def _mark(self, phase: str) -> None:
+        if self._marks is not None:
+            event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            event.record()
+            self._marks.append((phase, event))
+
+    def profile(self, queries: npt.NDArray[np.uint8], k: int) -> dict[str, float]:
+        """Milliseconds per phase of one search (CUDA events): where the time goes, for tuning."""
+        self._marks = []
+        try:
+            self._mark("start")
+            self.search(queries, k)
+            self._mark("copied to host")
+            torch.cuda.synchronize(self.device)
+            marks = self._marks
+        finally:
+            self._marks = None
+        return {phase: start.elapsed_time(end) for (_, start), (phase, end) in zip(marks, marks[1:], strict=False)}
 
     @property
     def memory_bytes(self) -> int:
@@ -140,7 +160,10 @@ class TritonBackend(HammingBackend):
         self._launch(
             _sample_kernel, n_sample, n_queries, queries, self.codes, sample, n_queries, self.n_items, n_sample
         )
-        return sample.to(torch.int32).kthvalue(k, dim=1).values.contiguous(), n_sample
+        self._mark("sample distances")
+        # top-k's radix select, not kthvalue's sort: the bound is the largest of the k smallest.
+        nearest = torch.topk(sample, k, dim=1, largest=False, sorted=False).values
+        return nearest.max(dim=1).values.to(torch.int32).contiguous(), n_sample
 
     def collect(self, queries: torch.Tensor, bounds: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
         n_queries = queries.shape[1]
@@ -156,17 +179,23 @@ class TritonBackend(HammingBackend):
         bounds, n_sample = self.bounds(queries, k)
         expected = k * self.n_items // n_sample
         capacity = min(self.n_items, next_power_of_two(2 * expected + 1024))
+        self._mark("bound (top-k of the sample)")
         keys, counts = self.collect(queries, bounds, capacity)
+        self._mark("collect pass")
         over = torch.nonzero(counts > capacity).flatten()
         if over.numel():  # a loose bound (many ties at it): redo those queries with room for every hit
             room = int(counts[over].max())
             again, _ = self.collect(queries[:, over].contiguous(), bounds[over].contiguous(), room)
             keys = torch.cat([keys, torch.full((keys.shape[0], room - capacity), NO_KEY, device=self.device)], 1)
             keys[over] = again
-        return torch.topk(keys, k, dim=1, largest=False, sorted=True).values
+            self._mark("overflow redo")
+        found = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
+        self._mark("select top-k of the keys")
+        return found
 
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
         words = torch.from_numpy(word_major(queries)).to(self.device)
+        self._mark("queries to device")
         capacity_guess = next_power_of_two(2 * k * SAMPLE_FRACTION + 1024)
         step = max(1, min(4096, KEY_BUDGET // capacity_guess))
         parts = [self._search_chunk(words[:, s : s + step].contiguous(), k) for s in range(0, words.shape[1], step)]

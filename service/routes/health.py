@@ -24,4 +24,5 @@ async def readyz(recommender: RecommenderDep) -> Readiness:
         model_version=model.version,
         redis=redis_ok,
         index_device="gpu" if model.index.on_gpu else "cpu",
+        search_backend=model.index.backend,
     )

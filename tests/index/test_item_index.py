@@ -20,8 +20,17 @@ def brute_force(users: np.ndarray, items: np.ndarray, layout: CodeLayout, dim: i
     return out
 
 
-@pytest.mark.parametrize("layout", [CodeLayout.SIGN1, CodeLayout.PLANES2, CodeLayout.FLOAT32])
-def test_search_matches_brute_force_with_exclusions(layout: CodeLayout) -> None:
+@pytest.mark.parametrize(
+    ("layout", "backend"),
+    [
+        (CodeLayout.SIGN1, "faiss-cpu"),
+        (CodeLayout.SIGN1, "torch"),
+        (CodeLayout.PLANES2, "faiss-cpu"),
+        (CodeLayout.PLANES2, "torch"),
+        (CodeLayout.FLOAT32, "auto"),
+    ],
+)
+def test_search_matches_brute_force_with_exclusions(layout: CodeLayout, backend: str) -> None:
     rng = np.random.default_rng(3)
     dim, n_items = 16, 700
     if layout is CodeLayout.FLOAT32:
@@ -33,7 +42,8 @@ def test_search_matches_brute_force_with_exclusions(layout: CodeLayout) -> None:
         items = encode_planes2(rng.integers(0, 4, (n_items, dim)))
         users = encode_planes2(rng.integers(0, 4, (9, dim)))
     exclude = [rng.choice(n_items, size=rng.integers(0, 300), replace=False).astype(np.int64) for _ in range(9)]
-    index = ItemIndex.build(items, layout, dim, device="cpu")
+    index = ItemIndex.build(items, layout, dim, device="cpu", backend=backend)
+    assert index.backend == {"auto": "faiss-float-cpu", "torch": "torch-cpu"}.get(backend, backend)
     result = index.search(users, 25, exclude=exclude)
     for row, expected in enumerate(brute_force(users, items, layout, dim, 25, exclude)):
         np.testing.assert_array_equal(result.ids[row], expected)

@@ -136,6 +136,7 @@ def test_health_and_readiness(service: str, indexed_bundle: TrainedBundle) -> No
         "model_version": indexed_bundle.report.model_version,
         "redis": True,
         "index_device": "cpu",
+        "search_backend": "faiss-cpu",
     }
 
 
