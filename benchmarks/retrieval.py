@@ -237,19 +237,24 @@ def report(records: list[dict[str, Any]], plot: Path | None) -> None:
     panels = sorted({(r["device"], r["n_items"], r["code_bits"]) for r in records if r["code_bits"] != 2048})
     if not panels:
         return
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
-    for axis, (device, n_items, bits) in zip(axes[0], panels, strict=True):
+    names = sorted({r["backend"] for r in records})
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
+    columns = min(4, len(panels))
+    rows_n = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows_n, columns, figsize=(4.4 * columns, 3.9 * rows_n), squeeze=False)
+    for axis in axes.flat[len(panels) :]:
+        axis.set_visible(False)
+    for axis, (device, n_items, bits) in zip(axes.flat, panels, strict=False):
         rows = [r for r in records if r["device"] == device and r["n_items"] == n_items
                 and r["code_bits"] in (bits, 2048)]  # fmt: skip
         for backend in sorted({r["backend"] for r in rows}):
             line = sorted((r["batch"], r["median_ms"]) for r in rows if r["backend"] == backend)
-            axis.plot(
-                *zip(*line, strict=True), marker="o", label=backend, linestyle="--" if "floor" in backend else "-"
-            )
+            style = "--" if "floor" in backend else "-"
+            axis.plot(*zip(*line, strict=True), marker="o", label=backend, linestyle=style, color=colours[backend])
         axis.set(xscale="log", yscale="log", xlabel="query batch", ylabel="median ms (k = 100)",
-                 title=f"{n_items:,} × {bits}-bit\n{device}")  # fmt: skip
+                 title=f"{n_items:,} × {bits}-bit (float: d = 64)\n{device}")  # fmt: skip
         axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(plot, dpi=110)
 
