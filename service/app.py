@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
+from service.batcher import MicroBatcher
+from service.metrics import ServiceMetrics
 from service.recommender import Recommender, ServingModel
-from service.routes import health, recommend
+from service.routes import admin, health, recommend
 from service.settings import ServiceSettings, get_settings
 from service.user_codes import UserCodeCache
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("service.access")
 
 
 async def internal_error(request: Request, error: Exception) -> JSONResponse:
@@ -27,6 +35,7 @@ async def internal_error(request: Request, error: Exception) -> JSONResponse:
 def create_app(settings: ServiceSettings | None = None, *, model: ServingModel | None = None) -> FastAPI:
     """Build the app; ``model`` may be pre-loaded (the CLI verifies the bundle before binding a port)."""
     settings = settings or get_settings()
+    metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,22 +48,69 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
             socket_connect_timeout=settings.redis_timeout_s,
             max_connections=settings.redis_max_connections,
         )
-        recommender = Recommender(serving, UserCodeCache(redis, ttl_s=settings.user_code_ttl_s))
+        codes = UserCodeCache(
+            redis,
+            ttl_s=settings.user_code_ttl_s,
+            lru_size=settings.user_code_lru_size,
+            on_lookup=lambda source, count: metrics.user_code_lookups.labels(source=source).inc(count),
+            on_error=metrics.redis_errors.inc,
+        )
+        batcher = MicroBatcher(
+            max_batch=settings.batch_max_size, max_wait_ms=settings.batch_max_wait_ms, on_batch=metrics.observe_batch
+        )
+        batcher.start()
+        recommender = Recommender(
+            serving, codes, batcher, metrics, device=settings.device, backend=settings.retrieval_backend
+        )
+        watcher = None
+        if settings.watch_interval_s > 0:
+            watcher = asyncio.create_task(recommender.watch(settings.bundle_root, settings.watch_interval_s))
         app.state.settings = settings
         app.state.recommender = recommender
         try:
             yield
-        finally:
-            recommender.close()
+        finally:  # uvicorn has stopped accepting and finished in-flight requests by now
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await batcher.close()
             await redis.aclose()
 
     app = FastAPI(
         title="binrec",
         summary="Top-K recommendations from binary / 2-bit GNN codes by exact Hamming search",
-        version="0.1.0",
+        version="0.2.0",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Request id (taken from X-Request-ID or made), latency metric, one JSON access-log line."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        started = time.perf_counter()
+        response = await call_next(request)
+        seconds = time.perf_counter() - started
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.request_seconds.labels(route=path, status=str(response.status_code)).observe(seconds)
+        response.headers["X-Request-ID"] = request_id
+        access.info(
+            json.dumps(
+                {
+                    "request_id": request_id,
+                    "method": request.method,
+                    "route": path,
+                    "status": response.status_code,
+                    "ms": round(1000 * seconds, 3),
+                }  # fmt: skip
+            )
+        )
+        return response
+
     app.add_exception_handler(Exception, internal_error)
     app.include_router(health.router)
     app.include_router(recommend.build_router(settings))
+    app.include_router(admin.router)
     return app

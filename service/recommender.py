@@ -1,24 +1,30 @@
-"""The serving model: a verified bundle, its item index, and the single thread that owns the index.
+"""The serving model (a verified bundle and its index) and the recommender that answers from it.
 
-FAISS indexes (GPU ones in particular) are not safe to search from several threads, and a search
-must not block the event loop: every search runs on one dedicated executor thread.
+Searches go through the micro-batcher, the single owner of the index. A new model is loaded, checked
+and warmed on a worker thread while the old one keeps answering, then swapped in by one assignment;
+each request reads ``self.model`` once, so no answer mixes two versions. A bundle that fails to load is
+refused and the old model stays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-from index.bundle import Bundle
-from index.item_index import DevicePreference, ItemIndex
+import numpy as np
+
+from index.bundle import Bundle, BundleError, resolve_bundle_path
+from index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex
+from service.batcher import MicroBatcher
+from service.metrics import ServiceMetrics
 from service.schemas import Recommendation, RecommendedItem
 from service.user_codes import UserCodeCache
 
 log = logging.getLogger(__name__)
+
+LOAD_FAILURES = (BundleError, IndexSelfCheckError, ValueError, RuntimeError, OSError)
 
 
 @dataclass(frozen=True)
@@ -32,25 +38,43 @@ class ServingModel:
 
     @classmethod
     def load(cls, root: Path, *, device: DevicePreference = "auto", backend: str = "auto") -> ServingModel:
-        """Load and verify the CURRENT bundle, load (or build) its index and self-check it."""
+        """Load and verify the CURRENT bundle, load (or build) its index, self-check and warm it."""
         bundle = Bundle.load(root)
         index = ItemIndex.for_bundle(bundle, device=device, backend=backend)
+        if bundle.manifest.n_users and index.n_items:  # warm-up: the first real request pays no first-call cost
+            scales = bundle.user_scales[:1] if bundle.user_scales is not None else None
+            index.search(np.asarray(bundle.user_codes[:1]), min(10, index.n_items), query_scales=scales)
         log.info(
             "loaded model %s from %s (search backend %s)", bundle.manifest.model_version, bundle.path, index.backend
         )
         return cls(bundle=bundle, index=index)
 
 
+class ModelRefused(Exception):
+    """A new bundle failed to load; the old model keeps serving."""
+
+
 class Recommender:
-    def __init__(self, model: ServingModel, codes: UserCodeCache) -> None:
+    def __init__(
+        self,
+        model: ServingModel,
+        codes: UserCodeCache,
+        batcher: MicroBatcher,
+        metrics: ServiceMetrics,
+        *,
+        device: DevicePreference = "auto",
+        backend: str = "auto",
+    ) -> None:
         self.model = model
         self.codes = codes
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="item-index")
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self.batcher = batcher
+        self.metrics = metrics
+        self.device, self.backend = device, backend
+        self._reload_lock = asyncio.Lock()
+        metrics.serving(model.version)
 
     def popular(self, model: ServingModel, user_id: str, k: int) -> Recommendation:
+        self.metrics.fallbacks.inc()
         rows = model.bundle.popular[:k]
         return Recommendation(
             user_id=user_id,
@@ -60,19 +84,71 @@ class Recommender:
         )
 
     async def recommend(self, user_id: str, k: int, *, exclude_seen: bool) -> Recommendation:
-        model = self.model  # one snapshot per request: a swap mid-request cannot mix versions
-        row = model.bundle.user_row(user_id)
-        if row is None:
-            return self.popular(model, user_id, k)
-        code = await self.codes.get(model.bundle, user_id, row)
-        exclude = [model.bundle.seen_items(row)] if exclude_seen else None
-        scales = model.bundle.user_scales
-        query_scales = scales[row : row + 1] if scales is not None else None
-        search = partial(model.index.search, code[None, :], k, exclude=exclude, query_scales=query_scales)
-        result = await asyncio.get_running_loop().run_in_executor(self._executor, search)
-        items = [
-            RecommendedItem(item_id=model.bundle.item_ids[i], score=float(s))
-            for i, s in zip(result.ids[0].tolist(), result.scores[0].tolist(), strict=True)
-            if i >= 0
+        return (await self.recommend_many([user_id], k, exclude_seen=exclude_seen))[0]
+
+    async def recommend_many(self, user_ids: list[str], k: int, *, exclude_seen: bool) -> list[Recommendation]:
+        """Answers for several users from one model snapshot (one Redis round trip, one batched search)."""
+        model = self.model
+        bundle = model.bundle
+        rows = [bundle.user_row(user_id) for user_id in user_ids]
+        known = [(user_id, row) for user_id, row in zip(user_ids, rows, strict=True) if row is not None]
+        codes = iter(await self.codes.get_many(bundle, known))
+        searches = [
+            self.batcher.search(
+                model,
+                next(codes),
+                k,
+                exclude=bundle.seen_items(row) if exclude_seen else None,
+                scales=bundle.user_scales[row] if bundle.user_scales is not None else None,
+            )
+            for row in rows
+            if row is not None
         ]
-        return Recommendation(user_id=user_id, model_version=model.version, source="codes", items=items)
+        answers = iter(await asyncio.gather(*searches))
+        out = []
+        for user_id, row in zip(user_ids, rows, strict=True):
+            if row is None:
+                out.append(self.popular(model, user_id, k))
+                continue
+            ids, scores = next(answers)
+            items = [
+                RecommendedItem(item_id=bundle.item_ids[i], score=float(s))
+                for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
+                if i >= 0
+            ]
+            out.append(Recommendation(user_id=user_id, model_version=model.version, source="codes", items=items))
+        return out
+
+    async def reload(self, root: Path) -> tuple[str, str]:
+        """Load the bundle ``root`` names and swap it in; (previous version, serving version) or ModelRefused."""
+        async with self._reload_lock:
+            previous = self.model
+            try:
+                loaded = await asyncio.to_thread(ServingModel.load, root, device=self.device, backend=self.backend)
+            except LOAD_FAILURES as error:
+                self.metrics.model_loads.labels(outcome="refused").inc()
+                log.error("refused bundle under %s, still serving %s: %s", root, previous.version, error)
+                raise ModelRefused(str(error)) from error
+            self.model = loaded
+            self.metrics.model_loads.labels(outcome="loaded").inc()
+            self.metrics.serving(loaded.version)
+            log.info("now serving %s (was %s)", loaded.version, previous.version)
+            return previous.version, loaded.version
+
+    async def watch(self, root: Path, interval_s: float) -> None:
+        """Reload whenever ``root``'s CURRENT names another bundle (a refused one is not retried)."""
+        refused: Path | None = None
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                target = resolve_bundle_path(root)
+            except BundleError as error:
+                log.warning("watching %s: %s", root, error)
+                continue
+            if target in (self.model.bundle.path, refused):
+                continue
+            try:
+                await self.reload(target)
+                refused = None
+            except ModelRefused:
+                refused = target

@@ -23,6 +23,10 @@ class Recommendation(BaseModel):
     items: list[RecommendedItem]
 
 
+class BatchRecommendation(BaseModel):
+    results: list[Recommendation] = Field(description="one answer per requested user, in request order")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,7 +27,17 @@ class ServiceSettings(BaseSettings):
         "auto", description="Hamming search backend; 'auto' = the fastest exact one available on the device"
     )
     default_k: int = Field(20, ge=1, description="k when a request gives none")
-    max_k: int = Field(1000, ge=1, description="largest k a request may ask for")
+    max_k: int = Field(1000, ge=1, le=4096, description="largest k a request may ask for")
+    max_batch_users: int = Field(256, ge=1, description="most users one POST /recommend may ask for")
+    batch_max_size: int = Field(64, ge=1, description="most queries merged into one index search")
+    batch_max_wait_ms: float = Field(1.0, ge=0, description="longest a query waits for others to join its search")
+    user_code_lru_size: int = Field(100_000, ge=0, description="user codes kept in process before Redis (0: none)")
+    admin_api_key: SecretStr | None = Field(
+        None, description="key for POST /admin/reload (header X-API-Key); unset: the endpoint is disabled"
+    )
+    watch_interval_s: float = Field(
+        0.0, ge=0, description="poll CURRENT this often and load a new bundle it names (0: do not watch)"
+    )
     log_level: str = Field("info", description="uvicorn and application log level")
 
 

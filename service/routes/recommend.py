@@ -1,4 +1,4 @@
-"""GET /recommend: Top-K items for one user.
+"""GET /recommend: Top-K items for one user; POST /recommend: for up to ``max_batch_users`` users.
 
 No `from __future__ import annotations` here: FastAPI must evaluate the `Query` bounds, which close over
 the settings given to `build_router`.
@@ -7,9 +7,10 @@ the settings given to `build_router`.
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.deps import RecommenderDep
-from service.schemas import Recommendation
+from service.schemas import BatchRecommendation, Recommendation
 from service.settings import ServiceSettings
 
 USER_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # any printable id, spaces included (CSV ids may hold them)
@@ -39,5 +40,28 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         exclude_seen: Annotated[bool, Query(description="leave out items the user was trained on")] = True,
     ) -> Recommendation:
         return await recommender.recommend(user_id, k, exclude_seen=exclude_seen)
+
+    class RecommendBatch(BaseModel):
+        """Several users in one call: one Redis round trip, their searches batched together."""
+
+        model_config = ConfigDict(extra="forbid")
+        user_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=USER_ID_PATTERN)]] = (
+            Field(
+                min_length=1,
+                max_length=settings.max_batch_users,
+                description=f"external user ids (1 to {settings.max_batch_users}); unknown ones get popular items",
+            )
+        )
+        k: int = Field(settings.default_k, ge=1, le=settings.max_k, description="number of items per user")
+        exclude_seen: bool = Field(True, description="leave out items each user was trained on")
+
+    @router.post(
+        "/recommend",
+        summary="Top-K items for several users",
+        responses={422: {"description": "the body is not JSON, or a field is missing or out of range; it is named"}},
+    )
+    async def recommend_batch(recommender: RecommenderDep, body: RecommendBatch) -> BatchRecommendation:
+        results = await recommender.recommend_many(body.user_ids, body.k, exclude_seen=body.exclude_seen)
+        return BatchRecommendation(results=results)
 
     return router

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -181,3 +183,69 @@ def test_scaled_codes_are_served_by_exact_rerank(bigear_bundle: TrainedBundle, r
     scores = item_vectors @ user_vector[0]
     for item in body["items"]:
         assert item["score"] == pytest.approx(float(scores[bundle.item_ids.index(item["item_id"])]), rel=1e-5)
+
+
+def test_batch_post_answers_each_user_as_get_does(service: str, indexed_bundle: TrainedBundle) -> None:
+    users = [*indexed_bundle.data.user_ids[:5], "never-seen", indexed_bundle.data.user_ids[0]]
+    response = httpx.post(f"{service}/recommend", json={"user_ids": users, "k": 7})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["user_id"] for r in results] == users
+    for result in results:
+        single = httpx.get(f"{service}/recommend", params={"user_id": result["user_id"], "k": 7}).json()
+        assert result == single
+    assert results[5]["source"] == "popular" and results[0]["source"] == "codes"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_ids": []}, "user_ids"),
+        ({"user_ids": ["u1"] * 257}, "user_ids"),
+        ({"user_ids": ["u1"], "k": 0}, "k"),
+        ({"user_ids": ["u1"], "k": 1001}, "k"),
+        ({"user_ids": ["bad\nid"]}, "user_ids"),
+        ({"k": 5}, "user_ids"),
+        ({"user_ids": ["u1"], "limit": 5}, "limit"),
+    ],
+)
+def test_batch_post_bad_bodies_name_the_field(service: str, body: dict[str, object], field: str) -> None:
+    response = httpx.post(f"{service}/recommend", json=body)
+    assert response.status_code == 422 and response.headers["content-type"] == "application/json"
+    assert any(field in error["loc"] for error in response.json()["detail"])
+
+
+def test_batch_post_that_is_not_json_is_a_422(service: str) -> None:
+    response = httpx.post(f"{service}/recommend", content=b"user_ids=u1", headers={"content-type": "text/plain"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][0] == "body"
+
+
+def test_concurrent_requests_share_index_searches(indexed_bundle: TrainedBundle, redis_server: RedisServer) -> None:
+    settings = ServiceSettings(
+        bundle_root=indexed_bundle.root, redis_url=redis_server.url, port=free_port(), device="cpu",
+        batch_max_wait_ms=20,
+    )  # fmt: skip
+    users = indexed_bundle.data.user_ids[:48]
+
+    async def burst(url: str) -> list[dict[str, object]]:
+        async with httpx.AsyncClient(base_url=url) as client:
+            responses = await asyncio.gather(*[client.get("/recommend", params={"user_id": u}) for u in users])
+        assert all(r.status_code == 200 for r in responses)
+        return [r.json() for r in responses]
+
+    with running_service(settings) as url:
+        together = asyncio.run(burst(url))
+        alone = [httpx.get(f"{url}/recommend", params={"user_id": u}).json() for u in users]
+        metrics = httpx.get(f"{url}/metrics").text
+    assert together == alone  # batching changes no answer
+    count = float(re.search(r"^recsys_search_batch_size_count (\S+)$", metrics, re.M).group(1))
+    total = float(re.search(r"^recsys_search_batch_size_sum (\S+)$", metrics, re.M).group(1))
+    assert total >= 2 * len(users) and count < total  # some searches answered several queries
+    for name in ("recsys_request_seconds_bucket", "recsys_user_code_lookups_total", "recsys_model_info"):
+        assert name in metrics
+
+
+def test_responses_carry_a_request_id(service: str) -> None:
+    response = httpx.get(f"{service}/healthz", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    assert len(httpx.get(f"{service}/healthz").headers["x-request-id"]) == 32

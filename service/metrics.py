@@ -1,0 +1,52 @@
+"""Prometheus metrics of one app instance (its own registry: tests run several apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_seconds = Histogram(
+            "recsys_request_seconds", "request latency by route and status", ["route", "status"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "recsys_search_batch_size", "queries answered by one index search (micro-batching)",
+            buckets=BATCH_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.search_seconds = Histogram(
+            "recsys_search_seconds", "time one batched index search holds the index",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.user_code_lookups = Counter(
+            "recsys_user_code_lookups", "user-code lookups by where the code came from (lru, redis, bundle)",
+            ["source"], registry=self.registry,
+        )  # fmt: skip
+        self.redis_errors = Counter(
+            "recsys_redis_errors", "Redis calls that failed or timed out", registry=self.registry
+        )
+        self.fallbacks = Counter(
+            "recsys_popular_fallbacks", "users answered by popularity (unknown to the model)", registry=self.registry
+        )
+        self.model_info = Gauge(
+            "recsys_model_info", "1 for the model version being served", ["model_version"], registry=self.registry
+        )
+        self.model_loads = Counter(
+            "recsys_model_loads", "model (re)loads by outcome", ["outcome"], registry=self.registry
+        )
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.search_seconds.observe(seconds)
+
+    def serving(self, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model_version=version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,52 @@
+"""POST /admin/reload (load the bundle CURRENT names, behind an API key) and GET /metrics."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
+
+from service.deps import RecommenderDep, SettingsDep
+from service.recommender import ModelRefused
+
+router = APIRouter()
+
+
+class Reloaded(BaseModel):
+    previous_version: str = Field(description="the version served before this call")
+    model_version: str = Field(description="the version served now")
+    changed: bool
+
+
+@router.post(
+    "/admin/reload",
+    tags=["admin"],
+    summary="Load, check and warm the bundle CURRENT names, then swap it in",
+    responses={
+        401: {"description": "missing or wrong X-API-Key"},
+        403: {"description": "the endpoint is disabled (RECSYS_ADMIN_API_KEY is not set)"},
+        409: {"description": "the bundle was refused (corrupt, half-written, wrong shapes); the old model serves on"},
+    },
+)
+async def reload(
+    recommender: RecommenderDep,
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Header(description="the admin API key")] = None,
+) -> Reloaded:
+    if settings.admin_api_key is None:
+        raise HTTPException(403, "admin endpoint disabled: set RECSYS_ADMIN_API_KEY to enable it")
+    if x_api_key is None or not hmac.compare_digest(x_api_key, settings.admin_api_key.get_secret_value()):
+        raise HTTPException(401, "missing or wrong X-API-Key header")
+    try:
+        previous, current = await recommender.reload(settings.bundle_root)
+    except ModelRefused as error:
+        raise HTTPException(409, f"bundle refused, still serving {recommender.model.version}: {error}") from error
+    return Reloaded(previous_version=previous, model_version=current, changed=previous != current)
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

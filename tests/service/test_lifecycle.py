@@ -1,0 +1,149 @@
+"""Model swaps and Redis outages under live traffic: no 5xx, no mixed versions, bad bundles refused."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from index.bundle import CURRENT, Bundle
+from service.settings import ServiceSettings
+from tests.conftest import RedisServer, TrainedBundle, free_port, start_redis
+from tests.service.test_api import running_service
+
+KEY = "s3cret"
+
+
+@pytest.fixture
+def two_bundles(tmp_path: Path, ste_bundle: TrainedBundle, fp_bundle: TrainedBundle) -> tuple[Path, str, str]:
+    """A root serving the ste bundle, with the fp bundle published beside it (not current)."""
+    old, new = Bundle.load(ste_bundle.root), Bundle.load(fp_bundle.root)
+    shutil.copytree(old.path, tmp_path / old.path.name)
+    shutil.copytree(new.path, tmp_path / new.path.name)
+    (tmp_path / CURRENT).write_text(old.path.name + "\n")
+    return tmp_path, old.manifest.model_version, new.manifest.model_version
+
+
+@contextmanager
+def traffic(url: str, user_id: str) -> Iterator[list[tuple[int, str | None]]]:
+    """Requests in a loop from a thread while the block runs; yields (status, model_version) seen so far."""
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            while not stop.is_set():
+                response = client.get("/recommend", params={"user_id": user_id, "k": 5})
+                body = response.json() if response.status_code == 200 else {}
+                seen.append((response.status_code, body.get("model_version")))
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached in time")
+        time.sleep(0.05)
+
+
+def reload(url: str, key: str | None = KEY) -> httpx.Response:
+    return httpx.post(f"{url}/admin/reload", headers={"X-API-Key": key} if key else {}, timeout=60)
+
+
+def test_swaps_under_traffic_refuse_bad_bundles_and_never_fail_a_request(
+    two_bundles: tuple[Path, str, str], redis_server: RedisServer, ste_bundle: TrainedBundle
+) -> None:
+    root, old, new = two_bundles
+    settings = ServiceSettings(
+        bundle_root=root, redis_url=redis_server.url, port=free_port(), device="cpu", admin_api_key=KEY
+    )
+    with running_service(settings) as url, traffic(url, ste_bundle.data.user_ids[1]) as seen:
+        assert reload(url, key=None).status_code == 401
+        assert reload(url, key="wrong").status_code == 401
+        unchanged = reload(url)
+        assert unchanged.status_code == 200 and unchanged.json()["changed"] is False
+        # A corrupted bundle (truncated codes) and a half-written one (CURRENT names a missing folder).
+        broken = root / "broken-bundle"
+        shutil.copytree(root / old, broken)
+        codes = broken / "item_codes.npy"
+        codes.write_bytes(codes.read_bytes()[: len(codes.read_bytes()) // 2])
+        for name in ("broken-bundle", "not-there-yet"):
+            (root / CURRENT).write_text(name + "\n")
+            refused = reload(url)
+            assert refused.status_code == 409 and old in refused.json()["detail"]
+            assert httpx.get(f"{url}/readyz").json()["model_version"] == old
+        (root / CURRENT).write_text(new + "\n")
+        swapped = reload(url)
+        assert swapped.status_code == 200 and swapped.json() == {
+            "previous_version": old, "model_version": new, "changed": True,
+        }  # fmt: skip
+        wait_for(lambda: bool(seen) and seen[-1][1] == new)
+        metrics = httpx.get(f"{url}/metrics").text
+    statuses = {status for status, _ in seen}
+    versions = {version for _, version in seen}
+    assert statuses == {200}, statuses
+    assert versions == {old, new}
+    assert 'recsys_model_loads_total{outcome="refused"} 2.0' in metrics
+    assert f'recsys_model_info{{model_version="{new}"}} 1.0' in metrics
+
+
+def test_disabled_admin_endpoint_says_how_to_enable_it(
+    two_bundles: tuple[Path, str, str], redis_server: RedisServer
+) -> None:
+    root, _, _ = two_bundles
+    settings = ServiceSettings(bundle_root=root, redis_url=redis_server.url, port=free_port(), device="cpu")
+    with running_service(settings) as url:
+        response = reload(url)
+    assert response.status_code == 403 and "RECSYS_ADMIN_API_KEY" in response.json()["detail"]
+
+
+def test_watcher_loads_what_current_names(two_bundles: tuple[Path, str, str], redis_server: RedisServer) -> None:
+    root, old, new = two_bundles
+    settings = ServiceSettings(
+        bundle_root=root, redis_url=redis_server.url, port=free_port(), device="cpu", watch_interval_s=0.1
+    )
+    with running_service(settings) as url:
+        (root / CURRENT).write_text("not-there-yet\n")  # refused, logged, not retried
+        time.sleep(0.5)
+        assert httpx.get(f"{url}/readyz").json()["model_version"] == old
+        (root / CURRENT).write_text(new + "\n")
+        wait_for(lambda: httpx.get(f"{url}/readyz").json()["model_version"] == new)
+
+
+def test_redis_killed_and_restarted_during_traffic(ste_bundle: TrainedBundle, tmp_path: Path) -> None:
+    port = free_port()
+    process = start_redis(port)
+    settings = ServiceSettings(
+        bundle_root=ste_bundle.root, redis_url=f"redis://127.0.0.1:{port}/0", port=free_port(), device="cpu",
+        user_code_lru_size=0,  # every request goes to Redis
+    )  # fmt: skip
+    try:
+        with running_service(settings) as url, traffic(url, ste_bundle.data.user_ids[2]) as seen:
+            assert httpx.get(f"{url}/readyz").json()["status"] == "ready"
+            process.kill()
+            process.wait(timeout=10)
+            wait_for(lambda: httpx.get(f"{url}/readyz").json()["status"] == "degraded")
+            answered_while_down = len(seen)
+            time.sleep(0.5)
+            assert len(seen) > answered_while_down  # still answering, from the bundle
+            process = start_redis(port)
+            wait_for(lambda: httpx.get(f"{url}/readyz").json()["status"] == "ready")
+            time.sleep(0.3)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    assert {status for status, _ in seen} == {200}
