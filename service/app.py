@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -96,17 +95,8 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
         path = getattr(route, "path", "unmatched")
         metrics.request_seconds.labels(route=path, status=str(response.status_code)).observe(seconds)
         response.headers["X-Request-ID"] = request_id
-        access.info(
-            json.dumps(
-                {
-                    "request_id": request_id,
-                    "method": request.method,
-                    "route": path,
-                    "status": response.status_code,
-                    "ms": round(1000 * seconds, 3),
-                }  # fmt: skip
-            )
-        )
+        fields = {"request_id": request_id, "route": path, "status": response.status_code}
+        access.info("%s %s %d", request.method, path, response.status_code, extra={**fields, "ms": 1000 * seconds})
         return response
 
     app.add_exception_handler(Exception, internal_error)

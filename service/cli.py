@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from pydantic import ValidationError
 from index.bundle import BundleError
 from index.item_index import IndexSelfCheckError
 from service.app import create_app
+from service.logs import configure_logging
 from service.recommender import ServingModel
 from service.settings import ServiceSettings
 
@@ -43,14 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         first = error.errors()[0]
         print(f"recsys-serve: error: setting {first['loc'][0]}: {first['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     try:
         model = ServingModel.load(settings.bundle_root, device=settings.device, backend=settings.retrieval_backend)
     except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
         print(f"recsys-serve: error: {error}", file=sys.stderr)
         return 2
     app = create_app(settings, model=model)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    uvicorn.run(  # log_config=None: uvicorn's own lines go through the same formatter
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False, log_config=None
+    )
     return 0
 
 

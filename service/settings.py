@@ -39,6 +39,7 @@ class ServiceSettings(BaseSettings):
         0.0, ge=0, description="poll CURRENT this often and load a new bundle it names (0: do not watch)"
     )
     log_level: str = Field("info", description="uvicorn and application log level")
+    log_format: Literal["json", "text"] = Field("json", description="one JSON object per log line, or plain text")
 
 
 @lru_cache
