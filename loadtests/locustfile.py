@@ -28,7 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from locust import FastHttpUser, between, task
+from locust import FastHttpUser, between, constant_throughput, task
 
 K = 20
 """Items asked for per request, as the product pages do."""
@@ -160,7 +160,13 @@ def check_readiness(response: CheckedResponse) -> None:
 class RecommendUser(FastHttpUser):
     """A client of the recommendation API: mostly known users, a few new ones, and a health probe."""
 
-    wait_time = between(0.05, 0.25)
+    # RECSYS_LOAD_RPS_PER_USER fixes each simulated user's request rate (benchmarks step the total rate
+    # as users × this); unset, users think 50–250 ms between requests like people browsing.
+    wait_time = (
+        constant_throughput(float(os.environ["RECSYS_LOAD_RPS_PER_USER"]))
+        if os.environ.get("RECSYS_LOAD_RPS_PER_USER")
+        else between(0.05, 0.25)
+    )
 
     def on_start(self) -> None:
         self.population = user_population()

@@ -96,6 +96,8 @@ class MicroBatcher:
 
     async def _collect(self) -> list[SearchJob]:
         jobs = [await self._queue.get()]
+        while len(jobs) < self.max_batch and not self._queue.empty():  # whatever queued during the last search
+            jobs.append(self._queue.get_nowait())
         deadline = time.monotonic() + self.max_wait_s
         while len(jobs) < self.max_batch:
             remaining = deadline - time.monotonic()

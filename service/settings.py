@@ -30,7 +30,9 @@ class ServiceSettings(BaseSettings):
     max_k: int = Field(1000, ge=1, le=4096, description="largest k a request may ask for")
     max_batch_users: int = Field(256, ge=1, description="most users one POST /recommend may ask for")
     batch_max_size: int = Field(64, ge=1, description="most queries merged into one index search")
-    batch_max_wait_ms: float = Field(1.0, ge=0, description="longest a query waits for others to join its search")
+    batch_max_wait_ms: float = Field(
+        0.0, ge=0, description="extra wait for more queries; 0: queries that arrive during a search share the next"
+    )
     user_code_lru_size: int = Field(100_000, ge=0, description="user codes kept in process before Redis (0: none)")
     admin_api_key: SecretStr | None = Field(
         None, description="key for POST /admin/reload (header X-API-Key); unset: the endpoint is disabled"

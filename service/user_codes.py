@@ -8,6 +8,7 @@ one pipelined write of the misses. redis-py drops a connection whose call was ca
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -66,6 +67,7 @@ class UserCodeCache:
         self.lru = LRU(lru_size)
         self.on_lookup = on_lookup or (lambda source, count: None)  # (lru | redis | bundle, how many)
         self.on_error = on_error or (lambda: None)
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def get(self, bundle: Bundle, user_id: str, row: int) -> Code:
         return (await self.get_many(bundle, [(user_id, row)]))[0]
@@ -99,8 +101,10 @@ class UserCodeCache:
             found[i] = code
         self.on_lookup("redis", len(missing) - len(writes))
         self.on_lookup("bundle", len(writes))
-        if writes and reachable:
-            await self._store(writes)
+        if writes and reachable:  # written in the background: the answer does not wait for the cache
+            task = asyncio.create_task(self._store(writes))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
         return [code for code in found if code is not None]
 
     async def _store(self, writes: list[tuple[str, bytes]]) -> None:

@@ -97,6 +97,9 @@ def test_user_codes_are_cached_in_redis_under_the_model_version(
     key = user_code_key(indexed_bundle.report.model_version, user)
     redis_server.client().delete(key)
     assert httpx.get(f"{service}/recommend", params={"user_id": user}).status_code == 200
+    deadline = time.monotonic() + 5  # the cache is written in the background, after the answer
+    while redis_server.client().get(key) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     cached = redis_server.client().get(key)
     bundle = Bundle.load(indexed_bundle.root)
     assert cached == bundle.user_codes[bundle.user_row(user)].tobytes()

@@ -1,0 +1,150 @@
+"""Serving throughput: the highest request rate whose p99 stays within budget with zero errors.
+
+    python benchmarks/serving.py --bundle binary=var/serving/binary --bundle float=var/serving/float \\
+        --rates 250 500 750 1000 1500 2000 --seconds 20
+
+For each bundle (mode): a fresh redis-server and `recsys-serve` (index on the CPU), then locust headless
+(FastHttpUser, the project's locustfile: Zipf-distributed known users, 5 % unknown ones, a readiness
+probe) from a second process on loopback, one step per target rate (users × a fixed rate per user),
+stopping after the first step that misses the budget. Records (appended to --out): mode, catalog,
+target_rps, rps, p50_ms, p99_ms, error_rate, machine, commit; then a table of the best step per mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RPS_PER_USER = 20
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(url: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
+                if json.loads(response.read())["status"] == "ready":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+def commit() -> str:
+    if os.environ.get("RECSYS_COMMIT"):
+        return os.environ["RECSYS_COMMIT"]
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def machine() -> str:
+    return f"{platform.node() or 'host'}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+
+
+def locust_step(url: str, bundle: Path, rate: int, seconds: int, out: Path) -> dict[str, float]:
+    users = max(1, rate // RPS_PER_USER)
+    prefix = out / f"step_{rate}"
+    env = {**os.environ, "RECSYS_LOAD_RPS_PER_USER": str(rate / users), "RECSYS_BUNDLE_ROOT": str(bundle)}
+    subprocess.run(
+        [str(Path(sys.executable).parent / "locust"), "--locustfile", str(ROOT / "loadtests/locustfile.py"),
+         "--headless", "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds}s",
+         "--host", url, "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"],
+        env=env, check=False, capture_output=True, timeout=seconds + 120,
+    )  # fmt: skip
+    with open(f"{prefix}_stats.csv", newline="") as handle:
+        total = next(row for row in csv.DictReader(handle) if row["Name"] == "Aggregated")
+    requests = float(total["Request Count"])
+    return {
+        "rps": float(total["Requests/s"]),
+        "p50_ms": float(total["50%"]),
+        "p99_ms": float(total["99%"]),
+        "error_rate": float(total["Failure Count"]) / requests if requests else 1.0,
+        "requests": requests,
+    }
+
+
+def run_mode(mode: str, bundle: Path, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    redis_port, port = free_port(), free_port()
+    redis = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    env = {**os.environ, "RECSYS_BUNDLE_ROOT": str(bundle), "RECSYS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+           "RECSYS_PORT": str(port), "RECSYS_DEVICE": "cpu", "RECSYS_LOG_LEVEL": "warning"}  # fmt: skip
+    server = subprocess.Popen([str(Path(sys.executable).parent / "recsys-serve")], env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    records: list[dict[str, Any]] = []
+    try:
+        wait_ready(url)
+        with urllib.request.urlopen(f"{url}/readyz") as response:
+            ready = json.loads(response.read())
+        catalog = f"{bundle.resolve().name} ({ready['search_backend']})"
+        for rate in args.rates:
+            step = locust_step(url, bundle, rate, args.seconds, work / mode)
+            ok = step["p99_ms"] <= args.p99_ms and step["error_rate"] == 0
+            record = {"mode": mode, "catalog": catalog, "target_rps": rate, **step, "within_budget": ok,
+                      "machine": machine(), "commit": commit()}  # fmt: skip
+            print(json.dumps(record), flush=True)
+            records.append(record)
+            if not ok:
+                break
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        redis.terminate()
+        redis.wait(timeout=30)
+    return records
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", action="append", required=True, help="MODE=PATH (a bundle or a root with CURRENT)")
+    parser.add_argument("--rates", nargs="+", type=int, default=[250, 500, 750, 1000, 1500, 2000])
+    parser.add_argument("--seconds", type=int, default=20, help="duration of each rate step")
+    parser.add_argument("--p99-ms", type=float, default=25.0, help="latency budget")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
+    args = parser.parse_args()
+    records = json.loads(args.out.read_text()) if args.out.is_file() else []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.bundle:
+            mode, _, path = spec.partition("=")
+            (Path(tmp) / mode).mkdir()
+            new = run_mode(mode, Path(path), args, Path(tmp))
+            records += new
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(records, indent=2) + "\n")
+    print(f"\n| mode | catalog | highest rate within p99 ≤ {args.p99_ms:g} ms, 0 errors | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|")
+    for mode in dict.fromkeys(r["mode"] for r in records):
+        passing = [r for r in records if r["mode"] == mode and r["within_budget"]]
+        best = max(passing, key=lambda r: r["rps"]) if passing else None
+        if best is None:
+            print(f"| {mode} | — | none of the steps | — | — |")
+        else:
+            rate, p50, p99 = f"{best['rps']:.0f} req/s", f"{best['p50_ms']:.0f}", f"{best['p99_ms']:.0f}"
+            print(f"| {mode} | {best['catalog']} | {rate} | {p50} | {p99} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
