@@ -302,6 +302,7 @@ class ItemIndex:
         while pending.size and self.n_items:
             fetch = int(fetch_per_query[pending].max())
             ids, scores = self._raw_search(queries[pending], fetch)
+            exact_order = self._hamming is not None and fetch <= MAX_K  # ties already ordered by id
             unresolved = []
             for row, query in enumerate(pending):
                 done = self._finish_row(
@@ -310,6 +311,7 @@ class ItemIndex:
                     exclude[query] if exclude is not None else None,
                     k,
                     complete=fetch >= self.n_items,
+                    exact_order=exact_order,
                     out_ids=out_ids[query],
                     out_scores=out_scores[query],
                 )
@@ -353,6 +355,7 @@ class ItemIndex:
         k: int,
         *,
         complete: bool,
+        exact_order: bool = False,
         out_ids: npt.NDArray[np.int64],
         out_scores: npt.NDArray[np.float32],
     ) -> bool:
@@ -366,8 +369,9 @@ class ItemIndex:
         order = np.lexsort((ids, -scores))[:k]
         ids, scores = ids[order], scores[order]
         # Items scoring exactly the fetch boundary may have been left out by FAISS: the answer is only
-        # exact when the k-th kept score is strictly above it (or everything was fetched).
-        if not complete and (ids.size < k or scores[-1] <= boundary):
+        # exact when the k-th kept score is strictly above it (or everything was fetched). A retrieval
+        # backend returns the first items in (score, id) order exactly, so k left after filtering suffice.
+        if not complete and (ids.size < k or (not exact_order and scores[-1] <= boundary)):
             return False
         out_ids[: ids.size] = ids
         out_scores[: ids.size] = scores
