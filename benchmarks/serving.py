@@ -90,7 +90,8 @@ def run_mode(mode: str, bundle: Path, args: argparse.Namespace, work: Path) -> l
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     env = {**os.environ, "RECSYS_BUNDLE_ROOT": str(bundle), "RECSYS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-           "RECSYS_PORT": str(port), "RECSYS_DEVICE": "cpu", "RECSYS_LOG_LEVEL": "warning"}  # fmt: skip
+           "RECSYS_PORT": str(port), "RECSYS_DEVICE": "cpu", "RECSYS_LOG_LEVEL": "warning",
+           "RECSYS_WORKERS": str(args.workers)}  # fmt: skip
     server = subprocess.Popen([str(Path(sys.executable).parent / "recsys-serve")], env=env, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     records: list[dict[str, Any]] = []
@@ -102,7 +103,8 @@ def run_mode(mode: str, bundle: Path, args: argparse.Namespace, work: Path) -> l
         for rate in args.rates:
             step = locust_step(url, bundle, rate, args.seconds, work / mode)
             ok = step["p99_ms"] <= args.p99_ms and step["error_rate"] == 0
-            record = {"mode": mode, "catalog": catalog, "target_rps": rate, **step, "within_budget": ok,
+            record = {"mode": mode, "catalog": catalog, "workers": args.workers, "target_rps": rate, **step,
+                      "within_budget": ok,
                       "machine": machine(), "commit": commit()}  # fmt: skip
             print(json.dumps(record), flush=True)
             records.append(record)
@@ -122,6 +124,7 @@ def main() -> int:
     parser.add_argument("--rates", nargs="+", type=int, default=[250, 500, 750, 1000, 1500, 2000])
     parser.add_argument("--seconds", type=int, default=20, help="duration of each rate step")
     parser.add_argument("--p99-ms", type=float, default=25.0, help="latency budget")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the service")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
     args = parser.parse_args()
     records = json.loads(args.out.read_text()) if args.out.is_file() else []
@@ -135,14 +138,14 @@ def main() -> int:
             args.out.write_text(json.dumps(records, indent=2) + "\n")
     print(f"\n| mode | catalog | highest rate within p99 ≤ {args.p99_ms:g} ms, 0 errors | p50 ms | p99 ms |")
     print("|---|---|---|---|---|")
-    for mode in dict.fromkeys(r["mode"] for r in records):
-        passing = [r for r in records if r["mode"] == mode and r["within_budget"]]
+    for mode, workers in dict.fromkeys((r["mode"], r.get("workers", 1)) for r in records):
+        passing = [r for r in records if r["mode"] == mode and r.get("workers", 1) == workers and r["within_budget"]]
         best = max(passing, key=lambda r: r["rps"]) if passing else None
         if best is None:
-            print(f"| {mode} | — | none of the steps | — | — |")
+            print(f"| {mode}, {workers} worker(s) | — | none of the steps | — | — |")
         else:
             rate, p50, p99 = f"{best['rps']:.0f} req/s", f"{best['p50_ms']:.0f}", f"{best['p99_ms']:.0f}"
-            print(f"| {mode} | {best['catalog']} | {rate} | {p50} | {p99} |")
+            print(f"| {mode}, {workers} worker(s) | {best['catalog']} | {rate} | {p50} | {p99} |")
     return 0
 
 

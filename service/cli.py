@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", choices=["auto", "cpu", "gpu"], default=None, help="where the index runs (RECSYS_DEVICE)"
     )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="uvicorn worker processes, each with its own index (RECSYS_WORKERS)"
+    )
     return parser
 
 
@@ -49,10 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
         print(f"recsys-serve: error: {error}", file=sys.stderr)
         return 2
-    app = create_app(settings, model=model)
-    uvicorn.run(  # log_config=None: uvicorn's own lines go through the same formatter
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False, log_config=None
-    )
+    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False}
+    if settings.workers == 1:  # log_config=None: uvicorn's own lines go through the same formatter
+        uvicorn.run(create_app(settings, model=model), log_config=None, **common)  # type: ignore[arg-type]
+        return 0
+    # Several processes: each worker builds the app from the environment, so command-line values go there.
+    del model  # verified above; every worker loads its own copy
+    os.environ.update({f"RECSYS_{name.upper()}": str(value) for name, value in overrides.items()})
+    uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
     return 0
 
 
