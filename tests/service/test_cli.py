@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from tests.conftest import TrainedBundle
+import httpx
+
+from tests.conftest import RedisServer, TrainedBundle, free_port
 
 
 def test_corrupted_bundle_is_refused(tmp_path: Path, ste_bundle: TrainedBundle) -> None:
@@ -33,3 +39,59 @@ def test_bad_setting_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("recsys-serve: error: setting port:")
+
+
+def serve(ste_bundle: TrainedBundle, redis_server: RedisServer, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "--bundle-root", str(ste_bundle.root), "--port", str(port),
+         "--redis-url", redis_server.url, "--device", "cpu", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"recsys-serve did not start: {process.communicate()[1][-2000:]}")
+        time.sleep(0.1)
+
+
+def test_sigterm_finishes_in_flight_requests(ste_bundle: TrainedBundle, redis_server: RedisServer) -> None:
+    process, url = serve(ste_bundle, redis_server)
+    users = ste_bundle.data.user_ids[:40]
+
+    async def burst_then_terminate() -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            requests = [
+                asyncio.create_task(client.post("/recommend", json={"user_ids": [u] * 20, "k": 400})) for u in users
+            ]
+            await asyncio.sleep(0.05)  # the requests are in flight
+            process.send_signal(signal.SIGTERM)
+            return [response.status_code for response in await asyncio.gather(*requests)]
+
+    statuses = asyncio.run(burst_then_terminate())
+    assert statuses == [200] * len(users)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: exit by SIGTERM, no traceback.
+    assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    _, stderr = process.communicate()
+    assert "Traceback" not in stderr
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert sum(line.get("route") == "/recommend" and "request_id" in line for line in lines) == len(users)
+
+
+def test_two_workers_serve(ste_bundle: TrainedBundle, redis_server: RedisServer) -> None:
+    process, url = serve(ste_bundle, redis_server, "--workers", "2")
+    try:
+        user = ste_bundle.data.user_ids[0]
+        answers = {httpx.get(f"{url}/recommend", params={"user_id": user}).text for _ in range(10)}
+        assert len(answers) == 1  # every worker serves the same model the same way
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        process.communicate()
