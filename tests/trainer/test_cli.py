@@ -77,7 +77,8 @@ def test_fp_saves_a_warm_start_that_a_quantized_run_uses(tmp_path: Path) -> None
     assert "warm start from" in hq.stderr and "(refit stage)" in hq.stderr  # the refit starts from fp's refit
     records = json.loads((tmp_path / "r.json").read_text())
     assert [r["method"] for r in records] == ["fp", "hq"] and records[1]["warm_start"] is True
-    assert records[1]["train_seconds"] > records[0]["train_seconds"]  # the fp stage's time is counted
+    # the fp stage's time is counted (strictly more: tests/trainer/test_warm_start.py; here both may round to 0.0)
+    assert records[1]["train_seconds"] >= records[0]["train_seconds"]
 
 
 def test_warm_start_options_are_checked_before_training(tmp_path: Path) -> None:
