@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
 from service.batcher import MicroBatcher
 from service.metrics import ServiceMetrics
+from service.observe import ObserveRequests
 from service.recommender import Recommender, ServingModel
 from service.routes import admin, health, recommend
 from service.settings import ServiceSettings, get_settings
@@ -84,21 +83,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
     )
     app.state.metrics = metrics
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """Request id (taken from X-Request-ID or made), latency metric, one JSON access-log line."""
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        started = time.perf_counter()
-        response = await call_next(request)
-        seconds = time.perf_counter() - started
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.request_seconds.labels(route=path, status=str(response.status_code)).observe(seconds)
-        response.headers["X-Request-ID"] = request_id
-        fields = {"request_id": request_id, "route": path, "status": response.status_code}
-        access.info("%s %s %d", request.method, path, response.status_code, extra={**fields, "ms": 1000 * seconds})
-        return response
-
+    app.add_middleware(ObserveRequests, metrics=metrics)
     app.add_exception_handler(Exception, internal_error)
     app.include_router(health.router)
     app.include_router(recommend.build_router(settings))

@@ -10,12 +10,13 @@ from service.recommender import Recommender
 from service.settings import ServiceSettings
 
 
-def get_recommender(request: Request) -> Recommender:
+# async on purpose: FastAPI runs plain-def dependencies on a thread pool, a hop per request for nothing.
+async def get_recommender(request: Request) -> Recommender:
     recommender: Recommender = request.app.state.recommender
     return recommender
 
 
-def get_app_settings(request: Request) -> ServiceSettings:
+async def get_app_settings(request: Request) -> ServiceSettings:
     settings: ServiceSettings = request.app.state.settings
     return settings
 
