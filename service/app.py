@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
 from service.batcher import MicroBatcher
+from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.observe import ObserveRequests
 from service.recommender import Recommender, ServingModel
@@ -33,6 +34,8 @@ async def internal_error(request: Request, error: Exception) -> JSONResponse:
 def create_app(settings: ServiceSettings | None = None, *, model: ServingModel | None = None) -> FastAPI:
     """Build the app; ``model`` may be pre-loaded (the CLI verifies the bundle before binding a port)."""
     settings = settings or get_settings()
+    if settings.workers > 1:  # a worker process of `recsys-serve --workers N`: nobody configured its logging
+        configure_logging(settings.log_level, settings.log_format)
     metrics = ServiceMetrics()
 
     @asynccontextmanager

@@ -60,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     # Several processes: each worker builds the app from the environment, so command-line values go there.
     del model  # verified above; every worker loads its own copy
     os.environ.update({f"RECSYS_{name.upper()}": str(value) for name, value in overrides.items()})
-    uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+    uvicorn.run(  # each worker's create_app sets up the JSON logging itself
+        "service.app:create_app",
+        factory=True,
+        workers=settings.workers,
+        log_config=None,
+        **common,  # type: ignore[arg-type]
+    )
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -147,3 +149,29 @@ def test_redis_killed_and_restarted_during_traffic(ste_bundle: TrainedBundle, tm
         process.kill()
         process.wait(timeout=10)
     assert {status for status, _ in seen} == {200}
+
+
+def test_a_stalled_redis_costs_latency_not_answers(ste_bundle: TrainedBundle) -> None:
+    """SIGSTOP: Redis accepts connections but never answers; calls time out and the bundle answers."""
+    port = free_port()
+    process = start_redis(port)
+    settings = ServiceSettings(
+        bundle_root=ste_bundle.root, redis_url=f"redis://127.0.0.1:{port}/0", port=free_port(), device="cpu",
+        user_code_lru_size=0, redis_timeout_s=0.05,
+    )  # fmt: skip
+    try:
+        with running_service(settings) as url, traffic(url, ste_bundle.data.user_ids[4]) as seen:
+            wait_for(lambda: len(seen) > 5)
+            process.send_signal(signal.SIGSTOP)
+            stalled_from = len(seen)
+            wait_for(lambda: len(seen) > stalled_from + 10)  # answered through the stall
+            metrics = httpx.get(f"{url}/metrics").text
+            process.send_signal(signal.SIGCONT)
+            wait_for(lambda: httpx.get(f"{url}/readyz").json()["status"] == "ready")
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.wait(timeout=10)
+    assert {status for status, _ in seen} == {200}
+    errors = float(re.search(r"^recsys_redis_errors_total (\S+)$", metrics, re.M).group(1))
+    assert errors >= 10  # those answers came from the bundle after a timed-out call each
