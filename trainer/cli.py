@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dim", type=int, default=defaults.dim, help="embedding size (a multiple of 8 for binary codes)"
     )
     model.add_argument("--layers", type=int, default=defaults.layers, help="LightGCN propagation layers K")
+    model.add_argument(
+        "--input-layer",
+        choices=["table", "hash"],
+        default=defaults.input_layer,
+        help="ego embeddings from an n × d table, or decoded from fixed adjacency hash codes (Yeh et al. KDD'22)",
+    )
+    model.add_argument("--hash-bits", type=int, default=defaults.hash_bits, help="hash code bits per node")
+    model.add_argument("--hash-groups", type=int, default=defaults.hash_groups, help="codebooks the code splits into")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
     optim.add_argument("--batch-size", type=int, default=defaults.batch_size, help="BPR triples per step")
@@ -180,6 +188,9 @@ def run(args: argparse.Namespace) -> int:
         lr_decay_factor=args.lr_decay_factor,
         lr_decays=args.lr_decays,
         warm_start_from=args.warm_start_from,
+        input_layer=args.input_layer,
+        hash_bits=args.hash_bits,
+        hash_groups=args.hash_groups,
         seed=args.seed,
         device=args.device,
         max_minutes=args.max_minutes,
@@ -217,7 +228,9 @@ def run(args: argparse.Namespace) -> int:
     report = export_bundle(result, data, config, args.bundle_root, make_current=not args.no_make_current)
     record: dict[str, object] = {
         "dataset": data.name,
-        "method": config.method,
+        "method": config.method if config.input_layer == "table" else f"hash+{config.method}",
+        "input_layer": config.input_layer,
+        "input_parameters": sum(p.numel() for p in result.model.inputs.parameters()),
         "bits": result.quantizer.bits,
         **{k: round(v, 5) for k, v in report.test_served.items()},
         **{f"exact_{k}": round(v, 5) for k, v in report.test_device.items()},

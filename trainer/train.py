@@ -23,6 +23,7 @@ from tqdm import tqdm
 from trainer.data import Dataset
 from trainer.evaluate import device_metrics
 from trainer.graph import normalized_adjacency, to_torch_sparse
+from trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count
 from trainer.loss import bpr
 from trainer.model import EmbeddingTable, LightGCN
 from trainer.quantization import Quantizer, RefreshContext, make_quantizer
@@ -54,6 +55,9 @@ class TrainConfig:
     pretrain_lr_milestones: tuple[int, ...] = ()  # the same for the full-precision stage
     warm_start_from: Path | None = None  # a file saved by an fp run (trainer.warm_start) instead of a new fp stage
     warm_start_stage: Stage = "select"
+    input_layer: str = "table"  # "table" (n × d embeddings) or "hash" (trainer.hashing: codes + decoder)
+    hash_bits: int = 64
+    hash_groups: int = 8
     select_metric: str = "recall@20"
     seed: int = 2024
     device: str = "auto"
@@ -183,6 +187,19 @@ def pretraining_stage(data: Dataset, config: TrainConfig) -> PretrainingStage:
     )
 
 
+def hashed_input(data: Dataset, config: TrainConfig) -> HashedInput:
+    """The hashed input layer over this training graph (Yeh et al.); codes are fixed, the decoder learns."""
+    if config.method == "gnaq":
+        raise ValueError("gnaq replaces the input layer with its own codebooks: use --input-layer table with it")
+    if config.warm_start or config.warm_start_from is not None:
+        raise ValueError("warm start copies an embedding table: not available with --input-layer hash yet")
+    bits, _ = graph_codes(data.train, config.hash_bits, seed=config.seed)
+    layer = HashedInput(group_indices(bits, config.hash_groups), config.hash_bits // config.hash_groups, config.dim)
+    log.info("hashed input layer: %d-bit codes in %d groups, %d parameters", config.hash_bits, config.hash_groups,
+             parameter_count(layer))  # fmt: skip
+    return layer
+
+
 def _decay_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> float:
     for group in optimizer.param_groups:
         group["lr"] *= factor
@@ -204,6 +221,10 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     adjacency = to_torch_sparse(normalized_adjacency(data.train), device)
     model = LightGCN(data.n_users, data.n_items, config.dim, config.layers, adjacency).to(device)
     quantizer = make_quantizer(config.method, config.dim, config.layers, bits=config.bits).to(device)
+    if config.input_layer == "hash":
+        model.inputs = hashed_input(data, config).to(device)
+    elif config.input_layer != "table":
+        raise ValueError(f"input layer must be 'table' or 'hash', got {config.input_layer!r}")
     last_path = config.checkpoint_dir / "last.pt" if config.checkpoint_dir else None
     resuming = config.resume and last_path is not None and last_path.is_file()
     warm = config.method != "fp" and (

@@ -1,0 +1,80 @@
+"""Hash codes are regenerable from the seed, balanced, the same for a node seen or unseen; the decoder is small."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from trainer.data import Dataset
+from trainer.hashing import (
+    HashedInput,
+    cold_user_bits,
+    graph_codes,
+    group_indices,
+    parameter_count,
+    projection_rows,
+    side_codes,
+)
+from trainer.train import TrainConfig, train
+
+
+def test_projection_rows_are_regenerated_not_stored() -> None:
+    full = projection_rows(np.arange(1000), 0, 64, seed=3, side=1)
+    assert np.array_equal(projection_rows(np.array([7, 500]), 0, 64, seed=3, side=1), full[[7, 500]])
+    assert np.array_equal(projection_rows(np.arange(1000), 32, 32, seed=3, side=1), full[:, 32:])
+    assert not np.array_equal(projection_rows(np.arange(1000), 0, 64, seed=4, side=1), full)
+    assert abs(full.mean()) < 0.02 and abs(full.std() - 1) < 0.02  # standard Gaussians
+
+
+def test_bits_split_each_side_in_half(tiny_data: Dataset) -> None:
+    bits, _ = side_codes(tiny_data.train, 64, seed=0, side=1)
+    assert bits.shape == (tiny_data.n_users, 64)
+    assert np.all(np.abs(bits.mean(axis=0) - 0.5) <= 0.05)
+
+
+def test_a_new_user_with_the_same_items_gets_the_same_code(tiny_data: Dataset) -> None:
+    codes, medians = graph_codes(tiny_data.train, 64, seed=5)
+    for user in (0, 17, 123):
+        items = tiny_data.train.indices[tiny_data.train.indptr[user] : tiny_data.train.indptr[user + 1]]
+        assert np.array_equal(cold_user_bits(items, 64, medians["user"], seed=5), codes[user])
+
+
+def test_group_indices_read_each_group_as_an_integer() -> None:
+    bits = np.array([[1, 0, 1, 1, 0, 0, 0, 1]], dtype=bool)
+    assert group_indices(bits, 2).tolist() == [[1 + 4 + 8, 8]]
+    with pytest.raises(ValueError, match="groups"):
+        group_indices(np.zeros((1, 64), bool), 2)  # 32-bit groups: codebooks of 2^32 rows
+
+
+def test_decoder_parameters_do_not_grow_with_nodes() -> None:
+    small = HashedInput(np.zeros((10, 8), np.int64), 8, 64)
+    large = HashedInput(np.zeros((100_000, 8), np.int64), 8, 64)
+    assert parameter_count(small) == parameter_count(large) == 8 * 256 * 64 + 2 * (64 * 64 + 64)
+    assert large().shape == (100_000, 64) and large.ego(torch.tensor([3, 4])).shape == (2, 64)
+
+
+def test_training_with_the_hashed_input_learns(tiny_data: Dataset) -> None:
+    config = TrainConfig(method="fp", dim=16, epochs=20, eval_every=5, batch_size=1024, lr=5e-3, device="cpu",
+                         input_layer="hash", hash_bits=32, hash_groups=4)  # fmt: skip
+    result = train(tiny_data, config)
+    assert isinstance(result.model.inputs, HashedInput)
+    assert (
+        result.history[-1]["loss"] < 0.6 < result.history[0]["loss"]
+        or result.history[-1]["loss"] < result.history[0]["loss"]
+    )
+    assert parameter_count(result.model.inputs) < (tiny_data.n_users + tiny_data.n_items) * 16 * 2
+
+
+def test_hash_input_refuses_gnaq_and_warm_start(tiny_data: Dataset) -> None:
+    with pytest.raises(ValueError, match="gnaq"):
+        train(tiny_data, TrainConfig(method="gnaq", dim=16, epochs=1, device="cpu", input_layer="hash"))
+    with pytest.raises(ValueError, match="warm start"):
+        train(tiny_data, TrainConfig(method="ste", dim=16, epochs=1, device="cpu", input_layer="hash", warm_start=True))
+
+
+def test_unused_sparse_rows_get_codes_too() -> None:
+    adjacency = sp.csr_matrix((np.ones(2, np.float32), ([0, 0], [1, 2])), shape=(3, 4))  # users 1, 2: no items
+    bits, medians = side_codes(adjacency, 8, seed=1, side=1)
+    assert bits.shape == (3, 8) and medians.shape == (8,)
