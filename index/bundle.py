@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -28,6 +29,7 @@ from index.codes import CodeLayout, ScaleMode, check_scales, code_width
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+COLD_START_FILE = "cold_start.npz"
 INDEX_FILE = "index.faiss"
 
 
@@ -77,6 +79,7 @@ class BundleContent:
     scale_mode: ScaleMode | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    cold_start: dict[str, npt.NDArray[Any]] | None = None  # what serving needs to code a new user (service.cold_start)
 
 
 def sha256_of(path: Path) -> str:
@@ -164,6 +167,9 @@ def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = T
         with (tmp / "seen.npz").open("wb") as handle:
             np.savez(handle, indptr=seen.indptr.astype(np.int64), indices=seen.indices.astype(np.int64))
         _save_npy(tmp / "popular.npy", np.asarray(content.popular, dtype=np.int64))
+        if content.cold_start is not None:
+            with (tmp / COLD_START_FILE).open("wb") as handle:
+                np.savez(handle, **content.cold_start)  # type: ignore[arg-type]
         files = {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}
         manifest = Manifest(
             format_version=FORMAT_VERSION,
@@ -232,6 +238,14 @@ def _read_lines(path: Path) -> list[str]:
     return lines[:-1] if lines and lines[-1] == "" else lines
 
 
+def _load_npz(path: Path) -> dict[str, npt.NDArray[Any]]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise BundleError(f"{path}: not a readable .npz archive ({error})") from error
+
+
 def _load_npy(path: Path) -> npt.NDArray[Any]:
     try:
         array: npt.NDArray[Any] = np.load(path, allow_pickle=False)
@@ -261,6 +275,7 @@ class Bundle:
     popular: npt.NDArray[np.int64]
     user_scales: npt.NDArray[np.float32] | None = None
     item_scales: npt.NDArray[np.float32] | None = None
+    cold_start: dict[str, npt.NDArray[Any]] | None = None
 
     @property
     def layout(self) -> CodeLayout:
@@ -280,6 +295,15 @@ class Bundle:
 
     def user_row(self, user_id: str) -> int | None:
         return self._user_rows.get(user_id)
+
+    @cached_property
+    def _item_rows(self) -> dict[str, int]:
+        return {item: row for row, item in enumerate(self.item_ids)}
+
+    def item_rows(self, item_ids: list[str]) -> npt.NDArray[np.int64]:
+        """Rows of the known ones among ``item_ids`` (unknown ids are skipped), without repeats."""
+        rows = {self._item_rows[i] for i in item_ids if i in self._item_rows}
+        return np.array(sorted(rows), dtype=np.int64)
 
     def seen_items(self, row: int) -> npt.NDArray[np.int64]:
         return self.seen_indices[self.seen_indptr[row] : self.seen_indptr[row + 1]]
@@ -326,6 +350,7 @@ class Bundle:
             popular=_load_npy(path / "popular.npy"),
             user_scales=_load_npy(path / "user_scales.npy") if "user_scales.npy" in manifest.files else None,
             item_scales=_load_npy(path / "item_scales.npy") if "item_scales.npy" in manifest.files else None,
+            cold_start=_load_npz(path / COLD_START_FILE) if COLD_START_FILE in manifest.files else None,
         )
         try:
             with np.load(path / "seen.npz", allow_pickle=False) as seen:

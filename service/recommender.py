@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from index.bundle import Bundle, BundleError, resolve_bundle_path
 from index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex
 from service.batcher import MicroBatcher
+from service.cold_start import METHODS as COLD_METHODS
+from service.cold_start import ColdStart
 from service.metrics import ServiceMetrics
 from service.schemas import Recommendation, RecommendedItem
 from service.user_codes import UserCodeCache
@@ -31,6 +35,12 @@ LOAD_FAILURES = (BundleError, IndexSelfCheckError, ValueError, RuntimeError, OSE
 class ServingModel:
     bundle: Bundle
     index: ItemIndex
+
+    @cached_property
+    def cold_start(self) -> ColdStart | None:
+        """Codes for unknown users from their items, when the bundle carries what that needs."""
+        arrays = self.bundle.cold_start
+        return ColdStart(arrays) if arrays is not None and str(arrays["method"]) in COLD_METHODS else None
 
     @property
     def version(self) -> str:
@@ -86,28 +96,43 @@ class Recommender:
     async def recommend(self, user_id: str, k: int, *, exclude_seen: bool) -> Recommendation:
         return (await self.recommend_many([user_id], k, exclude_seen=exclude_seen))[0]
 
-    async def recommend_many(self, user_ids: list[str], k: int, *, exclude_seen: bool) -> list[Recommendation]:
-        """Answers for several users from one model snapshot (one Redis round trip, one batched search)."""
+    async def recommend_many(
+        self, user_ids: list[str], k: int, *, exclude_seen: bool, histories: dict[str, list[str]] | None = None
+    ) -> list[Recommendation]:
+        """Answers for several users from one model snapshot (one Redis round trip, one batched search).
+
+        ``histories`` gives item ids for users the model does not know (cold start); known users ignore it.
+        """
         model = self.model
         bundle = model.bundle
         rows = [bundle.user_row(user_id) for user_id in user_ids]
         known = [(user_id, row) for user_id, row in zip(user_ids, rows, strict=True) if row is not None]
         codes = iter(await self.codes.get_many(bundle, known))
+        plans: list[tuple[str, object, npt.NDArray[np.int64] | None]] = []  # (source, code, excluded rows)
+        for user_id, row in zip(user_ids, rows, strict=True):
+            if row is not None:
+                plans.append(("codes", next(codes), bundle.seen_items(row)))
+                continue
+            history = bundle.item_rows((histories or {}).get(user_id, []))
+            if model.cold_start is None or history.size == 0:
+                plans.append(("popular", None, None))
+            else:
+                plans.append(("history", model.cold_start.code(history), history))
         searches = [
             self.batcher.search(
                 model,
-                next(codes),
+                code,  # type: ignore[arg-type]
                 k,
-                exclude=bundle.seen_items(row) if exclude_seen else None,
-                scales=bundle.user_scales[row] if bundle.user_scales is not None else None,
+                exclude=excluded if exclude_seen else None,
+                scales=bundle.user_scales[row] if bundle.user_scales is not None and row is not None else None,
             )
-            for row in rows
-            if row is not None
+            for (source, code, excluded), row in zip(plans, rows, strict=True)
+            if source != "popular"
         ]
         answers = iter(await asyncio.gather(*searches))
         out = []
-        for user_id, row in zip(user_ids, rows, strict=True):
-            if row is None:
+        for user_id, (source, _, _) in zip(user_ids, plans, strict=True):
+            if source == "popular":
                 out.append(self.popular(model, user_id, k))
                 continue
             ids, scores = next(answers)
@@ -116,7 +141,7 @@ class Recommender:
                 for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
                 if i >= 0
             ]
-            out.append(Recommendation(user_id=user_id, model_version=model.version, source="codes", items=items))
+            out.append(Recommendation(user_id=user_id, model_version=model.version, source=source, items=items))  # type: ignore[arg-type]
         return out
 
     async def reload(self, root: Path) -> tuple[str, str]:

@@ -17,8 +17,9 @@ class RecommendedItem(BaseModel):
 class Recommendation(BaseModel):
     user_id: str
     model_version: str = Field(description="bundle that produced the answer")
-    source: Literal["codes", "popular"] = Field(
-        description="'codes': ranked by the user's code; 'popular': the user is unknown to the model"
+    source: Literal["codes", "history", "popular"] = Field(
+        description="'codes': ranked by the user's code; 'history': an unknown user coded from the items given "
+        "in the request (cold start); 'popular': the user is unknown to the model and no usable history was given"
     )
     items: list[RecommendedItem]
 

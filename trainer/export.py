@@ -17,7 +17,10 @@ import torch
 from index.bundle import BundleContent, publish_bundle
 from trainer.data import Dataset
 from trainer.evaluate import device_metrics, served_path_metrics
-from trainer.quantization import ExportedCodes
+from trainer.hashing import HashedInput
+from trainer.model import LightGCN
+from trainer.quantization import ExportedCodes, Quantizer
+from trainer.quantization.hq import HessianAwareQuantizer
 from trainer.train import TrainConfig, TrainResult, integer_ranking
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,42 @@ def new_model_version(dataset: str, method: str, bits: int) -> str:
 
 
 @torch.no_grad()
+def cold_start_arrays(model: LightGCN, quantizer: Quantizer, data: Dataset, method: str) -> dict[str, Any] | None:
+    """What serving needs to code a user the model never saw (service.cold_start), or None for methods whose
+    user codes depend on more than the user's representation (per-layer scales, per-node level tables)."""
+    if method not in ("fp", "ste", "hq"):
+        return None
+    with torch.no_grad():
+        item_layers = model()[: model.layers, model.n_users :].float().cpu().numpy()  # items' layers 0..K-1
+    arrays: dict[str, Any] = {
+        "method": np.array(method),
+        "item_layers": np.ascontiguousarray(item_layers, dtype=np.float32),
+        "item_degree": np.diff(data.seen().tocsc().indptr).astype(np.float32),
+    }
+    if isinstance(quantizer, HessianAwareQuantizer):
+        with torch.no_grad():
+            arrays["hq_step"] = np.array(float(quantizer._step("user")), dtype=np.float64)
+        arrays["hq_max_level"] = np.array(quantizer.max_level)
+    inputs = model.inputs
+    if isinstance(inputs, HashedInput):
+        mlp = [layer for layer in inputs.mlp if isinstance(layer, torch.nn.Linear)]
+        arrays.update(
+            {
+                "codebook": inputs.codebook.detach().cpu().numpy(),
+                "offsets": inputs.offsets.cpu().numpy(),
+                "w1": mlp[0].weight.detach().cpu().numpy(),
+                "b1": mlp[0].bias.detach().cpu().numpy(),
+                "w2": mlp[1].weight.detach().cpu().numpy(),
+                "b2": mlp[1].bias.detach().cpu().numpy(),
+                "user_medians": inputs.user_medians.cpu().numpy(),
+                "hash_seed": np.array(inputs.seed),
+                "hash_bits": np.array(inputs.hash_bits),
+                "hash_groups": np.array(inputs.groups_of.shape[1]),
+            }
+        )
+    return arrays
+
+
 def export_bundle(
     result: TrainResult,
     data: Dataset,
@@ -112,6 +151,7 @@ def export_bundle(
         popular=popularity_order(data),
         metrics=test_served,
         training=training,
+        cold_start=cold_start_arrays(model, quantizer, data, config.method),
     )
     path = publish_bundle(bundle_root, content, make_current=make_current)
     log.info("published bundle %s", path)

@@ -193,8 +193,14 @@ def hashed_input(data: Dataset, config: TrainConfig) -> HashedInput:
         raise ValueError("gnaq replaces the input layer with its own codebooks: use --input-layer table with it")
     if config.warm_start or config.warm_start_from is not None:
         raise ValueError("warm start copies an embedding table: not available with --input-layer hash yet")
-    bits, _ = graph_codes(data.train, config.hash_bits, seed=config.seed)
-    layer = HashedInput(group_indices(bits, config.hash_groups), config.hash_bits // config.hash_groups, config.dim)
+    bits, medians = graph_codes(data.train, config.hash_bits, seed=config.seed)
+    layer = HashedInput(
+        group_indices(bits, config.hash_groups),
+        config.hash_bits // config.hash_groups,
+        config.dim,
+        user_medians=medians["user"],
+        seed=config.seed,
+    )
     log.info("hashed input layer: %d-bit codes in %d groups, %d parameters", config.hash_bits, config.hash_groups,
              parameter_count(layer))  # fmt: skip
     return layer

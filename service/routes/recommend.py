@@ -56,7 +56,16 @@ def build_router(settings: ServiceSettings) -> APIRouter:
             )
         )
         k: int = Field(settings.default_k, ge=1, le=settings.max_k, description="number of items per user")
-        exclude_seen: bool = Field(True, description="leave out items each user was trained on")
+        exclude_seen: bool = Field(True, description="leave out items each user was trained on (or gave in histories)")
+        histories: dict[
+            Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=USER_ID_PATTERN)],
+            list[Annotated[str, StringConstraints(min_length=1, max_length=256)]],
+        ] = Field(
+            default_factory=dict,
+            max_length=settings.max_batch_users,
+            description="cold start: for users the model does not know, the ids of items they interacted with; "
+            "their codes are derived from these items (source 'history') instead of the popularity fallback",
+        )
 
     @router.post(
         "/recommend",
@@ -65,7 +74,9 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         responses={422: {"description": "the body is not JSON, or a field is missing or out of range; it is named"}},
     )
     async def recommend_batch(recommender: RecommenderDep, body: RecommendBatch) -> Response:
-        results = await recommender.recommend_many(body.user_ids, body.k, exclude_seen=body.exclude_seen)
+        results = await recommender.recommend_many(
+            body.user_ids, body.k, exclude_seen=body.exclude_seen, histories=body.histories
+        )
         return Response(BatchRecommendation(results=results).model_dump_json(), media_type="application/json")
 
     return router

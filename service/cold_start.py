@@ -1,0 +1,67 @@
+"""Codes for users the model never saw, from the items they interacted with (inductive cold start).
+
+LightGCN's user representation is the mean of its layers, and layer k + 1 of a user is the
+degree-normalised sum of its items' layer k: e_u^(k+1) = Σ_i e_i^(k) / √(|I_u| · deg_i). With the items'
+layers 0..K−1 exported in the bundle, a new user's representation needs no retraining — only its ego
+embedding e_u^(0), which a hashed input layer decodes from the user's hash code (the same projection as in
+training, index.hash_codes) and a plain embedding table cannot give (zero: the propagated layers carry
+the answer). The representation is then coded exactly as the trainer codes users (sign, HQ levels, floats).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from index.codes import encode_planes2, encode_sign1
+from index.hash_codes import cold_user_bits, group_indices
+
+METHODS = ("fp", "ste", "hq")  # the ones whose user code is a function of the user's representation alone
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    arrays: dict[str, npt.NDArray[Any]]
+
+    @property
+    def method(self) -> str:
+        return str(self.arrays["method"])
+
+    def ego(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        dim = self.arrays["item_layers"].shape[2]
+        if "codebook" not in self.arrays:
+            return np.zeros(dim, np.float32)
+        a = self.arrays
+        bits = cold_user_bits(items, int(a["hash_bits"]), a["user_medians"], seed=int(a["hash_seed"]))
+        groups = group_indices(bits[None, :], int(a["hash_groups"]))[0]
+        summed = a["codebook"][groups + a["offsets"]].sum(axis=0)
+        hidden = np.tanh(summed @ a["w1"].T + a["b1"])
+        out: npt.NDArray[np.float32] = (hidden @ a["w2"].T + a["b2"]).astype(np.float32)
+        return out
+
+    def representation(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        layers, degree = self.arrays["item_layers"], self.arrays["item_degree"]
+        weights = 1.0 / np.sqrt(len(items) * np.maximum(degree[items], 1.0))
+        stack = [self.ego(items)] + [(weights[:, None] * layers[k][items]).sum(axis=0) for k in range(layers.shape[0])]
+        out: npt.NDArray[np.float32] = np.mean(stack, axis=0).astype(np.float32)
+        return out
+
+    def code(self, items: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """The user's code row, in the bundle's layout."""
+        vector = self.representation(items)
+        if self.method == "fp":
+            return vector
+        packed: npt.NDArray[np.uint8]
+        if self.method == "ste":
+            packed = encode_sign1(vector[None, :])
+            return np.asarray(packed[0])
+        step, max_level = float(self.arrays["hq_step"]), int(self.arrays["hq_max_level"])
+        levels = np.clip(np.round((vector / step + max_level) / 2), 0, max_level) * 2 - max_level
+        if max_level == 1:
+            packed = encode_sign1(levels[None, :])
+        else:
+            packed = encode_planes2(((levels + 3) / 2).astype(np.int64)[None, :])
+        return np.asarray(packed[0])
