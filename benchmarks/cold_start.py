@@ -87,6 +87,10 @@ def main() -> int:
         cold_codes = np.stack([ColdStart(held.cold_start).code(h) for h in histories])
         held_index = ItemIndex.for_bundle(held, device="cpu")
         from_history = held_index.search(cold_codes, k, exclude=histories).ids
+        zero_ego = ColdStart(held.cold_start, use_hashed_ego=False)
+        from_history_zero_ego = held_index.search(
+            np.stack([zero_ego.code(h) for h in histories]), k, exclude=histories
+        ).ids
         full_index = ItemIndex.for_bundle(full, device="cpu")
         trained_on = full_index.search(np.asarray(full.user_codes[cold]), k, exclude=histories).ids
     counts = np.bincount(seen.indices, minlength=data.n_items)
@@ -94,6 +98,7 @@ def main() -> int:
     popular = np.stack([order[~np.isin(order, h)][:k] for h in histories])
     results = {
         "cold start (history path)": evaluate(from_history, cold, data.test),
+        "cold start, zero ego": evaluate(from_history_zero_ego, cold, data.test),
         "trained on": evaluate(trained_on, cold, data.test),
         "popular": evaluate(popular, cold, data.test),
     }

@@ -25,6 +25,7 @@ METHODS = ("fp", "ste", "hq")  # the ones whose user code is a function of the u
 @dataclass(frozen=True)
 class ColdStart:
     arrays: dict[str, npt.NDArray[Any]]
+    use_hashed_ego: bool = True  # False: a zero ego even when the model has a hashed input layer (for comparison)
 
     @property
     def method(self) -> str:
@@ -32,7 +33,7 @@ class ColdStart:
 
     def ego(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         dim = self.arrays["item_layers"].shape[2]
-        if "codebook" not in self.arrays:
+        if "codebook" not in self.arrays or not self.use_hashed_ego:
             return np.zeros(dim, np.float32)
         a = self.arrays
         bits = cold_user_bits(items, int(a["hash_bits"]), a["user_medians"], seed=int(a["hash_seed"]))
