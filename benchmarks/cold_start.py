@@ -84,7 +84,7 @@ def main() -> int:
         held = trained_bundle(without_users(data, cold), config, args.refit, Path(tmp) / "held")
         histories = [seen.indices[seen.indptr[u] : seen.indptr[u + 1]].astype(np.int64) for u in cold]
         assert held.cold_start is not None
-        cold_codes = np.stack([ColdStart(held.cold_start).code(h) for h in histories])
+        cold_codes = np.stack([ColdStart(held.cold_start, use_hashed_ego=True).code(h) for h in histories])
         held_index = ItemIndex.for_bundle(held, device="cpu")
         from_history = held_index.search(cold_codes, k, exclude=histories).ids
         zero_ego = ColdStart(held.cold_start, use_hashed_ego=False)
@@ -97,8 +97,8 @@ def main() -> int:
     order = np.lexsort((np.arange(data.n_items), -counts))
     popular = np.stack([order[~np.isin(order, h)][:k] for h in histories])
     results = {
-        "cold start (history path)": evaluate(from_history, cold, data.test),
-        "cold start, zero ego": evaluate(from_history_zero_ego, cold, data.test),
+        "cold start, decoded hash ego": evaluate(from_history, cold, data.test),
+        "cold start, zero ego (served)": evaluate(from_history_zero_ego, cold, data.test),
         "trained on": evaluate(trained_on, cold, data.test),
         "popular": evaluate(popular, cold, data.test),
     }

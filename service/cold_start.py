@@ -4,8 +4,9 @@ LightGCN's user representation is the mean of its layers, and layer k + 1 of a u
 degree-normalised sum of its items' layer k: e_u^(k+1) = Σ_i e_i^(k) / √(|I_u| · deg_i). With the items'
 layers 0..K−1 exported in the bundle, a new user's representation needs no retraining — only its ego
 embedding e_u^(0), which a hashed input layer decodes from the user's hash code (the same projection as in
-training, index.hash_codes) and a plain embedding table cannot give (zero: the propagated layers carry
-the answer). The representation is then coded exactly as the trainer codes users (sign, HQ levels, floats).
+training, index.hash_codes) and a plain embedding table cannot give. Measured, a zero ego serves new users
+better than the decoded one (the propagated layers carry the answer), so it is the default for both. The
+representation is then coded exactly as the trainer codes users (sign, HQ levels, floats).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ METHODS = ("fp", "ste", "hq")  # the ones whose user code is a function of the u
 @dataclass(frozen=True)
 class ColdStart:
     arrays: dict[str, npt.NDArray[Any]]
-    use_hashed_ego: bool = True  # False: a zero ego even when the model has a hashed input layer (for comparison)
+    # A zero ego by default, even for hashed models: on ml-100k's held-out users the decoded ego of a code the
+    # decoder never trained on cost more than it gave (92 % of trained-on with a zero ego, 51 % with it;
+    # BENCHMARKS.md). True decodes the user's hash code, as Yeh et al. do.
+    use_hashed_ego: bool = False
 
     @property
     def method(self) -> str:
