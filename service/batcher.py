@@ -71,7 +71,7 @@ class MicroBatcher:
 
     async def close(self) -> None:
         """Answer what is queued, then stop (graceful shutdown)."""
-        while not self._queue.empty():
+        while not self._queue.empty() and self._task is not None and not self._task.done():
             await asyncio.sleep(0.001)
         if self._task is not None:
             self._task.cancel()
