@@ -12,8 +12,6 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
 
 def _splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     with np.errstate(over="ignore"):

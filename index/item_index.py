@@ -31,6 +31,8 @@ from index.codes import (
 )
 from index.hamming import exact_scores
 from index.retrieval import MAX_K, HammingBackend, make_backend
+from index.retrieval.faiss_backend import GPU_MAX_K
+from index.retrieval.faiss_backend import faiss_gpu_count as gpu_count
 
 try:
     import faiss
@@ -42,7 +44,6 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 log = logging.getLogger(__name__)
 
 DevicePreference = Literal["auto", "cpu", "gpu"]
-GPU_MAX_K = 2048  # GpuIndexBinaryFlat / GpuIndexFlat refuse larger k
 
 
 DEFAULT_RERANK_FACTOR = 10  # Hamming candidates per requested item when item scales re-rank
@@ -104,11 +105,6 @@ class SearchResult:
 
     ids: npt.NDArray[np.int64]
     scores: npt.NDArray[np.float32]
-
-
-def gpu_count() -> int:
-    get = getattr(faiss, "get_num_gpus", None)
-    return int(get()) if get is not None else 0
 
 
 class ItemIndex:

@@ -1,14 +1,10 @@
 """Hashing-based input embeddings (Yeh et al., KDD'22): no O(n·d) table, and codes for unseen nodes.
 
-Each node's fixed c-bit code is ``sign(A·R − median)``: its adjacency row projected by a Gaussian matrix R
-(rows indexed by the *other* side's nodes, so a user's code mixes the items it touched and an item's the
-users), thresholded at the per-bit median of its side so bits split nodes evenly. R is never stored:
-entry (j, b) is a Gaussian computed from a counter-based hash of (seed, side, j, b), so training makes it
-chunk by chunk and serving makes just the rows of a new user's items (inductive cold start).
-
-The decoder splits the code into m groups of c/m bits; each group's integer picks a row of its own small
-learnable codebook, the m rows are summed and an MLP gives the d-dim ego embedding. Parameters are
-m · 2^(c/m) · d + the MLP, whatever the number of nodes.
+The fixed c-bit code of each node comes from ``index.hash_codes`` (an adjacency row projected by a
+seed-regenerated Gaussian matrix, thresholded at its side's per-bit medians). The decoder here splits the
+code into m groups of c/m bits; each group's integer picks a row of its own small learnable codebook, the
+m rows are summed and an MLP gives the d-dim ego embedding. Parameters are m · 2^(c/m) · d + the MLP,
+whatever the number of nodes.
 """
 
 from __future__ import annotations

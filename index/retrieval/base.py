@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from index.hamming import hamming_distances
+
 MAX_K = 4096  # the largest k a backend must answer (the service caps k at 1000, exclude-seen over-fetches)
 
 
@@ -74,11 +76,6 @@ def pad_topk(found: TopK, k: int, bits: int) -> TopK:
     return out
 
 
-def hamming_matrix(queries: npt.NDArray[np.uint8], items: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
-    """All distances, ``int32 [n_queries, n_items]`` (numpy popcount over the packed bytes)."""
-    return np.stack([np.bitwise_count(items ^ q).sum(axis=1, dtype=np.int32) for q in queries])
-
-
 def select_topk(distances: npt.NDArray[np.integer], ids: npt.NDArray[np.int64], k: int) -> TopK:
     """Top-k per row of candidate (distance, id) pairs, ascending distance then id."""
     order = np.lexsort((ids, distances), axis=1)[:, :k]
@@ -91,7 +88,7 @@ def reference_topk(
     """The yardstick: brute force in numpy, item chunk by item chunk, merged exactly."""
     best: TopK | None = None
     for start in range(0, items.shape[0], chunk):
-        block = hamming_matrix(queries, items[start : start + chunk])
+        block = hamming_distances(queries, items[start : start + chunk])
         ids = np.broadcast_to(np.arange(start, start + block.shape[1], dtype=np.int64), block.shape)
         found = select_topk(block, ids, k)
         if best is not None:

@@ -19,7 +19,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     raise ImportError("FAISS is not installed: install the project with the `cpu` or `gpu` extra") from error
 
-GPU_MAX_K = 2048  # GpuIndexBinaryFlat refuses larger k
+GPU_MAX_K = 2048  # GpuIndexBinaryFlat and GpuIndexFlat refuse larger k
 
 
 def faiss_gpu_count() -> int:

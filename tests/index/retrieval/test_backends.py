@@ -14,8 +14,8 @@ import numpy.typing as npt
 import pytest
 import torch
 
+from index.hamming import hamming_distances
 from index.retrieval import MAX_K, HammingBackend, available_backends, make_backend, reference_topk
-from index.retrieval.base import hamming_matrix
 from index.retrieval.faiss_backend import FaissBinaryBackend
 from index.retrieval.sharded import ShardedBackend, shard_bounds
 from index.retrieval.torch_backend import TorchBackend, popcount64
@@ -58,7 +58,9 @@ def test_popcount64_counts_every_bit_including_the_sign() -> None:
 
 
 def test_hamming_matrix_counts_differing_bits() -> None:
-    assert hamming_matrix(np.array([[0xFF, 0]], np.uint8), np.array([[0, 0], [0xF0, 1]], np.uint8)).tolist() == [[8, 5]]
+    assert hamming_distances(np.array([[0xFF, 0]], np.uint8), np.array([[0, 0], [0xF0, 1]], np.uint8)).tolist() == [
+        [8, 5]
+    ]
 
 
 def test_shards_cover_the_catalogue_without_overlap() -> None:
