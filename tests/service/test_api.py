@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,6 +26,11 @@ from service.app import create_app
 from service.settings import ServiceSettings
 from service.user_codes import user_code_key
 from tests.conftest import RedisServer, TrainedBundle, free_port
+
+
+def local_settings(bundle_root: Path, redis_url: str, **overrides: Any) -> ServiceSettings:
+    """Settings of a test service: this bundle and Redis, a free port, the index on the CPU."""
+    return ServiceSettings(bundle_root=bundle_root, redis_url=redis_url, port=free_port(), device="cpu", **overrides)
 
 
 @contextmanager
@@ -56,10 +62,7 @@ def indexed_bundle(ste_bundle: TrainedBundle) -> TrainedBundle:
 
 @pytest.fixture(scope="module")
 def service(indexed_bundle: TrainedBundle, redis_server: RedisServer) -> Iterator[str]:
-    settings = ServiceSettings(
-        bundle_root=indexed_bundle.root, redis_url=redis_server.url, port=free_port(), device="cpu"
-    )
-    with running_service(settings) as url:
+    with running_service(local_settings(indexed_bundle.root, redis_server.url)) as url:
         yield url
 
 
@@ -150,7 +153,7 @@ def test_health_and_readiness(service: str, indexed_bundle: TrainedBundle) -> No
 
 def test_redis_down_degrades_but_still_answers(indexed_bundle: TrainedBundle) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    settings = ServiceSettings(bundle_root=indexed_bundle.root, redis_url=dead_redis, port=free_port(), device="cpu")
+    settings = local_settings(indexed_bundle.root, dead_redis)
     user, history = a_user_with_history(indexed_bundle.data)
     with running_service(settings) as url:
         assert httpx.get(f"{url}/readyz").json()["status"] == "degraded"
@@ -172,9 +175,7 @@ def test_served_bundle_is_the_one_in_current(indexed_bundle: TrainedBundle) -> N
 
 def test_scaled_codes_are_served_by_exact_rerank(bigear_bundle: TrainedBundle, redis_server: RedisServer) -> None:
     """BiGeaR bundles carry per-layer scales: answers must equal the exact scores of the dequantized codes."""
-    settings = ServiceSettings(
-        bundle_root=bigear_bundle.root, redis_url=redis_server.url, port=free_port(), device="cpu"
-    )
+    settings = local_settings(bigear_bundle.root, redis_server.url)
     user, history = a_user_with_history(bigear_bundle.data)
     bundle = Bundle.load(bigear_bundle.root)
     with running_service(settings) as url:
@@ -227,10 +228,7 @@ def test_batch_post_that_is_not_json_is_a_422(service: str) -> None:
 
 
 def test_concurrent_requests_share_index_searches(indexed_bundle: TrainedBundle, redis_server: RedisServer) -> None:
-    settings = ServiceSettings(
-        bundle_root=indexed_bundle.root, redis_url=redis_server.url, port=free_port(), device="cpu",
-        batch_max_wait_ms=20,
-    )  # fmt: skip
+    settings = local_settings(indexed_bundle.root, redis_server.url, batch_max_wait_ms=20)
     users = indexed_bundle.data.user_ids[:48]
 
     async def burst(url: str) -> list[dict[str, object]]:

@@ -12,9 +12,8 @@ import pytest
 from index.bundle import COLD_START_FILE, Bundle, BundleError
 from index.item_index import ItemIndex
 from service.cold_start import ColdStart
-from service.settings import ServiceSettings
-from tests.conftest import RedisServer, TrainedBundle, free_port
-from tests.service.test_api import running_service
+from tests.conftest import RedisServer, TrainedBundle
+from tests.service.test_api import local_settings, running_service
 from trainer.data import Dataset
 from trainer.export import export_bundle
 from trainer.train import TrainConfig, train
@@ -31,10 +30,7 @@ def hashed_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) 
 
 @pytest.fixture(scope="module")
 def hashed_service(hashed_bundle: TrainedBundle, redis_server: RedisServer) -> Iterator[str]:
-    settings = ServiceSettings(
-        bundle_root=hashed_bundle.root, redis_url=redis_server.url, port=free_port(), device="cpu"
-    )
-    with running_service(settings) as url:
+    with running_service(local_settings(hashed_bundle.root, redis_server.url)) as url:
         yield url
 
 
@@ -82,10 +78,7 @@ def test_a_history_of_unknown_items_falls_back_to_popular(hashed_service: str) -
 def test_methods_without_a_cold_start_path_use_popular(bigear_bundle: TrainedBundle, redis_server: RedisServer) -> None:
     bundle = Bundle.load(bigear_bundle.root)
     assert bundle.cold_start is None
-    settings = ServiceSettings(
-        bundle_root=bigear_bundle.root, redis_url=redis_server.url, port=free_port(), device="cpu"
-    )
-    with running_service(settings) as url:
+    with running_service(local_settings(bigear_bundle.root, redis_server.url)) as url:
         body = {"user_ids": ["newcomer"], "histories": {"newcomer": [bundle.item_ids[0]]}}
         assert httpx.post(f"{url}/recommend", json=body).json()["results"][0]["source"] == "popular"
 

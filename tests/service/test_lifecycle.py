@@ -15,9 +15,8 @@ import httpx
 import pytest
 
 from index.bundle import CURRENT, Bundle
-from service.settings import ServiceSettings
 from tests.conftest import RedisServer, TrainedBundle, free_port, start_redis
-from tests.service.test_api import running_service
+from tests.service.test_api import local_settings, running_service
 
 KEY = "s3cret"
 
@@ -70,9 +69,7 @@ def test_swaps_under_traffic_refuse_bad_bundles_and_never_fail_a_request(
     two_bundles: tuple[Path, str, str], redis_server: RedisServer, ste_bundle: TrainedBundle
 ) -> None:
     root, old, new = two_bundles
-    settings = ServiceSettings(
-        bundle_root=root, redis_url=redis_server.url, port=free_port(), device="cpu", admin_api_key=KEY
-    )
+    settings = local_settings(root, redis_server.url, admin_api_key=KEY)
     with running_service(settings) as url, traffic(url, ste_bundle.data.user_ids[1]) as seen:
         assert reload(url, key=None).status_code == 401
         assert reload(url, key="wrong").status_code == 401
@@ -107,7 +104,7 @@ def test_disabled_admin_endpoint_says_how_to_enable_it(
     two_bundles: tuple[Path, str, str], redis_server: RedisServer
 ) -> None:
     root, _, _ = two_bundles
-    settings = ServiceSettings(bundle_root=root, redis_url=redis_server.url, port=free_port(), device="cpu")
+    settings = local_settings(root, redis_server.url)
     with running_service(settings) as url:
         response = reload(url)
     assert response.status_code == 403 and "RECSYS_ADMIN_API_KEY" in response.json()["detail"]
@@ -115,9 +112,7 @@ def test_disabled_admin_endpoint_says_how_to_enable_it(
 
 def test_watcher_loads_what_current_names(two_bundles: tuple[Path, str, str], redis_server: RedisServer) -> None:
     root, old, new = two_bundles
-    settings = ServiceSettings(
-        bundle_root=root, redis_url=redis_server.url, port=free_port(), device="cpu", watch_interval_s=0.1
-    )
+    settings = local_settings(root, redis_server.url, watch_interval_s=0.1)
     with running_service(settings) as url:
         (root / CURRENT).write_text("not-there-yet\n")  # refused, logged, not retried
         time.sleep(0.5)
@@ -129,10 +124,11 @@ def test_watcher_loads_what_current_names(two_bundles: tuple[Path, str, str], re
 def test_redis_killed_and_restarted_during_traffic(ste_bundle: TrainedBundle, tmp_path: Path) -> None:
     port = free_port()
     process = start_redis(port)
-    settings = ServiceSettings(
-        bundle_root=ste_bundle.root, redis_url=f"redis://127.0.0.1:{port}/0", port=free_port(), device="cpu",
+    settings = local_settings(
+        ste_bundle.root,
+        f"redis://127.0.0.1:{port}/0",
         user_code_lru_size=0,  # every request goes to Redis
-    )  # fmt: skip
+    )
     try:
         with running_service(settings) as url, traffic(url, ste_bundle.data.user_ids[2]) as seen:
             assert httpx.get(f"{url}/readyz").json()["status"] == "ready"
@@ -155,10 +151,9 @@ def test_a_stalled_redis_costs_latency_not_answers(ste_bundle: TrainedBundle) ->
     """SIGSTOP: Redis accepts connections but never answers; calls time out and the bundle answers."""
     port = free_port()
     process = start_redis(port)
-    settings = ServiceSettings(
-        bundle_root=ste_bundle.root, redis_url=f"redis://127.0.0.1:{port}/0", port=free_port(), device="cpu",
-        user_code_lru_size=0, redis_timeout_s=0.05,
-    )  # fmt: skip
+    settings = local_settings(
+        ste_bundle.root, f"redis://127.0.0.1:{port}/0", user_code_lru_size=0, redis_timeout_s=0.05
+    )
     try:
         with running_service(settings) as url, traffic(url, ste_bundle.data.user_ids[4]) as seen:
             wait_for(lambda: len(seen) > 5)
