@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +59,16 @@ class ServingModel:
             "loaded model %s from %s (search backend %s)", bundle.manifest.model_version, bundle.path, index.backend
         )
         return cls(bundle=bundle, index=index)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one user of a request is answered: which code is searched (none: the popular items)."""
+
+    source: Literal["codes", "history", "popular"]
+    code: npt.NDArray[Any] | None = None
+    excluded: npt.NDArray[np.int64] | None = None
+    scales: npt.NDArray[np.floating] | None = None
 
 
 class ModelRefused(Exception):
@@ -108,31 +119,28 @@ class Recommender:
         rows = [bundle.user_row(user_id) for user_id in user_ids]
         known = [(user_id, row) for user_id, row in zip(user_ids, rows, strict=True) if row is not None]
         codes = iter(await self.codes.get_many(bundle, known))
-        plans: list[tuple[str, object, npt.NDArray[np.int64] | None]] = []  # (source, code, excluded rows)
+        plans: list[Plan] = []
         for user_id, row in zip(user_ids, rows, strict=True):
             if row is not None:
-                plans.append(("codes", next(codes), bundle.seen_items(row)))
+                scales = bundle.user_scales[row] if bundle.user_scales is not None else None
+                plans.append(Plan("codes", next(codes), bundle.seen_items(row), scales))
                 continue
             history = bundle.item_rows((histories or {}).get(user_id, []))
             if model.cold_start is None or history.size == 0:
-                plans.append(("popular", None, None))
+                plans.append(Plan("popular"))
             else:
-                plans.append(("history", model.cold_start.code(history), history))
+                plans.append(Plan("history", model.cold_start.code(history), history))
         searches = [
             self.batcher.search(
-                model,
-                code,  # type: ignore[arg-type]
-                k,
-                exclude=excluded if exclude_seen else None,
-                scales=bundle.user_scales[row] if bundle.user_scales is not None and row is not None else None,
+                model, plan.code, k, exclude=plan.excluded if exclude_seen else None, scales=plan.scales
             )
-            for (source, code, excluded), row in zip(plans, rows, strict=True)
-            if source != "popular"
+            for plan in plans
+            if plan.code is not None
         ]
         answers = iter(await asyncio.gather(*searches))
         out = []
-        for user_id, (source, _, _) in zip(user_ids, plans, strict=True):
-            if source == "popular":
+        for user_id, plan in zip(user_ids, plans, strict=True):
+            if plan.code is None:
                 out.append(self.popular(model, user_id, k))
                 continue
             ids, scores = next(answers)
@@ -141,7 +149,7 @@ class Recommender:
                 for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
                 if i >= 0
             ]
-            out.append(Recommendation(user_id=user_id, model_version=model.version, source=source, items=items))  # type: ignore[arg-type]
+            out.append(Recommendation(user_id=user_id, model_version=model.version, source=plan.source, items=items))
         return out
 
     async def reload(self, root: Path) -> tuple[str, str]:
