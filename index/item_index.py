@@ -133,7 +133,9 @@ class ItemIndex:
         self._gpu_index: Any | None = None
         self._hamming: HammingBackend | None = None
         if layout.is_binary:
-            codes = faiss.vector_to_array(cpu_index.xb).reshape(cpu_index.ntotal, cpu_index.code_size)
+            # A view of the codes FAISS already holds: no second copy at start-up (GPU backends copy to the device).
+            size = cpu_index.ntotal * cpu_index.code_size
+            codes = faiss.rev_swig_ptr(cpu_index.xb.data(), size).reshape(cpu_index.ntotal, cpu_index.code_size)
             if codes.shape[0]:
                 self._hamming = make_backend(codes, backend, device=device, cpu_index=cpu_index)
             self.backend = self._hamming.name if self._hamming is not None else "faiss-cpu"
