@@ -15,6 +15,7 @@ import torch
 
 from index.bundle import BundleError
 from trainer.data import DatasetError, SyntheticConfig, load_dataset
+from trainer.distributed import World, main_first, start, stop
 from trainer.export import export_bundle
 from trainer.quantization import METHODS, make_quantizer
 from trainer.sampling import SAMPLING_MODES
@@ -84,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--hash-groups", type=int, default=defaults.hash_groups, help="codebooks the code splits into")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
-    optim.add_argument("--batch-size", type=int, default=defaults.batch_size, help="BPR triples per step")
+    optim.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="BPR triples per step and process (under torchrun a step trains world size × this many)",
+    )
     optim.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
     optim.add_argument("--reg", type=float, default=defaults.reg, help="L2 weight on the batch's ego embeddings")
     optim.add_argument(
@@ -111,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="after validation picks the epoch count, retrain on train + validation for that many epochs",
     )
     optim.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
+    optim.add_argument(
+        "--stop-at-metric",
+        type=float,
+        default=None,
+        help="stop once validation Recall@20 reaches this (records target_seconds: time-to-quality benchmarks)",
+    )
     optim.add_argument("--seed", type=int, default=defaults.seed, help="seed for init, sampling and the split")
     optim.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
     out = parser.add_argument_group("output")
@@ -169,7 +181,7 @@ def _saved(result: TrainResult, seconds: float) -> SavedStage:
     return SavedStage(ego=ego, seconds=seconds, epochs=result.best_epoch + 1)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, world: World) -> int:
     config = TrainConfig(
         method=args.method,
         bits=args.bits,
@@ -194,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         max_minutes=args.max_minutes,
+        stop_at_metric=args.stop_at_metric,
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
     )
@@ -208,14 +221,15 @@ def run(args: argparse.Namespace) -> int:
     if make_quantizer(args.method, args.dim, args.layers, bits=args.bits).layout.is_binary and args.dim % 8:
         raise ValueError(f"--dim must be a multiple of 8 for binary codes, got {args.dim}")
     synthetic = SyntheticConfig(n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed)
-    data = load_dataset(
-        args.dataset,
-        data_dir=args.data_dir,
-        url=args.dataset_url,
-        sha256=args.sha256,
-        val_fraction=args.val_fraction,
-        synthetic=synthetic,
-    )
+    with main_first(world):  # one rank downloads and splits; the others then read its files
+        data = load_dataset(
+            args.dataset,
+            data_dir=args.data_dir,
+            url=args.dataset_url,
+            sha256=args.sha256,
+            val_fraction=args.val_fraction,
+            synthetic=synthetic,
+        )
     logging.getLogger(__name__).info(data.summary())
     result = train(data, config)
     stages: dict[Stage, SavedStage] = {"select": _saved(result, result.train_seconds)}
@@ -223,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
         selected_seconds = result.train_seconds
         result = refit(data, config, result)
         stages["refit"] = _saved(result, result.train_seconds - selected_seconds)  # the refit's own time
+    if not world.main:
+        return 0  # rank 0 writes the warm start, the bundle and the record
     if args.save_warm_start is not None:
         save_stages(args.save_warm_start, data.name, stages)
     report = export_bundle(result, data, config, args.bundle_root, make_current=not args.no_make_current)
@@ -236,6 +252,10 @@ def run(args: argparse.Namespace) -> int:
         **{f"exact_{k}": round(v, 5) for k, v in report.test_device.items()},
         "bytes_per_node": report.bytes_per_node,
         "train_seconds": round(result.train_seconds, 1),
+        "world_size": result.world_size,
+        "batch_size": config.batch_size * result.world_size,
+        "samples_per_second": round(result.samples_per_second, 1),
+        "target_seconds": None if result.target_seconds is None else round(result.target_seconds, 1),
         "best_epoch": result.best_epoch,
         "refit": bool(args.refit),
         "warm_start": bool(args.warm_start or args.warm_start_from),
@@ -258,13 +278,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        world = start(args.device)
+    except (ValueError, RuntimeError) as error:
+        print(f"recsys-train: error: could not join the torchrun process group: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO if world.main else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s %(name)s{f' [rank {world.rank}]' if world.distributed else ''}: %(message)s",
+    )
+    try:
+        return run(args, world)
     except (DatasetError, BundleError, ValueError) as error:
         print(f"recsys-train: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        stop()
 
 
 if __name__ == "__main__":

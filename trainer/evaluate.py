@@ -16,6 +16,7 @@ import torch
 
 from index.codes import CodeLayout, ScaleMode
 from index.item_index import ItemIndex
+from trainer.distributed import SINGLE_PROCESS, World, gather_rows
 from trainer.metrics import ranking_metrics
 
 KS = (10, 20, 50)
@@ -73,10 +74,16 @@ def device_metrics(
     *,
     integer_scores: bool,
     ks: tuple[int, ...] = KS,
+    world: World = SINGLE_PROCESS,
 ) -> dict[str, float]:
-    """Recall/NDCG on the training device: used every few epochs for early stopping."""
+    """Recall/NDCG on the training device: used every few epochs for early stopping.
+
+    Under data-parallel training each rank ranks a contiguous share of the users and every rank gets the
+    whole ranking back, so all of them compute the same metrics (and take the same decisions).
+    """
     users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
-    topk = rank_topk(user_vectors, item_vectors, users, mask, max(ks), integer_scores=integer_scores)
+    mine = np.array_split(users, world.size)[world.rank]
+    topk = gather_rows(rank_topk(user_vectors, item_vectors, mine, mask, max(ks), integer_scores=integer_scores), world)
     if topk.shape[1] < max(ks):  # a catalogue smaller than K: pad as the index does
         topk = np.pad(topk, ((0, 0), (0, max(ks) - topk.shape[1])), constant_values=-1)
     return ranking_metrics(topk, users, truth, ks)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,22 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from trainer.data import Dataset
+from trainer.distributed import (
+    SINGLE_PROCESS,
+    World,
+    any_rank,
+    assert_in_step,
+    broadcast_buffers,
+    current_world,
+    mean_over_ranks,
+    rank_device,
+    rank_share,
+)
 from trainer.evaluate import device_metrics
 from trainer.graph import normalized_adjacency, to_torch_sparse
 from trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count
@@ -42,7 +56,7 @@ class TrainConfig:
     dim: int = 64
     layers: int = 3
     lr: float = 1e-3
-    batch_size: int = 2048
+    batch_size: int = 2048  # per process: under torchrun a step trains on world_size × batch_size triples
     reg: float = 1e-4
     sampling: Sampling = "user"
     epochs: int = 400
@@ -62,6 +76,7 @@ class TrainConfig:
     seed: int = 2024
     device: str = "auto"
     max_minutes: float | None = None
+    stop_at_metric: float | None = None  # stop once the selection metric reaches this (time-to-quality benchmarks)
     checkpoint_dir: Path | None = None
     resume: bool = False
 
@@ -85,6 +100,9 @@ class TrainResult:
     train_seconds: float = 0.0
     peak_gpu_mb: float = 0.0
     device: str = "cpu"
+    world_size: int = 1
+    samples_per_second: float = 0.0  # BPR triples trained per second of stepping, over all processes
+    target_seconds: float | None = None  # when the selection metric first reached config.stop_at_metric
 
 
 def pick_device(name: str) -> torch.device:
@@ -132,9 +150,41 @@ def integer_ranking(quantizer: Quantizer) -> bool:
     return quantizer.layout.is_binary and quantizer.scale_mode is None
 
 
-def evaluate_valid(model: LightGCN, quantizer: Quantizer, data: Dataset) -> dict[str, float]:
+def evaluate_valid(
+    model: LightGCN, quantizer: Quantizer, data: Dataset, world: World = SINGLE_PROCESS
+) -> dict[str, float]:
     users, items = served_vectors(model, quantizer)
-    return device_metrics(users, items, data.valid, data.train, integer_scores=integer_ranking(quantizer))
+    return device_metrics(users, items, data.valid, data.train, integer_scores=integer_ranking(quantizer), world=world)
+
+
+class BPRObjective(nn.Module):
+    """The training loss as one module, so DistributedDataParallel can average its gradients across ranks."""
+
+    def __init__(self, model: LightGCN, quantizer: Quantizer, reg: float) -> None:
+        super().__init__()
+        self.model = model
+        self.quantizer = quantizer
+        self.reg = reg
+
+    def forward(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        return bpr_loss(self.model, self.quantizer, users, positives, negatives, self.reg)
+
+
+def parallel_objective(model: LightGCN, quantizer: Quantizer, reg: float, world: World) -> nn.Module:
+    """The loss module, wrapped in DDP under torchrun; the graph is replicated, not synchronised."""
+    objective = BPRObjective(model, quantizer, reg)
+    if not world.distributed:
+        return objective
+    # The adjacency is a (sparse) buffer every rank builds identically: DDP must neither broadcast nor check it.
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(  # type: ignore[no-untyped-call]
+        objective, ["model.adjacency"]
+    )
+    device = model.adjacency.device
+    with warnings.catch_warnings():  # newer torch renames broadcast_buffers; the old name keeps init unsynced
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -223,7 +273,8 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     """Train with early stopping on validation; return the best model (weights restored)."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    device = pick_device(config.device)
+    world = current_world()
+    device = pick_device(rank_device(config.device, world))
     adjacency = to_torch_sparse(normalized_adjacency(data.train), device)
     model = LightGCN(data.n_users, data.n_items, config.dim, config.layers, adjacency).to(device)
     quantizer = make_quantizer(config.method, config.dim, config.layers, bits=config.bits).to(device)
@@ -283,7 +334,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     deadline = started + config.max_minutes * 60 if config.max_minutes else math.inf
     if validating and stage.ego is not None:
         # The warm start itself is a candidate: fine-tuning that only loses is not selected.
-        start = evaluate_valid(model, quantizer, data)
+        start = evaluate_valid(model, quantizer, data, world)
         history.append({"epoch": -1, "loss": math.nan, "seconds": 0.0, **start})
         log.info(json.dumps({"event": "valid", "epoch": -1, **start}))
         best_epoch, best_score, best_valid, best_state = (
@@ -293,27 +344,41 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             _snapshot(model, quantizer),
         )
     replay = set(config.lr_milestones)
-    progress = tqdm(range(start_epoch, config.epochs), desc=f"train {config.method}", unit="epoch", dynamic_ncols=True)
+    objective = parallel_objective(model, quantizer, config.reg, world)
+    step_seconds, samples, target_seconds = 0.0, 0, None
+    progress = tqdm(
+        range(start_epoch, config.epochs),
+        desc=f"train {config.method}",
+        unit="epoch",
+        dynamic_ncols=True,
+        disable=not world.main,
+    )
     for epoch in progress:
         epochs_trained = epoch + 1
+        stepping = time.perf_counter()
         total = torch.zeros((), device=device)
-        batches = sampler.epoch(config.batch_size, generator)
-        for users, positives, negatives in batches:
-            loss = bpr_loss(model, quantizer, users, positives, negatives, config.reg)
+        batches = sampler.epoch(config.batch_size * world.size, generator)  # identical on every rank
+        mine = rank_share(batches, world)
+        for users, positives, negatives in mine:
+            loss = objective(users, positives, negatives)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             optimizer.step()
             quantizer.after_step(model)
             total += loss.detach()
-        mean_loss = float(total) / len(batches)  # a sync point, once per epoch
+        mean_loss = float(mean_over_ranks(total / len(mine), world))  # a sync point, once per epoch
+        step_seconds += time.perf_counter() - stepping
+        samples += sum(batch[0].numel() for batch in batches if batch[0].numel() >= world.size)
         refreshed = quantizer.refresh(RefreshContext(model=model, batches=batches, epoch=epoch))
         if refreshed:
+            broadcast_buffers(quantizer, world)
             log.info(json.dumps({"event": "refresh", "epoch": epoch, **refreshed}))
-        last_epoch = epoch + 1 == config.epochs or time.perf_counter() > deadline
+        last_epoch = epoch + 1 == config.epochs or any_rank(time.perf_counter() > deadline, world, device)
         if not validating:
             best_epoch = epoch
         elif (epoch + 1) % config.eval_every == 0 or last_epoch:
-            valid = evaluate_valid(model, quantizer, data)
+            assert_in_step([model, quantizer], world)
+            valid = evaluate_valid(model, quantizer, data, world)
             elapsed = time.perf_counter() - started
             history.append({"epoch": epoch, "loss": mean_loss, "seconds": elapsed, **valid})
             score = valid[config.select_metric]
@@ -333,7 +398,9 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
                     stale = 0
                     log.info(json.dumps({"event": "lr", "epoch": epoch, "lr": lr}))
             progress.set_postfix(loss=f"{mean_loss:.4f}", **{config.select_metric: f"{score:.4f}"}, best=best_epoch)
-            if last_path is not None:
+            if config.stop_at_metric is not None and score >= config.stop_at_metric and target_seconds is None:
+                target_seconds = elapsed
+            if last_path is not None and world.main:
                 _save_checkpoint(
                     last_path,
                     {
@@ -355,11 +422,14 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             if stale >= config.patience:
                 log.info("early stop at epoch %d: no %s gain in %d evaluations", epoch, config.select_metric, stale)
                 break
+            if target_seconds is not None:
+                log.info("stop at epoch %d: %s reached %.4f", epoch, config.select_metric, config.stop_at_metric)
+                break
         if epoch in replay:
             lr = _decay_learning_rate(optimizer, config.lr_decay_factor)
             milestones.append(epoch)
             log.info(json.dumps({"event": "lr", "epoch": epoch, "lr": lr}))
-        if time.perf_counter() > deadline:
+        if any_rank(time.perf_counter() > deadline, world, device):
             log.info("stopping at epoch %d: time budget of %.1f min reached", epoch, config.max_minutes)
             break
     progress.close()
@@ -380,6 +450,9 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         train_seconds=stage.seconds + time.perf_counter() - started,
         peak_gpu_mb=peak,
         device=device_name(device),
+        world_size=world.size,
+        samples_per_second=samples / step_seconds if step_seconds else 0.0,
+        target_seconds=target_seconds,
     )
 
 
@@ -402,6 +475,7 @@ def refit(data: Dataset, config: TrainConfig, selected: TrainResult) -> TrainRes
         resume=False,
         checkpoint_dir=None,
         max_minutes=None,
+        stop_at_metric=None,
     )
     log.info("refit on train + validation for %d epochs", refit_config.epochs)
     result = train(merged, refit_config)
@@ -413,4 +487,5 @@ def refit(data: Dataset, config: TrainConfig, selected: TrainResult) -> TrainRes
         epochs_trained=selected.epochs_trained + result.epochs_trained,
         train_seconds=selected.train_seconds + result.train_seconds,
         peak_gpu_mb=max(selected.peak_gpu_mb, result.peak_gpu_mb),
+        target_seconds=selected.target_seconds,
     )

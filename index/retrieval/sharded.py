@@ -28,10 +28,26 @@ class ShardedBackend(HammingBackend):
         if n_shards < 1:
             raise ValueError(f"n_shards must be at least 1, got {n_shards}")
         bounds = shard_bounds(self.n_items, n_shards)
-        self.offsets = [start for start, _ in bounds]
-        self.shards: Sequence[HammingBackend] = [factory(codes[a:b], i) for i, (a, b) in enumerate(bounds)]
-        self.name = f"sharded[{len(self.shards)}×{self.shards[0].name}]"
-        self._pool = ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="shard")
+        self._hold([factory(codes[a:b], i) for i, (a, b) in enumerate(bounds)])
+
+    @classmethod
+    def from_shards(cls, shards: Sequence[HammingBackend], *, parallel: bool = True) -> ShardedBackend:
+        """Backends already built over consecutive slices of one catalogue (e.g. codes generated on each GPU).
+
+        ``parallel=False`` searches the shards one after another (Triton's interpreter is not thread-safe).
+        """
+        if not shards or len({shard.n_bytes for shard in shards}) != 1:
+            raise ValueError("shards must be a non-empty list of backends over codes of one width")
+        backend = cls.__new__(cls)
+        backend.n_items, backend.n_bytes = sum(shard.n_items for shard in shards), shards[0].n_bytes
+        backend._hold(shards, parallel)
+        return backend
+
+    def _hold(self, shards: Sequence[HammingBackend], parallel: bool = True) -> None:
+        self.shards = shards
+        self.offsets = [int(offset) for offset in np.cumsum([0] + [shard.n_items for shard in shards[:-1]])]
+        self.name = f"sharded[{len(shards)}×{shards[0].name}]"
+        self._pool = ThreadPoolExecutor(max_workers=len(shards) if parallel else 1, thread_name_prefix="shard")
 
     @property
     def memory_bytes(self) -> int:

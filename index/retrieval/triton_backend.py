@@ -13,12 +13,15 @@ top-k uses the small integer distance range instead of a heap:
 
 A loose bound only makes step 2 write more keys; a buffer that overflows is redone for those queries
 with the exact count, so the result is exact whatever the data. Cost: one pass over the codes plus the
-sample (1/16 of them), against the floor of one pass.
+sample (at most 1/16 of them), against the floor of one pass. Large batches over large catalogues are
+cut into query chunks so that the sampled distances and the key buffers stay within fixed budgets
+(``plan_chunks``); memory does not grow with the catalogue beyond the codes themselves.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -29,11 +32,10 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from index.retrieval.base import HammingBackend, TopK
+from index.retrieval.chunking import ChunkPlan, next_power_of_two, plan_chunks
 from index.retrieval.torch_backend import ID_BITS, NO_KEY, split_keys
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter, used by the tests
-SAMPLE_FRACTION = 16  # the threshold pass scores n_items / 16 items (at least 32 · k)
-KEY_BUDGET = 1 << 25  # int64 keys held at once (256 MiB); query batches are split to stay under it
 
 
 @triton.jit
@@ -55,9 +57,12 @@ def _tile_distances(
     WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     distances = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.int32)
+    # Row offsets in int64: words · n_items passes 2^31 beyond ~268M items of 256 bits (n_items may be a constexpr 1).
+    stride = tl.zeros((1,), dtype=tl.int64) + n_items
     for word in tl.static_range(WORDS):
+        row = stride * word
         q = tl.load(queries_ptr + word * n_queries + q_offs, mask=q_mask, other=0)
-        c = tl.load(codes_ptr + word * n_items + n_offs, mask=n_mask, other=0)
+        c = tl.load(codes_ptr + row + n_offs, mask=n_mask, other=0)
         distances += _popcount(q[:, None] ^ c[None, :], USE_POPC)
     return distances
 
@@ -105,22 +110,31 @@ def word_major(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
     return np.ascontiguousarray(padded.view(np.int32).T)
 
 
-def next_power_of_two(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 class TritonBackend(HammingBackend):
     name = "triton"
 
     def __init__(self, codes: npt.NDArray[np.uint8], *, device: str | torch.device = "cuda") -> None:
         super().__init__(codes)
+        self._hold(torch.from_numpy(word_major(codes)).to(torch.device(device)))
+
+    @classmethod
+    def from_word_major(cls, words: torch.Tensor, n_bytes: int) -> TritonBackend:
+        """A backend over codes already on the GPU as ``[words, n_items]`` int32 (no host copy: huge catalogues)."""
+        if words.dtype != torch.int32 or words.ndim != 2 or words.shape[0] != -(-n_bytes // 4):
+            raise ValueError(f"need [{-(-n_bytes // 4)}, n_items] int32 words for {n_bytes}-byte codes")
+        backend = cls.__new__(cls)
+        backend.n_items, backend.n_bytes = int(words.shape[1]), n_bytes
+        backend._hold(words)
+        return backend
+
+    def _hold(self, words: torch.Tensor) -> None:
         if self.n_items >= 1 << 31:
             raise ValueError(f"at most 2^31 items per backend (shard larger catalogues), got {self.n_items}")
-        self.device = torch.device(device)
+        self.device = words.device
         if self.device.type != "cuda" and not INTERPRETED:
             raise RuntimeError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 for tests)")
-        self.codes = torch.from_numpy(word_major(codes)).to(self.device)  # [words, n]: the code size, no more
-        self.words = int(self.codes.shape[0])
+        self.codes = words  # [words, n]: the code size, no more
+        self.words = int(words.shape[0])
         self._marks: list[tuple[str, Any]] | None = None  # CUDA events per phase while profiling
 
     def _mark(self, phase: str) -> None:
@@ -152,10 +166,9 @@ class TritonBackend(HammingBackend):
         grid = (triton.cdiv(n_cols, block_n), triton.cdiv(n_queries, block_q))
         kernel[grid](*args, WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=4)
 
-    def bounds(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
-        """Each query's k-th smallest distance among the first ``n_sample`` items, and ``n_sample``."""
+    def bounds(self, queries: torch.Tensor, k: int, n_sample: int) -> torch.Tensor:
+        """Each query's k-th smallest distance among the first ``n_sample`` items."""
         n_queries = queries.shape[1]
-        n_sample = min(self.n_items, max(32 * k, self.n_items // SAMPLE_FRACTION))
         sample = torch.empty((n_queries, n_sample), dtype=torch.int16, device=self.device)
         self._launch(
             _sample_kernel, n_sample, n_queries, queries, self.codes, sample, n_queries, self.n_items, n_sample
@@ -163,7 +176,8 @@ class TritonBackend(HammingBackend):
         self._mark("sample distances")
         # top-k's radix select, not kthvalue's sort: the bound is the largest of the k smallest.
         nearest = torch.topk(sample, k, dim=1, largest=False, sorted=False).values
-        return nearest.max(dim=1).values.to(torch.int32).contiguous(), n_sample
+        bound: torch.Tensor = nearest.max(dim=1).values.to(torch.int32).contiguous()
+        return bound
 
     def collect(self, queries: torch.Tensor, bounds: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
         n_queries = queries.shape[1]
@@ -175,10 +189,9 @@ class TritonBackend(HammingBackend):
         )  # fmt: skip
         return keys, counts
 
-    def _search_chunk(self, queries: torch.Tensor, k: int) -> torch.Tensor:
-        bounds, n_sample = self.bounds(queries, k)
-        expected = k * self.n_items // n_sample
-        capacity = min(self.n_items, next_power_of_two(2 * expected + 1024))
+    def _search_chunk(self, queries: torch.Tensor, k: int, plan: ChunkPlan) -> torch.Tensor:
+        bounds = self.bounds(queries, k, plan.n_sample)
+        capacity = plan.capacity
         self._mark("bound (top-k of the sample)")
         keys, counts = self.collect(queries, bounds, capacity)
         self._mark("collect pass")
@@ -194,10 +207,14 @@ class TritonBackend(HammingBackend):
         return found
 
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
-        words = torch.from_numpy(word_major(queries)).to(self.device)
-        self._mark("queries to device")
-        capacity_guess = next_power_of_two(2 * k * SAMPLE_FRACTION + 1024)
-        step = max(1, min(4096, KEY_BUDGET // capacity_guess))
-        parts = [self._search_chunk(words[:, s : s + step].contiguous(), k) for s in range(0, words.shape[1], step)]
-        assert ID_BITS == 32
-        return split_keys(torch.cat(parts))
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
+            # Triton launches on the current device: a shard on GPU 1 searched from any thread must set it.
+            words = torch.from_numpy(word_major(queries)).to(self.device)
+            self._mark("queries to device")
+            plan = plan_chunks(self.n_items, words.shape[1], k)
+            step = plan.queries
+            parts = [
+                self._search_chunk(words[:, s : s + step].contiguous(), k, plan) for s in range(0, words.shape[1], step)
+            ]
+            assert ID_BITS == 32
+            return split_keys(torch.cat(parts))

@@ -25,6 +25,9 @@ CPU_BACKENDS: dict[str, Callable[[npt.NDArray[np.uint8]], HammingBackend]] = {
     "torch-cpu": TorchBackend,
     "sharded-faiss": lambda codes: ShardedBackend(codes, 3, lambda part, _: FaissBinaryBackend(part)),
     "sharded-torch": lambda codes: ShardedBackend(codes, 2, lambda part, _: TorchBackend(part, tile_elements=4096)),
+    "prebuilt-shards": lambda codes: ShardedBackend.from_shards(
+        [FaissBinaryBackend(codes[a:b]) for a, b in shard_bounds(codes.shape[0], 4)]
+    ),
 }
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -101,6 +104,18 @@ TRITON_CHECK = textwrap.dedent(
     # Every item ties: the sampled bound lets all 3000 through, past the key buffer -> the overflow redo.
     tied = TritonBackend(np.zeros((3000, 8), np.uint8), device="cpu").search(np.full((2, 8), 255, np.uint8), 3)
     assert tied.ids.tolist() == [[0, 1, 2]] * 2 and tied.distances.tolist() == [[64] * 3] * 2
+    # Codes handed over already word-major (as a GPU-generated catalogue is), in two prebuilt shards.
+    import torch
+    from index.retrieval.sharded import ShardedBackend
+    from index.retrieval.triton_backend import word_major
+    items = rng.integers(0, 256, (900, 32), dtype=np.uint8)
+    queries = rng.integers(0, 256, (4, 32), dtype=np.uint8)
+    halves = [
+        TritonBackend.from_word_major(torch.from_numpy(word_major(part)), 32) for part in (items[:400], items[400:])
+    ]
+    merged = ShardedBackend.from_shards(halves, parallel=False)  # the interpreter is not thread-safe
+    got, want = merged.search(queries, 60), reference_topk(queries, items, 60)
+    assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances)
     print("triton kernels agree")
     """
 )
@@ -129,3 +144,9 @@ def test_gpu_backends_match_the_reference(n_bytes: int) -> None:
         assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), name
     sharded = make_backend(items, "triton", shards=3).search(queries, 100)
     assert np.array_equal(sharded.ids, want.ids)
+    if torch.cuda.device_count() > 1:  # one shard per GPU, searched from one thread each
+        spread = make_backend(items, "triton")
+        assert isinstance(spread, ShardedBackend)
+        assert {shard.device.index for shard in spread.shards} == set(range(torch.cuda.device_count()))  # type: ignore[attr-defined]
+        got = spread.search(queries, 100)
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances)

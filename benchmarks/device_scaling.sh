@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# #8 on a lent multi-GPU machine: GPU tests (sharded retrieval, NCCL training), then benchmarks/scaling.py.
+#
+# Runs on the device machine from the repo root, with .whl/ (wheels the image lacks), .gpu-kit/ (faiss-gpu,
+# ../shared/tools/faiss-gpu-device) and .carry/data/gowalla carried. Results under $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT/logs"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $(ls .whl/*.whl | grep -v faiss)
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site_all .whl/*.whl
+export RECSYS_COMMIT=${RECSYS_COMMIT:-unknown} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+status=0
+PYTHONPATH="/tmp/site:$PWD" timeout 300 python3 benchmarks/device_gpu_index.py -k retrieval >"$OUT/gpu_index_tests.log" 2>&1 || status=$?
+tail -n 3 "$OUT/gpu_index_tests.log"
+export PYTHONPATH="/tmp/site_all:$PWD"
+timeout 300 python3 -m pytest -p no:cacheprovider -v -m gpu tests/trainer/test_distributed.py >"$OUT/gpu_train_tests.log" 2>&1 || status=$?
+tail -n 3 "$OUT/gpu_train_tests.log"
+python3 benchmarks/scaling.py --data-dir .carry/data --logs "$OUT/logs" --out "$OUT/scaling.json" --plot "$OUT/scaling.png" "$@" || status=$?
+exit $status
