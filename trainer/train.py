@@ -14,12 +14,13 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -45,6 +46,9 @@ from trainer.sampling import BPRSampler, Sampling
 from trainer.warm_start import Stage, load_stage
 
 log = logging.getLogger(__name__)
+
+GradCompression = Literal["none", "fp16", "bf16"]
+COMPRESSION_HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
 
 
 @dataclass
@@ -76,6 +80,7 @@ class TrainConfig:
     seed: int = 2024
     device: str = "auto"
     max_minutes: float | None = None
+    grad_compression: GradCompression = "none"  # under torchrun: gradients all-reduced as fp16/bf16
     stop_at_metric: float | None = None  # stop once the selection metric reaches this (time-to-quality benchmarks)
     checkpoint_dir: Path | None = None
     resume: bool = False
@@ -170,11 +175,19 @@ class BPRObjective(nn.Module):
         return bpr_loss(self.model, self.quantizer, users, positives, negatives, self.reg)
 
 
-def parallel_objective(model: LightGCN, quantizer: Quantizer, reg: float, world: World) -> nn.Module:
-    """The loss module, wrapped in DDP under torchrun; the graph is replicated, not synchronised."""
+def parallel_objective(
+    model: LightGCN, quantizer: Quantizer, reg: float, world: World, compression: GradCompression = "none"
+) -> nn.Module:
+    """The loss module, wrapped in DDP under torchrun; the graph is replicated, not synchronised.
+
+    The embedding table's gradient is complete only at the end of the backward pass (it comes through
+    every propagation layer), so its all-reduce cannot overlap with compute: ``compression`` halves it.
+    """
     objective = BPRObjective(model, quantizer, reg)
     if not world.distributed:
         return objective
+    if compression == "bf16" and model.adjacency.device.type != "cuda":
+        raise ValueError("--grad-compression bf16 needs GPUs (NCCL); on CPUs (gloo) use fp16")
     # The adjacency is a (sparse) buffer every rank builds identically: DDP must neither broadcast nor check it.
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(  # type: ignore[no-untyped-call]
         objective, ["model.adjacency"]
@@ -182,9 +195,15 @@ def parallel_objective(model: LightGCN, quantizer: Quantizer, reg: float, world:
     device = model.adjacency.device
     with warnings.catch_warnings():  # newer torch renames broadcast_buffers; the old name keeps init unsynced
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
-        return DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        parallel = DistributedDataParallel(
+            objective,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            gradient_as_bucket_view=True,  # no copy between the gradients and the all-reduce buffer
         )
+    if compression != "none":
+        parallel.register_comm_hook(None, COMPRESSION_HOOKS[compression])
+    return parallel
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -344,7 +363,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             _snapshot(model, quantizer),
         )
     replay = set(config.lr_milestones)
-    objective = parallel_objective(model, quantizer, config.reg, world)
+    objective = parallel_objective(model, quantizer, config.reg, world, config.grad_compression)
     step_seconds, samples, target_seconds = 0.0, 0, None
     progress = tqdm(
         range(start_epoch, config.epochs),

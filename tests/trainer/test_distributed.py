@@ -125,6 +125,18 @@ def test_a_rank_that_drifts_from_rank_0_is_caught(tmp_path: Path, perturb: bool)
             pass
 
 
+def test_gradients_all_reduced_in_16_bits_train_close_to_full_precision(tmp_path: Path) -> None:
+    common = ["--method", "fp", "--epochs", "3", "--batch-size", "64", "--results-json", str(tmp_path / "r.json")]
+    for compression in ("none", "fp16"):
+        run = train_cli(tmp_path, *common, "--grad-compression", compression, "--bundle-root", compression, ranks=2)
+        assert run.returncode == 0, run.stderr
+    full, half = json.loads((tmp_path / "r.json").read_text())
+    assert (full["grad_compression"], half["grad_compression"]) == ("none", "fp16")
+    assert abs(full["exact_recall@20"] - half["exact_recall@20"]) < 0.02
+    refused = train_cli(tmp_path, *common, "--grad-compression", "bf16", "--bundle-root", "bf16", ranks=2)
+    assert refused.returncode != 0 and "recsys-train: error: --grad-compression bf16 needs GPUs" in refused.stderr
+
+
 def test_stop_at_metric_ends_training_when_validation_reaches_it(tmp_path: Path) -> None:
     result = train_cli(
         tmp_path, "--method", "fp", "--epochs", "50", "--stop-at-metric", "0.0", "--bundle-root", "b",
