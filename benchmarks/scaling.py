@@ -154,16 +154,23 @@ def workload(row: dict[str, Any]) -> str:
     return f"retrieval {row['n_items']:,} × {row['code_bits']}-bit, batch {row['batch']}, k {row['k']}"
 
 
+def baseline(row: dict[str, Any]) -> tuple[str, str]:
+    """What a row's speed-up is over: the one-GPU run of the same work (lr scaling and compression need 2+)."""
+    if row["kind"] == "train":
+        return row["device"], f"train {row['dataset']} {row['batch_size'] // row['gpus']}"
+    return row["device"], workload(row)
+
+
 def report(records: list[dict[str, Any]], plot: Path | None) -> None:
     base: dict[tuple[str, str], float] = {}
     for row in records:
         if row["gpus"] == 1:
-            base[(row["device"], workload(row))] = throughput(row)
+            base[baseline(row)] = throughput(row)
     print("| device | workload | GPUs | throughput | speed-up | time to target (s) |")
     print("|---|---|---|---|---|---|")
     speedups: dict[str, list[tuple[int, float]]] = {}
     for row in sorted(records, key=lambda r: (r["device"], workload(r), r["gpus"])):
-        one = base.get((row["device"], workload(row)))
+        one = base.get(baseline(row))
         speedup = throughput(row) / one if one else float("nan")
         speedups.setdefault(workload(row), []).append((row["gpus"], speedup))
         unit = "triples/s" if row["kind"] == "train" else "queries/s"
