@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.data import load_dataset  # noqa: E402
-from trainer.distributed import current_world, rank_device, rank_share, start, stop  # noqa: E402
+from trainer.distributed import World, current_world, rank_device, rank_share, start, stop  # noqa: E402
 from trainer.graph import normalized_adjacency, to_torch_sparse  # noqa: E402
 from trainer.model import LightGCN  # noqa: E402
 from trainer.quantization import make_quantizer  # noqa: E402
@@ -61,6 +61,8 @@ def main() -> int:
     parser.add_argument("--dataset", default="gowalla")
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--sync", choices=["ddp", "manual"], default="ddp", help="manual: all_reduce(AVG) per gradient")
+    parser.add_argument("--fused-adam", action="store_true")
     args = parser.parse_args()
     world = start("auto")
     device = pick_device(rank_device("auto", world))
@@ -69,8 +71,10 @@ def main() -> int:
     adjacency = to_torch_sparse(normalized_adjacency(data.train), device)
     model = LightGCN(data.n_users, data.n_items, 64, 3, adjacency).to(device)
     quantizer = make_quantizer("fp", 64, 3).to(device)
-    optimizer = torch.optim.Adam([*model.parameters(), *quantizer.parameters()], lr=1e-3)
-    objective = parallel_objective(model, quantizer, 1e-4, world)
+    parameters = [*model.parameters(), *quantizer.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=1e-3, fused=args.fused_adam or None)
+    manual = args.sync == "manual" and world.distributed
+    objective = parallel_objective(model, quantizer, 1e-4, world if not manual else World())
     generator = torch.Generator(device=device)
     generator.manual_seed(0)
     batches = rank_share(BPRSampler(data.train, device).epoch(args.batch_size * world.size, generator), world)
@@ -80,16 +84,23 @@ def main() -> int:
         nonlocal position
         users, positives, negatives = batches[position % len(batches)]
         position += 1
-        with nullcontext() if sync or not world.distributed else objective.no_sync():  # type: ignore[operator]
+        with nullcontext() if sync or not world.distributed or manual else objective.no_sync():  # type: ignore[operator]
             loss = objective(users, positives, negatives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        if manual and sync:
+            for parameter in parameters:
+                if parameter.grad is not None:
+                    torch.distributed.all_reduce(parameter.grad, op=torch.distributed.ReduceOp.AVG)
         optimizer.step()
 
     gradient = torch.zeros(sum(p.numel() for p in model.parameters()), device=device)
     median_ms(step, 10, device)
-    row = {
+    row: dict[str, object] = {
         "world_size": world.size,
+        "sync": args.sync,
+        "fused_adam": args.fused_adam,
+        "batch_size": args.batch_size,
         "device": torch.cuda.get_device_name(device),
         "step": median_ms(step, args.steps, device),
         "no_sync": median_ms(lambda: step(sync=False), args.steps, device),
