@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     optim.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
     optim.add_argument(
+        "--grad-sync",
+        choices=["allreduce", "ddp"],
+        default=defaults.grad_sync,
+        help="under torchrun: one all-reduce per gradient after backward, or DistributedDataParallel's hooks",
+    )
+    optim.add_argument(
         "--grad-compression",
         choices=["none", "fp16", "bf16"],
         default=defaults.grad_compression,
@@ -214,6 +220,7 @@ def run(args: argparse.Namespace, world: World) -> int:
         max_minutes=args.max_minutes,
         stop_at_metric=args.stop_at_metric,
         grad_compression=args.grad_compression,
+        grad_sync=args.grad_sync,
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
     )
@@ -262,6 +269,7 @@ def run(args: argparse.Namespace, world: World) -> int:
         "world_size": result.world_size,
         "batch_size": config.batch_size * result.world_size,
         "samples_per_second": round(result.samples_per_second, 1),
+        "grad_sync": config.grad_sync,
         "grad_compression": config.grad_compression,
         "target_seconds": None if result.target_seconds is None else round(result.target_seconds, 1),
         "best_epoch": result.best_epoch,

@@ -1,9 +1,10 @@
 """Data-parallel training over several processes (``torchrun``): what each rank does and how they agree.
 
 The graph and the model are replicated; every rank draws the same epoch of BPR triples from the same
-seeded generator and trains on its own share of each global batch of ``world × batch_size`` triples,
-with DDP averaging the gradients. Validation splits the users across ranks and gathers the rankings,
-so every rank reaches the same selection decisions; only rank 0 writes files.
+seeded generator and trains on its own share of each global batch of ``world × batch_size`` triples;
+the gradients are averaged across ranks (one all-reduce each, or DistributedDataParallel's hooks).
+Validation splits the users across ranks and gathers the rankings, so every rank reaches the same
+selection decisions; only rank 0 writes files.
 
 One process (no ``torchrun``) is the world of size 1 and none of this communicates.
 """

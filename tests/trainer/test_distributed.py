@@ -46,12 +46,15 @@ def test_each_rank_takes_a_contiguous_part_of_every_global_batch() -> None:
     assert rank_share([batch, short], World()) == [batch, short]
 
 
-def one_and_two_ranks(tmp_path: Path, device: str) -> tuple[float, float, list[dict[str, object]]]:
+def one_and_two_ranks(
+    tmp_path: Path, device: str, sync: str = "allreduce"
+) -> tuple[float, float, list[dict[str, object]]]:
     """Max |Δ ego| between 2 ranks × 64 and 1 process × 128 triples a step, and between 1 × 64 and 1 × 128."""
     common = ["--method", "fp", "--epochs", "2", "--device", device, "--results-json", str(tmp_path / "r.json")]
     two = train_cli(
-        tmp_path, *common, "--batch-size", "64", "--save-warm-start", "two.pt", "--bundle-root", "b2", ranks=2
-    )
+        tmp_path, *common, "--batch-size", "64", "--save-warm-start", "two.pt", "--bundle-root", "b2",
+        "--grad-sync", sync, ranks=2,
+    )  # fmt: skip
     assert two.returncode == 0, two.stderr
     one = train_cli(tmp_path, *common, "--batch-size", "128", "--save-warm-start", "one.pt", "--bundle-root", "b1")
     assert one.returncode == 0, one.stderr
@@ -62,10 +65,12 @@ def one_and_two_ranks(tmp_path: Path, device: str) -> tuple[float, float, list[d
     return same_batches, other_batches, json.loads((tmp_path / "r.json").read_text())
 
 
-def test_two_ranks_train_the_same_model_as_one_process_on_the_same_global_batches(tmp_path: Path) -> None:
-    same_batches, other_batches, records = one_and_two_ranks(tmp_path, "cpu")
+@pytest.mark.parametrize("sync", ["allreduce", "ddp"])
+def test_two_ranks_train_the_same_model_as_one_process_on_the_same_global_batches(tmp_path: Path, sync: str) -> None:
+    same_batches, other_batches, records = one_and_two_ranks(tmp_path, "cpu", sync)
     assert same_batches < 1e-3 and same_batches < other_batches / 50, (same_batches, other_batches)
     assert [(r["world_size"], r["batch_size"]) for r in records] == [(2, 128), (1, 128), (1, 64)]
+    assert records[0]["grad_sync"] == sync
     assert all(isinstance(r["samples_per_second"], float) and r["samples_per_second"] > 0 for r in records)
     assert abs(float(records[0]["exact_recall@20"]) - float(records[1]["exact_recall@20"])) < 0.02  # type: ignore[arg-type]
     assert len(list((tmp_path / "b2").glob("synthetic-*"))) == 1  # rank 0 alone publishes
@@ -127,12 +132,16 @@ def test_a_rank_that_drifts_from_rank_0_is_caught(tmp_path: Path, perturb: bool)
 
 def test_gradients_all_reduced_in_16_bits_train_close_to_full_precision(tmp_path: Path) -> None:
     common = ["--method", "fp", "--epochs", "3", "--batch-size", "64", "--results-json", str(tmp_path / "r.json")]
-    for compression in ("none", "fp16"):
-        run = train_cli(tmp_path, *common, "--grad-compression", compression, "--bundle-root", compression, ranks=2)
+    variants = [("allreduce", "none"), ("allreduce", "fp16"), ("ddp", "fp16")]
+    for sync, compression in variants:
+        run = train_cli(
+            tmp_path, *common, "--grad-sync", sync, "--grad-compression", compression,
+            "--bundle-root", f"{sync}-{compression}", ranks=2,
+        )  # fmt: skip
         assert run.returncode == 0, run.stderr
-    full, half = json.loads((tmp_path / "r.json").read_text())
-    assert (full["grad_compression"], half["grad_compression"]) == ("none", "fp16")
-    assert abs(full["exact_recall@20"] - half["exact_recall@20"]) < 0.02
+    records = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["grad_sync"], r["grad_compression"]) for r in records] == variants
+    assert all(abs(r["exact_recall@20"] - records[0]["exact_recall@20"]) < 0.02 for r in records)
     refused = train_cli(tmp_path, *common, "--grad-compression", "bf16", "--bundle-root", "bf16", ranks=2)
     assert refused.returncode != 0 and "recsys-train: error: --grad-compression bf16 needs GPUs" in refused.stderr
 
