@@ -88,6 +88,7 @@ def train_run(gpus: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
         "batch_size": result["batch_size"],
         "lr": lr,
         "lr_scaling": args.lr_scaling,
+        "grad_sync": result.get("grad_sync", "ddp"),
         "grad_compression": result.get("grad_compression", "none"),
         "recall@20": result["exact_recall@20"],
         "device": result["device"],
@@ -149,7 +150,8 @@ def throughput(row: dict[str, Any]) -> float:
 def workload(row: dict[str, Any]) -> str:
     if row["kind"] == "train":
         scaling, compression = row.get("lr_scaling", "none"), row.get("grad_compression", "none")
-        variant = f"lr scaling {scaling}" + (f", {compression} gradients" if compression != "none" else "")
+        variant = f"lr scaling {scaling}, {row.get('grad_sync', 'ddp')} sync"
+        variant += f", {compression} gradients" if compression != "none" else ""
         return f"train {row['dataset']} fp (per-GPU batch {row['batch_size'] // row['gpus']}, {variant})"
     return f"retrieval {row['n_items']:,} × {row['code_bits']}-bit, batch {row['batch']}, k {row['k']}"
 
