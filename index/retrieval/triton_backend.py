@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -110,24 +111,35 @@ def word_major(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
     return np.ascontiguousarray(padded.view(np.int32).T)
 
 
+@dataclass(frozen=True)
+class Tiles:
+    """(queries × items) per thread block and warps per block; by default chosen from the batch size."""
+
+    block_q: int
+    block_n: int
+    warps: int = 4
+
+
 class TritonBackend(HammingBackend):
     name = "triton"
 
-    def __init__(self, codes: npt.NDArray[np.uint8], *, device: str | torch.device = "cuda") -> None:
+    def __init__(
+        self, codes: npt.NDArray[np.uint8], *, device: str | torch.device = "cuda", tiles: Tiles | None = None
+    ) -> None:
         super().__init__(codes)
-        self._hold(torch.from_numpy(word_major(codes)).to(torch.device(device)))
+        self._hold(torch.from_numpy(word_major(codes)).to(torch.device(device)), tiles)
 
     @classmethod
-    def from_word_major(cls, words: torch.Tensor, n_bytes: int) -> TritonBackend:
+    def from_word_major(cls, words: torch.Tensor, n_bytes: int, *, tiles: Tiles | None = None) -> TritonBackend:
         """A backend over codes already on the GPU as ``[words, n_items]`` int32 (no host copy: huge catalogues)."""
         if words.dtype != torch.int32 or words.ndim != 2 or words.shape[0] != -(-n_bytes // 4):
             raise ValueError(f"need [{-(-n_bytes // 4)}, n_items] int32 words for {n_bytes}-byte codes")
         backend = cls.__new__(cls)
         backend.n_items, backend.n_bytes = int(words.shape[1]), n_bytes
-        backend._hold(words)
+        backend._hold(words, tiles)
         return backend
 
-    def _hold(self, words: torch.Tensor) -> None:
+    def _hold(self, words: torch.Tensor, tiles: Tiles | None = None) -> None:
         if self.n_items >= 1 << 31:
             raise ValueError(f"at most 2^31 items per backend (shard larger catalogues), got {self.n_items}")
         self.device = words.device
@@ -135,6 +147,7 @@ class TritonBackend(HammingBackend):
             raise RuntimeError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 for tests)")
         self.codes = words  # [words, n]: the code size, no more
         self.words = int(words.shape[0])
+        self.tiles = tiles
         self._marks: list[tuple[str, Any]] | None = None  # CUDA events per phase while profiling
 
     def _mark(self, phase: str) -> None:
@@ -161,10 +174,12 @@ class TritonBackend(HammingBackend):
         return int(self.codes.numel() * 4)
 
     def _launch(self, kernel: Any, n_cols: int, n_queries: int, *args: Any) -> None:
-        block_q = min(32, next_power_of_two(n_queries))
-        block_n = 128 if block_q >= 16 else 256
+        tiles = self.tiles or Tiles(32, 128 if n_queries >= 16 else 256)
+        block_q, block_n = min(tiles.block_q, next_power_of_two(n_queries)), tiles.block_n
         grid = (triton.cdiv(n_cols, block_n), triton.cdiv(n_queries, block_q))
-        kernel[grid](*args, WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=4)
+        kernel[grid](
+            *args, WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=tiles.warps
+        )
 
     def bounds(self, queries: torch.Tensor, k: int, n_sample: int) -> torch.Tensor:
         """Each query's k-th smallest distance among the first ``n_sample`` items."""

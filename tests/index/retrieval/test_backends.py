@@ -116,6 +116,12 @@ TRITON_CHECK = textwrap.dedent(
     merged = ShardedBackend.from_shards(halves, parallel=False)  # the interpreter is not thread-safe
     got, want = merged.search(queries, 60), reference_topk(queries, items, 60)
     assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances)
+    # Any tile shape gives the same answer (benchmarks/triton_tiles.py sweeps them for speed).
+    from index.retrieval.triton_backend import Tiles
+    for tiles in (Tiles(16, 64, 4), Tiles(64, 32, 8)):
+        got = TritonBackend(items, device="cpu", tiles=tiles).search(queries, 30)
+        want = reference_topk(queries, items, 30)
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), tiles
     print("triton kernels agree")
     """
 )

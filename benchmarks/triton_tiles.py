@@ -1,0 +1,66 @@
+"""Sweep the Triton kernels' tile shapes on one GPU: median ms per search for each (BLOCK_Q, BLOCK_N, warps).
+
+    python3 benchmarks/triton_tiles.py --n-items 10000000 --bits 256 --batches 64 1024 --out $OUT/tiles.json
+
+Random codes are generated on the GPU once and shared by every configuration; each configuration's answer is
+checked against the default tiles' (`agrees`). Prints a table and writes the records as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.retrieval import commit, device_name, random_codes, timed  # noqa: E402
+from index.retrieval.triton_backend import Tiles, TritonBackend  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-items", type=int, default=10_000_000)
+    parser.add_argument("--bits", type=int, default=256)
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--block-q", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--block-n", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("tiles.json"))
+    args = parser.parse_args()
+    n_bytes = args.bits // 8
+    generator = torch.Generator(device="cuda")
+    generator.manual_seed(0)
+    words = torch.randint(-(2**31), 2**31 - 1, (-(-n_bytes // 4), args.n_items), dtype=torch.int32,
+                          device="cuda", generator=generator)  # fmt: skip
+    rows = []
+    for batch in args.batches:
+        queries = random_codes(batch, n_bytes, seed=batch + 1)
+        reference = TritonBackend.from_word_major(words, n_bytes).search(queries, args.k)
+        for block_q, block_n, warps in itertools.product(args.block_q, args.block_n, args.warps):
+            backend = TritonBackend.from_word_major(words, n_bytes, tiles=Tiles(block_q, block_n, warps))
+            ms, runs, found = timed(partial(backend.search, queries, args.k), args.repeats, 2.0)
+            agrees = bool((found.ids == reference.ids).all() and (found.distances == reference.distances).all())
+            row = {"n_items": args.n_items, "code_bits": args.bits, "batch": batch, "k": args.k, "block_q": block_q,
+                   "block_n": block_n, "warps": warps, "median_ms": round(ms, 3), "runs": runs, "agrees": agrees,
+                   "device": device_name(), "commit": commit()}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    print("| batch | BLOCK_Q | BLOCK_N | warps | median ms | agrees |")
+    print("|---|---|---|---|---|---|")
+    for row in sorted(rows, key=lambda r: (r["batch"], r["median_ms"])):
+        print(f"| {row['batch']} | {row['block_q']} | {row['block_n']} | {row['warps']} | {row['median_ms']:.2f} "
+              f"| {row['agrees']} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
