@@ -174,7 +174,7 @@ class TritonBackend(HammingBackend):
         return int(self.codes.numel() * 4)
 
     def _launch(self, kernel: Any, n_cols: int, n_queries: int, *args: Any) -> None:
-        # 16 × 128 with 4 warps was the fastest of 18 shapes at batch 64 and 1024 on an H100 (benchmarks/triton_tiles.py).
+        # 16 × 128, 4 warps: the fastest of 18 shapes at batch 64 and 1024 on an H100 (benchmarks/triton_tiles.py).
         tiles = self.tiles or Tiles(16, 128 if n_queries >= 16 else 256)
         block_q, block_n = min(tiles.block_q, next_power_of_two(n_queries)), tiles.block_n
         grid = (triton.cdiv(n_cols, block_n), triton.cdiv(n_queries, block_q))
