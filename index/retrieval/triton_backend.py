@@ -112,6 +112,17 @@ def word_major(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
 
 
 @dataclass(frozen=True)
+class _Chunk:
+    """One query chunk's search state, kept until the host knows whether any buffer overflowed."""
+
+    queries: torch.Tensor
+    bounds: torch.Tensor
+    counts: torch.Tensor
+    found: torch.Tensor
+    overflow: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Tiles:
     """(queries × items) per thread block and warps per block; by default chosen from the batch size."""
 
@@ -205,22 +216,23 @@ class TritonBackend(HammingBackend):
         )  # fmt: skip
         return keys, counts
 
-    def _search_chunk(self, queries: torch.Tensor, k: int, plan: ChunkPlan) -> torch.Tensor:
+    def _search_chunk(self, queries: torch.Tensor, k: int, plan: ChunkPlan) -> _Chunk:
+        """Bound, collect and select without waiting on the GPU; overflowing queries are marked, not redone."""
         bounds = self.bounds(queries, k, plan.n_sample)
-        capacity = plan.capacity
         self._mark("bound (top-k of the sample)")
-        keys, counts = self.collect(queries, bounds, capacity)
+        keys, counts = self.collect(queries, bounds, plan.capacity)
         self._mark("collect pass")
-        over = torch.nonzero(counts > capacity).flatten()
-        if over.numel():  # a loose bound (many ties at it): redo those queries with room for every hit
-            room = int(counts[over].max())
-            again, _ = self.collect(queries[:, over].contiguous(), bounds[over].contiguous(), room)
-            keys = torch.cat([keys, torch.full((keys.shape[0], room - capacity), NO_KEY, device=self.device)], 1)
-            keys[over] = again
-            self._mark("overflow redo")
         found = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
         self._mark("select top-k of the keys")
-        return found
+        return _Chunk(queries, bounds, counts, found, counts > plan.capacity)
+
+    def _redo(self, chunk: _Chunk, k: int) -> None:
+        """A loose bound (many ties at it) overflowed some buffers: collect those queries again with room for all."""
+        over = torch.nonzero(chunk.overflow).flatten()
+        room = int(chunk.counts[over].max())
+        keys, _ = self.collect(chunk.queries[:, over].contiguous(), chunk.bounds[over].contiguous(), room)
+        chunk.found[over] = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
+        self._mark("overflow redo")
 
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
         with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
@@ -229,8 +241,17 @@ class TritonBackend(HammingBackend):
             self._mark("queries to device")
             plan = plan_chunks(self.n_items, words.shape[1], k)
             step = plan.queries
-            parts = [
+            chunks = [
                 self._search_chunk(words[:, s : s + step].contiguous(), k, plan) for s in range(0, words.shape[1], step)
             ]
+            found = torch.cat([chunk.found for chunk in chunks])
+            overflow = torch.cat([chunk.overflow for chunk in chunks])
+            # One transfer brings the answers and the overflow flags: no host round trip mid-search.
+            packed = torch.cat([found.flatten(), overflow.to(torch.int64)]).cpu()
+            if bool(packed[found.numel() :].any()):
+                for chunk in chunks:
+                    if bool(chunk.overflow.any()):
+                        self._redo(chunk, k)
+                packed = torch.cat([chunk.found for chunk in chunks]).flatten().cpu()
             assert ID_BITS == 32
-            return split_keys(torch.cat(parts))
+            return split_keys(packed[: found.numel()].view(found.shape))

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from index.retrieval.chunking import KEY_BUDGET, MAX_CHUNK, SAMPLE_BUDGET, SAMPLE_FRACTION, plan_chunks
+from index.retrieval.chunking import (
+    KEY_BUDGET,
+    MAX_CHUNK,
+    SAMPLE_BUDGET,
+    SAMPLE_FRACTION,
+    SAMPLE_PER_QUERY,
+    plan_chunks,
+)
 
 
 @pytest.mark.parametrize("n_items", [1_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000, 2**31 - 1])
@@ -29,4 +36,5 @@ def test_a_billion_items_cut_the_batch_instead_of_growing_scratch_memory() -> No
     plan = plan_chunks(1_000_000_000, 1024, 100)
     assert 1 < plan.queries < 1024
     single = plan_chunks(1_000_000_000, 1, 100)
-    assert single.n_sample == 1_000_000_000 // SAMPLE_FRACTION  # one query can afford the full sample
+    assert single.n_sample == SAMPLE_PER_QUERY  # a bigger sample per query would cost more than it saves
+    assert single.capacity >= 2 * 100 * 1_000_000_000 // SAMPLE_PER_QUERY
