@@ -244,8 +244,8 @@ class TritonBackend(HammingBackend):
             chunks = [
                 self._search_chunk(words[:, s : s + step].contiguous(), k, plan) for s in range(0, words.shape[1], step)
             ]
-            found = torch.cat([chunk.found for chunk in chunks])
-            overflow = torch.cat([chunk.overflow for chunk in chunks])
+            found = chunks[0].found if len(chunks) == 1 else torch.cat([chunk.found for chunk in chunks])
+            overflow = chunks[0].overflow if len(chunks) == 1 else torch.cat([chunk.overflow for chunk in chunks])
             # One transfer brings the answers and the overflow flags: no host round trip mid-search.
             packed = torch.cat([found.flatten(), overflow.to(torch.int64)]).cpu()
             if bool(packed[found.numel() :].any()):
