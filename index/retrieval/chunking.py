@@ -11,8 +11,6 @@ SAMPLE_FRACTION = 16  # the threshold pass scores at most n_items / 16 items (at
 KEY_BUDGET = 1 << 25  # int64 keys held at once (256 MiB)
 SAMPLE_BUDGET = 1 << 28  # int16 sampled distances held at once (512 MiB)
 SAMPLE_PER_QUERY = 1 << 18  # beyond this a bigger sample costs more (its top-k) than its tighter bound saves
-SMALL_BATCH = 16  # below this many queries a search is latency-bound: a smaller sample, a looser bound
-SMALL_BATCH_SAMPLE = 1 << 16
 MAX_CHUNK = 4096  # queries per chunk
 
 
@@ -37,9 +35,8 @@ def plan_chunks(n_items: int, n_queries: int, k: int) -> ChunkPlan:
     of a looser bound — the budgets decide where that stops.
     """
     step = min(MAX_CHUNK, next_power_of_two(n_queries))
-    per_query = SMALL_BATCH_SAMPLE if n_queries < SMALL_BATCH else SAMPLE_PER_QUERY
     while True:
-        n_sample = min(n_items, max(32 * k, min(n_items // SAMPLE_FRACTION, per_query, SAMPLE_BUDGET // step)))
+        n_sample = min(n_items, max(32 * k, min(n_items // SAMPLE_FRACTION, SAMPLE_PER_QUERY, SAMPLE_BUDGET // step)))
         capacity = min(n_items, next_power_of_two(2 * (k * n_items // n_sample) + 1024))
         if step == 1 or (step * capacity <= KEY_BUDGET and step * n_sample <= SAMPLE_BUDGET):
             return ChunkPlan(step, n_sample, capacity)

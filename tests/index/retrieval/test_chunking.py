@@ -10,7 +10,6 @@ from index.retrieval.chunking import (
     SAMPLE_BUDGET,
     SAMPLE_FRACTION,
     SAMPLE_PER_QUERY,
-    SMALL_BATCH_SAMPLE,
     plan_chunks,
 )
 
@@ -37,6 +36,5 @@ def test_a_billion_items_cut_the_batch_instead_of_growing_scratch_memory() -> No
     plan = plan_chunks(1_000_000_000, 1024, 100)
     assert 1 < plan.queries < 1024
     single = plan_chunks(1_000_000_000, 1, 100)
-    assert single.n_sample == SMALL_BATCH_SAMPLE  # latency-bound: a small sample, a looser bound
-    assert single.capacity >= 2 * 100 * 1_000_000_000 // SMALL_BATCH_SAMPLE
-    assert plan_chunks(1_000_000_000, 64, 100).n_sample == SAMPLE_PER_QUERY
+    assert single.n_sample == SAMPLE_PER_QUERY  # a bigger sample per query would cost more than it saves
+    assert single.capacity >= 2 * 100 * 1_000_000_000 // SAMPLE_PER_QUERY
