@@ -21,6 +21,8 @@ cut into query chunks so that the sampled distances and the key buffers stay wit
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +124,20 @@ class _Chunk:
     overflow: torch.Tensor
 
 
+GRAPH_MAX_QUERIES = 16  # smaller searches replay a captured CUDA graph: they are bound by launches, not work
+GRAPH_CACHE = 16  # captured (queries, k) shapes kept per backend; both are rounded up to powers of two
+
+
+@dataclass(frozen=True)
+class _Captured:
+    """One search shape captured as a CUDA graph: static query words in, packed answers and flags out."""
+
+    words: torch.Tensor
+    graph: Any
+    chunk: _Chunk
+    packed: torch.Tensor
+
+
 @dataclass(frozen=True)
 class Tiles:
     """(queries × items) per thread block and warps per block; by default chosen from the batch size."""
@@ -135,22 +151,29 @@ class TritonBackend(HammingBackend):
     name = "triton"
 
     def __init__(
-        self, codes: npt.NDArray[np.uint8], *, device: str | torch.device = "cuda", tiles: Tiles | None = None
+        self,
+        codes: npt.NDArray[np.uint8],
+        *,
+        device: str | torch.device = "cuda",
+        tiles: Tiles | None = None,
+        graphs: bool = True,
     ) -> None:
         super().__init__(codes)
-        self._hold(torch.from_numpy(word_major(codes)).to(torch.device(device)), tiles)
+        self._hold(torch.from_numpy(word_major(codes)).to(torch.device(device)), tiles, graphs)
 
     @classmethod
-    def from_word_major(cls, words: torch.Tensor, n_bytes: int, *, tiles: Tiles | None = None) -> TritonBackend:
+    def from_word_major(
+        cls, words: torch.Tensor, n_bytes: int, *, tiles: Tiles | None = None, graphs: bool = True
+    ) -> TritonBackend:
         """A backend over codes already on the GPU as ``[words, n_items]`` int32 (no host copy: huge catalogues)."""
         if words.dtype != torch.int32 or words.ndim != 2 or words.shape[0] != -(-n_bytes // 4):
             raise ValueError(f"need [{-(-n_bytes // 4)}, n_items] int32 words for {n_bytes}-byte codes")
         backend = cls.__new__(cls)
         backend.n_items, backend.n_bytes = int(words.shape[1]), n_bytes
-        backend._hold(words, tiles)
+        backend._hold(words, tiles, graphs)
         return backend
 
-    def _hold(self, words: torch.Tensor, tiles: Tiles | None = None) -> None:
+    def _hold(self, words: torch.Tensor, tiles: Tiles | None = None, graphs: bool = True) -> None:
         if self.n_items >= 1 << 31:
             raise ValueError(f"at most 2^31 items per backend (shard larger catalogues), got {self.n_items}")
         self.device = words.device
@@ -159,6 +182,9 @@ class TritonBackend(HammingBackend):
         self.codes = words  # [words, n]: the code size, no more
         self.words = int(words.shape[0])
         self.tiles = tiles
+        self.graphs = graphs and self.device.type == "cuda" and not INTERPRETED
+        self._captured: OrderedDict[tuple[int, int], _Captured | None] = OrderedDict()
+        self._graph_lock = threading.Lock()  # a captured graph's buffers serve one search at a time
         self._marks: list[tuple[str, Any]] | None = None  # CUDA events per phase while profiling
 
     def _mark(self, phase: str) -> None:
@@ -234,9 +260,57 @@ class TritonBackend(HammingBackend):
         chunk.found[over] = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
         self._mark("overflow redo")
 
+    def _capture(self, n_queries: int, k: int) -> _Captured | None:
+        """The search of ``n_queries`` × ``k`` as a CUDA graph (captured once, kept in a small LRU)."""
+        key = (n_queries, k)
+        if key in self._captured:
+            self._captured.move_to_end(key)
+            return self._captured[key]
+        plan = plan_chunks(self.n_items, n_queries, k)
+        captured = None
+        if plan.queries >= n_queries:  # one chunk: the whole search is a fixed sequence of launches
+            words = torch.zeros((self.words, n_queries), dtype=torch.int32, device=self.device)
+            side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # compile the kernels and warm the allocator before capturing
+                self._search_chunk(words, k, plan)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # shards capture from their threads
+                chunk = self._search_chunk(words, k, plan)
+                packed = torch.cat([chunk.found.flatten(), chunk.overflow.to(torch.int64)])
+            captured = _Captured(words, graph, chunk, packed)
+        self._captured[key] = captured
+        if len(self._captured) > GRAPH_CACHE:
+            self._captured.popitem(last=False)
+        return captured
+
+    def _search_graphed(self, queries: npt.NDArray[np.uint8], k: int) -> TopK | None:
+        """Replay a captured search: queries padded to a power of two, k rounded up (its first k are exact)."""
+        n_queries = queries.shape[0]
+        n_padded, k_padded = next_power_of_two(n_queries), min(next_power_of_two(k), self.n_items)
+        with self._graph_lock:
+            captured = self._capture(n_padded, k_padded)
+            if captured is None:
+                return None
+            host = np.zeros((self.words, n_padded), np.int32)
+            host[:, :n_queries] = word_major(queries)
+            captured.words.copy_(torch.from_numpy(host))
+            captured.graph.replay()
+            size = captured.chunk.found.numel()
+            packed = captured.packed.cpu()
+            if bool(packed[size:].any()):
+                self._redo(captured.chunk, k_padded)
+                packed = captured.chunk.found.flatten().cpu()
+            return split_keys(packed[:size].view(n_padded, k_padded)[:n_queries, :k])
+
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
         with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
             # Triton launches on the current device: a shard on GPU 1 searched from any thread must set it.
+            if self.graphs and self._marks is None and queries.shape[0] <= GRAPH_MAX_QUERIES:
+                graphed = self._search_graphed(queries, k)
+                if graphed is not None:
+                    return graphed
             words = torch.from_numpy(word_major(queries)).to(self.device)
             self._mark("queries to device")
             plan = plan_chunks(self.n_items, words.shape[1], k)

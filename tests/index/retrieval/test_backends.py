@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
@@ -156,3 +157,28 @@ def test_gpu_backends_match_the_reference(n_bytes: int) -> None:
         assert {shard.device.index for shard in spread.shards} == set(range(torch.cuda.device_count()))  # type: ignore[attr-defined]
         got = spread.search(queries, 100)
         assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs CUDA and Triton")
+def test_small_triton_searches_replayed_as_cuda_graphs_stay_exact() -> None:
+    from index.retrieval.triton_backend import TritonBackend
+
+    items = codes(300_000, 32)
+    graphed, plain = TritonBackend(items), TritonBackend(items, graphs=False)
+    for n_queries, k in [(1, 1), (1, 100), (3, 10), (5, 257), (16, 100), (16, 1000)]:
+        queries = codes(n_queries, 32, seed=n_queries + k)
+        want = reference_topk(queries, items, k)
+        for backend in (graphed, graphed, plain):  # the second graphed call replays the captured graph
+            got = backend.search(queries, k)
+            assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), (n_queries, k)
+    # Every item ties: the replayed search overflows its key buffer and is redone outside the graph.
+    tied = TritonBackend(np.zeros((50_000, 8), np.uint8))
+    for _ in range(2):
+        found = tied.search(np.full((2, 8), 255, np.uint8), 5)
+        assert found.ids.tolist() == [[0, 1, 2, 3, 4]] * 2 and (found.distances == 64).all()
+    # Threads share one backend: each search holds the captured graph's buffers alone.
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda seed: graphed.search(codes(2, 32, seed=seed), 50), range(16)))
+    for seed, got in enumerate(answers):
+        assert np.array_equal(got.ids, reference_topk(codes(2, 32, seed=seed), items, 50).ids)
