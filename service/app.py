@@ -7,11 +7,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
+from index.retrieval.faiss_backend import set_cpu_threads
 from service.batcher import MicroBatcher
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
@@ -57,7 +59,10 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
             on_error=metrics.redis_errors.inc,
         )
         batcher = MicroBatcher(
-            max_batch=settings.batch_max_size, max_wait_ms=settings.batch_max_wait_ms, on_batch=metrics.observe_batch
+            max_batch=settings.batch_max_size,
+            max_wait_ms=settings.batch_max_wait_ms,
+            on_batch=metrics.observe_batch,
+            thread_setup=partial(set_cpu_threads, settings.search_threads),  # OpenMP's count is per thread
         )
         batcher.start()
         recommender = Recommender(

@@ -58,12 +58,14 @@ class MicroBatcher:
         max_batch: int,
         max_wait_ms: float,
         on_batch: Callable[[int, float], None] | None = None,
+        thread_setup: Callable[[], None] | None = None,
     ) -> None:
+        """``thread_setup`` runs once in the search thread (per-thread settings such as OpenMP's thread count)."""
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.on_batch = on_batch  # (batch size, seconds in the index), for metrics
         self._queue: asyncio.Queue[SearchJob] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="item-index")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="item-index", initializer=thread_setup)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

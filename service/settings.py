@@ -27,6 +27,9 @@ class ServiceSettings(BaseSettings):
     retrieval_backend: Literal["auto", "faiss-cpu", "faiss-gpu", "triton", "torch"] = Field(
         "auto", description="Hamming search backend; 'auto' = the fastest exact one available on the device"
     )
+    search_threads: int = Field(
+        1, ge=0, description="CPU threads per index search (FAISS OpenMP) in each worker; 0: every core"
+    )
     default_k: int = Field(20, ge=1, description="k when a request gives none")
     max_k: int = Field(1000, ge=1, le=4096, description="largest k a request may ask for")
     max_batch_users: int = Field(256, ge=1, description="most users one POST /recommend may ask for")

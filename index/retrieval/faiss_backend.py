@@ -22,6 +22,16 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 GPU_MAX_K = 2048  # GpuIndexBinaryFlat and GpuIndexFlat refuse larger k
 
 
+def set_cpu_threads(threads: int) -> None:
+    """OpenMP threads FAISS uses per CPU search (0 leaves its default: every core).
+
+    A service runs one search at a time per worker beside its event loop: extra threads only spin-wait
+    on the cores the event loop and the other workers need.
+    """
+    if threads > 0:
+        faiss.omp_set_num_threads(threads)
+
+
 def faiss_gpu_count() -> int:
     get = getattr(faiss, "get_num_gpus", None)
     return int(get()) if get is not None else 0

@@ -266,3 +266,20 @@ def test_schemathesis_finds_no_server_error(service: str) -> None:
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_each_worker_searches_with_the_configured_cpu_threads(
+    indexed_bundle: TrainedBundle, redis_server: RedisServer
+) -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(2)  # OpenMP's thread count is per thread: the search thread must set its own
+    app = create_app(local_settings(indexed_bundle.root, redis_server.url, search_threads=1))
+
+    async def threads_in_the_search_thread() -> int:
+        async with app.router.lifespan_context(app):
+            executor = app.state.recommender.batcher._executor
+            return int(await asyncio.get_running_loop().run_in_executor(executor, faiss.omp_get_max_threads))
+
+    assert asyncio.run(threads_in_the_search_thread()) == 1
+    assert faiss.omp_get_max_threads() == 2  # the caller's own setting is left alone
