@@ -8,6 +8,11 @@ Why this shape and not a loop over one user id:
   misses and a single id would hide them.
 - About 5% of requests come from users the model has never seen. They take the popularity fallback,
   which skips Redis and the index, so it is a different code path with its own latency.
+- Pages that show several people's picks (feeds, e-mails) ask for a batch: ``POST /recommend`` with
+  ``BATCH_USERS`` users, one Redis round trip and one batched search.
+- New users who have just interacted with a few items come with their history (cold start): the
+  service derives their code from those items; they are answered with ``source = "history"`` when
+  the bundle carries the cold-start arrays, and from popularity otherwise.
 - Every response is checked against the API contract, so a fast but wrong answer (an error body,
   too many items, the wrong source) counts as a failure, and ``--exit-code-on-error`` can gate CI.
 
@@ -18,6 +23,7 @@ the synthetic dataset. Run it with ``loadtests/run_headless.sh HOST [USERS] [SPA
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -33,11 +39,19 @@ from locust import FastHttpUser, between, constant_throughput, task
 K = 20
 """Items asked for per request, as the product pages do."""
 
+BATCH_USERS = 8
+"""Users per batch request."""
+
+HISTORY_ITEMS = 5
+"""Items a cold-start request gives as the new user's history."""
+
 ZIPF_EXPONENT = 1.0
 """Skew of user popularity (classic Zipf): the i-th heaviest user asks 1/i as often as the heaviest."""
 
 FALLBACK_USER_IDS = [f"u{i}" for i in range(1000)]
 """Synthetic-dataset ids, used when no bundle can be read."""
+
+FALLBACK_ITEM_IDS = [f"i{i}" for i in range(500)]
 
 SOURCES = {"codes", "popular"}
 
@@ -57,9 +71,19 @@ class UserPopulation:
     user_ids: list[str]
     cum_weights: list[float]
     from_bundle: bool
+    item_ids: list[str] = dataclasses.field(default_factory=lambda: FALLBACK_ITEM_IDS)
+    cold_start: bool = False  # the bundle answers histories from codes (it has cold_start.npz)
 
     @classmethod
-    def zipf(cls, user_ids: list[str], *, from_bundle: bool, exponent: float = ZIPF_EXPONENT) -> UserPopulation:
+    def zipf(
+        cls,
+        user_ids: list[str],
+        *,
+        from_bundle: bool,
+        exponent: float = ZIPF_EXPONENT,
+        item_ids: list[str] | None = None,
+        cold_start: bool = False,
+    ) -> UserPopulation:
         if not user_ids:
             raise ValueError("cannot draw from an empty list of user ids")
         # A fixed-seed shuffle decides who is heavy, so heavy users are not just the first rows of the
@@ -67,19 +91,39 @@ class UserPopulation:
         ranked = list(user_ids)
         random.Random(2024).shuffle(ranked)
         weights = (1.0 / (rank + 1) ** exponent for rank in range(len(ranked)))
-        return cls(user_ids=ranked, cum_weights=list(itertools.accumulate(weights)), from_bundle=from_bundle)
+        return cls(
+            user_ids=ranked,
+            cum_weights=list(itertools.accumulate(weights)),
+            from_bundle=from_bundle,
+            item_ids=item_ids or FALLBACK_ITEM_IDS,
+            cold_start=cold_start,
+        )
 
     def pick(self, rng: random.Random) -> str:
         return rng.choices(self.user_ids, cum_weights=self.cum_weights, k=1)[0]
 
+    def pick_many(self, rng: random.Random, count: int) -> list[str]:
+        return rng.choices(self.user_ids, cum_weights=self.cum_weights, k=count)
+
+    def history(self, rng: random.Random) -> list[str]:
+        return rng.sample(self.item_ids, min(HISTORY_ITEMS, len(self.item_ids)))
+
+
+def bundle_dir(root: Path) -> Path:
+    """A bundle directory itself, or the bundle a root's ``CURRENT`` names."""
+    return root if (root / "manifest.json").is_file() else root / (root / "CURRENT").read_text("utf-8").strip()
+
+
+def read_ids(bundle: Path, name: str) -> list[str]:
+    ids = [line for line in (bundle / name).read_text("utf-8").splitlines() if line]
+    if not ids:
+        raise ValueError(f"{bundle / name}: no ids")
+    return ids
+
 
 def read_bundle_user_ids(root: Path) -> list[str]:
     """The user ids of a bundle directory, or of the bundle a root's ``CURRENT`` names."""
-    bundle = root if (root / "manifest.json").is_file() else root / (root / "CURRENT").read_text("utf-8").strip()
-    ids = [line for line in (bundle / "user_ids.txt").read_text("utf-8").splitlines() if line]
-    if not ids:
-        raise ValueError(f"{bundle / 'user_ids.txt'}: no user ids")
-    return ids
+    return read_ids(bundle_dir(root), "user_ids.txt")
 
 
 @cache
@@ -88,12 +132,14 @@ def user_population() -> UserPopulation:
     root = os.environ.get("RECSYS_BUNDLE_ROOT")
     if root:
         try:
-            ids = read_bundle_user_ids(Path(root))
+            bundle = bundle_dir(Path(root))
+            ids, items = read_ids(bundle, "user_ids.txt"), read_ids(bundle, "item_ids.txt")
         except (OSError, ValueError) as exc:
             logger.warning("cannot read user ids from RECSYS_BUNDLE_ROOT=%s (%s); using u0..u999", root, exc)
         else:
             logger.info("drawing from %d user ids of the bundle under %s", len(ids), root)
-            return UserPopulation.zipf(ids, from_bundle=True)
+            cold_start = (bundle / "cold_start.npz").is_file()
+            return UserPopulation.zipf(ids, from_bundle=True, item_ids=items, cold_start=cold_start)
     else:
         logger.warning("RECSYS_BUNDLE_ROOT is not set; using user ids u0..u999")
     return UserPopulation.zipf(FALLBACK_USER_IDS, from_bundle=False)
@@ -143,6 +189,24 @@ def check_recommendation(response: CheckedResponse, *, expected_sources: set[str
         response.success()
 
 
+def check_batch(response: CheckedResponse, users: list[str], *, expected_sources: set[str]) -> None:
+    """Mark the response failed unless it answers every user, in order, each with at most ``K`` items."""
+    if response.status_code != 200:
+        response.failure(describe_status(response))
+        return
+    try:
+        results = response.json().get("results")
+    except (ValueError, AttributeError):
+        response.failure(f"body is not a JSON object: {(response.text or '')[:200]}")
+        return
+    if not isinstance(results, list) or [r.get("user_id") for r in results] != users:
+        response.failure(f"results do not answer {users} in order: {str(results)[:200]}")
+    elif any(len(r.get("items", [])) > K or r.get("source") not in expected_sources for r in results):
+        response.failure(f"a result has more than {K} items or a source outside {sorted(expected_sources)}")
+    else:
+        response.success()
+
+
 def check_readiness(response: CheckedResponse) -> None:
     """Mark the response failed unless the service reports 'ready'."""
     if response.status_code != 200:
@@ -182,6 +246,22 @@ class RecommendUser(FastHttpUser):
             "/recommend", params={"user_id": user_id, "k": str(K)}, name="/recommend", catch_response=True
         ) as response:
             check_recommendation(response, expected_sources=self.known_sources)
+
+    @task(10)
+    def recommend_batch(self) -> None:
+        users = self.population.pick_many(self.rng, BATCH_USERS)
+        with self.client.post(
+            "/recommend", json={"user_ids": users, "k": K}, name="/recommend [batch]", catch_response=True
+        ) as response:
+            check_batch(response, users, expected_sources=self.known_sources)
+
+    @task(5)
+    def recommend_cold_start(self) -> None:
+        user_id = f"loadtest-cold-{secrets.token_hex(6)}"
+        body = {"user_ids": [user_id], "k": K, "histories": {user_id: self.population.history(self.rng)}}
+        expected = {"history"} if self.population.cold_start else {"history", "popular"}
+        with self.client.post("/recommend", json=body, name="/recommend [cold start]", catch_response=True) as response:
+            check_batch(response, [user_id], expected_sources=expected)
 
     @task(5)
     def recommend_unknown_user(self) -> None:

@@ -9,7 +9,9 @@
 #
 # environment:
 #   LOCUST              locust executable (default: locust; e.g. .venv/bin/locust)
-#   LOAD_OUT            report directory (default: var/loadtest): locust_*.csv and report.html
+#   LOAD_OUT            report directory (default: var/loadtest): locust_*.csv, report.html and
+#                       latency.png (p50/p95/p99 against the request rate, when matplotlib is installed)
+#   PYTHON              interpreter for the plot (default: the one next to $LOCUST, else python3)
 #   RECSYS_BUNDLE_ROOT  bundle (root) whose user ids are requested; see loadtests/locustfile.py
 #
 # Exits non-zero when any request failed, so it can gate CI.
@@ -36,7 +38,8 @@ locustfile="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/locustfile.py"
 mkdir -p "$out"
 echo "locust: $users users (+$spawn_rate/s) for $run_time against $host; reports in $out" >&2
 
-exec "$locust" \
+status=0
+"$locust" \
     --locustfile "$locustfile" \
     --host "$host" \
     --headless \
@@ -46,5 +49,11 @@ exec "$locust" \
     --run-time "$run_time" \
     --stop-timeout 5 \
     --csv "$out/locust" \
+    --csv-full-history \
     --html "$out/report.html" \
-    --exit-code-on-error 1
+    --exit-code-on-error 1 || status=$?
+
+python=${PYTHON:-$(dirname "$(command -v "$locust")")/python}
+[[ -x $python ]] || python=python3
+"$python" "$(dirname "$locustfile")/plot_latency.py" "$out/locust_stats_history.csv" "$out/latency.png" || true
+exit "$status"
