@@ -4,12 +4,15 @@
 #
 #   docker build -t binrec-api .                        # default target: the service (faiss-cpu, no torch)
 #   docker build -t binrec-trainer --target trainer .   # trainer + indexer (CPU torch)
+#   docker build -t binrec-api-gpu --target api-gpu .   # the service on NVIDIA GPUs (CUDA torch, Triton, faiss-gpu)
 #
 # Builder stages install dependencies into /opt/venv; the runtime stages copy only that venv, so
 # compilers, pip caches and sources stay out of the images. Dependencies are installed from
 # pyproject.toml alone, before any code is copied: editing code rebuilds one small wheel, not torch.
 
 ARG PYTHON_IMAGE=python:3.11-slim
+# Ubuntu 24.04 ships Python 3.12; the CUDA runtime libraries come with the image, the toolkit does not.
+ARG CUDA_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
 
 FROM ${PYTHON_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -32,6 +35,8 @@ out = Path("/requirements")
 out.mkdir()
 (out / "api.txt").write_text("\n".join(project["dependencies"] + extras["cpu"]) + "\n", encoding="utf-8")
 (out / "train.txt").write_text("\n".join(extras["train"]) + "\n", encoding="utf-8")
+# The GPU service: faiss-gpu and Triton (the `gpu` extra); Triton's kernels take torch CUDA tensors.
+(out / "api-gpu.txt").write_text("\n".join(project["dependencies"] + extras["gpu"]) + "\n", encoding="utf-8")
 EOF
 
 
@@ -103,7 +108,53 @@ ENTRYPOINT ["recsys-train"]
 CMD ["--dataset", "synthetic", "--method", "ste", "--bundle-root", "/bundles"]
 
 
-# --- api (default): recsys-serve on 0.0.0.0:8000 ---------------------------------------------------
+# --- api-gpu: recsys-serve on NVIDIA GPUs (Triton kernel, faiss-gpu) -----------------------------------
+FROM ${CUDA_IMAGE} AS gpu-base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+# Triton builds a small C launcher for its kernels at run time: it needs gcc and Python's headers.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
+FROM gpu-base AS builder-api-gpu
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# torch from PyPI is the CUDA build here, on purpose; it is the largest layer, so it goes first.
+ARG TORCH_VERSION=2.13.0
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install "torch==${TORCH_VERSION}"
+COPY --from=requirements /requirements/api-gpu.txt /requirements/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install -r /requirements/api-gpu.txt
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-deps /wheels/*.whl
+
+FROM gpu-base AS api-gpu
+ARG APP_UID=10001
+RUN groupadd --system --gid "${APP_UID}" recsys \
+    && useradd --system --uid "${APP_UID}" --gid recsys --create-home --home-dir /home/recsys \
+        --shell /usr/sbin/nologin recsys \
+    && install -d -o recsys -g recsys /bundles
+COPY --from=builder-api-gpu /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    VIRTUAL_ENV=/opt/venv \
+    RECSYS_BUNDLE_ROOT=/bundles \
+    RECSYS_DEVICE=gpu \
+    RECSYS_HOST=0.0.0.0 \
+    RECSYS_PORT=8000
+WORKDIR /home/recsys
+USER ${APP_UID}:${APP_UID}
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('RECSYS_PORT', '8000') + '/healthz', timeout=2)"]
+ENTRYPOINT ["recsys-serve"]
+
+
+# --- api (default, so last): recsys-serve on 0.0.0.0:8000 ------------------------------------------
 FROM runtime AS api
 COPY --from=install-api /opt/venv /opt/venv
 ENV RECSYS_HOST=0.0.0.0 \
