@@ -11,6 +11,7 @@ One process (no ``torchrun``) is the world of size 1 and none of this communicat
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -87,7 +88,15 @@ def start(device: str, timeout_s: float = 600.0) -> World:
 
 
 def stop() -> None:
+    """Leave the process group once every rank is done with it.
+
+    DistributedDataParallel sits in reference cycles, so its reducer (which holds the group and its threads)
+    would otherwise be freed by the interpreter's final collection, after the group is gone: gloo then aborts
+    the process ("terminate called without an active exception"). Collect first, then meet, then leave.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 
