@@ -140,6 +140,16 @@ def random_codes(n_items: int, n_bytes: int, seed: int) -> np.ndarray[Any, np.dt
     return codes
 
 
+def random_word_major(n_items: int, n_bytes: int, device: str, seed: int) -> Any:
+    """Random codes generated on a GPU, word-major int32 as the Triton backend holds them (no host copy)."""
+    import torch
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    shape = (-(-n_bytes // 4), n_items)
+    return torch.randint(-(2**31), 2**31 - 1, shape, dtype=torch.int32, device=device, generator=generator)
+
+
 def measure_backend(
     name: str, codes: Any, args: argparse.Namespace, base: dict[str, Any], reference: dict[int, Any]
 ) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.retrieval import commit, device_name, random_codes, timed  # noqa: E402
+from benchmarks.retrieval import commit, device_name, random_codes, random_word_major, timed  # noqa: E402
 
 PROTOCOL = "--epochs 1000 --eval-every 5 --patience 6 --lr-decay-patience 3 --batch-size 8192 --lr 5e-3"
 
@@ -101,19 +101,13 @@ def train_run(gpus: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
 
 def gpu_catalogue(n_items: int, n_bytes: int, gpus: int, seed: int) -> Any:
     """Random codes made on each GPU as one shard apiece (the host never holds the catalogue)."""
-    import torch
 
     from index.retrieval.sharded import ShardedBackend, shard_bounds
     from index.retrieval.triton_backend import TritonBackend
 
     shards = []
     for gpu, (start, stop) in enumerate(shard_bounds(n_items, gpus)):
-        generator = torch.Generator(device=f"cuda:{gpu}")
-        generator.manual_seed(seed + gpu)
-        words = torch.randint(
-            -(2**31), 2**31 - 1, (-(-n_bytes // 4), stop - start), dtype=torch.int32, device=f"cuda:{gpu}",
-            generator=generator,
-        )  # fmt: skip
+        words = random_word_major(stop - start, n_bytes, f"cuda:{gpu}", seed + gpu)
         shards.append(TritonBackend.from_word_major(words, n_bytes))
     return shards[0] if gpus == 1 else ShardedBackend.from_shards(shards)
 

@@ -15,11 +15,9 @@ import sys
 from functools import partial
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.retrieval import commit, device_name, random_codes, timed  # noqa: E402
+from benchmarks.retrieval import commit, device_name, random_codes, random_word_major, timed  # noqa: E402
 from index.retrieval.triton_backend import Tiles, TritonBackend  # noqa: E402
 
 
@@ -36,10 +34,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("tiles.json"))
     args = parser.parse_args()
     n_bytes = args.bits // 8
-    generator = torch.Generator(device="cuda")
-    generator.manual_seed(0)
-    words = torch.randint(-(2**31), 2**31 - 1, (-(-n_bytes // 4), args.n_items), dtype=torch.int32,
-                          device="cuda", generator=generator)  # fmt: skip
+    words = random_word_major(args.n_items, n_bytes, "cuda", seed=0)
     rows = []
     for batch in args.batches:
         queries = random_codes(batch, n_bytes, seed=batch + 1)

@@ -121,11 +121,6 @@ def read_ids(bundle: Path, name: str) -> list[str]:
     return ids
 
 
-def read_bundle_user_ids(root: Path) -> list[str]:
-    """The user ids of a bundle directory, or of the bundle a root's ``CURRENT`` names."""
-    return read_ids(bundle_dir(root), "user_ids.txt")
-
-
 @cache
 def user_population() -> UserPopulation:
     """Read once per process; locust imports this module once and shares it between simulated users."""

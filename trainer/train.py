@@ -343,7 +343,8 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     replacement = quantizer.input_layer(data.n_users + data.n_items, config.dim, ego, propagated)
     if replacement is not None:
         model.inputs = replacement.to(device)
-    optimizer = torch.optim.Adam([*model.parameters(), *quantizer.parameters()], lr=config.lr)
+    trained = [*model.parameters(), *quantizer.parameters()]
+    optimizer = torch.optim.Adam(trained, lr=config.lr)
     sampler = BPRSampler(data.train, device, mode=config.sampling)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -391,7 +392,6 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         )
     replay = set(config.lr_milestones)
     objective = parallel_objective(model, quantizer, config.reg, world, config.grad_compression, config.grad_sync)
-    trained = [*model.parameters(), *quantizer.parameters()]
     manual_sync = world.distributed and config.grad_sync == "allreduce"
     step_seconds, samples, target_seconds = 0.0, 0, None
     progress = tqdm(

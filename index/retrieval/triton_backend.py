@@ -124,6 +124,12 @@ class _Chunk:
     overflow: torch.Tensor
 
 
+def _pack(chunks: list[_Chunk]) -> torch.Tensor:
+    """Every chunk's answers, then every chunk's overflow flags, in one int64 tensor: one transfer to the host,
+    no round trip mid-search."""
+    return torch.cat([chunk.found.flatten() for chunk in chunks] + [chunk.overflow.to(torch.int64) for chunk in chunks])
+
+
 GRAPH_MAX_QUERIES = 16  # smaller searches replay a captured CUDA graph: they are bound by launches, not work
 GRAPH_CACHE = 16  # captured (queries, k) shapes kept per backend; both are rounded up to powers of two
 
@@ -278,7 +284,7 @@ class TritonBackend(HammingBackend):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # shards capture from their threads
                 chunk = self._search_chunk(words, k, plan)
-                packed = torch.cat([chunk.found.flatten(), chunk.overflow.to(torch.int64)])
+                packed = _pack([chunk])
             captured = _Captured(words, graph, chunk, packed)
         self._captured[key] = captured
         if len(self._captured) > GRAPH_CACHE:
@@ -297,12 +303,18 @@ class TritonBackend(HammingBackend):
             host[:, :n_queries] = word_major(queries)
             captured.words.copy_(torch.from_numpy(host))
             captured.graph.replay()
-            size = captured.chunk.found.numel()
-            packed = captured.packed.cpu()
-            if bool(packed[size:].any()):
-                self._redo(captured.chunk, k_padded)
-                packed = captured.chunk.found.flatten().cpu()
-            return split_keys(packed[:size].view(n_padded, k_padded)[:n_queries, :k])
+            return split_keys(self._answers([captured.chunk], captured.packed, k_padded)[:n_queries, :k])
+
+    def _answers(self, chunks: list[_Chunk], packed: torch.Tensor, k: int) -> torch.Tensor:
+        """The chunks' answers on the host, ``[queries, k]``, from ``_pack``'s one transfer; overflows redone."""
+        size = sum(chunk.found.numel() for chunk in chunks)
+        host = packed.cpu()
+        if bool(host[size:].any()):
+            for chunk in chunks:
+                if bool(chunk.overflow.any()):
+                    self._redo(chunk, k)
+            host = torch.cat([chunk.found.flatten() for chunk in chunks]).cpu()
+        return host[:size].view(-1, k)
 
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
         with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
@@ -318,14 +330,5 @@ class TritonBackend(HammingBackend):
             chunks = [
                 self._search_chunk(words[:, s : s + step].contiguous(), k, plan) for s in range(0, words.shape[1], step)
             ]
-            found = chunks[0].found if len(chunks) == 1 else torch.cat([chunk.found for chunk in chunks])
-            overflow = chunks[0].overflow if len(chunks) == 1 else torch.cat([chunk.overflow for chunk in chunks])
-            # One transfer brings the answers and the overflow flags: no host round trip mid-search.
-            packed = torch.cat([found.flatten(), overflow.to(torch.int64)]).cpu()
-            if bool(packed[found.numel() :].any()):
-                for chunk in chunks:
-                    if bool(chunk.overflow.any()):
-                        self._redo(chunk, k)
-                packed = torch.cat([chunk.found for chunk in chunks]).flatten().cpu()
             assert ID_BITS == 32
-            return split_keys(packed[: found.numel()].view(found.shape))
+            return split_keys(self._answers(chunks, _pack(chunks), k))
