@@ -5,12 +5,15 @@
 Per step (median ms over --steps, after a warm-up), on rank 0: `step` (the real step), `no_sync` (the same
 without DDP's all-reduce), `all_reduce` (one all-reduce of a tensor the size of the gradients), and
 `gpu_busy` (kernel time per step from torch.profiler: when it is well below `step`, the GPU waits on the
-host issuing work, not the reverse). Prints one JSON line.
+host issuing work, not the reverse), `pipelined` (steps issued back to back, no sync between them: what an
+epoch sees). `--graph` replays each step as one CUDA graph (trainer.step_graph; manual sync or one GPU).
+Prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import statistics
 import sys
@@ -29,6 +32,7 @@ from trainer.graph import normalized_adjacency, to_torch_sparse  # noqa: E402
 from trainer.model import LightGCN  # noqa: E402
 from trainer.quantization import make_quantizer  # noqa: E402
 from trainer.sampling import BPRSampler  # noqa: E402
+from trainer.step_graph import GraphedStep  # noqa: E402
 from trainer.train import parallel_objective, pick_device  # noqa: E402
 
 
@@ -41,6 +45,15 @@ def median_ms(run: Callable[[], None], steps: int, device: torch.device) -> floa
         torch.cuda.synchronize(device)
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
+
+
+def pipelined_ms(run: Callable[[], None], steps: int, device: torch.device) -> float:
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        run()
+    torch.cuda.synchronize(device)
+    return 1000 * (time.perf_counter() - started) / steps
 
 
 def gpu_busy_ms(run: Callable[[], None], steps: int, device: torch.device) -> float:
@@ -63,7 +76,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--sync", choices=["ddp", "manual"], default="ddp", help="manual: all_reduce(AVG) per gradient")
     parser.add_argument("--fused-adam", action="store_true")
+    parser.add_argument("--graph", action="store_true", help="replay the step as a CUDA graph (needs --sync manual)")
+    parser.add_argument("--hang-seconds", type=float, default=0, help="dump every thread's stack and exit after this")
     args = parser.parse_args()
+    if args.hang_seconds:
+        faulthandler.dump_traceback_later(args.hang_seconds, exit=True)
     world = start("auto")
     device = pick_device(rank_device("auto", world))
     world = current_world()
@@ -72,37 +89,54 @@ def main() -> int:
     model = LightGCN(data.n_users, data.n_items, 64, 3, adjacency).to(device)
     quantizer = make_quantizer("fp", 64, 3).to(device)
     parameters = [*model.parameters(), *quantizer.parameters()]
-    optimizer = torch.optim.Adam(parameters, lr=1e-3, fused=args.fused_adam or None)
     manual = args.sync == "manual" and world.distributed
+    if args.graph and world.distributed and not manual:
+        parser.error("--graph needs --sync manual under torchrun (DDP's hooks run on the host)")
+    optimizer = torch.optim.Adam(parameters, lr=1e-3, fused=args.fused_adam or None, capturable=args.graph)
     objective = parallel_objective(model, quantizer, 1e-4, world if not manual else World())
     generator = torch.Generator(device=device)
     generator.manual_seed(0)
     batches = rank_share(BPRSampler(data.train, device).epoch(args.batch_size * world.size, generator), world)
     position = 0
 
-    def step(sync: bool = True) -> None:
-        nonlocal position
-        users, positives, negatives = batches[position % len(batches)]
-        position += 1
+    def one_step(users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, sync: bool) -> torch.Tensor:
         with nullcontext() if sync or not world.distributed or manual else objective.no_sync():  # type: ignore[operator]
-            loss = objective(users, positives, negatives)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss: torch.Tensor = objective(users, positives, negatives)
+            loss.backward()  # type: ignore[no-untyped-call]
         if manual and sync:
             for parameter in parameters:
                 if parameter.grad is not None:
                     torch.distributed.all_reduce(parameter.grad, op=torch.distributed.ReduceOp.AVG)
         optimizer.step()
+        return loss.detach()
+
+    size = batches[0][0].numel()
+    synced = GraphedStep(lambda u, p, n: one_step(u, p, n, True), optimizer, size, device) if args.graph else None
+    unsynced = GraphedStep(lambda u, p, n: one_step(u, p, n, False), optimizer, size, device) if args.graph else None
+
+    def step(sync: bool = True) -> None:
+        nonlocal position
+        users, positives, negatives = batches[position % (len(batches) - 1)]  # the last one may be partial
+        position += 1
+        graphed = synced if sync else unsynced
+        if graphed is not None:
+            graphed(users, positives, negatives)
+        else:
+            one_step(users, positives, negatives, sync)
 
     gradient = torch.zeros(sum(p.numel() for p in model.parameters()), device=device)
     median_ms(step, 10, device)
+    median_ms(lambda: step(sync=False), 10, device)  # warms up (and captures) the unsynchronised variant too
     row: dict[str, object] = {
         "world_size": world.size,
         "sync": args.sync,
         "fused_adam": args.fused_adam,
         "batch_size": args.batch_size,
         "device": torch.cuda.get_device_name(device),
+        "graph": args.graph,
         "step": median_ms(step, args.steps, device),
+        "pipelined": pipelined_ms(step, args.steps, device),
         "no_sync": median_ms(lambda: step(sync=False), args.steps, device),
         "gpu_busy": gpu_busy_ms(step, 20, device),
     }

@@ -14,7 +14,7 @@ status=0
 PYTHONPATH="/tmp/site:$PWD" timeout 300 python3 benchmarks/device_gpu_index.py -k retrieval >"$OUT/gpu_index_tests.log" 2>&1 || status=$?
 tail -n 3 "$OUT/gpu_index_tests.log"
 export PYTHONPATH="/tmp/site_all:$PWD"
-timeout 300 python3 -m pytest -p no:cacheprovider -v -m gpu tests/trainer/test_distributed.py >"$OUT/gpu_train_tests.log" 2>&1 || status=$?
+timeout 300 python3 -m pytest -p no:cacheprovider -v -m gpu tests/trainer/test_distributed.py tests/trainer/test_step_graph.py >"$OUT/gpu_train_tests.log" 2>&1 || status=$?
 tail -n 3 "$OUT/gpu_train_tests.log"
 python3 benchmarks/scaling.py --data-dir .carry/data --logs "$OUT/logs" --out "$OUT/scaling.json" --plot "$OUT/scaling.png" "$@" || status=$?
 exit $status

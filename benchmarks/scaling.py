@@ -91,6 +91,7 @@ def train_run(gpus: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
         "lr_scaling": args.lr_scaling,
         "grad_sync": result.get("grad_sync", "ddp"),
         "grad_compression": result.get("grad_compression", "none"),
+        "cuda_graph": result.get("cuda_graph", False),
         "recall@20": result["exact_recall@20"],
         "device": result["device"],
         "commit": commit(),
@@ -147,6 +148,7 @@ def workload(row: dict[str, Any]) -> str:
         scaling, compression = row.get("lr_scaling", "none"), row.get("grad_compression", "none")
         variant = f"lr scaling {scaling}, {row.get('grad_sync', 'ddp')} sync"
         variant += f", {compression} gradients" if compression != "none" else ""
+        variant += ", CUDA-graph steps" if row.get("cuda_graph") else ""
         return f"train {row['dataset']} fp (per-GPU batch {row['batch_size'] // row['gpus']}, {variant})"
     return f"retrieval {row['n_items']:,} × {row['code_bits']}-bit, batch {row['batch']}, k {row['k']}"
 
@@ -155,7 +157,8 @@ def baseline(row: dict[str, Any]) -> tuple[str, str, str]:
     """What a row's speed-up is over: the one-GPU run of the same work from the same call (same commit and
     machine; one-GPU throughput varies ±8 % between machines). lr scaling and compression need 2+ GPUs."""
     if row["kind"] == "train":
-        return row["device"], row["commit"], f"train {row['dataset']} {row['batch_size'] // row['gpus']}"
+        graphed = " graphed" if row.get("cuda_graph") else ""
+        return row["device"], row["commit"], f"train {row['dataset']} {row['batch_size'] // row['gpus']}{graphed}"
     return row["device"], row["commit"], workload(row)
 
 

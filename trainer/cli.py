@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="under torchrun: all-reduce gradients in 16 bits (half the traffic, slightly noisier steps)",
     )
     optim.add_argument(
+        "--no-cuda-graph",
+        dest="cuda_graph",
+        action="store_false",
+        help="on a GPU, launch every step's kernels from Python instead of replaying one captured CUDA graph",
+    )
+    optim.add_argument(
         "--stop-at-metric",
         type=float,
         default=None,
@@ -221,6 +227,7 @@ def run(args: argparse.Namespace, world: World) -> int:
         stop_at_metric=args.stop_at_metric,
         grad_compression=args.grad_compression,
         grad_sync=args.grad_sync,
+        cuda_graph=args.cuda_graph,
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
     )
@@ -272,6 +279,7 @@ def run(args: argparse.Namespace, world: World) -> int:
         "grad_sync": config.grad_sync,
         "grad_compression": config.grad_compression,
         "target_seconds": None if result.target_seconds is None else round(result.target_seconds, 1),
+        "cuda_graph": result.cuda_graph,
         "best_epoch": result.best_epoch,
         "refit": bool(args.refit),
         "warm_start": bool(args.warm_start or args.warm_start_from),

@@ -43,6 +43,7 @@ from trainer.loss import bpr
 from trainer.model import EmbeddingTable, LightGCN
 from trainer.quantization import Quantizer, RefreshContext, make_quantizer
 from trainer.sampling import BPRSampler, Sampling
+from trainer.step_graph import GraphedStep
 from trainer.warm_start import Stage, load_stage
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class TrainConfig:
     max_minutes: float | None = None
     grad_sync: GradSync = "allreduce"  # under torchrun: how ranks average gradients (see parallel_objective)
     grad_compression: GradCompression = "none"  # under torchrun: gradients all-reduced as fp16/bf16
+    cuda_graph: bool = True  # replay each step as a CUDA graph where it can be (see step_graph_applies)
     stop_at_metric: float | None = None  # stop once the selection metric reaches this (time-to-quality benchmarks)
     checkpoint_dir: Path | None = None
     resume: bool = False
@@ -111,6 +113,8 @@ class TrainResult:
     world_size: int = 1
     samples_per_second: float = 0.0  # BPR triples trained per second of stepping, over all processes
     target_seconds: float | None = None  # when the selection metric first reached config.stop_at_metric
+    cuda_graph: bool = False  # whether full-size steps were replayed as a CUDA graph (trainer.step_graph)
+    graphed_steps: int = 0  # how many steps were graph replays
 
 
 def pick_device(name: str) -> torch.device:
@@ -286,6 +290,16 @@ def hashed_input(data: Dataset, config: TrainConfig) -> HashedInput:
     return layer
 
 
+def step_graph_applies(config: TrainConfig, quantizer: Quantizer, device: torch.device, world: World) -> bool:
+    """CUDA-graph steps need a CUDA device, a quantizer without host syncs, and no DDP (its hooks run on the host)."""
+    return (
+        config.cuda_graph
+        and device.type == "cuda"
+        and quantizer.capturable
+        and not (world.distributed and config.grad_sync == "ddp")
+    )
+
+
 def average_gradients(
     parameters: list[torch.nn.Parameter], world: World, compression: GradCompression = "none"
 ) -> None:
@@ -344,7 +358,8 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     if replacement is not None:
         model.inputs = replacement.to(device)
     trained = [*model.parameters(), *quantizer.parameters()]
-    optimizer = torch.optim.Adam(trained, lr=config.lr)
+    graphed = step_graph_applies(config, quantizer, device, world)
+    optimizer = torch.optim.Adam(trained, lr=config.lr, capturable=graphed)
     sampler = BPRSampler(data.train, device, mode=config.sampling)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -393,6 +408,22 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     replay = set(config.lr_milestones)
     objective = parallel_objective(model, quantizer, config.reg, world, config.grad_compression, config.grad_sync)
     manual_sync = world.distributed and config.grad_sync == "allreduce"
+
+    def eager_step(users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss: torch.Tensor = objective(users, positives, negatives)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if manual_sync:
+            average_gradients(trained, world, config.grad_compression)
+        optimizer.step()
+        quantizer.after_step(model)
+        return loss.detach()
+
+    step = (
+        GraphedStep(eager_step, optimizer, config.batch_size, device, quantizer.graph_constants)
+        if graphed
+        else eager_step
+    )
     step_seconds, samples, target_seconds = 0.0, 0, None
     progress = tqdm(
         range(start_epoch, config.epochs),
@@ -408,14 +439,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         batches = sampler.epoch(config.batch_size * world.size, generator)  # identical on every rank
         mine = rank_share(batches, world)
         for users, positives, negatives in mine:
-            loss = objective(users, positives, negatives)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if manual_sync:
-                average_gradients(trained, world, config.grad_compression)
-            optimizer.step()
-            quantizer.after_step(model)
-            total += loss.detach()
+            total += step(users, positives, negatives)
         mean_loss = float(mean_over_ranks(total / len(mine), world))  # a sync point, once per epoch
         step_seconds += time.perf_counter() - stepping
         samples += sum(batch[0].numel() for batch in batches if batch[0].numel() >= world.size)
@@ -503,6 +527,8 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         world_size=world.size,
         samples_per_second=samples / step_seconds if step_seconds else 0.0,
         target_seconds=target_seconds,
+        cuda_graph=graphed,
+        graphed_steps=step.replays if isinstance(step, GraphedStep) else 0,
     )
 
 

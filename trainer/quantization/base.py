@@ -43,6 +43,9 @@ class Quantizer(nn.Module):
     bits: int = 32
     scale_mode: ScaleMode | None = None
     needs_pretraining = False
+    # No host synchronisation (after a few warm-up steps) or data-dependent shape in forward / after_step:
+    # a training step can be captured as a CUDA graph (trainer.step_graph). A subclass that syncs says False.
+    capturable = True
 
     def __init__(self, dim: int, layers: int) -> None:
         super().__init__()
@@ -87,6 +90,10 @@ class Quantizer(nn.Module):
         ``pretrained`` are a full-precision stage's ego embeddings, ``propagated`` its output representation.
         """
         return None
+
+    def graph_constants(self) -> tuple[float, ...]:
+        """Host values a captured step bakes in (its graph is captured again when they change)."""
+        return ()
 
     def after_step(self, model: nn.Module) -> None:
         """Called after every optimizer step."""

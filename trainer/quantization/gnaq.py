@@ -72,6 +72,7 @@ class NodeAwareQuantizer(Quantizer):
     bits = 2
     scale_mode = ScaleMode.LEVELS
     needs_pretraining = True
+    capturable = False  # after_step re-bins codes with data-dependent work
 
     def input_layer(
         self, n_nodes: int, dim: int, pretrained: torch.Tensor | None, propagated: torch.Tensor | None = None

@@ -86,6 +86,9 @@ class HessianAwareQuantizer(Quantizer):
         self._delta_value, self._range_ready = None, False
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def graph_constants(self) -> tuple[float, ...]:
+        return (-1.0 if self._delta_value is None else self._delta_value,)
+
     def _step(self, side: Side) -> torch.Tensor:
         return (self.user_step if side == "user" else self.item_step).abs() + 1e-8
 

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from trainer.data import Dataset
+from trainer.distributed import World
+from trainer.quantization import make_quantizer
+from trainer.step_graph import GraphedStep
+from trainer.train import TrainConfig, step_graph_applies, train
+
+CUDA = torch.device("cuda")
+
+
+def test_graphed_steps_need_a_cuda_device() -> None:
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match="CUDA device"):
+        GraphedStep(lambda u, p, n: u.float().sum(), optimizer, 8, torch.device("cpu"))
+
+
+def test_steps_are_graphed_only_on_a_gpu_without_ddp_for_quantizers_without_host_syncs() -> None:
+    config = TrainConfig()
+    fp, gnaq = make_quantizer("fp", 8, 2), make_quantizer("gnaq", 8, 2)
+    two_ranks = World(rank=0, size=2)
+    assert step_graph_applies(config, fp, CUDA, World())
+    assert step_graph_applies(config, fp, CUDA, two_ranks)  # the plain all-reduce is captured with the step
+    assert not step_graph_applies(config, fp, torch.device("cpu"), World())
+    assert not step_graph_applies(dataclasses.replace(config, grad_sync="ddp"), fp, CUDA, two_ranks)
+    assert step_graph_applies(dataclasses.replace(config, grad_sync="ddp"), fp, CUDA, World())
+    assert not step_graph_applies(config, gnaq, CUDA, World())  # re-binning after each step
+    assert not step_graph_applies(dataclasses.replace(config, cuda_graph=False), fp, CUDA, World())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"method": "fp", "lr_milestones": (2,)},  # a learning-rate decay mid-run: the graph must be captured again
+        {"method": "ste"},
+        {"method": "hq", "bits": 1},  # δ refreshed every 5 epochs: a host constant of the captured step
+        {"method": "fp", "input_layer": "hash"},
+    ],
+    ids=["fp-lr-decay", "ste", "hq1", "hash-fp"],
+)
+def test_graph_replayed_training_equals_eager_training(tiny_data: Dataset, method: dict[str, object]) -> None:
+    # No validation: every run keeps its last epoch, so the three runs are compared after the same steps.
+    config = TrainConfig(dim=16, epochs=7, eval_every=0, batch_size=256, lr=5e-3, device="cuda")
+    config = dataclasses.replace(config, **method)  # type: ignore[arg-type]
+    graphed = train(tiny_data, config)
+    eager = train(tiny_data, dataclasses.replace(config, cuda_graph=False))
+    other_seed = train(tiny_data, dataclasses.replace(config, cuda_graph=False, seed=config.seed + 1))
+    assert graphed.cuda_graph and not eager.cuda_graph
+    full_batches = tiny_data.train.nnz // config.batch_size
+    assert graphed.graphed_steps == config.epochs * full_batches - 3  # all but the warm-up steps
+    assert eager.graphed_steps == 0
+    for (name, a), b, c in zip(
+        graphed.model.state_dict().items(), eager.model.state_dict().values(), other_seed.model.state_dict().values(),
+        strict=True,
+    ):  # fmt: skip
+        if not a.is_floating_point():
+            continue
+        same = (a - b).abs().max().item()
+        assert same < 1e-4 and same < (c - b).abs().max().item() / 100, (name, same)

@@ -1,0 +1,96 @@
+"""A training step replayed as one CUDA graph.
+
+LightGCN's step on a GPU is bound by the host: on an H200 it issues ~1.3 ms of kernels (three sparse
+propagations forward and back, the BPR loss, Adam) in ~2.8 ms of Python and launches, and under
+data parallelism every rank also waits at each all-reduce for the other rank's host jitter
+(benchmarks/ddp_step_probe.py). Captured once, a step is a single graph launch: the GPU runs back to back
+and ranks meet only on the device. Steps whose batch is not the captured size (an epoch's last, partial
+batch), and steps before the capture (warm-up: lazy allocations, cuBLAS/cuSPARSE handles, NCCL's
+communicator), run eagerly; the graph is captured again when a host value baked into it changes: the
+learning rate (a Python float in Adam's kernels) or a quantizer's constant (HQ's δ after a refresh).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+WARMUP_STEPS = 3  # PyTorch's guidance: a few eager iterations on a side stream before capturing
+
+
+class GraphedStep:
+    """Runs ``step(users, positives, negatives) -> loss`` eagerly or by replaying its captured graph.
+
+    ``step`` must zero the gradients with ``set_to_none=True`` first, run forward, backward, any gradient
+    all-reduce and the optimizer step, and have no host synchronisation or data-dependent shapes; the
+    optimizer must be built with ``capturable=True``. Results equal the eager steps' (same kernels).
+    """
+
+    def __init__(
+        self,
+        step: Step,
+        optimizer: torch.optim.Optimizer,
+        batch_size: int,
+        device: torch.device,
+        constants: Callable[[], tuple[float, ...]] = tuple,
+    ) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+        self.step = step
+        self.optimizer = optimizer
+        self.constants = constants
+        self.batch_size = batch_size
+        self.device = device
+        self.inputs = tuple(torch.zeros(batch_size, dtype=torch.long, device=device) for _ in range(3))
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None
+        self.captured_for: tuple[float, ...] | None = None  # the host values baked into the graph
+        self.warm = 0
+        self.replays = 0
+        self.captures = 0
+
+    def _hyperparameters(self) -> tuple[float, ...]:
+        return (*(float(group["lr"]) for group in self.optimizer.param_groups), *self.constants())
+
+    def __call__(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        if users.numel() != self.batch_size:
+            return self.step(users, positives, negatives)
+        if self.warm < WARMUP_STEPS:
+            return self._warm_up(users, positives, negatives)
+        if self.graph is None or self.captured_for != self._hyperparameters():
+            self._capture()
+        for static, batch in zip(self.inputs, (users, positives, negatives), strict=True):
+            static.copy_(batch, non_blocking=True)
+        assert self.graph is not None and self.loss is not None
+        self.graph.replay()
+        self.replays += 1
+        return self.loss
+
+    def _warm_up(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            loss = self.step(users, positives, negatives)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.warm += 1
+        return loss
+
+    def _capture(self) -> None:
+        self.graph = None
+        self.loss = None
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
+        # thread_local: NCCL's watchdog thread may query its events while this thread captures.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self.loss = self.step(*self.inputs).detach()
+        self.graph = graph
+        self.captured_for = self._hyperparameters()
+        self.captures += 1
+        log.debug("captured the training step (batch %d, lr %s)", self.batch_size, self.captured_for)
