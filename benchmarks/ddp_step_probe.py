@@ -112,16 +112,17 @@ def main() -> int:
         return loss.detach()
 
     size = batches[0][0].numel()
-    synced = GraphedStep(lambda u, p, n: one_step(u, p, n, True), optimizer, size, device) if args.graph else None
-    unsynced = GraphedStep(lambda u, p, n: one_step(u, p, n, False), optimizer, size, device) if args.graph else None
+    graphs = {
+        sync: GraphedStep(lambda u, p, n, sync=sync: one_step(u, p, n, sync), optimizer, size, device)
+        for sync in ((True, False) if args.graph else ())
+    }
 
     def step(sync: bool = True) -> None:
         nonlocal position
         users, positives, negatives = batches[position % (len(batches) - 1)]  # the last one may be partial
         position += 1
-        graphed = synced if sync else unsynced
-        if graphed is not None:
-            graphed(users, positives, negatives)
+        if graphs:
+            graphs[sync](users, positives, negatives)
         else:
             one_step(users, positives, negatives, sync)
 
@@ -144,6 +145,7 @@ def main() -> int:
         row["all_reduce"] = median_ms(lambda: torch.distributed.all_reduce(gradient), args.steps, device)
     if world.main:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    graphs.clear()  # a live graph holding NCCL kernels keeps destroy_process_group waiting
     stop()
     return 0
 

@@ -55,12 +55,12 @@ class BPRSampler:
         return found
 
     def negatives(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Without a host sync (a fixed number of redraws, not "until none clash"): on a GPU the next epoch
+        is drawn while the current one's steps still run (trainer.train)."""
         items = torch.randint(self.n_items, users.shape, device=self.device, generator=generator)
         for _ in range(self.redraws):
-            clash = self._is_positive(users, items)
-            if not bool(clash.any()):
-                break
-            items[clash] = torch.randint(self.n_items, (int(clash.sum()),), device=self.device, generator=generator)
+            redrawn = torch.randint(self.n_items, users.shape, device=self.device, generator=generator)
+            items = torch.where(self._is_positive(users, items), redrawn, items)
         return items
 
     def positives(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

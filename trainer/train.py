@@ -27,6 +27,7 @@ from tqdm import tqdm
 from trainer.data import Dataset
 from trainer.distributed import (
     SINGLE_PROCESS,
+    Batch,
     World,
     any_rank,
     assert_in_step,
@@ -432,14 +433,24 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         dynamic_ncols=True,
         disable=not world.main,
     )
+
+    def draw_epoch() -> tuple[list[Batch], list[Batch]]:
+        batches = sampler.epoch(config.batch_size * world.size, generator)  # identical on every rank
+        return batches, rank_share(batches, world)
+
+    resume_generator = generator.get_state()  # what a resumed run draws its next epoch from
+    upcoming = draw_epoch() if start_epoch < config.epochs else ([], [])
     for epoch in progress:
         epochs_trained = epoch + 1
         stepping = time.perf_counter()
         total = torch.zeros((), device=device)
-        batches = sampler.epoch(config.batch_size * world.size, generator)  # identical on every rank
-        mine = rank_share(batches, world)
+        batches, mine = upcoming
         for users, positives, negatives in mine:
             total += step(users, positives, negatives)
+        # The next epoch is drawn before this one's steps are waited for: on a GPU its host work (sampling,
+        # splitting) overlaps them, where it used to leave the GPU idle at every epoch start.
+        resume_generator = generator.get_state()
+        upcoming = draw_epoch() if epoch + 1 < config.epochs else ([], [])
         mean_loss = float(mean_over_ranks(total / len(mine), world))  # a sync point, once per epoch
         step_seconds += time.perf_counter() - stepping
         samples += sum(batch[0].numel() for batch in batches if batch[0].numel() >= world.size)
@@ -490,7 +501,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
                         "best_state": best_state,
                         "best_valid": best_valid,
                         "history": history,
-                        "generator": generator.get_state(),
+                        "generator": resume_generator,
                     },
                 )
             if stale >= config.patience:
