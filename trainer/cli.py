@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-make-current", action="store_true", help="publish without pointing CURRENT at the bundle")
     out.add_argument("--checkpoint-dir", type=Path, default=None, help="write resumable checkpoints here")
     out.add_argument("--resume", action="store_true", help="resume from --checkpoint-dir/last.pt")
+    out.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning"],
+        default="info",
+        help="debug adds a line per epoch (step time, host time to queue it) from every rank",
+    )
     out.add_argument("--results-json", type=Path, default=None, help="append a result record to this JSON list")
     out.add_argument(
         "--save-warm-start",
@@ -309,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recsys-train: error: could not join the torchrun process group: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=logging.INFO if world.main else logging.WARNING,
+        level=logging.INFO if world.main and args.log_level != "warning" else logging.WARNING,
         format=f"%(asctime)s %(levelname)s %(name)s{f' [rank {world.rank}]' if world.distributed else ''}: %(message)s",
     )
+    if args.log_level == "debug":
+        logging.getLogger("trainer").setLevel(logging.DEBUG)  # the trainer's own lines, on every rank
     try:
         return run(args, world)
     except (DatasetError, BundleError, ValueError) as error:

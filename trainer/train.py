@@ -451,8 +451,12 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         # splitting) overlaps them, where it used to leave the GPU idle at every epoch start.
         resume_generator = generator.get_state()
         upcoming = draw_epoch() if epoch + 1 < config.epochs else ([], [])
+        queued = time.perf_counter() - stepping
         mean_loss = float(mean_over_ranks(total / len(mine), world))  # a sync point, once per epoch
-        step_seconds += time.perf_counter() - stepping
+        window = time.perf_counter() - stepping
+        step_seconds += window
+        log.debug(json.dumps({"event": "epoch", "epoch": epoch, "rank": world.rank, "seconds": round(window, 5),
+                              "host_seconds": round(queued, 5)}))  # fmt: skip
         samples += sum(batch[0].numel() for batch in batches if batch[0].numel() >= world.size)
         refreshed = quantizer.refresh(RefreshContext(model=model, batches=batches, epoch=epoch))
         if refreshed:
