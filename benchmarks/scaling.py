@@ -7,8 +7,9 @@
 Training: `recsys-train --method fp` on Gowalla under torchrun with 1, 2, … processes (one per GPU), each
 rank taking --batch-size triples a step (the global batch grows with the GPU count), stopped when
 validation Recall@20 reaches --target. Records: kind=train, gpus, samples_per_second (BPR triples a second,
-all ranks), target_seconds (wall time, validations included, until the target was reached; null if not),
-batch_size (global), lr, recall@20 at the stop, device, commit.
+all ranks, over the epochs after the first), first_epoch_seconds (the first epoch, start-up included:
+CUDA-graph warm-up and capture, communicator set-up), target_seconds (wall time, validations included, until
+the target was reached; null if not), batch_size (global), lr, recall@20 at the stop, device, commit.
 
 Retrieval: random 256-bit codes generated on each GPU (no host copy: a billion items is 32 GB), one Triton
 shard per GPU behind `ShardedBackend`, exact top-k merged on the host. Records: kind=retrieval, gpus,
@@ -82,6 +83,7 @@ def train_run(gpus: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
         "gpus": gpus,
         "dataset": args.dataset,
         "samples_per_second": result["samples_per_second"],
+        "first_epoch_seconds": result.get("first_epoch_seconds"),
         "target": args.target,
         "target_seconds": result["target_seconds"],
         "train_seconds": result["train_seconds"],

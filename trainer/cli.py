@@ -282,6 +282,7 @@ def run(args: argparse.Namespace, world: World) -> int:
         "world_size": result.world_size,
         "batch_size": config.batch_size * result.world_size,
         "samples_per_second": round(result.samples_per_second, 1),
+        "first_epoch_seconds": round(result.first_epoch_seconds, 3),
         "grad_sync": config.grad_sync,
         "grad_compression": config.grad_compression,
         "target_seconds": None if result.target_seconds is None else round(result.target_seconds, 1),

@@ -112,7 +112,8 @@ class TrainResult:
     peak_gpu_mb: float = 0.0
     device: str = "cpu"
     world_size: int = 1
-    samples_per_second: float = 0.0  # BPR triples trained per second of stepping, over all processes
+    samples_per_second: float = 0.0  # BPR triples per second of stepping, all processes, epochs after the first
+    first_epoch_seconds: float = 0.0  # the first epoch's stepping, start-up included
     target_seconds: float | None = None  # when the selection metric first reached config.stop_at_metric
     cuda_graph: bool = False  # whether full-size steps were replayed as a CUDA graph (trainer.step_graph)
     graphed_steps: int = 0  # how many steps were graph replays
@@ -425,7 +426,10 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         if graphed
         else eager_step
     )
+    # Throughput is counted over the epochs after this run's first: that one also pays one-time start-up
+    # (CUDA-graph warm-up and capture, cuSPARSE/NCCL set-up, ranks arriving at the first all-reduce apart).
     step_seconds, samples, target_seconds = 0.0, 0, None
+    first_epoch_seconds, first_epoch_samples = 0.0, 0
     progress = tqdm(
         range(start_epoch, config.epochs),
         desc=f"train {config.method}",
@@ -454,10 +458,13 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         queued = time.perf_counter() - stepping
         mean_loss = float(mean_over_ranks(total / len(mine), world))  # a sync point, once per epoch
         window = time.perf_counter() - stepping
-        step_seconds += window
         log.debug(json.dumps({"event": "epoch", "epoch": epoch, "rank": world.rank, "seconds": round(window, 5),
                               "host_seconds": round(queued, 5)}))  # fmt: skip
-        samples += sum(batch[0].numel() for batch in batches if batch[0].numel() >= world.size)
+        trained_samples = sum(batch[0].numel() for batch in batches if batch[0].numel() >= world.size)
+        if epoch == start_epoch:
+            first_epoch_seconds, first_epoch_samples = window, trained_samples
+        else:
+            step_seconds, samples = step_seconds + window, samples + trained_samples
         refreshed = quantizer.refresh(RefreshContext(model=model, batches=batches, epoch=epoch))
         if refreshed:
             broadcast_buffers(quantizer, world)
@@ -540,7 +547,10 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         peak_gpu_mb=peak,
         device=device_name(device),
         world_size=world.size,
-        samples_per_second=samples / step_seconds if step_seconds else 0.0,
+        samples_per_second=(
+            samples / step_seconds if step_seconds else first_epoch_samples / max(first_epoch_seconds, 1e-9)
+        ),
+        first_epoch_seconds=first_epoch_seconds,
         target_seconds=target_seconds,
         cuda_graph=graphed,
         graphed_steps=step.replays if isinstance(step, GraphedStep) else 0,
