@@ -6,7 +6,8 @@ Builds a power-law bipartite graph (users uniform, items Zipf-like), computes th
 (chunked; R regenerated, never stored), trains LightGCN with the hashed input layer for a few BPR steps
 and reports input parameters, bytes the embedding table would need with Adam (weights, gradients, two
 moments), peak GPU memory, and seconds per step; `--try-table` also attempts the table-based model on the
-same graph and reports whether it fit. Writes a JSON record (--out) and prints a table.
+same graph and reports whether it fit (`--table-cap-at-hashed-peak`: within the memory the hashed model
+peaked at). Writes a JSON record (--out) and prints a table.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=65536)
     parser.add_argument("--try-table", action="store_true", help="also try the embedding-table model")
+    parser.add_argument(
+        "--table-cap-at-hashed-peak",
+        action="store_true",
+        help="with --try-table on a GPU: give the table model only the hashed model's peak memory",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hash_scale.json"))
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -107,6 +113,10 @@ def main() -> int:
     if args.try_table:
         del model
         torch.cuda.empty_cache() if device.type == "cuda" else None
+        if args.table_cap_at_hashed_peak and device.type == "cuda":
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(torch.cuda.max_memory_allocated(device) / total, device)
+            record["table_memory_cap_mb"] = record["peak_gpu_mb"]
         try:
             table = LightGCN(args.users, args.items, args.dim, args.layers, adjacency).to(device)
             if device.type == "cuda":
