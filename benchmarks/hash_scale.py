@@ -86,7 +86,7 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hash_scale.json"))
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     started = time.perf_counter()
     train = synthetic_graph(args.users, args.items, args.edges, seed=0)
     bits, medians = graph_codes(train, args.bits, seed=0)

@@ -45,7 +45,9 @@ class HashedInput(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, dim))
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        rows = self.codebook[indices + self.offsets].sum(dim=1)
+        # One fused gather-and-sum: indexing then summing would materialise nodes × groups × d floats
+        # (4.6 GB a forward for Gowalla's 70k nodes at 256 groups) and scatter as much back.
+        rows = nn.functional.embedding_bag(indices + self.offsets, self.codebook, mode="sum")
         out: torch.Tensor = self.mlp(rows)
         return out
 
