@@ -54,17 +54,18 @@ class GraphedStep:
         self.warm = 0
         self.replays = 0
         self.captures = 0
+        self.failed = False  # a capture failed: every step runs eagerly
 
     def _hyperparameters(self) -> tuple[float, ...]:
         return (*(float(group["lr"]) for group in self.optimizer.param_groups), *self.constants())
 
     def __call__(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        if users.numel() != self.batch_size:
+        if users.numel() != self.batch_size or self.failed:
             return self.step(users, positives, negatives)
         if self.warm < WARMUP_STEPS:
             return self._warm_up(users, positives, negatives)
-        if self.graph is None or self.captured_for != self._hyperparameters():
-            self._capture()
+        if (self.graph is None or self.captured_for != self._hyperparameters()) and not self._capture():
+            return self.step(users, positives, negatives)
         for static, batch in zip(self.inputs, (users, positives, negatives), strict=True):
             static.copy_(batch, non_blocking=True)
         assert self.graph is not None and self.loss is not None
@@ -81,16 +82,25 @@ class GraphedStep:
         self.warm += 1
         return loss
 
-    def _capture(self) -> None:
+    def _capture(self) -> bool:
+        """Capture the step; False (and eager steps from then on) when an operation in it cannot be captured."""
         self.graph = None
         self.loss = None
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
-        # thread_local: NCCL's watchdog thread may query its events while this thread captures.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.loss = self.step(*self.inputs).detach()
+        try:
+            # thread_local: NCCL's watchdog thread may query its events while this thread captures.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.loss = self.step(*self.inputs).detach()
+        except RuntimeError as error:  # e.g. a kernel that waits on the host (nothing captured ran)
+            self.failed, self.loss = True, None
+            self.optimizer.zero_grad(set_to_none=True)
+            log.warning("training steps run eagerly: the step could not be captured as a CUDA graph (%s)",
+                        str(error).splitlines()[0] if str(error) else type(error).__name__)  # fmt: skip
+            return False
         self.graph = graph
         self.captured_for = self._hyperparameters()
         self.captures += 1
         log.debug("captured the training step (batch %d, lr %s)", self.batch_size, self.captured_for)
+        return True

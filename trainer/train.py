@@ -552,7 +552,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         ),
         first_epoch_seconds=first_epoch_seconds,
         target_seconds=target_seconds,
-        cuda_graph=graphed,
+        cuda_graph=isinstance(step, GraphedStep) and not step.failed,
         graphed_steps=step.replays if isinstance(step, GraphedStep) else 0,
     )
 
