@@ -458,9 +458,9 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         queued = time.perf_counter() - stepping
         mean_loss = float(mean_over_ranks(total / len(mine), world))  # a sync point, once per epoch
         window = time.perf_counter() - stepping
-        log.debug(json.dumps({"event": "epoch", "epoch": epoch, "rank": world.rank, "seconds": round(window, 5),
-                              "host_seconds": round(queued, 5)}))  # fmt: skip
         trained_samples = sum(batch[0].numel() for batch in batches if batch[0].numel() >= world.size)
+        log.debug(json.dumps({"event": "epoch", "epoch": epoch, "rank": world.rank, "seconds": round(window, 5),
+                              "host_seconds": round(queued, 5), "samples": trained_samples}))  # fmt: skip
         if epoch == start_epoch:
             first_epoch_seconds, first_epoch_samples = window, trained_samples
         else:
