@@ -5,9 +5,11 @@
 
 For each bundle (mode): a fresh redis-server and `recsys-serve` (index on the CPU), then locust headless
 (FastHttpUser, the project's locustfile: Zipf-distributed known users, 5 % unknown ones, a readiness
-probe) from a second process on loopback, one step per target rate (users × a fixed rate per user),
-stopping after the first step that misses the budget. Records (appended to --out): mode, catalog,
-target_rps, rps, p50_ms, p99_ms, error_rate, machine, commit; then a table of the best step per mode.
+probe) from a second process on loopback, one step per target rate (users × a fixed rate per user,
+--rps-per-user), stopping after the first step that misses the budget; `--floor` first runs the same steps
+against a server that does no work (the harness's own latency). Records (appended to --out): mode, catalog,
+target_rps, rps, p50_ms, p99_ms, error_rate, users, rps_per_user, machine, commit; then a table of the best
+step per mode.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RPS_PER_USER = 20
+# Each locust user is one connection sending at a fixed rate. Many slow users cost the harness itself: on the
+# 2-core VM a do-nothing server measured at 1,500 req/s gave p99 29 ms with 150 users × 10/s, 12 ms with 60 × 25,
+# 8 ms with 30 × 50 and 4 ms with 15 × 100 (locust's greenlets, not the server, waiting). `--floor` measures it.
+RPS_PER_USER = 100
 
 
 def free_port() -> int:
@@ -61,12 +66,15 @@ def machine() -> str:
     return f"{platform.node() or 'host'}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
 
 
-def locust_step(url: str, bundle: Path, rate: int, seconds: int, out: Path) -> dict[str, float]:
-    users = max(1, rate // RPS_PER_USER)
+def locust_step(url: str, bundle: Path | None, rate: int, args: argparse.Namespace, out: Path) -> dict[str, float]:
+    users, seconds = max(1, round(rate / args.rps_per_user)), args.seconds
     prefix = out / f"step_{rate}"
-    env = {**os.environ, "RECSYS_LOAD_RPS_PER_USER": str(rate / users), "RECSYS_BUNDLE_ROOT": str(bundle)}
+    env = {**os.environ, "RECSYS_LOAD_RPS_PER_USER": str(rate / users)}
+    if bundle is not None:
+        env["RECSYS_BUNDLE_ROOT"] = str(bundle)
+    locustfile = ROOT / ("loadtests/locustfile.py" if bundle is not None else "loadtests/floor_locustfile.py")
     subprocess.run(
-        [str(Path(sys.executable).parent / "locust"), "--locustfile", str(ROOT / "loadtests/locustfile.py"),
+        [str(Path(sys.executable).parent / "locust"), "--locustfile", str(locustfile),
          "--headless", "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds}s",
          "--host", url, "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"],
         env=env, check=False, capture_output=True, timeout=seconds + 120,
@@ -80,7 +88,51 @@ def locust_step(url: str, bundle: Path, rate: int, seconds: int, out: Path) -> d
         "p99_ms": float(total["99%"]),
         "error_rate": float(total["Failure Count"]) / requests if requests else 1.0,
         "requests": requests,
+        "users": users,
     }
+
+
+def step_through(
+    mode: str, url: str, bundle: Path | None, catalog: str, args: argparse.Namespace, work: Path
+) -> list[dict[str, Any]]:
+    """One locust step per rate until the first over budget."""
+    records: list[dict[str, Any]] = []
+    for rate in args.rates:
+        step = locust_step(url, bundle, rate, args, work / mode)
+        ok = step["p99_ms"] <= args.p99_ms and step["error_rate"] == 0
+        record = {"mode": mode, "catalog": catalog, "workers": args.workers, "target_rps": rate, **step,
+                  "rps_per_user": args.rps_per_user, "within_budget": ok,
+                  "machine": machine(), "commit": commit()}  # fmt: skip
+        print(json.dumps(record), flush=True)
+        records.append(record)
+        if not ok:
+            break
+    return records
+
+
+def run_floor(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """The harness alone: the same locust pacing against a server that does no work (benchmarks/floor_app.py)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "benchmarks.floor_app:app", "--port", str(port), "--workers",
+         str(args.workers), "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        return step_through("floor", url, None, "none (fixed answer)", args, work)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def run_mode(mode: str, bundle: Path, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -100,16 +152,7 @@ def run_mode(mode: str, bundle: Path, args: argparse.Namespace, work: Path) -> l
         with urllib.request.urlopen(f"{url}/readyz") as response:
             ready = json.loads(response.read())
         catalog = f"{bundle.resolve().name} ({ready['search_backend']})"
-        for rate in args.rates:
-            step = locust_step(url, bundle, rate, args.seconds, work / mode)
-            ok = step["p99_ms"] <= args.p99_ms and step["error_rate"] == 0
-            record = {"mode": mode, "catalog": catalog, "workers": args.workers, "target_rps": rate, **step,
-                      "within_budget": ok,
-                      "machine": machine(), "commit": commit()}  # fmt: skip
-            print(json.dumps(record), flush=True)
-            records.append(record)
-            if not ok:
-                break
+        records = step_through(mode, url, bundle, catalog, args, work)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -120,32 +163,45 @@ def run_mode(mode: str, bundle: Path, args: argparse.Namespace, work: Path) -> l
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", action="append", required=True, help="MODE=PATH (a bundle or a root with CURRENT)")
+    parser.add_argument("--bundle", action="append", default=[], help="MODE=PATH (a bundle or a root with CURRENT)")
+    parser.add_argument("--floor", action="store_true", help="first measure the harness on a do-nothing server")
+    parser.add_argument(
+        "--rps-per-user", type=float, default=RPS_PER_USER, help="request rate of each locust user (connection)"
+    )
     parser.add_argument("--rates", nargs="+", type=int, default=[250, 500, 750, 1000, 1500, 2000])
     parser.add_argument("--seconds", type=int, default=20, help="duration of each rate step")
     parser.add_argument("--p99-ms", type=float, default=25.0, help="latency budget")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the service")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
     args = parser.parse_args()
+    if not args.bundle and not args.floor:
+        parser.error("give at least one --bundle MODE=PATH, or --floor")
     records = json.loads(args.out.read_text()) if args.out.is_file() else []
+    runs = ([("floor", None)] if args.floor else []) + [
+        (mode, Path(path)) for mode, _, path in (spec.partition("=") for spec in args.bundle)
+    ]
+    fresh: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for spec in args.bundle:
-            mode, _, path = spec.partition("=")
+        for mode, bundle in runs:
             (Path(tmp) / mode).mkdir()
-            new = run_mode(mode, Path(path), args, Path(tmp))
-            records += new
+            fresh += run_floor(args, Path(tmp)) if bundle is None else run_mode(mode, bundle, args, Path(tmp))
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(records, indent=2) + "\n")
-    print(f"\n| mode | catalog | highest rate within p99 ≤ {args.p99_ms:g} ms, 0 errors | p50 ms | p99 ms |")
-    print("|---|---|---|---|---|")
-    for mode, workers in dict.fromkeys((r["mode"], r.get("workers", 1)) for r in records):
-        passing = [r for r in records if r["mode"] == mode and r.get("workers", 1) == workers and r["within_budget"]]
+            args.out.write_text(json.dumps(records + fresh, indent=2) + "\n")
+    print(
+        f"\n| mode | catalog | highest rate within p99 ≤ {args.p99_ms:g} ms, 0 errors | p50 ms | p99 ms | next step |"
+    )
+    print("|---|---|---|---|---|---|")
+    for mode, _ in runs:
+        steps = [r for r in fresh if r["mode"] == mode]
+        passing = [r for r in steps if r["within_budget"]]
         best = max(passing, key=lambda r: r["rps"]) if passing else None
+        over = next((r for r in steps if not r["within_budget"]), None)
+        after = f"{over['rps']:.0f} req/s: p99 {over['p99_ms']:.0f} ms" if over else "— (all steps within budget)"
         if best is None:
-            print(f"| {mode}, {workers} worker(s) | — | none of the steps | — | — |")
+            print(f"| {mode}, {args.workers} worker(s) | — | none of the steps | — | — | {after} |")
         else:
             rate, p50, p99 = f"{best['rps']:.0f} req/s", f"{best['p50_ms']:.0f}", f"{best['p99_ms']:.0f}"
-            print(f"| {mode}, {workers} worker(s) | {best['catalog']} | {rate} | {p50} | {p99} |")
+            print(f"| {mode}, {args.workers} worker(s) | {best['catalog']} | {rate} | {p50} | {p99} | {after} |")
     return 0
 
 
