@@ -149,7 +149,7 @@ class ItemIndex:
 
     @property
     def on_gpu(self) -> bool:
-        return self.backend not in ("faiss-cpu", "torch-cpu", "faiss-float-cpu")
+        return self.backend not in ("faiss-cpu", "numpy", "torch-cpu", "faiss-float-cpu")
 
     @property
     def n_items(self) -> int:
@@ -364,8 +364,11 @@ class ItemIndex:
         if excluded is not None and excluded.size:
             keep = ~np.isin(ids, excluded)
             ids, scores = ids[keep], scores[keep]
-        order = np.lexsort((ids, -scores))[:k]
-        ids, scores = ids[order], scores[order]
+        if exact_order:  # already by score, then id: keep the first k left after filtering
+            ids, scores = ids[:k], scores[:k]
+        else:
+            order = np.lexsort((ids, -scores))[:k]
+            ids, scores = ids[order], scores[order]
         # Items scoring exactly the fetch boundary may have been left out by FAISS: the answer is only
         # exact when the k-th kept score is strictly above it (or everything was fetched). A retrieval
         # backend returns the first items in (score, id) order exactly, so k left after filtering suffice.

@@ -1,10 +1,11 @@
 """Exact Hamming top-k behind one interface, on whichever backend is fastest where it runs.
 
-Backends: ``faiss-cpu`` (``IndexBinaryFlat``), ``faiss-gpu`` (``GpuIndexBinaryFlat``), ``triton`` (our
-fused GPU kernel), ``torch`` (portable fallback, CPU or CUDA); any of them sharded over several devices.
-They return identical ids and distances (ties broken by item id). ``auto`` picks, in order: ``triton``
-when torch sees a CUDA GPU and Triton is installed, ``faiss-gpu`` when FAISS sees a GPU, else
-``faiss-cpu`` (the fastest exact CPU backend on our 2-core benchmark; BENCHMARKS.md).
+Backends: ``faiss-cpu`` (``IndexBinaryFlat``), ``numpy`` (one counting pass on the CPU), ``faiss-gpu``
+(``GpuIndexBinaryFlat``), ``triton`` (our fused GPU kernel), ``torch`` (portable fallback, CPU or CUDA); any
+of them sharded over several devices. They return identical ids and distances (ties broken by item id).
+``auto`` picks, in order: ``triton`` when torch sees a CUDA GPU and Triton is installed, ``faiss-gpu`` when
+FAISS sees a GPU, else the fastest exact CPU backend for the catalogue on our 2-core benchmark
+(BENCHMARKS.md): ``numpy`` up to 200k items of ≤ 128-bit codes, ``faiss-cpu`` beyond.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import numpy as np
 import numpy.typing as npt
 
 from index.retrieval.base import MAX_K, HammingBackend, TopK, reference_topk
+from index.retrieval.counting_backend import CountingBackend, counting_is_faster
 from index.retrieval.faiss_backend import FaissBinaryBackend, faiss_gpu_count
 from index.retrieval.sharded import ShardedBackend
 
-BackendName = Literal["auto", "faiss-cpu", "faiss-gpu", "triton", "torch"]
-BACKENDS: tuple[BackendName, ...] = ("auto", "faiss-cpu", "faiss-gpu", "triton", "torch")
+BackendName = Literal["auto", "numpy", "faiss-cpu", "faiss-gpu", "triton", "torch"]
+BACKENDS: tuple[BackendName, ...] = ("auto", "numpy", "faiss-cpu", "faiss-gpu", "triton", "torch")
 GPU_BACKENDS = ("triton", "faiss-gpu")
 
 __all__ = [
@@ -53,11 +55,13 @@ def available_backends() -> list[str]:
         found.append("triton")
     if faiss_gpu_count():
         found.append("faiss-gpu")
-    found += ["faiss-cpu", "torch"]
+    found += ["faiss-cpu", "numpy", "torch"]
     return found
 
 
 def _single(codes: npt.NDArray[np.uint8], name: str, device: int, cpu_index: Any | None = None) -> HammingBackend:
+    if name == "numpy":
+        return CountingBackend(codes)
     if name == "faiss-cpu":
         return FaissBinaryBackend(codes, cpu_index=cpu_index)
     if name == "faiss-gpu":
@@ -73,21 +77,28 @@ def _single(codes: npt.NDArray[np.uint8], name: str, device: int, cpu_index: Any
     raise ValueError(f"unknown retrieval backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def resolve_backend(backend: str = "auto", device: Literal["auto", "cpu", "gpu"] = "auto") -> str:
-    """The backend ``make_backend`` will build: ``auto`` is the fastest available on ``device``."""
+def resolve_backend(
+    backend: str = "auto", device: Literal["auto", "cpu", "gpu"] = "auto", shape: tuple[int, int] | None = None
+) -> str:
+    """The backend ``make_backend`` will build: ``auto`` is the fastest available on ``device``.
+
+    On a CPU that depends on the catalogue (``shape`` = items × code bytes): ``numpy`` (one counting pass)
+    for small catalogues of narrow codes, ``faiss-cpu`` beyond.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown retrieval backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
+    cpu_choice = "numpy" if shape is not None and counting_is_faster(shape[0], 8 * shape[1]) else "faiss-cpu"
     if device == "cpu":
-        return "faiss-cpu"
+        return cpu_choice
     found = available_backends()
     if device == "gpu":
         gpu = [name for name in found if name in GPU_BACKENDS]
         if not gpu:
             raise RuntimeError("device=gpu asked for, but neither Triton with CUDA nor faiss-gpu is usable here")
         return gpu[0]
-    return found[0]
+    return found[0] if found[0] in GPU_BACKENDS else cpu_choice
 
 
 def make_backend(
@@ -103,7 +114,7 @@ def make_backend(
     With one GPU, ``shards > 1`` puts several shards on it (catalogues beyond one index's limits).
     ``cpu_index``: a FAISS ``IndexBinaryFlat`` holding ``codes``, reused by an unsharded ``faiss-cpu``.
     """
-    name = resolve_backend(backend, device)
+    name = resolve_backend(backend, device, (int(codes.shape[0]), int(codes.shape[1])))
     if name in ("triton", "faiss-gpu") and name not in available_backends():
         raise RuntimeError(f"retrieval backend {name!r} needs a GPU it can use here; available: {available_backends()}")
     gpus = max(1, _cuda_devices() if name == "triton" else faiss_gpu_count() if name == "faiss-gpu" else 1)

@@ -24,8 +24,10 @@ def brute_force(users: np.ndarray, items: np.ndarray, layout: CodeLayout, dim: i
     ("layout", "backend"),
     [
         (CodeLayout.SIGN1, "faiss-cpu"),
+        (CodeLayout.SIGN1, "numpy"),
         (CodeLayout.SIGN1, "torch"),
         (CodeLayout.PLANES2, "faiss-cpu"),
+        (CodeLayout.PLANES2, "numpy"),
         (CodeLayout.PLANES2, "torch"),
         (CodeLayout.FLOAT32, "auto"),
     ],

@@ -16,13 +16,23 @@ import pytest
 import torch
 
 from index.hamming import hamming_distances
-from index.retrieval import MAX_K, HammingBackend, available_backends, make_backend, reference_topk
+from index.retrieval import (
+    MAX_K,
+    HammingBackend,
+    available_backends,
+    make_backend,
+    reference_topk,
+    resolve_backend,
+)
+from index.retrieval.counting_backend import CountingBackend
 from index.retrieval.faiss_backend import FaissBinaryBackend
 from index.retrieval.sharded import ShardedBackend, shard_bounds
 from index.retrieval.torch_backend import TorchBackend, popcount64
 
 CPU_BACKENDS: dict[str, Callable[[npt.NDArray[np.uint8]], HammingBackend]] = {
     "faiss-cpu": FaissBinaryBackend,
+    "numpy": CountingBackend,
+    "numpy-in-chunks": lambda codes: CountingBackend(codes, distance_budget=3 * codes.shape[0]),  # 3 queries a pass
     "torch-cpu": TorchBackend,
     "sharded-faiss": lambda codes: ShardedBackend(codes, 3, lambda part, _: FaissBinaryBackend(part)),
     "sharded-torch": lambda codes: ShardedBackend(codes, 2, lambda part, _: TorchBackend(part, tile_elements=4096)),
@@ -81,10 +91,14 @@ def test_bad_requests_are_refused(k: int, shape: tuple[int, int], message: str) 
         index.search(np.zeros(shape, np.uint8), k)
 
 
-def test_auto_picks_faiss_cpu_without_a_gpu_and_refuses_gpu_backends() -> None:
+def test_auto_picks_the_cpu_backend_measured_fastest_for_the_catalogue_and_refuses_gpu_backends() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert make_backend(codes(10, 8)).name == "faiss-cpu"
+    assert make_backend(codes(10, 8)).name == "numpy"  # few items, narrow codes: one counting pass
+    assert make_backend(codes(10, 32)).name == "faiss-cpu"  # 256-bit codes: FAISS's SIMD popcount
+    assert resolve_backend("auto", "cpu", (1_000_000, 8)) == "faiss-cpu"  # millions of items
+    assert resolve_backend("auto", "cpu", (200_000, 16)) == "numpy"
+    assert resolve_backend("auto", "cpu") == "faiss-cpu"  # catalogue unknown
     with pytest.raises(RuntimeError, match="needs a GPU"):
         make_backend(codes(10, 8), "triton")
     with pytest.raises(ValueError, match="unknown retrieval backend"):
