@@ -362,7 +362,9 @@ class ItemIndex:
         ids, scores = ids[valid], scores[valid]
         boundary = scores[-1] if scores.size else np.inf
         if excluded is not None and excluded.size:
-            keep = ~np.isin(ids, excluded)
+            ordered = np.sort(excluded)  # a user's seen items: tens to hundreds, sorted in microseconds
+            at = np.minimum(np.searchsorted(ordered, ids), ordered.size - 1)
+            keep = ordered[at] != ids
             ids, scores = ids[keep], scores[keep]
         if exact_order:  # already by score, then id: keep the first k left after filtering
             ids, scores = ids[:k], scores[:k]

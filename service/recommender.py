@@ -144,12 +144,17 @@ class Recommender:
                 out.append(self.popular(model, user_id, k))
                 continue
             ids, scores = next(answers)
+            # Our own ids and scores: constructed without a validation pass (they are serialised once, as is).
             items = [
-                RecommendedItem(item_id=bundle.item_ids[i], score=float(s))
+                RecommendedItem.model_construct(item_id=bundle.item_ids[i], score=float(s))
                 for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
                 if i >= 0
             ]
-            out.append(Recommendation(user_id=user_id, model_version=model.version, source=plan.source, items=items))
+            out.append(
+                Recommendation.model_construct(
+                    user_id=user_id, model_version=model.version, source=plan.source, items=items
+                )
+            )
         return out
 
     async def reload(self, root: Path) -> tuple[str, str]:
