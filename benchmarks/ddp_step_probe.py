@@ -119,7 +119,7 @@ def main() -> int:
 
     def step(sync: bool = True) -> None:
         nonlocal position
-        users, positives, negatives = batches[position % (len(batches) - 1)]  # the last one may be partial
+        users, positives, negatives = batches[position % max(1, len(batches) - 1)]  # the last one may be partial
         position += 1
         if graphs:
             graphs[sync](users, positives, negatives)

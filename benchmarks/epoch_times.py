@@ -29,6 +29,11 @@ def epoch_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def summarise(gpus: int, rows: list[dict[str, Any]], samples_per_epoch: int | None) -> dict[str, Any]:
+    pairs = [(r["rank"], r["epoch"]) for r in rows]
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"{gpus} GPU(s): the log holds several training runs (an epoch repeats); give one run a log")
+    if not any(r["epoch"] == 0 for r in rows):
+        raise ValueError(f"{gpus} GPU(s): no first epoch in the log (a resumed run?)")
     ranks = sorted({r["rank"] for r in rows})
     steady = [r for r in rows if r["epoch"] > 0]
     rank0 = [r for r in steady if r["rank"] == 0]

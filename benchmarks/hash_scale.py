@@ -115,8 +115,9 @@ def main() -> int:
         torch.cuda.empty_cache() if device.type == "cuda" else None
         if args.table_cap_at_hashed_peak and device.type == "cuda":
             total = torch.cuda.get_device_properties(device).total_memory
-            torch.cuda.set_per_process_memory_fraction(torch.cuda.max_memory_allocated(device) / total, device)
-            record["table_memory_cap_mb"] = record["peak_gpu_mb"]
+            # The allocator enforces the fraction on reserved memory: cap at what the hashed run reserved.
+            torch.cuda.set_per_process_memory_fraction(torch.cuda.max_memory_reserved(device) / total, device)
+            record["table_memory_cap_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20)
         try:
             table = LightGCN(args.users, args.items, args.dim, args.layers, adjacency).to(device)
             if device.type == "cuda":

@@ -176,6 +176,8 @@ def main() -> int:
     args = parser.parse_args()
     if not args.bundle and not args.floor:
         parser.error("give at least one --bundle MODE=PATH, or --floor")
+    if any(spec.partition("=")[0] == "floor" for spec in args.bundle):
+        parser.error("'floor' names the harness run (--floor); call the bundle's mode something else")
     records = json.loads(args.out.read_text()) if args.out.is_file() else []
     runs = ([("floor", None)] if args.floor else []) + [
         (mode, Path(path)) for mode, _, path in (spec.partition("=") for spec in args.bundle)

@@ -89,10 +89,16 @@ class GraphedStep:
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
+        # Our own capture stream, entered outside the graph's context: when capture fails, torch.cuda.graph
+        # raises from capture_end before restoring the stream, and the outer context still restores it (the
+        # failed stream, whose allocations may still go to the graph's pool, is never used again).
+        capture = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        capture.wait_stream(torch.cuda.current_stream(self.device))
         try:
-            # thread_local: NCCL's watchdog thread may query its events while this thread captures.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.loss = self.step(*self.inputs).detach()
+            with torch.cuda.stream(capture):
+                # thread_local: NCCL's watchdog thread may query its events while this thread captures.
+                with torch.cuda.graph(graph, stream=capture, capture_error_mode="thread_local"):
+                    self.loss = self.step(*self.inputs).detach()
         except RuntimeError as error:  # e.g. a kernel that waits on the host (nothing captured ran)
             self.failed, self.loss = True, None
             self.optimizer.zero_grad(set_to_none=True)

@@ -292,6 +292,18 @@ def hashed_input(data: Dataset, config: TrainConfig) -> HashedInput:
     return layer
 
 
+def match_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Set Adam's ``capturable`` after loading a state saved by another kind of run; its step counters move to
+    where that mode keeps them (the parameter's device when capturable, the host otherwise)."""
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if isinstance(state.get("step"), torch.Tensor):
+                where = parameter.device if capturable else torch.device("cpu")
+                state["step"] = state["step"].to(device=where, dtype=torch.float32)
+
+
 def step_graph_applies(config: TrainConfig, quantizer: Quantizer, device: torch.device, world: World) -> bool:
     """CUDA-graph steps need a CUDA device, a quantizer without host syncs, and no DDP (its hooks run on the host)."""
     return (
@@ -377,6 +389,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         model.load_state_dict(checkpoint["model"])
         quantizer.load_state_dict(checkpoint["quantizer"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        match_capturable(optimizer, graphed)  # the checkpoint's run may have stepped with(out) graphs
         start_epoch, best_epoch, best_score = (
             checkpoint["epoch"] + 1,
             checkpoint["best_epoch"],
@@ -468,6 +481,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         refreshed = quantizer.refresh(RefreshContext(model=model, batches=batches, epoch=epoch))
         if refreshed:
             broadcast_buffers(quantizer, world)
+            quantizer.buffers_synced()
             log.info(json.dumps({"event": "refresh", "epoch": epoch, **refreshed}))
         last_epoch = epoch + 1 == config.epochs or any_rank(time.perf_counter() > deadline, world, device)
         if not validating:

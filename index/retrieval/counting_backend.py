@@ -19,7 +19,8 @@ import numpy.typing as npt
 
 from index.retrieval.base import HammingBackend, TopK
 
-DISTANCE_BUDGET = 1 << 24  # distances held at once (queries × items): 16 MB as uint8
+# Queries × items held at once: a 64-bit XOR word, a popcount byte and a distance each (~40 MB at most).
+DISTANCE_BUDGET = 1 << 22
 # Where it beats FAISS (BENCHMARKS.md, 2-core VM): one pass of a few words per item wins while the catalogue is
 # small; on wide codes or millions of items FAISS's SIMD popcount and threads win (1M × 256-bit: 9.6 vs 1.4 ms).
 FASTEST_UP_TO_ITEMS = 200_000
@@ -51,11 +52,13 @@ class CountingBackend(HammingBackend):
     def _distances(self, queries: npt.NDArray[np.uint8]) -> npt.NDArray[np.unsignedinteger]:
         """``[n_queries, n_items]`` Hamming distances, word by word (no [queries, items, words] temporary)."""
         words: npt.NDArray[np.unsignedinteger[Any]] = np.ascontiguousarray(queries).view(self.word)
-        out = np.zeros((words.shape[0], self.n_items), self.distance_dtype)
+        shape = (words.shape[0], self.n_items)
+        xor, count = np.empty(shape, self.word), np.empty(shape, np.uint8)
+        out = np.zeros(shape, self.distance_dtype)
         for column in range(words.shape[1]):
-            out += np.bitwise_count(words[:, column, None] ^ self.words[None, :, column]).astype(
-                self.distance_dtype, copy=False
-            )
+            np.bitwise_xor(words[:, column, None], self.words[None, :, column], out=xor)
+            np.bitwise_count(xor, out=count)
+            np.add(out, count, out=out)
         return out
 
     def _kth_smallest(self, distance: npt.NDArray[np.unsignedinteger[Any]], k: int) -> int:

@@ -9,7 +9,7 @@ from trainer.data import Dataset
 from trainer.distributed import World
 from trainer.quantization import make_quantizer
 from trainer.step_graph import GraphedStep
-from trainer.train import TrainConfig, step_graph_applies, train
+from trainer.train import TrainConfig, match_capturable, step_graph_applies, train
 
 CUDA = torch.device("cuda")
 
@@ -66,3 +66,20 @@ def test_graph_replayed_training_equals_eager_training(tiny_data: Dataset, metho
             continue
         same = (a - b).abs().max().item()
         assert same < 1e-4 and same < (c - b).abs().max().item() / 100, (name, same)
+
+
+def test_a_resumed_optimizer_takes_this_runs_capturable_mode() -> None:
+    parameter = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([parameter], lr=0.1)
+    parameter.sum().backward()
+    optimizer.step()  # an eager run's state: the step counter on the host
+    saved = optimizer.state_dict()
+    resumed = torch.optim.Adam([parameter], lr=0.1, capturable=True)
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["capturable"] is False  # what load_state_dict alone leaves
+    match_capturable(resumed, True)
+    step = resumed.state[parameter]["step"]
+    assert resumed.param_groups[0]["capturable"] is True
+    assert step.dtype == torch.float32 and step.device == parameter.device and float(step) == 1.0
+    match_capturable(resumed, False)
+    assert resumed.param_groups[0]["capturable"] is False and resumed.state[parameter]["step"].device.type == "cpu"

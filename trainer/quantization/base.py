@@ -95,6 +95,9 @@ class Quantizer(nn.Module):
         """Host values a captured step bakes in (its graph is captured again when they change)."""
         return ()
 
+    def buffers_synced(self) -> None:
+        """Called after rank 0's buffers were broadcast (data parallel): refresh host copies of them."""
+
     def after_step(self, model: nn.Module) -> None:
         """Called after every optimizer step."""
 

@@ -86,6 +86,9 @@ class HessianAwareQuantizer(Quantizer):
         self._delta_value, self._range_ready = None, False
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def buffers_synced(self) -> None:
+        self._delta_value = float(self.delta)  # rank 0's estimate, not this rank's own (at an epoch end)
+
     def graph_constants(self) -> tuple[float, ...]:
         return (-1.0 if self._delta_value is None else self._delta_value,)
 
