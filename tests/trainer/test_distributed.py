@@ -79,6 +79,23 @@ def test_two_ranks_train_the_same_model_as_one_process_on_the_same_global_batche
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
+def test_graphed_steps_on_two_gpus_send_gradients_in_bf16_when_asked(tmp_path: Path) -> None:
+    # A 2 × H200 run with --grad-compression bf16 followed the uncompressed run bit for bit (stop 13): this says
+    # whether the compressed all-reduce is really part of the captured step.
+    common = ["--method", "fp", "--epochs", "2", "--batch-size", "64", "--device", "auto"]
+    for compression in ("none", "bf16"):
+        run = train_cli(
+            tmp_path, *common, "--grad-compression", compression, "--save-warm-start", f"{compression}.pt",
+            "--bundle-root", compression, "--results-json", str(tmp_path / "r.json"), ranks=2,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+    assert all(r["cuda_graph"] for r in json.loads((tmp_path / "r.json").read_text()))
+    apart = (saved_ego(tmp_path / "bf16.pt") - saved_ego(tmp_path / "none.pt")).abs().max().item()
+    assert 0 < apart < 0.05, apart
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
 def test_two_gpus_train_the_same_model_as_one_gpu(tmp_path: Path) -> None:
     same_batches, other_batches, records = one_and_two_ranks(tmp_path, "auto")
     # CUDA's sparse and scatter kernels are not bit-reproducible, so the margin is wider than on the CPU.
@@ -136,12 +153,17 @@ def test_gradients_all_reduced_in_16_bits_train_close_to_full_precision(tmp_path
     for sync, compression in variants:
         run = train_cli(
             tmp_path, *common, "--grad-sync", sync, "--grad-compression", compression,
-            "--bundle-root", f"{sync}-{compression}", ranks=2,
+            "--bundle-root", f"{sync}-{compression}", "--save-warm-start", f"{sync}-{compression}.pt", ranks=2,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
     records = json.loads((tmp_path / "r.json").read_text())
     assert [(r["grad_sync"], r["grad_compression"]) for r in records] == variants
     assert all(abs(r["exact_recall@20"] - records[0]["exact_recall@20"]) < 0.02 for r in records)
+    # The 16-bit sends were really used: the weights moved off the full-precision run's, but only slightly.
+    full = saved_ego(tmp_path / "allreduce-none.pt")
+    for sync in ("allreduce", "ddp"):
+        apart = (saved_ego(tmp_path / f"{sync}-fp16.pt") - full).abs().max().item()
+        assert 0 < apart < 0.01, (sync, apart)
     refused = train_cli(tmp_path, *common, "--grad-compression", "bf16", "--bundle-root", "bf16", ranks=2)
     assert refused.returncode != 0 and "recsys-train: error: --grad-compression bf16 needs GPUs" in refused.stderr
 
