@@ -43,12 +43,12 @@ def free_port() -> int:
         return port
 
 
-def wait_ready(url: str, seconds: float = 120) -> None:
+def wait_ready(url: str, seconds: float = 120, *, path: str = "/readyz", status: str = "ready") -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
-                if json.loads(response.read())["status"] == "ready":
+            with urllib.request.urlopen(f"{url}{path}", timeout=1) as response:
+                if json.loads(response.read())["status"] == status:
                     return
         except OSError:
             pass
@@ -120,15 +120,7 @@ def run_floor(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_ready(url, 30, path="/healthz", status="ok")
         return step_through("floor", url, None, "none (fixed answer)", args, work)
     finally:
         server.terminate()

@@ -53,7 +53,6 @@ class GraphedStep:
         self.captured_for: tuple[float, ...] | None = None  # the host values baked into the graph
         self.warm = 0
         self.replays = 0
-        self.captures = 0
         self.failed = False  # a capture failed: every step runs eagerly
 
     def _hyperparameters(self) -> tuple[float, ...]:
@@ -100,13 +99,12 @@ class GraphedStep:
                 with torch.cuda.graph(graph, stream=capture, capture_error_mode="thread_local"):
                     self.loss = self.step(*self.inputs).detach()
         except RuntimeError as error:  # e.g. a kernel that waits on the host (nothing captured ran)
-            self.failed, self.loss = True, None
+            self.failed = True
             self.optimizer.zero_grad(set_to_none=True)
             log.warning("training steps run eagerly: the step could not be captured as a CUDA graph (%s)",
                         str(error).splitlines()[0] if str(error) else type(error).__name__)  # fmt: skip
             return False
         self.graph = graph
         self.captured_for = self._hyperparameters()
-        self.captures += 1
         log.debug("captured the training step (batch %d, lr %s)", self.batch_size, self.captured_for)
         return True

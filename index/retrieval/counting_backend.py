@@ -33,7 +33,7 @@ def counting_is_faster(n_items: int, bits: int) -> bool:
 
 
 class CountingBackend(HammingBackend):
-    """``numpy``: XOR + ``np.bitwise_count`` over packed words and a distance histogram per query."""
+    """``numpy``: XOR + ``np.bitwise_count`` over packed words, then the k-th distance found by counting."""
 
     name = "numpy"
 
