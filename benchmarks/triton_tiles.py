@@ -1,9 +1,10 @@
-"""Sweep the Triton kernels' tile shapes on one GPU: median ms per search for each (BLOCK_Q, BLOCK_N, warps).
+"""Sweep the Triton kernels' tile shapes on one GPU: median ms per search for each (kernel, BLOCK_Q, BLOCK_N, warps).
 
     python3 benchmarks/triton_tiles.py --n-items 10000000 --bits 256 --batches 64 1024 --out $OUT/tiles.json
+    python3 benchmarks/triton_tiles.py --kernels mma --block-q 32 64 128 256 --block-n 64 128 256 ...
 
 Random codes are generated on the GPU once and shared by every configuration; each configuration's answer is
-checked against the default tiles' (`agrees`). Prints a table and writes the records as JSON.
+checked against the popcount kernel's with default tiles (`agrees`). Prints a table and writes the records as JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> int:
     parser.add_argument("--block-q", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--block-n", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--kernels", nargs="+", choices=["popcount", "mma"], default=["popcount", "mma"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("tiles.json"))
     args = parser.parse_args()
@@ -38,21 +40,25 @@ def main() -> int:
     rows = []
     for batch in args.batches:
         queries = random_codes(batch, n_bytes, seed=batch + 1)
-        reference = TritonBackend.from_word_major(words, n_bytes).search(queries, args.k)
-        for block_q, block_n, warps in itertools.product(args.block_q, args.block_n, args.warps):
-            backend = TritonBackend.from_word_major(words, n_bytes, tiles=Tiles(block_q, block_n, warps))
+        popcount = Tiles(16, 128, 4, mma=False)
+        reference = TritonBackend.from_word_major(words, n_bytes, tiles=popcount).search(queries, args.k)
+        shapes = itertools.product(args.kernels, args.block_q, args.block_n, args.warps)
+        for kernel, block_q, block_n, warps in shapes:
+            tiles = Tiles(block_q, block_n, warps, mma=kernel == "mma")
+            backend = TritonBackend.from_word_major(words, n_bytes, tiles=tiles)
             ms, runs, found = timed(partial(backend.search, queries, args.k), args.repeats, 2.0)
             agrees = bool((found.ids == reference.ids).all() and (found.distances == reference.distances).all())
-            row = {"n_items": args.n_items, "code_bits": args.bits, "batch": batch, "k": args.k, "block_q": block_q,
-                   "block_n": block_n, "warps": warps, "median_ms": round(ms, 3), "runs": runs, "agrees": agrees,
-                   "device": device_name(), "commit": commit()}  # fmt: skip
+            row = {"n_items": args.n_items, "code_bits": args.bits, "batch": batch, "k": args.k, "kernel": kernel,
+                   "block_q": block_q, "block_n": block_n, "warps": warps, "median_ms": round(ms, 3), "runs": runs,
+                   "agrees": agrees, "device": device_name(), "commit": commit()}  # fmt: skip
             print(json.dumps(row), flush=True)
             rows.append(row)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("| batch | BLOCK_Q | BLOCK_N | warps | median ms | agrees |")
-    print("|---|---|---|---|---|---|")
+    print("| batch | kernel | BLOCK_Q | BLOCK_N | warps | median ms | agrees |")
+    print("|---|---|---|---|---|---|---|")
     for row in sorted(rows, key=lambda r: (r["batch"], r["median_ms"])):
-        print(f"| {row['batch']} | {row['block_q']} | {row['block_n']} | {row['warps']} | {row['median_ms']:.2f} "
+        print(f"| {row['batch']} | {row['kernel']} | {row['block_q']} | {row['block_n']} | {row['warps']} "
+              f"| {row['median_ms']:.2f} "
               f"| {row['agrees']} |")  # fmt: skip
     return 0
 

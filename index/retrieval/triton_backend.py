@@ -11,6 +11,13 @@ top-k uses the small integer distance range instead of a heap:
    bound to the query's buffer (an atomic counter per query hands out the slots).
 3. *Select.* An integer top-k over the buffer orders by distance, then id: the exact answer.
 
+Distances come from one of two tile kernels. Few queries: XOR + popcount, whose cost is one popcount per
+(query, item, word) at 16 per SM per clock. Batches of ``MMA_MIN_QUERIES`` or more: tensor cores, since
+popcount(q ^ c) = popcount(q) − Σ_b c_b · (2·q_b − 1): each item's bits are unpacked to int8 0/1 in registers
+(once per tile of queries, never stored) and multiplied with the queries' ±1 bits in an int8 matrix product, so
+the per-pair cost falls from a popcount per word to a fraction of one multiply-add per bit on the tensor cores.
+Both are exact integers; a tile with no item within any query's bound skips the key writes.
+
 A loose bound only makes step 2 write more keys; a buffer that overflows is redone for those queries
 with the exact count, so the result is exact whatever the data. Cost: one pass over the codes plus the
 sample (at most 1/16 of them), against the floor of one pass. Large batches over large catalogues are
@@ -71,6 +78,63 @@ def _tile_distances(
 
 
 @triton.jit
+def _mma_tile_distances(
+    signs_ptr, popcounts_ptr, codes_ptr, q_offs, n_offs, q_mask, n_mask,
+    n_queries, n_items,
+    WORDS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """``[BLOCK_N, BLOCK_Q]`` distances: popcount(q) − item bits (0/1) · query bits (±1), one int8 MMA per word."""
+    dots = tl.zeros((BLOCK_N, BLOCK_Q), dtype=tl.int32)
+    bit = tl.arange(0, 32)
+    stride = tl.zeros((1,), dtype=tl.int64) + n_items
+    for word in tl.static_range(WORDS):
+        c = tl.load(codes_ptr + stride * word + n_offs, mask=n_mask, other=0)
+        item_bits = ((c[:, None] >> bit[None, :]) & 1).to(tl.int8)
+        rows = (word * 32 + bit)[:, None] * n_queries
+        signs = tl.load(signs_ptr + rows + q_offs[None, :], mask=q_mask[None, :], other=0)
+        dots = tl.dot(item_bits, signs, dots, out_dtype=tl.int32)
+    popcounts = tl.load(popcounts_ptr + q_offs, mask=q_mask, other=0)
+    return popcounts[None, :] - dots
+
+
+@triton.jit
+def _mma_sample_kernel(
+    signs_ptr, popcounts_ptr, codes_ptr, out_ptr, n_queries, n_items, n_sample,
+    WORDS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    q_offs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    n_offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    q_mask, n_mask = q_offs < n_queries, n_offs < n_sample
+    distances = _mma_tile_distances(
+        signs_ptr, popcounts_ptr, codes_ptr, q_offs, n_offs, q_mask, n_mask, n_queries, n_items, WORDS, BLOCK_Q, BLOCK_N
+    )
+    out = out_ptr + q_offs[None, :].to(tl.int64) * n_sample + n_offs[:, None]
+    tl.store(out, distances.to(tl.int16), mask=n_mask[:, None] & q_mask[None, :])
+
+
+@triton.jit
+def _mma_collect_kernel(
+    signs_ptr, popcounts_ptr, codes_ptr, bounds_ptr, counts_ptr, keys_ptr,
+    n_queries, n_items, capacity,
+    WORDS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    q_offs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    n_offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    q_mask, n_mask = q_offs < n_queries, n_offs < n_items
+    distances = _mma_tile_distances(
+        signs_ptr, popcounts_ptr, codes_ptr, q_offs, n_offs, q_mask, n_mask, n_queries, n_items, WORDS, BLOCK_Q, BLOCK_N
+    )
+    bounds = tl.load(bounds_ptr + q_offs, mask=q_mask, other=-1)
+    hit = (distances <= bounds[None, :]) & n_mask[:, None]
+    if tl.max(hit.to(tl.int32)) > 0:  # most tiles hold no answer: skip their atomics and key arithmetic
+        counters = counts_ptr + q_offs[None, :] + tl.zeros((BLOCK_N, BLOCK_Q), dtype=tl.int32)
+        slots = tl.atomic_add(counters, tl.full((BLOCK_N, BLOCK_Q), 1, tl.int32), mask=hit)
+        keys = (distances.to(tl.int64) << 32) | n_offs[:, None].to(tl.int64)
+        out = keys_ptr + q_offs[None, :].to(tl.int64) * capacity + slots
+        tl.store(out, keys, mask=hit & (slots < capacity))
+
+
+@triton.jit
 def _sample_kernel(
     queries_ptr, codes_ptr, out_ptr, n_queries, n_items, n_sample,
     WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -99,11 +163,12 @@ def _collect_kernel(
     )
     bounds = tl.load(bounds_ptr + q_offs, mask=q_mask, other=-1)
     hit = (distances <= bounds[:, None]) & n_mask[None, :]
-    counters = counts_ptr + q_offs[:, None] + tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.int32)
-    slots = tl.atomic_add(counters, tl.full((BLOCK_Q, BLOCK_N), 1, tl.int32), mask=hit)
-    keys = (distances.to(tl.int64) << 32) | n_offs[None, :].to(tl.int64)
-    out = keys_ptr + q_offs[:, None].to(tl.int64) * capacity + slots
-    tl.store(out, keys, mask=hit & (slots < capacity))
+    if tl.max(hit.to(tl.int32)) > 0:  # most tiles hold no answer: skip their atomics and key arithmetic
+        counters = counts_ptr + q_offs[:, None] + tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.int32)
+        slots = tl.atomic_add(counters, tl.full((BLOCK_Q, BLOCK_N), 1, tl.int32), mask=hit)
+        keys = (distances.to(tl.int64) << 32) | n_offs[None, :].to(tl.int64)
+        out = keys_ptr + q_offs[:, None].to(tl.int64) * capacity + slots
+        tl.store(out, keys, mask=hit & (slots < capacity))
 
 
 def word_major(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
@@ -146,11 +211,24 @@ class _Captured:
 
 @dataclass(frozen=True)
 class Tiles:
-    """(queries × items) per thread block and warps per block; by default chosen from the batch size."""
+    """(queries × items) per thread block, warps per block and the distance kernel (``mma``: tensor cores,
+    ``False``: popcounts, ``None``: by batch size); by default all chosen from the batch size."""
 
     block_q: int
     block_n: int
     warps: int = 4
+    mma: bool | None = None
+
+
+MMA_MIN_QUERIES = 32  # from this batch on, tensor cores beat popcounts (benchmarks/triton_tiles.py)
+
+
+def query_signs(queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word-major query words ``[words, q]`` → their bits as ±1 int8 ``[words · 32, q]`` (bit b of word w at row
+    32·w + b, the order the MMA kernels unpack item words in) and each query's popcount."""
+    shifts = torch.arange(32, dtype=torch.int32, device=queries.device)
+    bits = ((queries[:, None, :] >> shifts[None, :, None]) & 1).reshape(-1, queries.shape[1])
+    return (2 * bits - 1).to(torch.int8).contiguous(), bits.sum(dim=0, dtype=torch.int32)
 
 
 class TritonBackend(HammingBackend):
@@ -189,6 +267,8 @@ class TritonBackend(HammingBackend):
         self.words = int(words.shape[0])
         self.tiles = tiles
         self.graphs = graphs and self.device.type == "cuda" and not INTERPRETED
+        # int8 tensor-core products (mma.sync / wgmma) from Ampere on; the interpreter runs them with numpy.
+        self.tensor_cores = INTERPRETED or torch.cuda.get_device_capability(self.device) >= (8, 0)
         self._captured: OrderedDict[tuple[int, int], _Captured | None] = OrderedDict()
         self._graph_lock = threading.Lock()  # a captured graph's buffers serve one search at a time
         self._marks: list[tuple[str, Any]] | None = None  # CUDA events per phase while profiling
@@ -216,22 +296,39 @@ class TritonBackend(HammingBackend):
     def memory_bytes(self) -> int:
         return int(self.codes.numel() * 4)
 
-    def _launch(self, kernel: Any, n_cols: int, n_queries: int, *args: Any) -> None:
+    def _uses_mma(self, n_queries: int) -> bool:
+        if self.tiles is not None and self.tiles.mma is not None:
+            return self.tiles.mma and self.tensor_cores
+        return self.tensor_cores and n_queries >= MMA_MIN_QUERIES
+
+    def _launch(self, kernels: tuple[Any, Any], n_cols: int, queries: torch.Tensor, *args: Any) -> None:
+        """One tile kernel over (items × queries): ``kernels`` is its (popcount, tensor-core) pair."""
+        n_queries = queries.shape[1]
+        if self._uses_mma(n_queries):
+            tiles = self.tiles or Tiles(128, 128, 4)
+            # tl.dot needs every side ≥ 16.
+            block_q, block_n = max(16, min(tiles.block_q, next_power_of_two(n_queries))), max(16, tiles.block_n)
+            grid = (triton.cdiv(n_cols, block_n), triton.cdiv(n_queries, block_q))
+            signs, popcounts = query_signs(queries)
+            kernels[1][grid](
+                signs, popcounts, *args, WORDS=self.words, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=tiles.warps
+            )
+            return
         # 16 × 128, 4 warps: the fastest of 18 shapes at batch 64 and 1024 on an H100 (benchmarks/triton_tiles.py).
         tiles = self.tiles or Tiles(16, 128 if n_queries >= 16 else 256)
         block_q, block_n = min(tiles.block_q, next_power_of_two(n_queries)), tiles.block_n
         grid = (triton.cdiv(n_cols, block_n), triton.cdiv(n_queries, block_q))
-        kernel[grid](
-            *args, WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=tiles.warps
-        )
+        kernels[0][grid](
+            queries, *args, WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_Q=block_q, BLOCK_N=block_n,
+            num_warps=tiles.warps,
+        )  # fmt: skip
 
     def bounds(self, queries: torch.Tensor, k: int, n_sample: int) -> torch.Tensor:
         """Each query's k-th smallest distance among the first ``n_sample`` items."""
         n_queries = queries.shape[1]
         sample = torch.empty((n_queries, n_sample), dtype=torch.int16, device=self.device)
-        self._launch(
-            _sample_kernel, n_sample, n_queries, queries, self.codes, sample, n_queries, self.n_items, n_sample
-        )
+        kernels = (_sample_kernel, _mma_sample_kernel)
+        self._launch(kernels, n_sample, queries, self.codes, sample, n_queries, self.n_items, n_sample)
         self._mark("sample distances")
         # top-k's radix select, not kthvalue's sort: the bound is the largest of the k smallest.
         nearest = torch.topk(sample, k, dim=1, largest=False, sorted=False).values
@@ -243,8 +340,8 @@ class TritonBackend(HammingBackend):
         counts = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
         keys = torch.full((n_queries, capacity), NO_KEY, dtype=torch.int64, device=self.device)
         self._launch(
-            _collect_kernel, self.n_items, n_queries,
-            queries, self.codes, bounds, counts, keys, n_queries, self.n_items, capacity,
+            (_collect_kernel, _mma_collect_kernel), self.n_items, queries,
+            self.codes, bounds, counts, keys, n_queries, self.n_items, capacity,
         )  # fmt: skip
         return keys, counts
 

@@ -133,10 +133,19 @@ TRITON_CHECK = textwrap.dedent(
     assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances)
     # Any tile shape gives the same answer (benchmarks/triton_tiles.py sweeps them for speed).
     from index.retrieval.triton_backend import Tiles
-    for tiles in (Tiles(16, 64, 4), Tiles(64, 32, 8)):
+    for tiles in (Tiles(16, 64, 4), Tiles(64, 32, 8), Tiles(16, 32, 4, mma=True), Tiles(64, 64, 4, mma=False)):
         got = TritonBackend(items, device="cpu", tiles=tiles).search(queries, 30)
         want = reference_topk(queries, items, 30)
         assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), tiles
+    # Batches of MMA_MIN_QUERIES or more take the tensor-core kernels: 64-, 256- and 576-bit codes, ragged tiles.
+    from index.retrieval.triton_backend import MMA_MIN_QUERIES
+    for n_bytes, n, k in [(8, 700, 5), (32, 500, 50), (72, 300, 300)]:
+        items = rng.integers(0, 256, (n, n_bytes), dtype=np.uint8)
+        queries = rng.integers(0, 256, (MMA_MIN_QUERIES + 3, n_bytes), dtype=np.uint8)
+        got, want = TritonBackend(items, device="cpu").search(queries, k), reference_topk(queries, items, k)
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), ("mma", n_bytes)
+    tied = TritonBackend(np.zeros((3000, 8), np.uint8), device="cpu").search(np.full((40, 8), 255, np.uint8), 3)
+    assert tied.ids.tolist() == [[0, 1, 2]] * 40 and tied.distances.tolist() == [[64] * 3] * 40
     print("triton kernels agree")
     """
 )
