@@ -5,28 +5,32 @@ or a small batch leaves the GPU idle. Here every thread block scores a tile of (
 XOR + popcount over 32-bit words held word-major (coalesced loads, no copy beyond the codes), and the
 top-k uses the small integer distance range instead of a heap:
 
-1. *Threshold.* Score the first ``n_sample`` items and take each query's k-th smallest distance. The k
-   nearest of all items are at most that far, so it bounds the answer from above.
+1. *Threshold.* Score the first ``n_sample`` items and sort each query's nearest of them. Their k-th
+   distance bounds the answer from above (the *safe* bound); a smaller rank of them (the *tight* bound)
+   lets only a few times k items through, so that is the bound used.
 2. *Collect.* One pass over all items appends the key ``distance << 32 | id`` of every item within the
    bound to the query's buffer (an atomic counter per query hands out the slots).
 3. *Select.* An integer top-k over the buffer orders by distance, then id: the exact answer.
 
 Distances come from one of two tile kernels. Few queries: XOR + popcount, whose cost is one popcount per
 (query, item, word) at 16 per SM per clock. Batches of ``MMA_MIN_QUERIES`` or more: tensor cores, since
-popcount(q ^ c) = popcount(q) − Σ_b c_b · (2·q_b − 1): each item's bits are unpacked to int8 0/1 in registers
-(once per tile of queries, never stored) and multiplied with the queries' ±1 bits in an int8 matrix product, so
-the per-pair cost falls from a popcount per word to a fraction of one multiply-add per bit on the tensor cores.
-Both are exact integers; a tile with no item within any query's bound skips the key writes.
+popcount(q ^ c) = popcount(q) − Σ_b c_b · (2·q_b − 1): a tile's item bits are unpacked to int8 0/1 once
+(shared memory, never written out) and multiplied with every query block's ±1 bits in an int8 matrix product,
+so the per-pair cost falls from a popcount per word to a fraction of a multiply-add per bit. That pass only
+lists the (query, tile) pairs with an item within the bound; a gather computes those few tiles' keys. Both
+kernels are exact integers, and a tile with no item within any query's bound writes nothing.
 
-A loose bound only makes step 2 write more keys; a buffer that overflows is redone for those queries
-with the exact count, so the result is exact whatever the data. Cost: one pass over the codes plus the
-sample (at most 1/16 of them), against the floor of one pass. Large batches over large catalogues are
-cut into query chunks so that the sampled distances and the key buffers stay within fixed budgets
-(``plan_chunks``); memory does not grow with the catalogue beyond the codes themselves.
+A query whose tight bound let fewer than k items through is redone with its safe bound, and a buffer that
+overflows (many ties at the bound) is redone with the exact count, so the result is exact whatever the
+data. Cost: one pass over the codes plus the sample (at most 1/16 of them), against the floor of one pass.
+Large batches over large catalogues are cut into query chunks so that the sampled distances and the key
+buffers stay within fixed budgets (``plan_chunks``); memory does not grow with the catalogue beyond the
+codes themselves.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -78,60 +82,82 @@ def _tile_distances(
 
 
 @triton.jit
-def _mma_tile_distances(
-    signs_ptr, popcounts_ptr, codes_ptr, q_offs, n_offs, q_mask, n_mask,
-    n_queries, n_items,
-    WORDS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """``[BLOCK_N, BLOCK_Q]`` distances: popcount(q) − item bits (0/1) · query bits (±1), one int8 MMA per word."""
-    dots = tl.zeros((BLOCK_N, BLOCK_Q), dtype=tl.int32)
+def _unpacked_bits(codes_ptr, n_offs, n_mask, n_items, FIRST: tl.constexpr, WIDTH: tl.constexpr, WORDS: tl.constexpr):
+    """Words ``FIRST … FIRST + WIDTH`` of each item as int8 0/1, ``[BLOCK_N, 32 · WIDTH]`` (bit b of word w at
+    column 32·(w − FIRST) + b); words past ``WORDS`` read as zeros."""
+    w_offs = FIRST + tl.arange(0, WIDTH)
+    rows = w_offs[None, :].to(tl.int64) * n_items  # int64: words · n_items passes 2^31 on large catalogues
+    words = tl.load(codes_ptr + rows + n_offs[:, None], mask=n_mask[:, None] & (w_offs[None, :] < WORDS), other=0)
     bit = tl.arange(0, 32)
-    stride = tl.zeros((1,), dtype=tl.int64) + n_items
-    for word in tl.static_range(WORDS):
-        c = tl.load(codes_ptr + stride * word + n_offs, mask=n_mask, other=0)
-        item_bits = ((c[:, None] >> bit[None, :]) & 1).to(tl.int8)
-        rows = (word * 32 + bit)[:, None] * n_queries
-        signs = tl.load(signs_ptr + rows + q_offs[None, :], mask=q_mask[None, :], other=0)
-        dots = tl.dot(item_bits, signs, dots, out_dtype=tl.int32)
-    popcounts = tl.load(popcounts_ptr + q_offs, mask=q_mask, other=0)
-    return popcounts[None, :] - dots
+    return tl.reshape((words[:, :, None] >> bit[None, None, :]) & 1, (n_offs.shape[0], WIDTH * 32)).to(tl.int8)
 
 
 @triton.jit
-def _mma_sample_kernel(
-    signs_ptr, popcounts_ptr, codes_ptr, out_ptr, n_queries, n_items, n_sample,
-    WORDS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+def _mma_scan_kernel(
+    signs_ptr, min_dots_ptr, codes_ptr, counts_ptr, tile_counts_ptr, tiles_ptr,
+    n_padded_queries, n_items, capacity,
+    WORDS: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    q_offs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    n_offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    q_mask, n_mask = q_offs < n_queries, n_offs < n_sample
-    distances = _mma_tile_distances(
-        signs_ptr, popcounts_ptr, codes_ptr, q_offs, n_offs, q_mask, n_mask, n_queries, n_items, WORDS, BLOCK_Q, BLOCK_N
-    )
-    out = out_ptr + q_offs[None, :].to(tl.int64) * n_sample + n_offs[:, None]
-    tl.store(out, distances.to(tl.int16), mask=n_mask[:, None] & q_mask[None, :])
+    """Tensor-core pass: which (query, item tile) pairs hold an item within the query's bound.
+
+    The tile's item bits are unpacked once (int8 0/1; ``HEAD`` words, a power of two, then ``TAIL`` more, so
+    576-bit codes are 16 + 2 words rather than 32) and multiplied with every query block's ±1 bits (``signs``,
+    query-major, padded to whole blocks); an item is within the bound when its product reaches ``min_dots`` =
+    popcount(q) − bound. Only tiles with such an item do more: they add their count to the query's total and
+    list the tile for ``_gather_kernel``.
+    """
+    tile = tl.program_id(0)
+    n_offs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n_offs < n_items
+    head_bits = _unpacked_bits(codes_ptr, n_offs, n_mask, n_items, 0, HEAD, WORDS)
+    head_cols = tl.arange(0, HEAD * 32)
+    if TAIL > 0:
+        tail_bits = _unpacked_bits(codes_ptr, n_offs, n_mask, n_items, HEAD, TAIL, WORDS)
+        tail_cols = HEAD * 32 + tl.arange(0, TAIL * 32)
+    for q_start in range(0, n_padded_queries, BLOCK_Q):
+        q_rows = (q_start + tl.arange(0, BLOCK_Q)) * ((HEAD + TAIL) * 32)
+        signs = tl.load(signs_ptr + q_rows[:, None] + head_cols[None, :])
+        dots = tl.dot(head_bits, tl.trans(signs), out_dtype=tl.int32)
+        if TAIL > 0:
+            signs = tl.load(signs_ptr + q_rows[:, None] + tail_cols[None, :])
+            dots = tl.dot(tail_bits, tl.trans(signs), dots, out_dtype=tl.int32)
+        q_offs = q_start + tl.arange(0, BLOCK_Q)
+        min_dots = tl.load(min_dots_ptr + q_offs)
+        hit = (dots >= min_dots[None, :]) & n_mask[:, None]
+        if tl.max(hit.to(tl.int32)) > 0:  # most tiles hold no answer for any query of the block
+            hits = tl.sum(hit.to(tl.int32), axis=0)
+            listed = hits > 0
+            tl.atomic_add(counts_ptr + q_offs, hits, mask=listed)
+            slot = tl.atomic_add(tile_counts_ptr + q_offs, 1, mask=listed)
+            tl.store(tiles_ptr + q_offs.to(tl.int64) * capacity + slot, tile, mask=listed & (slot < capacity))
 
 
 @triton.jit
-def _mma_collect_kernel(
-    signs_ptr, popcounts_ptr, codes_ptr, bounds_ptr, counts_ptr, keys_ptr,
+def _gather_kernel(
+    queries_ptr, codes_ptr, bounds_ptr, tile_counts_ptr, tiles_ptr, filled_ptr, keys_ptr,
     n_queries, n_items, capacity,
-    WORDS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    WORDS: tl.constexpr, USE_POPC: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    q_offs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    n_offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    q_mask, n_mask = q_offs < n_queries, n_offs < n_items
-    distances = _mma_tile_distances(
-        signs_ptr, popcounts_ptr, codes_ptr, q_offs, n_offs, q_mask, n_mask, n_queries, n_items, WORDS, BLOCK_Q, BLOCK_N
-    )
-    bounds = tl.load(bounds_ptr + q_offs, mask=q_mask, other=-1)
-    hit = (distances <= bounds[None, :]) & n_mask[:, None]
-    if tl.max(hit.to(tl.int32)) > 0:  # most tiles hold no answer: skip their atomics and key arithmetic
-        counters = counts_ptr + q_offs[None, :] + tl.zeros((BLOCK_N, BLOCK_Q), dtype=tl.int32)
-        slots = tl.atomic_add(counters, tl.full((BLOCK_N, BLOCK_Q), 1, tl.int32), mask=hit)
-        keys = (distances.to(tl.int64) << 32) | n_offs[:, None].to(tl.int64)
-        out = keys_ptr + q_offs[None, :].to(tl.int64) * capacity + slots
-        tl.store(out, keys, mask=hit & (slots < capacity))
+    """Keys of the items within the bound, from the tiles ``_mma_scan_kernel`` listed: one query per program
+    row, ``SPLIT`` programs sharing its list (popcounts: a listed tile is BLOCK_N items for one query)."""
+    query = tl.program_id(0)
+    n_tiles = tl.minimum(tl.load(tile_counts_ptr + query), capacity)
+    bound = tl.load(bounds_ptr + query)
+    stride = tl.zeros((1,), dtype=tl.int64) + n_items
+    for listed in range(tl.program_id(1), n_tiles, SPLIT):
+        tile = tl.load(tiles_ptr + query.to(tl.int64) * capacity + listed)
+        n_offs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = n_offs < n_items
+        distances = tl.zeros((BLOCK_N,), dtype=tl.int32)
+        for word in tl.static_range(WORDS):
+            q = tl.load(queries_ptr + word * n_queries + query)
+            c = tl.load(codes_ptr + stride * word + n_offs, mask=n_mask, other=0)
+            distances += _popcount(q ^ c, USE_POPC)
+        hit = (distances <= bound) & n_mask
+        start = tl.atomic_add(filled_ptr + query, tl.sum(hit.to(tl.int32)))
+        slots = start + tl.cumsum(hit.to(tl.int32), axis=0) - 1
+        keys = (distances.to(tl.int64) << 32) | n_offs.to(tl.int64)
+        tl.store(keys_ptr + query.to(tl.int64) * capacity + slots, keys, mask=hit & (slots < capacity))
 
 
 @triton.jit
@@ -180,19 +206,20 @@ def word_major(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
 
 @dataclass(frozen=True)
 class _Chunk:
-    """One query chunk's search state, kept until the host knows whether any buffer overflowed."""
+    """One query chunk's search state, kept until the host knows whether any query must be redone."""
 
     queries: torch.Tensor
-    bounds: torch.Tensor
+    bounds: torch.Tensor  # the tight bound collected with
+    safe_bounds: torch.Tensor  # the sample's k-th distance: at least k items are within it
     counts: torch.Tensor
     found: torch.Tensor
-    overflow: torch.Tensor
+    redo: torch.Tensor  # buffer overflowed, or fewer than k items within the tight bound
 
 
 def _pack(chunks: list[_Chunk]) -> torch.Tensor:
-    """Every chunk's answers, then every chunk's overflow flags, in one int64 tensor: one transfer to the host,
+    """Every chunk's answers, then every chunk's redo flags, in one int64 tensor: one transfer to the host,
     no round trip mid-search."""
-    return torch.cat([chunk.found.flatten() for chunk in chunks] + [chunk.overflow.to(torch.int64) for chunk in chunks])
+    return torch.cat([chunk.found.flatten() for chunk in chunks] + [chunk.redo.to(torch.int64) for chunk in chunks])
 
 
 GRAPH_MAX_QUERIES = 16  # smaller searches replay a captured CUDA graph: they are bound by launches, not work
@@ -221,14 +248,27 @@ class Tiles:
 
 
 MMA_MIN_QUERIES = 32  # from this batch on, tensor cores beat popcounts (benchmarks/triton_tiles.py)
+TIGHT_MARGIN = 6.0  # the tight bound lets about this many times k items through (module docstring, step 1)
+GATHER_SPLIT = 8  # programs sharing one query's listed tiles in the gather
 
 
-def query_signs(queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Word-major query words ``[words, q]`` → their bits as ±1 int8 ``[words · 32, q]`` (bit b of word w at row
-    32·w + b, the order the MMA kernels unpack item words in) and each query's popcount."""
+def mma_words(words: int) -> tuple[int, int]:
+    """How the MMA kernel splits a code's words: a power-of-two head, then the rest padded to a power of two."""
+    head = 1 << (words.bit_length() - 1)
+    tail = 0 if words == head else next_power_of_two(words - head)
+    return head, tail
+
+
+def query_signs(queries: torch.Tensor, words_padded: int, n_padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word-major query words ``[words, q]`` → their bits as ±1 int8, query-major ``[n_padded, 32 · words_padded]``
+    (bit b of word w at column 32·w + b, the order the MMA kernel unpacks item words in; padding is 0, so it
+    adds nothing to a product) and each query's popcount."""
+    n_words, n_queries = queries.shape
     shifts = torch.arange(32, dtype=torch.int32, device=queries.device)
-    bits = ((queries[:, None, :] >> shifts[None, :, None]) & 1).reshape(-1, queries.shape[1])
-    return (2 * bits - 1).to(torch.int8).contiguous(), bits.sum(dim=0, dtype=torch.int32)
+    bits = ((queries.T[:, :, None] >> shifts[None, None, :]) & 1).reshape(n_queries, n_words * 32)
+    signs = torch.zeros((n_padded, words_padded * 32), dtype=torch.int8, device=queries.device)
+    signs[:n_queries, : n_words * 32] = (2 * bits - 1).to(torch.int8)
+    return signs, bits.sum(dim=1, dtype=torch.int32)
 
 
 class TritonBackend(HammingBackend):
@@ -301,67 +341,100 @@ class TritonBackend(HammingBackend):
             return self.tiles.mma and self.tensor_cores
         return self.tensor_cores and n_queries >= MMA_MIN_QUERIES
 
-    def _launch(self, kernels: tuple[Any, Any], n_cols: int, queries: torch.Tensor, *args: Any) -> None:
-        """One tile kernel over (items × queries): ``kernels`` is its (popcount, tensor-core) pair."""
-        n_queries = queries.shape[1]
-        if self._uses_mma(n_queries):
-            tiles = self.tiles or Tiles(128, 128, 4)
-            # tl.dot needs every side ≥ 16.
-            block_q, block_n = max(16, min(tiles.block_q, next_power_of_two(n_queries))), max(16, tiles.block_n)
-            grid = (triton.cdiv(n_cols, block_n), triton.cdiv(n_queries, block_q))
-            signs, popcounts = query_signs(queries)
-            kernels[1][grid](
-                signs, popcounts, *args, WORDS=self.words, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=tiles.warps
-            )
-            return
+    def _launch(self, kernel: Any, n_cols: int, n_queries: int, *args: Any) -> None:
         # 16 × 128, 4 warps: the fastest of 18 shapes at batch 64 and 1024 on an H100 (benchmarks/triton_tiles.py).
-        tiles = self.tiles or Tiles(16, 128 if n_queries >= 16 else 256)
+        given = self.tiles if self.tiles is not None and not self.tiles.mma else None  # tiles for the popcount kernels
+        tiles = given or Tiles(16, 128 if n_queries >= 16 else 256)
         block_q, block_n = min(tiles.block_q, next_power_of_two(n_queries)), tiles.block_n
         grid = (triton.cdiv(n_cols, block_n), triton.cdiv(n_queries, block_q))
-        kernels[0][grid](
-            queries, *args, WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_Q=block_q, BLOCK_N=block_n,
-            num_warps=tiles.warps,
-        )  # fmt: skip
+        kernel[grid](
+            *args, WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=tiles.warps
+        )
 
-    def bounds(self, queries: torch.Tensor, k: int, n_sample: int) -> torch.Tensor:
-        """Each query's k-th smallest distance among the first ``n_sample`` items."""
+    def bounds(self, queries: torch.Tensor, k: int, n_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's (tight, safe) bounds from the distances of the first ``n_sample`` items.
+
+        Safe: the k-th smallest sampled distance; the k nearest of all items are within it, but so are about
+        k · n / n_sample items. Tight: the j-th smallest, j = k · n_sample / n · ``TIGHT_MARGIN`` (at most k):
+        about ``TIGHT_MARGIN`` · k items pass it, so the collect pass writes and selects far fewer keys. It can
+        let fewer than k items through (rarely); such a query is redone with the safe bound.
+        """
         n_queries = queries.shape[1]
         sample = torch.empty((n_queries, n_sample), dtype=torch.int16, device=self.device)
-        kernels = (_sample_kernel, _mma_sample_kernel)
-        self._launch(kernels, n_sample, queries, self.codes, sample, n_queries, self.n_items, n_sample)
+        self._launch(
+            _sample_kernel, n_sample, n_queries, queries, self.codes, sample, n_queries, self.n_items, n_sample
+        )
         self._mark("sample distances")
-        # top-k's radix select, not kthvalue's sort: the bound is the largest of the k smallest.
-        nearest = torch.topk(sample, k, dim=1, largest=False, sorted=False).values
-        bound: torch.Tensor = nearest.max(dim=1).values.to(torch.int32).contiguous()
-        return bound
+        # top-k's radix select, not kthvalue's sort.
+        nearest = torch.topk(sample, k, dim=1, largest=False, sorted=True).values.to(torch.int32)
+        tight = min(k, max(1, math.ceil(k * n_sample / self.n_items * TIGHT_MARGIN)))
+        return nearest[:, tight - 1].contiguous(), nearest[:, k - 1].contiguous()
 
     def collect(self, queries: torch.Tensor, bounds: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys ``distance << 32 | id`` of every item within each query's bound (``capacity`` slots per query,
+        unordered) and how many there were (more than ``capacity``: the buffer overflowed)."""
         n_queries = queries.shape[1]
         counts = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
         keys = torch.full((n_queries, capacity), NO_KEY, dtype=torch.int64, device=self.device)
-        self._launch(
-            (_collect_kernel, _mma_collect_kernel), self.n_items, queries,
-            self.codes, bounds, counts, keys, n_queries, self.n_items, capacity,
-        )  # fmt: skip
+        if self._uses_mma(n_queries):
+            self._collect_mma(queries, bounds, capacity, counts, keys)
+        else:
+            self._launch(
+                _collect_kernel, self.n_items, n_queries,
+                queries, self.codes, bounds, counts, keys, n_queries, self.n_items, capacity,
+            )  # fmt: skip
         return keys, counts
 
+    def _collect_mma(
+        self, queries: torch.Tensor, bounds: torch.Tensor, capacity: int, counts: torch.Tensor, keys: torch.Tensor
+    ) -> None:
+        """``collect`` on tensor cores: a scan listing the (query, tile) pairs with an answer, then a gather."""
+        n_queries = queries.shape[1]
+        tiles = self.tiles if self.tiles is not None and self.tiles.mma else Tiles(64, 128, 8)
+        block_q, block_n = max(16, min(tiles.block_q, next_power_of_two(n_queries))), max(16, tiles.block_n)
+        head, tail = mma_words(self.words)
+        n_padded = triton.cdiv(n_queries, block_q) * block_q
+        signs, popcounts = query_signs(queries, head + tail, n_padded)
+        min_dots = torch.full((n_padded,), 1 << 30, dtype=torch.int32, device=self.device)  # padding never hits
+        min_dots[:n_queries] = popcounts - bounds
+        # A listed tile holds at least one answer, so a list longer than ``capacity`` means an overflow anyway.
+        tile_counts = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
+        listed = torch.empty((n_queries, capacity), dtype=torch.int32, device=self.device)
+        _mma_scan_kernel[(triton.cdiv(self.n_items, block_n),)](
+            signs, min_dots, self.codes, counts, tile_counts, listed, n_padded, self.n_items, capacity,
+            WORDS=self.words, HEAD=head, TAIL=tail, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=tiles.warps,
+        )  # fmt: skip
+        filled = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
+        _gather_kernel[(n_queries, GATHER_SPLIT)](
+            queries, self.codes, bounds, tile_counts, listed, filled, keys, n_queries, self.n_items, capacity,
+            WORDS=self.words, USE_POPC=not INTERPRETED, SPLIT=GATHER_SPLIT, BLOCK_N=block_n, num_warps=4,
+        )  # fmt: skip
+
     def _search_chunk(self, queries: torch.Tensor, k: int, plan: ChunkPlan) -> _Chunk:
-        """Bound, collect and select without waiting on the GPU; overflowing queries are marked, not redone."""
-        bounds = self.bounds(queries, k, plan.n_sample)
+        """Bound, collect and select without waiting on the GPU; queries to redo are marked, not redone."""
+        bounds, safe_bounds = self.bounds(queries, k, plan.n_sample)
         self._mark("bound (top-k of the sample)")
         keys, counts = self.collect(queries, bounds, plan.capacity)
         self._mark("collect pass")
         found = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
         self._mark("select top-k of the keys")
-        return _Chunk(queries, bounds, counts, found, counts > plan.capacity)
+        redo = (counts > plan.capacity) | (counts < k)
+        return _Chunk(queries, bounds, safe_bounds, counts, found, redo)
 
     def _redo(self, chunk: _Chunk, k: int) -> None:
-        """A loose bound (many ties at it) overflowed some buffers: collect those queries again with room for all."""
-        over = torch.nonzero(chunk.overflow).flatten()
-        room = int(chunk.counts[over].max())
-        keys, _ = self.collect(chunk.queries[:, over].contiguous(), chunk.bounds[over].contiguous(), room)
-        chunk.found[over] = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
-        self._mark("overflow redo")
+        """Queries whose tight bound let fewer than k items through are collected again within their safe bound;
+        buffers that overflowed (many ties at the bound) again with room for every key."""
+        redo = torch.nonzero(chunk.redo).flatten()
+        counts = chunk.counts[redo]
+        bounds = torch.where(counts < k, chunk.safe_bounds[redo], chunk.bounds[redo]).contiguous()
+        queries, room = chunk.queries[:, redo].contiguous(), max(int(counts.max()), chunk.found.shape[1], 1024)
+        while True:  # at most twice: the second pass knows every count
+            keys, counts = self.collect(queries, bounds, room)
+            if int(counts.max()) <= room:
+                break
+            room = int(counts.max())
+        chunk.found[redo] = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
+        self._mark("redo")
 
     def _capture(self, n_queries: int, k: int) -> _Captured | None:
         """The search of ``n_queries`` × ``k`` as a CUDA graph (captured once, kept in a small LRU)."""
@@ -403,12 +476,12 @@ class TritonBackend(HammingBackend):
             return split_keys(self._answers([captured.chunk], captured.packed, k_padded)[:n_queries, :k])
 
     def _answers(self, chunks: list[_Chunk], packed: torch.Tensor, k: int) -> torch.Tensor:
-        """The chunks' answers on the host, ``[queries, k]``, from ``_pack``'s one transfer; overflows redone."""
+        """The chunks' answers on the host, ``[queries, k]``, from ``_pack``'s one transfer; flagged queries redone."""
         size = sum(chunk.found.numel() for chunk in chunks)
         host = packed.cpu()
         if bool(host[size:].any()):
             for chunk in chunks:
-                if bool(chunk.overflow.any()):
+                if bool(chunk.redo.any()):
                     self._redo(chunk, k)
             host = torch.cat([chunk.found.flatten() for chunk in chunks]).cpu()
         return host[:size].view(-1, k)

@@ -146,6 +146,14 @@ TRITON_CHECK = textwrap.dedent(
         assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), ("mma", n_bytes)
     tied = TritonBackend(np.zeros((3000, 8), np.uint8), device="cpu").search(np.full((40, 8), 255, np.uint8), 3)
     assert tied.ids.tolist() == [[0, 1, 2]] * 40 and tied.distances.tolist() == [[64] * 3] * 40
+    # A tight bound that lets fewer than k items through: those queries are redone within the safe bound.
+    import index.retrieval.triton_backend as triton_backend
+    triton_backend.TIGHT_MARGIN = 0.01  # the tight bound is each query's nearest sampled item
+    items = rng.integers(0, 256, (3200, 8), dtype=np.uint8)
+    for n_queries in (3, 40):
+        queries = rng.integers(0, 256, (n_queries, 8), dtype=np.uint8)
+        got, want = TritonBackend(items, device="cpu").search(queries, 20), reference_topk(queries, items, 20)
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), ("tight", n_queries)
     print("triton kernels agree")
     """
 )
