@@ -88,8 +88,8 @@ def _unpacked_bits(codes_ptr, n_offs, n_mask, n_items, FIRST: tl.constexpr, WIDT
     w_offs = FIRST + tl.arange(0, WIDTH)
     rows = w_offs[None, :].to(tl.int64) * n_items  # int64: words · n_items passes 2^31 on large catalogues
     words = tl.load(codes_ptr + rows + n_offs[:, None], mask=n_mask[:, None] & (w_offs[None, :] < WORDS), other=0)
-    bit = tl.arange(0, 32)
-    return tl.reshape((words[:, :, None] >> bit[None, None, :]) & 1, (n_offs.shape[0], WIDTH * 32)).to(tl.int8)
+    bits = ((words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1).to(tl.int8)  # int8 before any layout change
+    return tl.reshape(bits, (n_offs.shape[0], WIDTH * 32))
 
 
 @triton.jit
@@ -109,27 +109,27 @@ def _mma_scan_kernel(
     tile = tl.program_id(0)
     n_offs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n_offs < n_items
-    head_bits = _unpacked_bits(codes_ptr, n_offs, n_mask, n_items, 0, HEAD, WORDS)
+    head_bits = tl.trans(_unpacked_bits(codes_ptr, n_offs, n_mask, n_items, 0, HEAD, WORDS))  # [32 · HEAD, BLOCK_N]
     head_cols = tl.arange(0, HEAD * 32)
     if TAIL > 0:
-        tail_bits = _unpacked_bits(codes_ptr, n_offs, n_mask, n_items, HEAD, TAIL, WORDS)
+        tail_bits = tl.trans(_unpacked_bits(codes_ptr, n_offs, n_mask, n_items, HEAD, TAIL, WORDS))
         tail_cols = HEAD * 32 + tl.arange(0, TAIL * 32)
     for q_start in range(0, n_padded_queries, BLOCK_Q):
-        q_rows = (q_start + tl.arange(0, BLOCK_Q)) * ((HEAD + TAIL) * 32)
+        # Queries are the rows: a row's columns sit in one quad of threads, so the per-query sum over the tile's
+        # items needs no exchange between warps (items as rows did: a barrier per block).
+        q_offs = q_start + tl.arange(0, BLOCK_Q)
+        q_rows = q_offs * ((HEAD + TAIL) * 32)
         signs = tl.load(signs_ptr + q_rows[:, None] + head_cols[None, :])
-        dots = tl.dot(head_bits, tl.trans(signs), out_dtype=tl.int32)
+        dots = tl.dot(signs, head_bits, out_dtype=tl.int32)
         if TAIL > 0:
             signs = tl.load(signs_ptr + q_rows[:, None] + tail_cols[None, :])
-            dots = tl.dot(tail_bits, tl.trans(signs), dots, out_dtype=tl.int32)
-        q_offs = q_start + tl.arange(0, BLOCK_Q)
+            dots = tl.dot(signs, tail_bits, dots, out_dtype=tl.int32)
         min_dots = tl.load(min_dots_ptr + q_offs)
-        hit = (dots >= min_dots[None, :]) & n_mask[:, None]
-        if tl.max(hit.to(tl.int32)) > 0:  # most tiles hold no answer for any query of the block
-            hits = tl.sum(hit.to(tl.int32), axis=0)
-            listed = hits > 0
-            tl.atomic_add(counts_ptr + q_offs, hits, mask=listed)
-            slot = tl.atomic_add(tile_counts_ptr + q_offs, 1, mask=listed)
-            tl.store(tiles_ptr + q_offs.to(tl.int64) * capacity + slot, tile, mask=listed & (slot < capacity))
+        hits = tl.sum(((dots >= min_dots[:, None]) & n_mask[None, :]).to(tl.int32), axis=1)
+        listed = hits > 0  # most (query, tile) pairs hold no answer: their atomics are masked off
+        tl.atomic_add(counts_ptr + q_offs, hits, mask=listed)
+        slot = tl.atomic_add(tile_counts_ptr + q_offs, 1, mask=listed)
+        tl.store(tiles_ptr + q_offs.to(tl.int64) * capacity + slot, tile, mask=listed & (slot < capacity))
 
 
 @triton.jit
