@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--block-q", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--block-n", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--profile", action="store_true", help="add each configuration's per-phase ms (CUDA events)")
     parser.add_argument("--kernels", nargs="+", choices=["popcount", "mma"], default=["popcount", "mma"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("tiles.json"))
@@ -51,6 +52,8 @@ def main() -> int:
             row = {"n_items": args.n_items, "code_bits": args.bits, "batch": batch, "k": args.k, "kernel": kernel,
                    "block_q": block_q, "block_n": block_n, "warps": warps, "median_ms": round(ms, 3), "runs": runs,
                    "agrees": agrees, "device": device_name(), "commit": commit()}  # fmt: skip
+            if args.profile:
+                row["phases_ms"] = {phase: round(ms, 3) for phase, ms in backend.profile(queries, args.k).items()}
             print(json.dumps(row), flush=True)
             rows.append(row)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")

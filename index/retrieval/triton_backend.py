@@ -136,15 +136,15 @@ def _mma_scan_kernel(
 def _gather_kernel(
     queries_ptr, codes_ptr, bounds_ptr, tile_counts_ptr, tiles_ptr, filled_ptr, keys_ptr,
     n_queries, n_items, capacity,
-    WORDS: tl.constexpr, USE_POPC: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
+    WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Keys of the items within the bound, from the tiles ``_mma_scan_kernel`` listed: one query per program
-    row, ``SPLIT`` programs sharing its list (popcounts: a listed tile is BLOCK_N items for one query)."""
+    row, the row's programs sharing its list (popcounts: a listed tile is BLOCK_N items for one query)."""
     query = tl.program_id(0)
     n_tiles = tl.minimum(tl.load(tile_counts_ptr + query), capacity)
     bound = tl.load(bounds_ptr + query)
     stride = tl.zeros((1,), dtype=tl.int64) + n_items
-    for listed in range(tl.program_id(1), n_tiles, SPLIT):
+    for listed in range(tl.program_id(1), n_tiles, tl.num_programs(1)):
         tile = tl.load(tiles_ptr + query.to(tl.int64) * capacity + listed)
         n_offs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = n_offs < n_items
@@ -249,7 +249,7 @@ class Tiles:
 
 MMA_MIN_QUERIES = 32  # from this batch on, tensor cores beat popcounts (benchmarks/triton_tiles.py)
 TIGHT_MARGIN = 6.0  # the tight bound lets about this many times k items through (module docstring, step 1)
-GATHER_SPLIT = 8  # programs sharing one query's listed tiles in the gather
+GATHER_PROGRAMS = 8192  # the gather's programs, all queries together: enough to keep every SM busy
 
 
 def mma_words(words: int) -> tuple[int, int]:
@@ -404,11 +404,15 @@ class TritonBackend(HammingBackend):
             signs, min_dots, self.codes, counts, tile_counts, listed, n_padded, self.n_items, capacity,
             WORDS=self.words, HEAD=head, TAIL=tail, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=tiles.warps,
         )  # fmt: skip
+        self._mark("scan (tensor cores)")
         filled = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
-        _gather_kernel[(n_queries, GATHER_SPLIT)](
+        # A query's listed tiles are shared by this many programs (few in the interpreter, where each one is slow).
+        split = 2 if INTERPRETED else max(1, GATHER_PROGRAMS // n_queries)
+        _gather_kernel[(n_queries, split)](
             queries, self.codes, bounds, tile_counts, listed, filled, keys, n_queries, self.n_items, capacity,
-            WORDS=self.words, USE_POPC=not INTERPRETED, SPLIT=GATHER_SPLIT, BLOCK_N=block_n, num_warps=4,
+            WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_N=block_n, num_warps=4,
         )  # fmt: skip
+        self._mark("gather")
 
     def _search_chunk(self, queries: torch.Tensor, k: int, plan: ChunkPlan) -> _Chunk:
         """Bound, collect and select without waiting on the GPU; queries to redo are marked, not redone."""
