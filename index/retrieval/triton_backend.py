@@ -94,8 +94,8 @@ def _unpacked_bits(codes_ptr, n_offs, n_mask, n_items, FIRST: tl.constexpr, WIDT
 
 @triton.jit
 def _mma_scan_kernel(
-    signs_ptr, min_dots_ptr, codes_ptr, counts_ptr, tile_counts_ptr, tiles_ptr,
-    n_padded_queries, n_items, capacity,
+    signs_ptr, min_dots_ptr, codes_ptr, counts_ptr, tile_flags_ptr,
+    n_padded_queries, n_items, flag_words,
     WORDS: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Tensor-core pass: which (query, item tile) pairs hold an item within the query's bound.
@@ -104,7 +104,8 @@ def _mma_scan_kernel(
     576-bit codes are 16 + 2 words rather than 32) and multiplied with every query block's ±1 bits (``signs``,
     query-major, padded to whole blocks); an item is within the bound when its product reaches ``min_dots`` =
     popcount(q) − bound. Only tiles with such an item do more: they add their count to the query's total and
-    list the tile for ``_gather_kernel``.
+    set the tile's bit in the query's row of ``tile_flags`` for ``_gather_kernel``. Neither atomic returns a
+    value, so nothing waits on them.
     """
     tile = tl.program_id(0)
     n_offs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -127,36 +128,50 @@ def _mma_scan_kernel(
         min_dots = tl.load(min_dots_ptr + q_offs)
         hits = tl.sum(((dots >= min_dots[:, None]) & n_mask[None, :]).to(tl.int32), axis=1)
         listed = hits > 0  # most (query, tile) pairs hold no answer: their atomics are masked off
-        tl.atomic_add(counts_ptr + q_offs, hits, mask=listed)
-        slot = tl.atomic_add(tile_counts_ptr + q_offs, 1, mask=listed)
-        tl.store(tiles_ptr + q_offs.to(tl.int64) * capacity + slot, tile, mask=listed & (slot < capacity))
+        tl.atomic_add(counts_ptr + q_offs, hits, mask=listed, sem="relaxed")
+        flags = tile_flags_ptr + q_offs.to(tl.int64) * flag_words + tile // 32
+        tl.atomic_or(flags, tl.full((BLOCK_Q,), 1, tl.int32) << (tile % 32), mask=listed, sem="relaxed")
 
 
 @triton.jit
 def _gather_kernel(
-    queries_ptr, codes_ptr, bounds_ptr, tile_counts_ptr, tiles_ptr, filled_ptr, keys_ptr,
-    n_queries, n_items, capacity,
-    WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_N: tl.constexpr,
+    queries_ptr, codes_ptr, bounds_ptr, tile_flags_ptr, filled_ptr, keys_ptr,
+    n_queries, n_items, flag_words, capacity,
+    WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_WORDS: tl.constexpr,
+    ROUND: tl.constexpr,
 ):  # fmt: skip
-    """Keys of the items within the bound, from the tiles ``_mma_scan_kernel`` listed: one query per program
-    row, the row's programs sharing its list (popcounts: a listed tile is BLOCK_N items for one query)."""
+    """Keys of the items within the bound in the tiles ``_mma_scan_kernel`` flagged, by popcounts.
+
+    One program per (query, ``CHUNK_WORDS`` · 32 tiles): the chunk's flagged tiles are compacted to at most
+    ``ROUND`` at a time and scored together (``[ROUND, BLOCK_N]`` items), so one atomic hands out the key
+    slots of a whole round.
+    """
     query = tl.program_id(0)
-    n_tiles = tl.minimum(tl.load(tile_counts_ptr + query), capacity)
+    w_offs = tl.program_id(1) * CHUNK_WORDS + tl.arange(0, CHUNK_WORDS)
+    row = tile_flags_ptr + query.to(tl.int64) * flag_words
+    words = tl.load(row + w_offs, mask=w_offs < flag_words, other=0)
+    flags = tl.reshape((words[:, None] >> tl.arange(0, 32)[None, :]) & 1, (CHUNK_WORDS * 32,))
+    tiles = tl.program_id(1) * (CHUNK_WORDS * 32) + tl.arange(0, CHUNK_WORDS * 32)
+    rank = tl.cumsum(flags, axis=0) - 1
+    n_flagged = tl.sum(flags)
     bound = tl.load(bounds_ptr + query)
-    stride = tl.zeros((1,), dtype=tl.int64) + n_items
-    for listed in range(tl.program_id(1), n_tiles, tl.num_programs(1)):
-        tile = tl.load(tiles_ptr + query.to(tl.int64) * capacity + listed)
-        n_offs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = n_offs < n_items
-        distances = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    stride = tl.zeros((1, 1), dtype=tl.int64) + n_items
+    for first in range(0, n_flagged, ROUND):
+        slot = first + tl.arange(0, ROUND)
+        # The flagged tile of each rank in this round (a masked sum picks it: no scratch memory, no loop).
+        picked = (rank[None, :] == slot[:, None]) & (flags[None, :] > 0)
+        listed = tl.sum(tl.where(picked, tiles[None, :], 0), axis=1)
+        n_offs = listed[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        n_mask = (slot < n_flagged)[:, None] & (n_offs < n_items)
+        distances = tl.zeros((ROUND, BLOCK_N), dtype=tl.int32)
         for word in tl.static_range(WORDS):
             q = tl.load(queries_ptr + word * n_queries + query)
             c = tl.load(codes_ptr + stride * word + n_offs, mask=n_mask, other=0)
             distances += _popcount(q ^ c, USE_POPC)
-        hit = (distances <= bound) & n_mask
+        hit = tl.reshape((distances <= bound) & n_mask, (ROUND * BLOCK_N,))
         start = tl.atomic_add(filled_ptr + query, tl.sum(hit.to(tl.int32)))
         slots = start + tl.cumsum(hit.to(tl.int32), axis=0) - 1
-        keys = (distances.to(tl.int64) << 32) | n_offs.to(tl.int64)
+        keys = (tl.reshape(distances, (ROUND * BLOCK_N,)).to(tl.int64) << 32) | tl.reshape(n_offs, (ROUND * BLOCK_N,))
         tl.store(keys_ptr + query.to(tl.int64) * capacity + slots, keys, mask=hit & (slots < capacity))
 
 
@@ -249,7 +264,8 @@ class Tiles:
 
 MMA_MIN_QUERIES = 32  # from this batch on, tensor cores beat popcounts (benchmarks/triton_tiles.py)
 TIGHT_MARGIN = 6.0  # the tight bound lets about this many times k items through (module docstring, step 1)
-GATHER_PROGRAMS = 8192  # the gather's programs, all queries together: enough to keep every SM busy
+GATHER_CHUNK_WORDS = 32  # flag words (of 32 tiles) per gather program
+GATHER_ROUND = 16  # flagged tiles a gather program scores at once
 
 
 def mma_words(words: int) -> tuple[int, int]:
@@ -397,20 +413,18 @@ class TritonBackend(HammingBackend):
         signs, popcounts = query_signs(queries, head + tail, n_padded)
         min_dots = torch.full((n_padded,), 1 << 30, dtype=torch.int32, device=self.device)  # padding never hits
         min_dots[:n_queries] = popcounts - bounds
-        # A listed tile holds at least one answer, so a list longer than ``capacity`` means an overflow anyway.
-        tile_counts = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
-        listed = torch.empty((n_queries, capacity), dtype=torch.int32, device=self.device)
+        flag_words = triton.cdiv(triton.cdiv(self.n_items, block_n), 32)
+        tile_flags = torch.zeros((n_queries, flag_words), dtype=torch.int32, device=self.device)
         _mma_scan_kernel[(triton.cdiv(self.n_items, block_n),)](
-            signs, min_dots, self.codes, counts, tile_counts, listed, n_padded, self.n_items, capacity,
+            signs, min_dots, self.codes, counts, tile_flags, n_padded, self.n_items, flag_words,
             WORDS=self.words, HEAD=head, TAIL=tail, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=tiles.warps,
         )  # fmt: skip
         self._mark("scan (tensor cores)")
         filled = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
-        # A query's listed tiles are shared by this many programs (few in the interpreter, where each one is slow).
-        split = 2 if INTERPRETED else max(1, GATHER_PROGRAMS // n_queries)
-        _gather_kernel[(n_queries, split)](
-            queries, self.codes, bounds, tile_counts, listed, filled, keys, n_queries, self.n_items, capacity,
-            WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_N=block_n, num_warps=4,
+        _gather_kernel[(n_queries, triton.cdiv(flag_words, GATHER_CHUNK_WORDS))](
+            queries, self.codes, bounds, tile_flags, filled, keys, n_queries, self.n_items, flag_words, capacity,
+            WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_N=block_n, CHUNK_WORDS=GATHER_CHUNK_WORDS,
+            ROUND=GATHER_ROUND, num_warps=4,
         )  # fmt: skip
         self._mark("gather")
 
