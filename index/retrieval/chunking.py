@@ -5,17 +5,30 @@ Pure arithmetic (no GPU, no Triton), so it is tested everywhere.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 SAMPLE_FRACTION = 16  # the threshold pass scores at most n_items / 16 items (at least 32 · k)
 KEY_BUDGET = 1 << 25  # int64 keys held at once (256 MiB)
 SAMPLE_BUDGET = 1 << 28  # int16 sampled distances held at once (512 MiB)
-SAMPLE_PER_QUERY = 1 << 18  # beyond this a bigger sample costs more (its top-k) than its tighter bound saves
+SAMPLE_PER_QUERY = 1 << 16  # the tight bound needs only a few sampled items within it; the sample's top-k costs
 MAX_CHUNK = 4096  # queries per chunk
+TIGHT_MARGIN = 8.0  # the tight bound lets about this many times k items through
 
 
 def next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+def tight_rank(n_items: int, n_sample: int, k: int) -> int:
+    """Which of a query's nearest sampled items sets its tight bound: about ``TIGHT_MARGIN`` · k of all items are
+    as near as the j-th of ``n_sample``, for j = k · n_sample / n_items · ``TIGHT_MARGIN`` (1 ≤ j ≤ k).
+
+    Fewer than k items within it happens when j sampled items are among the true k nearest, whose expected
+    count is k · n_sample / n_items = j / ``TIGHT_MARGIN``: a Poisson tail, below 10⁻⁴ at j ≥ 6; such a query
+    is redone within its safe bound (the k-th sampled distance).
+    """
+    return min(k, max(1, math.ceil(k * n_sample / n_items * TIGHT_MARGIN)))
 
 
 @dataclass(frozen=True)
@@ -30,14 +43,15 @@ class ChunkPlan:
 def plan_chunks(n_items: int, n_queries: int, k: int) -> ChunkPlan:
     """The largest query chunk (fewest passes over the codes) whose sample and keys fit their budgets.
 
-    A sample of s items bounds each query's answer so that about k·n/s items pass it; the key buffer is
-    twice that (plus slack). Fewer sampled items per query let more queries share a chunk, at the price
-    of a looser bound — the budgets decide where that stops.
+    The tight bound (``tight_rank``) lets about j · n / s items through for a sample of s items; the key
+    buffer is twice that plus slack (more is a rare redo). Fewer sampled items per query let more queries
+    share a chunk, at the price of a looser bound — the budgets decide where that stops.
     """
     step = min(MAX_CHUNK, next_power_of_two(n_queries))
     while True:
         n_sample = min(n_items, max(32 * k, min(n_items // SAMPLE_FRACTION, SAMPLE_PER_QUERY, SAMPLE_BUDGET // step)))
-        capacity = min(n_items, next_power_of_two(2 * (k * n_items // n_sample) + 1024))
+        expected = tight_rank(n_items, n_sample, k) * n_items // n_sample
+        capacity = min(n_items, next_power_of_two(2 * expected + 1024))
         if step == 1 or (step * capacity <= KEY_BUDGET and step * n_sample <= SAMPLE_BUDGET):
             return ChunkPlan(step, n_sample, capacity)
         step //= 2

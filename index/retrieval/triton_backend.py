@@ -30,7 +30,6 @@ codes themselves.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections import OrderedDict
@@ -46,7 +45,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from index.retrieval.base import HammingBackend, TopK
-from index.retrieval.chunking import ChunkPlan, next_power_of_two, plan_chunks
+from index.retrieval.chunking import ChunkPlan, next_power_of_two, plan_chunks, tight_rank
 from index.retrieval.torch_backend import ID_BITS, NO_KEY, split_keys
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter, used by the tests
@@ -82,97 +81,106 @@ def _tile_distances(
 
 
 @triton.jit
-def _unpacked_bits(codes_ptr, n_offs, n_mask, n_items, FIRST: tl.constexpr, WIDTH: tl.constexpr, WORDS: tl.constexpr):
-    """Words ``FIRST … FIRST + WIDTH`` of each item as int8 0/1, ``[BLOCK_N, 32 · WIDTH]`` (bit b of word w at
-    column 32·(w − FIRST) + b); words past ``WORDS`` read as zeros."""
+def _code_words(codes_ptr, tile, n_items, BLOCK_N: tl.constexpr, FIRST: tl.constexpr, WIDTH: tl.constexpr,
+                WORDS: tl.constexpr):  # fmt: skip
+    """Words ``FIRST … FIRST + WIDTH`` of a tile's items, ``[BLOCK_N, WIDTH]``; words past ``WORDS`` and items past
+    the catalogue (or a tile past the last) read as zeros."""
+    n_offs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     w_offs = FIRST + tl.arange(0, WIDTH)
     rows = w_offs[None, :].to(tl.int64) * n_items  # int64: words · n_items passes 2^31 on large catalogues
-    words = tl.load(codes_ptr + rows + n_offs[:, None], mask=n_mask[:, None] & (w_offs[None, :] < WORDS), other=0)
+    mask = (n_offs < n_items)[:, None] & (w_offs[None, :] < WORDS)
+    return tl.load(codes_ptr + rows + n_offs[:, None], mask=mask, other=0)
+
+
+@triton.jit
+def _unpacked(words):
+    """``[BLOCK_N, WIDTH]`` words → their bits as int8 0/1, ``[32 · WIDTH, BLOCK_N]`` (bit b of word w at row
+    32·w + b, the order of the query signs' columns)."""
     bits = ((words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1).to(tl.int8)  # int8 before any layout change
-    return tl.reshape(bits, (n_offs.shape[0], WIDTH * 32))
+    return tl.trans(tl.reshape(bits, (words.shape[0], words.shape[1] * 32)))
 
 
 @triton.jit
 def _mma_scan_kernel(
     signs_ptr, min_dots_ptr, codes_ptr, counts_ptr, tile_flags_ptr,
-    n_padded_queries, n_items, flag_words,
+    n_padded_queries, n_items, n_tiles, flag_words,
     WORDS: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Tensor-core pass: which (query, item tile) pairs hold an item within the query's bound.
 
-    The tile's item bits are unpacked once (int8 0/1; ``HEAD`` words, a power of two, then ``TAIL`` more, so
-    576-bit codes are 16 + 2 words rather than 32) and multiplied with every query block's ±1 bits (``signs``,
-    query-major, padded to whole blocks); an item is within the bound when its product reaches ``min_dots`` =
-    popcount(q) − bound. Only tiles with such an item do more: they add their count to the query's total and
-    set the tile's bit in the query's row of ``tile_flags`` for ``_gather_kernel``. Neither atomic returns a
-    value, so nothing waits on them.
+    A persistent program walks its share of the item tiles, loading the next tile's codes while it scores the
+    current one (one tile per program left the SMs waiting on memory at small batches). A tile's item bits are
+    unpacked once (int8 0/1; ``HEAD`` words, a power of two, then ``TAIL`` more, so 576-bit codes are 16 + 2
+    words rather than 32) and multiplied with every query block's ±1 bits (``signs``, query-major, padded to
+    whole blocks); an item is within the bound when its product reaches ``min_dots`` = popcount(q) − bound.
+    Only tiles with such an item do more: they add their count to the query's total and set the tile's bit in
+    the query's row of ``tile_flags`` for ``_gather_kernel``. Neither atomic returns a value, so nothing waits.
     """
-    tile = tl.program_id(0)
-    n_offs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = n_offs < n_items
-    head_bits = tl.trans(_unpacked_bits(codes_ptr, n_offs, n_mask, n_items, 0, HEAD, WORDS))  # [32 · HEAD, BLOCK_N]
+    step = tl.num_programs(0)
     head_cols = tl.arange(0, HEAD * 32)
-    if TAIL > 0:
-        tail_bits = tl.trans(_unpacked_bits(codes_ptr, n_offs, n_mask, n_items, HEAD, TAIL, WORDS))
-        tail_cols = HEAD * 32 + tl.arange(0, TAIL * 32)
-    for q_start in range(0, n_padded_queries, BLOCK_Q):
-        # Queries are the rows: a row's columns sit in one quad of threads, so the per-query sum over the tile's
-        # items needs no exchange between warps (items as rows did: a barrier per block).
-        q_offs = q_start + tl.arange(0, BLOCK_Q)
-        q_rows = q_offs * ((HEAD + TAIL) * 32)
-        signs = tl.load(signs_ptr + q_rows[:, None] + head_cols[None, :])
-        dots = tl.dot(signs, head_bits, out_dtype=tl.int32)
+    tail_cols = HEAD * 32 + tl.arange(0, max(TAIL, 1) * 32)
+    head_next = _code_words(codes_ptr, tl.program_id(0), n_items, BLOCK_N, 0, HEAD, WORDS)
+    tail_next = _code_words(codes_ptr, tl.program_id(0), n_items, BLOCK_N, HEAD, max(TAIL, 1), WORDS)
+    for tile in range(tl.program_id(0), n_tiles, step):
+        head_bits = _unpacked(head_next)  # [32 · HEAD, BLOCK_N]
+        tail_bits = _unpacked(tail_next)
+        head_next = _code_words(codes_ptr, tile + step, n_items, BLOCK_N, 0, HEAD, WORDS)
         if TAIL > 0:
-            signs = tl.load(signs_ptr + q_rows[:, None] + tail_cols[None, :])
-            dots = tl.dot(signs, tail_bits, dots, out_dtype=tl.int32)
-        min_dots = tl.load(min_dots_ptr + q_offs)
-        hits = tl.sum(((dots >= min_dots[:, None]) & n_mask[None, :]).to(tl.int32), axis=1)
-        listed = hits > 0  # most (query, tile) pairs hold no answer: their atomics are masked off
-        tl.atomic_add(counts_ptr + q_offs, hits, mask=listed, sem="relaxed")
-        flags = tile_flags_ptr + q_offs.to(tl.int64) * flag_words + tile // 32
-        tl.atomic_or(flags, tl.full((BLOCK_Q,), 1, tl.int32) << (tile % 32), mask=listed, sem="relaxed")
+            tail_next = _code_words(codes_ptr, tile + step, n_items, BLOCK_N, HEAD, TAIL, WORDS)
+        n_mask = tile * BLOCK_N + tl.arange(0, BLOCK_N) < n_items
+        for q_start in range(0, n_padded_queries, BLOCK_Q):
+            # Queries are the rows: a row's columns sit in one quad of threads, so the per-query sum over the
+            # tile's items needs no exchange between warps (items as rows did: a barrier per block).
+            q_offs = q_start + tl.arange(0, BLOCK_Q)
+            q_rows = q_offs * ((HEAD + TAIL) * 32)
+            signs = tl.load(signs_ptr + q_rows[:, None] + head_cols[None, :])
+            dots = tl.dot(signs, head_bits, out_dtype=tl.int32)
+            if TAIL > 0:
+                signs = tl.load(signs_ptr + q_rows[:, None] + tail_cols[None, :])
+                dots = tl.dot(signs, tail_bits, dots, out_dtype=tl.int32)
+            min_dots = tl.load(min_dots_ptr + q_offs)
+            hits = tl.sum(((dots >= min_dots[:, None]) & n_mask[None, :]).to(tl.int32), axis=1)
+            listed = hits > 0  # most (query, tile) pairs hold no answer: their atomics are masked off
+            tl.atomic_add(counts_ptr + q_offs, hits, mask=listed, sem="relaxed")
+            flags = tile_flags_ptr + q_offs.to(tl.int64) * flag_words + tile // 32
+            tl.atomic_or(flags, tl.full((BLOCK_Q,), 1, tl.int32) << (tile % 32), mask=listed, sem="relaxed")
 
 
 @triton.jit
 def _gather_kernel(
-    queries_ptr, codes_ptr, bounds_ptr, tile_flags_ptr, filled_ptr, keys_ptr,
-    n_queries, n_items, flag_words, capacity,
-    WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_WORDS: tl.constexpr,
-    ROUND: tl.constexpr,
+    queries_ptr, codes_ptr, bounds_ptr, tile_flags_ptr, entries_ptr, filled_ptr, keys_ptr,
+    n_queries, n_items, flag_words, capacity, n_entries,
+    WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_N: tl.constexpr, ENTRIES: tl.constexpr,
 ):  # fmt: skip
     """Keys of the items within the bound in the tiles ``_mma_scan_kernel`` flagged, by popcounts.
 
-    One program per (query, ``CHUNK_WORDS`` · 32 tiles): the chunk's flagged tiles are compacted to at most
-    ``ROUND`` at a time and scored together (``[ROUND, BLOCK_N]`` items), so one atomic hands out the key
-    slots of a whole round.
+    ``entries`` lists the non-zero flag words as (query, word) pairs (``torch.nonzero_static``, padded with
+    -1); each program takes ``ENTRIES`` of them and scores the flagged tiles of each word (usually one).
     """
-    query = tl.program_id(0)
-    w_offs = tl.program_id(1) * CHUNK_WORDS + tl.arange(0, CHUNK_WORDS)
-    row = tile_flags_ptr + query.to(tl.int64) * flag_words
-    words = tl.load(row + w_offs, mask=w_offs < flag_words, other=0)
-    flags = tl.reshape((words[:, None] >> tl.arange(0, 32)[None, :]) & 1, (CHUNK_WORDS * 32,))
-    tiles = tl.program_id(1) * (CHUNK_WORDS * 32) + tl.arange(0, CHUNK_WORDS * 32)
-    rank = tl.cumsum(flags, axis=0) - 1
-    n_flagged = tl.sum(flags)
-    bound = tl.load(bounds_ptr + query)
-    stride = tl.zeros((1, 1), dtype=tl.int64) + n_items
-    for first in range(0, n_flagged, ROUND):
-        slot = first + tl.arange(0, ROUND)
-        # The flagged tile of each rank in this round (a masked sum picks it: no scratch memory, no loop).
-        picked = (rank[None, :] == slot[:, None]) & (flags[None, :] > 0)
-        listed = tl.sum(tl.where(picked, tiles[None, :], 0), axis=1)
-        n_offs = listed[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        n_mask = (slot < n_flagged)[:, None] & (n_offs < n_items)
-        distances = tl.zeros((ROUND, BLOCK_N), dtype=tl.int32)
-        for word in tl.static_range(WORDS):
-            q = tl.load(queries_ptr + word * n_queries + query)
-            c = tl.load(codes_ptr + stride * word + n_offs, mask=n_mask, other=0)
-            distances += _popcount(q ^ c, USE_POPC)
-        hit = tl.reshape((distances <= bound) & n_mask, (ROUND * BLOCK_N,))
-        start = tl.atomic_add(filled_ptr + query, tl.sum(hit.to(tl.int32)))
-        slots = start + tl.cumsum(hit.to(tl.int32), axis=0) - 1
-        keys = (tl.reshape(distances, (ROUND * BLOCK_N,)).to(tl.int64) << 32) | tl.reshape(n_offs, (ROUND * BLOCK_N,))
-        tl.store(keys_ptr + query.to(tl.int64) * capacity + slots, keys, mask=hit & (slots < capacity))
+    first = tl.program_id(0) * ENTRIES
+    stride = tl.zeros((1,), dtype=tl.int64) + n_items
+    for entry in range(first, tl.minimum(first + ENTRIES, n_entries)):
+        query = tl.load(entries_ptr + 2 * entry)
+        if query >= 0:
+            word = tl.load(entries_ptr + 2 * entry + 1)
+            flags = tl.load(tile_flags_ptr + query * flag_words + word)
+            bound = tl.load(bounds_ptr + query)
+            while flags != 0:
+                lowest = flags & -flags
+                flags = flags ^ lowest
+                tile = word * 32 + _popcount(lowest - 1, USE_POPC)
+                n_offs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+                n_mask = n_offs < n_items
+                distances = tl.zeros((BLOCK_N,), dtype=tl.int32)
+                for w in tl.static_range(WORDS):
+                    q = tl.load(queries_ptr + w * n_queries + query)
+                    c = tl.load(codes_ptr + stride * w + n_offs, mask=n_mask, other=0)
+                    distances += _popcount(q ^ c, USE_POPC)
+                hit = (distances <= bound) & n_mask
+                start = tl.atomic_add(filled_ptr + query, tl.sum(hit.to(tl.int32)))
+                slots = start + tl.cumsum(hit.to(tl.int32), axis=0) - 1
+                keys = (distances.to(tl.int64) << 32) | n_offs.to(tl.int64)
+                tl.store(keys_ptr + query * capacity + slots, keys, mask=hit & (slots < capacity))
 
 
 @triton.jit
@@ -263,9 +271,9 @@ class Tiles:
 
 
 MMA_MIN_QUERIES = 32  # from this batch on, tensor cores beat popcounts (benchmarks/triton_tiles.py)
-TIGHT_MARGIN = 6.0  # the tight bound lets about this many times k items through (module docstring, step 1)
-GATHER_CHUNK_WORDS = 32  # flag words (of 32 tiles) per gather program
-GATHER_ROUND = 16  # flagged tiles a gather program scores at once
+SCAN_PROGRAMS_PER_SM = 4
+GATHER_ENTRIES = 16  # flagged words (of 32 tiles each) per gather program
+GATHER_ROOM = 2  # the flagged-word list holds capacity / GATHER_ROOM entries per query
 
 
 def mma_words(words: int) -> tuple[int, int]:
@@ -325,6 +333,8 @@ class TritonBackend(HammingBackend):
         self.graphs = graphs and self.device.type == "cuda" and not INTERPRETED
         # int8 tensor-core products (mma.sync / wgmma) from Ampere on; the interpreter runs them with numpy.
         self.tensor_cores = INTERPRETED or torch.cuda.get_device_capability(self.device) >= (8, 0)
+        sms = 2 if INTERPRETED else torch.cuda.get_device_properties(self.device).multi_processor_count
+        self.scan_programs = sms * SCAN_PROGRAMS_PER_SM  # the persistent scan's programs
         self._captured: OrderedDict[tuple[int, int], _Captured | None] = OrderedDict()
         self._graph_lock = threading.Lock()  # a captured graph's buffers serve one search at a time
         self._marks: list[tuple[str, Any]] | None = None  # CUDA events per phase while profiling
@@ -371,9 +381,9 @@ class TritonBackend(HammingBackend):
         """Each query's (tight, safe) bounds from the distances of the first ``n_sample`` items.
 
         Safe: the k-th smallest sampled distance; the k nearest of all items are within it, but so are about
-        k · n / n_sample items. Tight: the j-th smallest, j = k · n_sample / n · ``TIGHT_MARGIN`` (at most k):
-        about ``TIGHT_MARGIN`` · k items pass it, so the collect pass writes and selects far fewer keys. It can
-        let fewer than k items through (rarely); such a query is redone with the safe bound.
+        k · n / n_sample items. Tight: the j-th smallest (``tight_rank``): only a few times k items pass it, so
+        the collect pass writes and selects far fewer keys. It can let fewer than k items through (rarely);
+        such a query is redone with the safe bound.
         """
         n_queries = queries.shape[1]
         sample = torch.empty((n_queries, n_sample), dtype=torch.int16, device=self.device)
@@ -383,7 +393,7 @@ class TritonBackend(HammingBackend):
         self._mark("sample distances")
         # top-k's radix select, not kthvalue's sort.
         nearest = torch.topk(sample, k, dim=1, largest=False, sorted=True).values.to(torch.int32)
-        tight = min(k, max(1, math.ceil(k * n_sample / self.n_items * TIGHT_MARGIN)))
+        tight = tight_rank(self.n_items, n_sample, k)
         return nearest[:, tight - 1].contiguous(), nearest[:, k - 1].contiguous()
 
     def collect(self, queries: torch.Tensor, bounds: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -413,18 +423,25 @@ class TritonBackend(HammingBackend):
         signs, popcounts = query_signs(queries, head + tail, n_padded)
         min_dots = torch.full((n_padded,), 1 << 30, dtype=torch.int32, device=self.device)  # padding never hits
         min_dots[:n_queries] = popcounts - bounds
-        flag_words = triton.cdiv(triton.cdiv(self.n_items, block_n), 32)
+        n_tiles = triton.cdiv(self.n_items, block_n)
+        flag_words = triton.cdiv(n_tiles, 32)
         tile_flags = torch.zeros((n_queries, flag_words), dtype=torch.int32, device=self.device)
-        _mma_scan_kernel[(triton.cdiv(self.n_items, block_n),)](
-            signs, min_dots, self.codes, counts, tile_flags, n_padded, self.n_items, flag_words,
+        _mma_scan_kernel[(min(n_tiles, self.scan_programs),)](
+            signs, min_dots, self.codes, counts, tile_flags, n_padded, self.n_items, n_tiles, flag_words,
             WORDS=self.words, HEAD=head, TAIL=tail, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=tiles.warps,
         )  # fmt: skip
         self._mark("scan (tensor cores)")
+        # The flagged words, without a host round trip: a flagged tile holds an answer, so a query within its
+        # key buffer flags at most ``capacity`` tiles; room for 1 / GATHER_ROOM of that per query. A longer list
+        # spills, and every query of the chunk is marked to be redone (with counts past their buffers).
+        room = n_queries * min(flag_words, max(1, capacity // GATHER_ROOM))
+        entries = torch.nonzero_static(tile_flags, size=room, fill_value=-1)
+        counts += ((tile_flags != 0).sum() > room).to(torch.int32) * (capacity + 1)
         filled = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
-        _gather_kernel[(n_queries, triton.cdiv(flag_words, GATHER_CHUNK_WORDS))](
-            queries, self.codes, bounds, tile_flags, filled, keys, n_queries, self.n_items, flag_words, capacity,
-            WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_N=block_n, CHUNK_WORDS=GATHER_CHUNK_WORDS,
-            ROUND=GATHER_ROUND, num_warps=4,
+        _gather_kernel[(triton.cdiv(room, GATHER_ENTRIES),)](
+            queries, self.codes, bounds, tile_flags, entries, filled, keys,
+            n_queries, self.n_items, flag_words, capacity, room,
+            WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_N=block_n, ENTRIES=GATHER_ENTRIES, num_warps=1,
         )  # fmt: skip
         self._mark("gather")
 

@@ -146,11 +146,13 @@ TRITON_CHECK = textwrap.dedent(
         assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), ("mma", n_bytes)
     tied = TritonBackend(np.zeros((3000, 8), np.uint8), device="cpu").search(np.full((40, 8), 255, np.uint8), 3)
     assert tied.ids.tolist() == [[0, 1, 2]] * 40 and tied.distances.tolist() == [[64] * 3] * 40
-    # Small gather chunks and rounds (32 tiles, 4 at once): every query's flagged tiles span chunks and rounds.
+    # Small tiles: words of 32 flagged tiles, programs of 16 words, and a list that spills (the redo): every tile
+    # of 3,000 tied items is flagged, 6 words per query, with room for 2.
     import index.retrieval.triton_backend as triton_backend
-    triton_backend.GATHER_CHUNK_WORDS, triton_backend.GATHER_ROUND = 1, 4
-    small = TritonBackend(np.zeros((800, 8), np.uint8), device="cpu", tiles=Tiles(16, 16, 4, mma=True))
+    triton_backend.GATHER_ROOM = 1024
+    small = TritonBackend(np.zeros((3000, 8), np.uint8), device="cpu", tiles=Tiles(16, 16, 4, mma=True))
     tied = small.search(np.full((3, 8), 255, np.uint8), 3)
+    triton_backend.GATHER_ROOM = 2
     assert tied.ids.tolist() == [[0, 1, 2]] * 3 and tied.distances.tolist() == [[64] * 3] * 3
     items = rng.integers(0, 256, (3000, 8), dtype=np.uint8)
     queries = rng.integers(0, 256, (3, 8), dtype=np.uint8)
@@ -158,7 +160,8 @@ TRITON_CHECK = textwrap.dedent(
     want = reference_topk(queries, items, 200)
     assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), "small tiles"
     # A tight bound that lets fewer than k items through: those queries are redone within the safe bound.
-    triton_backend.TIGHT_MARGIN = 0.01  # the tight bound is each query's nearest sampled item
+    import index.retrieval.chunking as chunking
+    chunking.TIGHT_MARGIN = 0.01  # the tight bound is each query's nearest sampled item
     items = rng.integers(0, 256, (3200, 8), dtype=np.uint8)
     for n_queries in (3, 40):
         queries = rng.integers(0, 256, (n_queries, 8), dtype=np.uint8)

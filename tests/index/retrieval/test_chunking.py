@@ -10,7 +10,9 @@ from index.retrieval.chunking import (
     SAMPLE_BUDGET,
     SAMPLE_FRACTION,
     SAMPLE_PER_QUERY,
+    TIGHT_MARGIN,
     plan_chunks,
+    tight_rank,
 )
 
 
@@ -21,8 +23,8 @@ def test_scratch_memory_stays_within_budget(n_items: int, n_queries: int, k: int
     plan = plan_chunks(n_items, n_queries, k)
     assert 1 <= plan.queries <= MAX_CHUNK and plan.queries & (plan.queries - 1) == 0
     assert min(n_items, 32 * k) <= plan.n_sample <= n_items
-    # the key buffer holds twice the items expected within the sampled bound
-    assert plan.capacity >= min(n_items, 2 * k * n_items // plan.n_sample)
+    # the key buffer holds twice the items expected within the tight bound
+    assert plan.capacity >= min(n_items, 2 * tight_rank(n_items, plan.n_sample, k) * n_items // plan.n_sample)
     if plan.queries > 1:
         assert plan.queries * plan.capacity <= KEY_BUDGET and plan.queries * plan.n_sample <= SAMPLE_BUDGET
 
@@ -33,8 +35,19 @@ def test_a_10m_catalogue_answers_a_batch_of_1024_in_one_chunk() -> None:
 
 
 def test_a_billion_items_cut_the_batch_instead_of_growing_scratch_memory() -> None:
-    plan = plan_chunks(1_000_000_000, 1024, 100)
-    assert 1 < plan.queries < 1024
+    plan = plan_chunks(1_000_000_000, MAX_CHUNK, 100)
+    assert 1 < plan.queries < MAX_CHUNK
     single = plan_chunks(1_000_000_000, 1, 100)
     assert single.n_sample == SAMPLE_PER_QUERY  # a bigger sample per query would cost more than it saves
-    assert single.capacity >= 2 * 100 * 1_000_000_000 // SAMPLE_PER_QUERY
+    assert single.capacity >= 2 * 1_000_000_000 // SAMPLE_PER_QUERY  # the nearest sampled item sets the bound
+
+
+@pytest.mark.parametrize(("n_items", "n_sample", "k", "rank"), [
+    (10_000_000, 65_536, 100, 6),  # ceil(100 · 65,536 / 10M · 8) = ceil(5.2)
+    (1_000_000_000, 65_536, 100, 1),  # never below the nearest sampled item
+    (3_200, 3_200, 20, 20),  # the whole catalogue sampled: the k-th distance is exact
+])  # fmt: skip
+def test_the_tight_bound_lets_margin_times_k_items_through(n_items: int, n_sample: int, k: int, rank: int) -> None:
+    assert tight_rank(n_items, n_sample, k) == rank
+    if 1 < rank < k:
+        assert rank * n_items / n_sample == pytest.approx(TIGHT_MARGIN * k, rel=0.25)
