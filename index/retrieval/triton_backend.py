@@ -435,7 +435,7 @@ class TritonBackend(HammingBackend):
         # key buffer flags at most ``capacity`` tiles; room for 1 / GATHER_ROOM of that per query. A longer list
         # spills, and every query of the chunk is marked to be redone (with counts past their buffers).
         room = n_queries * min(flag_words, max(1, capacity // GATHER_ROOM))
-        entries = torch.nonzero_static(tile_flags, size=room, fill_value=-1)
+        entries = torch.nonzero_static(tile_flags, size=room, fill_value=-1).contiguous()  # CUDA's is column-major
         counts += ((tile_flags != 0).sum() > room).to(torch.int32) * (capacity + 1)
         filled = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
         _gather_kernel[(triton.cdiv(room, GATHER_ENTRIES),)](
