@@ -105,6 +105,7 @@ def _mma_scan_kernel(
     signs_ptr, min_dots_ptr, codes_ptr, counts_ptr, tile_flags_ptr,
     n_padded_queries, n_items, n_tiles, flag_words,
     WORDS: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    ONE_BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Tensor-core pass: which (query, item tile) pairs hold an item within the query's bound.
 
@@ -121,6 +122,11 @@ def _mma_scan_kernel(
     tail_cols = HEAD * 32 + tl.arange(0, max(TAIL, 1) * 32)
     head_next = _code_words(codes_ptr, tl.program_id(0), n_items, BLOCK_N, 0, HEAD, WORDS)
     tail_next = _code_words(codes_ptr, tl.program_id(0), n_items, BLOCK_N, HEAD, max(TAIL, 1), WORDS)
+    if ONE_BLOCK:  # every query in one block: its signs stay in registers for all of the program's tiles
+        q_offs = tl.arange(0, BLOCK_Q)
+        q_rows = q_offs * ((HEAD + TAIL) * 32)
+        head_signs = tl.load(signs_ptr + q_rows[:, None] + head_cols[None, :])
+        tail_signs = tl.load(signs_ptr + q_rows[:, None] + tail_cols[None, :])
     for tile in range(tl.program_id(0), n_tiles, step):
         head_bits = _unpacked(head_next)  # [32 · HEAD, BLOCK_N]
         tail_bits = _unpacked(tail_next)
@@ -132,12 +138,14 @@ def _mma_scan_kernel(
             # Queries are the rows: a row's columns sit in one quad of threads, so the per-query sum over the
             # tile's items needs no exchange between warps (items as rows did: a barrier per block).
             q_offs = q_start + tl.arange(0, BLOCK_Q)
-            q_rows = q_offs * ((HEAD + TAIL) * 32)
-            signs = tl.load(signs_ptr + q_rows[:, None] + head_cols[None, :])
-            dots = tl.dot(signs, head_bits, out_dtype=tl.int32)
+            if not ONE_BLOCK:
+                q_rows = q_offs * ((HEAD + TAIL) * 32)
+                head_signs = tl.load(signs_ptr + q_rows[:, None] + head_cols[None, :])
+                if TAIL > 0:
+                    tail_signs = tl.load(signs_ptr + q_rows[:, None] + tail_cols[None, :])
+            dots = tl.dot(head_signs, head_bits, out_dtype=tl.int32)
             if TAIL > 0:
-                signs = tl.load(signs_ptr + q_rows[:, None] + tail_cols[None, :])
-                dots = tl.dot(signs, tail_bits, dots, out_dtype=tl.int32)
+                dots = tl.dot(tail_signs, tail_bits, dots, out_dtype=tl.int32)
             min_dots = tl.load(min_dots_ptr + q_offs)
             hits = tl.sum(((dots >= min_dots[:, None]) & n_mask[None, :]).to(tl.int32), axis=1)
             listed = hits > 0  # most (query, tile) pairs hold no answer: their atomics are masked off
@@ -416,7 +424,7 @@ class TritonBackend(HammingBackend):
     ) -> None:
         """``collect`` on tensor cores: a scan listing the (query, tile) pairs with an answer, then a gather."""
         n_queries = queries.shape[1]
-        tiles = self.tiles if self.tiles is not None and self.tiles.mma else Tiles(64, 128, 8)
+        tiles = self.tiles if self.tiles is not None and self.tiles.mma else Tiles(64, 128 if self.words <= 8 else 64)
         block_q, block_n = max(16, min(tiles.block_q, next_power_of_two(n_queries))), max(16, tiles.block_n)
         head, tail = mma_words(self.words)
         n_padded = triton.cdiv(n_queries, block_q) * block_q
@@ -428,7 +436,8 @@ class TritonBackend(HammingBackend):
         tile_flags = torch.zeros((n_queries, flag_words), dtype=torch.int32, device=self.device)
         _mma_scan_kernel[(min(n_tiles, self.scan_programs),)](
             signs, min_dots, self.codes, counts, tile_flags, n_padded, self.n_items, n_tiles, flag_words,
-            WORDS=self.words, HEAD=head, TAIL=tail, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=tiles.warps,
+            WORDS=self.words, HEAD=head, TAIL=tail, BLOCK_Q=block_q, BLOCK_N=block_n, ONE_BLOCK=n_padded == block_q,
+            num_warps=tiles.warps,
         )  # fmt: skip
         self._mark("scan (tensor cores)")
         # The flagged words, without a host round trip: a flagged tile holds an answer, so a query within its
