@@ -94,9 +94,17 @@ def _code_words(codes_ptr, tile, n_items, BLOCK_N: tl.constexpr, FIRST: tl.const
 
 @triton.jit
 def _unpacked(words):
-    """``[BLOCK_N, WIDTH]`` words → their bits as int8 0/1, ``[32 · WIDTH, BLOCK_N]`` (bit b of word w at row
-    32·w + b, the order of the query signs' columns)."""
-    bits = ((words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1).to(tl.int8)  # int8 before any layout change
+    """``[BLOCK_N, WIDTH]`` words → their bits as int8 0/1, ``[32 · WIDTH, BLOCK_N]``: bit b of word w at row
+    32·w + r(b), r reversing b's five bits (``BIT_ORDER``, the order of the query signs' columns).
+
+    Five ``join``s double the shifts each time (x, x >> 1; then those, >> 2; …), so each thread holds a whole
+    word's 32 bits side by side and writes them to shared memory in wide stores, not one byte at a time."""
+    spread = tl.join(words, words >> 1)
+    spread = tl.join(spread, spread >> 2)
+    spread = tl.join(spread, spread >> 4)
+    spread = tl.join(spread, spread >> 8)
+    spread = tl.join(spread, spread >> 16)
+    bits = (spread & 1).to(tl.int8)
     return tl.trans(tl.reshape(bits, (words.shape[0], words.shape[1] * 32)))
 
 
@@ -279,9 +287,25 @@ class Tiles:
 
 
 MMA_MIN_QUERIES = 32  # from this batch on, tensor cores beat popcounts (benchmarks/triton_tiles.py)
-SCAN_PROGRAMS_PER_SM = 4
 GATHER_ENTRIES = 16  # flagged words (of 32 tiles each) per gather program
 GATHER_ROOM = 2  # the flagged-word list holds capacity / GATHER_ROOM entries per query
+
+
+BIT_ORDER = [int(f"{b:05b}"[::-1], 2) for b in range(32)]  # column 32·w + c of the MMA operands holds bit r(c)
+
+
+def resident_programs(compiled: Any, warps: int, device: torch.device) -> int:
+    """How many programs of a compiled kernel fit on one SM at once (registers, shared memory, warps); 2 where
+    that is unknown (the interpreter)."""
+    n_regs, shared = getattr(compiled, "n_regs", None), getattr(getattr(compiled, "metadata", None), "shared", None)
+    if not n_regs or shared is None or device.type != "cuda":
+        return 2
+    properties = torch.cuda.get_device_properties(device)
+    regs_per_warp = -(-n_regs * 32 // 256) * 256  # registers are handed out per warp, 256 at a time
+    by_registers = getattr(properties, "regs_per_multiprocessor", 65536) // (regs_per_warp * warps)
+    by_shared = getattr(properties, "shared_memory_per_multiprocessor", 233472) // (shared + 1024)  # 1 KiB/block
+    by_warps = properties.max_threads_per_multi_processor // (32 * warps)
+    return int(max(1, min(by_registers, by_shared, by_warps)))
 
 
 def mma_words(words: int) -> tuple[int, int]:
@@ -293,10 +317,10 @@ def mma_words(words: int) -> tuple[int, int]:
 
 def query_signs(queries: torch.Tensor, words_padded: int, n_padded: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Word-major query words ``[words, q]`` → their bits as ±1 int8, query-major ``[n_padded, 32 · words_padded]``
-    (bit b of word w at column 32·w + b, the order the MMA kernel unpacks item words in; padding is 0, so it
-    adds nothing to a product) and each query's popcount."""
+    (column 32·w + c holds bit ``BIT_ORDER[c]`` of word w, the order ``_unpacked`` leaves item bits in; padding is
+    0, so it adds nothing to a product) and each query's popcount."""
     n_words, n_queries = queries.shape
-    shifts = torch.arange(32, dtype=torch.int32, device=queries.device)
+    shifts = torch.tensor(BIT_ORDER, dtype=torch.int32, device=queries.device)
     bits = ((queries.T[:, :, None] >> shifts[None, None, :]) & 1).reshape(n_queries, n_words * 32)
     signs = torch.zeros((n_padded, words_padded * 32), dtype=torch.int8, device=queries.device)
     signs[:n_queries, : n_words * 32] = (2 * bits - 1).to(torch.int8)
@@ -341,8 +365,8 @@ class TritonBackend(HammingBackend):
         self.graphs = graphs and self.device.type == "cuda" and not INTERPRETED
         # int8 tensor-core products (mma.sync / wgmma) from Ampere on; the interpreter runs them with numpy.
         self.tensor_cores = INTERPRETED or torch.cuda.get_device_capability(self.device) >= (8, 0)
-        sms = 2 if INTERPRETED else torch.cuda.get_device_properties(self.device).multi_processor_count
-        self.scan_programs = sms * SCAN_PROGRAMS_PER_SM  # the persistent scan's programs
+        self.sms = 2 if INTERPRETED else torch.cuda.get_device_properties(self.device).multi_processor_count
+        self._resident: dict[tuple[int, ...], int] = {}  # scan programs that fit on one SM, per kernel variant
         self._captured: OrderedDict[tuple[int, int], _Captured | None] = OrderedDict()
         self._graph_lock = threading.Lock()  # a captured graph's buffers serve one search at a time
         self._marks: list[tuple[str, Any]] | None = None  # CUDA events per phase while profiling
@@ -437,11 +461,15 @@ class TritonBackend(HammingBackend):
         n_tiles = triton.cdiv(self.n_items, block_n)
         flag_words = triton.cdiv(n_tiles, 32)
         tile_flags = torch.zeros((n_queries, flag_words), dtype=torch.int32, device=self.device)
-        _mma_scan_kernel[(min(n_tiles, self.scan_programs),)](
+        variant = (block_q, block_n, tiles.warps, int(n_padded == block_q))
+        programs = min(n_tiles, self.sms * self._resident.get(variant, 2))
+        compiled = _mma_scan_kernel[(programs,)](
             signs, min_dots, self.codes, counts, tile_flags, n_padded, self.n_items, n_tiles, flag_words,
             WORDS=self.words, HEAD=head, TAIL=tail, BLOCK_Q=block_q, BLOCK_N=block_n, ONE_BLOCK=n_padded == block_q,
             num_warps=tiles.warps,
         )  # fmt: skip
+        if variant not in self._resident:  # one wave of persistent programs: as many as fit on an SM at once
+            self._resident[variant] = resident_programs(compiled, tiles.warps, self.device)
         self._mark("scan (tensor cores)")
         # The flagged words, without a host round trip: a flagged tile holds an answer, so a query within its
         # key buffer flags at most ``capacity`` tiles; room for 1 / GATHER_ROOM of that per query. A longer list

@@ -139,18 +139,21 @@ TRITON_CHECK = textwrap.dedent(
         assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), tiles
     # Batches of MMA_MIN_QUERIES or more take the tensor-core kernels: 64-, 256- and 576-bit codes, ragged tiles.
     from index.retrieval.triton_backend import MMA_MIN_QUERIES
-    for n_bytes, n, k in [(8, 700, 5), (32, 500, 50), (72, 300, 300)]:
+    # (A few queries with the MMA kernels forced for the wider codes: the interpreter is slow.)
+    for n_bytes, n, k, n_queries in [(8, 700, 5, MMA_MIN_QUERIES + 3), (32, 500, 50, 3), (72, 300, 300, 3)]:
         items = rng.integers(0, 256, (n, n_bytes), dtype=np.uint8)
-        queries = rng.integers(0, 256, (MMA_MIN_QUERIES + 3, n_bytes), dtype=np.uint8)
-        got, want = TritonBackend(items, device="cpu").search(queries, k), reference_topk(queries, items, k)
+        queries = rng.integers(0, 256, (n_queries, n_bytes), dtype=np.uint8)
+        tiles = None if n_queries >= MMA_MIN_QUERIES else Tiles(16, 64, 4, mma=True)
+        got = TritonBackend(items, device="cpu", tiles=tiles).search(queries, k)
+        want = reference_topk(queries, items, k)
         assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), ("mma", n_bytes)
-    tied = TritonBackend(np.zeros((3000, 8), np.uint8), device="cpu").search(np.full((40, 8), 255, np.uint8), 3)
+    tied = TritonBackend(np.zeros((600, 8), np.uint8), device="cpu").search(np.full((40, 8), 255, np.uint8), 3)
     assert tied.ids.tolist() == [[0, 1, 2]] * 40 and tied.distances.tolist() == [[64] * 3] * 40
     # Small tiles: words of 32 flagged tiles, programs of 16 words, and a list that spills (the redo): every tile
-    # of 3,000 tied items is flagged, 6 words per query, with room for 2.
+    # of 1,600 tied items is flagged, 4 words per query, with room for 1.
     import index.retrieval.triton_backend as triton_backend
     triton_backend.GATHER_ROOM = 1024
-    small = TritonBackend(np.zeros((3000, 8), np.uint8), device="cpu", tiles=Tiles(16, 16, 4, mma=True))
+    small = TritonBackend(np.zeros((1600, 8), np.uint8), device="cpu", tiles=Tiles(16, 16, 4, mma=True))
     tied = small.search(np.full((3, 8), 255, np.uint8), 3)
     triton_backend.GATHER_ROOM = 2
     assert tied.ids.tolist() == [[0, 1, 2]] * 3 and tied.distances.tolist() == [[64] * 3] * 3
@@ -163,10 +166,11 @@ TRITON_CHECK = textwrap.dedent(
     import index.retrieval.chunking as chunking
     chunking.TIGHT_MARGIN = 0.01  # the tight bound is each query's nearest sampled item
     items = rng.integers(0, 256, (3200, 8), dtype=np.uint8)
-    for n_queries in (3, 40):
-        queries = rng.integers(0, 256, (n_queries, 8), dtype=np.uint8)
-        got, want = TritonBackend(items, device="cpu").search(queries, 20), reference_topk(queries, items, 20)
-        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), ("tight", n_queries)
+    queries = rng.integers(0, 256, (3, 8), dtype=np.uint8)
+    for tiles in (None, Tiles(16, 64, 4, mma=True)):
+        got = TritonBackend(items, device="cpu", tiles=tiles).search(queries, 20)
+        want = reference_topk(queries, items, 20)
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), ("tight", tiles)
     print("triton kernels agree")
     """
 )
