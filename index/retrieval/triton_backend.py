@@ -448,10 +448,9 @@ class TritonBackend(HammingBackend):
     ) -> None:
         """``collect`` on tensor cores: a scan listing the (query, tile) pairs with an answer, then a gather."""
         n_queries = queries.shape[1]
-        # 64 × 64, 4 warps, for one query block or codes past 256 bits; 64 × 128 otherwise: the fastest of 8 shapes
-        # at 64/256/576 bits × batch 64/1024 on an H200 (benchmarks/triton_tiles.py --kernels mma).
-        wide = n_queries > 64 and self.words <= 8
-        tiles = self.tiles if self.tiles is not None and self.tiles.mma else Tiles(64, 128 if wide else 64)
+        # 64 × 128, 4 warps: the fastest of 8 shapes at 64/256/576 bits × batch 1024 on an H200, within 10 % at
+        # batch 64 (benchmarks/triton_tiles.py --kernels mma).
+        tiles = self.tiles if self.tiles is not None and self.tiles.mma else Tiles(64, 128)
         block_q, block_n = max(16, min(tiles.block_q, next_power_of_two(n_queries))), max(16, tiles.block_n)
         head, tail = mma_words(self.words)
         n_padded = triton.cdiv(n_queries, block_q) * block_q
