@@ -14,6 +14,7 @@ SAMPLE_BUDGET = 1 << 28  # int16 sampled distances held at once (512 MiB)
 SAMPLE_PER_QUERY = 1 << 16  # the tight bound needs only a few sampled items within it; the sample's top-k costs
 MAX_CHUNK = 4096  # queries per chunk
 TIGHT_MARGIN = 8.0  # the tight bound lets about this many times k items through
+TIGHT_MIN_RANK = 6  # … and is never nearer than the 6th nearest sampled item (see tight_rank)
 
 
 def next_power_of_two(n: int) -> int:
@@ -22,13 +23,15 @@ def next_power_of_two(n: int) -> int:
 
 def tight_rank(n_items: int, n_sample: int, k: int) -> int:
     """Which of a query's nearest sampled items sets its tight bound: about ``TIGHT_MARGIN`` · k of all items are
-    as near as the j-th of ``n_sample``, for j = k · n_sample / n_items · ``TIGHT_MARGIN`` (1 ≤ j ≤ k).
+    as near as the j-th of ``n_sample``, for j = k · n_sample / n_items · ``TIGHT_MARGIN`` (``TIGHT_MIN_RANK`` ≤
+    j ≤ k).
 
     Fewer than k items within it happens when j sampled items are among the true k nearest, whose expected
-    count is k · n_sample / n_items = j / ``TIGHT_MARGIN``: a Poisson tail, below 10⁻⁴ at j ≥ 6; such a query
-    is redone within its safe bound (the k-th sampled distance).
+    count is λ = k · n_sample / n_items: a Poisson tail P(X ≥ j), below 10⁻⁴ at j ≥ max(6, 8λ). Such a query is
+    redone within its safe bound (the k-th sampled distance), whose key buffer is far larger, so a sparse
+    sample (a huge catalogue) takes the 6th nearest rather than the 1st: a looser bound, but no redo.
     """
-    return min(k, max(1, math.ceil(k * n_sample / n_items * TIGHT_MARGIN)))
+    return min(k, max(TIGHT_MIN_RANK, math.ceil(k * n_sample / n_items * TIGHT_MARGIN)))
 
 
 @dataclass(frozen=True)

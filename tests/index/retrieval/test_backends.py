@@ -164,7 +164,7 @@ TRITON_CHECK = textwrap.dedent(
     assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), "small tiles"
     # A tight bound that lets fewer than k items through: those queries are redone within the safe bound.
     import index.retrieval.chunking as chunking
-    chunking.TIGHT_MARGIN = 0.01  # the tight bound is each query's nearest sampled item
+    chunking.TIGHT_MARGIN, chunking.TIGHT_MIN_RANK = 0.01, 1  # the tight bound is each query's nearest sampled item
     items = rng.integers(0, 256, (3200, 8), dtype=np.uint8)
     queries = rng.integers(0, 256, (3, 8), dtype=np.uint8)
     for tiles in (None, Tiles(16, 64, 4, mma=True)):
