@@ -244,6 +244,9 @@ def report(records: list[dict[str, Any]], plot: Path | None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # The newest record of each point (records are appended in time order): one line per backend and panel.
+    newest = {(r["device"], r["backend"], r["n_items"], r["code_bits"], r["batch"]): r for r in records}
+    records = list(newest.values())
     panels = sorted({(r["device"], r["n_items"], r["code_bits"]) for r in records if r["code_bits"] != 2048})
     if not panels:
         return

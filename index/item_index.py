@@ -149,7 +149,7 @@ class ItemIndex:
 
     @property
     def on_gpu(self) -> bool:
-        return self.backend not in ("faiss-cpu", "numpy", "torch-cpu", "faiss-float-cpu")
+        return self.backend not in ("faiss-cpu", "numpy", "numpy+faiss-cpu", "torch-cpu", "faiss-float-cpu")
 
     @property
     def n_items(self) -> int:

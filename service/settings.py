@@ -24,7 +24,7 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="port uvicorn binds")
     workers: int = Field(1, ge=1, description="uvicorn worker processes; each loads its own model and index")
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="where the item index runs")
-    retrieval_backend: Literal["auto", "numpy", "faiss-cpu", "faiss-gpu", "triton", "torch"] = Field(
+    retrieval_backend: Literal["auto", "numpy", "numpy+faiss-cpu", "faiss-cpu", "faiss-gpu", "triton", "torch"] = Field(
         "auto", description="Hamming search backend; 'auto' = the fastest exact one available on the device"
     )
     search_threads: int = Field(

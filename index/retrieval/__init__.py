@@ -5,7 +5,8 @@ Backends: ``faiss-cpu`` (``IndexBinaryFlat``), ``numpy`` (one counting pass on t
 of them sharded over several devices. They return identical ids and distances (ties broken by item id).
 ``auto`` picks, in order: ``triton`` when torch sees a CUDA GPU and Triton is installed, ``faiss-gpu`` when
 FAISS sees a GPU, else the fastest exact CPU backend for the catalogue on our 2-core benchmark
-(BENCHMARKS.md): ``numpy`` up to 200k items of ≤ 128-bit codes, ``faiss-cpu`` beyond.
+(BENCHMARKS.md): ``numpy`` up to 200k items of ≤ 128-bit codes; ``numpy+faiss-cpu`` (counting for batches of
+≤ 16 queries, FAISS for larger ones) up to 4M items of ≤ 64-bit codes; ``faiss-cpu`` beyond.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import numpy as np
 import numpy.typing as npt
 
 from index.retrieval.base import MAX_K, HammingBackend, TopK, reference_topk
-from index.retrieval.counting_backend import CountingBackend, counting_is_faster
+from index.retrieval.by_batch import ByBatchBackend
+from index.retrieval.counting_backend import SMALL_BATCH, CountingBackend, cpu_choice
 from index.retrieval.faiss_backend import FaissBinaryBackend, faiss_gpu_count
 from index.retrieval.sharded import ShardedBackend
 
-BackendName = Literal["auto", "numpy", "faiss-cpu", "faiss-gpu", "triton", "torch"]
-BACKENDS: tuple[BackendName, ...] = ("auto", "numpy", "faiss-cpu", "faiss-gpu", "triton", "torch")
+BackendName = Literal["auto", "numpy", "numpy+faiss-cpu", "faiss-cpu", "faiss-gpu", "triton", "torch"]
+BACKENDS: tuple[BackendName, ...] = ("auto", "numpy", "numpy+faiss-cpu", "faiss-cpu", "faiss-gpu", "triton", "torch")
 GPU_BACKENDS = ("triton", "faiss-gpu")
 
 __all__ = [
@@ -55,7 +57,7 @@ def available_backends() -> list[str]:
         found.append("triton")
     if faiss_gpu_count():
         found.append("faiss-gpu")
-    found += ["faiss-cpu", "numpy", "torch"]
+    found += ["faiss-cpu", "numpy", "numpy+faiss-cpu", "torch"]
     return found
 
 
@@ -64,6 +66,8 @@ def _single(codes: npt.NDArray[np.uint8], name: str, device: int, cpu_index: Any
         return CountingBackend(codes)
     if name == "faiss-cpu":
         return FaissBinaryBackend(codes, cpu_index=cpu_index)
+    if name == "numpy+faiss-cpu":
+        return ByBatchBackend(CountingBackend(codes), FaissBinaryBackend(codes, cpu_index=cpu_index), SMALL_BATCH)
     if name == "faiss-gpu":
         return FaissBinaryBackend(codes, gpu=True, device=device)
     if name == "triton":
@@ -83,22 +87,23 @@ def resolve_backend(
     """The backend ``make_backend`` will build: ``auto`` is the fastest available on ``device``.
 
     On a CPU that depends on the catalogue (``shape`` = items × code bytes): ``numpy`` (one counting pass)
-    for small catalogues of narrow codes, ``faiss-cpu`` beyond.
+    for small catalogues of narrow codes, ``numpy+faiss-cpu`` (by batch size) for millions of 64-bit codes,
+    ``faiss-cpu`` beyond (``cpu_choice``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown retrieval backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
-    cpu_choice = "numpy" if shape is not None and counting_is_faster(shape[0], 8 * shape[1]) else "faiss-cpu"
+    on_cpu = cpu_choice(shape[0], 8 * shape[1]) if shape is not None else "faiss-cpu"
     if device == "cpu":
-        return cpu_choice
+        return on_cpu
     found = available_backends()
     if device == "gpu":
         gpu = [name for name in found if name in GPU_BACKENDS]
         if not gpu:
             raise RuntimeError("device=gpu asked for, but neither Triton with CUDA nor faiss-gpu is usable here")
         return gpu[0]
-    return found[0] if found[0] in GPU_BACKENDS else cpu_choice
+    return found[0] if found[0] in GPU_BACKENDS else on_cpu
 
 
 def make_backend(
@@ -112,7 +117,8 @@ def make_backend(
     """A backend over ``codes``; GPU backends shard over every visible GPU unless ``shards`` says otherwise.
 
     With one GPU, ``shards > 1`` puts several shards on it (catalogues beyond one index's limits).
-    ``cpu_index``: a FAISS ``IndexBinaryFlat`` holding ``codes``, reused by an unsharded ``faiss-cpu``.
+    ``cpu_index``: a FAISS ``IndexBinaryFlat`` holding ``codes``, reused by an unsharded ``faiss-cpu`` (alone or
+    behind ``numpy+faiss-cpu``).
     """
     name = resolve_backend(backend, device, (int(codes.shape[0]), int(codes.shape[1])))
     if name in ("triton", "faiss-gpu") and name not in available_backends():

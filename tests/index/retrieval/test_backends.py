@@ -24,6 +24,7 @@ from index.retrieval import (
     reference_topk,
     resolve_backend,
 )
+from index.retrieval.by_batch import ByBatchBackend
 from index.retrieval.counting_backend import CountingBackend
 from index.retrieval.faiss_backend import FaissBinaryBackend
 from index.retrieval.sharded import ShardedBackend, shard_bounds
@@ -33,6 +34,9 @@ CPU_BACKENDS: dict[str, Callable[[npt.NDArray[np.uint8]], HammingBackend]] = {
     "faiss-cpu": FaissBinaryBackend,
     "numpy": CountingBackend,
     "numpy-in-chunks": lambda codes: CountingBackend(codes, distance_budget=3 * codes.shape[0]),  # 3 queries a pass
+    # The tests search 9 queries at once: the first answers them by counting, the second by FAISS.
+    "by-batch-small": lambda codes: ByBatchBackend(CountingBackend(codes), FaissBinaryBackend(codes), 9),
+    "by-batch-large": lambda codes: ByBatchBackend(CountingBackend(codes), FaissBinaryBackend(codes), 8),
     "torch-cpu": TorchBackend,
     "sharded-faiss": lambda codes: ShardedBackend(codes, 3, lambda part, _: FaissBinaryBackend(part)),
     "sharded-torch": lambda codes: ShardedBackend(codes, 2, lambda part, _: TorchBackend(part, tile_elements=4096)),
@@ -58,6 +62,17 @@ def test_backends_match_the_reference(backend: str, n_bytes: int, n_items: int, 
     assert np.array_equal(got.ids[:, : want.ids.shape[1]], want.ids)
     assert np.array_equal(got.distances[:, : want.ids.shape[1]], want.distances)
     assert (got.ids[:, want.ids.shape[1] :] == -1).all()  # k beyond the catalogue: padded, not invented
+
+
+def test_a_by_batch_backend_routes_batches_by_size_and_refuses_two_catalogues() -> None:
+    items = codes(500, 8)
+    both = ByBatchBackend(CountingBackend(items), FaissBinaryBackend(items), 4)
+    assert both.name == "numpy+faiss-cpu" and both.memory_bytes == 2 * items.nbytes
+    for n_queries in (4, 5):  # counting, then FAISS
+        queries = codes(n_queries, 8, seed=n_queries)
+        assert np.array_equal(both.search(queries, 30).ids, reference_topk(queries, items, 30).ids)
+    with pytest.raises(ValueError, match="same catalogue"):
+        ByBatchBackend(CountingBackend(items), FaissBinaryBackend(items[:400]), 4)
 
 
 def test_reference_breaks_ties_by_item_id() -> None:
@@ -96,7 +111,10 @@ def test_auto_picks_the_cpu_backend_measured_fastest_for_the_catalogue_and_refus
         pytest.skip("this machine has a GPU")
     assert make_backend(codes(10, 8)).name == "numpy"  # few items, narrow codes: one counting pass
     assert make_backend(codes(10, 32)).name == "faiss-cpu"  # 256-bit codes: FAISS's SIMD popcount
-    assert resolve_backend("auto", "cpu", (1_000_000, 8)) == "faiss-cpu"  # millions of items
+    assert resolve_backend("auto", "cpu", (1_000_000, 8)) == "numpy+faiss-cpu"  # millions of 64-bit codes
+    assert make_backend(codes(300_000, 8)).name == "numpy+faiss-cpu"
+    assert resolve_backend("auto", "cpu", (1_000_000, 16)) == "faiss-cpu"  # millions of 128-bit codes
+    assert resolve_backend("auto", "cpu", (5_000_000, 8)) == "faiss-cpu"
     assert resolve_backend("auto", "cpu", (200_000, 16)) == "numpy"
     assert resolve_backend("auto", "cpu") == "faiss-cpu"  # catalogue unknown
     with pytest.raises(RuntimeError, match="needs a GPU"):
