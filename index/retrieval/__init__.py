@@ -6,7 +6,7 @@ of them sharded over several devices. They return identical ids and distances (t
 ``auto`` picks, in order: ``triton`` when torch sees a CUDA GPU and Triton is installed, ``faiss-gpu`` when
 FAISS sees a GPU, else the fastest exact CPU backend for the catalogue on our 2-core benchmark
 (BENCHMARKS.md): ``numpy`` up to 200k items of ≤ 128-bit codes; ``numpy+faiss-cpu`` (counting for batches of
-≤ 16 queries, FAISS for larger ones) up to 4M items of ≤ 64-bit codes; ``faiss-cpu`` beyond.
+≤ 4 queries, FAISS for larger ones) up to 4M items of ≤ 64-bit codes; ``faiss-cpu`` beyond.
 """
 
 from __future__ import annotations
