@@ -67,7 +67,8 @@ def _single(codes: npt.NDArray[np.uint8], name: str, device: int, cpu_index: Any
     if name == "faiss-cpu":
         return FaissBinaryBackend(codes, cpu_index=cpu_index)
     if name == "numpy+faiss-cpu":
-        return ByBatchBackend(CountingBackend(codes), FaissBinaryBackend(codes, cpu_index=cpu_index), SMALL_BATCH)
+        faiss_cpu = FaissBinaryBackend(codes, cpu_index=cpu_index)  # with ``cpu_index``, ``codes`` view its memory
+        return ByBatchBackend(CountingBackend(codes), faiss_cpu, SMALL_BATCH, shared_codes=cpu_index is not None)
     if name == "faiss-gpu":
         return FaissBinaryBackend(codes, gpu=True, device=device)
     if name == "triton":

@@ -18,16 +18,19 @@ from index.retrieval.base import HammingBackend, TopK
 class ByBatchBackend(HammingBackend):
     """``small`` answers batches of up to ``max_small_batch`` queries, ``large`` the rest (same ids and order)."""
 
-    def __init__(self, small: HammingBackend, large: HammingBackend, max_small_batch: int) -> None:
+    def __init__(
+        self, small: HammingBackend, large: HammingBackend, max_small_batch: int, *, shared_codes: bool = False
+    ) -> None:
         if (small.n_items, small.n_bytes) != (large.n_items, large.n_bytes):
             raise ValueError("both backends must hold the same catalogue")
         self.n_items, self.n_bytes = small.n_items, small.n_bytes
         self.small, self.large, self.max_small_batch = small, large, max_small_batch
+        self.shared_codes = shared_codes  # ``small`` views ``large``'s codes (the service's FAISS index)
         self.name = f"{small.name}+{large.name}"
 
     @property
     def memory_bytes(self) -> int:
-        return self.small.memory_bytes + self.large.memory_bytes
+        return self.large.memory_bytes + (0 if self.shared_codes else self.small.memory_bytes)
 
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
         backend = self.small if queries.shape[0] <= self.max_small_batch else self.large

@@ -12,6 +12,8 @@ SAMPLE_FRACTION = 16  # the threshold pass scores at most n_items / 16 items (at
 KEY_BUDGET = 1 << 25  # int64 keys held at once (256 MiB)
 SAMPLE_BUDGET = 1 << 28  # int16 sampled distances held at once (512 MiB)
 SAMPLE_PER_QUERY = 1 << 16  # the tight bound needs only a few sampled items within it; the sample's top-k costs
+FLAG_BUDGET = 1 << 28  # bytes of the tensor-core scan's (query, tile) bitmap held at once (256 MiB)
+FLAG_TILE = 128  # items per bit of that bitmap (the scan's default tile; smaller tiles take more)
 MAX_CHUNK = 4096  # queries per chunk
 TIGHT_MARGIN = 8.0  # the tight bound lets about this many times k items through
 TIGHT_MIN_RANK = 6  # … and is never nearer than the 6th nearest sampled item (see tight_rank)
@@ -34,6 +36,18 @@ def tight_rank(n_items: int, n_sample: int, k: int) -> int:
     return min(k, max(TIGHT_MIN_RANK, math.ceil(k * n_sample / n_items * TIGHT_MARGIN)))
 
 
+def safe_capacity(n_items: int, n_sample: int, k: int) -> int:
+    """Key slots for a query collected within its safe bound (the k-th sampled distance): twice the k · n / s
+    items expected within it, plus slack."""
+    return min(n_items, next_power_of_two(2 * k * n_items // n_sample + 1024))
+
+
+def flag_bytes(n_items: int) -> int:
+    """A query's row of the tensor-core scan's tile bitmap: one bit per ``FLAG_TILE`` items, in 32-bit words."""
+    tiles = math.ceil(n_items / FLAG_TILE)
+    return 4 * math.ceil(tiles / 32)
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
     """How one search is cut: queries per chunk, items sampled for the bound, key slots per query."""
@@ -44,7 +58,7 @@ class ChunkPlan:
 
 
 def plan_chunks(n_items: int, n_queries: int, k: int) -> ChunkPlan:
-    """The largest query chunk (fewest passes over the codes) whose sample and keys fit their budgets.
+    """The largest query chunk (fewest passes over the codes) whose sample, keys and tile bitmap fit their budgets.
 
     The tight bound (``tight_rank``) lets about j · n / s items through for a sample of s items; the key
     buffer is twice that plus slack (more is a rare redo). Fewer sampled items per query let more queries
@@ -55,6 +69,7 @@ def plan_chunks(n_items: int, n_queries: int, k: int) -> ChunkPlan:
         n_sample = min(n_items, max(32 * k, min(n_items // SAMPLE_FRACTION, SAMPLE_PER_QUERY, SAMPLE_BUDGET // step)))
         expected = tight_rank(n_items, n_sample, k) * n_items // n_sample
         capacity = min(n_items, next_power_of_two(2 * expected + 1024))
-        if step == 1 or (step * capacity <= KEY_BUDGET and step * n_sample <= SAMPLE_BUDGET):
+        fits = step * capacity <= KEY_BUDGET and step * n_sample <= SAMPLE_BUDGET
+        if step == 1 or (fits and step * flag_bytes(n_items) <= FLAG_BUDGET):
             return ChunkPlan(step, n_sample, capacity)
         step //= 2

@@ -45,7 +45,14 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from index.retrieval.base import HammingBackend, TopK
-from index.retrieval.chunking import ChunkPlan, next_power_of_two, plan_chunks, tight_rank
+from index.retrieval.chunking import (
+    KEY_BUDGET,
+    ChunkPlan,
+    next_power_of_two,
+    plan_chunks,
+    safe_capacity,
+    tight_rank,
+)
 from index.retrieval.torch_backend import ID_BITS, NO_KEY, split_keys
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter, used by the tests
@@ -85,7 +92,7 @@ def _code_words(codes_ptr, tile, n_items, BLOCK_N: tl.constexpr, FIRST: tl.const
                 WORDS: tl.constexpr):  # fmt: skip
     """Words ``FIRST … FIRST + WIDTH`` of a tile's items, ``[BLOCK_N, WIDTH]``; words past ``WORDS`` and items past
     the catalogue (or a tile past the last) read as zeros."""
-    n_offs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_offs = tile.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # int64: a prefetched tile may pass 2^31 items
     w_offs = FIRST + tl.arange(0, WIDTH)
     rows = w_offs[None, :].to(tl.int64) * n_items  # int64: words · n_items passes 2^31 on large catalogues
     mask = (n_offs < n_items)[:, None] & (w_offs[None, :] < WORDS)
@@ -134,10 +141,12 @@ def _mma_scan_kernel(
         q_offs = tl.arange(0, BLOCK_Q)
         q_rows = q_offs * ((HEAD + TAIL) * 32)
         head_signs = tl.load(signs_ptr + q_rows[:, None] + head_cols[None, :])
-        tail_signs = tl.load(signs_ptr + q_rows[:, None] + tail_cols[None, :])
+        if TAIL > 0:
+            tail_signs = tl.load(signs_ptr + q_rows[:, None] + tail_cols[None, :])
     for tile in range(tl.program_id(0), n_tiles, step):
         head_bits = _unpacked(head_next)  # [32 · HEAD, BLOCK_N]
-        tail_bits = _unpacked(tail_next)
+        if TAIL > 0:
+            tail_bits = _unpacked(tail_next)
         head_next = _code_words(codes_ptr, tile + step, n_items, BLOCK_N, 0, HEAD, WORDS)
         if TAIL > 0:
             tail_next = _code_words(codes_ptr, tile + step, n_items, BLOCK_N, HEAD, TAIL, WORDS)
@@ -252,7 +261,8 @@ class _Chunk:
     safe_bounds: torch.Tensor  # the sample's k-th distance: at least k items are within it
     counts: torch.Tensor
     found: torch.Tensor
-    redo: torch.Tensor  # buffer overflowed, or fewer than k items within the tight bound
+    redo: torch.Tensor  # buffer overflowed, fewer than k items within the tight bound, or the flag list spilled
+    safe_room: int  # key slots a query is expected to need within its safe bound
 
 
 def _pack(chunks: list[_Chunk]) -> torch.Tensor:
@@ -320,7 +330,10 @@ def query_signs(queries: torch.Tensor, words_padded: int, n_padded: int) -> tupl
     (column 32·w + c holds bit ``BIT_ORDER[c]`` of word w, the order ``_unpacked`` leaves item bits in; padding is
     0, so it adds nothing to a product) and each query's popcount."""
     n_words, n_queries = queries.shape
-    shifts = torch.tensor(BIT_ORDER, dtype=torch.int32, device=queries.device)
+    column = torch.arange(32, dtype=torch.int32, device=queries.device)  # on the device: capturable in a CUDA graph
+    shifts = torch.zeros_like(column)
+    for bit in range(5):  # BIT_ORDER: the 5 bits of the column reversed
+        shifts |= ((column >> bit) & 1) << (4 - bit)
     bits = ((queries.T[:, :, None] >> shifts[None, None, :]) & 1).reshape(n_queries, n_words * 32)
     signs = torch.zeros((n_padded, words_padded * 32), dtype=torch.int8, device=queries.device)
     signs[:n_queries, : n_words * 32] = (2 * bits - 1).to(torch.int8)
@@ -428,24 +441,28 @@ class TritonBackend(HammingBackend):
         tight = tight_rank(self.n_items, n_sample, k)
         return nearest[:, tight - 1].contiguous(), nearest[:, k - 1].contiguous()
 
-    def collect(self, queries: torch.Tensor, bounds: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def collect(
+        self, queries: torch.Tensor, bounds: torch.Tensor, capacity: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keys ``distance << 32 | id`` of every item within each query's bound (``capacity`` slots per query,
-        unordered) and how many there were (more than ``capacity``: the buffer overflowed)."""
+        unordered), how many there were (more than ``capacity``: the buffer overflowed), and whether some keys
+        were not written for lack of list room (the tensor-core path's spill; redo the batch with more room)."""
         n_queries = queries.shape[1]
         counts = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
         keys = torch.full((n_queries, capacity), NO_KEY, dtype=torch.int64, device=self.device)
         if self._uses_mma(n_queries):
-            self._collect_mma(queries, bounds, capacity, counts, keys)
+            spilled = self._collect_mma(queries, bounds, capacity, counts, keys)
         else:
             self._launch(
                 _collect_kernel, self.n_items, n_queries,
                 queries, self.codes, bounds, counts, keys, n_queries, self.n_items, capacity,
             )  # fmt: skip
-        return keys, counts
+            spilled = torch.zeros((), dtype=torch.bool, device=self.device)
+        return keys, counts, spilled
 
     def _collect_mma(
         self, queries: torch.Tensor, bounds: torch.Tensor, capacity: int, counts: torch.Tensor, keys: torch.Tensor
-    ) -> None:
+    ) -> torch.Tensor:
         """``collect`` on tensor cores: a scan listing the (query, tile) pairs with an answer, then a gather."""
         n_queries = queries.shape[1]
         # 64 × 128, 4 warps: the fastest of 8 shapes at 64/256/576 bits × batch 1024 on an H200, within 10 % at
@@ -472,10 +489,10 @@ class TritonBackend(HammingBackend):
         self._mark("scan (tensor cores)")
         # The flagged words, without a host round trip: a flagged tile holds an answer, so a query within its
         # key buffer flags at most ``capacity`` tiles; room for 1 / GATHER_ROOM of that per query. A longer list
-        # spills, and every query of the chunk is marked to be redone (with counts past their buffers).
+        # spills (returned: the caller redoes the batch with more room).
         room = n_queries * min(flag_words, max(1, capacity // GATHER_ROOM))
         entries = torch.nonzero_static(tile_flags, size=room, fill_value=-1).contiguous()  # CUDA's is column-major
-        counts += ((tile_flags != 0).sum() > room).to(torch.int32) * (capacity + 1)
+        spilled: torch.Tensor = torch.count_nonzero(tile_flags) > room
         filled = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
         _gather_kernel[(triton.cdiv(room, GATHER_ENTRIES),)](
             queries, self.codes, bounds, tile_flags, entries, filled, keys,
@@ -483,32 +500,53 @@ class TritonBackend(HammingBackend):
             WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_N=block_n, ENTRIES=GATHER_ENTRIES, num_warps=1,
         )  # fmt: skip
         self._mark("gather")
+        return spilled
 
     def _search_chunk(self, queries: torch.Tensor, k: int, plan: ChunkPlan) -> _Chunk:
         """Bound, collect and select without waiting on the GPU; queries to redo are marked, not redone."""
         bounds, safe_bounds = self.bounds(queries, k, plan.n_sample)
         self._mark("bound (top-k of the sample)")
-        keys, counts = self.collect(queries, bounds, plan.capacity)
+        keys, counts, spilled = self.collect(queries, bounds, plan.capacity)
         self._mark("collect pass")
         found = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
         self._mark("select top-k of the keys")
-        redo = (counts > plan.capacity) | (counts < k)
-        return _Chunk(queries, bounds, safe_bounds, counts, found, redo)
+        redo = (counts > plan.capacity) | (counts < k) | spilled
+        safe_room = safe_capacity(self.n_items, plan.n_sample, k)
+        return _Chunk(queries, bounds, safe_bounds, counts, found, redo, safe_room)
 
     def _redo(self, chunk: _Chunk, k: int) -> None:
-        """Queries whose tight bound let fewer than k items through are collected again within their safe bound;
-        buffers that overflowed (many ties at the bound) again with room for every key."""
+        """Collect the flagged queries again: within their safe bound where the tight one let fewer than k items
+        through, with room for every key where a buffer overflowed (many ties at the bound) or the list spilled."""
         redo = torch.nonzero(chunk.redo).flatten()
         counts = chunk.counts[redo]
-        bounds = torch.where(counts < k, chunk.safe_bounds[redo], chunk.bounds[redo]).contiguous()
-        queries, room = chunk.queries[:, redo].contiguous(), max(int(counts.max()), chunk.found.shape[1], 1024)
-        while True:  # at most twice: the second pass knows every count
-            keys, counts = self.collect(queries, bounds, room)
-            if int(counts.max()) <= room:
-                break
-            room = int(counts.max())
-        chunk.found[redo] = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
+        under = counts < k
+        bounds = torch.where(under, chunk.safe_bounds[redo], chunk.bounds[redo]).contiguous()
+        room = max(int(counts.max()), chunk.safe_room if bool(under.any()) else 0, k)
+        queries = chunk.queries[:, redo].contiguous()
+        chunk.found[redo] = self._exact_keys(queries, bounds, chunk.safe_bounds[redo].contiguous(), k, room)
         self._mark("redo")
+
+    def _exact_keys(
+        self, queries: torch.Tensor, bounds: torch.Tensor, safe_bounds: torch.Tensor, k: int, room: int
+    ) -> torch.Tensor:
+        """The k nearest keys of each query, collecting until every one is complete: a bound that let fewer than
+        k items through is replaced by the safe one, an overflow or a spill is collected again with more room.
+        Queries go in batches of at most ``KEY_BUDGET`` keys (a single query may need more)."""
+        step = max(1, KEY_BUDGET // room)
+        if queries.shape[1] > step:
+            return torch.cat([
+                self._exact_keys(queries[:, s : s + step].contiguous(), bounds[s : s + step],
+                                 safe_bounds[s : s + step], k, room)
+                for s in range(0, queries.shape[1], step)
+            ])  # fmt: skip
+        keys, counts, spilled = self.collect(queries, bounds, room)
+        under = counts < k  # only a tight bound: the safe one holds k sampled items
+        if bool(under.any()):
+            return self._exact_keys(queries, torch.where(under, safe_bounds, bounds), safe_bounds, k, room)
+        most = int(counts.max())
+        if most > room or bool(spilled):
+            return self._exact_keys(queries, bounds, safe_bounds, k, max(most, 2 * room if bool(spilled) else room))
+        return torch.topk(keys, k, dim=1, largest=False, sorted=True).values
 
     def _capture(self, n_queries: int, k: int) -> _Captured | None:
         """The search of ``n_queries`` × ``k`` as a CUDA graph (captured once, kept in a small LRU)."""

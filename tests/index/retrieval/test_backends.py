@@ -68,9 +68,14 @@ def test_a_by_batch_backend_routes_batches_by_size_and_refuses_two_catalogues() 
     items = codes(500, 8)
     both = ByBatchBackend(CountingBackend(items), FaissBinaryBackend(items), 4)
     assert both.name == "numpy+faiss-cpu" and both.memory_bytes == 2 * items.nbytes
-    for n_queries in (4, 5):  # counting, then FAISS
+    answered: list[str] = []
+    for part in (both.small, both.large):
+        search = part._search
+        part._search = lambda q, k, search=search, name=part.name: answered.append(name) or search(q, k)  # type: ignore[method-assign]
+    for n_queries in (4, 5):
         queries = codes(n_queries, 8, seed=n_queries)
         assert np.array_equal(both.search(queries, 30).ids, reference_topk(queries, items, 30).ids)
+    assert answered == ["numpy", "faiss-cpu"]  # 4 queries by counting, 5 by FAISS
     with pytest.raises(ValueError, match="same catalogue"):
         ByBatchBackend(CountingBackend(items), FaissBinaryBackend(items[:400]), 4)
 
@@ -180,6 +185,12 @@ TRITON_CHECK = textwrap.dedent(
     got = TritonBackend(items, device="cpu", tiles=Tiles(16, 16, 4, mma=True)).search(queries, 200)
     want = reference_topk(queries, items, 200)
     assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), "small tiles"
+    # Several query blocks (40 queries, blocks of 16): the signs are loaded per block, not held.
+    items = rng.integers(0, 256, (700, 12), dtype=np.uint8)
+    queries = rng.integers(0, 256, (40, 12), dtype=np.uint8)
+    got = TritonBackend(items, device="cpu", tiles=Tiles(16, 64, 4, mma=True)).search(queries, 40)
+    want = reference_topk(queries, items, 40)
+    assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), "query blocks"
     # A tight bound that lets fewer than k items through: those queries are redone within the safe bound.
     import index.retrieval.chunking as chunking
     chunking.TIGHT_MARGIN, chunking.TIGHT_MIN_RANK = 0.01, 1  # the tight bound is each query's nearest sampled item
@@ -189,6 +200,11 @@ TRITON_CHECK = textwrap.dedent(
         got = TritonBackend(items, device="cpu", tiles=tiles).search(queries, 20)
         want = reference_topk(queries, items, 20)
         assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), ("tight", tiles)
+    # … and while the flag list spills: the redo must still switch those queries to their safe bound.
+    triton_backend.GATHER_ROOM = 4096
+    got = TritonBackend(items, device="cpu", tiles=Tiles(16, 64, 4, mma=True)).search(queries, 20)
+    want = reference_topk(queries, items, 20)
+    assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), "tight and spilled"
     print("triton kernels agree")
     """
 )

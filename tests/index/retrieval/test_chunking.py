@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from index.retrieval.chunking import (
+    FLAG_BUDGET,
     KEY_BUDGET,
     MAX_CHUNK,
     SAMPLE_BUDGET,
@@ -12,6 +13,7 @@ from index.retrieval.chunking import (
     SAMPLE_PER_QUERY,
     TIGHT_MARGIN,
     TIGHT_MIN_RANK,
+    flag_bytes,
     plan_chunks,
     tight_rank,
 )
@@ -35,6 +37,12 @@ def test_a_10m_catalogue_answers_a_batch_of_1024_in_one_chunk() -> None:
     assert plan.queries == 1024 and plan.n_sample < 10_000_000 // SAMPLE_FRACTION
 
 
+def test_the_tile_bitmap_stays_within_budget_for_a_billion_items() -> None:
+    plan = plan_chunks(1_000_000_000, MAX_CHUNK, 1)
+    assert plan.queries * flag_bytes(1_000_000_000) <= FLAG_BUDGET < 2 * plan.queries * flag_bytes(1_000_000_000)
+    assert flag_bytes(128 * 32) == 4 and flag_bytes(128 * 32 + 1) == 8  # one bit per 128 items, whole words
+
+
 def test_a_billion_items_cut_the_batch_instead_of_growing_scratch_memory() -> None:
     plan = plan_chunks(1_000_000_000, MAX_CHUNK, 100)
     assert 1 < plan.queries < MAX_CHUNK
@@ -44,7 +52,8 @@ def test_a_billion_items_cut_the_batch_instead_of_growing_scratch_memory() -> No
 
 
 @pytest.mark.parametrize(("n_items", "n_sample", "k", "rank"), [
-    (10_000_000, 65_536, 100, 6),  # ceil(100 · 65,536 / 10M · 8) = ceil(5.2)
+    (10_000_000, 65_536, 100, 6),  # ceil(100 · 65,536 / 10M · 8) = ceil(5.2): held at the minimum rank
+    (1_000_000, 65_536, 100, 53),  # ceil(52.4): 53 · 1M / 65,536 ≈ 809 items pass
     (1_000_000_000, 65_536, 100, 6),  # a sparse sample: never nearer than its 6th nearest item (no redo)
     (3_200, 3_200, 20, 20),  # the whole catalogue sampled: the k-th distance is exact
 ])  # fmt: skip
