@@ -317,7 +317,7 @@ def resident_programs(compiled: Any, warps: int, device: torch.device) -> int:
     by_registers = getattr(properties, "regs_per_multiprocessor", 65536) // (regs_per_warp * warps)
     by_shared = getattr(properties, "shared_memory_per_multiprocessor", 233472) // (shared + 1024)  # 1 KiB/block
     by_warps = properties.max_threads_per_multi_processor // (32 * warps)
-    return int(max(1, min(by_registers, by_shared, by_warps)))
+    return int(max(1, min(by_registers, by_shared, by_warps, 32)))  # 32 resident blocks per SM at most
 
 
 def mma_words(words: int) -> tuple[int, int]:

@@ -196,6 +196,9 @@ TRITON_CHECK = textwrap.dedent(
     chunking.TIGHT_MARGIN, chunking.TIGHT_MIN_RANK = 0.01, 1  # the tight bound is each query's nearest sampled item
     items = rng.integers(0, 256, (3200, 8), dtype=np.uint8)
     queries = rng.integers(0, 256, (3, 8), dtype=np.uint8)
+    redone = []  # queries each search redid: the checks below must take that path
+    redo = TritonBackend._redo
+    TritonBackend._redo = lambda self, chunk, k: redone.append(int(chunk.redo.sum())) or redo(self, chunk, k)
     for tiles in (None, Tiles(16, 64, 4, mma=True)):
         got = TritonBackend(items, device="cpu", tiles=tiles).search(queries, 20)
         want = reference_topk(queries, items, 20)
@@ -205,6 +208,7 @@ TRITON_CHECK = textwrap.dedent(
     got = TritonBackend(items, device="cpu", tiles=Tiles(16, 64, 4, mma=True)).search(queries, 20)
     want = reference_topk(queries, items, 20)
     assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), "tight and spilled"
+    assert len(redone) == 3 and min(redone) >= 1, redone
     print("triton kernels agree")
     """
 )
