@@ -7,12 +7,8 @@
 # Arguments go to quality.py, e.g.: --datasets gowalla --parallel 5 --extra "--max-minutes 2.5"
 # Records: $OUT/quality.json, run logs: $OUT/logs/, table: stdout.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
-export RECSYS_COMMIT=${RECSYS_COMMIT:-unknown}  # no .git travels to the device
-OUT=${OUT:-/tmp/out}
+source benchmarks/device_setup.sh
 mkdir -p "$OUT/logs"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 status=0
 python3 benchmarks/quality.py --data-dir .carry/data --out "$OUT/quality.json" --logs "$OUT/logs" \
     --bundle-root /tmp/quality-bundles "$@" || status=$?

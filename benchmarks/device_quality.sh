@@ -7,13 +7,7 @@
 # Each argument is one run: "NAME:recsys-train options", e.g. "fp_a:--method fp --lr 1e-3".
 # Records go to $OUT/quality.json, logs to $OUT/NAME.log.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
-# No .git travels to the device: pass the revision in, e.g. RECSYS_COMMIT=$(git rev-parse --short HEAD).
-export RECSYS_COMMIT=${RECSYS_COMMIT:-unknown}
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+source benchmarks/device_setup.sh
 DATASET=${DATASET:-gowalla}
 pids=()
 for spec in "$@"; do

@@ -10,12 +10,7 @@
 #   bash benchmarks/device_retrieval.sh            # everything (about 5 minutes on an H200)
 #   SKIP_PEERS=1 bash benchmarks/device_retrieval.sh
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
-export RECSYS_COMMIT=${RECSYS_COMMIT:-unknown}
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+source benchmarks/device_setup.sh
 rows() { grep -E '^\| ' | grep -v floor-bytes || true; }
 python3 -m pytest -q -m gpu tests/index/retrieval/test_backends.py -p no:cacheprovider 2>&1 | tail -n 3
 python3 benchmarks/retrieval.py --backends triton --shards 1 --n-items 10000000 --bits 64 256 576 \
