@@ -36,10 +36,15 @@ def tight_rank(n_items: int, n_sample: int, k: int) -> int:
     return min(k, max(TIGHT_MIN_RANK, math.ceil(k * n_sample / n_items * TIGHT_MARGIN)))
 
 
+def key_slots(n_items: int, n_sample: int, rank: int) -> int:
+    """Key slots for a query collected within the ``rank``-th of its nearest sampled distances: twice the
+    rank · n / s items expected within it, plus slack."""
+    return min(n_items, next_power_of_two(2 * (rank * n_items // n_sample) + 1024))
+
+
 def safe_capacity(n_items: int, n_sample: int, k: int) -> int:
-    """Key slots for a query collected within its safe bound (the k-th sampled distance): twice the k · n / s
-    items expected within it, plus slack."""
-    return min(n_items, next_power_of_two(2 * k * n_items // n_sample + 1024))
+    """Key slots for a query collected within its safe bound (the k-th sampled distance)."""
+    return key_slots(n_items, n_sample, k)
 
 
 def flag_bytes(n_items: int) -> int:
@@ -67,8 +72,7 @@ def plan_chunks(n_items: int, n_queries: int, k: int) -> ChunkPlan:
     step = min(MAX_CHUNK, next_power_of_two(n_queries))
     while True:
         n_sample = min(n_items, max(32 * k, min(n_items // SAMPLE_FRACTION, SAMPLE_PER_QUERY, SAMPLE_BUDGET // step)))
-        expected = tight_rank(n_items, n_sample, k) * n_items // n_sample
-        capacity = min(n_items, next_power_of_two(2 * expected + 1024))
+        capacity = key_slots(n_items, n_sample, tight_rank(n_items, n_sample, k))
         fits = step * capacity <= KEY_BUDGET and step * n_sample <= SAMPLE_BUDGET
         if step == 1 or (fits and step * flag_bytes(n_items) <= FLAG_BUDGET):
             return ChunkPlan(step, n_sample, capacity)
