@@ -46,6 +46,7 @@ from triton.language.extra import libdevice
 
 from index.retrieval.base import HammingBackend, TopK
 from index.retrieval.chunking import (
+    FLAG_TILE,
     KEY_BUDGET,
     ChunkPlan,
     next_power_of_two,
@@ -102,7 +103,7 @@ def _code_words(codes_ptr, tile, n_items, BLOCK_N: tl.constexpr, FIRST: tl.const
 @triton.jit
 def _unpacked(words):
     """``[BLOCK_N, WIDTH]`` words → their bits as int8 0/1, ``[32 · WIDTH, BLOCK_N]``: bit b of word w at row
-    32·w + r(b), r reversing b's five bits (``BIT_ORDER``, the order of the query signs' columns).
+    32·w + r(b), r reversing b's five bits (the order of the query signs' columns, ``query_signs``).
 
     Five ``join``s double the shifts each time (x, x >> 1; then those, >> 2; …), so each thread holds a whole
     word's 32 bits side by side and writes them to shared memory in wide stores, not one byte at a time."""
@@ -303,9 +304,6 @@ GATHER_ENTRIES = 16  # flagged words (of 32 tiles each) per gather program
 GATHER_ROOM = 2  # the flagged-word list holds capacity / GATHER_ROOM entries per query
 
 
-BIT_ORDER = [int(f"{b:05b}"[::-1], 2) for b in range(32)]  # column 32·w + c of the MMA operands holds bit r(c)
-
-
 def resident_programs(compiled: Any, warps: int, device: torch.device) -> int:
     """How many programs of a compiled kernel fit on one SM at once (registers, shared memory, warps); 2 where
     that is unknown (the interpreter)."""
@@ -329,12 +327,12 @@ def mma_words(words: int) -> tuple[int, int]:
 
 def query_signs(queries: torch.Tensor, words_padded: int, n_padded: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Word-major query words ``[words, q]`` → their bits as ±1 int8, query-major ``[n_padded, 32 · words_padded]``
-    (column 32·w + c holds bit ``BIT_ORDER[c]`` of word w, the order ``_unpacked`` leaves item bits in; padding is
-    0, so it adds nothing to a product) and each query's popcount."""
+    (column 32·w + c holds bit r(c) of word w, r reversing c's five bits: the order ``_unpacked`` leaves item
+    bits in; padding is 0, so it adds nothing to a product) and each query's popcount."""
     n_words, n_queries = queries.shape
     column = torch.arange(32, dtype=torch.int32, device=queries.device)  # on the device: capturable in a CUDA graph
     shifts = torch.zeros_like(column)
-    for bit in range(5):  # BIT_ORDER: the 5 bits of the column reversed
+    for bit in range(5):  # r(c): the five bits of the column reversed
         shifts |= ((column >> bit) & 1) << (4 - bit)
     bits = ((queries.T[:, :, None] >> shifts[None, None, :]) & 1).reshape(n_queries, n_words * 32)
     signs = torch.zeros((n_padded, words_padded * 32), dtype=torch.int8, device=queries.device)
@@ -469,7 +467,7 @@ class TritonBackend(HammingBackend):
         n_queries = queries.shape[1]
         # 64 × 128, 4 warps: the fastest of 8 shapes at 64/256/576 bits × batch 1024 on an H200, within 10 % at
         # batch 64 (benchmarks/triton_tiles.py --kernels mma).
-        tiles = self.tiles if self.tiles is not None and self.tiles.mma else Tiles(64, 128)
+        tiles = self.tiles if self.tiles is not None and self.tiles.mma else Tiles(64, FLAG_TILE)  # plan's tile
         block_q, block_n = max(16, min(tiles.block_q, next_power_of_two(n_queries))), max(16, tiles.block_n)
         head, tail = mma_words(self.words)
         n_padded = triton.cdiv(n_queries, block_q) * block_q
