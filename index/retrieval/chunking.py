@@ -17,6 +17,7 @@ FLAG_TILE = 128  # items per bit of that bitmap (the scan's default tile; smalle
 MAX_CHUNK = 4096  # queries per chunk
 TIGHT_MARGIN = 8.0  # the tight bound lets about this many times k items through
 TIGHT_MIN_RANK = 6  # … and is never nearer than the 6th nearest sampled item (see tight_rank)
+SAMPLE_GROUP = 16  # the sample kernel keeps one (the nearest) of each group of up to this many sampled items
 
 
 def next_power_of_two(n: int) -> int:
@@ -34,6 +35,19 @@ def tight_rank(n_items: int, n_sample: int, k: int) -> int:
     sample (a huge catalogue) takes the 6th nearest rather than the 1st: a looser bound, but no redo.
     """
     return min(k, max(TIGHT_MIN_RANK, math.ceil(k * n_sample / n_items * TIGHT_MARGIN)))
+
+
+def sample_group(n_sample: int, k: int) -> int:
+    """How many consecutive sampled items share one kept distance, their minimum: a power of two up to
+    ``SAMPLE_GROUP`` leaving at least 32 · k groups.
+
+    The k-th smallest of the group minima is still a safe bound (k distinct groups, so k distinct items, lie
+    within it) and barely looser: two of a query's k nearest sampled items share a group about k² · g / (2 · s)
+    times, ~1.3 for k = 100, g = 16, s = 62,500. The bound's top-k then sorts 1/g of the distances (at 1M items
+    × 1,024 queries that top-k took 0.55 ms of a 3 ms search on an H200).
+    """
+    room = max(1, n_sample // (32 * k))
+    return min(SAMPLE_GROUP, 1 << (room.bit_length() - 1))
 
 
 def key_slots(n_items: int, n_sample: int, rank: int) -> int:

@@ -52,6 +52,7 @@ from index.retrieval.chunking import (
     next_power_of_two,
     plan_chunks,
     safe_capacity,
+    sample_group,
     tight_rank,
 )
 from index.retrieval.torch_backend import ID_BITS, NO_KEY, split_keys
@@ -211,17 +212,22 @@ def _gather_kernel(
 
 @triton.jit
 def _sample_kernel(
-    queries_ptr, codes_ptr, out_ptr, n_queries, n_items, n_sample,
-    WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    queries_ptr, codes_ptr, out_ptr, n_queries, n_items, n_sample, n_groups,
+    WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr,
 ):  # fmt: skip
+    """Distances of the first ``n_sample`` items, the nearest of each ``GROUP`` consecutive ones kept
+    (``sample_group``): ``[n_queries, n_groups]`` int16."""
     q_offs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     n_offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     q_mask, n_mask = q_offs < n_queries, n_offs < n_sample
     distances = _tile_distances(
         queries_ptr, codes_ptr, q_offs, n_offs, q_mask, n_mask, n_queries, n_items, WORDS, USE_POPC, BLOCK_Q, BLOCK_N
     )
-    out = out_ptr + q_offs[:, None].to(tl.int64) * n_sample + n_offs[None, :]
-    tl.store(out, distances.to(tl.int16), mask=q_mask[:, None] & n_mask[None, :])
+    distances = tl.where(n_mask[None, :], distances, 1 << 15)  # past the sample: never a group's minimum
+    nearest = tl.min(tl.reshape(distances, (BLOCK_Q, BLOCK_N // GROUP, GROUP)), axis=2)
+    g_offs = tl.program_id(0) * (BLOCK_N // GROUP) + tl.arange(0, BLOCK_N // GROUP)
+    out = out_ptr + q_offs[:, None].to(tl.int64) * n_groups + g_offs[None, :]
+    tl.store(out, nearest.to(tl.int16), mask=q_mask[:, None] & (g_offs < n_groups)[None, :])
 
 
 @triton.jit
@@ -272,8 +278,17 @@ def _pack(chunks: list[_Chunk]) -> torch.Tensor:
     return torch.cat([chunk.found.flatten() for chunk in chunks] + [chunk.redo.to(torch.int64) for chunk in chunks])
 
 
-GRAPH_MAX_QUERIES = 16  # smaller searches replay a captured CUDA graph: they are bound by launches, not work
-GRAPH_CACHE = 16  # captured (queries, k) shapes kept per backend; both are rounded up to powers of two
+# Searches of up to this many queries replay a captured CUDA graph when the plan is one chunk: below a few
+# milliseconds of GPU work a search is bound by its ~25 launches from Python, not by the work (1M items × 64
+# queries: 1.6–1.9 ms eager on an H200, most of it the GPU waiting for the host).
+GRAPH_MAX_QUERIES = 1024
+GRAPH_CACHE = 16  # captured (queries, k) shapes kept per backend (see ``graph_queries``; k to a power of two)
+
+
+def graph_queries(n_queries: int) -> int:
+    """The batch a search of ``n_queries`` is captured at: a power of two up to 64, then a multiple of 64 (a
+    batch of 600 pads to 640, not 1024), so few shapes cover every batch and padding costs at most ~10 %."""
+    return next_power_of_two(n_queries) if n_queries <= 64 else -(-n_queries // 64) * 64
 
 
 @dataclass(frozen=True)
@@ -381,6 +396,10 @@ class TritonBackend(HammingBackend):
         self.sms = 2 if INTERPRETED else torch.cuda.get_device_properties(self.device).multi_processor_count
         self._resident: dict[tuple[int, ...], int] = {}  # scan programs that fit on one SM, per kernel variant
         self._captured: OrderedDict[tuple[int, int], _Captured | None] = OrderedDict()
+        # One memory pool for every captured graph: replays are serialised by the lock below and each one's
+        # answers are read before the next, so their scratch (sample, keys, bitmap) can share memory and the
+        # pool holds the largest shape's scratch, not the sum over all cached shapes.
+        self._graph_pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self._graph_lock = threading.Lock()  # a captured graph's buffers serve one search at a time
         self._marks: list[tuple[str, Any]] | None = None  # CUDA events per phase while profiling
 
@@ -412,15 +431,19 @@ class TritonBackend(HammingBackend):
             return self.tiles.mma and self.tensor_cores
         return self.tensor_cores and n_queries >= MMA_MIN_QUERIES
 
-    def _launch(self, kernel: Any, n_cols: int, n_queries: int, *args: Any) -> None:
+    def _popcount_tiles(self, n_queries: int) -> Tiles:
         # 16 × 128, 4 warps: the fastest of 18 shapes at batch 64 and 1024 on an H100 (benchmarks/triton_tiles.py).
         given = self.tiles if self.tiles is not None and not self.tiles.mma else None  # tiles for the popcount kernels
         tiles = given or Tiles(16, 128 if n_queries >= 16 else 256)
-        block_q, block_n = min(tiles.block_q, next_power_of_two(n_queries)), tiles.block_n
-        grid = (triton.cdiv(n_cols, block_n), triton.cdiv(n_queries, block_q))
+        return Tiles(min(tiles.block_q, next_power_of_two(n_queries)), tiles.block_n, tiles.warps, mma=False)
+
+    def _launch(self, kernel: Any, n_cols: int, n_queries: int, *args: Any, **constexprs: Any) -> None:
+        tiles = self._popcount_tiles(n_queries)
+        grid = (triton.cdiv(n_cols, tiles.block_n), triton.cdiv(n_queries, tiles.block_q))
         kernel[grid](
-            *args, WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=tiles.warps
-        )
+            *args, WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_Q=tiles.block_q, BLOCK_N=tiles.block_n,
+            num_warps=tiles.warps, **constexprs,
+        )  # fmt: skip
 
     def bounds(self, queries: torch.Tensor, k: int, n_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each query's (tight, safe) bounds from the distances of the first ``n_sample`` items.
@@ -431,10 +454,13 @@ class TritonBackend(HammingBackend):
         such a query is redone with the safe bound.
         """
         n_queries = queries.shape[1]
-        sample = torch.empty((n_queries, n_sample), dtype=torch.int16, device=self.device)
+        group = min(sample_group(n_sample, k), self._popcount_tiles(n_queries).block_n)  # a tile holds whole groups
+        n_groups = -(-n_sample // group)
+        sample = torch.empty((n_queries, n_groups), dtype=torch.int16, device=self.device)
         self._launch(
-            _sample_kernel, n_sample, n_queries, queries, self.codes, sample, n_queries, self.n_items, n_sample
-        )
+            _sample_kernel, n_sample, n_queries,
+            queries, self.codes, sample, n_queries, self.n_items, n_sample, n_groups, GROUP=group,
+        )  # fmt: skip
         self._mark("sample distances")
         # top-k's radix select, not kthvalue's sort.
         nearest = torch.topk(sample, k, dim=1, largest=False, sorted=True).values.to(torch.int32)
@@ -564,7 +590,7 @@ class TritonBackend(HammingBackend):
                 self._search_chunk(words, k, plan)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # shards capture from their threads
+            with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):  # per-shard thread
                 chunk = self._search_chunk(words, k, plan)
                 packed = _pack([chunk])
             captured = _Captured(words, graph, chunk, packed)
@@ -574,9 +600,9 @@ class TritonBackend(HammingBackend):
         return captured
 
     def _search_graphed(self, queries: npt.NDArray[np.uint8], k: int) -> TopK | None:
-        """Replay a captured search: queries padded to a power of two, k rounded up (its first k are exact)."""
+        """Replay a captured search: queries padded (``graph_queries``), k rounded up (its first k are exact)."""
         n_queries = queries.shape[0]
-        n_padded, k_padded = next_power_of_two(n_queries), min(next_power_of_two(k), self.n_items)
+        n_padded, k_padded = graph_queries(n_queries), min(next_power_of_two(k), self.n_items)
         with self._graph_lock:
             captured = self._capture(n_padded, k_padded)
             if captured is None:

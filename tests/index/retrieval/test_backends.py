@@ -139,6 +139,23 @@ TRITON_CHECK = textwrap.dedent(
         queries = rng.integers(0, 256, (3, n_bytes), dtype=np.uint8)
         got, want = TritonBackend(items, device="cpu").search(queries, k), reference_topk(queries, items, k)
         assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), (n_bytes, k)
+    # The sample keeps each group's nearest (sample_group: 16 items per group at k = 1, 8 at k = 2 for 562
+    # sampled of 9,000): its bounds are the k-th of those minima, and the search stays exact.
+    import torch
+    from index.retrieval.chunking import plan_chunks, sample_group
+    from index.retrieval.triton_backend import word_major
+    items = rng.integers(0, 256, (9000, 8), dtype=np.uint8)
+    queries = rng.integers(0, 256, (4, 8), dtype=np.uint8)
+    backend = TritonBackend(items, device="cpu")
+    for k, group in ((1, 16), (2, 8)):
+        n_sample = plan_chunks(9000, 4, k).n_sample
+        assert n_sample == 562 and sample_group(n_sample, k) == group
+        sampled = np.unpackbits(queries[:, None, :] ^ items[None, :n_sample, :], axis=2).sum(axis=2)
+        minima = np.stack([sampled[:, s : s + group].min(axis=1) for s in range(0, n_sample, group)], axis=1)
+        _, safe = backend.bounds(torch.from_numpy(word_major(queries)), k, n_sample)
+        assert safe.tolist() == np.sort(minima, axis=1)[:, k - 1].tolist(), (k, group)
+        got, want = backend.search(queries, k), reference_topk(queries, items, k)
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), ("group", k)
     # Every item ties: the sampled bound lets all 3000 through, past the key buffer -> the overflow redo.
     tied = TritonBackend(np.zeros((3000, 8), np.uint8), device="cpu").search(np.full((2, 8), 255, np.uint8), 3)
     assert tied.ids.tolist() == [[0, 1, 2]] * 2 and tied.distances.tolist() == [[64] * 3] * 2
@@ -247,22 +264,26 @@ def test_gpu_backends_match_the_reference(n_bytes: int) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs CUDA and Triton")
-def test_small_triton_searches_replayed_as_cuda_graphs_stay_exact() -> None:
+def test_triton_searches_replayed_as_cuda_graphs_stay_exact() -> None:
     from index.retrieval.triton_backend import TritonBackend
 
     items = codes(300_000, 32)
     graphed, plain = TritonBackend(items), TritonBackend(items, graphs=False)
-    for n_queries, k in [(1, 1), (1, 100), (3, 10), (5, 257), (16, 100), (16, 1000)]:
+    # Popcount searches (under 32 queries) and tensor-core ones (33 pads to 64, 100 to 128, 1000 to 1024).
+    shapes = [(1, 1), (1, 100), (3, 10), (5, 257), (16, 100), (16, 1000), (33, 10), (64, 100), (100, 100), (1000, 100)]
+    for n_queries, k in shapes:
         queries = codes(n_queries, 32, seed=n_queries + k)
         want = reference_topk(queries, items, k)
         for backend in (graphed, graphed, plain):  # the second graphed call replays the captured graph
             got = backend.search(queries, k)
             assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), (n_queries, k)
+    captured = graphed._captured
+    assert None not in captured.values() and (128, 128) in captured and (1024, 128) in captured
     # Every item ties: the replayed search overflows its key buffer and is redone outside the graph.
     tied = TritonBackend(np.zeros((50_000, 8), np.uint8))
-    for _ in range(2):
-        found = tied.search(np.full((2, 8), 255, np.uint8), 5)
-        assert found.ids.tolist() == [[0, 1, 2, 3, 4]] * 2 and (found.distances == 64).all()
+    for n_queries in (2, 2, 64, 64):
+        found = tied.search(np.full((n_queries, 8), 255, np.uint8), 5)
+        assert found.ids.tolist() == [[0, 1, 2, 3, 4]] * n_queries and (found.distances == 64).all()
     # Threads share one backend: each search holds the captured graph's buffers alone.
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda seed: graphed.search(codes(2, 32, seed=seed), 50), range(16)))

@@ -10,11 +10,13 @@ from index.retrieval.chunking import (
     MAX_CHUNK,
     SAMPLE_BUDGET,
     SAMPLE_FRACTION,
+    SAMPLE_GROUP,
     SAMPLE_PER_QUERY,
     TIGHT_MARGIN,
     TIGHT_MIN_RANK,
     flag_bytes,
     plan_chunks,
+    sample_group,
     tight_rank,
 )
 
@@ -61,3 +63,11 @@ def test_the_tight_bound_lets_margin_times_k_items_through(n_items: int, n_sampl
     assert tight_rank(n_items, n_sample, k) == rank
     if rank < k and k * n_sample / n_items * TIGHT_MARGIN >= TIGHT_MIN_RANK:  # not held at the minimum rank
         assert rank * n_items / n_sample == pytest.approx(TIGHT_MARGIN * k, rel=0.25)
+
+
+@pytest.mark.parametrize(
+    ("n_sample", "k", "group"), [(62_500, 100, 16), (65_536, 1000, 2), (3_200, 100, 1), (100, 100, 1)]
+)
+def test_the_sample_keeps_one_distance_per_group_while_32_k_groups_remain(n_sample: int, k: int, group: int) -> None:
+    assert sample_group(n_sample, k) == group
+    assert group <= SAMPLE_GROUP and (group == 1 or n_sample // group >= 32 * k)
