@@ -590,7 +590,10 @@ class TritonBackend(HammingBackend):
                 self._search_chunk(words, k, plan)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):  # per-shard thread
+            # Captured on this search's own stream: torch's default capture stream is one per process, and the
+            # shards of a catalogue on one GPU capture at once from their threads.
+            capture = torch.cuda.graph(graph, pool=self._graph_pool, stream=side, capture_error_mode="thread_local")
+            with capture:
                 chunk = self._search_chunk(words, k, plan)
                 packed = _pack([chunk])
             captured = _Captured(words, graph, chunk, packed)
