@@ -2,6 +2,7 @@
 
     python3 benchmarks/triton_tiles.py --n-items 10000000 --bits 256 --batches 64 1024 --out $OUT/tiles.json
     python3 benchmarks/triton_tiles.py --kernels mma --block-q 32 64 128 256 --block-n 64 128 256 ...
+    python3 benchmarks/triton_tiles.py --gather-entries 4 8 16 --gather-warps 2 4 8 ...   # the gather's shape
 
 Random codes are generated on the GPU once and shared by every configuration; each configuration's answer is
 checked against the popcount kernel's with default tiles (`agrees`). Prints a table and writes the records as JSON.
@@ -18,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.retrieval import commit, device_name, random_codes, random_word_major, timed  # noqa: E402
+import index.retrieval.triton_backend as triton_backend  # noqa: E402
+from benchmarks.retrieval import commit, device_name, kernel_times, random_codes, random_word_major, timed  # noqa: E402
 from index.retrieval.triton_backend import Tiles, TritonBackend  # noqa: E402
 
 
@@ -33,6 +35,14 @@ def main() -> int:
     parser.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--profile", action="store_true", help="add each configuration's per-phase ms (CUDA events)")
     parser.add_argument("--kernels", nargs="+", choices=["popcount", "mma"], default=["popcount", "mma"])
+    parser.add_argument(
+        "--gather-entries",
+        type=int,
+        nargs="*",
+        default=[],
+        help="sweep the gather's entries per program × --gather-warps instead (default scan tiles)",
+    )
+    parser.add_argument("--gather-warps", type=int, nargs="+", default=[4])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("tiles.json"))
     args = parser.parse_args()
@@ -43,10 +53,17 @@ def main() -> int:
         queries = random_codes(batch, n_bytes, seed=batch + 1)
         popcount = Tiles(16, 128, 4, mma=False)
         reference = TritonBackend.from_word_major(words, n_bytes, tiles=popcount).search(queries, args.k)
-        shapes = itertools.product(args.kernels, args.block_q, args.block_n, args.warps)
+        if args.gather_entries:  # the scan's default tiles; the gather kernel's shape varies
+            shapes = [("gather", entries, 0, warps) for entries in args.gather_entries for warps in args.gather_warps]
+        else:
+            shapes = list(itertools.product(args.kernels, args.block_q, args.block_n, args.warps))
         for kernel, block_q, block_n, warps in shapes:
-            tiles = Tiles(block_q, block_n, warps, mma=kernel == "mma")
-            backend = TritonBackend.from_word_major(words, n_bytes, tiles=tiles)
+            if kernel == "gather":
+                triton_backend.GATHER_ENTRIES, triton_backend.GATHER_WARPS = block_q, warps
+                backend = TritonBackend.from_word_major(words, n_bytes)
+            else:
+                tiles = Tiles(block_q, block_n, warps, mma=kernel == "mma")
+                backend = TritonBackend.from_word_major(words, n_bytes, tiles=tiles)
             ms, runs, found = timed(partial(backend.search, queries, args.k), args.repeats, 2.0)
             agrees = bool((found.ids == reference.ids).all() and (found.distances == reference.distances).all())
             row = {"n_items": args.n_items, "code_bits": args.bits, "batch": batch, "k": args.k, "kernel": kernel,
@@ -54,14 +71,16 @@ def main() -> int:
                    "agrees": agrees, "device": device_name(), "commit": commit()}  # fmt: skip
             if args.profile:
                 row["phases_ms"] = {phase: round(ms, 3) for phase, ms in backend.profile(queries, args.k).items()}
+            if kernel == "gather":  # BLOCK_Q holds the entries per program; the gather's own GPU time beside
+                row["gather_ms"] = kernel_times(partial(backend.search, queries, args.k)).get("_gather_kernel")
             print(json.dumps(row), flush=True)
             rows.append(row)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("| batch | kernel | BLOCK_Q | BLOCK_N | warps | median ms | agrees |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | kernel | BLOCK_Q (gather: entries) | BLOCK_N | warps | median ms | gather ms | agrees |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in sorted(rows, key=lambda r: (r["batch"], r["median_ms"])):
         print(f"| {row['batch']} | {row['kernel']} | {row['block_q']} | {row['block_n']} | {row['warps']} "
-              f"| {row['median_ms']:.2f} "
+              f"| {row['median_ms']:.2f} | {row.get('gather_ms', '—')} "
               f"| {row['agrees']} |")  # fmt: skip
     return 0
 
