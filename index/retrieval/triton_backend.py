@@ -182,34 +182,34 @@ def _gather_kernel(
     """Keys of the items within the bound in the tiles ``_mma_scan_kernel`` flagged, by popcounts.
 
     ``entries`` lists the non-zero flag words as (query, word) pairs (``torch.nonzero_static``, padded with
-    -1). A program takes ``ENTRIES`` of them side by side and scores the lowest flagged tile left in each word
-    per step, ``[ENTRIES, BLOCK_N]`` at once, until every word is done: one entry after another per program left
-    a chain of dependent loads and atomics (0.18 ms of a 0.53 ms search at 1M items × 64 queries on an H200).
+    -1); each program (one warp) takes ``ENTRIES`` of them and scores the flagged tiles of each word in turn.
+    Scoring a program's words side by side (``[ENTRIES, BLOCK_N]`` per step, 4 warps) was 1.5–2× slower at
+    batch 1024 on an H200 (registers: fewer warps resident to hide the loads), faster only at batch 64.
     """
-    e_offs = tl.program_id(0) * ENTRIES + tl.arange(0, ENTRIES)
-    query = tl.load(entries_ptr + 2 * e_offs, mask=e_offs < n_entries, other=-1)
-    listed = query >= 0
-    word = tl.load(entries_ptr + 2 * e_offs + 1, mask=listed, other=0)
-    flags = tl.load(tile_flags_ptr + query.to(tl.int64) * flag_words + word, mask=listed, other=0)
-    bounds = tl.load(bounds_ptr + query, mask=listed, other=-1)
+    first = tl.program_id(0) * ENTRIES
     stride = tl.zeros((1,), dtype=tl.int64) + n_items
-    while tl.max((flags != 0).to(tl.int32)) > 0:
-        lowest = flags & -flags
-        flags = flags ^ lowest
-        tile = word * 32 + _popcount(lowest - 1, USE_POPC)
-        n_offs = tile.to(tl.int64)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        n_mask = (lowest != 0)[:, None] & (n_offs < n_items)
-        distances = tl.zeros((ENTRIES, BLOCK_N), dtype=tl.int32)
-        for w in tl.static_range(WORDS):
-            q = tl.load(queries_ptr + w * n_queries + query, mask=listed, other=0)
-            c = tl.load(codes_ptr + stride * w + n_offs, mask=n_mask, other=0)
-            distances += _popcount(q[:, None] ^ c, USE_POPC)
-        hit = (distances <= bounds[:, None]) & n_mask
-        hits = tl.sum(hit.to(tl.int32), axis=1)
-        start = tl.atomic_add(filled_ptr + query, hits, mask=hits > 0)
-        slots = start[:, None] + tl.cumsum(hit.to(tl.int32), axis=1) - 1
-        keys = (distances.to(tl.int64) << 32) | n_offs
-        tl.store(keys_ptr + query[:, None].to(tl.int64) * capacity + slots, keys, mask=hit & (slots < capacity))
+    for entry in range(first, tl.minimum(first + ENTRIES, n_entries)):
+        query = tl.load(entries_ptr + 2 * entry)
+        if query >= 0:
+            word = tl.load(entries_ptr + 2 * entry + 1)
+            flags = tl.load(tile_flags_ptr + query * flag_words + word)
+            bound = tl.load(bounds_ptr + query)
+            while flags != 0:
+                lowest = flags & -flags
+                flags = flags ^ lowest
+                tile = word * 32 + _popcount(lowest - 1, USE_POPC)
+                n_offs = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+                n_mask = n_offs < n_items
+                distances = tl.zeros((BLOCK_N,), dtype=tl.int32)
+                for w in tl.static_range(WORDS):
+                    q = tl.load(queries_ptr + w * n_queries + query)
+                    c = tl.load(codes_ptr + stride * w + n_offs, mask=n_mask, other=0)
+                    distances += _popcount(q ^ c, USE_POPC)
+                hit = (distances <= bound) & n_mask
+                start = tl.atomic_add(filled_ptr + query, tl.sum(hit.to(tl.int32)))
+                slots = start + tl.cumsum(hit.to(tl.int32), axis=0) - 1
+                keys = (distances.to(tl.int64) << 32) | n_offs.to(tl.int64)
+                tl.store(keys_ptr + query * capacity + slots, keys, mask=hit & (slots < capacity))
 
 
 @triton.jit
@@ -317,8 +317,8 @@ class Tiles:
 # From this batch on the tensor-core kernels run (at 64 queries they beat popcounts on an H200: 1.79 against
 # 2.16 ms at 10M × 64-bit; the crossover below 64 is not measured).
 MMA_MIN_QUERIES = 32
-GATHER_ENTRIES = 8  # flagged words (of 32 tiles each) a gather program scores side by side
-GATHER_WARPS = 4
+GATHER_ENTRIES = 16  # flagged words (of 32 tiles each) per gather program, scored one after another
+GATHER_WARPS = 1
 GATHER_ROOM = 2  # the flagged-word list holds capacity / GATHER_ROOM entries per query
 
 
