@@ -40,9 +40,9 @@ def main() -> int:
         type=int,
         nargs="*",
         default=[],
-        help="sweep the gather's entries per program × --gather-warps instead (default scan tiles)",
+        help="sweep the most entries per gather program × --gather-warps instead (default scan tiles)",
     )
-    parser.add_argument("--gather-warps", type=int, nargs="+", default=[4])
+    parser.add_argument("--gather-warps", type=int, nargs="+", default=[1])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("tiles.json"))
     args = parser.parse_args()

@@ -317,9 +317,20 @@ class Tiles:
 # From this batch on the tensor-core kernels run (at 64 queries they beat popcounts on an H200: 1.79 against
 # 2.16 ms at 10M × 64-bit; the crossover below 64 is not measured).
 MMA_MIN_QUERIES = 32
-GATHER_ENTRIES = 16  # flagged words (of 32 tiles each) per gather program, scored one after another
+# Flagged words (of 32 tiles each) per gather program, scored one after another by one warp: 16 where the list
+# fills many waves of programs (fastest at batch 1024 on an H200), fewer where it would leave SMs idle (2 at 1M
+# items × 64 queries: 0.11 against 0.18 ms); ``gather_entries``. Swept by benchmarks/triton_tiles.py --gather-*.
+GATHER_ENTRIES = 16
 GATHER_WARPS = 1
+GATHER_PROGRAMS_PER_SM = 32  # one-warp programs resident on an SM at once (its block limit)
 GATHER_ROOM = 2  # the flagged-word list holds capacity / GATHER_ROOM entries per query
+
+
+def gather_entries(room: int, sms: int) -> int:
+    """Entries per gather program: up to ``GATHER_ENTRIES``, a power of two, while the list of ``room`` entries
+    still fills a wave of programs on every SM."""
+    waves = max(1, room // (sms * GATHER_PROGRAMS_PER_SM))
+    return min(GATHER_ENTRIES, 1 << (waves.bit_length() - 1))
 
 
 def resident_programs(compiled: Any, warps: int, device: torch.device) -> int:
@@ -523,10 +534,11 @@ class TritonBackend(HammingBackend):
         entries = torch.nonzero_static(tile_flags, size=room, fill_value=-1).contiguous()  # CUDA's is column-major
         spilled: torch.Tensor = torch.count_nonzero(tile_flags) > room
         filled = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
-        _gather_kernel[(triton.cdiv(room, GATHER_ENTRIES),)](
+        per_program = gather_entries(room, self.sms)
+        _gather_kernel[(triton.cdiv(room, per_program),)](
             queries, self.codes, bounds, tile_flags, entries, filled, keys,
             n_queries, self.n_items, flag_words, capacity, room,
-            WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_N=block_n, ENTRIES=GATHER_ENTRIES, num_warps=GATHER_WARPS,
+            WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_N=block_n, ENTRIES=per_program, num_warps=GATHER_WARPS,
         )  # fmt: skip
         self._mark("gather")
         return spilled

@@ -210,7 +210,7 @@ TRITON_CHECK = textwrap.dedent(
     assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), "query blocks"
     # A tight bound that lets fewer than k items through: those queries are redone within the safe bound.
     import index.retrieval.chunking as chunking
-    chunking.TIGHT_MARGIN, chunking.TIGHT_MIN_RANK = 0.01, 1  # the tight bound is each query's nearest sampled item
+    chunking.TIGHT_TAIL, chunking.TIGHT_MIN_RANK = 1.0, 1  # the tight bound is each query's nearest sampled item
     items = rng.integers(0, 256, (3200, 8), dtype=np.uint8)
     queries = rng.integers(0, 256, (3, 8), dtype=np.uint8)
     redone = []  # queries each search redid: the checks below must take that path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from index.retrieval.chunking import (
@@ -12,10 +14,11 @@ from index.retrieval.chunking import (
     SAMPLE_FRACTION,
     SAMPLE_GROUP,
     SAMPLE_PER_QUERY,
-    TIGHT_MARGIN,
     TIGHT_MIN_RANK,
+    TIGHT_TAIL,
     flag_bytes,
     plan_chunks,
+    poisson_quantile,
     sample_group,
     tight_rank,
 )
@@ -53,16 +56,26 @@ def test_a_billion_items_cut_the_batch_instead_of_growing_scratch_memory() -> No
     assert single.capacity >= 2 * 6 * 1_000_000_000 // SAMPLE_PER_QUERY  # the 6th nearest sampled item is the bound
 
 
+def poisson_tail(mean: float, j: int) -> float:
+    """P(X ≥ j), X ~ Poisson(mean), summed term by term in log space (independent of ``poisson_quantile``)."""
+    return 1.0 - sum(math.exp(i * math.log(mean) - mean - math.lgamma(i + 1)) for i in range(j))
+
+
 @pytest.mark.parametrize(("n_items", "n_sample", "k", "rank"), [
-    (10_000_000, 65_536, 100, 6),  # ceil(100 · 65,536 / 10M · 8) = ceil(5.2): held at the minimum rank
-    (1_000_000, 65_536, 100, 53),  # ceil(52.4): 53 · 1M / 65,536 ≈ 809 items pass
+    (10_000_000, 65_536, 100, 7),  # λ = 0.66: P(X ≥ 6) = 5.7e-5, P(X ≥ 7) = 5.3e-6
+    (1_000_000, 62_500, 100, 20),  # λ = 6.25: 20 · 1M / 62,500 = 320 items pass
     (1_000_000_000, 65_536, 100, 6),  # a sparse sample: never nearer than its 6th nearest item (no redo)
     (3_200, 3_200, 20, 20),  # the whole catalogue sampled: the k-th distance is exact
+    (1_000_000, 65_536, 1000, 104),  # λ = 65.5
 ])  # fmt: skip
-def test_the_tight_bound_lets_margin_times_k_items_through(n_items: int, n_sample: int, k: int, rank: int) -> None:
+def test_the_tight_bound_under_fills_at_most_tight_tail_of_queries(
+    n_items: int, n_sample: int, k: int, rank: int
+) -> None:
     assert tight_rank(n_items, n_sample, k) == rank
-    if rank < k and k * n_sample / n_items * TIGHT_MARGIN >= TIGHT_MIN_RANK:  # not held at the minimum rank
-        assert rank * n_items / n_sample == pytest.approx(TIGHT_MARGIN * k, rel=0.25)
+    mean = k * n_sample / n_items
+    if TIGHT_MIN_RANK < rank < k:  # held at neither end: the smallest rank whose Poisson tail is below TIGHT_TAIL
+        assert poisson_tail(mean, rank) < TIGHT_TAIL <= poisson_tail(mean, rank - 1)
+    assert poisson_quantile(mean, TIGHT_TAIL, k) <= rank
 
 
 @pytest.mark.parametrize(
