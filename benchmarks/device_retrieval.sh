@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The #4 retrieval measurements on a lent GPU in one call: GPU correctness tests, then the Triton rows at 10M
+# The #4 retrieval measurements on a lent GPU in one call: GPU correctness tests, then the Triton rows at 1M and 10M
 # (64/256/576-bit, batch 1/8/64/1024, floors, per-phase times) and 100M (256-bit), then FAISS GPU binary and float
 # flat peers at 1M and 10M when the faiss-gpu kit is carried.
 #
@@ -13,7 +13,7 @@ set -euo pipefail
 source benchmarks/device_setup.sh
 rows() { grep -E '^\| ' | grep -v floor-bytes || true; }
 python3 -m pytest -q -m gpu tests/index/retrieval/test_backends.py -p no:cacheprovider 2>&1 | tail -n 3
-python3 benchmarks/retrieval.py --backends triton --shards 1 --n-items 10000000 --bits 64 256 576 \
+python3 benchmarks/retrieval.py --backends triton --shards 1 --n-items 1000000 10000000 --bits 64 256 576 \
     --batches 1 8 64 1024 --floors --profile --repeats 7 --budget 1.0 --out "$OUT/r10m.json" | rows
 python3 benchmarks/retrieval.py --backends triton --shards 1 --n-items 100000000 --bits 256 \
     --batches 1 64 1024 --floors --profile --repeats 3 --budget 2.0 --out "$OUT/r100m.json" | rows
