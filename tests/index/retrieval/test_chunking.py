@@ -62,11 +62,12 @@ def poisson_tail(mean: float, j: int) -> float:
 
 
 @pytest.mark.parametrize(("n_items", "n_sample", "k", "rank"), [
-    (10_000_000, 65_536, 100, 7),  # λ = 0.66: P(X ≥ 6) = 5.7e-5, P(X ≥ 7) = 5.3e-6
-    (1_000_000, 62_500, 100, 20),  # λ = 6.25: 20 · 1M / 62,500 = 320 items pass
+    (10_000_000, 65_536, 100, 6),  # λ = 0.66: P(X ≥ 6) = 6.3e-5
+    (4_000_000, 65_536, 100, 9),  # λ = 1.6: P(X ≥ 8) = 3.0e-4, P(X ≥ 9) = 5.4e-5
+    (1_000_000, 62_500, 100, 18),  # λ = 6.25: 18 · 1M / 62,500 = 288 items pass
     (1_000_000_000, 65_536, 100, 6),  # a sparse sample: never nearer than its 6th nearest item (no redo)
     (3_200, 3_200, 20, 20),  # the whole catalogue sampled: the k-th distance is exact
-    (1_000_000, 65_536, 1000, 104),  # λ = 65.5
+    (1_000_000, 65_536, 1000, 99),  # λ = 65.5
 ])  # fmt: skip
 def test_the_tight_bound_under_fills_at_most_tight_tail_of_queries(
     n_items: int, n_sample: int, k: int, rank: int
