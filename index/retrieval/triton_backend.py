@@ -5,9 +5,9 @@ or a small batch leaves the GPU idle. Here every thread block scores a tile of (
 XOR + popcount over 32-bit words held word-major (coalesced loads, no copy beyond the codes), and the
 top-k uses the small integer distance range instead of a heap:
 
-1. *Threshold.* Score the first ``n_sample`` items and sort each query's nearest of them. Their k-th
-   distance bounds the answer from above (the *safe* bound); a smaller rank of them (the *tight* bound)
-   lets only a few times k items through, so that is the bound used.
+1. *Threshold.* Score the first ``n_sample`` items (keeping the nearest of each small group of them) and sort
+   each query's nearest of those. Their k-th distance bounds the answer from above (the *safe* bound); a
+   smaller rank of them (the *tight* bound) lets only a few times k items through, so that is the bound used.
 2. *Collect.* One pass over all items appends the key ``distance << 32 | id`` of every item within the
    bound to the query's buffer (an atomic counter per query hands out the slots).
 3. *Select.* An integer top-k over the buffer orders by distance, then id: the exact answer.
@@ -462,10 +462,10 @@ class TritonBackend(HammingBackend):
     def bounds(self, queries: torch.Tensor, k: int, n_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each query's (tight, safe) bounds from the distances of the first ``n_sample`` items.
 
-        Safe: the k-th smallest sampled distance; the k nearest of all items are within it, but so are about
-        k · n / n_sample items. Tight: the j-th smallest (``tight_rank``): only a few times k items pass it, so
-        the collect pass writes and selects far fewer keys. It can let fewer than k items through (rarely);
-        such a query is redone with the safe bound.
+        Safe: the k-th smallest of the sampled group minima (``sample_group``): k distinct items are within it,
+        so are the k nearest of all items, and about k · n / n_sample items in all. Tight: the j-th smallest
+        (``tight_rank``): only a few times k items pass it, so the collect pass writes and selects far fewer
+        keys. It can let fewer than k items through (rarely); such a query is redone with the safe bound.
         """
         n_queries = queries.shape[1]
         group = min(sample_group(n_sample, k), self._popcount_tiles(n_queries).block_n)  # a tile holds whole groups
