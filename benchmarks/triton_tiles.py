@@ -40,7 +40,7 @@ def main() -> int:
         type=int,
         nargs="*",
         default=[],
-        help="sweep the most entries per gather program × --gather-warps instead (default scan tiles)",
+        help="sweep the entries per gather program × --gather-warps instead (default scan tiles)",
     )
     parser.add_argument("--gather-warps", type=int, nargs="+", default=[1])
     parser.add_argument("--repeats", type=int, default=5)
@@ -60,6 +60,8 @@ def main() -> int:
         for kernel, block_q, block_n, warps in shapes:
             if kernel == "gather":
                 triton_backend.GATHER_ENTRIES, triton_backend.GATHER_WARPS = block_q, warps
+                # exactly this many per program, not the length-based choice the backend makes by default
+                triton_backend.gather_entries = lambda room, sms, entries=block_q: entries
                 backend = TritonBackend.from_word_major(words, n_bytes)
             else:
                 tiles = Tiles(block_q, block_n, warps, mma=kernel == "mma")

@@ -30,6 +30,7 @@ the catalogue beyond the codes themselves.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -58,6 +59,10 @@ from index.retrieval.chunking import (
 from index.retrieval.torch_backend import ID_BITS, NO_KEY, split_keys
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter, used by the tests
+log = logging.getLogger(__name__)
+# Graph captures of every backend, one at a time: streams come from torch's per-device pool (two backends' capture
+# streams may be the same one), and a capture synchronises the whole device anyway.
+_CAPTURE_LOCK = threading.Lock()
 
 
 @triton.jit
@@ -182,7 +187,8 @@ def _gather_kernel(
     """Keys of the items within the bound in the tiles ``_mma_scan_kernel`` flagged, by popcounts.
 
     ``entries`` lists the non-zero flag words as (query, word) pairs (``torch.nonzero_static``, padded with
-    -1); each program (one warp) takes ``ENTRIES`` of them and scores the flagged tiles of each word in turn.
+    -1); each program (``GATHER_WARPS`` warps, one by default) takes ``ENTRIES`` of them and scores the flagged
+    tiles of each word in turn.
     Scoring a program's words side by side (``[ENTRIES, BLOCK_N]`` per step, 4 warps) was 1.5–2× slower at
     batch 1024 on an H200 (registers: fewer warps resident to hide the loads), faster only at batch 64.
     """
@@ -225,7 +231,7 @@ def _sample_kernel(
     distances = _tile_distances(
         queries_ptr, codes_ptr, q_offs, n_offs, q_mask, n_mask, n_queries, n_items, WORDS, USE_POPC, BLOCK_Q, BLOCK_N
     )
-    distances = tl.where(n_mask[None, :], distances, 1 << 15)  # past the sample: never a group's minimum
+    distances = tl.where(n_mask[None, :], distances, 0x7FFF)  # past the sample: never a group's minimum (int16 max)
     nearest = tl.min(tl.reshape(distances, (BLOCK_Q, BLOCK_N // GROUP, GROUP)), axis=2)
     g_offs = tl.program_id(0) * (BLOCK_N // GROUP) + tl.arange(0, BLOCK_N // GROUP)
     out = out_ptr + q_offs[:, None].to(tl.int64) * n_groups + g_offs[None, :]
@@ -267,7 +273,7 @@ class _Chunk:
 
     queries: torch.Tensor
     bounds: torch.Tensor  # the tight bound collected with
-    safe_bounds: torch.Tensor  # the sample's k-th distance: at least k items are within it
+    safe_bounds: torch.Tensor  # the k-th of the sample's group minima: at least k items are within it
     counts: torch.Tensor
     found: torch.Tensor
     redo: torch.Tensor  # buffer overflowed, fewer than k items within the tight bound, or the flag list spilled
@@ -284,12 +290,12 @@ def _pack(chunks: list[_Chunk]) -> torch.Tensor:
 # milliseconds of GPU work a search is bound by its ~25 launches from Python, not by the work (1M items × 64
 # queries: 1.6–1.9 ms eager on an H200, most of it the GPU waiting for the host).
 GRAPH_MAX_QUERIES = 1024
-GRAPH_CACHE = 16  # captured (queries, k) shapes kept per backend (see ``graph_queries``; k to a power of two)
+GRAPH_CACHE = 64  # (queries, k) shapes kept per backend: ``graph_queries`` has 22 batch shapes, k a power of two
 
 
 def graph_queries(n_queries: int) -> int:
     """The batch a search of ``n_queries`` is captured at: a power of two up to 64, then a multiple of 64 (a
-    batch of 600 pads to 640, not 1024), so few shapes cover every batch and padding costs at most ~10 %."""
+    batch of 600 pads to 640, not 1024): 22 shapes cover every batch; past 640 queries padding adds under 10 %."""
     return next_power_of_two(n_queries) if n_queries <= 64 else -(-n_queries // 64) * 64
 
 
@@ -410,10 +416,13 @@ class TritonBackend(HammingBackend):
         self.sms = 2 if INTERPRETED else torch.cuda.get_device_properties(self.device).multi_processor_count
         self._resident: dict[tuple[int, ...], int] = {}  # scan programs that fit on one SM, per kernel variant
         self._captured: OrderedDict[tuple[int, int], _Captured | None] = OrderedDict()
-        # One memory pool for every captured graph: replays are serialised by the lock below and each one's
-        # answers are read before the next, so their scratch (sample, keys, bitmap) can share memory and the
-        # pool holds the largest shape's scratch, not the sum over all cached shapes.
+        # One memory pool and one capture stream for every graph of this backend: replays are serialised by the
+        # lock below and each one's outputs are read on the host (never handed out as GPU tensors) before the
+        # next replay, so their scratch (sample, keys, bitmap) can share memory; the allocator reuses a freed
+        # block only on the stream it was freed on, hence one stream, and the pool holds about the largest
+        # shape's scratch, not the sum over all cached shapes.
         self._graph_pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self._capture_stream = torch.cuda.Stream(self.device) if self.graphs else None  # type: ignore[no-untyped-call]
         self._graph_lock = threading.Lock()  # a captured graph's buffers serve one search at a time
         self._marks: list[tuple[str, Any]] | None = None  # CUDA events per phase while profiling
 
@@ -598,24 +607,33 @@ class TritonBackend(HammingBackend):
         plan = plan_chunks(self.n_items, n_queries, k)
         captured = None
         if plan.queries >= n_queries:  # one chunk: the whole search is a fixed sequence of launches
-            words = torch.zeros((self.words, n_queries), dtype=torch.int32, device=self.device)
-            side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):  # compile the kernels and warm the allocator before capturing
-                self._search_chunk(words, k, plan)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # Captured on this search's own stream: torch's default capture stream is one per process, and the
-            # shards of a catalogue on one GPU capture at once from their threads.
-            capture = torch.cuda.graph(graph, pool=self._graph_pool, stream=side, capture_error_mode="thread_local")
-            with capture:
-                chunk = self._search_chunk(words, k, plan)
-                packed = _pack([chunk])
-            captured = _Captured(words, graph, chunk, packed)
+            with _CAPTURE_LOCK:
+                try:
+                    captured = self._captured_search(n_queries, k, plan)
+                except RuntimeError as error:  # this shape stays eager; a fresh pool, in case this one is stuck
+                    log.warning("CUDA graph capture of %d queries × k=%d failed, searching eagerly: %s",
+                                n_queries, k, str(error).splitlines()[0])  # fmt: skip
+                    self._graph_pool = torch.cuda.graph_pool_handle()
         self._captured[key] = captured
         if len(self._captured) > GRAPH_CACHE:
             self._captured.popitem(last=False)
         return captured
+
+    def _captured_search(self, n_queries: int, k: int, plan: ChunkPlan) -> _Captured:
+        side = self._capture_stream
+        assert side is not None
+        words = torch.zeros((self.words, n_queries), dtype=torch.int32, device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # compile the kernels and warm the allocator before capturing
+            self._search_chunk(words, k, plan)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # Captured on this backend's stream: torch's default capture stream is one per process, and the shards
+        # of a catalogue on one GPU capture from their threads.
+        with torch.cuda.graph(graph, pool=self._graph_pool, stream=side, capture_error_mode="thread_local"):
+            chunk = self._search_chunk(words, k, plan)
+            packed = _pack([chunk])
+        return _Captured(words, graph, chunk, packed)
 
     def _search_graphed(self, queries: npt.NDArray[np.uint8], k: int) -> TopK | None:
         """Replay a captured search: queries padded (``graph_queries``), k rounded up (its first k are exact)."""
@@ -625,8 +643,11 @@ class TritonBackend(HammingBackend):
             captured = self._capture(n_padded, k_padded)
             if captured is None:
                 return None
-            host = np.zeros((self.words, n_padded), np.int32)
+            host = np.empty((self.words, n_padded), np.int32)
             host[:, :n_queries] = word_major(queries)
+            # Padding repeats the first query: an all-zero code would tie with every item of one popcount and
+            # could overflow its key buffer, forcing a host round trip and a redo on every search.
+            host[:, n_queries:] = host[:, :1]
             captured.words.copy_(torch.from_numpy(host))
             captured.graph.replay()
             return split_keys(self._answers([captured.chunk], captured.packed, k_padded)[:n_queries, :k])

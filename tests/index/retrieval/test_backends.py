@@ -211,6 +211,7 @@ TRITON_CHECK = textwrap.dedent(
     # A tight bound that lets fewer than k items through: those queries are redone within the safe bound.
     import index.retrieval.chunking as chunking
     chunking.TIGHT_TAIL, chunking.TIGHT_MIN_RANK = 1.0, 1  # the tight bound is each query's nearest sampled item
+    chunking.tight_rank.cache_clear()  # it caches per shape
     items = rng.integers(0, 256, (3200, 8), dtype=np.uint8)
     queries = rng.integers(0, 256, (3, 8), dtype=np.uint8)
     redone = []  # queries each search redid: the checks below must take that path
@@ -279,13 +280,19 @@ def test_triton_searches_replayed_as_cuda_graphs_stay_exact() -> None:
             assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), (n_queries, k)
     captured = graphed._captured
     assert None not in captured.values() and (128, 128) in captured and (1024, 128) in captured
+    # All graphs share one memory pool: replaying them in another order must not see each other's scratch.
+    for n_queries, k in reversed(shapes):
+        queries = codes(n_queries, 32, seed=n_queries + k)
+        got, want = graphed.search(queries, k), reference_topk(queries, items, k)
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), ("again", n_queries)
     # Every item ties: the replayed search overflows its key buffer and is redone outside the graph.
     tied = TritonBackend(np.zeros((50_000, 8), np.uint8))
     for n_queries in (2, 2, 64, 64):
         found = tied.search(np.full((n_queries, 8), 255, np.uint8), 5)
         assert found.ids.tolist() == [[0, 1, 2, 3, 4]] * n_queries and (found.distances == 64).all()
-    # Threads share one backend: each search holds the captured graph's buffers alone.
+    # Threads share one backend, mixing shapes: each search holds the graphs' shared buffers alone.
+    sizes = [2, 100, 1000, 40]
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda seed: graphed.search(codes(2, 32, seed=seed), 50), range(16)))
+        answers = list(pool.map(lambda seed: graphed.search(codes(sizes[seed % 4], 32, seed=seed), 50), range(16)))
     for seed, got in enumerate(answers):
-        assert np.array_equal(got.ids, reference_topk(codes(2, 32, seed=seed), items, 50).ids)
+        assert np.array_equal(got.ids, reference_topk(codes(sizes[seed % 4], 32, seed=seed), items, 50).ids), seed
