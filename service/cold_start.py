@@ -42,9 +42,13 @@ class ColdStart:
         a = self.arrays
         bits = cold_user_bits(items, int(a["hash_bits"]), a["user_medians"], seed=int(a["hash_seed"]))
         groups = group_indices(bits[None, :], int(a["hash_groups"]))[0]
-        summed = a["codebook"][groups + a["offsets"]].sum(axis=0)
-        hidden = np.tanh(summed @ a["w1"].T + a["b1"])
-        out: npt.NDArray[np.float32] = (hidden @ a["w2"].T + a["b2"]).astype(np.float32)
+        hidden = a["codebook"][groups + a["offsets"]].sum(axis=0)
+        n_layers = int(a["hash_mlp_layers"]) if "hash_mlp_layers" in a else 2  # bundles before it had two
+        for number in range(1, n_layers + 1):
+            hidden = hidden @ a[f"w{number}"].T + a[f"b{number}"]
+            if number < n_layers:
+                hidden = np.tanh(hidden)
+        out: npt.NDArray[np.float32] = hidden.astype(np.float32)
         return out
 
     def representation(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--hash-bits", type=int, default=defaults.hash_bits, help="hash code bits per node")
     model.add_argument("--hash-groups", type=int, default=defaults.hash_groups, help="codebooks the code splits into")
+    model.add_argument("--hash-hidden", type=int, default=defaults.hash_hidden,
+                       help="width of the hashed decoder's MLP (0: the embedding size)")  # fmt: skip
+    model.add_argument("--hash-depth", type=int, default=defaults.hash_depth, help="hidden layers of that MLP")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
     optim.add_argument(
@@ -227,6 +230,8 @@ def run(args: argparse.Namespace, world: World) -> int:
         input_layer=args.input_layer,
         hash_bits=args.hash_bits,
         hash_groups=args.hash_groups,
+        hash_hidden=args.hash_hidden,
+        hash_depth=args.hash_depth,
         seed=args.seed,
         device=args.device,
         max_minutes=args.max_minutes,

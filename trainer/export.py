@@ -68,14 +68,14 @@ def cold_start_arrays(model: LightGCN, quantizer: Quantizer, data: Dataset, meth
     inputs = model.inputs
     if isinstance(inputs, HashedInput):
         mlp = [layer for layer in inputs.mlp if isinstance(layer, torch.nn.Linear)]
+        for number, linear in enumerate(mlp, start=1):  # w1, b1, … wN, bN: tanh between them
+            arrays[f"w{number}"] = linear.weight.detach().cpu().numpy()
+            arrays[f"b{number}"] = linear.bias.detach().cpu().numpy()
         arrays.update(
             {
                 "codebook": inputs.codebook.detach().cpu().numpy(),
                 "offsets": inputs.offsets.cpu().numpy(),
-                "w1": mlp[0].weight.detach().cpu().numpy(),
-                "b1": mlp[0].bias.detach().cpu().numpy(),
-                "w2": mlp[1].weight.detach().cpu().numpy(),
-                "b2": mlp[1].bias.detach().cpu().numpy(),
+                "hash_mlp_layers": np.array(len(mlp)),
                 "user_medians": inputs.user_medians.cpu().numpy(),
                 "hash_seed": np.array(inputs.seed),
                 "hash_bits": np.array(inputs.hash_bits),

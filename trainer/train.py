@@ -80,6 +80,8 @@ class TrainConfig:
     input_layer: str = "table"  # "table" (n × d embeddings) or "hash" (trainer.hashing: codes + decoder)
     hash_bits: int = 64
     hash_groups: int = 8
+    hash_hidden: int = 0  # the decoder MLP's width (0: the embedding size)
+    hash_depth: int = 1  # … and its hidden layers
     select_metric: str = "recall@20"
     seed: int = 2024
     device: str = "auto"
@@ -286,6 +288,8 @@ def hashed_input(data: Dataset, config: TrainConfig) -> HashedInput:
         config.dim,
         user_medians=medians["user"],
         seed=config.seed,
+        hidden=config.hash_hidden,
+        depth=config.hash_depth,
     )
     log.info("hashed input layer: %d-bit codes in %d groups, %d parameters", config.hash_bits, config.hash_groups,
              parameter_count(layer))  # fmt: skip

@@ -8,14 +8,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from index.bundle import COLD_START_FILE, Bundle, BundleError
+from index.hash_codes import cold_user_bits, group_indices
 from index.item_index import ItemIndex
 from service.cold_start import ColdStart
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_api import local_settings, running_service
 from trainer.data import Dataset
-from trainer.export import export_bundle
+from trainer.export import cold_start_arrays, export_bundle
+from trainer.hashing import HashedInput
 from trainer.train import TrainConfig, train
 
 
@@ -92,3 +95,19 @@ def test_a_corrupted_cold_start_file_is_refused(hashed_bundle: TrainedBundle, tm
     target.write_bytes(target.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(BundleError, match="cold_start.npz"):
         Bundle.load(copy)
+
+
+def test_a_wider_deeper_decoder_decodes_the_same_in_serving(tiny_data: Dataset) -> None:
+    config = TrainConfig(method="fp", dim=16, epochs=2, batch_size=1024, eval_every=1, device="cpu",
+                         input_layer="hash", hash_bits=32, hash_groups=4, hash_hidden=24, hash_depth=2)  # fmt: skip
+    result = train(tiny_data, config)
+    inputs = result.model.inputs
+    assert isinstance(inputs, HashedInput) and len([m for m in inputs.mlp if isinstance(m, torch.nn.Linear)]) == 3
+    arrays = cold_start_arrays(result.model, result.quantizer, tiny_data, "fp")
+    assert arrays is not None and int(arrays["hash_mlp_layers"]) == 3
+    items = np.array([0, 3, 5], np.int64)
+    bits = cold_user_bits(items, 32, arrays["user_medians"], seed=int(arrays["hash_seed"]))
+    with torch.no_grad():
+        want = inputs.decode(torch.from_numpy(group_indices(bits[None, :], 4))).numpy()[0]
+    got = ColdStart(arrays, use_hashed_ego=True).ego(items)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

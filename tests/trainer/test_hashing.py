@@ -53,6 +53,11 @@ def test_decoder_parameters_do_not_grow_with_nodes() -> None:
     large = HashedInput(np.zeros((100_000, 8), np.int64), 8, 64)
     assert parameter_count(small) == parameter_count(large) == 8 * 256 * 64 + 2 * (64 * 64 + 64)
     assert large().shape == (100_000, 64) and large.ego(torch.tensor([3, 4])).shape == (2, 64)
+    deep = HashedInput(np.zeros((10, 8), np.int64), 8, 64, hidden=256, depth=2)  # Kang et al.-style decoder
+    assert parameter_count(deep) == 8 * 256 * 64 + (64 * 256 + 256) + (256 * 256 + 256) + (256 * 64 + 64)
+    assert deep().shape == (10, 64)
+    with pytest.raises(ValueError, match="hidden layer"):
+        HashedInput(np.zeros((10, 8), np.int64), 8, 64, depth=0)
 
 
 def test_training_with_the_hashed_input_learns(tiny_data: Dataset) -> None:
