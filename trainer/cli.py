@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--hash-hidden", type=int, default=defaults.hash_hidden,
                        help="width of the hashed decoder's MLP (0: the embedding size)")  # fmt: skip
     model.add_argument("--hash-depth", type=int, default=defaults.hash_depth, help="hidden layers of that MLP")
+    model.add_argument("--hash-residual", type=int, default=defaults.hash_residual,
+                       help="per-node residual dimensions beside the decoded code (0: none)")  # fmt: skip
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
     optim.add_argument(
@@ -232,6 +234,7 @@ def run(args: argparse.Namespace, world: World) -> int:
         hash_groups=args.hash_groups,
         hash_hidden=args.hash_hidden,
         hash_depth=args.hash_depth,
+        hash_residual=args.hash_residual,
         seed=args.seed,
         device=args.device,
         max_minutes=args.max_minutes,

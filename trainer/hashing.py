@@ -7,6 +7,8 @@ m rows are summed and an MLP gives the d-dim ego embedding. Parameters are m · 
 whatever the number of nodes. The MLP's width and depth are options: by default one hidden layer of d (the
 codebook-sum decoder measured 70 % of a table's Recall@20 on Gowalla at 192-bit codes, BENCHMARKS.md #6), wider
 and deeper decoders (as in Kang et al.'s deep hash embeddings) spend the parameter budget on the decoder instead.
+An optional per-node residual of r ≪ d dimensions, lifted to d by a learned matrix, gives each trained node a few
+free parameters back (n · r: 1/16 of the table at r = 4, d = 64); nodes the model never saw get none.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class HashedInput(nn.Module):
         seed: int = 0,
         hidden: int = 0,
         depth: int = 1,
+        residual_dim: int = 0,
     ) -> None:
         super().__init__()
         self.seed = seed
@@ -53,6 +56,10 @@ class HashedInput(nn.Module):
         for _ in range(depth - 1):
             layers += [nn.Linear(width, width), nn.Tanh()]
         self.mlp = nn.Sequential(*layers, nn.Linear(width, dim))
+        self.residual: nn.Parameter | None = None
+        if residual_dim:
+            self.residual = nn.Parameter(torch.randn(indices.shape[0], residual_dim) * 0.1)
+            self.lift = nn.Linear(residual_dim, dim, bias=False)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         # One fused gather-and-sum: indexing then summing would materialise nodes × groups × d floats
@@ -62,10 +69,12 @@ class HashedInput(nn.Module):
         return out
 
     def forward(self) -> torch.Tensor:
-        return self.decode(self.groups_of)
+        decoded = self.decode(self.groups_of)
+        return decoded if self.residual is None else decoded + self.lift(self.residual)
 
     def ego(self, nodes: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.groups_of[nodes])
+        decoded = self.decode(self.groups_of[nodes])
+        return decoded if self.residual is None else decoded + self.lift(self.residual[nodes])
 
 
 def parameter_count(module: nn.Module) -> int:

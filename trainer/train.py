@@ -82,6 +82,7 @@ class TrainConfig:
     hash_groups: int = 8
     hash_hidden: int = 0  # the decoder MLP's width (0: the embedding size)
     hash_depth: int = 1  # … and its hidden layers
+    hash_residual: int = 0  # per-node residual dimensions beside the decoded code (0: none, no per-node parameters)
     select_metric: str = "recall@20"
     seed: int = 2024
     device: str = "auto"
@@ -290,6 +291,7 @@ def hashed_input(data: Dataset, config: TrainConfig) -> HashedInput:
         seed=config.seed,
         hidden=config.hash_hidden,
         depth=config.hash_depth,
+        residual_dim=config.hash_residual,
     )
     log.info("hashed input layer: %d-bit codes in %d groups, %d parameters", config.hash_bits, config.hash_groups,
              parameter_count(layer))  # fmt: skip

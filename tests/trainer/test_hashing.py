@@ -60,6 +60,19 @@ def test_decoder_parameters_do_not_grow_with_nodes() -> None:
         HashedInput(np.zeros((10, 8), np.int64), 8, 64, depth=0)
 
 
+def test_a_per_node_residual_adds_n_times_r_parameters_and_moves_only_its_node() -> None:
+    plain = HashedInput(np.zeros((1000, 8), np.int64), 8, 64, seed=1)
+    mixed = HashedInput(np.zeros((1000, 8), np.int64), 8, 64, residual_dim=4)
+    assert parameter_count(mixed) == parameter_count(plain) + 1000 * 4 + 4 * 64
+    assert mixed.residual is not None
+    before = mixed().detach()
+    with torch.no_grad():
+        mixed.residual[7] += 1.0
+    moved = (mixed().detach() - before).abs().sum(dim=1)
+    assert moved[7] > 0.01 and moved[torch.arange(1000) != 7].max() < 1e-5  # same codes: only node 7's residual differs
+    assert torch.allclose(mixed.ego(torch.tensor([7, 8])), mixed()[[7, 8]], atol=1e-6)
+
+
 def test_training_with_the_hashed_input_learns(tiny_data: Dataset) -> None:
     config = TrainConfig(method="fp", dim=16, epochs=20, eval_every=5, batch_size=1024, lr=5e-3, device="cpu",
                          input_layer="hash", hash_bits=32, hash_groups=4)  # fmt: skip
