@@ -59,8 +59,8 @@ def main() -> int:
             shapes = list(itertools.product(args.kernels, args.block_q, args.block_n, args.warps))
         for kernel, block_q, block_n, warps in shapes:
             if kernel == "gather":
-                triton_backend.GATHER_ENTRIES, triton_backend.GATHER_WARPS = block_q, warps
-                # exactly this many per program, not the length-based choice the backend makes by default
+                triton_backend.GATHER_WARPS = warps
+                # exactly this many entries per program, not the length-based choice the backend makes by default
                 triton_backend.gather_entries = lambda room, sms, entries=block_q: entries
                 backend = TritonBackend.from_word_major(words, n_bytes)
             else:

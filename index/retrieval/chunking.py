@@ -25,6 +25,11 @@ def next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def power_of_two_at_most(n: int) -> int:
+    """The largest power of two ≤ ``n`` (n ≥ 1)."""
+    return 1 << (n.bit_length() - 1)
+
+
 def poisson_quantile(mean: float, tail: float, most: int) -> int:
     """The smallest j with P(X ≥ j) < ``tail`` for X ~ Poisson(``mean``), or ``most`` if that is smaller
     (terms in log space: e^-mean underflows for a mean in the thousands)."""
@@ -61,8 +66,7 @@ def sample_group(n_sample: int, k: int) -> int:
     times, ~1.3 for k = 100, g = 16, s = 62,500. The bound's top-k then sorts 1/g of the distances (at 1M items
     × 1,024 queries that top-k took 0.55 ms of a 3 ms search on an H200).
     """
-    room = max(1, n_sample // (32 * k))
-    return min(SAMPLE_GROUP, 1 << (room.bit_length() - 1))
+    return min(SAMPLE_GROUP, power_of_two_at_most(max(1, n_sample // (32 * k))))
 
 
 def key_slots(n_items: int, n_sample: int, rank: int) -> int:

@@ -52,6 +52,7 @@ from index.retrieval.chunking import (
     ChunkPlan,
     next_power_of_two,
     plan_chunks,
+    power_of_two_at_most,
     safe_capacity,
     sample_group,
     tight_rank,
@@ -335,8 +336,7 @@ GATHER_ROOM = 2  # the flagged-word list holds capacity / GATHER_ROOM entries pe
 def gather_entries(room: int, sms: int) -> int:
     """Entries per gather program: up to ``GATHER_ENTRIES``, a power of two, while the list of ``room`` entries
     still fills a wave of programs on every SM."""
-    waves = max(1, room // (sms * GATHER_PROGRAMS_PER_SM))
-    return min(GATHER_ENTRIES, 1 << (waves.bit_length() - 1))
+    return min(GATHER_ENTRIES, power_of_two_at_most(max(1, room // (sms * GATHER_PROGRAMS_PER_SM))))
 
 
 def resident_programs(compiled: Any, warps: int, device: torch.device) -> int:
@@ -355,7 +355,7 @@ def resident_programs(compiled: Any, warps: int, device: torch.device) -> int:
 
 def mma_words(words: int) -> tuple[int, int]:
     """How the MMA kernel splits a code's words: a power-of-two head, then the rest padded to a power of two."""
-    head = 1 << (words.bit_length() - 1)
+    head = power_of_two_at_most(words)
     tail = 0 if words == head else next_power_of_two(words - head)
     return head, tail
 
