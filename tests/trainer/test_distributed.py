@@ -82,16 +82,20 @@ def test_two_ranks_train_the_same_model_as_one_process_on_the_same_global_batche
 def test_graphed_steps_on_two_gpus_send_gradients_in_bf16_when_asked(tmp_path: Path) -> None:
     # A 2 × H200 run with --grad-compression bf16 followed the uncompressed run bit for bit (stop 13): this says
     # whether the compressed all-reduce is really part of the captured step.
+    # CUDA's scatter kernels are not bit-reproducible, so two uncompressed runs give the noise floor: the bf16
+    # run must land well outside it (and still close to the full-precision weights).
     common = ["--method", "fp", "--epochs", "2", "--batch-size", "64", "--device", "auto"]
-    for compression in ("none", "bf16"):
+    for name, compression in (("none", "none"), ("again", "none"), ("bf16", "bf16")):
         run = train_cli(
-            tmp_path, *common, "--grad-compression", compression, "--save-warm-start", f"{compression}.pt",
-            "--bundle-root", compression, "--results-json", str(tmp_path / "r.json"), ranks=2,
+            tmp_path, *common, "--grad-compression", compression, "--save-warm-start", f"{name}.pt",
+            "--bundle-root", name, "--results-json", str(tmp_path / "r.json"), ranks=2,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
     assert all(r["cuda_graph"] for r in json.loads((tmp_path / "r.json").read_text()))
-    apart = (saved_ego(tmp_path / "bf16.pt") - saved_ego(tmp_path / "none.pt")).abs().max().item()
-    assert 0 < apart < 0.05, apart
+    full = saved_ego(tmp_path / "none.pt")
+    noise = (saved_ego(tmp_path / "again.pt") - full).abs().max().item()
+    apart = (saved_ego(tmp_path / "bf16.pt") - full).abs().max().item()
+    assert 10 * noise < apart < 0.05, (noise, apart)
 
 
 @pytest.mark.gpu
