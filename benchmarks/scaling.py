@@ -70,7 +70,7 @@ def train_run(gpus: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
         "--bundle-root", str(workdir / f"bundles-{gpus}"), "--results-json", str(results),
     ]  # fmt: skip
     print("$", " ".join(command), flush=True)
-    log = (args.logs / f"train-{gpus}gpu.log").open("w") if args.logs else None
+    log = (args.logs / f"train-{gpus}gpu-lr-{args.lr_scaling}.log").open("w") if args.logs else None
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // gpus))}
     done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, check=False)
     if done.returncode != 0 or not results.is_file():
