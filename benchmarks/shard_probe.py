@@ -72,6 +72,40 @@ def _in_turn(backends: list[Any], queries: Any, k: int) -> None:
         backend.search(queries, k)
 
 
+def graphed_split_ms(backend: Any, queries: Any, k: int, repeats: int) -> dict[str, float]:
+    """A graphed search's wall time cut at its host steps (median ms): queries in, replay launched, GPU done,
+    answers copied back and split — says whether time beyond the kernels is the host's or a wait."""
+    import torch
+
+    from index.retrieval.chunking import next_power_of_two
+    from index.retrieval.torch_backend import split_keys
+    from index.retrieval.triton_backend import graph_queries, word_major
+
+    n_padded, k_padded = graph_queries(queries.shape[0]), min(next_power_of_two(k), backend.n_items)
+    steps: dict[str, list[float]] = {"queries in": [], "replay": [], "gpu wait": [], "answers out": []}
+    with torch.cuda.device(backend.device):
+        captured = backend._capture(n_padded, k_padded)
+        if captured is None:
+            return {}
+        for _ in range(repeats):
+            torch.cuda.synchronize(backend.device)
+            marks = [time.perf_counter()]
+            host = np.empty((backend.words, n_padded), np.int32)
+            host[:, : queries.shape[0]] = word_major(queries)
+            host[:, queries.shape[0] :] = host[:, :1]
+            captured.words.copy_(torch.from_numpy(host))
+            marks.append(time.perf_counter())
+            captured.graph.replay()
+            marks.append(time.perf_counter())
+            torch.cuda.synchronize(backend.device)
+            marks.append(time.perf_counter())
+            split_keys(backend._answers([captured.chunk], captured.packed, k_padded)[: queries.shape[0], :k])
+            marks.append(time.perf_counter())
+            for name, start, end in zip(steps, marks, marks[1:], strict=False):
+                steps[name].append(end - start)
+    return {name: round(1000 * statistics.median(times), 3) for name, times in steps.items()}
+
+
 def probe(n_items: int, batches: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
@@ -105,6 +139,8 @@ def probe(n_items: int, batches: list[int], args: argparse.Namespace) -> list[di
             "halves_threaded_own_ms": threads_own,
             "sharded_ms": median_ms(partial(search, sharded), args.repeats),
             "merge_ms": median_ms(partial(select_topk, distances, ids, k), args.repeats),
+            "whole_split": graphed_split_ms(whole, queries, k, args.repeats),
+            "half_split": graphed_split_ms(halves[0], queries, k, args.repeats),
             "whole_kernels": kernel_times(partial(search, whole)),
             "half_kernels": kernel_times(partial(search, halves[0])),
             "device": device_name(), "commit": commit(),

@@ -47,19 +47,23 @@ class ShardedBackend(HammingBackend):
         self.shards = shards
         self.offsets = [int(offset) for offset in np.cumsum([0] + [shard.n_items for shard in shards[:-1]])]
         self.name = f"sharded[{len(shards)}×{shards[0].name}]"
-        self._pool = ThreadPoolExecutor(max_workers=len(shards) if parallel else 1, thread_name_prefix="shard")
+        self._parallel = parallel and len(shards) > 1
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(shards) - 1), thread_name_prefix="shard")
 
     @property
     def memory_bytes(self) -> int:
         return sum(shard.memory_bytes for shard in self.shards)
 
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
-        # Each shard runs in its own thread: FAISS and CUDA work release the GIL, so GPUs overlap.
-        parts = list(self._pool.map(lambda shard: shard.search(queries, min(k, shard.n_items)), self.shards))
+        # Shards after the first run in the pool's threads (FAISS and CUDA work release the GIL, so GPUs
+        # overlap); the first runs in this thread, which would only wait otherwise (one thread hop fewer).
+        if not self._parallel:
+            parts = [shard.search(queries, min(k, shard.n_items)) for shard in self.shards]
+        else:
+            later = [self._pool.submit(shard.search, queries, min(k, shard.n_items)) for shard in self.shards[1:]]
+            parts = [self.shards[0].search(queries, min(k, self.shards[0].n_items)), *(f.result() for f in later)]
         distances = np.concatenate([p.distances for p in parts], axis=1)
         ids = np.concatenate(
             [np.where(p.ids >= 0, p.ids + off, -1) for p, off in zip(parts, self.offsets, strict=True)], axis=1
         )
-        ids_for_order = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
-        found = select_topk(distances, ids_for_order, k)
-        return TopK(found.distances, np.where(found.ids == np.iinfo(np.int64).max, -1, found.ids))
+        return select_topk(distances, ids, k)

@@ -24,6 +24,7 @@ from index.retrieval import (
     reference_topk,
     resolve_backend,
 )
+from index.retrieval.base import select_topk
 from index.retrieval.by_batch import ByBatchBackend
 from index.retrieval.counting_backend import CountingBackend
 from index.retrieval.faiss_backend import FaissBinaryBackend
@@ -84,6 +85,21 @@ def test_reference_breaks_ties_by_item_id() -> None:
     items = np.array([[0b1111], [0b0001], [0b0011], [0b0001], [0b0000]], dtype=np.uint8)
     found = reference_topk(np.array([[0b0001]], dtype=np.uint8), items, 5)
     assert found.ids.tolist() == [[1, 3, 2, 4, 0]] and found.distances.tolist() == [[0, 0, 1, 1, 3]]
+
+
+@pytest.mark.parametrize("id_scale", [10**6, 2**50])  # ids that pack into one int64 key, and ids that do not
+def test_select_topk_orders_by_distance_then_id_with_padding_last(id_scale: int) -> None:
+    rng = np.random.default_rng(7)
+    distances = rng.integers(0, 12, (50, 40)).astype(np.int32)
+    ids = rng.choice(id_scale, (50, 40), replace=False).astype(np.int64)
+    ids[:, ::7] = -1  # padded slots tie with real items at their distance and must come after them
+    for k in (1, 10, 40):
+        found = select_topk(distances, ids, k)
+        for row in range(50):
+            last = np.where(ids[row] >= 0, ids[row], np.iinfo(np.int64).max)
+            pairs = sorted(zip(distances[row], last, strict=True))[:k]
+            assert found.distances[row].tolist() == [int(d) for d, _ in pairs]
+            assert found.ids[row].tolist() == [int(i) if i != np.iinfo(np.int64).max else -1 for _, i in pairs]
 
 
 def test_popcount64_counts_every_bit_including_the_sign() -> None:

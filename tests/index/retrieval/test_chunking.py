@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from index.retrieval.chunking import (
@@ -86,3 +87,22 @@ def test_the_tight_bound_under_fills_at_most_tight_tail_of_queries(
 def test_the_sample_keeps_one_distance_per_group_while_32_k_groups_remain(n_sample: int, k: int, group: int) -> None:
     assert sample_group(n_sample, k) == group
     assert group <= SAMPLE_GROUP and (group == 1 or n_sample // group >= 32 * k)
+
+
+@pytest.mark.parametrize("bits", [256, 576])
+def test_key_slots_hold_the_items_tied_at_a_billion_items_bound(bits: int) -> None:
+    """Random codes, simulated: the tight bound is the j-th smallest sampled group minimum, and every catalogue
+    item at that integer distance passes. With twice the expected count as room, 3 % (256-bit) and 1 % (576-bit)
+    of queries overflowed at 1B items and were searched twice; the margin leaves none of 400. (64-bit codes, whose
+    distances step ×2.5 at the bound, still overflow about once in 400 queries at 1B items.)"""
+    n_items, k, queries = 1_000_000_000, 100, 400
+    plan = plan_chunks(n_items, 64, k)
+    rank, group = tight_rank(n_items, plan.n_sample, k), sample_group(plan.n_sample, k)
+    cdf = np.cumsum(np.array([math.comb(bits, d) for d in range(bits + 1)], dtype=np.float64)) / 2.0**bits
+    rng = np.random.default_rng(0)
+    sampled = rng.binomial(bits, 0.5, (queries, plan.n_sample // group * group)).astype(np.int16)
+    minima = sampled.reshape(queries, -1, group).min(axis=2)
+    bounds = np.sort(minima, axis=1)[:, rank - 1]
+    counts = rng.binomial(n_items, cdf[bounds])
+    assert int((counts > plan.capacity).sum()) == 0
+    assert int((counts > 2 * rank * n_items // plan.n_sample + 1024).sum()) > 0  # the old room: not enough
