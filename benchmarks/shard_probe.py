@@ -3,10 +3,11 @@
     python benchmarks/shard_probe.py --n-items 100000000 1000000000 --batches 64 1024 --out shard_probe.json
 
 For each catalogue and batch it times (median ms, warm) the whole catalogue on GPU 0; each half alone on its
-GPU; both halves one after another from one thread; both from their own threads (``ShardedBackend``, as served),
-with each thread's own search time; the host merge of the two answers; and the GPU kernels of the whole and of
-a half (``kernel_times``). If a half alone takes about half the whole, sharding scales and any loss is the
-threads' or the merge's; if a half alone takes much more than half, the search has per-query work that does
+GPU (GPUs 0 and 1; both on GPU 0 where there is one); both halves one after another from one thread; both from
+their own threads (``ShardedBackend``, as served), with each thread's own search time; the host merge of the two
+answers; a graphed search cut at its host steps; and the GPU kernels of the whole and of a half
+(``kernel_times``). If a half alone takes about half the whole, sharding scales and any loss is the threads' or
+the merge's; if a half alone takes much more than half, the search has per-query work that does
 not shrink with the shard. Prints a table, saves JSON.
 """
 
@@ -113,10 +114,10 @@ def probe(n_items: int, batches: list[int], args: argparse.Namespace) -> list[di
     from index.retrieval.sharded import ShardedBackend, shard_bounds
     from index.retrieval.triton_backend import TritonBackend
 
-    n_bytes = args.bits // 8
+    n_bytes, gpus = args.bits // 8, torch.cuda.device_count()  # one GPU: both halves on it (threads then contend)
     whole = TritonBackend.from_word_major(random_word_major(n_items, n_bytes, "cuda:0", 0), n_bytes)
     halves = [
-        TritonBackend.from_word_major(random_word_major(stop - start, n_bytes, f"cuda:{gpu}", gpu + 1), n_bytes)
+        TritonBackend.from_word_major(random_word_major(stop - start, n_bytes, f"cuda:{gpu % gpus}", gpu + 1), n_bytes)
         for gpu, (start, stop) in enumerate(shard_bounds(n_items, 2))
     ]
     sharded = ShardedBackend.from_shards(halves)
