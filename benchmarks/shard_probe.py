@@ -29,17 +29,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.retrieval import commit, device_name, kernel_times, random_codes, random_word_major  # noqa: E402
+from benchmarks.retrieval import commit, device_name, kernel_times, random_codes, random_word_major, timed  # noqa: E402
 
 
 def median_ms(call: Callable[[], Any], repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
+    return timed(call, repeats, budget_s=float("inf"))[0]
 
 
 def threaded_ms(shards: list[Any], queries: Any, k: int, repeats: int) -> tuple[float, list[float]]:
@@ -64,10 +58,6 @@ def threaded_ms(shards: list[Any], queries: Any, k: int, repeats: int) -> tuple[
     return 1000 * statistics.median(walls), [1000 * statistics.median(times[1:]) for times in own]
 
 
-def _search(backend: Any, queries: Any, k: int) -> Any:
-    return backend.search(queries, k)
-
-
 def _in_turn(backends: list[Any], queries: Any, k: int) -> None:
     for backend in backends:
         backend.search(queries, k)
@@ -80,7 +70,7 @@ def graphed_split_ms(backend: Any, queries: Any, k: int, repeats: int) -> dict[s
 
     from index.retrieval.chunking import next_power_of_two
     from index.retrieval.torch_backend import split_keys
-    from index.retrieval.triton_backend import graph_queries, word_major
+    from index.retrieval.triton_backend import graph_queries
 
     n_padded, k_padded = graph_queries(queries.shape[0]), min(next_power_of_two(k), backend.n_items)
     steps: dict[str, list[float]] = {"queries in": [], "replay": [], "gpu wait": [], "answers out": []}
@@ -91,10 +81,7 @@ def graphed_split_ms(backend: Any, queries: Any, k: int, repeats: int) -> dict[s
         for _ in range(repeats):
             torch.cuda.synchronize(backend.device)
             marks = [time.perf_counter()]
-            host = np.empty((backend.words, n_padded), np.int32)
-            host[:, : queries.shape[0]] = word_major(queries)
-            host[:, queries.shape[0] :] = host[:, :1]
-            captured.words.copy_(torch.from_numpy(host))
+            backend._load_queries(captured, queries)
             marks.append(time.perf_counter())
             captured.graph.replay()
             marks.append(time.perf_counter())
@@ -129,21 +116,20 @@ def probe(n_items: int, batches: list[int], args: argparse.Namespace) -> list[di
         distances = np.concatenate([p.distances for p in parts], axis=1)
         ids = np.concatenate([parts[0].ids, parts[1].ids + halves[0].n_items], axis=1)
         threads_wall, threads_own = threaded_ms(halves, queries, k, args.repeats)
-        search = partial(_search, queries=queries, k=k)
         row = {
             "n_items": n_items, "code_bits": args.bits, "batch": batch, "k": k,
-            "whole_ms": median_ms(partial(search, whole), args.repeats),
-            "half0_ms": median_ms(partial(search, halves[0]), args.repeats),
-            "half1_ms": median_ms(partial(search, halves[1]), args.repeats),
+            "whole_ms": median_ms(partial(whole.search, queries, k), args.repeats),
+            "half0_ms": median_ms(partial(halves[0].search, queries, k), args.repeats),
+            "half1_ms": median_ms(partial(halves[1].search, queries, k), args.repeats),
             "halves_in_turn_ms": median_ms(partial(_in_turn, halves, queries, k), args.repeats),
             "halves_threaded_ms": threads_wall,
             "halves_threaded_own_ms": threads_own,
-            "sharded_ms": median_ms(partial(search, sharded), args.repeats),
+            "sharded_ms": median_ms(partial(sharded.search, queries, k), args.repeats),
             "merge_ms": median_ms(partial(select_topk, distances, ids, k), args.repeats),
             "whole_split": graphed_split_ms(whole, queries, k, args.repeats),
             "half_split": graphed_split_ms(halves[0], queries, k, args.repeats),
-            "whole_kernels": kernel_times(partial(search, whole)),
-            "half_kernels": kernel_times(partial(search, halves[0])),
+            "whole_kernels": kernel_times(partial(whole.search, queries, k)),
+            "half_kernels": kernel_times(partial(halves[0].search, queries, k)),
             "device": device_name(), "commit": commit(),
         }  # fmt: skip
         print(json.dumps({key: value for key, value in row.items() if "kernels" not in key}), flush=True)

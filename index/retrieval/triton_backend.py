@@ -643,14 +643,19 @@ class TritonBackend(HammingBackend):
             captured = self._capture(n_padded, k_padded)
             if captured is None:
                 return None
-            host = np.empty((self.words, n_padded), np.int32)
-            host[:, :n_queries] = word_major(queries)
-            # Padding repeats the first query: an all-zero code would tie with every item of one popcount and
-            # could overflow its key buffer, forcing a host round trip and a redo on every search.
-            host[:, n_queries:] = host[:, :1]
-            captured.words.copy_(torch.from_numpy(host))
+            self._load_queries(captured, queries)
             captured.graph.replay()
             return split_keys(self._answers([captured.chunk], captured.packed, k_padded)[:n_queries, :k])
+
+    def _load_queries(self, captured: _Captured, queries: npt.NDArray[np.uint8]) -> None:
+        """Copy ``queries`` into a captured search's input, padded to its query count."""
+        n_queries = queries.shape[0]
+        host = np.empty(tuple(captured.words.shape), np.int32)
+        host[:, :n_queries] = word_major(queries)
+        # Padding repeats the first query: an all-zero code would tie with every item of one popcount and
+        # could overflow its key buffer, forcing a host round trip and a redo on every search.
+        host[:, n_queries:] = host[:, :1]
+        captured.words.copy_(torch.from_numpy(host))
 
     def _answers(self, chunks: list[_Chunk], packed: torch.Tensor, k: int) -> torch.Tensor:
         """The chunks' answers on the host, ``[queries, k]``, from ``_pack``'s one transfer; flagged queries redone."""
