@@ -4,6 +4,18 @@ A node's c-bit code is ``sign(A·R − median)``: its adjacency row projected by
 rows are indexed by the other side's nodes, thresholded at its side's per-bit median. R is never stored:
 entry (j, b) is a Gaussian computed from a counter-based hash of (seed, side, j, b), so training makes it
 chunk by chunk and serving makes only the rows of a new user's items.
+
+That raw-row code (``hops`` 0) tells two users apart only by the items they share: Gowalla's users share
+few, so their codes are nearly independent and the decoder learns little that generalises (70 % of a table's
+Recall@20, BENCHMARKS.md #6). A *propagated* code (``hops`` h ≥ 1) hashes the node's row of the normalised
+adjacency Â = D_u^-½ A D_i^-½ smoothed by h steps of message passing instead: the items' projection is
+z = (ÂᵀÂ)^(h−1) R, users get Â·z and items ÂᵀÂ·z, all from the one item-side R, so a user's code agrees with
+its items' codes and users with similar neighbourhoods get similar codes (a random-projection sketch of the
+graph's leading singular directions, as in randomized SVD; each step costs one sparse product per chunk of bits,
+no n × n matrix). The trivial direction (√degree, singular value 1) is projected out of z, else it would
+dominate every bit after a few steps. A new user with items I gets Σ_{i∈I} z_i / √(|I|·deg_i), the same
+product as a trained user's row: for h = 1, z is R itself (less that direction), regenerated from the seed;
+for h ≥ 2 the items' z ships with the model.
 """
 
 from __future__ import annotations
@@ -58,20 +70,128 @@ def side_codes(
     return out, medians
 
 
+def hop_parts(bits: int, hops: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(first bit, width, hops) of each part of a code whose bits split evenly over ``hops``."""
+    if not hops or any(h < 0 for h in hops):
+        raise ValueError(f"hash hops must be one or more counts ≥ 0, got {hops}")
+    if bits % len(hops):
+        raise ValueError(f"hash bits ({bits}) must split evenly over the hop counts {hops}")
+    width = bits // len(hops)
+    return [(number * width, width, h) for number, h in enumerate(hops)]
+
+
+class _Graph:
+    """The normalised adjacency and its trivial item direction, made once for every block of bits."""
+
+    def __init__(self, train: sp.csr_matrix) -> None:
+        self.train = sp.csr_matrix(train, dtype=np.float32)
+        self.user_degree = np.asarray(self.train.sum(axis=1), np.float32).ravel()
+        self.item_degree = np.asarray(self.train.sum(axis=0), np.float32).ravel()
+        self.normalized = sp.csr_matrix(
+            sp.diags(_inverse_sqrt(self.user_degree)) @ self.train @ sp.diags(_inverse_sqrt(self.item_degree)),
+            dtype=np.float32,
+        )
+        self.transposed = sp.csr_matrix(self.normalized.T)
+        self.trivial = trivial_direction(self.item_degree)
+
+
+def _inverse_sqrt(degree: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    out: npt.NDArray[np.float32] = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1.0)), 0.0).astype(np.float32)
+    return out
+
+
+def trivial_direction(item_degree: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Â's leading right singular vector (singular value 1): √deg_i, unit length."""
+    root = np.sqrt(np.asarray(item_degree, np.float64))
+    out: npt.NDArray[np.float32] = (root / max(float(np.linalg.norm(root)), 1e-12)).astype(np.float32)
+    return out
+
+
+def _item_basis(graph: _Graph, bit_start: int, width: int, *, seed: int, hops: int) -> tuple[
+    npt.NDArray[np.float32], npt.NDArray[np.float32]
+]:  # fmt: skip
+    """z = (ÂᵀÂ)^(hops−1) R for a block of bits, the trivial direction projected out, and trivialᵀR."""
+    r = projection_rows(np.arange(graph.train.shape[1]), bit_start, width, seed=seed, side=1)
+    along = (graph.trivial @ r).astype(np.float32)
+    z = (r - graph.trivial[:, None] * along[None, :]).astype(np.float32)
+    for _ in range(hops - 1):
+        z = np.asarray(graph.transposed @ (graph.normalized @ z), np.float32)
+        z -= graph.trivial[:, None] * (graph.trivial @ z)[None, :]
+        z /= np.maximum(np.sqrt((z**2).mean(axis=0)), 1e-12)[None, :]  # keep float32 in range over many steps
+    return z, along
+
+
 def graph_codes(
-    train: sp.csr_matrix, bits: int, *, seed: int
+    train: sp.csr_matrix, bits: int, *, seed: int, hops: tuple[int, ...] = (0,)
 ) -> tuple[npt.NDArray[np.bool_], dict[str, npt.NDArray[np.float32]]]:
-    """Codes of users (rows of ``train``, projected by item-side R) then items (by user-side R)."""
-    users, user_medians = side_codes(train, bits, seed=seed, side=1)
-    items, item_medians = side_codes(sp.csr_matrix(train.T), bits, seed=seed, side=0)
-    return np.concatenate([users, items]), {"user": user_medians, "item": item_medians}
+    """Codes of users then items, and what coding a new user needs (``cold_user_bits``).
+
+    With ``hops`` (0,) users are their rows of ``train`` projected by item-side R and items their columns by
+    user-side R. Several hop counts split the bits evenly, one part each. The dict holds the per-bit medians
+    (``user``, ``item``); with propagated parts also the training graph's ``item_degree``, ``trivial_along``
+    (trivialᵀR per bit, 0 in raw parts) and, for parts of 2 or more hops, the items' ``item_basis`` of those bits.
+    """
+    graph = _Graph(train)
+    users = np.empty((graph.train.shape[0], bits), bool)
+    items = np.empty((graph.train.shape[1], bits), bool)
+    medians = {"user": np.empty(bits, np.float32), "item": np.empty(bits, np.float32)}
+    along = np.zeros(bits, np.float32)
+    bases = []
+    for start, width, hops_here in hop_parts(bits, hops):
+        for block in range(start, start + width, 32):
+            block_width = min(32, start + width - block)
+            bits_here = slice(block, block + block_width)
+            if hops_here == 0:
+                user_values = projected(graph.train, block, block_width, seed=seed, side=1)
+                item_values = projected(sp.csr_matrix(graph.train.T), block, block_width, seed=seed, side=0)
+            else:
+                z, along[bits_here] = _item_basis(graph, block, block_width, seed=seed, hops=hops_here)
+                user_values = np.asarray(graph.normalized @ z, np.float32)
+                item_values = np.asarray(graph.transposed @ user_values, np.float32)
+                if hops_here >= 2:
+                    bases.append(z)
+            for side, values, out in (("user", user_values, users), ("item", item_values, items)):
+                medians[side][bits_here] = np.median(values, axis=0)
+                out[:, bits_here] = values > medians[side][bits_here]
+    if any(h for h in hops):
+        medians["item_degree"], medians["trivial_along"] = graph.item_degree, along
+    if bases:
+        medians["item_basis"] = np.concatenate(bases, axis=1)
+    return np.concatenate([users, items]), medians
 
 
 def cold_user_bits(
-    item_rows: npt.NDArray[np.integer], bits: int, medians: npt.NDArray[np.float32], *, seed: int
+    item_rows: npt.NDArray[np.integer],
+    bits: int,
+    medians: npt.NDArray[np.float32],
+    *,
+    seed: int,
+    hops: tuple[int, ...] = (0,),
+    propagation: dict[str, npt.NDArray[np.float32]] | None = None,
 ) -> npt.NDArray[np.bool_]:
-    """The code a new user with these training items gets: the same projection, the users' medians."""
-    values = projection_rows(np.asarray(item_rows), 0, bits, seed=seed, side=1).sum(axis=0)
+    """The code a new user with these training items gets: the same product as a trained user's row, the
+    users' medians. Propagated parts need ``propagation``: graph_codes's ``item_degree``, ``trivial_along`` and
+    (2+ hops) ``item_basis``."""
+    rows = np.asarray(item_rows)
+    values = np.empty(bits, np.float32)
+    basis_column = 0
+    for start, width, hops_here in hop_parts(bits, hops):
+        part = slice(start, start + width)
+        if hops_here == 0:
+            values[part] = projection_rows(rows, start, width, seed=seed, side=1).sum(axis=0)
+            continue
+        if propagation is None:
+            raise ValueError("a propagated hash code needs the training graph's item degrees and basis")
+        degree = propagation["item_degree"]
+        if hops_here == 1:  # z is R less the trivial direction: regenerated, not shipped
+            trivial = trivial_direction(degree)[rows]
+            r = projection_rows(rows, start, width, seed=seed, side=1)
+            z = r - trivial[:, None] * propagation["trivial_along"][None, part]
+        else:
+            z = propagation["item_basis"][rows, basis_column : basis_column + width]
+            basis_column += width
+        weights = _inverse_sqrt(degree[rows]) / np.sqrt(max(len(rows), 1))
+        values[part] = (weights[:, None] * z).sum(axis=0)
     out: npt.NDArray[np.bool_] = values > medians
     return out
 

@@ -21,6 +21,7 @@ from index.codes import encode_planes2, encode_sign1
 from index.hash_codes import cold_user_bits, group_indices
 
 METHODS = ("fp", "ste", "hq")  # the ones whose user code is a function of the user's representation alone
+PROPAGATION_ARRAYS = ("item_degree", "trivial_along", "item_basis")  # index.hash_codes.graph_codes
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,11 @@ class ColdStart:
         if "codebook" not in self.arrays or not self.use_hashed_ego:
             return np.zeros(dim, np.float32)
         a = self.arrays
-        bits = cold_user_bits(items, int(a["hash_bits"]), a["user_medians"], seed=int(a["hash_seed"]))
+        hops = tuple(int(h) for h in a["hash_hops"]) if "hash_hops" in a else (0,)  # bundles before: raw rows
+        propagation = {name: a[f"hash_{name}"] for name in PROPAGATION_ARRAYS if f"hash_{name}" in a}
+        bits = cold_user_bits(
+            items, int(a["hash_bits"]), a["user_medians"], seed=int(a["hash_seed"]), hops=hops, propagation=propagation
+        )
         groups = group_indices(bits[None, :], int(a["hash_groups"]))[0]
         hidden = a["codebook"][groups + a["offsets"]].sum(axis=0)
         n_layers = int(a["hash_mlp_layers"]) if "hash_mlp_layers" in a else 2  # bundles before it had two

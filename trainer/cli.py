@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--hash-depth", type=int, default=defaults.hash_depth, help="hidden layers of that MLP")
     model.add_argument("--hash-residual", type=int, default=defaults.hash_residual,
                        help="per-node residual dimensions beside the decoded code (0: none)")  # fmt: skip
+    model.add_argument(
+        "--hash-hops",
+        type=int,
+        nargs="+",
+        default=list(defaults.hash_hops),
+        help="message-passing steps the hash code sketches: 0 the raw adjacency row, h >= 1 the row of the "
+        "normalised adjacency smoothed h times (users and items share one projection); several split the bits",
+    )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
     optim.add_argument(
@@ -235,6 +243,7 @@ def run(args: argparse.Namespace, world: World) -> int:
         hash_hidden=args.hash_hidden,
         hash_depth=args.hash_depth,
         hash_residual=args.hash_residual,
+        hash_hops=tuple(args.hash_hops),
         seed=args.seed,
         device=args.device,
         max_minutes=args.max_minutes,
@@ -282,6 +291,11 @@ def run(args: argparse.Namespace, world: World) -> int:
         "method": config.method if config.input_layer == "table" else f"hash+{config.method}",
         "input_layer": config.input_layer,
         "input_parameters": sum(p.numel() for p in result.model.inputs.parameters()),
+        **(
+            {"hash_bits": config.hash_bits, "hash_groups": config.hash_groups, "hash_hops": list(config.hash_hops)}
+            if config.input_layer == "hash"
+            else {}
+        ),
         "bits": result.quantizer.bits,
         **{k: round(v, 5) for k, v in report.test_served.items()},
         **{f"exact_{k}": round(v, 5) for k, v in report.test_device.items()},

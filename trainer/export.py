@@ -80,6 +80,8 @@ def cold_start_arrays(model: LightGCN, quantizer: Quantizer, data: Dataset, meth
                 "hash_seed": np.array(inputs.seed),
                 "hash_bits": np.array(inputs.hash_bits),
                 "hash_groups": np.array(inputs.groups_of.shape[1]),
+                "hash_hops": np.array(inputs.hops, dtype=np.int64),
+                **{f"hash_{name}": value for name, value in inputs.propagation.items()},
             }
         )
     return arrays

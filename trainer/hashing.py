@@ -39,9 +39,15 @@ class HashedInput(nn.Module):
         hidden: int = 0,
         depth: int = 1,
         residual_dim: int = 0,
+        hops: tuple[int, ...] = (0,),
+        propagation: dict[str, npt.NDArray[np.float32]] | None = None,
     ) -> None:
         super().__init__()
         self.seed = seed
+        self.hops = hops
+        # What coding a new user needs beside the medians (item degrees, basis: index.hash_codes.graph_codes);
+        # host arrays for the export, never moved to the device.
+        self.propagation = dict(propagation or {})
         self.hash_bits = group_bits * indices.shape[1]
         medians = user_medians if user_medians is not None else np.zeros(self.hash_bits, np.float32)
         self.register_buffer("user_medians", torch.from_numpy(np.asarray(medians, np.float32)))

@@ -83,6 +83,7 @@ class TrainConfig:
     hash_hidden: int = 0  # the decoder MLP's width (0: the embedding size)
     hash_depth: int = 1  # … and its hidden layers
     hash_residual: int = 0  # per-node residual dimensions beside the decoded code (0: none, no per-node parameters)
+    hash_hops: tuple[int, ...] = (0,)  # message-passing steps the code sketches (index.hash_codes); several split it
     select_metric: str = "recall@20"
     seed: int = 2024
     device: str = "auto"
@@ -282,7 +283,7 @@ def hashed_input(data: Dataset, config: TrainConfig) -> HashedInput:
         raise ValueError("gnaq replaces the input layer with its own codebooks: use --input-layer table with it")
     if config.warm_start or config.warm_start_from is not None:
         raise ValueError("warm start copies an embedding table: not available with --input-layer hash yet")
-    bits, medians = graph_codes(data.train, config.hash_bits, seed=config.seed)
+    bits, medians = graph_codes(data.train, config.hash_bits, seed=config.seed, hops=config.hash_hops)
     layer = HashedInput(
         group_indices(bits, config.hash_groups),
         config.hash_bits // config.hash_groups,
@@ -292,9 +293,11 @@ def hashed_input(data: Dataset, config: TrainConfig) -> HashedInput:
         hidden=config.hash_hidden,
         depth=config.hash_depth,
         residual_dim=config.hash_residual,
+        hops=config.hash_hops,
+        propagation={k: v for k, v in medians.items() if k not in ("user", "item")},
     )
-    log.info("hashed input layer: %d-bit codes in %d groups, %d parameters", config.hash_bits, config.hash_groups,
-             parameter_count(layer))  # fmt: skip
+    log.info("hashed input layer: %d-bit codes of %s hops in %d groups, %d parameters", config.hash_bits,
+             ",".join(map(str, config.hash_hops)), config.hash_groups, parameter_count(layer))  # fmt: skip
     return layer
 
 
