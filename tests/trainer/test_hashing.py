@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from index.hash_codes import hop_parts
 from trainer.data import Dataset
 from trainer.hashing import (
     HashedInput,
@@ -39,6 +40,47 @@ def test_a_new_user_with_the_same_items_gets_the_same_code(tiny_data: Dataset) -
     for user in (0, 17, 123):
         items = tiny_data.train.indices[tiny_data.train.indptr[user] : tiny_data.train.indptr[user + 1]]
         assert np.array_equal(cold_user_bits(items, 64, medians["user"], seed=5), codes[user])
+
+
+@pytest.mark.parametrize("hops", [(1,), (2,), (0, 2), (3,)])
+def test_a_new_user_gets_the_same_propagated_code(tiny_data: Dataset, hops: tuple[int, ...]) -> None:
+    codes, arrays = graph_codes(tiny_data.train, 64, seed=5, hops=hops)
+    propagation = {k: v for k, v in arrays.items() if k not in ("user", "item")}
+    assert ("item_basis" in propagation) == any(h >= 2 for h in hops)  # one hop regenerates z from the seed
+    train_rows = tiny_data.train
+    for user in (0, 17, 123):
+        items = train_rows.indices[train_rows.indptr[user] : train_rows.indptr[user + 1]]
+        got = cold_user_bits(items, 64, arrays["user"], seed=5, hops=hops, propagation=propagation)
+        assert np.array_equal(got, codes[user])
+    with pytest.raises(ValueError, match="item degrees"):
+        cold_user_bits(np.array([0, 1]), 64, arrays["user"], seed=5, hops=hops)
+
+
+def test_propagated_codes_agree_with_their_items_and_stay_balanced(tiny_data: Dataset) -> None:
+    n_users = tiny_data.n_users
+    coo = tiny_data.train.tocoo()
+    random_items = np.random.default_rng(0).integers(0, tiny_data.n_items, coo.nnz)
+    agreement = {}
+    for hops in ((0,), (2,), (6,)):
+        codes, _ = graph_codes(tiny_data.train, 128, seed=3, hops=hops)
+        users, items = codes[:n_users], codes[n_users:]
+        assert np.all(np.abs(codes.mean(axis=0) - 0.5) <= 0.05)  # median thresholds: every bit splits each side
+        linked = (users[coo.row] == items[coo.col]).mean()
+        unlinked = (users[coo.row] == items[random_items]).mean()
+        agreement[hops] = linked - unlinked
+        # Without the trivial √degree direction removed, many steps would make every bit the same degree test.
+        correlation = np.corrcoef(users.T.astype(np.float64))
+        assert np.abs(correlation[np.triu_indices(128, 1)]).mean() < 0.5  # 0.77 at 6 hops without
+    assert abs(agreement[(0,)]) < 0.02  # raw rows: the two sides' projections are independent
+    assert agreement[(2,)] > 0.1 and agreement[(6,)] > 0.1  # one projection: a user's bits match its items'
+
+
+def test_hop_counts_split_the_bits_evenly() -> None:
+    assert hop_parts(192, (0, 2)) == [(0, 96, 0), (96, 96, 2)]
+    with pytest.raises(ValueError, match="split evenly"):
+        hop_parts(100, (0, 1, 2))
+    with pytest.raises(ValueError, match="hops"):
+        hop_parts(64, (-1,))
 
 
 def test_group_indices_read_each_group_as_an_integer() -> None:
