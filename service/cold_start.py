@@ -4,8 +4,8 @@ LightGCN's user representation is the mean of its layers, and layer k + 1 of a u
 degree-normalised sum of its items' layer k: e_u^(k+1) = Σ_i e_i^(k) / √(|I_u| · deg_i). With the items'
 layers 0..K−1 exported in the bundle, a new user's representation needs no retraining — only its ego
 embedding e_u^(0), which a hashed input layer decodes from the user's hash code (the same projection as in
-training, index.hash_codes) and a plain embedding table cannot give. Measured, a zero ego serves new users
-better than the decoded one (the propagated layers carry the answer), so it is the default for both. The
+training, index.hash_codes) and a plain embedding table cannot give. Measured, a zero ego serves new users as
+well as the decoded one or better (the propagated layers carry the answer), so it is the default for both. The
 representation is then coded exactly as the trainer codes users (sign, HQ levels, floats).
 """
 
@@ -27,26 +27,31 @@ PROPAGATION_ARRAYS = ("item_degree", "trivial_along", "item_basis")  # index.has
 @dataclass(frozen=True)
 class ColdStart:
     arrays: dict[str, npt.NDArray[Any]]
-    # A zero ego by default, even for hashed models: on ml-100k's held-out users the decoded ego of a code the
-    # decoder never trained on cost more than it gave (92 % of trained-on with a zero ego, 51 % with it;
-    # BENCHMARKS.md). True decodes the user's hash code, as Yeh et al. do.
+    # A zero ego by default, even for hashed models: on ml-100k's held-out users the decoded ego of a raw-row code
+    # the decoder never trained on cost more than it gave (92 % of trained-on with a zero ego, 51 % with it); on
+    # Gowalla with 3-hop codes the two tie (97 % each; BENCHMARKS.md). True decodes the user's hash code, as Yeh
+    # et al. do.
     use_hashed_ego: bool = False
 
     @property
     def method(self) -> str:
         return str(self.arrays["method"])
 
+    def hash_bits(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """The hash code a hashed model's training would have given a user with these items."""
+        a = self.arrays
+        hops = tuple(int(h) for h in a["hash_hops"]) if "hash_hops" in a else (0,)  # bundles before: raw rows
+        propagation = {name: a[f"hash_{name}"] for name in PROPAGATION_ARRAYS if f"hash_{name}" in a}
+        return cold_user_bits(
+            items, int(a["hash_bits"]), a["user_medians"], seed=int(a["hash_seed"]), hops=hops, propagation=propagation
+        )
+
     def ego(self, items: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         dim = self.arrays["item_layers"].shape[2]
         if "codebook" not in self.arrays or not self.use_hashed_ego:
             return np.zeros(dim, np.float32)
         a = self.arrays
-        hops = tuple(int(h) for h in a["hash_hops"]) if "hash_hops" in a else (0,)  # bundles before: raw rows
-        propagation = {name: a[f"hash_{name}"] for name in PROPAGATION_ARRAYS if f"hash_{name}" in a}
-        bits = cold_user_bits(
-            items, int(a["hash_bits"]), a["user_medians"], seed=int(a["hash_seed"]), hops=hops, propagation=propagation
-        )
-        groups = group_indices(bits[None, :], int(a["hash_groups"]))[0]
+        groups = group_indices(self.hash_bits(items)[None, :], int(a["hash_groups"]))[0]
         hidden = a["codebook"][groups + a["offsets"]].sum(axis=0)
         n_layers = int(a["hash_mlp_layers"]) if "hash_mlp_layers" in a else 2  # bundles before it had two
         for number in range(1, n_layers + 1):

@@ -1,12 +1,13 @@
 """Hashing-based input embeddings (Yeh et al., KDD'22): no O(n·d) table, and codes for unseen nodes.
 
-The fixed c-bit code of each node comes from ``index.hash_codes`` (an adjacency row projected by a
-seed-regenerated Gaussian matrix, thresholded at its side's per-bit medians). The decoder here splits the
-code into m groups of c/m bits; each group's integer picks a row of its own small learnable codebook, the
-m rows are summed and an MLP gives the d-dim ego embedding. Parameters are m · 2^(c/m) · d + the MLP,
-whatever the number of nodes. The MLP's width and depth are options: by default one hidden layer of d (the
-codebook-sum decoder measured 70 % of a table's Recall@20 on Gowalla at 192-bit codes, BENCHMARKS.md #6), wider
-and deeper decoders (as in Kang et al.'s deep hash embeddings) spend the parameter budget on the decoder instead.
+The fixed c-bit code of each node comes from ``index.hash_codes`` (a seed-regenerated Gaussian projection of the
+node's adjacency row, raw or smoothed by message passing, thresholded at its side's per-bit medians). The decoder
+here splits the code into m groups of c/m bits; each group's integer picks a row of its own small learnable
+codebook, the m rows are summed and an MLP gives the d-dim ego embedding. Parameters are m · 2^(c/m) · d + the MLP,
+whatever the number of nodes. The MLP's width and depth are options: by default one hidden layer of d (on Gowalla at
+192-bit codes the codebook-sum decoder measured 70 % of a table's Recall@20 with raw-row codes, 92 % with 3-hop
+codes, BENCHMARKS.md #6: what the code sketches mattered, the decoder's size did not); wider and deeper decoders
+(as in Kang et al.'s deep hash embeddings) spend the parameter budget on the decoder instead.
 An optional per-node residual of r ≪ d dimensions, lifted to d by a learned matrix, gives each trained node a few
 free parameters back (n · r: 1/16 of the table at r = 4, d = 64); nodes the model never saw get none.
 """

@@ -83,7 +83,7 @@ class TrainConfig:
     hash_hidden: int = 0  # the decoder MLP's width (0: the embedding size)
     hash_depth: int = 1  # … and its hidden layers
     hash_residual: int = 0  # per-node residual dimensions beside the decoded code (0: none, no per-node parameters)
-    hash_hops: tuple[int, ...] = (0,)  # message-passing steps the code sketches (index.hash_codes); several split it
+    hash_hops: tuple[int, ...] = (3,)  # message-passing steps the code sketches (index.hash_codes); several split it
     select_metric: str = "recall@20"
     seed: int = 2024
     device: str = "auto"

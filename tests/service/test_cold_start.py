@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from index.bundle import COLD_START_FILE, Bundle, BundleError
-from index.hash_codes import cold_user_bits, group_indices
+from index.hash_codes import group_indices
 from index.item_index import ItemIndex
 from service.cold_start import ColdStart
 from tests.conftest import RedisServer, TrainedBundle
@@ -97,6 +97,24 @@ def test_a_corrupted_cold_start_file_is_refused(hashed_bundle: TrainedBundle, tm
         Bundle.load(copy)
 
 
+@pytest.mark.parametrize("hops", [(0,), (1,), (3,)])
+def test_serving_codes_a_known_users_items_as_training_coded_the_user(
+    tiny_data: Dataset, hops: tuple[int, ...]
+) -> None:
+    config = TrainConfig(method="fp", dim=16, epochs=1, batch_size=1024, eval_every=1, device="cpu",
+                         input_layer="hash", hash_bits=64, hash_groups=8, hash_hops=hops)  # fmt: skip
+    result = train(tiny_data, config)
+    inputs = result.model.inputs
+    assert isinstance(inputs, HashedInput)
+    arrays = cold_start_arrays(result.model, result.quantizer, tiny_data, "fp")
+    assert arrays is not None and ("hash_item_basis" in arrays) == (max(hops) >= 2)
+    cold = ColdStart(arrays)
+    train_rows = tiny_data.train
+    for user in (0, 9, 71):
+        items = train_rows.indices[train_rows.indptr[user] : train_rows.indptr[user + 1]].astype(np.int64)
+        assert np.array_equal(group_indices(cold.hash_bits(items)[None, :], 8)[0], inputs.groups_of[user].numpy())
+
+
 def test_a_wider_deeper_decoder_decodes_the_same_in_serving(tiny_data: Dataset) -> None:
     config = TrainConfig(method="fp", dim=16, epochs=2, batch_size=1024, eval_every=1, device="cpu",
                          input_layer="hash", hash_bits=32, hash_groups=4, hash_hidden=24, hash_depth=2)  # fmt: skip
@@ -106,7 +124,7 @@ def test_a_wider_deeper_decoder_decodes_the_same_in_serving(tiny_data: Dataset) 
     arrays = cold_start_arrays(result.model, result.quantizer, tiny_data, "fp")
     assert arrays is not None and int(arrays["hash_mlp_layers"]) == 3
     items = np.array([0, 3, 5], np.int64)
-    bits = cold_user_bits(items, 32, arrays["user_medians"], seed=int(arrays["hash_seed"]))
+    bits = ColdStart(arrays).hash_bits(items)
     with torch.no_grad():
         want = inputs.decode(torch.from_numpy(group_indices(bits[None, :], 4))).numpy()[0]
     got = ColdStart(arrays, use_hashed_ego=True).ego(items)
