@@ -10,16 +10,59 @@ codes, BENCHMARKS.md #6: what the code sketches mattered, the decoder's size did
 (as in Kang et al.'s deep hash embeddings) spend the parameter budget on the decoder instead.
 An optional per-node residual of r ≪ d dimensions, lifted to d by a learned matrix, gives each trained node a few
 free parameters back (n · r: 1/16 of the table at r = 4, d = 64); nodes the model never saw get none.
+
+The codes are fixed, so the codebook's gradient is one product with a fixed sparse matrix: ``lookup_t``, codebook
+rows × nodes, a 1 where the row is one of the node's groups. ``embedding_bag``'s own backward sorts the n · m row
+indices at every step instead (2.4 s against 0.14 s for Gowalla at 256 groups on two CPU cores, BENCHMARKS.md #6).
 """
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 import torch
 from torch import nn
 
 from index.hash_codes import cold_user_bits, graph_codes, group_indices, projection_rows, side_codes
+from trainer.graph import to_torch_sparse
+
+Backward = Literal["lookup", "bag"]
+
+
+class _CodebookSum(torch.autograd.Function):
+    """rows[j] = Σ_g codebook[flat[j, g]]; backward codebook_grad = lookupᵀ · (the nodes' gradients, all nodes).
+
+    ``nodes`` says which node each output row is (None: all of them, in order), so the gradient of a batch's rows
+    is scattered into node space first; repeated nodes add up, as they do in the forward's sum.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, codebook: torch.Tensor, flat: torch.Tensor, nodes: torch.Tensor | None, lookup_t: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.lookup_t, ctx.nodes = lookup_t, nodes
+        return nn.functional.embedding_bag(flat, codebook, mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        lookup_t: torch.Tensor = ctx.lookup_t
+        if ctx.nodes is not None:
+            grad = torch.zeros(lookup_t.shape[1], grad.shape[1], device=grad.device, dtype=grad.dtype).index_add_(
+                0, ctx.nodes, grad
+            )
+        return lookup_t @ grad, None, None, None
+
+
+def codebook_lookup_t(flat: npt.NDArray[np.int64], rows: int) -> sp.csr_matrix:
+    """[codebook rows, nodes]: a 1 at (r, j) for every group g with flat[j, g] = r."""
+    n, groups = flat.shape
+    nodes = np.repeat(np.arange(n, dtype=np.int64), groups)
+    out = sp.csr_matrix((np.ones(n * groups, np.float32), (flat.ravel(), nodes)), shape=(rows, n))
+    out.sum_duplicates()  # a node never repeats a row (each group has its own block): a no-op, kept for safety
+    return out
 
 
 class HashedInput(nn.Module):
@@ -28,6 +71,7 @@ class HashedInput(nn.Module):
     groups_of: torch.Tensor
     offsets: torch.Tensor
     user_medians: torch.Tensor
+    lookup_t: torch.Tensor
 
     def __init__(
         self,
@@ -42,6 +86,7 @@ class HashedInput(nn.Module):
         residual_dim: int = 0,
         hops: tuple[int, ...] = (0,),
         propagation: dict[str, npt.NDArray[np.float32]] | None = None,
+        backward: Backward = "lookup",
     ) -> None:
         super().__init__()
         self.seed = seed
@@ -56,6 +101,9 @@ class HashedInput(nn.Module):
         self.register_buffer("groups_of", torch.from_numpy(indices))
         self.register_buffer("offsets", torch.arange(n_groups) * (1 << group_bits))
         self.codebook = nn.Parameter(torch.randn(n_groups * (1 << group_bits), dim) * 0.1)
+        self.backward = backward  # "bag": embedding_bag's own backward, kept to measure the two against each other
+        lookup_t = codebook_lookup_t(indices + np.arange(n_groups) * (1 << group_bits), self.codebook.shape[0])
+        self.register_buffer("lookup_t", to_torch_sparse(lookup_t, torch.device("cpu")), persistent=False)
         if depth < 1:
             raise ValueError(f"the decoder needs at least one hidden layer, got depth {depth}")
         width = hidden or dim
@@ -69,19 +117,30 @@ class HashedInput(nn.Module):
             self.lift = nn.Linear(residual_dim, dim, bias=False)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        # One fused gather-and-sum: indexing then summing would materialise nodes × groups × d floats
-        # (4.6 GB a forward for Gowalla's 70k nodes at 256 groups) and scatter as much back.
-        rows = nn.functional.embedding_bag(indices + self.offsets, self.codebook, mode="sum")
-        out: torch.Tensor = self.mlp(rows)
-        return out
+        """Embeddings of codes given as group indices [n, m] (serving's check, cold start): plain backward."""
+        return self._decoded(nn.functional.embedding_bag(indices + self.offsets, self.codebook, mode="sum"))
 
     def forward(self) -> torch.Tensor:
-        decoded = self.decode(self.groups_of)
+        decoded = self._trained(None)
         return decoded if self.residual is None else decoded + self.lift(self.residual)
 
     def ego(self, nodes: torch.Tensor) -> torch.Tensor:
-        decoded = self.decode(self.groups_of[nodes])
+        decoded = self._trained(nodes)
         return decoded if self.residual is None else decoded + self.lift(self.residual[nodes])
+
+    def _trained(self, nodes: torch.Tensor | None) -> torch.Tensor:
+        """Trained nodes' embeddings (None: all, in order), the codebook's gradient through the fixed lookup."""
+        # One fused gather-and-sum: indexing then summing would materialise nodes × groups × d floats
+        # (4.6 GB a forward for Gowalla's 70k nodes at 256 groups) and scatter as much back.
+        flat = (self.groups_of if nodes is None else self.groups_of[nodes]) + self.offsets
+        if self.backward == "bag":
+            return self._decoded(nn.functional.embedding_bag(flat, self.codebook, mode="sum"))
+        rows = _CodebookSum.apply(self.codebook, flat, nodes, self.lookup_t)  # type: ignore[no-untyped-call]
+        return self._decoded(rows)
+
+    def _decoded(self, rows: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.mlp(rows)
+        return out
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -209,9 +209,11 @@ def parallel_objective(
         raise ValueError("--grad-compression bf16 needs GPUs (NCCL); on CPUs (gloo) use fp16")
     if not world.distributed or sync == "allreduce":
         return objective
-    # The adjacency is a (sparse) buffer every rank builds identically: DDP must neither broadcast nor check it.
+    # The adjacency (and a hashed input's codebook lookup) are sparse buffers every rank builds identically: DDP
+    # must neither broadcast nor check them.
+    sparse = [name for name, buffer in objective.named_buffers() if buffer.layout != torch.strided]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(  # type: ignore[no-untyped-call]
-        objective, ["model.adjacency"]
+        objective, sorted({"model.adjacency", *sparse})
     )
     device = model.adjacency.device
     with warnings.catch_warnings():  # newer torch renames broadcast_buffers; the old name keeps init unsynced

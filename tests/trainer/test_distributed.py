@@ -109,7 +109,13 @@ def test_two_gpus_train_the_same_model_as_one_gpu(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "method",
-    [["--method", "hq", "--bits", "2"], ["--method", "gnaq", "--pretrain-epochs", "2"], ["--method", "bigear"]],
+    [
+        ["--method", "hq", "--bits", "2"],
+        ["--method", "gnaq", "--pretrain-epochs", "2"],
+        ["--method", "bigear"],
+        # DDP must leave the hashed input's sparse codebook lookup alone, as it does the adjacency.
+        ["--method", "fp", "--input-layer", "hash", "--hash-bits", "32", "--hash-groups", "4", "--grad-sync", "ddp"],
+    ],
 )
 def test_quantizers_with_epoch_hooks_stay_in_step_across_ranks(tmp_path: Path, method: list[str]) -> None:
     """HQ re-estimates δ from random probes every 5 epochs, GNAQ re-bins codes each step: every validation

@@ -115,6 +115,23 @@ def test_a_per_node_residual_adds_n_times_r_parameters_and_moves_only_its_node()
     assert torch.allclose(mixed.ego(torch.tensor([7, 8])), mixed()[[7, 8]], atol=1e-6)
 
 
+@pytest.mark.parametrize("residual_dim", [0, 3])
+def test_the_fixed_lookup_backward_gives_embedding_bags_gradients(residual_dim: int) -> None:
+    indices = np.random.default_rng(0).integers(0, 16, (500, 32))
+    lookup, bag = (HashedInput(indices, 4, 8, residual_dim=residual_dim, backward=b) for b in ("lookup", "bag"))
+    bag.load_state_dict(lookup.state_dict())
+    nodes = torch.tensor([3, 3, 499, 0, 17, 3])  # a batch repeats nodes: their gradients add up
+    weights = torch.randn(500, 8), torch.randn(6, 8)
+    grads = []
+    for layer in (lookup, bag):
+        torch.testing.assert_close(layer.ego(nodes), layer()[nodes])
+        ((layer() * weights[0]).sum() + (layer.ego(nodes) * weights[1]).sum()).backward()  # type: ignore[no-untyped-call]
+        grads.append({name: p.grad for name, p in layer.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-5, atol=1e-5)
+    assert lookup.codebook.grad is not None and lookup.codebook.grad.abs().sum() > 0
+
+
 def test_training_with_the_hashed_input_learns(tiny_data: Dataset) -> None:
     config = TrainConfig(method="fp", dim=16, epochs=20, eval_every=5, batch_size=1024, lr=5e-3, device="cpu",
                          input_layer="hash", hash_bits=32, hash_groups=4)  # fmt: skip
