@@ -13,7 +13,8 @@ free parameters back (n · r: 1/16 of the table at r = 4, d = 64); nodes the mod
 
 The codes are fixed, so the codebook's gradient is one product with a fixed sparse matrix: ``lookup_t``, codebook
 rows × nodes, a 1 where the row is one of the node's groups. ``embedding_bag``'s own backward sorts the n · m row
-indices at every step instead (2.4 s against 0.14 s for Gowalla at 256 groups on two CPU cores, BENCHMARKS.md #6).
+indices at every step instead (a Gowalla step's decoder work at 256 groups: 4.0 s against 0.53 s on two CPU cores,
+8.7 against 5.1 ms on an H200; BENCHMARKS.md #6).
 """
 
 from __future__ import annotations
