@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.records import append_records  # noqa: E402
 from index.bundle import Bundle  # noqa: E402
 from index.item_index import ItemIndex  # noqa: E402
 from service.cold_start import ColdStart  # noqa: E402
@@ -107,9 +107,7 @@ def main() -> int:
         "dataset": data.name, "method": method, "held_out_users": int(cold.size), "extra": args.extra,
         "refit": args.refit, **results,
     }  # fmt: skip
-    records = json.loads(args.out.read_text()) if args.out.is_file() else []
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([*records, record], indent=2) + "\n")
+    append_records(args.out, [record])
     base = results["trained on"]["recall@20"]
     print(f"\n{data.name}, {cold.size} held-out users, {record['method']}")
     print("| path | Recall@20 | NDCG@20 | of trained-on |")

@@ -12,7 +12,6 @@ projection per side, so their agreement is chance. A CPU job; prints a table and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.records import append_records  # noqa: E402
 from index.hash_codes import graph_codes  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
 from trainer.evaluate import device_metrics  # noqa: E402
@@ -49,9 +49,7 @@ def main() -> int:
         )
         rows.append({"dataset": data.name, "bits": args.bits, "hops": hops, "code_seconds": round(code_seconds, 2),
                      **{f"valid_{k}": round(v, 5) for k, v in metrics.items()}})  # fmt: skip
-    records = json.loads(args.out.read_text()) if args.out.is_file() else []
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([*records, *rows], indent=2) + "\n")
+    append_records(args.out, rows)
     print(f"\n{data.name}, {args.bits}-bit codes, items ranked by code agreement alone (validation split)")
     print(f"{'hops':>5}{'R@20':>9}{'N@20':>9}{'R@50':>9}{'codes s':>9}")
     for row in rows:

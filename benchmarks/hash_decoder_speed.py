@@ -12,7 +12,6 @@ when torch sees it, else the CPU; prints a table and appends to --out (JSON list
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.records import append_records  # noqa: E402
 from trainer.hashing import HashedInput, parameter_count  # noqa: E402
 
 
@@ -72,9 +72,7 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     for row in rows:
         row["device_name"] = name
-    records = json.loads(args.out.read_text()) if args.out.is_file() else []
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([*records, *rows], indent=2) + "\n")
+    append_records(args.out, rows)
     print(f"\n{args.nodes} nodes, d = {args.dim}, batch {args.batch}, {name}: ms per step (forward + backward)")
     print(f"{'code':>10}{'params':>10}{'bag ms':>10}{'lookup ms':>11}{'speed-up':>10}")
     for row in rows:

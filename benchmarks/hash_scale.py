@@ -13,7 +13,6 @@ peaked at). Writes a JSON record (--out) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.records import append_records  # noqa: E402
 from trainer.graph import normalized_adjacency, to_torch_sparse  # noqa: E402
 from trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count  # noqa: E402
 from trainer.loss import bpr  # noqa: E402
@@ -84,12 +84,14 @@ def main() -> int:
         action="store_true",
         help="with --try-table on a GPU: give the table model only the hashed model's peak memory",
     )
+    parser.add_argument("--hops", type=int, nargs="+", default=[3],
+                        help="message-passing steps the codes sketch (as --hash-hops; 0: raw rows)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hash_scale.json"))
     args = parser.parse_args()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     started = time.perf_counter()
     train = synthetic_graph(args.users, args.items, args.edges, seed=0)
-    bits, medians = graph_codes(train, args.bits, seed=0)
+    bits, medians = graph_codes(train, args.bits, seed=0, hops=tuple(args.hops))
     codes_s = time.perf_counter() - started
     adjacency = to_torch_sparse(normalized_adjacency(train), device)
     model = LightGCN(args.users, args.items, args.dim, args.layers, adjacency)
@@ -103,6 +105,7 @@ def main() -> int:
     nodes = args.users + args.items
     record: dict[str, Any] = {
         "nodes": nodes, "edges": int(train.nnz), "dim": args.dim, "hash_bits": args.bits, "groups": args.groups,
+        "hash_hops": args.hops,
         "input_parameters": parameter_count(model.inputs), "table_parameters": nodes * args.dim,
         "table_bytes_with_adam": nodes * args.dim * 4 * 4, "hash_codes_seconds": round(codes_s, 1),
         "seconds_per_step": round(seconds, 4), "batch": args.batch,
@@ -127,9 +130,7 @@ def main() -> int:
                 record["table_peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
         except torch.OutOfMemoryError as error:
             record["table_error"] = f"out of memory: {str(error).splitlines()[0]}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    records = json.loads(args.out.read_text()) if args.out.is_file() else []
-    args.out.write_text(json.dumps([*records, record], indent=2) + "\n")
+    append_records(args.out, [record])
     for key, value in record.items():
         print(f"{key:<24} {value}")
     return 0
