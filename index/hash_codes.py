@@ -1,7 +1,8 @@
 """Adjacency hash codes (Yeh et al., KDD'22), numpy only: shared by the trainer and the service's cold start.
 
 A node's c-bit code is ``sign(A·R − median)``: its adjacency row projected by a Gaussian matrix R whose
-rows are indexed by the other side's nodes, thresholded at its side's per-bit median. R is never stored:
+rows are indexed by the other side's nodes, thresholded at its side's per-bit median (moved into the nearest
+gap between two nodes' values, so that no node sits on it and a new node's rounding cannot flip it). R is never stored:
 entry (j, b) is a Gaussian computed from a counter-based hash of (seed, side, j, b), so training makes it
 chunk by chunk and serving makes only the rows of a new user's items.
 
@@ -65,9 +66,34 @@ def side_codes(
     for start in range(0, bits, chunk):
         width = min(chunk, bits - start)
         values = projected(adjacency, start, width, seed=seed, side=side)
-        medians[start : start + width] = np.median(values, axis=0)
+        medians[start : start + width] = split_points(values)
         out[:, start : start + width] = values > medians[start : start + width]
     return out, medians
+
+
+def split_points(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Per column, a threshold that splits the nodes' values in half and equals none of them.
+
+    ``np.median`` of an odd count *is* one node's value: that node's bit then rests on how its value was rounded,
+    and a new node with the same items, summed in another order, can land an ulp off and get the other bit. The
+    threshold here sits midway in the gap between distinct values nearest the middle rank.
+    """
+    n, width = values.shape
+    out = np.zeros(width, np.float32)
+    if n == 0:
+        return out
+    ordered = np.sort(values, axis=0)
+    for column in range(width):
+        col = ordered[:, column]
+        gaps = np.flatnonzero(col[1:] > col[:-1]) + 1  # col[g - 1] < col[g]
+        if gaps.size == 0:  # one value for every node: every bit 0, and the threshold just above it
+            out[column] = np.nextafter(col[0], np.float32(np.inf))
+            continue
+        gap = gaps[np.abs(2 * gaps - n).argmin()]  # the most even split: n − gap nodes above, gap below
+        low, high = col[gap - 1], col[gap]
+        middle = np.float32(low + (high - low) / np.float32(2))
+        out[column] = middle if low < middle < high else low  # adjacent floats: no value strictly between
+    return out
 
 
 def hop_parts(bits: int, hops: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -100,10 +126,12 @@ def _inverse_sqrt(degree: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return out
 
 
-def trivial_direction(item_degree: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """Â's leading right singular vector (singular value 1): √deg_i, unit length."""
-    root = np.sqrt(np.asarray(item_degree, np.float64))
-    out: npt.NDArray[np.float32] = (root / max(float(np.linalg.norm(root)), 1e-12)).astype(np.float32)
+def trivial_direction(item_degree: npt.NDArray[np.float32], total: float | None = None) -> npt.NDArray[np.float32]:
+    """Â's leading right singular vector (singular value 1): √deg_i / √Σdeg, unit length. ``total`` (Σdeg over
+    every item) lets a few items' entries be computed, with the same arithmetic, from their degrees alone."""
+    degree = np.asarray(item_degree, np.float64)
+    norm = np.sqrt(degree.sum() if total is None else float(total))
+    out: npt.NDArray[np.float32] = (np.sqrt(degree) / max(float(norm), 1e-12)).astype(np.float32)
     return out
 
 
@@ -128,8 +156,9 @@ def graph_codes(
 
     With ``hops`` (0,) users are their rows of ``train`` projected by item-side R and items their columns by
     user-side R. Several hop counts split the bits evenly, one part each. The dict holds the per-bit medians
-    (``user``, ``item``); with propagated parts also the training graph's ``item_degree``, ``trivial_along``
-    (trivialᵀR per bit, 0 in raw parts) and, for parts of 2 or more hops, the items' ``item_basis`` of those bits.
+    (``user``, ``item``: split_points); with propagated parts also the training graph's ``item_degree`` and its
+    ``item_degree_total``, ``trivial_along`` (trivialᵀR per bit, 0 in raw parts) and, for parts of 2 or more hops,
+    the items' ``item_basis`` of those bits.
     """
     graph = _Graph(train)
     users = np.empty((graph.train.shape[0], bits), bool)
@@ -151,10 +180,11 @@ def graph_codes(
                 if hops_here >= 2:
                     bases.append(z)
             for side, values, out in (("user", user_values, users), ("item", item_values, items)):
-                medians[side][bits_here] = np.median(values, axis=0)
+                medians[side][bits_here] = split_points(values)
                 out[:, bits_here] = values > medians[side][bits_here]
     if any(h for h in hops):
         medians["item_degree"], medians["trivial_along"] = graph.item_degree, along
+        medians["item_degree_total"] = np.array(graph.item_degree.astype(np.float64).sum())
     if bases:
         medians["item_basis"] = np.concatenate(bases, axis=1)
     return np.concatenate([users, items]), medians
@@ -170,8 +200,8 @@ def cold_user_bits(
     propagation: dict[str, npt.NDArray[np.float32]] | None = None,
 ) -> npt.NDArray[np.bool_]:
     """The code a new user with these training items gets: the same product as a trained user's row, the
-    users' medians. Propagated parts need ``propagation``: graph_codes's ``item_degree``, ``trivial_along`` and
-    (2+ hops) ``item_basis``."""
+    users' medians. Propagated parts need ``propagation``: graph_codes's ``item_degree``, ``item_degree_total``,
+    ``trivial_along`` and (2+ hops) ``item_basis``."""
     rows = np.asarray(item_rows)
     values = np.empty(bits, np.float32)
     basis_column = 0
@@ -180,11 +210,12 @@ def cold_user_bits(
         if hops_here == 0:
             values[part] = projection_rows(rows, start, width, seed=seed, side=1).sum(axis=0)
             continue
-        if propagation is None:
+        if not propagation or "item_degree" not in propagation:
             raise ValueError("a propagated hash code needs the training graph's item degrees and basis")
         degree = propagation["item_degree"]
         if hops_here == 1:  # z is R less the trivial direction: regenerated, not shipped
-            trivial = trivial_direction(degree)[rows]
+            total = float(propagation["item_degree_total"]) if "item_degree_total" in propagation else None
+            trivial = trivial_direction(degree[rows], degree.astype(np.float64).sum() if total is None else total)
             r = projection_rows(rows, start, width, seed=seed, side=1)
             z = r - trivial[:, None] * propagation["trivial_along"][None, part]
         else:

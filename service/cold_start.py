@@ -21,7 +21,7 @@ from index.codes import encode_planes2, encode_sign1
 from index.hash_codes import cold_user_bits, group_indices
 
 METHODS = ("fp", "ste", "hq")  # the ones whose user code is a function of the user's representation alone
-PROPAGATION_ARRAYS = ("item_degree", "trivial_along", "item_basis")  # index.hash_codes.graph_codes
+PROPAGATION_ARRAYS = ("item_degree", "item_degree_total", "trivial_along", "item_basis")  # index.hash_codes.graph_codes
 
 
 @dataclass(frozen=True)

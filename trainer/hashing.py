@@ -14,7 +14,8 @@ free parameters back (n · r: 1/16 of the table at r = 4, d = 64); nodes the mod
 The codes are fixed, so the codebook's gradient is one product with a fixed sparse matrix: ``lookup_t``, codebook
 rows × nodes, a 1 where the row is one of the node's groups. ``embedding_bag``'s own backward sorts the n · m row
 indices at every step instead (a Gowalla step's decoder work at 256 groups: 4.0 s against 0.53 s on two CPU cores,
-8.7 against 5.1 ms on an H200; BENCHMARKS.md #6).
+8.7 against 5.1 ms on an H200; BENCHMARKS.md #6). A batch's rows (the L2 term's egos) take the same product, their
+gradient scattered into node space first: one more n × d buffer per step than embedding_bag's, and still faster.
 """
 
 from __future__ import annotations
@@ -103,8 +104,7 @@ class HashedInput(nn.Module):
         self.register_buffer("offsets", torch.arange(n_groups) * (1 << group_bits))
         self.codebook = nn.Parameter(torch.randn(n_groups * (1 << group_bits), dim) * 0.1)
         self.backward = backward  # "bag": embedding_bag's own backward, kept to measure the two against each other
-        lookup_t = codebook_lookup_t(indices + np.arange(n_groups) * (1 << group_bits), self.codebook.shape[0])
-        self.register_buffer("lookup_t", to_torch_sparse(lookup_t, torch.device("cpu")), persistent=False)
+        self.register_buffer("lookup_t", self._lookup_t(torch.device("cpu")), persistent=False)
         if depth < 1:
             raise ValueError(f"the decoder needs at least one hidden layer, got depth {depth}")
         width = hidden or dim
@@ -116,6 +116,21 @@ class HashedInput(nn.Module):
         if residual_dim:
             self.residual = nn.Parameter(torch.randn(indices.shape[0], residual_dim) * 0.1)
             self.lift = nn.Linear(residual_dim, dim, bias=False)
+
+    def _lookup_t(self, device: torch.device) -> torch.Tensor:
+        flat = (self.groups_of + self.offsets).cpu().numpy()
+        return to_torch_sparse(codebook_lookup_t(flat, self.codebook.shape[0]), device)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Loaded codes (a checkpoint's, a snapshot's) replace ``groups_of``: the lookup derived from it follows."""
+        incoming = state_dict.get(prefix + "groups_of")
+        changed = incoming is not None and (
+            incoming.shape != self.groups_of.shape
+            or not torch.equal(incoming.to(self.groups_of.device), self.groups_of)
+        )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if changed:
+            self.lookup_t = self._lookup_t(self.codebook.device)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Embeddings of codes given as group indices [n, m] (serving's check, cold start): plain backward."""

@@ -303,6 +303,25 @@ def hashed_input(data: Dataset, config: TrainConfig) -> HashedInput:
     return layer
 
 
+INPUT_LAYER_FIELDS = ("input_layer", "hash_bits", "hash_groups", "hash_hops", "seed")  # what fixes the hash codes
+
+
+def refuse_other_input_layer(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """A checkpoint's hash codes come back with it: resuming under other code settings would train and export a
+    model whose codes are not the ones its settings say."""
+    if saved.get("input_layer", "table") != "hash" and config.input_layer != "hash":
+        return
+    old_defaults = {"input_layer": "table", "hash_hops": [0]}  # checkpoints from before those options
+
+    def plain(value: object) -> object:  # the config's tuples come back from JSON as lists
+        return list(value) if isinstance(value, tuple | list) else value
+
+    for name in INPUT_LAYER_FIELDS:
+        was, now = plain(saved.get(name, old_defaults.get(name))), plain(getattr(config, name))
+        if was != now:
+            raise ValueError(f"--resume: {path} was trained with {name} {was}, this run asks for {now}")
+
+
 def match_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
     """Set Adam's ``capturable`` after loading a state saved by another kind of run; its step counters move to
     where that mode keeps them (the parameter's device when capturable, the host otherwise)."""
@@ -397,6 +416,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     if resuming:
         assert last_path is not None
         checkpoint = torch.load(last_path, map_location=device, weights_only=False)
+        refuse_other_input_layer(checkpoint.get("config", {}), config, last_path)
         model.load_state_dict(checkpoint["model"])
         quantizer.load_state_dict(checkpoint["quantizer"])
         optimizer.load_state_dict(checkpoint["optimizer"])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from index.hash_codes import hop_parts
+from index.hash_codes import hop_parts, split_points
 from trainer.data import Dataset
 from trainer.hashing import (
     HashedInput,
@@ -42,18 +45,33 @@ def test_a_new_user_with_the_same_items_gets_the_same_code(tiny_data: Dataset) -
         assert np.array_equal(cold_user_bits(items, 64, medians["user"], seed=5), codes[user])
 
 
-@pytest.mark.parametrize("hops", [(1,), (2,), (0, 2), (3,)])
-def test_a_new_user_gets_the_same_propagated_code(tiny_data: Dataset, hops: tuple[int, ...]) -> None:
-    codes, arrays = graph_codes(tiny_data.train, 64, seed=5, hops=hops)
+@pytest.mark.parametrize(
+    ("bits", "hops"), [(64, (0,)), (64, (1,)), (64, (2,)), (192, (0, 2)), (144, (0, 1, 2)), (128, (2, 0, 1, 3))]
+)
+@pytest.mark.parametrize("drop_user", [False, True])  # an odd user count: np.median would be one user's value
+def test_a_new_user_gets_the_same_code_as_a_trained_one(
+    tiny_data: Dataset, bits: int, hops: tuple[int, ...], drop_user: bool
+) -> None:
+    train_rows = sp.csr_matrix(tiny_data.train[:-1] if drop_user else tiny_data.train)
+    codes, arrays = graph_codes(train_rows, bits, seed=5, hops=hops)
     propagation = {k: v for k, v in arrays.items() if k not in ("user", "item")}
     assert ("item_basis" in propagation) == any(h >= 2 for h in hops)  # one hop regenerates z from the seed
-    train_rows = tiny_data.train
-    for user in (0, 17, 123):
+    for user in range(train_rows.shape[0]):
         items = train_rows.indices[train_rows.indptr[user] : train_rows.indptr[user + 1]]
-        got = cold_user_bits(items, 64, arrays["user"], seed=5, hops=hops, propagation=propagation)
-        assert np.array_equal(got, codes[user])
-    with pytest.raises(ValueError, match="item degrees"):
-        cold_user_bits(np.array([0, 1]), 64, arrays["user"], seed=5, hops=hops)
+        got = cold_user_bits(items, bits, arrays["user"], seed=5, hops=hops, propagation=propagation)
+        assert np.array_equal(got, codes[user]), user
+    if max(hops) >= 1:
+        with pytest.raises(ValueError, match="item degrees"):
+            cold_user_bits(np.array([0, 1]), bits, arrays["user"], seed=5, hops=hops)
+        with pytest.raises(ValueError, match="item degrees"):
+            cold_user_bits(np.array([0, 1]), bits, arrays["user"], seed=5, hops=hops, propagation={})
+
+
+def test_split_points_halve_each_column_and_match_no_value() -> None:
+    values = np.array([[1.0, 2.0, 5.0], [3.0, 2.0, 5.0], [2.0, 2.0, 5.0], [2.0, 7.0, 5.0], [9.0, 2.0, 5.0]], np.float32)
+    points = split_points(values)
+    assert not np.any(values == points[None, :])  # nobody sits on a threshold ...
+    assert (values > points).sum(axis=0).tolist() == [2, 1, 0]  # ... the middle rank splits where values differ
 
 
 def test_propagated_codes_agree_with_their_items_and_stay_balanced(tiny_data: Dataset) -> None:
@@ -132,6 +150,19 @@ def test_the_fixed_lookup_backward_gives_embedding_bags_gradients(residual_dim: 
     assert lookup.codebook.grad is not None and lookup.codebook.grad.abs().sum() > 0
 
 
+def test_loaded_codes_bring_their_lookup_with_them() -> None:
+    rng = np.random.default_rng(1)
+    trained = HashedInput(rng.integers(0, 16, (200, 8)), 4, 8)
+    fresh = HashedInput(rng.integers(0, 16, (200, 8)), 4, 8)  # other codes: a checkpoint's replace them
+    fresh.load_state_dict(trained.state_dict())
+    reference = HashedInput(trained.groups_of.numpy(), 4, 8, backward="bag")
+    reference.load_state_dict(trained.state_dict())
+    for layer in (fresh, reference):
+        layer().pow(2).sum().backward()  # type: ignore[no-untyped-call]
+    assert fresh.codebook.grad is not None and reference.codebook.grad is not None
+    torch.testing.assert_close(fresh.codebook.grad, reference.codebook.grad)
+
+
 def test_training_with_the_hashed_input_learns(tiny_data: Dataset) -> None:
     config = TrainConfig(method="fp", dim=16, epochs=20, eval_every=5, batch_size=1024, lr=5e-3, device="cpu",
                          input_layer="hash", hash_bits=32, hash_groups=4)  # fmt: skip
@@ -142,6 +173,18 @@ def test_training_with_the_hashed_input_learns(tiny_data: Dataset) -> None:
         or result.history[-1]["loss"] < result.history[0]["loss"]
     )
     assert parameter_count(result.model.inputs) < (tiny_data.n_users + tiny_data.n_items) * 16 * 2
+
+
+def test_resuming_under_other_hash_codes_is_refused(tmp_path: Path, tiny_data: Dataset) -> None:
+    base = TrainConfig(method="fp", dim=16, epochs=2, eval_every=1, batch_size=2048, device="cpu", input_layer="hash",
+                       hash_bits=32, hash_groups=4, hash_hops=(0,), checkpoint_dir=tmp_path)  # fmt: skip
+    train(tiny_data, base)
+    again = dataclasses.replace(base, epochs=3, resume=True)
+    assert train(tiny_data, again).epochs_trained == 3  # the same codes: it resumes
+    with pytest.raises(ValueError, match="--resume: .* hash_hops \\[0\\], this run asks for \\[3\\]"):
+        train(tiny_data, dataclasses.replace(again, hash_hops=(3,)))
+    with pytest.raises(ValueError, match="input_layer hash, this run asks for table"):
+        train(tiny_data, dataclasses.replace(again, input_layer="table"))
 
 
 def test_hash_input_refuses_gnaq_and_warm_start(tiny_data: Dataset) -> None:
