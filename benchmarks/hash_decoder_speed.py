@@ -65,7 +65,7 @@ def main() -> int:
         indices = rng.integers(0, 1 << (bits // groups), (args.nodes, groups))
         row: dict[str, Any] = {"nodes": args.nodes, "bits": bits, "groups": groups, "device": str(device)}
         for backward in ("bag", "lookup"):
-            layer = HashedInput(indices, bits // groups, args.dim, backward=backward).to(device)  # type: ignore[arg-type]
+            layer = HashedInput(indices, bits // groups, args.dim, codebook_backward=backward).to(device)  # type: ignore[arg-type]
             row["parameters"] = parameter_count(layer)
             row[f"{backward}_ms"] = round(1e3 * step_seconds(layer, batch, args.repeats), 2)
         rows.append(row)

@@ -2,8 +2,8 @@
 
 A node's c-bit code is ``sign(A·R − median)``: its adjacency row projected by a Gaussian matrix R whose
 rows are indexed by the other side's nodes, thresholded at its side's per-bit median (moved into the nearest
-gap between two nodes' values, so that no node sits on it and a new node's rounding cannot flip it). R is never stored:
-entry (j, b) is a Gaussian computed from a counter-based hash of (seed, side, j, b), so training makes it
+gap between two nodes' values, so that no node sits on it and a new node's rounding cannot flip it). R is never
+stored: entry (j, b) is a Gaussian computed from a counter-based hash of (seed, side, j, b), so training makes it
 chunk by chunk and serving makes only the rows of a new user's items.
 
 That raw-row code (``hops`` 0) tells two users apart only by the items they share: Gowalla's users share
@@ -118,6 +118,7 @@ class _Graph:
             dtype=np.float32,
         )
         self.transposed = sp.csr_matrix(self.normalized.T)
+        self.train_t = sp.csr_matrix(self.train.T)  # items' rows, for raw-row (0-hop) parts
         self.trivial = trivial_direction(self.item_degree)
 
 
@@ -172,7 +173,7 @@ def graph_codes(
             bits_here = slice(block, block + block_width)
             if hops_here == 0:
                 user_values = projected(graph.train, block, block_width, seed=seed, side=1)
-                item_values = projected(sp.csr_matrix(graph.train.T), block, block_width, seed=seed, side=0)
+                item_values = projected(graph.train_t, block, block_width, seed=seed, side=0)
             else:
                 z, along[bits_here] = _item_basis(graph, block, block_width, seed=seed, hops=hops_here)
                 user_values = np.asarray(graph.normalized @ z, np.float32)

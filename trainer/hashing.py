@@ -88,7 +88,7 @@ class HashedInput(nn.Module):
         residual_dim: int = 0,
         hops: tuple[int, ...] = (0,),
         propagation: dict[str, npt.NDArray[np.float32]] | None = None,
-        backward: Backward = "lookup",
+        codebook_backward: Backward = "lookup",
     ) -> None:
         super().__init__()
         self.seed = seed
@@ -103,7 +103,7 @@ class HashedInput(nn.Module):
         self.register_buffer("groups_of", torch.from_numpy(indices))
         self.register_buffer("offsets", torch.arange(n_groups) * (1 << group_bits))
         self.codebook = nn.Parameter(torch.randn(n_groups * (1 << group_bits), dim) * 0.1)
-        self.backward = backward  # "bag": embedding_bag's own backward, kept to measure the two against each other
+        self.codebook_backward = codebook_backward  # "bag": embedding_bag's own, kept to measure the two
         self.register_buffer("lookup_t", self._lookup_t(torch.device("cpu")), persistent=False)
         if depth < 1:
             raise ValueError(f"the decoder needs at least one hidden layer, got depth {depth}")
@@ -149,7 +149,7 @@ class HashedInput(nn.Module):
         # One fused gather-and-sum: indexing then summing would materialise nodes × groups × d floats
         # (4.6 GB a forward for Gowalla's 70k nodes at 256 groups) and scatter as much back.
         flat = (self.groups_of if nodes is None else self.groups_of[nodes]) + self.offsets
-        if self.backward == "bag":
+        if self.codebook_backward == "bag":
             return self._decoded(nn.functional.embedding_bag(flat, self.codebook, mode="sum"))
         rows = _CodebookSum.apply(self.codebook, flat, nodes, self.lookup_t)  # type: ignore[no-untyped-call]
         return self._decoded(rows)

@@ -136,7 +136,9 @@ def test_a_per_node_residual_adds_n_times_r_parameters_and_moves_only_its_node()
 @pytest.mark.parametrize("residual_dim", [0, 3])
 def test_the_fixed_lookup_backward_gives_embedding_bags_gradients(residual_dim: int) -> None:
     indices = np.random.default_rng(0).integers(0, 16, (500, 32))
-    lookup, bag = (HashedInput(indices, 4, 8, residual_dim=residual_dim, backward=b) for b in ("lookup", "bag"))
+    lookup, bag = (
+        HashedInput(indices, 4, 8, residual_dim=residual_dim, codebook_backward=b) for b in ("lookup", "bag")
+    )
     bag.load_state_dict(lookup.state_dict())
     nodes = torch.tensor([3, 3, 499, 0, 17, 3])  # a batch repeats nodes: their gradients add up
     weights = torch.randn(500, 8), torch.randn(6, 8)
@@ -155,7 +157,7 @@ def test_loaded_codes_bring_their_lookup_with_them() -> None:
     trained = HashedInput(rng.integers(0, 16, (200, 8)), 4, 8)
     fresh = HashedInput(rng.integers(0, 16, (200, 8)), 4, 8)  # other codes: a checkpoint's replace them
     fresh.load_state_dict(trained.state_dict())
-    reference = HashedInput(trained.groups_of.numpy(), 4, 8, backward="bag")
+    reference = HashedInput(trained.groups_of.numpy(), 4, 8, codebook_backward="bag")
     reference.load_state_dict(trained.state_dict())
     for layer in (fresh, reference):
         layer().pow(2).sum().backward()  # type: ignore[no-untyped-call]
