@@ -15,6 +15,9 @@ class ServiceMetrics:
             "recsys_request_seconds", "request latency by route and status", ["route", "status"],
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        # Read from the socket and not yet answered: what a graceful shutdown still owes (uvicorn finishes these;
+        # a request still in the kernel's buffers when the signal lands is refused, not answered).
+        self.in_flight = Gauge("recsys_requests_in_flight", "HTTP requests being answered", registry=self.registry)
         self.batch_size = Histogram(
             "recsys_search_batch_size", "queries answered by one index search (micro-batching)",
             buckets=BATCH_BUCKETS, registry=self.registry,

@@ -31,6 +31,7 @@ class ObserveRequests:
         request_id = request_id or uuid.uuid4().hex
         status = 500
         started = time.perf_counter()
+        self.metrics.in_flight.inc()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -42,6 +43,7 @@ class ObserveRequests:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            self.metrics.in_flight.dec()
             seconds = time.perf_counter() - started
             route: Any = scope.get("route")
             path = getattr(route, "path", "unmatched")

@@ -247,6 +247,8 @@ def test_concurrent_requests_share_index_searches(indexed_bundle: TrainedBundle,
     assert total >= 2 * len(users) and count < total  # some searches answered several queries
     for name in ("recsys_request_seconds_bucket", "recsys_user_code_lookups_total", "recsys_model_info"):
         assert name in metrics
+    # Every burst request has been answered: only the /metrics request itself is in flight.
+    assert float(re.search(r"^recsys_requests_in_flight (\S+)$", metrics, re.M).group(1)) == 1  # type: ignore[union-attr]
 
 
 def test_responses_carry_a_request_id(service: str) -> None:

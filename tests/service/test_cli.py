@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -66,16 +67,29 @@ def test_sigterm_finishes_in_flight_requests(ste_bundle: TrainedBundle, redis_se
     process, url = serve(ste_bundle, redis_server)
     users = ste_bundle.data.user_ids[:40]
 
-    async def burst_then_terminate() -> list[int]:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async def read_by_server(client: httpx.AsyncClient) -> tuple[float, float]:
+        """(requests in flight besides this one, /recommend answers so far), from the service's own metrics."""
+        text = (await client.get("/metrics")).text
+        in_flight = float(re.search(r"^recsys_requests_in_flight (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+        done = re.search(r'^recsys_request_seconds_count\{route="/recommend",status="200"\} (\S+)$', text, re.M)
+        return in_flight - 1, float(done.group(1)) if done else 0.0
+
+    async def burst_then_terminate() -> tuple[list[int], float]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client, httpx.AsyncClient(base_url=url) as probe:
             requests = [
                 asyncio.create_task(client.post("/recommend", json={"user_ids": [u] * 20, "k": 400})) for u in users
             ]
-            await asyncio.sleep(0.05)  # the requests are in flight
+            # SIGTERM only once the server has read every request: one still in the kernel's buffers when the
+            # signal lands is refused by uvicorn (the client sees a reset), and was never in flight.
+            deadline = time.monotonic() + 30
+            while sum(in_flight_and_done := await read_by_server(probe)) < len(users):
+                assert time.monotonic() < deadline, in_flight_and_done
+                await asyncio.sleep(0.005)
             process.send_signal(signal.SIGTERM)
-            return [response.status_code for response in await asyncio.gather(*requests)]
+            return [response.status_code for response in await asyncio.gather(*requests)], in_flight_and_done[0]
 
-    statuses = asyncio.run(burst_then_terminate())
+    statuses, in_flight_at_signal = asyncio.run(burst_then_terminate())
+    assert in_flight_at_signal > 0  # the signal landed while requests were being answered
     assert statuses == [200] * len(users)
     # uvicorn shuts down gracefully, then re-raises the signal it caught: exit by SIGTERM, no traceback.
     assert process.wait(timeout=60) in (0, -signal.SIGTERM)
