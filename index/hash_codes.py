@@ -215,8 +215,7 @@ def cold_user_bits(
             raise ValueError("a propagated hash code needs the training graph's item degrees and basis")
         degree = propagation["item_degree"]
         if hops_here == 1:  # z is R less the trivial direction: regenerated, not shipped
-            total = float(propagation["item_degree_total"]) if "item_degree_total" in propagation else None
-            trivial = trivial_direction(degree[rows], degree.astype(np.float64).sum() if total is None else total)
+            trivial = trivial_direction(degree[rows], float(propagation["item_degree_total"]))
             r = projection_rows(rows, start, width, seed=seed, side=1)
             z = r - trivial[:, None] * propagation["trivial_along"][None, part]
         else:
