@@ -8,6 +8,12 @@ and reports input parameters, bytes the embedding table would need with Adam (we
 moments), peak GPU memory, and seconds per step; `--try-table` also attempts the table-based model on the
 same graph and reports whether it fit (`--table-cap-at-hashed-peak`: within the memory the hashed model
 peaked at). Writes a JSON record (--out) and prints a table.
+
+Both models average the layers as a running sum (``LightGCN.layer_mean``), and the hashed model decodes
+``--decode-chunk`` nodes at a time, recomputing each chunk in the backward: full-graph propagation's activations
+are then the same few n × d buffers for both, and what differs is what each keeps per node (the table: weights,
+gradient, two Adam moments; the hashed model: its 64-bit codes). ``--decode-chunk 0`` decodes all nodes at once and
+keeps the decoder's activations, about as large as the table's state (stop 15's run, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ def step_loop(model: LightGCN, train: sp.csr_matrix, steps: int, batch: int, dev
                 torch.cuda.synchronize(device)
             started = time.perf_counter()
         s = slice(step * batch, (step + 1) * batch)
-        rep = model().mean(dim=0)
+        rep = model.layer_mean()
         u, p, n = rep[users[s]], rep[positives[s] + model.n_users], rep[negatives[s] + model.n_users]
         loss = bpr(u, p, n) + 1e-4 * model.ego(torch.cat([users[s], positives[s] + model.n_users])).pow(2).sum() / batch
         optimizer.zero_grad(set_to_none=True)
@@ -86,6 +92,8 @@ def main() -> int:
     )
     parser.add_argument("--hops", type=int, nargs="+", default=[3],
                         help="message-passing steps the codes sketch (as --hash-hops; 0: raw rows)")  # fmt: skip
+    parser.add_argument("--decode-chunk", type=int, default=1 << 20,
+                        help="hashed model: nodes decoded at a time, recomputed in backward (0: all)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hash_scale.json"))
     args = parser.parse_args()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -96,7 +104,8 @@ def main() -> int:
     adjacency = to_torch_sparse(normalized_adjacency(train), device)
     model = LightGCN(args.users, args.items, args.dim, args.layers, adjacency)
     model.inputs = HashedInput(group_indices(bits, args.groups), args.bits // args.groups, args.dim,
-                               user_medians=medians["user"])  # fmt: skip
+                               user_medians=medians["user"], decode_chunk=args.decode_chunk,
+                               codebook_backward="bag" if args.decode_chunk else "lookup")  # fmt: skip
     del bits
     model = model.to(device)
     if device.type == "cuda":
@@ -105,7 +114,7 @@ def main() -> int:
     nodes = args.users + args.items
     record: dict[str, Any] = {
         "nodes": nodes, "edges": int(train.nnz), "dim": args.dim, "hash_bits": args.bits, "groups": args.groups,
-        "hash_hops": args.hops,
+        "hash_hops": args.hops, "decode_chunk": args.decode_chunk, "propagation": "running layer mean",
         "input_parameters": parameter_count(model.inputs), "table_parameters": nodes * args.dim,
         "table_bytes_with_adam": nodes * args.dim * 4 * 4, "hash_codes_seconds": round(codes_s, 1),
         "seconds_per_step": round(seconds, 4), "batch": args.batch,
@@ -133,7 +142,21 @@ def main() -> int:
     append_records(args.out, [record])
     for key, value in record.items():
         print(f"{key:<24} {value}")
+    print_table(record)
     return 0
+
+
+def print_table(record: dict[str, Any]) -> None:
+    def mb(key: str) -> str:
+        return "-" if record.get(key) is None else f"{record[key]:,} MB"
+
+    rows = [("hashed", record["input_parameters"], mb("peak_gpu_mb"), record["seconds_per_step"])]
+    if "table_seconds_per_step" in record or "table_error" in record:
+        peak = "out of memory" if "table_error" in record else mb("table_peak_gpu_mb")
+        rows.append(("table", record["table_parameters"], peak, record.get("table_seconds_per_step", "-")))
+    print(f"\n{'input layer':<14}{'parameters':>14}{'peak GPU':>16}{'s / step':>10}")
+    for name, parameters, peak, seconds in rows:
+        print(f"{name:<14}{parameters:>14,}{peak:>16}{seconds:>10}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,12 @@ rows × nodes, a 1 where the row is one of the node's groups. ``embedding_bag``'
 indices at every step instead (a Gowalla step's decoder work at 256 groups: 4.0 s against 0.53 s on two CPU cores,
 8.7 against 5.1 ms on an H200; BENCHMARKS.md #6). A batch's rows (the L2 term's egos) take the same product, their
 gradient scattered into node space first: one more n × d buffer per step than embedding_bag's, and still faster.
+
+Full-graph training decodes every node at every step, and the decoder's activations (codebook sums, the MLP's
+hidden layers: a few n × d floats) cost about what the table's weights, gradient and Adam moments would. With
+``decode_chunk`` > 0 all nodes are decoded that many at a time and each chunk is decoded again in the backward
+(activation checkpointing): the decoder then holds one chunk's activations at a time, for one more decoder forward
+per step, and its codebook gradient is ``embedding_bag``'s (a chunk's lookup would scatter into node space).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from index.hash_codes import cold_user_bits, graph_codes, group_indices, projection_rows, side_codes
 from trainer.graph import to_torch_sparse
@@ -73,7 +80,7 @@ class HashedInput(nn.Module):
     groups_of: torch.Tensor
     offsets: torch.Tensor
     user_medians: torch.Tensor
-    lookup_t: torch.Tensor
+    lookup_t: torch.Tensor | None
 
     def __init__(
         self,
@@ -89,6 +96,7 @@ class HashedInput(nn.Module):
         hops: tuple[int, ...] = (0,),
         propagation: dict[str, npt.NDArray[np.float32]] | None = None,
         codebook_backward: Backward = "lookup",
+        decode_chunk: int = 0,
     ) -> None:
         super().__init__()
         self.seed = seed
@@ -103,8 +111,14 @@ class HashedInput(nn.Module):
         self.register_buffer("groups_of", torch.from_numpy(indices))
         self.register_buffer("offsets", torch.arange(n_groups) * (1 << group_bits))
         self.codebook = nn.Parameter(torch.randn(n_groups * (1 << group_bits), dim) * 0.1)
+        if decode_chunk < 0:
+            raise ValueError(f"decode_chunk must be >= 0 (0: all nodes at once), got {decode_chunk}")
+        if decode_chunk and codebook_backward == "lookup":
+            raise ValueError("a chunked decode recomputes each chunk in the backward: use codebook_backward='bag'")
+        self.decode_chunk = decode_chunk
         self.codebook_backward = codebook_backward  # "bag": embedding_bag's own, kept to measure the two
-        self.register_buffer("lookup_t", self._lookup_t(torch.device("cpu")), persistent=False)
+        lookup = self._lookup_t(torch.device("cpu")) if codebook_backward == "lookup" else None
+        self.register_buffer("lookup_t", lookup, persistent=False)
         if depth < 1:
             raise ValueError(f"the decoder needs at least one hidden layer, got depth {depth}")
         width = hidden or dim
@@ -129,7 +143,7 @@ class HashedInput(nn.Module):
             or not torch.equal(incoming.to(self.groups_of.device), self.groups_of)
         )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if changed:
+        if changed and self.lookup_t is not None:
             self.lookup_t = self._lookup_t(self.codebook.device)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
@@ -137,7 +151,7 @@ class HashedInput(nn.Module):
         return self._decoded(nn.functional.embedding_bag(indices + self.offsets, self.codebook, mode="sum"))
 
     def forward(self) -> torch.Tensor:
-        decoded = self._trained(None)
+        decoded = self._trained(None) if not self.decode_chunk else self._chunked()
         return decoded if self.residual is None else decoded + self.lift(self.residual)
 
     def ego(self, nodes: torch.Tensor) -> torch.Tensor:
@@ -149,10 +163,22 @@ class HashedInput(nn.Module):
         # One fused gather-and-sum: indexing then summing would materialise nodes × groups × d floats
         # (4.6 GB a forward for Gowalla's 70k nodes at 256 groups) and scatter as much back.
         flat = (self.groups_of if nodes is None else self.groups_of[nodes]) + self.offsets
-        if self.codebook_backward == "bag":
+        if self.lookup_t is None:
             return self._decoded(nn.functional.embedding_bag(flat, self.codebook, mode="sum"))
         rows = _CodebookSum.apply(self.codebook, flat, nodes, self.lookup_t)  # type: ignore[no-untyped-call]
         return self._decoded(rows)
+
+    def _chunked(self) -> torch.Tensor:
+        """Every node's embedding, ``decode_chunk`` nodes at a time, each chunk recomputed in the backward."""
+        if not torch.is_grad_enabled():
+            return torch.cat([self._trained(chunk) for chunk in self._chunks()])
+        parts = [checkpoint(self._trained, chunk, use_reentrant=False) for chunk in self._chunks()]
+        return torch.cat(parts)  # type: ignore[arg-type]
+
+    def _chunks(self) -> list[torch.Tensor]:
+        n = self.groups_of.shape[0]
+        device = self.groups_of.device
+        return [torch.arange(s, min(s + self.decode_chunk, n), device=device) for s in range(0, n, self.decode_chunk)]
 
     def _decoded(self, rows: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.mlp(rows)

@@ -53,6 +53,20 @@ class LightGCN(nn.Module):
             stack.append(layer)
         return torch.stack(stack)
 
+    def layer_mean(self) -> torch.Tensor:
+        """``forward().mean(dim=0)`` as a running sum: the K + 1 layers and their stack are never held at once.
+
+        The stack costs 2(K + 1) n × d floats at its peak, the running sum four (input, layer, next layer, sum);
+        propagation saves nothing for its backward, so neither does this. For large full-graph step loops
+        (benchmarks/hash_scale.py); the trainer's quantizers need the layers themselves.
+        """
+        layer: torch.Tensor = self.inputs()
+        total = layer
+        for _ in range(self.layers):
+            layer = propagate(self.adjacency, layer)
+            total = total + layer
+        return total / (self.layers + 1)
+
     def ego(self, nodes: torch.Tensor) -> torch.Tensor:
         """Ego embeddings of some nodes (users first, then items), for the L2 regulariser."""
         out: torch.Tensor = self.inputs.ego(nodes)  # type: ignore[operator]

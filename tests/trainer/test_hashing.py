@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +201,44 @@ def test_unused_sparse_rows_get_codes_too() -> None:
     adjacency = sp.csr_matrix((np.ones(2, np.float32), ([0, 0], [1, 2])), shape=(3, 4))  # users 1, 2: no items
     bits, medians = side_codes(adjacency, 8, seed=1, side=1)
     assert bits.shape == (3, 8) and medians.shape == (8,)
+
+
+def _saved_bytes(run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """What autograd keeps for the backward while ``run`` builds its graph (bytes of saved tensors)."""
+    saved = [0]
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = run()
+    return out, saved[0]
+
+
+def test_a_chunked_decode_recomputes_chunks_with_the_same_gradients_and_saves_less() -> None:
+    indices = np.random.default_rng(2).integers(0, 16, (1000, 16))
+    whole = HashedInput(indices, 4, 32, codebook_backward="bag")
+    chunked = HashedInput(indices, 4, 32, codebook_backward="bag", decode_chunk=300)  # 4 chunks, the last short
+    chunked.load_state_dict(whole.state_dict())
+    weights = torch.randn(1000, 32)
+    saved = []
+    for layer in (whole, chunked):
+        out, nbytes = _saved_bytes(layer)
+        saved.append(nbytes)
+        (out * weights).sum().backward()  # type: ignore[no-untyped-call]
+    torch.testing.assert_close(chunked().detach(), whole().detach())
+    for (name, p), q in zip(whole.named_parameters(), chunked.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None, name
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-5)
+    # whole: the codebook sums and the MLP's activations of every node; chunked: the chunks' node ids alone
+    assert saved[1] * 20 < saved[0]
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(), whole())
+
+
+def test_a_chunked_decode_refuses_the_lookup_backward_and_negative_chunks() -> None:
+    with pytest.raises(ValueError, match="bag"):
+        HashedInput(np.zeros((10, 8), np.int64), 8, 64, decode_chunk=4)
+    with pytest.raises(ValueError, match="decode_chunk"):
+        HashedInput(np.zeros((10, 8), np.int64), 8, 64, codebook_backward="bag", decode_chunk=-1)
