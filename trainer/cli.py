@@ -291,11 +291,23 @@ def run(args: argparse.Namespace, world: World) -> int:
         "method": config.method if config.input_layer == "table" else f"hash+{config.method}",
         "input_layer": config.input_layer,
         "input_parameters": sum(p.numel() for p in result.model.inputs.parameters()),
+        "table_parameters": (data.n_users + data.n_items) * config.dim,  # what an embedding table would hold
         **(
-            {"hash_bits": config.hash_bits, "hash_groups": config.hash_groups, "hash_hops": list(config.hash_hops)}
+            {
+                "hash_bits": config.hash_bits,
+                "hash_groups": config.hash_groups,
+                "hash_hops": list(config.hash_hops),
+                "hash_hidden": config.hash_hidden,
+                "hash_depth": config.hash_depth,
+                "hash_residual": config.hash_residual,
+            }
             if config.input_layer == "hash"
             else {}
         ),
+        "dim": config.dim,
+        "layers": config.layers,
+        "lr": config.lr,
+        "reg": config.reg,
         "bits": result.quantizer.bits,
         **{k: round(v, 5) for k, v in report.test_served.items()},
         **{f"exact_{k}": round(v, 5) for k, v in report.test_device.items()},

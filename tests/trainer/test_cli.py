@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from index.bundle import Bundle
+from trainer.train import TrainConfig
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -51,6 +52,9 @@ def test_trains_and_publishes_a_bundle(tmp_path: Path) -> None:
     bundle = Bundle.load(tmp_path / "b")
     assert bundle.manifest.method == "ste" and bundle.manifest.n_users == 200
     assert "recall@20" in result.stdout and '"recall@20"' in results.read_text()
+    (record,) = json.loads(results.read_text())
+    assert record["lr"] == TrainConfig.lr and record["dim"] == 16 and record["layers"] == TrainConfig.layers
+    assert record["table_parameters"] == record["input_parameters"] == 500 * 16  # the table is the input layer
 
 
 def test_fp_saves_a_warm_start_that_a_quantized_run_uses(tmp_path: Path) -> None:
