@@ -116,7 +116,7 @@ class HashedInput(nn.Module):
         if decode_chunk and codebook_backward == "lookup":
             raise ValueError("a chunked decode recomputes each chunk in the backward: use codebook_backward='bag'")
         self.decode_chunk = decode_chunk
-        self.codebook_backward = codebook_backward  # "bag": embedding_bag's own, kept to measure the two
+        # None ("bag"): embedding_bag's own backward, kept to measure the two and for chunked decodes.
         lookup = self._lookup_t(torch.device("cpu")) if codebook_backward == "lookup" else None
         self.register_buffer("lookup_t", lookup, persistent=False)
         if depth < 1:
