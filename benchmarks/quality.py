@@ -1,15 +1,19 @@
-"""Train every method on every dataset, collect the records, print the table and plot Recall@20 vs size.
+"""Train a grid of methods on every dataset, collect the records, print the table and plot Recall@20 vs bytes.
 
-    python benchmarks/quality.py --data-dir ../shared/data --datasets gowalla yelp2018 \\
-        --methods fp ste bigear hq1 hq2 gnaq --out benchmarks/results/quality.json
+    python benchmarks/quality.py --data-dir ../shared/data --datasets gowalla yelp2018 --parallel 8 \\
+        --out benchmarks/results/quality.json
 
-Each (dataset, method) is one `recsys-train` run under the same protocol (validation-selected epoch,
-learning-rate decay on plateau, refit on train + validation, test once on the served path). The `fp`
-runs go first and save their embeddings; every quantized method then starts from its dataset's `fp`
-model (`--warm-start-from`; its record's train_seconds include the fp stage), unless `--cold`.
-`--parallel N` runs N at once (on one GPU they share it, so their times are not solo times). Records
-are appended to `--out`; the table and the PNG are made from the whole file, so they can be refreshed
-alone with `--report-only`.
+Each (dataset, run) of ``GRID`` is one `recsys-train` run under the same protocol (a run's own options win over
+``--protocol``'s, ``--extra`` over both) (validation-selected epoch,
+learning-rate decay on plateau, refit on train + validation, test once on the served path). Full-precision
+runs go first and save their models; a quantized run then starts from one of them (``start_from``) and may
+distil from another (``teacher``): the runs go in waves, each after the runs it needs. ``--parallel N`` runs
+N at once (on one GPU they share it, so their times are not solo times). Records gain the run's name and
+``--grid`` label and are appended to ``--out``; the table and the PNG are made from that grid's records in
+the whole file, so they can be refreshed alone with ``--report-only``.
+
+Which run stands for a budget (the Pareto front, the ``fp`` d = 64 reference of every ratio) is chosen by
+validation Recall@20, never by test.
 """
 
 from __future__ import annotations
@@ -22,25 +26,58 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-METHOD_OPTIONS = {
-    "fp": "--method fp",
-    "ste": "--method ste",
-    "bigear": "--method bigear",
-    "hq1": "--method hq --bits 1",
-    "hq2": "--method hq --bits 2",
-    "gnaq": "--method gnaq",
-    "hash_fp": "--method fp --input-layer hash",  # issue #6: hashed input layer (its records' method: hash+fp)
-    "hash_hq1": "--method hq --bits 1 --input-layer hash",
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.records import append_records  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `recsys-train` run of the grid: its options, and which fp runs of the grid it builds on."""
+
+    options: str
+    start_from: str | None = None  # an fp run whose saved model this run starts from (same --dim)
+    teacher: str | None = None  # an fp run this run distils from (--teacher; any --dim)
+
+    @property
+    def needs(self) -> set[str]:
+        return {name for name in (self.start_from, self.teacher) if name is not None}
+
+
+# Distillation from the same-width fp model, which each quantized run also starts from; the teacher's lists are
+# compared with the first 1,024 negatives of each batch (trainer.distillation).
+DISTIL = "--distill-top 20 --distill-weight 3 --softmax-negatives 1024"
+GRID: dict[str, Run] = {
+    "fp": Run("--method fp"),
+    "fp128": Run("--method fp --dim 128"),
+    # The sampled softmax overfits within 5 epochs at the protocol's learning rate (BENCHMARKS.md #19): slower here.
+    "fp_softmax": Run("--method fp --loss softmax --temperature 0.2 --lr 5e-4 --softmax-negatives 1024"),
+    "hq1": Run("--method hq --bits 1", start_from="fp"),
+    "hq2": Run("--method hq --bits 2", start_from="fp"),
+    "hq1_distil": Run(f"--method hq --bits 1 {DISTIL}", start_from="fp", teacher="fp"),
+    "hq2_distil": Run(f"--method hq --bits 2 {DISTIL}", start_from="fp", teacher="fp"),
+    "hq1_d128_distil": Run(f"--method hq --bits 1 --dim 128 {DISTIL}", start_from="fp128", teacher="fp128"),
+    "hq2_d128_distil": Run(f"--method hq --bits 2 --dim 128 {DISTIL}", start_from="fp128", teacher="fp128"),
 }
-FROM_SCRATCH = {"hash_fp", "hash_hq1"}  # a warm start copies an embedding table, which these do not have
 PROTOCOL = "--epochs 1000 --eval-every 5 --patience 6 --lr-decay-patience 3 --batch-size 8192 --lr 5e-3 --refit"
+# BiGeaR's authors' run logs (d = 256, 2 layers, 1-bit per layer and scales: ~108 bytes per node).
+PUBLISHED = {"gowalla": ("BiGeaR", 108.0, 0.1830), "yelp2018": ("BiGeaR", 108.0, 0.0647)}
+TARGETS = {"gowalla": 0.183, "yelp2018": 0.0649}  # issue #19: Recall@20 at ≤ 32 bytes per node
+
+
+def load_grid_file(path: Path) -> None:
+    """Add (or replace) runs of ``GRID`` from JSON ``{name: {"options": …, "start_from": …, "teacher": …}}``."""
+    for name, fields in json.loads(path.read_text()).items():
+        if not name.startswith("_"):  # "_about" and other notes
+            GRID[name] = Run(**fields)
 
 
 def child_env(parallel: int) -> dict[str, str]:
@@ -50,99 +87,162 @@ def child_env(parallel: int) -> dict[str, str]:
     return env
 
 
-def warm_start_file(dataset: str, args: argparse.Namespace) -> Path:
-    return Path(args.bundle_root) / f"{dataset}_fp_warm_start.pt"
+def saved_model(dataset: str, name: str, args: argparse.Namespace) -> Path:
+    return Path(args.bundle_root) / f"{dataset}_{name}.pt"
 
 
-def run_one(dataset: str, method: str, args: argparse.Namespace) -> tuple[str, int, float]:
-    log = args.logs / f"{dataset}_{method}.log"
-    warm = warm_start_file(dataset, args)
-    if method == "fp":
-        start = ["--save-warm-start", str(warm)]
-    elif args.cold or method in FROM_SCRATCH:
-        start = []
-    elif warm.is_file():
-        start = ["--warm-start-from", str(warm)]
-    else:
-        log.write_text(f"no fp model to start from: {warm} (run fp first, or pass --cold)\n")
-        return f"{dataset}/{method}", 2, 0.0
-    extra = args.extra if method == "fp" else f"{args.extra} {args.quantized_extra}"
+def waves(names: list[str]) -> list[list[str]]:
+    """The runs in an order that respects ``needs``: every wave only needs runs of earlier waves."""
+    missing = {need for name in names for need in GRID[name].needs} - set(names)
+    if missing:
+        raise SystemExit(f"quality.py: the runs need {', '.join(sorted(missing))}: add them to --runs")
+    done: set[str] = set()
+    ordered: list[list[str]] = []
+    while len(done) < len(names):
+        ready = [n for n in names if n not in done and GRID[n].needs <= done]
+        ordered.append(ready)
+        done.update(ready)
+    return ordered
+
+
+def run_one(dataset: str, name: str, args: argparse.Namespace) -> tuple[str, int, float]:
+    run = GRID[name]
+    log = args.logs / f"{dataset}_{name}.log"
+    records = args.logs / f"{dataset}_{name}.json"
+    records.unlink(missing_ok=True)
+    start: list[str] = []
+    if "--method fp" in run.options:
+        start += ["--save-warm-start", str(saved_model(dataset, name, args))]
+    for flag, source in (("--warm-start-from", run.start_from), ("--teacher", run.teacher)):
+        if source is not None:
+            path = saved_model(dataset, source, args)
+            if not path.is_file():
+                log.write_text(f"{name} needs {source}'s model, which is missing: {path}\n")
+                return f"{dataset}/{name}", 2, 0.0
+            start += [flag, str(path)]
     command = [
         sys.executable, "-m", "trainer.cli", "--dataset", dataset, "--data-dir", str(args.data_dir),
-        "--bundle-root", str(args.bundle_root / f"{dataset}_{method}"), "--results-json", str(args.out),
-        *shlex.split(METHOD_OPTIONS[method]), *shlex.split(args.protocol), *shlex.split(extra), *start,
+        "--bundle-root", str(args.bundle_root / f"{dataset}_{name}"), "--results-json", str(records),
+        *shlex.split(args.protocol), *shlex.split(run.options), *shlex.split(args.extra), *start,
     ]  # fmt: skip
     started = time.perf_counter()
     with log.open("w") as handle:
         code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env(args.parallel)).returncode
-    return f"{dataset}/{method}", code, time.perf_counter() - started
+    if code == 0:
+        rows = json.loads(records.read_text())
+        append_records(args.out, [row | {"run": name, "grid": args.grid} for row in rows])
+    return f"{dataset}/{name}", code, time.perf_counter() - started
 
 
-def report(out: Path, plot: Path) -> None:
-    records = json.loads(out.read_text())
-    header = (
-        "| dataset | method | bits | bytes/node | R@10 | R@20 | R@50 | N@20 | N@50 | exact R@20 "
-        "| train s | peak MB | device |"
-    )
+def grid_records(out: Path, grid: str) -> list[dict[str, Any]]:
+    """The grid's records, the newest of each (dataset, run)."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in json.loads(out.read_text()) if out.is_file() else []:
+        if record.get("grid") == grid:
+            latest[(record["dataset"], record["run"])] = record
+    return list(latest.values())
+
+
+def item_bytes(record: dict[str, Any]) -> float:
+    return float(record.get("item_bytes", record["bytes_per_node"]))
+
+
+def reference(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The fp d = 64 run of a dataset with the best validation Recall@20: the 100 % of every ratio."""
+    fp64 = [r for r in records if r["method"] == "fp" and r.get("dim") == 64]
+    return max(fp64, key=lambda r: r.get("valid_recall@20", 0.0), default=None)
+
+
+def pareto(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per byte budget, the run with the best validation Recall@20 among those within it; kept where it gains."""
+    front: list[dict[str, Any]] = []
+    for budget in sorted({item_bytes(r) for r in records}):
+        within = [r for r in records if item_bytes(r) <= budget]
+        best = max(within, key=lambda r: r.get("valid_recall@20", 0.0))
+        if not front or best is not front[-1]:
+            front.append(best)
+    return front
+
+
+def report(out: Path, plot: Path, grid: str) -> None:
+    records = sorted(grid_records(out, grid), key=lambda r: (r["dataset"], item_bytes(r), r["run"]))
+    datasets = sorted({r["dataset"] for r in records})
+    header = "| dataset | run | bits | dim | bytes/node | valid R@20 | R@20 | N@20 | R@50 | of fp d=64 | train s |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for r in records:
+        ref = reference([x for x in records if x["dataset"] == r["dataset"]])
+        ratio = f"{100 * r['recall@20'] / ref['recall@20']:.1f} %" if ref else "-"
         print(
-            f"| {r['dataset']} | {r['method']} | {r['bits']} | {r['bytes_per_node']:.0f} | {r['recall@10']:.4f} "
-            f"| {r['recall@20']:.4f} | {r['recall@50']:.4f} | {r['ndcg@20']:.4f} | {r['ndcg@50']:.4f} "
-            f"| {r.get('exact_recall@20', float('nan')):.4f} | {r['train_seconds']:.0f} | {r['peak_gpu_mb']:.0f} "
-            f"| {r['device']} |"
+            f"| {r['dataset']} | {r['run']} | {r['bits']} | {r.get('dim')} | {item_bytes(r):.0f} "
+            f"| {r.get('valid_recall@20', float('nan')):.4f} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} "
+            f"| {r['recall@50']:.4f} | {ratio} | {r['train_seconds']:.0f} |"
         )
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for dataset in sorted({r["dataset"] for r in records}):
+    if not records:
+        return
+    figure, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
+    for axis, dataset in zip(axes[0], datasets, strict=True):
         rows = [r for r in records if r["dataset"] == dataset]
-        axes.scatter([r["bytes_per_node"] for r in rows], [r["recall@20"] for r in rows], label=dataset)
+        axis.scatter([item_bytes(r) for r in rows], [r["recall@20"] for r in rows], color="tab:blue", s=18)
         for r in rows:
-            axes.annotate(
-                f"{r['method']}{r['bits'] if r['method'] == 'hq' else ''}", (r["bytes_per_node"], r["recall@20"])
+            axis.annotate(
+                r["run"], (item_bytes(r), r["recall@20"]), fontsize=7, xytext=(3, 2), textcoords="offset points"
             )
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel("served bytes per node (codes + scales), log scale")
-    axes.set_ylabel("test Recall@20 (served path)")
-    axes.grid(alpha=0.3)
-    axes.legend()
+        front = pareto([r for r in rows if r["method"] != "fp"])
+        axis.plot([item_bytes(r) for r in front], [r["recall@20"] for r in front], color="tab:blue", label="our front")
+        ref = reference(rows)
+        if ref is not None:
+            axis.axhline(ref["recall@20"], color="gray", linestyle="--", label=f"fp d=64 ({ref['run']})")
+        if dataset in PUBLISHED:
+            name, size, recall = PUBLISHED[dataset]
+            axis.scatter([size], [recall], marker="*", s=120, color="tab:red", label=f"{name} (published)")
+        if dataset in TARGETS:
+            axis.scatter([32], [TARGETS[dataset]], marker="x", color="tab:green", label="target at 32 B")
+        axis.set_xscale("log", base=2)
+        axis.set_title(dataset)
+        axis.set_xlabel("bytes per item kept by the index (codes + scales), log scale")
+        axis.set_ylabel("test Recall@20 (served path)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(plot, dpi=120)
+    print(f"plot: {plot}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["gowalla", "yelp2018"])
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=[m for m in METHOD_OPTIONS if m not in FROM_SCRATCH],
-        choices=list(METHOD_OPTIONS),
-    )
+    parser.add_argument("--runs", nargs="+", default=None, help="runs of GRID to train (default: all of them)")
+    parser.add_argument("--grid-file", type=Path, default=None, help="JSON of more runs (benchmarks/grids/)")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("RECSYS_DATA_DIR", "data")))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.json"))
+    parser.add_argument("--grid", default="codes", help="label stored in the records; the report shows one grid")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
     parser.add_argument("--logs", type=Path, default=Path("var/quality-logs"))
     parser.add_argument("--bundle-root", type=Path, default=Path("var/quality-bundles"))
     parser.add_argument("--protocol", default=PROTOCOL, help="recsys-train options shared by every run")
     parser.add_argument("--extra", default="", help="more recsys-train options, e.g. '--max-minutes 5'")
-    parser.add_argument("--quantized-extra", default="", help="more options for the quantized methods only")
-    parser.add_argument("--cold", action="store_true", help="quantized methods start from scratch, not from fp")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once")
     parser.add_argument("--report-only", action="store_true", help="only print the table and draw the plot")
     args = parser.parse_args()
+    if args.grid_file is not None:
+        load_grid_file(args.grid_file)
+    args.runs = args.runs or list(GRID)
+    unknown = set(args.runs) - set(GRID)
+    if unknown:
+        parser.error(f"unknown runs {', '.join(sorted(unknown))}; GRID has {', '.join(GRID)}")
     plot = args.plot or args.out.with_name(args.out.stem + "_recall_vs_bytes.png")
     failed = 0
     if not args.report_only:
         args.logs.mkdir(parents=True, exist_ok=True)
-        first = [(d, m) for d in args.datasets for m in args.methods if m == "fp"]
-        then = [(d, m) for d in args.datasets for m in args.methods if m != "fp"]
+        args.bundle_root.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            for jobs in (first, then):  # quantized runs start from the fp models
-                for name, code, seconds in pool.map(lambda job: run_one(job[0], job[1], args), jobs):
-                    print(f"{name}: exit {code} in {seconds:.0f} s", flush=True)
+            for wave in waves(args.runs):
+                jobs = [(dataset, name) for dataset in args.datasets for name in wave]
+                for label, code, seconds in pool.map(lambda job: run_one(job[0], job[1], args), jobs):
+                    print(f"{label}: exit {code} in {seconds:.0f} s", flush=True)
                     failed += code != 0
-    report(args.out, plot)
+    report(args.out, plot, args.grid)
     return 1 if failed else 0
 
 

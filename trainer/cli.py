@@ -15,8 +15,10 @@ import torch
 
 from index.bundle import BundleError
 from trainer.data import DatasetError, SyntheticConfig, load_dataset
+from trainer.distillation import DistillationConfig
 from trainer.distributed import World, main_first, start, stop
 from trainer.export import export_bundle
+from trainer.objectives import LOSS_KINDS
 from trainer.quantization import METHODS, make_quantizer
 from trainer.sampling import SAMPLING_MODES
 from trainer.train import TrainConfig, TrainResult, refit, train
@@ -106,6 +108,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     optim.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
     optim.add_argument("--reg", type=float, default=defaults.reg, help="L2 weight on the batch's ego embeddings")
+    optim.add_argument(
+        "--loss",
+        choices=LOSS_KINDS,
+        default=defaults.loss,
+        help="'bpr': each positive against its one negative; 'softmax': against all of the batch's negatives",
+    )
+    optim.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        help="divides the softmax's logits (smaller: harder negatives weigh more); also the distilled student's",
+    )
+    optim.add_argument(
+        "--softmax-negatives",
+        type=int,
+        default=defaults.softmax_negatives,
+        help="negatives each user is compared with in the softmax and the distillation: the first N of the "
+        "batch's (0: all --batch-size of them)",
+    )
+    distill = parser.add_argument_group("distillation (rank like a full-precision teacher)")
+    distill.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        help="an fp run's --save-warm-start file (any --dim, same --layers): add KL(teacher || student) over each "
+        "user's list of the teacher's top unseen items and the batch's negatives",
+    )
+    distill.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
+    distill.add_argument("--distill-top", type=int, default=20, help="teacher's top unseen items per user in the list")
+    distill.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=None,
+        help="divides the teacher's inner products (default: --temperature with the softmax loss, else 1)",
+    )
     optim.add_argument(
         "--sampling",
         choices=SAMPLING_MODES,
@@ -218,6 +255,20 @@ def _saved(result: TrainResult, seconds: float) -> SavedStage:
     return SavedStage(ego=ego, seconds=seconds, epochs=result.best_epoch + 1)
 
 
+def distillation_config(args: argparse.Namespace) -> DistillationConfig | None:
+    if args.teacher is None:
+        return None
+    if not args.teacher.is_file():
+        raise ValueError(f"--teacher: no such file: {args.teacher}")
+    default_temperature = args.temperature if args.loss == "softmax" else 1.0
+    return DistillationConfig(
+        teacher=args.teacher,
+        weight=args.distill_weight,
+        top=args.distill_top,
+        temperature=args.distill_temperature if args.distill_temperature is not None else default_temperature,
+    )
+
+
 def run(args: argparse.Namespace, world: World) -> int:
     config = TrainConfig(
         method=args.method,
@@ -229,6 +280,10 @@ def run(args: argparse.Namespace, world: World) -> int:
         lr=args.lr,
         batch_size=args.batch_size,
         reg=args.reg,
+        loss=args.loss,
+        temperature=args.temperature,
+        softmax_negatives=args.softmax_negatives,
+        distillation=distillation_config(args),
         sampling=args.sampling,
         epochs=args.epochs,
         eval_every=args.eval_every,
@@ -308,8 +363,22 @@ def run(args: argparse.Namespace, world: World) -> int:
         "layers": config.layers,
         "lr": config.lr,
         "reg": config.reg,
+        "loss": config.loss,
+        "temperature": config.temperature,
+        "softmax_negatives": config.softmax_negatives,
+        **(
+            {
+                "teacher": str(config.distillation.teacher),
+                "distill_weight": config.distillation.weight,
+                "distill_top": config.distillation.top,
+                "distill_temperature": config.distillation.temperature,
+            }
+            if config.distillation is not None
+            else {}
+        ),
         "bits": result.quantizer.bits,
         **{k: round(v, 5) for k, v in report.test_served.items()},
+        **{f"valid_{k}": round(v, 5) for k, v in result.best_valid.items()},  # what chose the epoch
         **{f"exact_{k}": round(v, 5) for k, v in report.test_device.items()},
         "bytes_per_node": report.bytes_per_node,
         "train_seconds": round(result.train_seconds, 1),

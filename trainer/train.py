@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from trainer.data import Dataset
+from trainer.distillation import DistillationConfig, RankingDistillation, load_teacher
 from trainer.distributed import (
     SINGLE_PROCESS,
     Batch,
@@ -40,8 +41,8 @@ from trainer.distributed import (
 from trainer.evaluate import device_metrics
 from trainer.graph import normalized_adjacency, to_torch_sparse
 from trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count
-from trainer.loss import bpr
 from trainer.model import EmbeddingTable, LightGCN
+from trainer.objectives import LossKind, RankingLoss
 from trainer.quantization import Quantizer, RefreshContext, make_quantizer
 from trainer.sampling import BPRSampler, Sampling
 from trainer.step_graph import GraphedStep
@@ -66,6 +67,10 @@ class TrainConfig:
     lr: float = 1e-3
     batch_size: int = 2048  # per process: under torchrun a step trains on world_size × batch_size triples
     reg: float = 1e-4
+    loss: LossKind = "bpr"  # trainer.objectives: BPR, or a sampled softmax over the batch's shared negatives
+    temperature: float = 1.0  # the softmax's (and the distillation's student's) temperature
+    softmax_negatives: int = 0  # shared negatives per step in the softmax and the distillation (0: the batch's)
+    distillation: DistillationConfig | None = None  # rank like an fp teacher too (trainer.distillation)
     sampling: Sampling = "user"
     epochs: int = 400
     eval_every: int = 5
@@ -96,7 +101,12 @@ class TrainConfig:
     resume: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        def plain(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return str(value) if isinstance(value, Path) else value
+
+        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass
@@ -135,22 +145,36 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def bpr_loss(
+def ranking_loss(
     model: LightGCN,
     quantizer: Quantizer,
     users: torch.Tensor,
     positives: torch.Tensor,
     negatives: torch.Tensor,
     reg: float,
+    loss: RankingLoss | None = None,
+    distillation: RankingDistillation | None = None,
 ) -> torch.Tensor:
-    """BPR on the quantized representations plus L2 on the batch's ego embeddings (LightGCN's form)."""
+    """The ranking loss (BPR by default) on the quantized representations, L2 on the batch's ego embeddings
+    (LightGCN's form) and, with a teacher, the distillation term over the same quantized item vectors."""
+    loss = loss or RankingLoss()
     user_rep, item_rep = quantizer.node_representations(model)
     u = quantizer(user_rep[users], "user")
-    p = quantizer(item_rep[positives], "item")
-    n = quantizer(item_rep[negatives], "item")
+    if distillation is None:
+        p = quantizer(item_rep[positives], "item")
+        n = quantizer(item_rep[negatives], "item")
+    else:  # the teacher's lists repeat items many times over: quantize every item once, then gather (quantizers
+        # act on each row alone, so the values and gradients are the same)
+        items = quantizer(item_rep, "item")
+        p, n = items[positives], items[negatives]
     ego = model.ego(torch.cat([users, positives + model.n_users, negatives + model.n_users]))
     l2 = 0.5 * ego.pow(2).sum() / users.numel()
-    return bpr(u, p, n, quantizer.score_scale) + reg * l2
+    total = loss(u, p, n, quantizer.score_scale) + reg * l2
+    if distillation is not None:
+        top = items[distillation.top_items[users]]
+        shared, shared_ids = loss.shared(n), loss.shared(negatives)
+        total = total + distillation(users, u, top, shared_ids, shared, quantizer.score_scale / loss.temperature)
+    return total
 
 
 @torch.no_grad()
@@ -175,17 +199,28 @@ def evaluate_valid(
     return device_metrics(users, items, data.valid, data.train, integer_scores=integer_ranking(quantizer), world=world)
 
 
-class BPRObjective(nn.Module):
+class RankingObjective(nn.Module):
     """The training loss as one module, so DistributedDataParallel can average its gradients across ranks."""
 
-    def __init__(self, model: LightGCN, quantizer: Quantizer, reg: float) -> None:
+    def __init__(
+        self,
+        model: LightGCN,
+        quantizer: Quantizer,
+        reg: float,
+        loss: RankingLoss | None = None,
+        distillation: RankingDistillation | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.quantizer = quantizer
         self.reg = reg
+        self.loss = loss or RankingLoss()
+        self.distillation = distillation
 
     def forward(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        return bpr_loss(self.model, self.quantizer, users, positives, negatives, self.reg)
+        return ranking_loss(
+            self.model, self.quantizer, users, positives, negatives, self.reg, self.loss, self.distillation
+        )
 
 
 def parallel_objective(
@@ -195,6 +230,8 @@ def parallel_objective(
     world: World,
     compression: GradCompression = "none",
     sync: GradSync = "allreduce",
+    loss: RankingLoss | None = None,
+    distillation: RankingDistillation | None = None,
 ) -> nn.Module:
     """The loss module; under torchrun with ``sync="ddp"`` wrapped in DistributedDataParallel.
 
@@ -204,7 +241,7 @@ def parallel_objective(
     0.14 ms a step on two H200s, benchmarks/ddp_step_probe.py). The default ``allreduce`` sync therefore
     leaves the module alone and ``average_gradients`` all-reduces each gradient once after backward.
     """
-    objective = BPRObjective(model, quantizer, reg)
+    objective = RankingObjective(model, quantizer, reg, loss, distillation)
     if compression == "bf16" and world.distributed and model.adjacency.device.type != "cuda":
         raise ValueError("--grad-compression bf16 needs GPUs (NCCL); on CPUs (gloo) use fp16")
     if not world.distributed or sync == "allreduce":
@@ -267,6 +304,7 @@ def pretraining_stage(data: Dataset, config: TrainConfig) -> PretrainingStage:
         epochs=config.pretrain_epochs,
         checkpoint_dir=checkpoints,
         warm_start=False,
+        distillation=None,  # the stage is the student's starting point, trained on the interactions alone
         lr_milestones=config.pretrain_lr_milestones,
         pretrain_lr_milestones=(),
     )
@@ -452,7 +490,29 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             _snapshot(model, quantizer),
         )
     replay = set(config.lr_milestones)
-    objective = parallel_objective(model, quantizer, config.reg, world, config.grad_compression, config.grad_sync)
+    distillation = (
+        load_teacher(
+            config.distillation,
+            config.warm_start_stage,
+            dataset=data.name,
+            n_users=data.n_users,
+            adjacency=adjacency,
+            layers=config.layers,
+            seen=data.train,
+        )
+        if config.distillation is not None
+        else None
+    )
+    objective = parallel_objective(
+        model,
+        quantizer,
+        config.reg,
+        world,
+        config.grad_compression,
+        config.grad_sync,
+        RankingLoss(config.loss, config.temperature, config.softmax_negatives),
+        distillation,
+    )
     manual_sync = world.distributed and config.grad_sync == "allreduce"
 
     def eager_step(users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,8 @@ def save_stages(path: Path, dataset: str, stages: dict[Stage, SavedStage]) -> No
     tmp.replace(path)
 
 
-def load_stage(path: Path, stage: Stage, *, dataset: str, n_nodes: int, dim: int) -> SavedStage:
+def load_stage(path: Path, stage: Stage, *, dataset: str, n_nodes: int, dim: int | None) -> SavedStage:
+    """The saved ``stage``; ``dim`` None accepts any width (a distillation teacher need not match its student)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         saved = payload["stages"]
@@ -58,6 +59,7 @@ def load_stage(path: Path, stage: Stage, *, dataset: str, n_nodes: int, dim: int
         raise WarmStartError(f"{path}: has no {stage!r} stage (save it from an fp run with --refit)")
     entry = saved[stage]
     ego = entry["ego"]
-    if tuple(ego.shape) != (n_nodes, dim):
-        raise WarmStartError(f"{path}: embeddings of shape {tuple(ego.shape)}, this model needs {(n_nodes, dim)}")
+    if ego.ndim != 2 or ego.shape[0] != n_nodes or (dim is not None and ego.shape[1] != dim):
+        wanted = (n_nodes, dim if dim is not None else "any")
+        raise WarmStartError(f"{path}: embeddings of shape {tuple(ego.shape)}, this model needs {wanted}")
     return SavedStage(ego=ego.float(), seconds=float(entry["seconds"]), epochs=int(entry["epochs"]))

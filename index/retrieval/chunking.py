@@ -14,7 +14,7 @@ KEY_BUDGET = 1 << 27  # int64 keys held at once (1 GiB: a 1,024-query chunk at 1
 SAMPLE_BUDGET = 1 << 28  # int16 sampled distances held at once (512 MiB)
 SAMPLE_PER_QUERY = 1 << 16  # the tight bound needs only a few sampled items within it; the sample's top-k costs
 FLAG_BUDGET = 1 << 28  # bytes of the tensor-core scan's (query, tile) bitmap held at once (256 MiB)
-FLAG_TILE = 128  # items per bit of that bitmap (the scan's default tile; smaller tiles take more)
+FLAG_TILE = 128  # items per bit of that bitmap by default (the scan's default tile; smaller tiles take more)
 MAX_CHUNK = 4096  # queries per chunk
 TIGHT_TAIL = 1e-4  # the tight bound lets fewer than k items through for at most this share of queries
 TIGHT_MIN_RANK = 6  # … and is never nearer than the 6th nearest sampled item (see tight_rank)
@@ -87,9 +87,9 @@ def safe_capacity(n_items: int, n_sample: int, k: int) -> int:
     return key_slots(n_items, n_sample, k)
 
 
-def flag_bytes(n_items: int) -> int:
-    """A query's row of the tensor-core scan's tile bitmap: one bit per ``FLAG_TILE`` items, in 32-bit words."""
-    tiles = math.ceil(n_items / FLAG_TILE)
+def flag_bytes(n_items: int, flag_tile: int = FLAG_TILE) -> int:
+    """A query's row of the tensor-core scan's tile bitmap: one bit per ``flag_tile`` items, in 32-bit words."""
+    tiles = math.ceil(n_items / flag_tile)
     return 4 * math.ceil(tiles / 32)
 
 
@@ -102,18 +102,19 @@ class ChunkPlan:
     capacity: int
 
 
-def plan_chunks(n_items: int, n_queries: int, k: int) -> ChunkPlan:
+def plan_chunks(n_items: int, n_queries: int, k: int, flag_tile: int = FLAG_TILE) -> ChunkPlan:
     """The largest query chunk (fewest passes over the codes) whose sample, keys and tile bitmap fit their budgets.
 
     The tight bound (``tight_rank``) lets about j · n / s items through for a sample of s items; the key
     buffer is twice that plus slack (more is a rare redo). Fewer sampled items per query let more queries
-    share a chunk, at the price of a looser bound — the budgets decide where that stops.
+    share a chunk, at the price of a looser bound — the budgets decide where that stops. ``flag_tile``: items
+    per tile of the tensor-core scan (wide codes scan smaller tiles, ``scan_tiles``: a longer bitmap row).
     """
     step = min(MAX_CHUNK, next_power_of_two(n_queries))
     while True:
         n_sample = min(n_items, max(32 * k, min(n_items // SAMPLE_FRACTION, SAMPLE_PER_QUERY, SAMPLE_BUDGET // step)))
         capacity = key_slots(n_items, n_sample, tight_rank(n_items, n_sample, k))
         fits = step * capacity <= KEY_BUDGET and step * n_sample <= SAMPLE_BUDGET
-        if step == 1 or (fits and step * flag_bytes(n_items) <= FLAG_BUDGET):
+        if step == 1 or (fits and step * flag_bytes(n_items, flag_tile) <= FLAG_BUDGET):
             return ChunkPlan(step, n_sample, capacity)
         step //= 2

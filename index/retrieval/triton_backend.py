@@ -18,7 +18,9 @@ popcount(q ^ c) = popcount(q) − Σ_b c_b · (2·q_b − 1): a tile's item bits
 (shared memory, never written out) and multiplied with every query block's ±1 bits in an int8 matrix product,
 so the per-pair cost falls from a popcount per word to a fraction of a multiply-add per bit. That pass only
 lists the (query, tile) pairs with an item within the bound; a gather computes those few tiles' keys. Both
-kernels are exact integers, and a tile with no item within any query's bound writes nothing.
+kernels are exact integers, and a tile with no item within any query's bound writes nothing. The unpacked bits
+grow with the code width: wider than 640 bits, the scan takes smaller tiles (those that fit the device's shared
+memory, ``scan_tiles``), and codes too wide for any tile are collected by popcounts.
 
 A query whose tight bound let fewer than k items through is redone with its safe bound, and a buffer that
 overflows (many ties at the bound) is redone with the exact count, so the result is exact whatever the
@@ -44,11 +46,13 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+from triton.runtime.errors import OutOfResources
 
 from index.retrieval.base import HammingBackend, TopK
 from index.retrieval.chunking import (
     FLAG_TILE,
     KEY_BUDGET,
+    MAX_CHUNK,
     ChunkPlan,
     next_power_of_two,
     plan_chunks,
@@ -313,7 +317,8 @@ class _Captured:
 @dataclass(frozen=True)
 class Tiles:
     """(queries × items) per thread block, warps per block and the distance kernel (``mma``: tensor cores,
-    ``False``: popcounts, ``None``: by batch size); by default all chosen from the batch size."""
+    ``False``: popcounts, ``None``: by batch size); by default all chosen from the batch size. Tensor-core tiles
+    too large for the device's shared memory at the code width give way to smaller ones (``scan_tiles``)."""
 
     block_q: int
     block_n: int
@@ -358,6 +363,71 @@ def mma_words(words: int) -> tuple[int, int]:
     head = power_of_two_at_most(words)
     tail = 0 if words == head else next_power_of_two(words - head)
     return head, tail
+
+
+# Shared memory of the tensor-core scan beyond its two operands (reduction scratch; 128–512 bytes measured).
+SCAN_SCRATCH = 1024
+SCAN_STAGES = 3  # buffers of a software-pipelined load: Triton's default num_stages (the scan's launch sets none)
+# The tensor-core scan's tiles, best first: 64 × 128, 4 warps (the fastest of 8 shapes at 64/256/576 bits × batch
+# 1024 on an H200, within 10 % at batch 64: benchmarks/triton_tiles.py --kernels mma), then smaller ones for codes
+# whose unpacked bits would not fit in shared memory at that size. BLOCK_N shrinks last: each tile reloads every
+# query's signs (traffic ∝ batch / BLOCK_N), and the tile bitmap (``plan_chunks``) grows as 1 / BLOCK_N.
+SCAN_TILES = tuple(Tiles(block_q, block_n) for block_n in (FLAG_TILE, 64, 32, 16) for block_q in (64, 32, 16))
+
+
+def scan_shared_bytes(words: int, block_q: int, block_n: int, one_block: bool = False, async_dot: bool = True) -> int:
+    """Shared memory ``_mma_scan_kernel`` needs over codes of ``words`` 32-bit words, at most: a tile's unpacked
+    item bits and a query block's signs, 32 · (HEAD + TAIL) int8 rows each (``mma_words``). Over several query
+    blocks (not ``ONE_BLOCK``) the signs are loaded in a software-pipelined loop: ``SCAN_STAGES`` buffers where
+    the product is an asynchronous wgmma (``async_dot``: Hopper on, blocks of 64 queries), one fewer for mma.sync.
+
+    Checked against what Triton 3.9 allocates for sm_90 and sm_80, with and without the launcher's divisibility
+    hints (``triton.compile`` on a CPU), at 640 to 4,608 bits over the tiles ``scan_tiles`` picks: exact but for
+    the scratch (205,056 bytes at 640 bits × 64 × 128 on sm_90; 246,016 at 768, the H200's error: its limit is
+    232,448). A launch that needs more than this says all the same is caught (``TritonBackend._scan``)."""
+    head, tail = mma_words(words)
+    rows = 32 * (head + tail)
+    buffers = 1 if one_block else SCAN_STAGES if async_dot and block_q >= 64 else SCAN_STAGES - 1
+    return rows * (block_n + buffers * block_q) + SCAN_SCRATCH
+
+
+def scan_tiles(
+    words: int, n_queries: int, shared_limit: int | None, given: Tiles | None = None, async_dot: bool = True
+) -> list[Tiles]:
+    """The tensor-core scan's tiles for ``n_queries`` queries over ``words``-word codes, best first: ``given``
+    (else ``SCAN_TILES``' first) and the smaller of ``SCAN_TILES``, each with its query block cut to the batch,
+    keeping those whose ``scan_shared_bytes`` fit in ``shared_limit`` bytes (None: any, Triton's interpreter).
+    Empty where none fits: the popcount kernel collects.
+
+    >>> scan_tiles(words=20, n_queries=1024, shared_limit=232_448)[0]  # 640 bits: the default tiles
+    Tiles(block_q=64, block_n=128, warps=4, mma=True)
+    >>> scan_tiles(words=24, n_queries=1024, shared_limit=232_448)[0]  # 768 bits: fewer queries per block
+    Tiles(block_q=32, block_n=128, warps=4, mma=True)
+    """
+    first = given or SCAN_TILES[0]
+    smaller = [tiles for tiles in SCAN_TILES if tiles.block_q <= first.block_q and tiles.block_n <= first.block_n]
+    found: list[Tiles] = []
+    for tiles in (first, *smaller):
+        block_q, block_n = max(16, min(tiles.block_q, next_power_of_two(n_queries))), max(16, tiles.block_n)
+        cut = Tiles(block_q, block_n, first.warps, mma=True)
+        need = scan_shared_bytes(words, block_q, block_n, n_queries <= block_q, async_dot)
+        if (shared_limit is None or need <= shared_limit) and cut not in found:
+            found.append(cut)
+    return found
+
+
+def _scan_variant(tiles: Tiles, n_queries: int) -> tuple[int, int, int, int]:
+    """Which compiled ``_mma_scan_kernel`` a batch of ``n_queries`` scanned in ``tiles`` runs: (BLOCK_Q, BLOCK_N,
+    warps, ONE_BLOCK)."""
+    return tiles.block_q, tiles.block_n, tiles.warps, int(n_queries <= tiles.block_q)
+
+
+def shared_memory_limit(device: torch.device) -> int:
+    """Bytes of shared memory one thread block may opt in to on ``device``: the limit Triton checks a launch by."""
+    optin = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", None)  # torch ≥ 2.7
+    if optin is None:
+        optin = triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
+    return int(optin)
 
 
 def query_signs(queries: torch.Tensor, words_padded: int, n_padded: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -413,8 +483,11 @@ class TritonBackend(HammingBackend):
         self.graphs = graphs and self.device.type == "cuda" and not INTERPRETED
         # int8 tensor-core products (mma.sync / wgmma) from Ampere on; the interpreter runs them with numpy.
         self.tensor_cores = INTERPRETED or torch.cuda.get_device_capability(self.device) >= (8, 0)
+        self.async_dot = INTERPRETED or torch.cuda.get_device_capability(self.device) >= (9, 0)  # wgmma
         self.sms = 2 if INTERPRETED else torch.cuda.get_device_properties(self.device).multi_processor_count
+        self.shared_limit = None if INTERPRETED else shared_memory_limit(self.device)  # bounds the scan's tiles
         self._resident: dict[tuple[int, ...], int] = {}  # scan programs that fit on one SM, per kernel variant
+        self._unfit: set[tuple[int, ...]] = set()  # scan variants whose launch ran out of resources on this device
         self._captured: OrderedDict[tuple[int, int], _Captured | None] = OrderedDict()
         # One memory pool and one capture stream for every graph of this backend: replays are serialised by the
         # lock below and each one's outputs are read on the host (never handed out as GPU tensors) before the
@@ -453,6 +526,17 @@ class TritonBackend(HammingBackend):
         if self.tiles is not None and self.tiles.mma is not None:
             return self.tiles.mma and self.tensor_cores
         return self.tensor_cores and n_queries >= MMA_MIN_QUERIES
+
+    def _scan_tiles(self, n_queries: int) -> list[Tiles]:
+        """``scan_tiles`` on this device, best first, less the variants that ran out of resources here."""
+        given = self.tiles if self.tiles is not None and self.tiles.mma else None
+        tiles = scan_tiles(self.words, n_queries, self.shared_limit, given, self.async_dot)
+        return [t for t in tiles if _scan_variant(t, n_queries) not in self._unfit]
+
+    def _flag_tile(self) -> int:
+        """Items per bit of the scan's tile bitmap, for the chunk plan: the tile a full chunk is scanned with."""
+        tiles = self._scan_tiles(MAX_CHUNK) if self._uses_mma(MAX_CHUNK) else []
+        return tiles[0].block_n if tiles else FLAG_TILE
 
     def _popcount_tiles(self, n_queries: int) -> Tiles:
         # 16 × 128, 4 warps: the fastest of 18 shapes at batch 64 and 1024 on an H100 (benchmarks/triton_tiles.py).
@@ -499,9 +583,8 @@ class TritonBackend(HammingBackend):
         n_queries = queries.shape[1]
         counts = torch.zeros(n_queries, dtype=torch.int32, device=self.device)
         keys = torch.full((n_queries, capacity), NO_KEY, dtype=torch.int64, device=self.device)
-        if self._uses_mma(n_queries):
-            spilled = self._collect_mma(queries, bounds, capacity, counts, keys)
-        else:
+        spilled = self._collect_mma(queries, bounds, capacity, counts, keys) if self._uses_mma(n_queries) else None
+        if spilled is None:  # popcounts: a small batch, or codes too wide for any tile of the tensor-core scan
             self._launch(
                 _collect_kernel, self.n_items, n_queries,
                 queries, self.codes, bounds, counts, keys, n_queries, self.n_items, capacity,
@@ -511,34 +594,21 @@ class TritonBackend(HammingBackend):
 
     def _collect_mma(
         self, queries: torch.Tensor, bounds: torch.Tensor, capacity: int, counts: torch.Tensor, keys: torch.Tensor
-    ) -> torch.Tensor:
-        """``collect`` on tensor cores: a scan listing the (query, tile) pairs with an answer, then a gather."""
+    ) -> torch.Tensor | None:
+        """``collect`` on tensor cores: a scan listing the (query, tile) pairs with an answer, then a gather.
+        None where no tile of the scan fits this device (the caller collects by popcounts)."""
         n_queries = queries.shape[1]
-        # 64 × 128, 4 warps: the fastest of 8 shapes at 64/256/576 bits × batch 1024 on an H200, within 10 % at
-        # batch 64 (benchmarks/triton_tiles.py --kernels mma).
-        tiles = self.tiles if self.tiles is not None and self.tiles.mma else Tiles(64, FLAG_TILE)  # plan's tile
-        block_q, block_n = max(16, min(tiles.block_q, next_power_of_two(n_queries))), max(16, tiles.block_n)
-        head, tail = mma_words(self.words)
-        n_padded = triton.cdiv(n_queries, block_q) * block_q
-        signs, popcounts = query_signs(queries, head + tail, n_padded)
-        min_dots = torch.full((n_padded,), 1 << 30, dtype=torch.int32, device=self.device)  # padding never hits
-        min_dots[:n_queries] = popcounts - bounds
-        n_tiles = triton.cdiv(self.n_items, block_n)
-        flag_words = triton.cdiv(n_tiles, 32)
-        tile_flags = torch.zeros((n_queries, flag_words), dtype=torch.int32, device=self.device)
-        variant = (block_q, block_n, tiles.warps, int(n_padded == block_q))
-        programs = min(n_tiles, self.sms * self._resident.get(variant, 2))
-        compiled = _mma_scan_kernel[(programs,)](
-            signs, min_dots, self.codes, counts, tile_flags, n_padded, self.n_items, n_tiles, flag_words,
-            WORDS=self.words, HEAD=head, TAIL=tail, BLOCK_Q=block_q, BLOCK_N=block_n, ONE_BLOCK=n_padded == block_q,
-            num_warps=tiles.warps,
-        )  # fmt: skip
-        if variant not in self._resident:  # one wave of persistent programs: as many as fit on an SM at once
-            self._resident[variant] = resident_programs(compiled, tiles.warps, self.device)
+        for tiles in self._scan_tiles(n_queries):
+            tile_flags = self._scan(queries, bounds, counts, tiles)
+            if tile_flags is not None:
+                break
+        else:
+            return None
         self._mark("scan (tensor cores)")
         # The flagged words, without a host round trip: a flagged tile holds an answer, so a query within its
         # key buffer flags at most ``capacity`` tiles; room for 1 / GATHER_ROOM of that per query. A longer list
         # spills (returned: the caller redoes the batch with more room).
+        flag_words = tile_flags.shape[1]
         room = n_queries * min(flag_words, max(1, capacity // GATHER_ROOM))
         entries = torch.nonzero_static(tile_flags, size=room, fill_value=-1).contiguous()  # CUDA's is column-major
         spilled: torch.Tensor = torch.count_nonzero(tile_flags) > room
@@ -547,10 +617,46 @@ class TritonBackend(HammingBackend):
         _gather_kernel[(triton.cdiv(room, per_program),)](
             queries, self.codes, bounds, tile_flags, entries, filled, keys,
             n_queries, self.n_items, flag_words, capacity, room,
-            WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_N=block_n, ENTRIES=per_program, num_warps=GATHER_WARPS,
+            WORDS=self.words, USE_POPC=not INTERPRETED, BLOCK_N=tiles.block_n, ENTRIES=per_program,
+            num_warps=GATHER_WARPS,
         )  # fmt: skip
         self._mark("gather")
         return spilled
+
+    def _scan(
+        self, queries: torch.Tensor, bounds: torch.Tensor, counts: torch.Tensor, tiles: Tiles
+    ) -> torch.Tensor | None:
+        """``_mma_scan_kernel`` with ``tiles`` (from ``_scan_tiles``): each query's bitmap of the item tiles holding
+        an answer, its count added to ``counts``. None where the launch needs more shared memory (or registers)
+        than the device has, which Triton finds before launching anything: the variant is remembered and later
+        searches skip it. A CUDA graph's warm-up meets that first, never its capture."""
+        n_queries = queries.shape[1]
+        block_q, block_n = tiles.block_q, tiles.block_n
+        head, tail = mma_words(self.words)
+        n_padded = triton.cdiv(n_queries, block_q) * block_q
+        signs, popcounts = query_signs(queries, head + tail, n_padded)
+        min_dots = torch.full((n_padded,), 1 << 30, dtype=torch.int32, device=self.device)  # padding never hits
+        min_dots[:n_queries] = popcounts - bounds
+        n_tiles = triton.cdiv(self.n_items, block_n)
+        flag_words = triton.cdiv(n_tiles, 32)
+        tile_flags = torch.zeros((n_queries, flag_words), dtype=torch.int32, device=self.device)
+        variant = _scan_variant(tiles, n_queries)
+        programs = min(n_tiles, self.sms * self._resident.get(variant, 2))
+        try:
+            compiled = _mma_scan_kernel[(programs,)](
+                signs, min_dots, self.codes, counts, tile_flags, n_padded, self.n_items, n_tiles, flag_words,
+                WORDS=self.words, HEAD=head, TAIL=tail, BLOCK_Q=block_q, BLOCK_N=block_n,
+                ONE_BLOCK=n_padded == block_q, num_warps=tiles.warps,
+            )  # fmt: skip
+        except OutOfResources as error:
+            self._unfit.add(variant)
+            log.warning("tensor-core scan of %d-bit codes in %d × %d tiles (%d queries) does not fit this GPU, "
+                        "trying smaller tiles, then popcounts: %s",
+                        32 * self.words, block_q, block_n, n_queries, error)  # fmt: skip
+            return None
+        if variant not in self._resident:  # one wave of persistent programs: as many as fit on an SM at once
+            self._resident[variant] = resident_programs(compiled, tiles.warps, self.device)
+        return tile_flags
 
     def _search_chunk(self, queries: torch.Tensor, k: int, plan: ChunkPlan) -> _Chunk:
         """Bound, collect and select without waiting on the GPU; queries to redo are marked, not redone."""
@@ -604,7 +710,7 @@ class TritonBackend(HammingBackend):
         if key in self._captured:
             self._captured.move_to_end(key)
             return self._captured[key]
-        plan = plan_chunks(self.n_items, n_queries, k)
+        plan = plan_chunks(self.n_items, n_queries, k, self._flag_tile())
         captured = None
         if plan.queries >= n_queries:  # one chunk: the whole search is a fixed sequence of launches
             with _CAPTURE_LOCK:
@@ -677,7 +783,7 @@ class TritonBackend(HammingBackend):
                     return graphed
             words = torch.from_numpy(word_major(queries)).to(self.device)
             self._mark("queries to device")
-            plan = plan_chunks(self.n_items, words.shape[1], k)
+            plan = plan_chunks(self.n_items, words.shape[1], k, self._flag_tile())
             step = plan.queries
             chunks = [
                 self._search_chunk(words[:, s : s + step].contiguous(), k, plan) for s in range(0, words.shape[1], step)
