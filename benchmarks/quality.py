@@ -3,9 +3,9 @@
     python benchmarks/quality.py --data-dir ../shared/data --datasets gowalla yelp2018 --parallel 8 \\
         --out benchmarks/results/quality.json
 
-Each (dataset, run) of ``GRID`` is one `recsys-train` run under the same protocol (a run's own options win over
-``--protocol``'s, ``--extra`` over both) (validation-selected epoch,
-learning-rate decay on plateau, refit on train + validation, test once on the served path). Full-precision
+Each (dataset, run) of ``GRID`` is one `recsys-train` run under the same protocol: validation-selected epoch,
+learning-rate decay on plateau, refit on train + validation (unless ``--protocol`` drops ``--refit``), test once on
+the served path; a run's own options win over ``--protocol``'s, and ``--extra``'s over both. Full-precision
 runs go first and save their models; a quantized run then starts from one of them (``start_from``) and may
 distil from another (``teacher``): the runs go in waves, each after the runs it needs. ``--parallel N`` runs
 N at once (on one GPU they share it, so their times are not solo times). Records gain the run's name and
@@ -52,9 +52,11 @@ class Run:
         return {name for name in (self.start_from, self.teacher) if name is not None}
 
 
-# Distillation from the same-width fp model, which each quantized run also starts from; the teacher's lists are
-# compared with the first 1,024 negatives of each batch (trainer.distillation).
+# Distillation from the same-width fp model, which each quantized run also starts from (trainer.distillation). The
+# teacher's lists are compared with the first 1,024 negatives of each batch, at weight 3 (best for 2-bit codes);
+# 1-bit codes learned more at weight 1 against all 8,192 (``_w1``; BENCHMARKS.md #19).
 DISTIL = "--distill-top 20 --distill-weight 3 --softmax-negatives 1024"
+DISTIL_W1 = "--distill-top 20 --distill-weight 1"
 GRID: dict[str, Run] = {
     "fp": Run("--method fp"),
     "fp128": Run("--method fp --dim 128"),
@@ -63,6 +65,7 @@ GRID: dict[str, Run] = {
     "hq1": Run("--method hq --bits 1", start_from="fp"),
     "hq2": Run("--method hq --bits 2", start_from="fp"),
     "hq1_distil": Run(f"--method hq --bits 1 {DISTIL}", start_from="fp", teacher="fp"),
+    "hq1_distil_w1": Run(f"--method hq --bits 1 {DISTIL_W1}", start_from="fp", teacher="fp"),
     "hq2_distil": Run(f"--method hq --bits 2 {DISTIL}", start_from="fp", teacher="fp"),
     "hq1_d128_distil": Run(f"--method hq --bits 1 --dim 128 {DISTIL}", start_from="fp128", teacher="fp128"),
     "hq2_d128_distil": Run(f"--method hq --bits 2 --dim 128 {DISTIL}", start_from="fp128", teacher="fp128"),
