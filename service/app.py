@@ -10,11 +10,15 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
+from starlette.exceptions import HTTPException
 
 from index.retrieval.faiss_backend import set_cpu_threads
 from service.batcher import MicroBatcher
+from service.errors import http_error, validation_error
+from service.limits import LimitRequestBody
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.observe import ObserveRequests
@@ -91,8 +95,11 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
     )
     app.state.metrics = metrics
 
-    app.add_middleware(ObserveRequests, metrics=metrics)
+    app.add_middleware(LimitRequestBody, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ObserveRequests, metrics=metrics)  # added last, so outermost: it sees the 413s too
     app.add_exception_handler(Exception, internal_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
     app.include_router(health.router)
     app.include_router(recommend.build_router(settings))
     app.include_router(admin.router)

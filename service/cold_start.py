@@ -17,11 +17,42 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from index.codes import encode_planes2, encode_sign1
+from index.codes import CodeLayout, code_width, encode_planes2, encode_sign1
 from index.hash_codes import cold_user_bits, group_indices
 
 METHODS = ("fp", "ste", "hq")  # the ones whose user code is a function of the user's representation alone
 PROPAGATION_ARRAYS = ("item_degree", "item_degree_total", "trivial_along", "item_basis")  # index.hash_codes.graph_codes
+
+
+def check_arrays(arrays: dict[str, npt.NDArray[Any]], *, n_items: int, dim: int, layout: CodeLayout) -> None:
+    """Raise ValueError, naming the array, unless ``arrays`` hold what ``ColdStart`` reads for its method, in the
+    shapes and types it reads them: so a bundle is refused at load, not by every request that gives a history."""
+    if "method" not in arrays:
+        raise ValueError("no array 'method'")
+    method = str(arrays["method"])
+    if method not in METHODS:
+        return  # not used for cold start (the service answers such users with popular items)
+    needed = ["item_layers", "item_degree", *(["hq_step", "hq_max_level"] if method == "hq" else [])]
+    missing = [name for name in needed if name not in arrays]
+    if missing:
+        raise ValueError(f"no array {', '.join(repr(name) for name in missing)} (method {method} needs it)")
+    layers, degree = arrays["item_layers"], arrays["item_degree"]
+    if layers.ndim != 3 or layers.shape[1:] != (n_items, dim) or layers.dtype.kind != "f":
+        raise ValueError(f"'item_layers' must be float [layers, {n_items}, {dim}], got {layers.dtype} {layers.shape}")
+    if degree.shape != (n_items,) or degree.dtype.kind not in "fiu":
+        raise ValueError(f"'item_degree' must be numbers [{n_items}], got {degree.dtype} {degree.shape}")
+    if method == "hq":
+        step, level = arrays["hq_step"], arrays["hq_max_level"]
+        if step.shape != () or not np.isfinite(step) or float(step) <= 0:
+            raise ValueError(f"'hq_step' must be one positive number, got {step!r}")
+        if level.shape != () or int(level) not in (1, 3):
+            raise ValueError(f"'hq_max_level' must be 1 or 3, got {level!r}")
+    if n_items:  # the whole path once, on the first item: the code it gives must fit the bundle's layout
+        code = ColdStart(arrays).code(np.zeros(1, np.int64))
+        if code.shape != (code_width(layout, dim),):
+            raise ValueError(
+                f"codes a new user as {code.shape}, the bundle's {layout} codes are [{code_width(layout, dim)}]"
+            )
 
 
 @dataclass(frozen=True)

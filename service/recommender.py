@@ -18,13 +18,13 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from index.bundle import Bundle, BundleError, resolve_bundle_path
+from index.bundle import COLD_START_FILE, Bundle, BundleError, resolve_bundle_path
 from index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex
 from service.batcher import MicroBatcher
 from service.cold_start import METHODS as COLD_METHODS
-from service.cold_start import ColdStart
+from service.cold_start import ColdStart, check_arrays
 from service.metrics import ServiceMetrics
-from service.schemas import Recommendation, RecommendedItem
+from service.schemas import Answer
 from service.user_codes import UserCodeCache
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,12 @@ class ServingModel:
     def load(cls, root: Path, *, device: DevicePreference = "auto", backend: str = "auto") -> ServingModel:
         """Load and verify the CURRENT bundle, load (or build) its index, self-check and warm it."""
         bundle = Bundle.load(root)
+        if bundle.cold_start is not None:
+            m = bundle.manifest
+            try:
+                check_arrays(bundle.cold_start, n_items=m.n_items, dim=m.dim, layout=m.code_layout)
+            except (ValueError, KeyError, IndexError, TypeError) as error:
+                raise BundleError(f"{bundle.path / COLD_START_FILE}: {error}") from error
         index = ItemIndex.for_bundle(bundle, device=device, backend=backend)
         if bundle.manifest.n_users and index.n_items:  # warm-up: the first real request pays no first-call cost
             scales = bundle.user_scales[:1] if bundle.user_scales is not None else None
@@ -94,22 +100,17 @@ class Recommender:
         self._reload_lock = asyncio.Lock()
         metrics.serving(model.version)
 
-    def popular(self, model: ServingModel, user_id: str, k: int) -> Recommendation:
+    def popular(self, model: ServingModel, user_id: str, k: int) -> Answer:
         self.metrics.fallbacks.inc()
-        rows = model.bundle.popular[:k]
-        return Recommendation(
-            user_id=user_id,
-            model_version=model.version,
-            source="popular",
-            items=[RecommendedItem(item_id=model.bundle.item_ids[r], score=None) for r in rows],
-        )
+        ids = model.bundle.item_ids
+        return Answer(user_id, model.version, "popular", [ids[r] for r in model.bundle.popular[:k].tolist()], None)
 
-    async def recommend(self, user_id: str, k: int, *, exclude_seen: bool) -> Recommendation:
+    async def recommend(self, user_id: str, k: int, *, exclude_seen: bool) -> Answer:
         return (await self.recommend_many([user_id], k, exclude_seen=exclude_seen))[0]
 
     async def recommend_many(
         self, user_ids: list[str], k: int, *, exclude_seen: bool, histories: dict[str, list[str]] | None = None
-    ) -> list[Recommendation]:
+    ) -> list[Answer]:
         """Answers for several users from one model snapshot (one Redis round trip, one batched search).
 
         ``histories`` gives item ids for users the model does not know (cold start); known users ignore it.
@@ -144,17 +145,9 @@ class Recommender:
                 out.append(self.popular(model, user_id, k))
                 continue
             ids, scores = next(answers)
-            # Our own ids and scores: constructed without a validation pass (they are serialised once, as is).
-            items = [
-                RecommendedItem.model_construct(item_id=bundle.item_ids[i], score=float(s))
-                for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
-                if i >= 0
-            ]
-            out.append(
-                Recommendation.model_construct(
-                    user_id=user_id, model_version=model.version, source=plan.source, items=items
-                )
-            )
+            found = ids >= 0
+            item_ids = [bundle.item_ids[i] for i in ids[found].tolist()]
+            out.append(Answer(user_id, model.version, plan.source, item_ids, scores[found].astype(float).tolist()))
         return out
 
     async def reload(self, root: Path) -> tuple[str, str]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+Source = Literal["codes", "history", "popular"]
 
 
 class RecommendedItem(BaseModel):
@@ -26,6 +30,32 @@ class Recommendation(BaseModel):
 
 class BatchRecommendation(BaseModel):
     results: list[Recommendation] = Field(description="one answer per requested user, in request order")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One user's answer as the recommender builds it, written straight to ``Recommendation``'s JSON.
+
+    Our own ids and scores need no validation, and a pydantic object per item costs ~6 µs: 20,000 items (the
+    largest request) took 150 ms of the event loop to build, against ~20 ms as plain JSON.
+    """
+
+    user_id: str
+    model_version: str
+    source: Source
+    item_ids: list[str]
+    scores: list[float] | None  # None: the popularity fallback, which has no scores
+
+    def to_dict(self) -> dict[str, Any]:
+        scores = self.scores if self.scores is not None else [None] * len(self.item_ids)
+        items = [{"item_id": i, "score": s} for i, s in zip(self.item_ids, scores, strict=True)]
+        return {"user_id": self.user_id, "model_version": self.model_version, "source": self.source, "items": items}
+
+
+def answers_json(answers: list[Answer], *, batch: bool) -> bytes:
+    """The body of GET (one ``Recommendation``) or POST (``BatchRecommendation``) /recommend, compact UTF-8."""
+    content: Any = {"results": [a.to_dict() for a in answers]} if batch else answers[0].to_dict()
+    return json.dumps(content, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 class Health(BaseModel):

@@ -33,6 +33,13 @@ class ServiceSettings(BaseSettings):
     default_k: int = Field(20, ge=1, description="k when a request gives none")
     max_k: int = Field(1000, ge=1, le=4096, description="largest k a request may ask for")
     max_batch_users: int = Field(256, ge=1, description="most users one POST /recommend may ask for")
+    max_request_items: int = Field(
+        20_000, ge=1, description="most items one POST /recommend may ask for in all (users × k): bounds its cost"
+    )
+    max_history_items: int = Field(1000, ge=1, description="most items one user's history may list in a request")
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, description="largest request body; a larger one is refused with 413 before it is read"
+    )
     batch_max_size: int = Field(64, ge=1, description="most queries merged into one index search")
     batch_max_wait_ms: float = Field(
         0.0, ge=0, description="extra wait for more queries; 0: queries that arrive during a search share the next"

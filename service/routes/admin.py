@@ -38,7 +38,10 @@ async def reload(
 ) -> Reloaded:
     if settings.admin_api_key is None:
         raise HTTPException(403, "admin endpoint disabled: set RECSYS_ADMIN_API_KEY to enable it")
-    if x_api_key is None or not hmac.compare_digest(x_api_key, settings.admin_api_key.get_secret_value()):
+    expected = settings.admin_api_key.get_secret_value().encode()
+    # Header values arrive as latin-1 text; compared as bytes, any byte a client sends is just a wrong key
+    # (compare_digest refuses non-ASCII str).
+    if x_api_key is None or not hmac.compare_digest(x_api_key.encode("latin-1", errors="replace"), expected):
         raise HTTPException(401, "missing or wrong X-API-Key header")
     try:
         previous, current = await recommender.reload(settings.bundle_root)

@@ -258,13 +258,16 @@ def test_responses_carry_a_request_id(service: str) -> None:
 
 
 def test_schemathesis_finds_no_server_error(service: str) -> None:
-    """Property-based requests generated from the OpenAPI spec: no 5xx on any operation."""
+    """Property-based requests generated from the OpenAPI spec, every check: no 5xx, every status and body as
+    documented, schema-invalid input refused. Except one: that every schema-valid request is accepted. A batch's
+    users × k budget (RECSYS_MAX_REQUEST_ITEMS) spans two fields, which JSON Schema cannot state, so a schema-valid
+    256 users × k = 400 is rightly a 422."""
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or shutil.which("st")
     if st is None:
         pytest.fail("schemathesis is not installed: run the README's test command, which installs the dev extra")
     result = subprocess.run(
-        [st, "run", f"{service}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "40",
-         "--seed", "7", "--exclude-path", "/metrics"],
+        [st, "run", f"{service}/openapi.json", "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+         "--max-examples", "40", "--seed", "7", "--exclude-path", "/metrics"],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:]

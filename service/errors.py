@@ -1,0 +1,66 @@
+"""Error responses that can always be written: a 422 echoes the input at fault, which may not be valid JSON.
+
+Python's JSON parser accepts ``NaN``, ``Infinity`` and ``1e400`` (infinite), and FastAPI's 422 body echoes the
+offending input; JSON cannot carry those values, so rendering the 422 failed and the client got a 500. Here the
+echoed values are made writable (non-finite numbers become the strings JSON would need, bytes are decoded), and a
+body that is not JSON at all is a 422 on ``body`` like any other invalid body.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+def writable(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by its name and bytes decoded, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, dict):
+        return {str(writable(k)): writable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [writable(v) for v in value]
+    return value
+
+
+async def validation_error(request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's 422 (``{"detail": [{"loc", "msg", "type", "input"}, …]}``), whatever the input was."""
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse(status_code=422, content={"detail": writable(jsonable_encoder(writable(error.errors())))})
+
+
+BODY_PARSE_FAILURE = "There was an error parsing the body"  # FastAPI's 400 for a body json.loads cannot decode
+
+
+async def http_error(request: Request, error: Exception) -> JSONResponse:
+    """Starlette's HTTP errors as JSON, except FastAPI's 400 for an undecodable body (bytes that are no text,
+    e.g. a bad byte order mark), which is answered as every other invalid body is: a 422 on ``body``."""
+    assert isinstance(error, StarletteHTTPException)
+    if error.status_code == 400 and error.detail == BODY_PARSE_FAILURE:
+        detail = [{"type": "json_invalid", "loc": ["body"], "msg": "the body is not JSON text", "input": None}]
+        return JSONResponse(status_code=422, content={"detail": detail})
+    headers = dict(error.headers or {})
+    if error.status_code == 405:  # Starlette names the methods of the first route of the path only
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return JSONResponse(status_code=error.status_code, content={"detail": error.detail}, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents for the request's path (GET and POST /recommend are two routes), HEAD with
+    GET as Starlette answers it."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), request.url.path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
