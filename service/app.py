@@ -26,6 +26,7 @@ from service.recommender import Recommender, ServingModel
 from service.routes import admin, health, recommend
 from service.settings import ServiceSettings, get_settings
 from service.user_codes import UserCodeCache
+from service.workers import WorkerVersions
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("service.access")
@@ -69,9 +70,11 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
             thread_setup=partial(set_cpu_threads, settings.search_threads),  # OpenMP's count is per thread
         )
         batcher.start()
+        versions = WorkerVersions.from_environment()
         recommender = Recommender(
-            serving, codes, batcher, metrics, device=settings.device, backend=settings.retrieval_backend
-        )
+            serving, codes, batcher, metrics, device=settings.device, backend=settings.retrieval_backend,
+            versions=versions,
+        )  # fmt: skip
         watcher = None
         if settings.watch_interval_s > 0:
             watcher = asyncio.create_task(recommender.watch(settings.bundle_root, settings.watch_interval_s))
@@ -86,6 +89,9 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
                     await watcher
             await batcher.close()
             await redis.aclose()
+            if versions is not None:
+                versions.retire()
+            metrics.retire()
 
     app = FastAPI(
         title="binrec",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import uvicorn
@@ -14,8 +15,10 @@ from index.bundle import BundleError
 from index.item_index import IndexSelfCheckError
 from service.app import create_app
 from service.logs import configure_logging
+from service.metrics import MULTIPROCESS_ENV
 from service.recommender import ServingModel
 from service.settings import ServiceSettings
+from service.workers import RUNTIME_DIR_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,13 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     # Several processes: each worker builds the app from the environment, so command-line values go there.
     del model  # verified above; every worker loads its own copy
     os.environ.update({f"RECSYS_{name.upper()}": str(value) for name, value in overrides.items()})
-    uvicorn.run(  # each worker's create_app sets up the JSON logging itself
-        "service.app:create_app",
-        factory=True,
-        workers=settings.workers,
-        log_config=None,
-        **common,  # type: ignore[arg-type]
-    )
+    if settings.watch_interval_s == 0:  # how every worker follows a reload that reached one of them
+        os.environ["RECSYS_WATCH_INTERVAL_S"] = "1"
+    with tempfile.TemporaryDirectory(prefix="recsys-serve-") as runtime:
+        # One folder for the workers' metrics (summed by every scrape) and one for the versions they serve.
+        for name, variable in (("metrics", MULTIPROCESS_ENV), ("workers", RUNTIME_DIR_ENV)):
+            (Path(runtime) / name).mkdir()
+            os.environ[variable] = str(Path(runtime) / name)
+        uvicorn.run(  # each worker's create_app sets up the JSON logging itself
+            "service.app:create_app",
+            factory=True,
+            workers=settings.workers,
+            log_config=None,
+            **common,  # type: ignore[arg-type]
+        )
     return 0
 
 

@@ -1,8 +1,18 @@
-"""Prometheus metrics of one app instance (its own registry: tests run several apps in one process)."""
+"""Prometheus metrics of one app instance (its own registry: tests run several apps in one process).
+
+Under `recsys-serve --workers N` every worker is a process of its own and a scrape reaches one of them, so the
+workers keep their values in prometheus-client's multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, made by
+`recsys-serve`) and every scrape renders the sum over all of them: counters and histograms add up, the
+in-flight gauge sums the live workers, and ``recsys_model_info`` shows 1 for each version a live worker serves.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -17,7 +27,10 @@ class ServiceMetrics:
         )  # fmt: skip
         # Read from the socket and not yet answered: what a graceful shutdown still owes (uvicorn finishes these;
         # a request still in the kernel's buffers when the signal lands is refused, not answered).
-        self.in_flight = Gauge("recsys_requests_in_flight", "HTTP requests being answered", registry=self.registry)
+        self.in_flight = Gauge(
+            "recsys_requests_in_flight", "HTTP requests being answered", registry=self.registry,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.batch_size = Histogram(
             "recsys_search_batch_size", "queries answered by one index search (micro-batching)",
             buckets=BATCH_BUCKETS, registry=self.registry,
@@ -37,8 +50,15 @@ class ServiceMetrics:
             "recsys_popular_fallbacks", "users answered by popularity (unknown to the model)", registry=self.registry
         )
         self.model_info = Gauge(
-            "recsys_model_info", "1 for the model version being served", ["model_version"], registry=self.registry
-        )
+            "recsys_model_info", "1 for the model version being served", ["model_version"], registry=self.registry,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
+        self._version: str | None = None
+        self.workers = Gauge(
+            "recsys_workers", "worker processes of this server that are up", registry=self.registry,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.workers.set(1)
         self.model_loads = Counter(
             "recsys_model_loads", "model (re)loads by outcome", ["outcome"], registry=self.registry
         )
@@ -48,8 +68,24 @@ class ServiceMetrics:
         self.search_seconds.observe(seconds)
 
     def serving(self, version: str) -> None:
+        if self._version is not None:  # its multiprocess file keeps the value a clear() only forgets here
+            self.model_info.labels(model_version=self._version).set(0)
         self.model_info.clear()
         self.model_info.labels(model_version=version).set(1)
+        self._version = version
+
+    @staticmethod
+    def multiprocess() -> bool:
+        return bool(os.environ.get(MULTIPROCESS_ENV))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess():
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+    def retire(self) -> None:
+        """At a worker's exit: its live gauges leave the sums."""
+        if self.multiprocess():
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

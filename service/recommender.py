@@ -26,6 +26,7 @@ from service.cold_start import ColdStart, check_arrays
 from service.metrics import ServiceMetrics
 from service.schemas import Answer
 from service.user_codes import UserCodeCache
+from service.workers import WorkerVersions
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,21 @@ class Recommender:
         *,
         device: DevicePreference = "auto",
         backend: str = "auto",
+        versions: WorkerVersions | None = None,
     ) -> None:
         self.model = model
+        self.versions = versions  # several workers: where each says which version it serves
         self.codes = codes
         self.batcher = batcher
         self.metrics = metrics
         self.device, self.backend = device, backend
         self._reload_lock = asyncio.Lock()
-        metrics.serving(model.version)
+        self._serving(model.version)
+
+    def _serving(self, version: str) -> None:
+        self.metrics.serving(version)
+        if self.versions is not None:
+            self.versions.publish(version)
 
     def popular(self, model: ServingModel, user_id: str, k: int) -> Answer:
         self.metrics.fallbacks.inc()
@@ -162,7 +170,7 @@ class Recommender:
                 raise ModelRefused(str(error)) from error
             self.model = loaded
             self.metrics.model_loads.labels(outcome="loaded").inc()
-            self.metrics.serving(loaded.version)
+            self._serving(loaded.version)
             log.info("now serving %s (was %s)", loaded.version, previous.version)
             return previous.version, loaded.version
 

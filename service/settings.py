@@ -49,7 +49,13 @@ class ServiceSettings(BaseSettings):
         None, description="key for POST /admin/reload (header X-API-Key); unset: the endpoint is disabled"
     )
     watch_interval_s: float = Field(
-        0.0, ge=0, description="poll CURRENT this often and load a new bundle it names (0: do not watch)"
+        0.0,
+        ge=0,
+        description="poll CURRENT this often and load a new bundle it names (0: do not watch; with several workers "
+        "1 s unless set, since that is how every worker follows a reload)",
+    )
+    reload_timeout_s: float = Field(
+        120.0, gt=0, description="with several workers: how long POST /admin/reload waits for all to serve the model"
     )
     log_level: str = Field("info", description="uvicorn and application log level")
     log_format: Literal["json", "text"] = Field("json", description="one JSON object per log line, or plain text")

@@ -17,8 +17,9 @@ router = APIRouter()
 
 class Reloaded(BaseModel):
     previous_version: str = Field(description="the version served before this call")
-    model_version: str = Field(description="the version served now")
+    model_version: str = Field(description="the version served now, by every worker")
     changed: bool
+    workers: int = Field(description="worker processes serving model_version (all of the server's)")
 
 
 @router.post(
@@ -29,6 +30,7 @@ class Reloaded(BaseModel):
         401: {"description": "missing or wrong X-API-Key"},
         403: {"description": "the endpoint is disabled (RECSYS_ADMIN_API_KEY is not set)"},
         409: {"description": "the bundle was refused (corrupt, half-written, wrong shapes); the old model serves on"},
+        504: {"description": "several workers: not all of them serve the new model after RECSYS_RELOAD_TIMEOUT_S"},
     },
 )
 async def reload(
@@ -47,7 +49,18 @@ async def reload(
         previous, current = await recommender.reload(settings.bundle_root)
     except ModelRefused as error:
         raise HTTPException(409, f"bundle refused, still serving {recommender.model.version}: {error}") from error
-    return Reloaded(previous_version=previous, model_version=current, changed=previous != current)
+    workers = 1
+    if recommender.versions is not None:  # the others follow CURRENT with their watchers: acknowledge once they do
+        serving = await recommender.versions.wait_for(current, settings.workers, settings.reload_timeout_s)
+        behind = sorted({version for version in serving.values() if version != current})
+        ready = sum(version == current for version in serving.values())
+        if behind or ready < settings.workers:
+            raise HTTPException(
+                504, f"{ready} of {settings.workers} workers serve {current} after {settings.reload_timeout_s:g} s"
+                f"{f'; others serve {behind}' if behind else ''}",
+            )  # fmt: skip
+        workers = len(serving)
+    return Reloaded(previous_version=previous, model_version=current, changed=previous != current, workers=workers)
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)

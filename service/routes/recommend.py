@@ -131,4 +131,4 @@ async def json_response(answers: list[Answer], *, batch: bool) -> Response:
         body = await asyncio.to_thread(answers_json, answers, batch=batch)
     else:
         body = answers_json(answers, batch=batch)
-    return Response(body, media_type="application/json")
+    return Response(body, media_type="application/json", headers={"X-Model-Version": answers[0].model_version})

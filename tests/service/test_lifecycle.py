@@ -88,7 +88,7 @@ def test_swaps_under_traffic_refuse_bad_bundles_and_never_fail_a_request(
         (root / CURRENT).write_text(new + "\n")
         swapped = reload(url)
         assert swapped.status_code == 200 and swapped.json() == {
-            "previous_version": old, "model_version": new, "changed": True,
+            "previous_version": old, "model_version": new, "changed": True, "workers": 1,
         }  # fmt: skip
         wait_for(lambda: bool(seen) and seen[-1][1] == new)
         metrics = httpx.get(f"{url}/metrics").text

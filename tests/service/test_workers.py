@@ -1,0 +1,83 @@
+"""`recsys-serve --workers 2`: one reload moves every worker, and every scrape sees the whole server."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from index.bundle import CURRENT, Bundle
+from tests.conftest import RedisServer, TrainedBundle, free_port
+
+KEY = "s3cret"
+
+
+def serve_root(root: Path, redis_server: RedisServer, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "--bundle-root", str(root), "--port", str(port),
+         "--redis-url", redis_server.url, "--device", "cpu", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "RECSYS_ADMIN_API_KEY": KEY, "RECSYS_LOG_LEVEL": "warning"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"recsys-serve did not start: {process.communicate()[1][-2000:]}")
+        time.sleep(0.1)
+
+
+def metric(text: str, line: str) -> float:
+    found = re.search(rf"^{re.escape(line)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_one_reload_moves_every_worker_and_metrics_cover_all(
+    tmp_path: Path, ste_bundle: TrainedBundle, fp_bundle: TrainedBundle, redis_server: RedisServer
+) -> None:
+    old, new = Bundle.load(ste_bundle.root), Bundle.load(fp_bundle.root)
+    for bundle in (old, new):
+        shutil.copytree(bundle.path, tmp_path / bundle.path.name)
+    (tmp_path / CURRENT).write_text(old.path.name + "\n")
+    process, url = serve_root(tmp_path, redis_server, "--workers", "2")
+    user = ste_bundle.data.user_ids[0]
+    try:
+        deadline = time.monotonic() + 60  # both workers up (the first to answer /readyz may be alone so far)
+        while metric(httpx.get(f"{url}/metrics").text, "recsys_workers") < 2:
+            assert time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.1)
+        (tmp_path / CURRENT).write_text(new.path.name + "\n")
+        reloaded = httpx.post(f"{url}/admin/reload", headers={"X-API-Key": KEY}, timeout=150)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["model_version"] == new.manifest.model_version and reloaded.json()["workers"] == 2
+        # Fresh connections reach either worker: after the acknowledgement, all of them answer from the new model.
+        for _ in range(30):
+            response = httpx.get(f"{url}/recommend", params={"user_id": user})
+            assert response.json()["model_version"] == new.manifest.model_version
+            assert response.headers["x-model-version"] == new.manifest.model_version
+            assert httpx.get(f"{url}/readyz").json()["model_version"] == new.manifest.model_version
+        scrapes = [httpx.get(f"{url}/metrics").text for _ in range(4)]
+        for text in scrapes:  # every scrape sums both workers, whichever answered it
+            assert metric(text, 'recsys_model_loads_total{outcome="loaded"}') == 2
+            assert metric(text, 'recsys_request_seconds_count{route="/recommend",status="200"}') == 30
+            for bundle, served in ((new, 1), (old, 0)):
+                assert metric(text, f'recsys_model_info{{model_version="{bundle.manifest.model_version}"}}') == served
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        _, stderr = process.communicate()
+    assert "Traceback" not in stderr
