@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh Debian/Ubuntu machine with Python >= 3.11:
-# Debian's redis-server and docker-compose (and python3-venv if missing), then a virtualenv with the project and its extras.
+# Debian's redis-server, wrk and docker-compose (and python3-venv if missing), then a virtualenv with the project and its extras.
 # Idempotent: a second run only reinstalls when pyproject.toml changed.
 #
 #   PYTHON      interpreter to build the venv from (default python3)
@@ -23,6 +23,11 @@ apt_install() {
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "setup: installing redis-server (Debian package)"
   apt_install redis-server
+fi
+if ! command -v wrk >/dev/null 2>&1; then
+  # The serving benchmark's low-overhead load generator (benchmarks/serving.py --generator wrk).
+  echo "setup: installing wrk (Debian package, for the serving benchmark)"
+  apt_install wrk || echo "setup: wrk not installable here; benchmarks/serving.py --generator wrk will say so" >&2
 fi
 if ! command -v docker-compose >/dev/null 2>&1; then
   # No Docker engine needed: the tests only validate the compose files (`docker-compose config -q`).
