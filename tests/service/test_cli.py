@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import signal
@@ -42,15 +43,18 @@ def test_bad_setting_is_refused(tmp_path: Path) -> None:
     assert result.stderr.strip().startswith("recsys-serve: error: setting port:")
 
 
-def serve(ste_bundle: TrainedBundle, redis_server: RedisServer, *extra: str) -> tuple[subprocess.Popen[str], str]:
+def serve(
+    root: Path, redis_server: RedisServer, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """`recsys-serve` over ``root`` in a process of its own; returns once some worker answers /readyz."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "--bundle-root", str(ste_bundle.root), "--port", str(port),
+        [sys.executable, "-m", "service.cli", "--bundle-root", str(root), "--port", str(port),
          "--redis-url", redis_server.url, "--device", "cpu", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while True:
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
@@ -64,7 +68,7 @@ def serve(ste_bundle: TrainedBundle, redis_server: RedisServer, *extra: str) -> 
 
 
 def test_sigterm_finishes_in_flight_requests(ste_bundle: TrainedBundle, redis_server: RedisServer) -> None:
-    process, url = serve(ste_bundle, redis_server)
+    process, url = serve(ste_bundle.root, redis_server)
     users = ste_bundle.data.user_ids[:40]
 
     async def read_by_server(client: httpx.AsyncClient) -> tuple[float, float]:
@@ -100,7 +104,7 @@ def test_sigterm_finishes_in_flight_requests(ste_bundle: TrainedBundle, redis_se
 
 
 def test_two_workers_serve(ste_bundle: TrainedBundle, redis_server: RedisServer) -> None:
-    process, url = serve(ste_bundle, redis_server, "--workers", "2")
+    process, url = serve(ste_bundle.root, redis_server, "--workers", "2")
     try:
         user = ste_bundle.data.user_ids[0]
         answers = {httpx.get(f"{url}/recommend", params={"user_id": user}).text for _ in range(10)}

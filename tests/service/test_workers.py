@@ -2,43 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from index.bundle import CURRENT, Bundle
-from tests.conftest import RedisServer, TrainedBundle, free_port
+from tests.conftest import RedisServer, TrainedBundle
+from tests.service.test_cli import serve
 
 KEY = "s3cret"
-
-
-def serve_root(root: Path, redis_server: RedisServer, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "--bundle-root", str(root), "--port", str(port),
-         "--redis-url", redis_server.url, "--device", "cpu", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "RECSYS_ADMIN_API_KEY": KEY, "RECSYS_LOG_LEVEL": "warning"},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"recsys-serve did not start: {process.communicate()[1][-2000:]}")
-        time.sleep(0.1)
 
 
 def metric(text: str, line: str) -> float:
@@ -53,7 +29,9 @@ def test_one_reload_moves_every_worker_and_metrics_cover_all(
     for bundle in (old, new):
         shutil.copytree(bundle.path, tmp_path / bundle.path.name)
     (tmp_path / CURRENT).write_text(old.path.name + "\n")
-    process, url = serve_root(tmp_path, redis_server, "--workers", "2")
+    process, url = serve(
+        tmp_path, redis_server, "--workers", "2", env={"RECSYS_ADMIN_API_KEY": KEY, "RECSYS_LOG_LEVEL": "warning"}
+    )
     user = ste_bundle.data.user_ids[0]
     try:
         deadline = time.monotonic() + 60  # both workers up (the first to answer /readyz may be alone so far)
