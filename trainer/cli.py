@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--bits", type=int, choices=[1, 2], default=None, help="code bits per dimension (hq only)")
     model.add_argument(
+        "--item-scales",
+        action="store_true",
+        help="hq only: each item's levels times its own magnitude (one float per item beside its code; served by "
+        "Hamming candidates re-ranked exactly with it)",
+    )
+    model.add_argument(
         "--warm-start",
         action="store_true",
         help="start a quantized method from a full-precision pre-training stage (gnaq always does)",
@@ -273,6 +279,7 @@ def run(args: argparse.Namespace, world: World) -> int:
     config = TrainConfig(
         method=args.method,
         bits=args.bits,
+        item_scales=args.item_scales,
         pretrain_epochs=args.pretrain_epochs,
         warm_start=args.warm_start,
         dim=args.dim,
@@ -317,7 +324,8 @@ def run(args: argparse.Namespace, world: World) -> int:
         raise ValueError("--warm-start-from starts a quantized method: use it with a --method other than fp")
     if args.warm_start_from is not None and not args.warm_start_from.is_file():
         raise ValueError(f"--warm-start-from: no such file: {args.warm_start_from}")
-    if make_quantizer(args.method, args.dim, args.layers, bits=args.bits).layout.is_binary and args.dim % 8:
+    quantizer = make_quantizer(args.method, args.dim, args.layers, bits=args.bits, item_scales=args.item_scales)
+    if quantizer.layout.is_binary and args.dim % 8:
         raise ValueError(f"--dim must be a multiple of 8 for binary codes, got {args.dim}")
     synthetic = SyntheticConfig(n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed)
     with main_first(world):  # one rank downloads and splits; the others then read its files
@@ -377,10 +385,12 @@ def run(args: argparse.Namespace, world: World) -> int:
             else {}
         ),
         "bits": result.quantizer.bits,
+        "item_scales": config.item_scales,
         **{k: round(v, 5) for k, v in report.test_served.items()},
         **{f"valid_{k}": round(v, 5) for k, v in result.best_valid.items()},  # what chose the epoch
         **{f"exact_{k}": round(v, 5) for k, v in report.test_device.items()},
         "bytes_per_node": report.bytes_per_node,
+        "item_bytes": report.item_bytes,
         "train_seconds": round(result.train_seconds, 1),
         "world_size": result.world_size,
         "batch_size": config.batch_size * result.world_size,

@@ -33,6 +33,7 @@ class ExportReport:
     test_served: dict[str, float]
     test_device: dict[str, float]
     bytes_per_node: float
+    item_bytes: float = 0.0  # what the index keeps per item: its code and any scales or level table
 
 
 def popularity_order(data: Dataset) -> npt.NDArray[np.int64]:
@@ -157,11 +158,11 @@ def export_bundle(
     )
     path = publish_bundle(bundle_root, content, make_current=make_current)
     log.info("published bundle %s", path)
-    return ExportReport(path, version, test_served, test_device, bytes_per_node)
+    return ExportReport(path, version, test_served, test_device, bytes_per_node, _bytes_per_node(items))
 
 
-def _bytes_per_node(users: ExportedCodes, items: ExportedCodes) -> float:
-    """Served bytes per node: codes plus any scales or level tables."""
-    rows = int(users.codes.shape[0]) + int(items.codes.shape[0])
-    total = sum(int(part.nbytes) for side in (users, items) for part in (side.codes, side.scales) if part is not None)
-    return total / rows
+def _bytes_per_node(*sides: ExportedCodes) -> float:
+    """Served bytes per node of these sides: codes plus any scales or level tables."""
+    rows = sum(int(side.codes.shape[0]) for side in sides)
+    total = sum(int(part.nbytes) for side in sides for part in (side.codes, side.scales) if part is not None)
+    return total / max(rows, 1)

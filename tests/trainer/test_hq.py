@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from index.bundle import Bundle
 from index.codes import CodeLayout, dequantize
 from tests.conftest import TrainedBundle
 from trainer.data import Dataset
+from trainer.export import export_bundle
 from trainer.quantization.base import RefreshContext
 from trainer.quantization.hq import _EWGS, HessianAwareQuantizer, delta_from, odd_levels
 from trainer.sampling import BPRSampler
@@ -248,3 +250,34 @@ def test_trained_hq2_device_path_equals_served_path(hq2_bundle: TrainedBundle) -
     """Model selection (device path) must rank as the service does; step_u·step_i·<l_u, l_i> was once rounded."""
     for name, value in hq2_bundle.report.test_device.items():
         assert hq2_bundle.report.test_served[name] == pytest.approx(value, abs=1e-12)
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+def test_item_scales_multiply_item_levels_by_their_magnitude(bits: int) -> None:
+    torch.manual_seed(3)
+    quantizer = HessianAwareQuantizer(8, 3, bits=bits, item_scales=True)
+    users, items = torch.randn(5, 8), torch.randn(6, 8) * torch.arange(1, 7)[:, None]
+    quantizer.initialise_range(users, items)
+    magnitude = items.abs().mean(dim=1, keepdim=True)
+    levels = odd_levels(items, quantizer._step("item"), quantizer.max_level)
+    assert torch.allclose(quantizer(items, "item"), levels * quantizer._step("item") * magnitude)
+    assert torch.equal(quantizer.served(users, "user"), odd_levels(users, quantizer._step("user"), quantizer.max_level))
+    exported = quantizer.export(items, "item")
+    assert exported.scales is not None and exported.scales.shape == (6, 1) and exported.scales.dtype == np.float32
+    layout = CodeLayout.SIGN1 if bits == 1 else CodeLayout.PLANES2
+    back = dequantize(exported.codes, layout, 8, exported.scales, quantizer.scale_mode)
+    assert np.allclose(back, quantizer.served(items, "item").numpy(), atol=1e-6)
+    assert quantizer.export(users, "user").scales is None  # a user's scale would not change its ranking
+
+
+def test_item_scales_train_and_serve_as_evaluated(tiny_data: Dataset, tmp_path: Path) -> None:
+    """The bundle holds one float per item; the served path (Hamming candidates re-ranked with the scales, which
+    cover this small catalogue) gives the device path's metrics."""
+    config = TrainConfig(method="hq", bits=1, item_scales=True, dim=16, epochs=6, eval_every=3, device="cpu")
+    result = train(tiny_data, config)
+    report = export_bundle(result, tiny_data, config, tmp_path)
+    bundle = Bundle.load(tmp_path)
+    assert bundle.item_scales is not None and bundle.item_scales.shape == (tiny_data.n_items, 1)
+    assert bundle.user_scales is None and report.item_bytes == 16 / 8 + 4
+    for name, value in report.test_device.items():
+        assert report.test_served[name] == pytest.approx(value, abs=1e-9)

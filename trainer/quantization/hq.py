@@ -11,6 +11,11 @@ Hutchinson's method on a few batches, re-estimated every few epochs (δ = 0 at t
 
 A global step per side scales every score by the same factor, so the bundle's plain 1-bit (``sign1``)
 or 2-bit (``planes2``) codes rank exactly as the trained model does.
+
+With ``item_scales`` each item's levels are also multiplied by its own magnitude, α_i = mean |x_i|, in training
+as in serving: low-bit codes keep the direction of an item but lose its norm, which in LightGCN carries much of its
+popularity. The bundle then holds one float per item beside its code, and the index re-ranks Hamming candidates
+with it (as for BiGeaR's scales); users need none, a user's scale does not change its ranking.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from index.codes import CodeLayout, encode_planes2, encode_sign1
+from index.codes import CodeLayout, ScaleMode, encode_planes2, encode_sign1
 from trainer.hessian import hutchinson_trace
 from trainer.loss import bpr
 from trainer.quantization.base import ExportedCodes, Quantizer, RefreshContext, Side, as_numpy
@@ -62,12 +67,22 @@ class HessianAwareQuantizer(Quantizer):
     initialised: torch.Tensor
 
     def __init__(
-        self, dim: int, layers: int, *, bits: int, delta_every: int = 5, delta_batches: int = 8, delta_probes: int = 16
+        self,
+        dim: int,
+        layers: int,
+        *,
+        bits: int,
+        item_scales: bool = False,
+        delta_every: int = 5,
+        delta_batches: int = 8,
+        delta_probes: int = 16,
     ) -> None:
         super().__init__(dim, layers)
         if bits not in (1, 2):
             raise ValueError(f"hq supports 1 or 2 bits, got {bits}")
         self.bits = bits
+        self.item_scales = item_scales
+        self.scale_mode = ScaleMode.SEGMENT if item_scales else None  # one segment: one scale per item
         self.layout = CodeLayout.SIGN1 if bits == 1 else CodeLayout.PLANES2
         self.max_level = 2**bits - 1
         self.delta_every = delta_every
@@ -114,19 +129,22 @@ class HessianAwareQuantizer(Quantizer):
         if self._delta_value is None:
             self._delta_value = float(self.delta)
         out: torch.Tensor = _EWGS.apply(x, self._step(side), self.max_level, self._delta_value)  # type: ignore[no-untyped-call]
-        return out
+        return out * magnitude(x) if self.item_scales and side == "item" else out
 
     @torch.no_grad()
     def served(self, x: torch.Tensor, side: Side) -> torch.Tensor:
-        """The integer levels: serving drops the global steps, which scale every score alike."""
-        return odd_levels(x, self._step(side), self.max_level)
+        """The integer levels (times the item's magnitude with ``item_scales``): serving drops the global steps,
+        which scale every score alike."""
+        level = odd_levels(x, self._step(side), self.max_level)
+        return level * magnitude(x) if self.item_scales and side == "item" else level
 
     def export(self, x: torch.Tensor, side: Side) -> ExportedCodes:
         with torch.no_grad():
             level = odd_levels(x, self._step(side), self.max_level)
+            scales = as_numpy(magnitude(x)) if self.item_scales and side == "item" else None
         if self.bits == 1:
-            return ExportedCodes(encode_sign1(as_numpy(level)))
-        return ExportedCodes(encode_planes2(((as_numpy(level) + 3) / 2).astype(np.int64)))
+            return ExportedCodes(encode_sign1(as_numpy(level)), scales)
+        return ExportedCodes(encode_planes2(((as_numpy(level) + 3) / 2).astype(np.int64)), scales)
 
     def refresh(self, context: RefreshContext) -> dict[str, float]:
         if (context.epoch + 1) % self.delta_every:
@@ -160,6 +178,11 @@ class HessianAwareQuantizer(Quantizer):
             grads.append(grad)
             count += grad.numel()
         return delta_from(traces / count, torch.cat(grads))
+
+
+def magnitude(x: torch.Tensor) -> torch.Tensor:
+    """Each row's mean absolute value, ``[n, 1]``: the scale ``item_scales`` keeps per item."""
+    return x.abs().mean(dim=1, keepdim=True)
 
 
 def delta_from(mean_curvature: float, grad: torch.Tensor) -> float:
