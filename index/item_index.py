@@ -149,7 +149,7 @@ class ItemIndex:
 
     @property
     def on_gpu(self) -> bool:
-        return self.backend not in ("faiss-cpu", "numpy", "numpy+faiss-cpu", "torch-cpu", "faiss-float-cpu")
+        return self._hamming.on_gpu if self._hamming is not None else self._gpu_index is not None
 
     @property
     def n_items(self) -> int:

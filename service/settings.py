@@ -9,6 +9,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from index.retrieval import BackendName
+from index.retrieval.base import MAX_K
+
 
 class ServiceSettings(BaseSettings):
     """Every knob of the service; ``RECSYS_BUNDLE_ROOT=/bundles`` sets ``bundle_root`` and so on."""
@@ -24,14 +27,14 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="port uvicorn binds")
     workers: int = Field(1, ge=1, description="uvicorn worker processes; each loads its own model and index")
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="where the item index runs")
-    retrieval_backend: Literal["auto", "numpy", "numpy+faiss-cpu", "faiss-cpu", "faiss-gpu", "triton", "torch"] = Field(
+    retrieval_backend: BackendName = Field(
         "auto", description="Hamming search backend; 'auto' = the fastest exact one available on the device"
     )
     search_threads: int = Field(
         1, ge=0, description="CPU threads per index search (FAISS OpenMP) in each worker; 0: every core"
     )
     default_k: int = Field(20, ge=1, description="k when a request gives none")
-    max_k: int = Field(1000, ge=1, le=4096, description="largest k a request may ask for")
+    max_k: int = Field(1000, ge=1, le=MAX_K, description="largest k a request may ask for")
     max_batch_users: int = Field(256, ge=1, description="most users one POST /recommend may ask for")
     max_request_items: int = Field(
         20_000, ge=1, description="most items one POST /recommend may ask for in all (users × k): bounds its cost"

@@ -12,7 +12,7 @@ FAISS sees a GPU, else the fastest exact CPU backend for the catalogue on our 2-
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,7 @@ from index.retrieval.faiss_backend import FaissBinaryBackend, faiss_gpu_count
 from index.retrieval.sharded import ShardedBackend
 
 BackendName = Literal["auto", "numpy", "numpy+faiss-cpu", "faiss-cpu", "faiss-gpu", "triton", "torch"]
-BACKENDS: tuple[BackendName, ...] = ("auto", "numpy", "numpy+faiss-cpu", "faiss-cpu", "faiss-gpu", "triton", "torch")
+BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
 GPU_BACKENDS = ("triton", "faiss-gpu")
 
 __all__ = [

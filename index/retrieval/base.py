@@ -43,6 +43,11 @@ class HammingBackend(ABC):
         return 8 * self.n_bytes
 
     @property
+    def on_gpu(self) -> bool:
+        """Whether the codes are searched on a GPU (what /readyz reports): each backend knows its own device."""
+        return False
+
+    @property
     @abstractmethod
     def memory_bytes(self) -> int:
         """Bytes the backend keeps for the items (codes and any copies), on its device."""

@@ -32,6 +32,10 @@ class ByBatchBackend(HammingBackend):
     def memory_bytes(self) -> int:
         return self.large.memory_bytes + (0 if self.shared_codes else self.small.memory_bytes)
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.small.on_gpu or self.large.on_gpu
+
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
         backend = self.small if queries.shape[0] <= self.max_small_batch else self.large
         return backend._search(queries, k)

@@ -60,6 +60,10 @@ class FaissBinaryBackend(HammingBackend):
         self.name = "faiss-gpu" if gpu else "faiss-cpu"
 
     @property
+    def on_gpu(self) -> bool:
+        return self.gpu_index is not None
+
+    @property
     def memory_bytes(self) -> int:
         return self.n_items * self.n_bytes
 

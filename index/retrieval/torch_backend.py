@@ -60,6 +60,10 @@ class TorchBackend(HammingBackend):
     def memory_bytes(self) -> int:
         return int(self.items.numel() * 8)
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
         q = torch.from_numpy(to_words(queries)).to(self.device)
         chunk = max(1024, self.tile_elements // max(1, q.shape[0]))

@@ -522,6 +522,10 @@ class TritonBackend(HammingBackend):
     def memory_bytes(self) -> int:
         return int(self.codes.numel() * 4)
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"  # not under Triton's CPU interpreter
+
     def _uses_mma(self, n_queries: int) -> bool:
         if self.tiles is not None and self.tiles.mma is not None:
             return self.tiles.mma and self.tensor_cores
