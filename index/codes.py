@@ -138,6 +138,11 @@ def search_bits(layout: CodeLayout, dim: int) -> int:
     raise ValueError(f"{layout} has no binary search form")
 
 
+def scores_from_distances(distances: npt.NDArray[np.integer], layout: CodeLayout, dim: int) -> npt.NDArray[np.float32]:
+    """Exact inner products of the dequantized codes from Hamming distances between their search forms."""
+    return (search_bits(layout, dim) - 2 * np.asarray(distances, dtype=np.int64)).astype(np.float32)
+
+
 def item_search_form(codes: Packed, layout: CodeLayout, dim: int) -> Packed:
     """What the index stores per item: the code itself, or ``[H H H H | H H | O O | O]`` for 2 bits."""
     if layout is CodeLayout.SIGN1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from index.codes import CodeLayout, item_search_form, query_search_form, search_bits
+from index.codes import CodeLayout, item_search_form, query_search_form, scores_from_distances
 
 
 def hamming_distances(queries: npt.NDArray[np.uint8], items: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
@@ -30,4 +30,4 @@ def exact_scores(
     queries = query_search_form(np.asarray(user_codes, np.uint8), layout, dim)
     items = item_search_form(np.asarray(item_codes, np.uint8), layout, dim)
     distances = hamming_distances(queries, items)
-    return (search_bits(layout, dim) - 2 * distances).astype(np.float32)
+    return scores_from_distances(distances, layout, dim)

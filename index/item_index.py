@@ -27,6 +27,7 @@ from index.codes import (
     dequantize,
     item_search_form,
     query_search_form,
+    scores_from_distances,
     search_bits,
 )
 from index.hamming import exact_scores
@@ -260,7 +261,7 @@ class ItemIndex:
         else:
             distances, ids = self._cpu_index.search(queries, fetch)
         if self.layout.is_binary:
-            scores = (search_bits(self.layout, self.dim) - 2 * distances.astype(np.int64)).astype(np.float32)
+            scores = scores_from_distances(distances, self.layout, self.dim)
         else:
             scores = distances.astype(np.float32)
         return ids.astype(np.int64), scores
