@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import logging
@@ -275,47 +276,16 @@ def distillation_config(args: argparse.Namespace) -> DistillationConfig | None:
     )
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The options whose names are TrainConfig's fields, as given; the distillation from its own options."""
+    given = {
+        field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig) if hasattr(args, field.name)
+    }
+    return TrainConfig(**given | {"hash_hops": tuple(args.hash_hops), "distillation": distillation_config(args)})
+
+
 def run(args: argparse.Namespace, world: World) -> int:
-    config = TrainConfig(
-        method=args.method,
-        bits=args.bits,
-        item_scales=args.item_scales,
-        pretrain_epochs=args.pretrain_epochs,
-        warm_start=args.warm_start,
-        dim=args.dim,
-        layers=args.layers,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        reg=args.reg,
-        loss=args.loss,
-        temperature=args.temperature,
-        softmax_negatives=args.softmax_negatives,
-        distillation=distillation_config(args),
-        sampling=args.sampling,
-        epochs=args.epochs,
-        eval_every=args.eval_every,
-        patience=args.patience,
-        lr_decay_patience=args.lr_decay_patience,
-        lr_decay_factor=args.lr_decay_factor,
-        lr_decays=args.lr_decays,
-        warm_start_from=args.warm_start_from,
-        input_layer=args.input_layer,
-        hash_bits=args.hash_bits,
-        hash_groups=args.hash_groups,
-        hash_hidden=args.hash_hidden,
-        hash_depth=args.hash_depth,
-        hash_residual=args.hash_residual,
-        hash_hops=tuple(args.hash_hops),
-        seed=args.seed,
-        device=args.device,
-        max_minutes=args.max_minutes,
-        stop_at_metric=args.stop_at_metric,
-        grad_compression=args.grad_compression,
-        grad_sync=args.grad_sync,
-        cuda_graph=args.cuda_graph,
-        checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume,
-    )
+    config = train_config(args)
     if args.results_json is not None:
         _read_records(args.results_json)  # refuse a file we could not append to before training, not after
     if args.save_warm_start is not None and args.method != "fp":
