@@ -35,6 +35,8 @@ def writable(value: Any) -> Any:
 async def validation_error(request: Request, error: Exception) -> JSONResponse:
     """FastAPI's 422 (``{"detail": [{"loc", "msg", "type", "input"}, …]}``), whatever the input was."""
     assert isinstance(error, RequestValidationError)
+    # Before the encoder: it decodes bytes strictly (a body of invalid UTF-8 would fail there). After it: it keeps
+    # non-finite floats as they are, and renders objects (an error's context) it may hold.
     return JSONResponse(status_code=422, content={"detail": writable(jsonable_encoder(writable(error.errors())))})
 
 
@@ -49,8 +51,9 @@ async def http_error(request: Request, error: Exception) -> JSONResponse:
         detail = [{"type": "json_invalid", "loc": ["body"], "msg": "the body is not JSON text", "input": None}]
         return JSONResponse(status_code=422, content={"detail": detail})
     headers = dict(error.headers or {})
-    if error.status_code == 405:  # Starlette names the methods of the first route of the path only
-        headers["Allow"] = ", ".join(allowed_methods(request))
+    allowed = allowed_methods(request) if error.status_code == 405 else []
+    if allowed:  # Starlette names the methods of the first route of the path only
+        headers["Allow"] = ", ".join(allowed)
     return JSONResponse(status_code=error.status_code, content={"detail": error.detail}, headers=headers)
 
 
