@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.graph import propagate
+from trainer.evaluate import rank_topk
+from trainer.model import layer_mean
 from trainer.warm_start import Stage, load_stage
 
 log = logging.getLogger(__name__)
@@ -44,36 +45,6 @@ class DistillationConfig:
                 f"distillation needs a positive weight, top and temperature, got {self.weight}, {self.top}, "
                 f"{self.temperature}"
             )
-
-
-@torch.no_grad()
-def propagated_mean(ego: torch.Tensor, adjacency: torch.Tensor, layers: int) -> torch.Tensor:
-    """LightGCN's representation of given ego embeddings: the mean of E⁰ … E^K over Â."""
-    layer, total = ego, ego
-    for _ in range(layers):
-        layer = propagate(adjacency, layer)
-        total = total + layer
-    return total / (layers + 1)
-
-
-@torch.no_grad()
-def top_unseen(
-    users: torch.Tensor, items: torch.Tensor, seen: sp.csr_matrix, k: int, *, max_cells: int = 1 << 26
-) -> torch.Tensor:
-    """Each user's ``k`` highest-scoring items among those not in ``seen`` (their training items), ``[n_users, k]``."""
-    n_users, n_items = users.shape[0], items.shape[0]
-    k = min(k, n_items)
-    out = torch.empty((n_users, k), dtype=torch.long, device=users.device)
-    batch = max(1, max_cells // max(n_items, 1))
-    for start in range(0, n_users, batch):
-        stop = min(start + batch, n_users)
-        scores = users[start:stop] @ items.T
-        block = seen[start:stop].tocoo()
-        rows = torch.from_numpy(block.row.astype(np.int64)).to(users.device)
-        cols = torch.from_numpy(block.col.astype(np.int64)).to(users.device)
-        scores[rows, cols] = -torch.inf
-        out[start:stop] = torch.topk(scores, k, dim=1).indices
-    return out
 
 
 class RankingDistillation(nn.Module):
@@ -142,9 +113,12 @@ def load_teacher(
     """The teacher of ``config.teacher`` (its ``stage``: the selected model, or the refit one for a refit),
     propagated over ``adjacency`` with ``layers`` layers, its top lists over the items not in ``seen``."""
     saved = load_stage(config.teacher, stage, dataset=dataset, n_nodes=adjacency.shape[0], dim=None)
-    represented = propagated_mean(saved.ego.to(adjacency.device), adjacency, layers)
+    with torch.no_grad():
+        represented = layer_mean(saved.ego.to(adjacency.device), adjacency, layers)
     users, items = represented[:n_users].contiguous(), represented[n_users:].contiguous()
-    top = top_unseen(users, items, seen, config.top)
+    # The same full ranking, training items masked, as model selection uses (ties do not matter here).
+    ranked = rank_topk(users, items, np.arange(n_users, dtype=np.int64), seen, config.top, integer_scores=False)
+    top = torch.from_numpy(ranked).to(adjacency.device)
     log.info("distilling from %s (%s stage, d=%d): top %d items per user", config.teacher, stage, users.shape[1],
              top.shape[1])  # fmt: skip
     return RankingDistillation(users, items, top, config)

@@ -12,6 +12,15 @@ from torch import nn
 from trainer.graph import propagate
 
 
+def layer_mean(ego: torch.Tensor, adjacency: torch.Tensor, layers: int) -> torch.Tensor:
+    """LightGCN's representation of ego embeddings E⁰: the mean of E⁰ … E^K over Â, as a running sum."""
+    layer, total = ego, ego
+    for _ in range(layers):
+        layer = propagate(adjacency, layer)
+        total = total + layer
+    return total / (layers + 1)
+
+
 class EmbeddingTable(nn.Module):
     """The classic O(n·d) ego-embedding table, initialised N(0, 0.1²) as in LightGCN."""
 
@@ -60,12 +69,7 @@ class LightGCN(nn.Module):
         propagation saves nothing for its backward, so neither does this. For large full-graph step loops
         (benchmarks/hash_scale.py); the trainer's quantizers need the layers themselves.
         """
-        layer: torch.Tensor = self.inputs()
-        total = layer
-        for _ in range(self.layers):
-            layer = propagate(self.adjacency, layer)
-            total = total + layer
-        return total / (self.layers + 1)
+        return layer_mean(self.inputs(), self.adjacency, self.layers)
 
     def ego(self, nodes: torch.Tensor) -> torch.Tensor:
         """Ego embeddings of some nodes (users first, then items), for the L2 regulariser."""

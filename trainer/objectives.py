@@ -70,3 +70,6 @@ class RankingLoss:
     def shared(self, negatives: torch.Tensor) -> torch.Tensor:
         """The negatives every user of the batch is compared with (rows of ``negatives``, item ids or vectors)."""
         return negatives[: self.negatives] if self.negatives else negatives
+
+
+BPR = RankingLoss()  # the default loss (frozen: one instance serves every default)

@@ -42,7 +42,7 @@ from trainer.evaluate import device_metrics
 from trainer.graph import normalized_adjacency, to_torch_sparse
 from trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count
 from trainer.model import EmbeddingTable, LightGCN
-from trainer.objectives import LossKind, RankingLoss
+from trainer.objectives import BPR, LossKind, RankingLoss
 from trainer.quantization import Quantizer, RefreshContext, make_quantizer
 from trainer.sampling import BPRSampler, Sampling
 from trainer.step_graph import GraphedStep
@@ -153,12 +153,11 @@ def ranking_loss(
     positives: torch.Tensor,
     negatives: torch.Tensor,
     reg: float,
-    loss: RankingLoss | None = None,
+    loss: RankingLoss = BPR,
     distillation: RankingDistillation | None = None,
 ) -> torch.Tensor:
     """The ranking loss (BPR by default) on the quantized representations, L2 on the batch's ego embeddings
     (LightGCN's form) and, with a teacher, the distillation term over the same quantized item vectors."""
-    loss = loss or RankingLoss()
     user_rep, item_rep = quantizer.node_representations(model)
     u = quantizer(user_rep[users], "user")
     if distillation is None:
@@ -208,14 +207,14 @@ class RankingObjective(nn.Module):
         model: LightGCN,
         quantizer: Quantizer,
         reg: float,
-        loss: RankingLoss | None = None,
+        loss: RankingLoss = BPR,
         distillation: RankingDistillation | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.quantizer = quantizer
         self.reg = reg
-        self.loss = loss or RankingLoss()
+        self.loss = loss
         self.distillation = distillation
 
     def forward(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -231,7 +230,7 @@ def parallel_objective(
     world: World,
     compression: GradCompression = "none",
     sync: GradSync = "allreduce",
-    loss: RankingLoss | None = None,
+    loss: RankingLoss = BPR,
     distillation: RankingDistillation | None = None,
 ) -> nn.Module:
     """The loss module; under torchrun with ``sync="ddp"`` wrapped in DistributedDataParallel.

@@ -5,33 +5,34 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from trainer.data import Dataset
-from trainer.distillation import DistillationConfig, RankingDistillation, propagated_mean, top_unseen
+from trainer.distillation import DistillationConfig, RankingDistillation, load_teacher
 from trainer.graph import normalized_adjacency, to_torch_sparse
 from trainer.train import TrainConfig, train
 from trainer.warm_start import SavedStage, save_stages
 
 
-def test_top_unseen_skips_training_items_and_orders_by_score() -> None:
-    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    items = torch.tensor([[3.0, 0.0], [2.0, 1.0], [1.0, 2.0], [0.0, 3.0]])
-    seen = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 0, 0]], dtype=np.float32))
-    top = top_unseen(users, items, seen, 2, max_cells=4)  # one user per chunk
-    assert top.tolist() == [[1, 2], [3, 2]]
-
-
-def test_propagated_mean_is_lightgcn_layer_mean() -> None:
-    train = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1]], dtype=np.float32))
-    adjacency = to_torch_sparse(normalized_adjacency(train), torch.device("cpu"))
-    ego = torch.randn(5, 3)
-    dense = torch.from_numpy(normalized_adjacency(train).toarray())
-    expected = (ego + dense @ ego + dense @ dense @ ego) / 3
-    assert torch.allclose(propagated_mean(ego, adjacency, 2), expected, atol=1e-6)
+def test_teacher_lists_are_its_best_unseen_items(tmp_path: Path, tiny_data: Dataset) -> None:
+    """The teacher is its fp model propagated over the run's graph; its lists skip each user's training items."""
+    result = train(tiny_data, TrainConfig(method="fp", dim=8, epochs=4, eval_every=2, batch_size=1024, device="cpu"))
+    path = tmp_path / "fp.pt"
+    save_stages(path, tiny_data.name, {"select": SavedStage(ego=result.model.inputs().detach(), seconds=1.0, epochs=4)})
+    adjacency = to_torch_sparse(normalized_adjacency(tiny_data.train), torch.device("cpu"))
+    teacher = load_teacher(DistillationConfig(path, top=5), "select", dataset=tiny_data.name,
+                           n_users=tiny_data.n_users, adjacency=adjacency, layers=3, seen=tiny_data.train)  # fmt: skip
+    represented = result.model.layer_mean().detach()
+    assert torch.allclose(teacher.teacher_items, represented[tiny_data.n_users :], atol=1e-5)
+    scores = teacher.teacher_users @ teacher.teacher_items.T
+    for user in range(tiny_data.n_users):
+        seen = set(tiny_data.train.indices[tiny_data.train.indptr[user] : tiny_data.train.indptr[user + 1]].tolist())
+        top = teacher.top_items[user].tolist()
+        assert not seen & set(top)
+        unseen = torch.tensor(sorted(set(range(tiny_data.n_items)) - seen))
+        best = torch.topk(scores[user, unseen], 5).values
+        assert torch.allclose(scores[user, top].sort(descending=True).values, best, atol=1e-5)
 
 
 def distiller(top: int = 2) -> RankingDistillation:
