@@ -1,7 +1,7 @@
 """Error responses that can always be written: a 422 echoes the input at fault, which may not be valid JSON.
 
 Python's JSON parser accepts ``NaN``, ``Infinity`` and ``1e400`` (infinite), and FastAPI's 422 body echoes the
-offending input; JSON cannot carry those values, so rendering the 422 failed and the client got a 500. Here the
+offending input; JSON cannot carry those values, so FastAPI's own handler cannot write that 422. Here the
 echoed values are made writable (non-finite numbers become the strings JSON would need, bytes are decoded), and a
 body that is not JSON at all is a 422 on ``body`` like any other invalid body.
 """

@@ -1,8 +1,8 @@
 """A cap on request bodies, as a plain ASGI middleware: an oversized body is refused before it is read.
 
-Without it, uvicorn reads any body it is sent into memory before validation can refuse it (a 60 MB body was
-read and answered). A declared ``Content-Length`` over the cap is answered 413 at once; a body sent without one
-(chunked) is counted as it arrives and refused as soon as it passes the cap.
+Without it, uvicorn reads any body it is sent into memory before validation can refuse it. A declared
+``Content-Length`` over the cap is answered 413 at once; a body sent without one (chunked) is counted as it
+arrives and refused as soon as it passes the cap.
 """
 
 from __future__ import annotations

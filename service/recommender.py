@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,7 @@ from service.batcher import MicroBatcher
 from service.cold_start import METHODS as COLD_METHODS
 from service.cold_start import ColdStart, check_arrays
 from service.metrics import ServiceMetrics
-from service.schemas import Answer
+from service.schemas import Answer, Source
 from service.user_codes import UserCodeCache
 from service.workers import WorkerVersions
 
@@ -72,7 +72,7 @@ class ServingModel:
 class Plan:
     """How one user of a request is answered: which code is searched (none: the popular items)."""
 
-    source: Literal["codes", "history", "popular"]
+    source: Source
     code: npt.NDArray[Any] | None = None
     excluded: npt.NDArray[np.int64] | None = None
     scales: npt.NDArray[np.floating] | None = None

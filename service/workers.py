@@ -31,9 +31,9 @@ def process_alive(pid: int) -> bool:
 class WorkerVersions:
     """The versions the server's live workers serve, one small file per worker."""
 
-    def __init__(self, directory: Path, pid: int | None = None) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.pid = pid if pid is not None else os.getpid()
+        self.pid = os.getpid()
 
     @classmethod
     def from_environment(cls) -> WorkerVersions | None:
