@@ -250,12 +250,18 @@ TRITON_CHECK = textwrap.dedent(
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (the `gpu` extra)")
 def test_triton_kernels_match_the_reference_in_the_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    assert "triton kernels agree" in run_interpreted(TRITON_CHECK)
+
+
+def run_interpreted(script: str) -> str:
+    """Run ``script`` in a fresh interpreter under Triton's CPU interpreter (it must be set before Triton is
+    imported); fail on a non-zero exit, return its output."""
     result = subprocess.run(
-        [sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env, timeout=300, check=False
-    )
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "triton kernels agree" in result.stdout
+    return result.stdout
 
 
 @pytest.mark.gpu

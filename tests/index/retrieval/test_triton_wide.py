@@ -3,13 +3,9 @@ the index accepts is searched exactly (smaller tiles, then popcounts where no ti
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 import torch
 
@@ -23,14 +19,11 @@ from index.retrieval.triton_backend import (  # noqa: E402
     scan_shared_bytes,
     scan_tiles,
 )
+from tests.index.retrieval.test_backends import codes, run_interpreted  # noqa: E402
 
 H200_SHARED = 232_448  # shared memory a block may opt in to on an H100/H200 (Triton's "Hardware limit")
 A100_SHARED = 166_912
 BATCHES = (1, 32, 33, 64, 100, 1024, MAX_CHUNK)
-
-
-def codes(n: int, n_bytes: int, seed: int = 0) -> npt.NDArray[np.uint8]:
-    return np.random.default_rng(seed).integers(0, 256, (n, n_bytes), dtype=np.uint8)
 
 
 def words(bits: int) -> int:
@@ -181,12 +174,7 @@ WIDE_CHECK = textwrap.dedent(
 
 
 def test_wide_codes_fall_back_to_tiles_that_fit_in_the_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", WIDE_CHECK], capture_output=True, text=True, env=env, timeout=300, check=False
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "wide codes agree" in result.stdout
+    assert "wide codes agree" in run_interpreted(WIDE_CHECK)
 
 
 @pytest.mark.gpu
