@@ -114,6 +114,8 @@ end
 
 def wrk_script(bundle: Path | None, path: Path, count: int = 20_000, seed: int = 7) -> Path:
     """A wrk script asking for Zipf-drawn known users (the locustfile's skew) and 5 % unknown ones."""
+    # The locustfile's own population (one Zipf rule for both generators). Importing it imports locust, which
+    # patches the standard library for gevent: harmless here, where no threads run beside the subprocesses.
     sys.path.insert(0, str(ROOT))
     from loadtests.locustfile import UserPopulation, bundle_dir, read_ids
 
