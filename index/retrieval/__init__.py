@@ -40,7 +40,14 @@ __all__ = [
 ]
 
 
+def _has_torch() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
 def _cuda_devices() -> int:
+    """GPUs torch can use; none without torch, which the CPU service image leaves out."""
+    if not _has_torch():
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -57,7 +64,9 @@ def available_backends() -> list[str]:
         found.append("triton")
     if faiss_gpu_count():
         found.append("faiss-gpu")
-    found += ["faiss-cpu", "numpy", "numpy+faiss-cpu", "torch"]
+    found += ["faiss-cpu", "numpy", "numpy+faiss-cpu"]
+    if _has_torch():
+        found.append("torch")
     return found
 
 

@@ -144,6 +144,23 @@ def test_auto_picks_the_cpu_backend_measured_fastest_for_the_catalogue_and_refus
         make_backend(codes(10, 8), "annoy")
 
 
+def test_without_torch_the_cpu_backends_still_resolve_and_build() -> None:
+    # The api image has no torch: `None` in sys.modules makes its import fail as an absent package's does.
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["torch"] = None
+        import numpy as np
+        from index.retrieval import available_backends, make_backend
+        found = available_backends()
+        assert "torch" not in found and "triton" not in found, found
+        assert make_backend(np.zeros((10, 8), np.uint8)).name == "numpy"
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+
+
 TRITON_CHECK = textwrap.dedent(
     """
     import numpy as np
