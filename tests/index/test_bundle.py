@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from index.bundle import (
     BundleContent,
     BundleError,
     add_file_to_bundle,
+    distinct,
     publish_bundle,
     set_current,
 )
@@ -149,3 +151,26 @@ def test_added_files_must_be_plain_names(tmp_path: Path) -> None:
         with pytest.raises(BundleError):
             add_file_to_bundle(path, name, b"{}")
     assert Bundle.load(tmp_path).manifest.model_version == "v1"
+
+
+def test_item_rows_of_no_items_leaves_the_id_map_unbuilt(tmp_path: Path) -> None:
+    publish_bundle(tmp_path, content())
+    bundle = Bundle.load(tmp_path)
+    assert bundle.item_rows([]).dtype == np.int64 and bundle.item_rows([]).size == 0
+    assert "_item_rows" not in vars(bundle)  # unknown users without a history never pay for it
+    assert bundle.item_rows(["i6", "nope", "i1", "i6"]).tolist() == [1, 6]
+    assert bundle.seen_indices.dtype == np.int64 and bundle.seen_items(0).tolist() == [1, 4]
+
+
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_repeated_ids_are_refused(tmp_path: Path, side: str) -> None:
+    original = content()
+    ids = [*getattr(original, f"{side}_ids")]
+    ids[3] = ids[1]
+    publish_bundle(tmp_path, dataclasses.replace(original, **{f"{side}_ids": ids}))
+    with pytest.raises(BundleError, match=f"{side}_ids.txt: expected [57] distinct ids"):
+        Bundle.load(tmp_path)
+
+
+def test_distinct_settles_equal_hashes_by_the_strings() -> None:
+    assert distinct(["a", "b", "c"]) and not distinct(["a", "b", "a"]) and distinct([])
