@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Issue #23 on a lent H200 in one call: benchmarks/gpu_serving.py at catalogue scale, then the GPU served-path test
+# (10M items × 256-bit codes and 10M × float32 d=64, 1M users in Redis; triton, faiss-gpu, float on the GPU, the
+# Gowalla hq bundle; 1–16 uvicorn workers). Everything lands in $OUT: gpu_serving.json and .png, servers.log,
+# metrics.txt (the last /metrics of the main phase), pyspy_raw.txt, device.txt, run.log.
+#
+# Runs on the device machine from the repo root. Needs, carried with the call (benchmarks/gpu_serving_carry.sh
+# fetches them here):
+#   .whl/                wheels the image lacks (the service's: fastapi, uvicorn, httptools, ...; py-spy)
+#   .carry/debs/         Debian's redis-server and wrk with their libraries, unpacked under /tmp/debs (never /)
+#   .carry/gowalla_hq/   the Gowalla hq bundle of the CPU serving figures, without its cold-start arrays
+#   .gpu-kit/            ../shared/tools/faiss-gpu-device (faiss-gpu and float rows are skipped without it)
+# Set RECSYS_COMMIT to the commit measured (no .git travels). GPU_SERVING_ARGS adds or overrides options of
+# benchmarks/gpu_serving.py (e.g. "--workers 4 --batch-max-wait-ms 0.5"). BUDGET_S (default 540) is the whole
+# script's wall-clock budget: the benchmark is given what the set-up leaves of it less TEST_S (default 75) for the
+# test, and is interrupted (SIGINT, which writes what was measured) if it runs past that.
+set -uo pipefail
+STARTED=$(date +%s)
+BUDGET_S=${BUDGET_S:-540}
+TEST_S=${TEST_S:-75}  # kept for the GPU test after the benchmark
+source benchmarks/device_setup.sh || echo "device_setup.sh: its last step failed (above); going on"
+exec > >(tee -a "$OUT/run.log") 2>&1
+
+# Debian bookworm's builds need glibc >= 2.34; the libraries they bring are used by these two programs only.
+mkdir -p /tmp/debs/bin
+for deb in .carry/debs/*.deb; do dpkg -x "$deb" /tmp/debs || exit 1; done
+LIBS=/tmp/debs/usr/lib/x86_64-linux-gnu:/tmp/debs/lib/x86_64-linux-gnu
+for tool in redis-server wrk; do
+  printf '#!/bin/bash\nLD_LIBRARY_PATH=%s exec /tmp/debs/usr/bin/%s "$@"\n' "$LIBS" "$tool" > "/tmp/debs/bin/$tool"
+  chmod +x "/tmp/debs/bin/$tool"
+done
+export PATH="/tmp/debs/bin:/tmp/site/bin:$PATH"
+WRK_VERSION=$(wrk --version 2>&1 | head -n 1)  # wrk --version exits 1 after printing its version
+redis-server --version && [[ $WRK_VERSION == wrk* ]] || { echo "carried redis-server / wrk do not run: $WRK_VERSION"; exit 1; }
+echo "$WRK_VERSION"
+ldd --version | head -n 1
+
+KIT=()
+[ -d .gpu-kit ] && KIT=(--faiss-gpu-kit .gpu-kit)
+GOWALLA=()
+[ -d .carry/gowalla_hq ] && GOWALLA=(--gowalla .carry/gowalla_hq)
+
+LEFT=$(( BUDGET_S - ($(date +%s) - STARTED) ))
+echo "set-up took $(( BUDGET_S - LEFT )) s; the benchmark may use $(( LEFT - TEST_S )) s, the GPU test $TEST_S s"
+# shellcheck disable=SC2086  # GPU_SERVING_ARGS is a list of options
+timeout -s INT -k 10 $(( LEFT - TEST_S - 10 )) python3 benchmarks/gpu_serving.py "${KIT[@]}" "${GOWALLA[@]}" \
+  --budget-s $(( LEFT - TEST_S - 35 )) --work /tmp/gpu_serving --out "$OUT/gpu_serving.json" ${GPU_SERVING_ARGS:-}
+echo "benchmark exit $? after $(( $(date +%s) - STARTED )) s"
+
+# The served path on the GPU answers as the CPU does (tests/service/test_gpu_serving.py), in what is left.
+LEFT=$(( BUDGET_S - ($(date +%s) - STARTED) - 5 ))
+if [ "$LEFT" -ge 30 ]; then
+  timeout -k 5 "$LEFT" python3 -m pytest -q -p no:cacheprovider -m gpu tests/service/test_gpu_serving.py 2>&1 | tail -n 5
+else
+  echo "GPU test skipped: ${LEFT} s left"
+fi
+echo "done after $(( $(date +%s) - STARTED )) s"
