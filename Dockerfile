@@ -1,18 +1,31 @@
-# syntax=docker/dockerfile:1
-#
-# Images of the recommender, built from one Dockerfile:
+# Images of the recommender, built from one Dockerfile with BuildKit (Docker >= 20.10: `DOCKER_BUILDKIT=1 docker
+# build`, or buildx):
 #
 #   docker build -t binrec-api .                        # default target: the service (faiss-cpu, no torch)
 #   docker build -t binrec-trainer --target trainer .   # trainer + indexer (CPU torch)
+#   docker build -t binrec-load --target load .         # locust and the project (the `load` extra)
 #   docker build -t binrec-api-gpu --target api-gpu .   # the service on NVIDIA GPUs (CUDA torch, Triton, faiss-gpu)
 #
-# Builder stages install dependencies into /opt/venv; the runtime stages copy only that venv, so
-# compilers, pip caches and sources stay out of the images. Dependencies are installed from
-# pyproject.toml alone, before any code is copied: editing code rebuilds one small wheel, not torch.
+# Everything the build reads from outside is named here, so that a build behind a proxy or an air gap changes
+# arguments, not this file (README "Building the images"):
+#
+#   --build-arg PYTHON_IMAGE=...     a Python 3.11 image with `python -m venv` and ca-certificates
+#   --build-arg CUDA_IMAGE=...       the GPU target's base (CUDA runtime libraries)
+#   --build-arg PIP_INDEX_URL=...    the package index (a mirror)
+#   --build-arg TORCH_INDEX_URL=...  where the trainer's CPU torch comes from ("" : PIP_INDEX_URL)
+#   wheelhouse/                      wheels the index cannot serve, offered to every pip install (--find-links)
+#   --secret id=ca_bundle,src=FILE   the CA bundle pip (and apt) trust, e.g. one holding a proxy's CA: mounted
+#                                    into the RUN steps that download, never written to a layer
+#
+# No `# syntax=` line: it would pull a frontend image; BuildKit's built-in frontend reads every instruction here
+# (so no heredocs). Builder stages install dependencies into /opt/venv; the runtime stages copy only that venv, so
+# compilers, pip caches and sources stay out of the images. Dependencies are installed from pyproject.toml alone,
+# before any code is copied: editing code rebuilds one small wheel, not torch.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 # Ubuntu 24.04 ships Python 3.12; the CUDA runtime libraries come with the image, the toolkit does not.
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
+ARG PIP_INDEX_URL=https://pypi.org/simple
 
 FROM ${PYTHON_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -24,68 +37,86 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # --- requirements: dependency lists read from pyproject.toml (no code needed) ---------------------
 FROM base AS requirements
 WORKDIR /src
-COPY pyproject.toml ./
-RUN python - <<'EOF'
-import tomllib
-from pathlib import Path
-
-project = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))["project"]
-extras = project["optional-dependencies"]
-out = Path("/requirements")
-out.mkdir()
-(out / "api.txt").write_text("\n".join(project["dependencies"] + extras["cpu"]) + "\n", encoding="utf-8")
-(out / "train.txt").write_text("\n".join(extras["train"]) + "\n", encoding="utf-8")
-# The GPU service: faiss-gpu and Triton (the `gpu` extra); Triton's kernels take torch CUDA tensors.
-(out / "api-gpu.txt").write_text("\n".join(project["dependencies"] + extras["gpu"]) + "\n", encoding="utf-8")
-EOF
+COPY pyproject.toml docker/requirements.py ./
+RUN python requirements.py pyproject.toml /requirements
 
 
-# --- wheel: the project itself, built once for both targets --------------------------------------
-FROM base AS wheel
+# --- pip: an empty venv and where its installs read from -----------------------------------------
+FROM base AS pip
+ARG PIP_INDEX_URL
+# Each RUN that downloads mounts the wheelhouse at /wheelhouse and the ca_bundle secret, when given, over the
+# image's CA bundle, which pip is told to trust: without the secret the image's own bundle is used.
+ENV PIP_INDEX_URL=${PIP_INDEX_URL} \
+    PIP_FIND_LINKS=/wheelhouse \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+
+
+# --- wheel: the project itself, built once for every target --------------------------------------
+FROM pip AS wheel
 WORKDIR /src
 # README.m[d]: the readme is package metadata, but the build must not fail without it.
 COPY pyproject.toml README.m[d] ./
 COPY trainer/ trainer/
 COPY index/ index/
 COPY service/ service/
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=bind,source=wheelhouse,target=/wheelhouse \
+    --mount=type=cache,target=/root/.cache/pip \
     pip wheel --no-deps --wheel-dir /wheels .
 
 
-# --- builders: a venv with the dependencies of .[cpu] (api) and .[cpu,train] (trainer) ------------
-FROM base AS builder-api
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+# --- builders: the venv with the dependencies of each target --------------------------------------
+FROM pip AS builder-api
 # One list per layer: COPY is cached by content, so a change to the `train` extra alone leaves this
 # layer (and torch below) cached.
 COPY --from=requirements /requirements/api.txt /requirements/
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=bind,source=wheelhouse,target=/wheelhouse \
+    --mount=type=cache,target=/root/.cache/pip \
     pip install -r /requirements/api.txt
 
 FROM builder-api AS builder-trainer
 # From PyPI, torch for Linux pulls the CUDA build (several GB of nvidia-* wheels); the CPU wheel
-# index keeps the image small. Set TORCH_INDEX_URL="" to use the default index (or a mirror).
+# index keeps the image small. TORCH_INDEX_URL="" takes PIP_INDEX_URL and the wheelhouse instead, where a
+# CPU wheel (torch-2.13.0+cpu: a local version, preferred over PyPI's 2.13.0) can be put.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # hadolint ignore=DL3013
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=bind,source=wheelhouse,target=/wheelhouse \
+    --mount=type=cache,target=/root/.cache/pip \
     pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
 # The `train` extra asks for torch>=2.4, which the CPU build above already satisfies.
 COPY --from=requirements /requirements/train.txt /requirements/
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=bind,source=wheelhouse,target=/wheelhouse \
+    --mount=type=cache,target=/root/.cache/pip \
     pip install -r /requirements/train.txt
+
+FROM builder-api AS builder-load
+COPY --from=requirements /requirements/load.txt /requirements/
+RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=bind,source=wheelhouse,target=/wheelhouse \
+    --mount=type=cache,target=/root/.cache/pip \
+    pip install -r /requirements/load.txt
 
 # The project goes in last and without dependencies: they are all in the layers above.
 FROM builder-api AS install-api
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-deps /wheels/*.whl
+    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl
 
 FROM builder-trainer AS install-trainer
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-deps /wheels/*.whl
+    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl
+
+FROM builder-load AS install-load
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl
 
 
-# --- runtime: shared by both targets --------------------------------------------------------------
+# --- runtime: shared by the CPU targets -----------------------------------------------------------
 FROM base AS runtime
 ARG APP_UID=10001
 # /bundles is owned by the app user so that a fresh named volume mounted there is writable by it.
@@ -108,30 +139,49 @@ ENTRYPOINT ["recsys-train"]
 CMD ["--dataset", "synthetic", "--method", "ste", "--bundle-root", "/bundles"]
 
 
+# --- load: locust with the project's load test mounted (compose's `load` profile) -------------------
+FROM runtime AS load
+COPY --from=install-load /opt/venv /opt/venv
+ENTRYPOINT ["locust"]
+
+
 # --- api-gpu: recsys-serve on NVIDIA GPUs (Triton kernel, faiss-gpu) -----------------------------------
 FROM ${CUDA_IMAGE} AS gpu-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
-# Triton builds a small C launcher for its kernels at run time: it needs gcc and Python's headers.
+# Triton builds a small C launcher for its kernels at run time: it needs gcc and Python's headers. apt reads the
+# ca_bundle secret where it is given (the CUDA repository is https); ca-certificates is installed, so the bundle
+# it writes is not shadowed by the secret.
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -f /run/secrets/ca_bundle ]; then set -- -o Acquire::https::CAInfo=/run/secrets/ca_bundle; fi \
+    && apt-get "$@" update \
+    && apt-get "$@" install -y --no-install-recommends \
+        ca-certificates python3 python3-venv python3-dev gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 FROM gpu-base AS builder-api-gpu
+ARG PIP_INDEX_URL
+ENV PIP_INDEX_URL=${PIP_INDEX_URL} \
+    PIP_FIND_LINKS=/wheelhouse \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-# torch from PyPI is the CUDA build here, on purpose; it is the largest layer, so it goes first.
+# torch from the index is the CUDA build here, on purpose; it is the largest layer, so it goes first.
 ARG TORCH_VERSION=2.13.0
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=bind,source=wheelhouse,target=/wheelhouse \
+    --mount=type=cache,target=/root/.cache/pip \
     pip install "torch==${TORCH_VERSION}"
 COPY --from=requirements /requirements/api-gpu.txt /requirements/
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=bind,source=wheelhouse,target=/wheelhouse \
+    --mount=type=cache,target=/root/.cache/pip \
     pip install -r /requirements/api-gpu.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-deps /wheels/*.whl
+    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl
 
 FROM gpu-base AS api-gpu
 ARG APP_UID=10001

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh Debian/Ubuntu machine with Python >= 3.11:
-# Debian's redis-server, wrk and docker-compose (and python3-venv if missing), then a virtualenv with the project and its extras.
+# Debian's redis-server, wrk, docker-compose, docker.io and debootstrap (and python3-venv if missing), then a virtualenv
+# with the project and its extras.
 # Idempotent: a second run only reinstalls when pyproject.toml changed.
 #
 #   PYTHON      interpreter to build the venv from (default python3)
@@ -30,9 +31,20 @@ if ! command -v wrk >/dev/null 2>&1; then
   apt_install wrk || echo "setup: wrk not installable here; benchmarks/serving.py --generator wrk will say so" >&2
 fi
 if ! command -v docker-compose >/dev/null 2>&1; then
-  # No Docker engine needed: the tests only validate the compose files (`docker-compose config -q`).
+  # Validates the compose files (`docker-compose config -q`) and runs the stack in the stack test.
   echo "setup: installing docker-compose (Debian package, to validate the compose files)"
   apt_install docker-compose || echo "setup: docker-compose not installable here; the compose checks will be skipped" >&2
+fi
+if ! command -v dockerd >/dev/null 2>&1; then
+  # A Docker engine for the test that builds the images and runs the compose stack (pytest -m docker): Debian's
+  # docker.io, whose client builds with BuildKit (secrets, cache mounts) without the buildx plugin.
+  echo "setup: installing docker.io (Debian package, for the compose stack test)"
+  apt_install docker.io || echo "setup: docker.io not installable here; the compose stack test will be skipped" >&2
+fi
+if ! command -v debootstrap >/dev/null 2>&1; then
+  # The stack test makes its base images from Debian's packages, since no registry is reached.
+  echo "setup: installing debootstrap (Debian package, for the compose stack test's base images)"
+  apt_install debootstrap || echo "setup: debootstrap not installable here; the compose stack test will fail" >&2
 fi
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   echo "setup: installing python3-venv"
