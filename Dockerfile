@@ -18,9 +18,10 @@
 #                                    into the RUN steps that download, never written to a layer
 #
 # No `# syntax=` line: it would pull a frontend image; BuildKit's built-in frontend reads every instruction here
-# (so no heredocs). Builder stages install dependencies into /opt/venv; the runtime stages copy only that venv, so
-# compilers, pip caches and sources stay out of the images. Dependencies are installed from pyproject.toml alone,
-# before any code is copied: editing code rebuilds one small wheel, not torch.
+# (so no heredocs). Builder stages install dependencies into /opt/venv and the project into /opt/project; the
+# runtime stages copy only those two, so compilers, pip caches and sources stay out of the images. Dependencies are
+# installed from pyproject.toml alone, before any code is copied: editing code rebuilds one small wheel and one
+# small layer, not torch's.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 # Ubuntu 24.04 ships Python 3.12; the CUDA runtime libraries come with the image, the toolkit does not.
@@ -50,7 +51,10 @@ ENV PIP_INDEX_URL=${PIP_INDEX_URL} \
     PIP_FIND_LINKS=/wheelhouse \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv
+# The project itself goes to /opt/project (see `project` below), which this .pth puts on the venv's path: the
+# dependencies and the code are then two layers, and a code change leaves the large one as it was.
+RUN python -m venv /opt/venv \
+    && python -c "import pathlib, sysconfig as s; pathlib.Path(s.get_path('purelib'), 'binrec.pth').write_text('/opt/project')"
 
 
 # --- wheel: the project itself, built once for every target --------------------------------------
@@ -102,18 +106,10 @@ RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=cache,target=/root/.cache/pip \
     pip install -r /requirements/load.txt
 
-# The project goes in last and without dependencies: they are all in the layers above.
-FROM builder-api AS install-api
+# The project without its dependencies (they are all in the venvs above), console scripts in /opt/project/bin.
+FROM pip AS project
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl
-
-FROM builder-trainer AS install-trainer
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl
-
-FROM builder-load AS install-load
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl
+    pip install --no-cache-dir --no-index --no-deps --target /opt/project /wheels/*.whl
 
 
 # --- runtime: shared by the CPU targets -----------------------------------------------------------
@@ -124,7 +120,7 @@ RUN groupadd --system --gid "${APP_UID}" recsys \
     && useradd --system --uid "${APP_UID}" --gid recsys --create-home --home-dir /home/recsys \
         --shell /usr/sbin/nologin recsys \
     && install -d -o recsys -g recsys /bundles
-ENV PATH=/opt/venv/bin:$PATH \
+ENV PATH=/opt/venv/bin:/opt/project/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     RECSYS_BUNDLE_ROOT=/bundles
 WORKDIR /home/recsys
@@ -134,14 +130,16 @@ USER ${APP_UID}:${APP_UID}
 
 # --- trainer: recsys-train (and recsys-index) with CPU torch ---------------------------------------
 FROM runtime AS trainer
-COPY --from=install-trainer /opt/venv /opt/venv
+COPY --from=builder-trainer /opt/venv /opt/venv
+COPY --from=project /opt/project /opt/project
 ENTRYPOINT ["recsys-train"]
 CMD ["--dataset", "synthetic", "--method", "ste", "--bundle-root", "/bundles"]
 
 
 # --- load: locust with the project's load test mounted (compose's `load` profile) -------------------
 FROM runtime AS load
-COPY --from=install-load /opt/venv /opt/venv
+COPY --from=builder-load /opt/venv /opt/venv
+COPY --from=project /opt/project /opt/project
 ENTRYPOINT ["locust"]
 
 
@@ -206,7 +204,8 @@ ENTRYPOINT ["recsys-serve"]
 
 # --- api (default, so last): recsys-serve on 0.0.0.0:8000 ------------------------------------------
 FROM runtime AS api
-COPY --from=install-api /opt/venv /opt/venv
+COPY --from=builder-api /opt/venv /opt/venv
+COPY --from=project /opt/project /opt/project
 ENV RECSYS_HOST=0.0.0.0 \
     RECSYS_PORT=8000
 EXPOSE 8000

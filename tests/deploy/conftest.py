@@ -73,16 +73,23 @@ class RunningStack:
     trainer_seconds: float  # the first training run, start to exit
 
 
-def stack_settings(images: StackImages, first_port: int) -> dict[str, str]:
-    """Compose's variables: the local images' tag, loopback ports, a tiny training run, a short watch interval."""
-    dataset = "ml-100k" if (ML_100K / "ml-100k" / "ml-100k.inter").is_file() else "synthetic"
+def stack_settings(images: StackImages, first_port: int, workdir: Path) -> dict[str, str]:
+    """Compose's variables: the local images' tag, loopback ports, a tiny training run, a short watch interval.
+
+    The trainer reads ml-100k from ../shared/data (mounted read-only), or makes its synthetic set without it.
+    """
+    if (ML_100K / "ml-100k" / "ml-100k.inter").is_file():
+        dataset, data_dir = "ml-100k", ML_100K
+    else:
+        dataset, data_dir = "synthetic", workdir / "data"
+        data_dir.mkdir(exist_ok=True)
     return {
         "RECSYS_ADMIN_API_KEY": ADMIN_KEY,
         "TAG": images.api.rsplit(":", 1)[1],
         "API_PORTS": f"127.0.0.1:{first_port}-{first_port + 9}",
         "TRAIN_DATASET": dataset,
         "TRAIN_EPOCHS": "2",
-        "DATA_DIR": str(ML_100K),
+        "DATA_DIR": str(data_dir),
         "RECSYS_WATCH_INTERVAL_S": str(WATCH_INTERVAL_S),
         "RECSYS_LOG_LEVEL": "info",
     }
@@ -100,7 +107,7 @@ def stack(
 ) -> Iterator[RunningStack]:
     workdir = tmp_path_factory.mktemp("stack")
     override = write_override(workdir / "docker-compose.override.yml", stack_images)
-    settings = stack_settings(stack_images, free_port_range(10))
+    settings = stack_settings(stack_images, free_port_range(10), workdir)
     compose = ComposeStack(engine, PROJECT, override, settings, workdir)
     compose.down()  # what an interrupted run may have left
     progress(f"docker compose up -d: trainer on {settings['TRAIN_DATASET']}, {settings['TRAIN_EPOCHS']} epochs")
