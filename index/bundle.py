@@ -24,7 +24,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from index.codes import CodeLayout, ScaleMode, check_scales, code_width
+from index.codes import CodeLayout, ScaleMode, check_pairing, check_scales, code_width
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -49,6 +49,8 @@ class Manifest(BaseModel):
     bits: int = Field(ge=1, le=32)
     dim: int = Field(gt=0)
     code_layout: CodeLayout
+    # Users' layout where it differs from the items' (asymmetric codes: index.codes.PAIRINGS); absent: the same.
+    user_code_layout: CodeLayout | None = None
     scale_mode: ScaleMode | None = None
     n_users: int = Field(gt=0)
     n_items: int = Field(gt=0)
@@ -80,6 +82,7 @@ class BundleContent:
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     cold_start: dict[str, npt.NDArray[Any]] | None = None  # what serving needs to code a new user (service.cold_start)
+    user_code_layout: CodeLayout | None = None  # users' layout, where it differs from code_layout (asymmetric codes)
 
 
 def sha256_of(path: Path) -> str:
@@ -124,21 +127,30 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
+def check_layouts(user_layout: CodeLayout, item_layout: CodeLayout, has_scales: bool) -> None:
+    """Raise ValueError unless the two sides' codes score exactly against each other (scales: symmetric only)."""
+    check_pairing(user_layout, item_layout)
+    if has_scales and user_layout is not item_layout:
+        raise ValueError("scales are not supported with asymmetric codes")
+
+
 def _validate_content(content: BundleContent) -> None:
-    layout = content.code_layout
-    width = code_width(layout, content.dim)
-    expected_dtype = np.float32 if layout is CodeLayout.FLOAT32 else np.uint8
-    for side, codes, ids in (
-        ("user", content.user_codes, content.user_ids),
-        ("item", content.item_codes, content.item_ids),
+    item_layout = content.code_layout
+    user_layout = content.user_code_layout or item_layout
+    check_layouts(user_layout, item_layout, content.user_scales is not None or content.item_scales is not None)
+    for side, layout, codes, ids in (
+        ("user", user_layout, content.user_codes, content.user_ids),
+        ("item", item_layout, content.item_codes, content.item_ids),
     ):
+        width = code_width(layout, content.dim)
+        expected_dtype = np.float32 if layout is CodeLayout.FLOAT32 else np.uint8
         if codes.dtype != expected_dtype or codes.shape != (len(ids), width):
             raise ValueError(
                 f"{side} codes must be {np.dtype(expected_dtype).name} [{len(ids)}, {width}] for "
                 f"{layout} d={content.dim}, got {codes.dtype} {list(codes.shape)}"
             )
-    check_scales(layout, content.dim, content.user_scales, content.scale_mode, len(content.user_ids))
-    check_scales(layout, content.dim, content.item_scales, content.scale_mode, len(content.item_ids))
+    check_scales(user_layout, content.dim, content.user_scales, content.scale_mode, len(content.user_ids))
+    check_scales(item_layout, content.dim, content.item_scales, content.scale_mode, len(content.item_ids))
     if content.seen.shape != (len(content.user_ids), len(content.item_ids)):
         raise ValueError(f"seen matrix has shape {content.seen.shape}, expected (n_users, n_items)")
 
@@ -179,6 +191,7 @@ def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = T
             bits=content.bits,
             dim=content.dim,
             code_layout=content.code_layout,
+            user_code_layout=None if content.user_code_layout is content.code_layout else content.user_code_layout,
             scale_mode=content.scale_mode
             if content.user_scales is not None or content.item_scales is not None
             else None,
@@ -189,7 +202,9 @@ def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = T
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             files=files,
         )
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+        # A symmetric bundle's manifest names no user layout, so readers that predate the field still load it.
+        unset = {"user_code_layout"} if manifest.user_code_layout is None else set()
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2, exclude=unset), encoding="utf-8")
         for path in tmp.iterdir():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
@@ -287,7 +302,12 @@ class Bundle:
 
     @property
     def layout(self) -> CodeLayout:
+        """The items' code layout (and the users', unless ``user_layout`` says otherwise)."""
         return self.manifest.code_layout
+
+    @property
+    def user_layout(self) -> CodeLayout:
+        return self.manifest.user_code_layout or self.manifest.code_layout
 
     @property
     def dim(self) -> int:
@@ -378,12 +398,16 @@ class Bundle:
 
     def _check_shapes(self) -> None:
         m = self.manifest
-        width = code_width(m.code_layout, m.dim)
-        dtype = np.float32 if m.code_layout is CodeLayout.FLOAT32 else np.uint8
-        for name, array, rows in (
-            ("user_codes.npy", self.user_codes, m.n_users),
-            ("item_codes.npy", self.item_codes, m.n_items),
+        try:
+            check_layouts(self.user_layout, self.layout, self.user_scales is not None or self.item_scales is not None)
+        except ValueError as error:
+            raise BundleError(f"{self.path / MANIFEST}: {error}") from error
+        for name, layout, array, rows in (
+            ("user_codes.npy", self.user_layout, self.user_codes, m.n_users),
+            ("item_codes.npy", self.layout, self.item_codes, m.n_items),
         ):
+            width = code_width(layout, m.dim)
+            dtype = np.float32 if layout is CodeLayout.FLOAT32 else np.uint8
             if array.dtype != dtype or array.shape != (rows, width):
                 raise BundleError(
                     f"{self.path / name}: expected {np.dtype(dtype).name} [{rows}, {width}], "
@@ -397,7 +421,7 @@ class Bundle:
             ("item_scales.npy", self.item_scales, m.n_items),
         ):
             try:
-                check_scales(m.code_layout, m.dim, scales, m.scale_mode, rows)
+                check_scales(self.layout, m.dim, scales, m.scale_mode, rows)
             except ValueError as error:
                 raise BundleError(f"{self.path / name}: {error}") from error
         indptr, indices = self.seen_indptr, self.seen_indices

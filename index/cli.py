@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 def build(bundle_root: Path, device: DevicePreference, backend: str = "auto") -> dict[str, object]:
     bundle = Bundle.load(bundle_root)
     started = time.perf_counter()
-    index = ItemIndex.build(bundle.item_codes, bundle.layout, bundle.dim, device=device, backend=backend)
+    index = ItemIndex.build(
+        bundle.item_codes, bundle.layout, bundle.dim, device=device, backend=backend, user_layout=bundle.user_layout
+    )
     index.self_check(bundle.item_codes)
     add_file_to_bundle(bundle.path, INDEX_FILE, index.serialize())
     Bundle.load(bundle.path)  # re-verify what readers will now see

@@ -15,6 +15,10 @@ Item scales change rankings, so the index re-ranks Hamming candidates with them.
 For binary layouts the FAISS index stores a *search form* of every item and queries use a matching
 search form, so that ``score = search_bits - 2 * Hamming(query, item)`` equals the inner product of
 the dequantized codes exactly (DESIGN.md §4).
+
+Users may keep more bits than items (*asymmetric* codes: ``planes2`` users, ``sign1`` items): an item's
+magnitude-free sign code is all the index stores, and the query's extra plane still scores exactly, since
+``<2h + o, s> = 3d - 2 * Hamming([H H O], [S S S])``. ``PAIRINGS`` lists the (user, item) layouts that pair.
 """
 
 from __future__ import annotations
@@ -129,31 +133,70 @@ def dequantize(
     return values
 
 
-def search_bits(layout: CodeLayout, dim: int) -> int:
-    """Bits per vector in the FAISS binary index (``9d`` for the exact 2-bit form)."""
+# (user layout, item layout) pairs with an exact binary search form; a symmetric pair is a layout with itself.
+PAIRINGS = {
+    (CodeLayout.SIGN1, CodeLayout.SIGN1),
+    (CodeLayout.PLANES2, CodeLayout.PLANES2),
+    (CodeLayout.PLANES2, CodeLayout.SIGN1),
+    (CodeLayout.FLOAT32, CodeLayout.FLOAT32),
+}
+
+
+def check_pairing(user_layout: CodeLayout, item_layout: CodeLayout) -> None:
+    """Raise ValueError unless users' and items' codes can be scored against each other exactly."""
+    if (user_layout, item_layout) not in PAIRINGS:
+        pairs = ", ".join(f"{u}/{i}" for u, i in sorted(PAIRINGS))
+        raise ValueError(f"user codes {user_layout} cannot be scored against item codes {item_layout} (pairs: {pairs})")
+
+
+def search_bits(layout: CodeLayout, dim: int, query_layout: CodeLayout | None = None) -> int:
+    """Bits per vector in the FAISS binary index of items coded in ``layout`` for queries coded in
+    ``query_layout`` (default: the same): ``d``, ``9d`` for the exact 2-bit form, ``3d`` for 2-bit queries of
+    1-bit items."""
+    query_layout = query_layout or layout
+    check_pairing(query_layout, layout)
     if layout is CodeLayout.SIGN1:
-        return dim
+        return 3 * dim if query_layout is CodeLayout.PLANES2 else dim
     if layout is CodeLayout.PLANES2:
         return 9 * dim
     raise ValueError(f"{layout} has no binary search form")
 
 
-def scores_from_distances(distances: npt.NDArray[np.integer], layout: CodeLayout, dim: int) -> npt.NDArray[np.float32]:
+def scores_from_distances(
+    distances: npt.NDArray[np.integer], layout: CodeLayout, dim: int, query_layout: CodeLayout | None = None
+) -> npt.NDArray[np.float32]:
     """Exact inner products of the dequantized codes from Hamming distances between their search forms."""
-    return (search_bits(layout, dim) - 2 * np.asarray(distances, dtype=np.int64)).astype(np.float32)
+    bits = search_bits(layout, dim, query_layout)
+    return (bits - 2 * np.asarray(distances, dtype=np.int64)).astype(np.float32)
 
 
-def item_search_form(codes: Packed, layout: CodeLayout, dim: int) -> Packed:
-    """What the index stores per item: the code itself, or ``[H H H H | H H | O O | O]`` for 2 bits."""
+def item_search_form(codes: Packed, layout: CodeLayout, dim: int, query_layout: CodeLayout | None = None) -> Packed:
+    """What the index stores per item: the code itself, ``[S S S]`` for 2-bit queries of 1-bit items, or
+    ``[H H H H | H H | O O | O]`` for 2 bits."""
     if layout is CodeLayout.SIGN1:
-        return np.ascontiguousarray(codes, dtype=np.uint8)
+        copies = search_bits(layout, dim, query_layout) // dim
+        return np.ascontiguousarray(np.concatenate([codes] * copies, axis=1) if copies > 1 else codes, np.uint8)
     high, low = _planes(codes, dim)
     return np.ascontiguousarray(np.concatenate([high] * 6 + [low] * 3, axis=1))
 
 
-def query_search_form(codes: Packed, layout: CodeLayout, dim: int) -> Packed:
-    """What a query sends: the code itself, or ``[H H H H | O O | H H | O]`` for 2 bits."""
+def query_search_form(codes: Packed, layout: CodeLayout, dim: int, item_layout: CodeLayout | None = None) -> Packed:
+    """What a query coded in ``layout`` sends against items coded in ``item_layout`` (default: the same): the
+    code itself, ``[H H O]`` against 1-bit items, or ``[H H H H | O O | H H | O]`` for 2 bits."""
+    item_layout = item_layout or layout
+    check_pairing(layout, item_layout)
     if layout is CodeLayout.SIGN1:
         return np.ascontiguousarray(codes, dtype=np.uint8)
     high, low = _planes(codes, dim)
+    if item_layout is CodeLayout.SIGN1:
+        return np.ascontiguousarray(np.concatenate([high, high, low], axis=1))
     return np.ascontiguousarray(np.concatenate([high] * 4 + [low] * 2 + [high] * 2 + [low], axis=1))
+
+
+def as_query(item_codes: Packed, layout: CodeLayout, dim: int, query_layout: CodeLayout) -> Packed:
+    """Items' codes as queries of ``query_layout`` whose search form equals the item's (its own nearest code):
+    a sign code ``S`` becomes the 2-bit code ``[S | S]`` (levels ±3)."""
+    check_pairing(query_layout, layout)
+    if query_layout is layout:
+        return item_codes
+    return np.ascontiguousarray(np.concatenate([item_codes, item_codes], axis=1))

@@ -23,11 +23,13 @@ def exact_scores(
     item_codes: npt.NDArray[np.generic],
     layout: CodeLayout,
     dim: int,
+    user_layout: CodeLayout | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Inner products of the dequantized codes, computed through popcounts for binary layouts."""
+    """Inner products of the dequantized codes (items in ``layout``, users in ``user_layout``, default the same),
+    computed through popcounts for binary layouts."""
     if layout is CodeLayout.FLOAT32:
         return np.asarray(user_codes, np.float32) @ np.asarray(item_codes, np.float32).T
-    queries = query_search_form(np.asarray(user_codes, np.uint8), layout, dim)
-    items = item_search_form(np.asarray(item_codes, np.uint8), layout, dim)
+    queries = query_search_form(np.asarray(user_codes, np.uint8), user_layout or layout, dim, layout)
+    items = item_search_form(np.asarray(item_codes, np.uint8), layout, dim, user_layout)
     distances = hamming_distances(queries, items)
-    return scores_from_distances(distances, layout, dim)
+    return scores_from_distances(distances, layout, dim, user_layout)

@@ -22,6 +22,8 @@ from index.bundle import Bundle
 from index.codes import (
     CodeLayout,
     ScaleMode,
+    as_query,
+    check_pairing,
     check_scales,
     code_width,
     dequantize,
@@ -126,8 +128,13 @@ class ItemIndex:
         device: DevicePreference = "auto",
         rerank: Reranker | None = None,
         backend: str = "auto",
+        user_layout: CodeLayout | None = None,
     ) -> None:
         self.layout = layout
+        self.user_layout = user_layout or layout  # queries' layout: more bits than the items' for asymmetric codes
+        check_pairing(self.user_layout, layout)
+        if self.user_layout is not layout and rerank is not None:
+            raise ValueError("item scales are not supported with asymmetric codes")
         self.dim = dim
         self.rerank = rerank
         self._cpu_index = cpu_index
@@ -169,19 +176,22 @@ class ItemIndex:
         rerank_factor: int = DEFAULT_RERANK_FACTOR,
         heavy_items: int = DEFAULT_HEAVY_ITEMS,
         backend: str = "auto",
+        user_layout: CodeLayout | None = None,
     ) -> ItemIndex:
         expected = code_width(layout, dim)
         if item_codes.ndim != 2 or item_codes.shape[1] != expected:
             raise ValueError(f"item codes must have {expected} columns for {layout} d={dim}, got {item_codes.shape}")
         cpu_index: Any
         if layout.is_binary:
-            cpu_index = faiss.IndexBinaryFlat(search_bits(layout, dim))
-            cpu_index.add(item_search_form(np.asarray(item_codes, np.uint8), layout, dim))
+            cpu_index = faiss.IndexBinaryFlat(search_bits(layout, dim, user_layout))
+            cpu_index.add(item_search_form(np.asarray(item_codes, np.uint8), layout, dim, user_layout))
         else:
             cpu_index = faiss.IndexFlatIP(dim)
             cpu_index.add(np.ascontiguousarray(item_codes, dtype=np.float32))
         rerank = Reranker.of(item_codes, item_scales, scale_mode, layout, dim, rerank_factor, heavy_items)
-        return cls(cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend)
+        return cls(
+            cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend, user_layout=user_layout
+        )
 
     @classmethod
     def load(
@@ -193,21 +203,32 @@ class ItemIndex:
         device: DevicePreference = "auto",
         rerank: Reranker | None = None,
         backend: str = "auto",
+        user_layout: CodeLayout | None = None,
     ) -> ItemIndex:
         reader = faiss.read_index_binary if layout.is_binary else faiss.read_index
         cpu_index = reader(str(path))
-        expected_d = search_bits(layout, dim) if layout.is_binary else dim
+        expected_d = search_bits(layout, dim, user_layout) if layout.is_binary else dim
         if cpu_index.d != expected_d:
             raise ValueError(f"{path}: index has d={cpu_index.d}, the bundle's codes need {expected_d}")
-        return cls(cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend)
+        return cls(
+            cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend, user_layout=user_layout
+        )
 
     @classmethod
     def for_bundle(cls, bundle: Bundle, *, device: DevicePreference = "auto", backend: str = "auto") -> ItemIndex:
         """The bundle's stored index (or one built from its codes when none is stored), self-checked."""
-        layout, dim = bundle.layout, bundle.dim
+        layout, dim, user_layout = bundle.layout, bundle.dim, bundle.user_layout
         if bundle.index_path is not None:
             rerank = Reranker.of(bundle.item_codes, bundle.item_scales, bundle.manifest.scale_mode, layout, dim)
-            index = cls.load(bundle.index_path, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend)
+            index = cls.load(
+                bundle.index_path,
+                layout=layout,
+                dim=dim,
+                device=device,
+                rerank=rerank,
+                backend=backend,
+                user_layout=user_layout,
+            )
             if index.n_items != bundle.manifest.n_items:
                 raise ValueError(
                     f"{bundle.index_path}: {index.n_items} items, the bundle has {bundle.manifest.n_items}"
@@ -221,6 +242,7 @@ class ItemIndex:
                 item_scales=bundle.item_scales,
                 scale_mode=bundle.manifest.scale_mode,
                 backend=backend,
+                user_layout=user_layout,
             )
         index.self_check(bundle.item_codes)
         return index
@@ -238,15 +260,17 @@ class ItemIndex:
         rows = np.unique(np.linspace(0, self.n_items - 1, num=min(samples, self.n_items)).astype(np.int64))
         k = min(k, self.n_items)
         if self.layout.is_binary:
-            stored = item_search_form(np.asarray(item_codes[rows], np.uint8), self.layout, self.dim)
+            stored = item_search_form(np.asarray(item_codes[rows], np.uint8), self.layout, self.dim, self.user_layout)
             _, scores = self._raw_search(stored, k)
-            distances = (search_bits(self.layout, self.dim) - scores.astype(np.int64)) // 2
+            distances = (search_bits(self.layout, self.dim, self.user_layout) - scores.astype(np.int64)) // 2
             if np.any(distances[:, 0] != 0):
                 raise IndexSelfCheckError(
                     f"an item's own code was not found at Hamming distance 0 (got {distances[:, 0].tolist()})"
                 )
-        expected = np.sort(exact_scores(item_codes[rows], item_codes, self.layout, self.dim), axis=1)[:, ::-1][:, :k]
-        _, got = self._raw_search(self.prepare_queries(np.asarray(item_codes[rows])), k)
+        queries = as_query(np.asarray(item_codes[rows]), self.layout, self.dim, self.user_layout)
+        exact = exact_scores(queries, item_codes, self.layout, self.dim, self.user_layout)
+        expected = np.sort(exact, axis=1)[:, ::-1][:, :k]
+        _, got = self._raw_search(self.prepare_queries(queries), k)
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-3):
             raise IndexSelfCheckError("index scores disagree with exact scoring of the same codes")
 
@@ -261,16 +285,17 @@ class ItemIndex:
         else:
             distances, ids = self._cpu_index.search(queries, fetch)
         if self.layout.is_binary:
-            scores = scores_from_distances(distances, self.layout, self.dim)
+            scores = scores_from_distances(distances, self.layout, self.dim, self.user_layout)
         else:
             scores = distances.astype(np.float32)
         return ids.astype(np.int64), scores
 
     def prepare_queries(self, query_codes: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        if query_codes.ndim != 2 or query_codes.shape[1] != code_width(self.layout, self.dim):
-            raise ValueError(f"query codes must be [n, {code_width(self.layout, self.dim)}], got {query_codes.shape}")
+        width = code_width(self.user_layout, self.dim)
+        if query_codes.ndim != 2 or query_codes.shape[1] != width:
+            raise ValueError(f"query codes must be [n, {width}], got {query_codes.shape}")
         if self.layout.is_binary:
-            return query_search_form(np.asarray(query_codes, np.uint8), self.layout, self.dim)
+            return query_search_form(np.asarray(query_codes, np.uint8), self.user_layout, self.dim, self.layout)
         return np.ascontiguousarray(query_codes, dtype=np.float32)
 
     def search(

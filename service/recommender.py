@@ -55,7 +55,7 @@ class ServingModel:
         if bundle.cold_start is not None:
             m = bundle.manifest
             try:
-                check_arrays(bundle.cold_start, n_items=m.n_items, dim=m.dim, layout=m.code_layout)
+                check_arrays(bundle.cold_start, n_items=m.n_items, dim=m.dim, layout=bundle.user_layout)
             except (ValueError, KeyError, IndexError, TypeError) as error:
                 raise BundleError(f"{bundle.path / COLD_START_FILE}: {error}") from error
         index = ItemIndex.for_bundle(bundle, device=device, backend=backend)

@@ -81,10 +81,13 @@ class TrainedBundle:
     data: Dataset
 
 
-def train_bundle(data: Dataset, root: Path, method: str, epochs: int = 15, bits: int | None = None) -> TrainedBundle:
+def train_bundle(
+    data: Dataset, root: Path, method: str, epochs: int = 15, bits: int | None = None, user_bits: int | None = None
+) -> TrainedBundle:
     config = TrainConfig(
         method=method,
         bits=bits,
+        user_bits=user_bits,
         dim=32,
         epochs=epochs,
         batch_size=1024,
@@ -110,6 +113,12 @@ def fp_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> T
 @pytest.fixture(scope="session")
 def hq2_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> TrainedBundle:
     return train_bundle(tiny_data, tmp_path_factory.mktemp("bundles-hq2"), "hq", bits=2)
+
+
+@pytest.fixture(scope="session")
+def asymmetric_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> TrainedBundle:
+    """2-bit users, 1-bit items (``hq --user-bits 2 --bits 1``)."""
+    return train_bundle(tiny_data, tmp_path_factory.mktemp("bundles-asym"), "hq", bits=1, user_bits=2)
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--bits", type=int, choices=[1, 2], default=None, help="code bits per dimension (hq only)")
     model.add_argument(
+        "--user-bits",
+        type=int,
+        choices=[1, 2],
+        default=None,
+        help="hq only: users' code bits when above --bits (asymmetric codes: 2-bit users score 1-bit items exactly; "
+        "the index keeps the items' bits)",
+    )
+    model.add_argument(
         "--item-scales",
         action="store_true",
         help="hq only: each item's levels times its own magnitude (one float per item beside its code; served by "
@@ -294,7 +302,9 @@ def run(args: argparse.Namespace, world: World) -> int:
         raise ValueError("--warm-start-from starts a quantized method: use it with a --method other than fp")
     if args.warm_start_from is not None and not args.warm_start_from.is_file():
         raise ValueError(f"--warm-start-from: no such file: {args.warm_start_from}")
-    quantizer = make_quantizer(args.method, args.dim, args.layers, bits=args.bits, item_scales=args.item_scales)
+    quantizer = make_quantizer(
+        args.method, args.dim, args.layers, bits=args.bits, user_bits=args.user_bits, item_scales=args.item_scales
+    )
     if quantizer.layout.is_binary and args.dim % 8:
         raise ValueError(f"--dim must be a multiple of 8 for binary codes, got {args.dim}")
     synthetic = SyntheticConfig(n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed)
@@ -355,6 +365,7 @@ def run(args: argparse.Namespace, world: World) -> int:
             else {}
         ),
         "bits": result.quantizer.bits,
+        "user_bits": config.user_bits,
         "item_scales": config.item_scales,
         **{k: round(v, 5) for k, v in report.test_served.items()},
         **{f"valid_{k}": round(v, 5) for k, v in result.best_valid.items()},  # what chose the epoch

@@ -97,6 +97,7 @@ def served_path_metrics(
     truth: sp.csr_matrix,
     seen: sp.csr_matrix,
     *,
+    user_layout: CodeLayout | None = None,
     user_scales: npt.NDArray[np.float32] | None = None,
     item_scales: npt.NDArray[np.float32] | None = None,
     scale_mode: ScaleMode | None = None,
@@ -105,7 +106,9 @@ def served_path_metrics(
     index: ItemIndex | None = None,
 ) -> dict[str, float]:
     """Recall/NDCG from the service's own search: FAISS over the exported codes, seen items excluded."""
-    index = index or ItemIndex.build(item_codes, layout, dim, item_scales=item_scales, scale_mode=scale_mode)
+    index = index or ItemIndex.build(
+        item_codes, layout, dim, item_scales=item_scales, scale_mode=scale_mode, user_layout=user_layout
+    )
     seen = seen.tocsr()
     users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
     # Users with similar history lengths share a batch, so the over-fetch per FAISS call stays small.

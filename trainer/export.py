@@ -65,7 +65,7 @@ def cold_start_arrays(model: LightGCN, quantizer: Quantizer, data: Dataset, meth
     if isinstance(quantizer, HessianAwareQuantizer):
         with torch.no_grad():
             arrays["hq_step"] = np.array(float(quantizer._step("user")), dtype=np.float64)
-        arrays["hq_max_level"] = np.array(quantizer.max_level)
+        arrays["hq_max_level"] = np.array(quantizer.user_max_level)  # a new user's code is a user's code
     inputs = model.inputs
     if isinstance(inputs, HashedInput):
         mlp = [layer for layer in inputs.mlp if isinstance(layer, torch.nn.Linear)]
@@ -116,6 +116,7 @@ def export_bundle(
         quantizer.code_dim,
         data.test,
         seen,
+        user_layout=quantizer.user_layout,
         user_scales=users.scales,
         item_scales=items.scales,
         scale_mode=quantizer.scale_mode,
@@ -143,6 +144,7 @@ def export_bundle(
         bits=quantizer.bits,
         dim=quantizer.code_dim,
         code_layout=quantizer.layout,
+        user_code_layout=quantizer.user_layout,
         user_codes=users.codes,
         item_codes=items.codes,
         user_scales=users.scales,

@@ -60,6 +60,7 @@ COMPRESSION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 class TrainConfig:
     method: str = "fp"
     bits: int | None = None  # hq only: 1 or 2
+    user_bits: int | None = None  # hq only: users' bits when above the items' (asymmetric codes)
     item_scales: bool = False  # hq only: each item's levels times its own magnitude (one float per item)
     pretrain_epochs: int = 200  # gnaq, or any method with warm_start: full-precision stage before quantization
     warm_start: bool = False  # start the quantized model from a full-precision pre-training stage
@@ -301,6 +302,7 @@ def pretraining_stage(data: Dataset, config: TrainConfig) -> PretrainingStage:
         config,
         method="fp",
         bits=None,
+        user_bits=None,
         item_scales=False,
         epochs=config.pretrain_epochs,
         checkpoint_dir=checkpoints,
@@ -421,7 +423,12 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     adjacency = to_torch_sparse(normalized_adjacency(data.train), device)
     model = LightGCN(data.n_users, data.n_items, config.dim, config.layers, adjacency).to(device)
     quantizer = make_quantizer(
-        config.method, config.dim, config.layers, bits=config.bits, item_scales=config.item_scales
+        config.method,
+        config.dim,
+        config.layers,
+        bits=config.bits,
+        user_bits=config.user_bits,
+        item_scales=config.item_scales,
     ).to(device)
     if config.input_layer == "hash":
         model.inputs = hashed_input(data, config).to(device)

@@ -174,3 +174,36 @@ def test_repeated_ids_are_refused(tmp_path: Path, side: str) -> None:
 
 def test_distinct_settles_equal_hashes_by_the_strings() -> None:
     assert distinct(["a", "b", "c"]) and not distinct(["a", "b", "a"]) and distinct([])
+
+
+def asymmetric(original: BundleContent) -> BundleContent:
+    """The same bundle with 2-bit user codes (levels ±3 where the sign code had ±1)."""
+    users = np.concatenate([original.user_codes, original.user_codes], axis=1)
+    return dataclasses.replace(original, method="hq", user_code_layout=CodeLayout.PLANES2, user_codes=users)
+
+
+def test_asymmetric_codes_round_trip_and_symmetric_manifests_do_not_name_a_user_layout(tmp_path: Path) -> None:
+    publish_bundle(tmp_path / "sym", content())
+    assert "user_code_layout" not in json.loads((tmp_path / "sym" / "v1" / MANIFEST).read_text())
+    assert Bundle.load(tmp_path / "sym").user_layout is CodeLayout.SIGN1
+    original = asymmetric(content())
+    publish_bundle(tmp_path / "asym", original)
+    bundle = Bundle.load(tmp_path / "asym")
+    assert bundle.layout is CodeLayout.SIGN1 and bundle.user_layout is CodeLayout.PLANES2
+    np.testing.assert_array_equal(bundle.user_codes, original.user_codes)
+
+
+def test_asymmetric_user_codes_of_the_items_width_are_refused(tmp_path: Path) -> None:
+    wrong = dataclasses.replace(content(), user_code_layout=CodeLayout.PLANES2)  # 2-byte rows where 4 are needed
+    with pytest.raises(ValueError, match=r"user codes must be uint8 \[5, 4\] for planes2"):
+        publish_bundle(tmp_path, wrong)
+    assert not any(tmp_path.iterdir())
+
+
+def test_asymmetric_codes_with_scales_or_without_an_exact_pairing_are_refused(tmp_path: Path) -> None:
+    scaled = dataclasses.replace(asymmetric(content()), item_scales=np.ones((7, 1), np.float32), scale_mode="segment")
+    with pytest.raises(ValueError, match="scales are not supported with asymmetric codes"):
+        publish_bundle(tmp_path, scaled)
+    floats = dataclasses.replace(content(), user_code_layout=CodeLayout.FLOAT32)
+    with pytest.raises(ValueError, match="cannot be scored against"):
+        publish_bundle(tmp_path, floats)

@@ -7,7 +7,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index.codes import CodeLayout, dequantize, encode_planes2, encode_sign1, unpack_bits
+from index.codes import (
+    CodeLayout,
+    as_query,
+    check_pairing,
+    dequantize,
+    encode_planes2,
+    encode_sign1,
+    item_search_form,
+    query_search_form,
+    search_bits,
+    unpack_bits,
+)
 from index.hamming import exact_scores
 from index.item_index import ItemIndex
 
@@ -60,3 +71,52 @@ def test_two_bit_levels_decode_to_odd_integers() -> None:
 def test_two_bit_levels_out_of_range_are_refused() -> None:
     with pytest.raises(ValueError, match="0..3"):
         encode_planes2(np.array([[4, 0, 0, 0, 0, 0, 0, 0]]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dim=st.sampled_from([8, 16, 64, 72]),
+    n_items=st.integers(1, 60),
+    n_users=st.integers(1, 6),
+)
+def test_two_bit_queries_score_one_bit_items_exactly(seed: int, dim: int, n_items: int, n_users: int) -> None:
+    """Asymmetric codes: <2h + o, s> = 3d - 2·Hamming([H H O], [S S S]), through exact_scores and the index."""
+    rng = np.random.default_rng(seed)
+    items = random_codes(CodeLayout.SIGN1, rng, n_items, dim)
+    users = random_codes(CodeLayout.PLANES2, rng, n_users, dim)
+    expected = dequantize(users, CodeLayout.PLANES2, dim) @ dequantize(items, CodeLayout.SIGN1, dim).T
+
+    scores = exact_scores(users, items, CodeLayout.SIGN1, dim, user_layout=CodeLayout.PLANES2)
+    np.testing.assert_array_equal(scores, expected)
+    index = ItemIndex.build(items, CodeLayout.SIGN1, dim, device="cpu", user_layout=CodeLayout.PLANES2)
+    result = index.search(users, n_items)
+    for row in range(n_users):
+        order = np.lexsort((np.arange(n_items), -expected[row]))
+        np.testing.assert_array_equal(result.ids[row], order)
+        np.testing.assert_array_equal(result.scores[row], expected[row, order])
+
+
+def test_the_asymmetric_search_form_keeps_three_copies_of_the_item_code() -> None:
+    rng = np.random.default_rng(0)
+    items = random_codes(CodeLayout.SIGN1, rng, 4, 16)
+    assert search_bits(CodeLayout.SIGN1, 16, CodeLayout.PLANES2) == 48
+    form = item_search_form(items, CodeLayout.SIGN1, 16, CodeLayout.PLANES2)
+    np.testing.assert_array_equal(form, np.concatenate([items] * 3, axis=1))
+    # an item's code as a query (levels ±3) finds the item itself at distance 0
+    as_queries = as_query(items, CodeLayout.SIGN1, 16, CodeLayout.PLANES2)
+    queries = query_search_form(as_queries, CodeLayout.PLANES2, 16, CodeLayout.SIGN1)
+    np.testing.assert_array_equal(queries, form)
+
+
+@pytest.mark.parametrize(
+    ("user", "item"),
+    [
+        (CodeLayout.SIGN1, CodeLayout.PLANES2),
+        (CodeLayout.FLOAT32, CodeLayout.SIGN1),
+        (CodeLayout.SIGN1, CodeLayout.FLOAT32),
+    ],
+)
+def test_pairs_without_an_exact_search_form_are_refused(user: CodeLayout, item: CodeLayout) -> None:
+    with pytest.raises(ValueError, match="cannot be scored against"):
+        check_pairing(user, item)

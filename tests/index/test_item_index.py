@@ -93,3 +93,29 @@ def test_wrong_code_width_is_refused() -> None:
     index = ItemIndex.build(encode_sign1(np.ones((4, 16))), CodeLayout.SIGN1, 16, device="cpu")
     with pytest.raises(ValueError, match="query codes"):
         index.search(np.zeros((1, 3), np.uint8), 2)
+
+
+@pytest.mark.parametrize("backend", ["faiss-cpu", "numpy", "torch"])
+def test_asymmetric_search_matches_brute_force_and_survives_serialisation(tmp_path, backend: str) -> None:
+    """2-bit queries against 1-bit items: exact top-k with exclusions on every backend, also from a saved index."""
+    rng = np.random.default_rng(5)
+    dim, n_items = 24, 500
+    items = encode_sign1(rng.standard_normal((n_items, dim)))
+    users = encode_planes2(rng.integers(0, 4, (7, dim)))
+    scores = dequantize(users, CodeLayout.PLANES2, dim) @ dequantize(items, CodeLayout.SIGN1, dim).T
+    exclude = [rng.choice(n_items, size=rng.integers(0, 200), replace=False).astype(np.int64) for _ in range(7)]
+    built = ItemIndex.build(items, CodeLayout.SIGN1, dim, device="cpu", backend=backend, user_layout=CodeLayout.PLANES2)
+    path = tmp_path / "index.faiss"
+    path.write_bytes(built.serialize())
+    loaded = ItemIndex.load(path, layout=CodeLayout.SIGN1, dim=dim, device="cpu", user_layout=CodeLayout.PLANES2)
+    loaded.self_check(items)
+    for index in (built, loaded):
+        result = index.search(users, 20, exclude=exclude)
+        for row, excluded in enumerate(exclude):
+            s = scores[row].copy()
+            s[excluded] = -np.inf
+            np.testing.assert_array_equal(result.ids[row], np.lexsort((np.arange(n_items), -s))[:20])
+    with pytest.raises(ValueError, match=r"query codes must be \[n, 6\]"):
+        built.search(encode_sign1(rng.standard_normal((1, dim))), 5)  # a 1-bit user code for a 2-bit query
+    with pytest.raises(ValueError, match="index has d=72, the bundle's codes need 24"):
+        ItemIndex.load(path, layout=CodeLayout.SIGN1, dim=dim)  # saved for 2-bit queries, opened for 1-bit ones

@@ -192,6 +192,29 @@ def test_scaled_codes_are_served_by_exact_rerank(bigear_bundle: TrainedBundle, r
         assert item["score"] == pytest.approx(float(scores[bundle.item_ids.index(item["item_id"])]), rel=1e-5)
 
 
+def test_asymmetric_codes_are_served_with_the_users_extra_plane(
+    asymmetric_bundle: TrainedBundle, redis_server: RedisServer
+) -> None:
+    """2-bit user codes (from Redis on the second call) against 1-bit items: exact scores, seen items excluded;
+    a new user's history is coded in the users' layout."""
+    assert index_main(["build", "--bundle-root", str(asymmetric_bundle.root), "--device", "cpu"]) == 0
+    bundle = Bundle.load(asymmetric_bundle.root)
+    user, history = a_user_with_history(asymmetric_bundle.data)
+    row = bundle.user_row(user)
+    users = dequantize(bundle.user_codes[row : row + 1], bundle.user_layout, bundle.dim)
+    scores = dequantize(bundle.item_codes, bundle.layout, bundle.dim) @ users[0]
+    with running_service(local_settings(asymmetric_bundle.root, redis_server.url)) as url:
+        answers = [httpx.get(f"{url}/recommend", params={"user_id": user, "k": 10}).json() for _ in range(2)]
+        body = {"user_ids": ["newcomer"], "k": 5, "histories": {"newcomer": sorted(history)[:3]}}
+        newcomer = httpx.post(f"{url}/recommend", json=body).json()["results"][0]
+    assert answers[0] == answers[1]
+    assert answers[0]["source"] == "codes" and not {item["item_id"] for item in answers[0]["items"]} & history
+    order = np.lexsort((np.arange(scores.size), -np.where(np.isin(bundle.item_ids, list(history)), -np.inf, scores)))
+    assert [item["item_id"] for item in answers[0]["items"]] == [bundle.item_ids[i] for i in order[:10]]
+    assert [item["score"] for item in answers[0]["items"]] == [float(scores[i]) for i in order[:10]]
+    assert newcomer["source"] == "history" and len(newcomer["items"]) == 5
+
+
 def test_batch_post_answers_each_user_as_get_does(service: str, indexed_bundle: TrainedBundle) -> None:
     users = [*indexed_bundle.data.user_ids[:5], "never-seen", indexed_bundle.data.user_ids[0]]
     response = httpx.post(f"{service}/recommend", json={"user_ids": users, "k": 7})

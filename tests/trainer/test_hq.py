@@ -281,3 +281,44 @@ def test_item_scales_train_and_serve_as_evaluated(tiny_data: Dataset, tmp_path: 
     assert bundle.user_scales is None and report.item_bytes == 16 / 8 + 4
     for name, value in report.test_device.items():
         assert report.test_served[name] == pytest.approx(value, abs=1e-9)
+
+
+def test_user_bits_give_users_two_bit_levels_and_items_signs() -> None:
+    """Asymmetric codes: each side is quantized and exported at its own bits, and served values are the codes'."""
+    quantizer = HessianAwareQuantizer(32, 3, bits=1, user_bits=2)
+    users, items = torch.randn(40, 32, generator=torch.Generator().manual_seed(1)), torch.randn(50, 32)
+    quantizer.initialise_range(users, items)
+    assert quantizer.layout is CodeLayout.SIGN1 and quantizer.user_layout is CodeLayout.PLANES2
+    served_users, served_items = quantizer.served(users, "user").numpy(), quantizer.served(items, "item").numpy()
+    assert set(np.unique(served_users)) == {-3.0, -1.0, 1.0, 3.0}
+    assert set(np.unique(served_items)) == {-1.0, 1.0}
+    user_codes, item_codes = quantizer.export(users, "user").codes, quantizer.export(items, "item").codes
+    assert user_codes.shape == (40, 8) and item_codes.shape == (50, 4)
+    np.testing.assert_array_equal(dequantize(user_codes, CodeLayout.PLANES2, 32), served_users)
+    np.testing.assert_array_equal(dequantize(item_codes, CodeLayout.SIGN1, 32), served_items)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"bits": 2, "user_bits": 1}, "at least the items' bits"),
+        ({"bits": 1, "user_bits": 3}, "1 or 2 bits"),
+        ({"bits": 1, "user_bits": 2, "item_scales": True}, "does not combine"),
+    ],
+)
+def test_user_bits_that_cannot_be_served_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HessianAwareQuantizer(16, 3, **kwargs)  # type: ignore[arg-type]
+
+
+def test_trained_asymmetric_bundle_is_served_as_it_was_selected(asymmetric_bundle: TrainedBundle) -> None:
+    """The bundle keeps 1-bit items and 2-bit users; the index ranks exactly as the device path chose the epoch,
+    and a new user's cold-start code has the users' layout."""
+    bundle = Bundle.load(asymmetric_bundle.root)
+    assert bundle.layout is CodeLayout.SIGN1 and bundle.user_layout is CodeLayout.PLANES2
+    assert bundle.item_codes.shape[1] == 4 and bundle.user_codes.shape[1] == 8  # d = 32
+    assert asymmetric_bundle.report.item_bytes == 4.0
+    for name, value in asymmetric_bundle.report.test_device.items():
+        assert asymmetric_bundle.report.test_served[name] == pytest.approx(value, abs=1e-12)
+    assert bundle.manifest.metrics["recall@20"] > 0.1
+    assert bundle.cold_start is not None and int(bundle.cold_start["hq_max_level"]) == 3

@@ -18,13 +18,20 @@ METHODS: dict[str, str] = {
 
 
 def make_quantizer(
-    method: str, dim: int, layers: int, *, bits: int | None = None, item_scales: bool = False
+    method: str,
+    dim: int,
+    layers: int,
+    *,
+    bits: int | None = None,
+    user_bits: int | None = None,
+    item_scales: bool = False,
 ) -> Quantizer:
-    """The quantizer for ``method``; ``bits`` (default 1) and ``item_scales`` apply to ``hq`` only."""
+    """The quantizer for ``method``; ``bits`` (default 1), ``user_bits`` (default ``bits``) and ``item_scales``
+    apply to ``hq`` only."""
     if method == "hq":
-        return HessianAwareQuantizer(dim, layers, bits=bits or 1, item_scales=item_scales)
-    if bits is not None:
-        raise ValueError(f"--bits applies to hq only; {method} has a fixed bit width")
+        return HessianAwareQuantizer(dim, layers, bits=bits or 1, user_bits=user_bits, item_scales=item_scales)
+    if bits is not None or user_bits is not None:
+        raise ValueError(f"--bits and --user-bits apply to hq only; {method} has a fixed bit width")
     if item_scales:
         raise ValueError(f"--item-scales applies to hq only, not {method}")
     classes: dict[str, type[Quantizer]] = {

@@ -53,6 +53,11 @@ class Quantizer(nn.Module):
         self.layers = layers
 
     @property
+    def user_layout(self) -> CodeLayout:
+        """Users' code layout: the items' unless a method keeps more bits for users (asymmetric codes)."""
+        return self.layout
+
+    @property
     def code_dim(self) -> int:
         """Dimensions of the exported code (BiGeaR concatenates layers)."""
         return self.dim

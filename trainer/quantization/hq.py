@@ -61,7 +61,12 @@ class _EWGS(torch.autograd.Function):
 
 
 class HessianAwareQuantizer(Quantizer):
-    """``hq`` with b = 1 (sign codes) or b = 2 (2-bit planes)."""
+    """``hq`` with b = 1 (sign codes) or b = 2 (2-bit planes).
+
+    ``user_bits`` above ``bits`` gives asymmetric codes: users keep 2-bit levels while items keep signs. The
+    index stores only the items' codes, so their bytes stay those of ``bits``, and a user's extra plane still
+    scores exactly (index.codes.PAIRINGS); a 1-bit item code loses less against a finer query than against
+    another sign."""
 
     delta: torch.Tensor
     initialised: torch.Tensor
@@ -72,19 +77,27 @@ class HessianAwareQuantizer(Quantizer):
         layers: int,
         *,
         bits: int,
+        user_bits: int | None = None,
         item_scales: bool = False,
         delta_every: int = 5,
         delta_batches: int = 8,
         delta_probes: int = 16,
     ) -> None:
         super().__init__(dim, layers)
-        if bits not in (1, 2):
-            raise ValueError(f"hq supports 1 or 2 bits, got {bits}")
+        user_bits = user_bits or bits
+        if bits not in (1, 2) or user_bits not in (1, 2):
+            raise ValueError(f"hq supports 1 or 2 bits, got {bits} (items) and {user_bits} (users)")
+        if user_bits < bits:
+            raise ValueError(f"users need at least the items' bits, got {user_bits} < {bits}")
+        if item_scales and user_bits != bits:
+            raise ValueError("--item-scales does not combine with --user-bits above --bits")
         self.bits = bits
+        self.user_bits = user_bits
         self.item_scales = item_scales
         self.scale_mode = ScaleMode.SEGMENT if item_scales else None  # one segment: one scale per item
         self.layout = CodeLayout.SIGN1 if bits == 1 else CodeLayout.PLANES2
-        self.max_level = 2**bits - 1
+        self.max_level: int = 2**bits - 1  # the items' top level (and the users', unless user_bits says more)
+        self.user_max_level: int = 2**user_bits - 1
         self.delta_every = delta_every
         self.delta_batches = delta_batches
         # vᵀHv is noisy (BPR's Hessian has large off-diagonal terms): average many probes over several batches.
@@ -107,13 +120,20 @@ class HessianAwareQuantizer(Quantizer):
     def graph_constants(self) -> tuple[float, ...]:
         return (-1.0 if self._delta_value is None else self._delta_value,)
 
+    @property
+    def user_layout(self) -> CodeLayout:
+        return CodeLayout.SIGN1 if self.user_bits == 1 else CodeLayout.PLANES2
+
     def _step(self, side: Side) -> torch.Tensor:
         return (self.user_step if side == "user" else self.item_step).abs() + 1e-8
+
+    def _top(self, side: Side) -> int:
+        return self.user_max_level if side == "user" else self.max_level
 
     @torch.no_grad()
     def initialise_range(self, users: torch.Tensor, items: torch.Tensor) -> None:
         """Range ±3σ of each side's values; the step is the range over the top level."""
-        self.user_step.copy_(3 * users.std() / self.max_level)
+        self.user_step.copy_(3 * users.std() / self.user_max_level)
         self.item_step.copy_(3 * items.std() / self.max_level)
         self.initialised.fill_(True)
 
@@ -128,21 +148,21 @@ class HessianAwareQuantizer(Quantizer):
     def forward(self, x: torch.Tensor, side: Side) -> torch.Tensor:
         if self._delta_value is None:
             self._delta_value = float(self.delta)
-        out: torch.Tensor = _EWGS.apply(x, self._step(side), self.max_level, self._delta_value)  # type: ignore[no-untyped-call]
+        out: torch.Tensor = _EWGS.apply(x, self._step(side), self._top(side), self._delta_value)  # type: ignore[no-untyped-call]
         return out * magnitude(x) if self.item_scales and side == "item" else out
 
     @torch.no_grad()
     def served(self, x: torch.Tensor, side: Side) -> torch.Tensor:
         """The integer levels (times the item's magnitude with ``item_scales``): serving drops the global steps,
         which scale every score alike."""
-        level = odd_levels(x, self._step(side), self.max_level)
+        level = odd_levels(x, self._step(side), self._top(side))
         return level * magnitude(x) if self.item_scales and side == "item" else level
 
     def export(self, x: torch.Tensor, side: Side) -> ExportedCodes:
         with torch.no_grad():
-            level = odd_levels(x, self._step(side), self.max_level)
+            level = odd_levels(x, self._step(side), self._top(side))
             scales = as_numpy(magnitude(x)) if self.item_scales and side == "item" else None
-        if self.bits == 1:
+        if self._top(side) == 1:
             return ExportedCodes(encode_sign1(as_numpy(level)), scales)
         return ExportedCodes(encode_planes2(((as_numpy(level) + 3) / 2).astype(np.int64)), scales)
 
