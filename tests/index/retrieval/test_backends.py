@@ -167,7 +167,7 @@ TRITON_CHECK = textwrap.dedent(
     from index.retrieval import reference_topk
     from index.retrieval.triton_backend import TritonBackend
     rng = np.random.default_rng(0)
-    for n_bytes, n, k in [(8, 700, 5), (32, 500, 50), (72, 300, 300), (4, 600, 1)]:
+    for n_bytes, n, k in [(8, 700, 5), (24, 400, 20), (32, 500, 50), (72, 300, 300), (4, 600, 1)]:
         items = rng.integers(0, 256, (n, n_bytes), dtype=np.uint8)
         queries = rng.integers(0, 256, (3, n_bytes), dtype=np.uint8)
         got, want = TritonBackend(items, device="cpu").search(queries, k), reference_topk(queries, items, k)
