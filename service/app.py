@@ -80,6 +80,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
             watcher = asyncio.create_task(recommender.watch(settings.bundle_root, settings.watch_interval_s))
         app.state.settings = settings
         app.state.recommender = recommender
+        metrics.workers.set(1)  # counted once its model is loaded: a worker still loading would read CURRENT anew
         try:
             yield
         finally:  # uvicorn has stopped accepting and finished in-flight requests by now

@@ -55,10 +55,9 @@ class ServiceMetrics:
         )  # fmt: skip
         self._version: str | None = None
         self.workers = Gauge(
-            "recsys_workers", "worker processes of this server that are up", registry=self.registry,
+            "recsys_workers", "worker processes of this server serving a model", registry=self.registry,
             multiprocess_mode="livesum",
         )  # fmt: skip
-        self.workers.set(1)
         self.model_loads = Counter(
             "recsys_model_loads", "model (re)loads by outcome", ["outcome"], registry=self.registry
         )

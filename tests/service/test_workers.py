@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from index.bundle import CURRENT, Bundle
+from index.bundle import CURRENT, Bundle, set_current
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_cli import serve
 
@@ -38,7 +38,7 @@ def test_one_reload_moves_every_worker_and_metrics_cover_all(
         while metric(httpx.get(f"{url}/metrics").text, "recsys_workers") < 2:
             assert time.monotonic() < deadline, "the second worker did not start"
             time.sleep(0.1)
-        (tmp_path / CURRENT).write_text(new.path.name + "\n")
+        set_current(tmp_path, new.path.name)  # atomic, as a publisher does: a watcher never reads half a name
         reloaded = httpx.post(f"{url}/admin/reload", headers={"X-API-Key": KEY}, timeout=150)
         assert reloaded.status_code == 200, reloaded.text
         assert reloaded.json()["model_version"] == new.manifest.model_version and reloaded.json()["workers"] == 2
