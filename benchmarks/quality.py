@@ -152,6 +152,12 @@ def item_bytes(record: dict[str, Any]) -> float:
     return float(record.get("item_bytes", record["bytes_per_node"]))
 
 
+def bits(record: dict[str, Any]) -> str:
+    """Code bits per dimension: the items', and the users' where asymmetric codes give them more."""
+    users = record.get("user_bits")
+    return f"{record['bits']} (users {users})" if users and users != record["bits"] else str(record["bits"])
+
+
 def reference(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The fp d = 64 run of a dataset with the best validation Recall@20: the 100 % of every ratio."""
     fp64 = [r for r in records if r["method"] == "fp" and r.get("dim") == 64]
@@ -179,7 +185,7 @@ def report(out: Path, plot: Path, grid: str) -> None:
         ref = reference([x for x in records if x["dataset"] == r["dataset"]])
         ratio = f"{100 * r['recall@20'] / ref['recall@20']:.1f} %" if ref else "-"
         print(
-            f"| {r['dataset']} | {r['run']} | {r['bits']} | {r.get('dim')} | {item_bytes(r):.0f} "
+            f"| {r['dataset']} | {r['run']} | {bits(r)} | {r.get('dim')} | {item_bytes(r):.0f} "
             f"| {r.get('valid_recall@20', float('nan')):.4f} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} "
             f"| {r['recall@50']:.4f} | {ratio} | {r['train_seconds']:.0f} |"
         )
