@@ -10,6 +10,8 @@
 #   .carry/debs/         Debian's redis-server and wrk with their libraries, unpacked under /tmp/debs (never /)
 #   .carry/gowalla_hq/   the Gowalla hq bundle of the CPU serving figures, without its cold-start arrays
 #   .gpu-kit/            ../shared/tools/faiss-gpu-device (faiss-gpu and float rows are skipped without it)
+# MPS=1 runs every server under CUDA MPS (one GPU context shared by the workers' processes instead of time-slicing
+# between theirs), where nvidia-cuda-mps-control exists; the JSON's meta says whether it was on.
 # Set RECSYS_COMMIT to the commit measured (no .git travels). GPU_SERVING_ARGS adds or overrides options of
 # benchmarks/gpu_serving.py (e.g. "--workers 4 --batch-max-wait-ms 0.5"). BUDGET_S (default 540) is the whole
 # script's wall-clock budget: the benchmark is given what the set-up leaves of it less TEST_S (default 75) for the
@@ -34,6 +36,18 @@ WRK_VERSION=$(wrk --version 2>&1 | head -n 1)  # wrk --version exits 1 after pri
 redis-server --version && [[ $WRK_VERSION == wrk* ]] || { echo "carried redis-server / wrk do not run: $WRK_VERSION"; exit 1; }
 echo "$WRK_VERSION"
 ldd --version | head -n 1
+
+if [ "${MPS:-0}" = 1 ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d; then
+    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    echo "CUDA MPS on"
+  else
+    echo "CUDA MPS could not start: the servers time-slice the GPU"
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  fi
+fi
 
 KIT=()
 [ -d .gpu-kit ] && KIT=(--faiss-gpu-kit .gpu-kit)

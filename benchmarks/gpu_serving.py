@@ -149,6 +149,7 @@ class Run:
             "device": self.device, "commit": commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "generator": "wrk (closed loop), benchmarks/gpu_serving.lua", "k": 20, "setup_s": {},
             "settings": {"batch_max_size": args.batch_max_size, "batch_max_wait_ms": args.batch_max_wait_ms},
+            "cuda_mps": bool(os.environ.get("CUDA_MPS_PIPE_DIRECTORY")),  # workers share the GPU through MPS
             "argv": sys.argv[1:],
         }  # fmt: skip
         self.catalogues: dict[str, Catalogue] = {}

@@ -98,6 +98,10 @@ class Reranker:
         return dequantize(self.item_codes[ids], layout, dim, self.item_scales[ids], self.mode)
 
 
+# Serving's widest fetch that warm-up prepares: k = 20 plus up to a few hundred seen items to skip (a power of two).
+WARM_MAX_FETCH = 256
+
+
 class IndexSelfCheckError(RuntimeError):
     """The index returned wrong results for codes it holds (e.g. a GPU build without code for the card)."""
 
@@ -297,6 +301,26 @@ class ItemIndex:
         if self.layout.is_binary:
             return query_search_form(np.asarray(query_codes, np.uint8), self.user_layout, self.dim, self.layout)
         return np.ascontiguousarray(query_codes, dtype=np.float32)
+
+    def warm(self, max_batch: int, max_fetch: int = WARM_MAX_FETCH) -> int:
+        """On a GPU, search once at every batch and fetch shape serving will ask for: powers of two up to
+        ``max_batch`` queries and from 16 up to ``max_fetch`` results (k plus the seen items a query skips). The
+        kernels compile and the CUDA graphs are captured here, not inside the first requests of each shape. Returns
+        the searches made (none on a CPU, where there is nothing to capture)."""
+        if not self.on_gpu or self.n_items == 0:
+            return 0
+        width = code_width(self.user_layout, self.dim)
+        dtype = np.float32 if self.user_layout is CodeLayout.FLOAT32 else np.uint8
+        queries = self.prepare_queries(np.zeros((max(max_batch, 1), width), dtype=dtype))
+        fetches = [f for f in (16 << i for i in range(16)) if f <= min(max_fetch, self.n_items, MAX_K)]
+        searches = 0
+        batch = 1
+        while batch <= max_batch:
+            for fetch in fetches:
+                self._raw_search(queries[:batch], fetch)
+                searches += 1
+            batch *= 2
+        return searches
 
     def search(
         self,

@@ -48,7 +48,10 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         serving = model or ServingModel.load(
-            settings.bundle_root, device=settings.device, backend=settings.retrieval_backend
+            settings.bundle_root,
+            device=settings.device,
+            backend=settings.retrieval_backend,
+            warm_batch=settings.batch_max_size,
         )
         redis = Redis.from_url(
             settings.redis_url,

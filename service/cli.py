@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        model = ServingModel.load(settings.bundle_root, device=settings.device, backend=settings.retrieval_backend)
+        # One worker serves this very model: warm it at every batch shape. Several load their own; this one verifies.
+        warm_batch = settings.batch_max_size if settings.workers == 1 else 1
+        model = ServingModel.load(
+            settings.bundle_root, device=settings.device, backend=settings.retrieval_backend, warm_batch=warm_batch
+        )
     except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
         print(f"recsys-serve: error: {error}", file=sys.stderr)
         return 2

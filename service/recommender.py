@@ -49,8 +49,11 @@ class ServingModel:
         return self.bundle.manifest.model_version
 
     @classmethod
-    def load(cls, root: Path, *, device: DevicePreference = "auto", backend: str = "auto") -> ServingModel:
-        """Load and verify the CURRENT bundle, load (or build) its index, self-check and warm it."""
+    def load(
+        cls, root: Path, *, device: DevicePreference = "auto", backend: str = "auto", warm_batch: int = 1
+    ) -> ServingModel:
+        """Load and verify the CURRENT bundle, load (or build) its index, self-check and warm it (on a GPU at every
+        batch shape up to ``warm_batch`` queries, the micro-batcher's largest)."""
         bundle = Bundle.load(root)
         if bundle.cold_start is not None:
             m = bundle.manifest
@@ -59,6 +62,7 @@ class ServingModel:
             except (ValueError, KeyError, IndexError, TypeError) as error:
                 raise BundleError(f"{bundle.path / COLD_START_FILE}: {error}") from error
         index = ItemIndex.for_bundle(bundle, device=device, backend=backend)
+        index.warm(warm_batch)
         if bundle.manifest.n_users and index.n_items:  # warm-up: the first real request pays no first-call cost
             scales = bundle.user_scales[:1] if bundle.user_scales is not None else None
             index.search(np.asarray(bundle.user_codes[:1]), min(10, index.n_items), query_scales=scales)
@@ -163,7 +167,9 @@ class Recommender:
         async with self._reload_lock:
             previous = self.model
             try:
-                loaded = await asyncio.to_thread(ServingModel.load, root, device=self.device, backend=self.backend)
+                loaded = await asyncio.to_thread(
+                    ServingModel.load, root, device=self.device, backend=self.backend, warm_batch=self.batcher.max_batch
+                )
             except LOAD_FAILURES as error:
                 self.metrics.model_loads.labels(outcome="refused").inc()
                 log.error("refused bundle under %s, still serving %s: %s", root, previous.version, error)
