@@ -24,7 +24,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from index.codes import CodeLayout, ScaleMode, check_pairing, check_scales, code_width
+from index.codes import CodeLayout, ScaleMode, check_pairing, check_scales, code_dtype, code_width
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -127,23 +127,16 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
-def check_layouts(user_layout: CodeLayout, item_layout: CodeLayout, has_scales: bool) -> None:
-    """Raise ValueError unless the two sides' codes score exactly against each other (scales: symmetric only)."""
-    check_pairing(user_layout, item_layout)
-    if has_scales and user_layout is not item_layout:
-        raise ValueError("scales are not supported with asymmetric codes")
-
-
 def _validate_content(content: BundleContent) -> None:
     item_layout = content.code_layout
     user_layout = content.user_code_layout or item_layout
-    check_layouts(user_layout, item_layout, content.user_scales is not None or content.item_scales is not None)
+    check_pairing(user_layout, item_layout, content.user_scales is not None or content.item_scales is not None)
     for side, layout, codes, ids in (
         ("user", user_layout, content.user_codes, content.user_ids),
         ("item", item_layout, content.item_codes, content.item_ids),
     ):
         width = code_width(layout, content.dim)
-        expected_dtype = np.float32 if layout is CodeLayout.FLOAT32 else np.uint8
+        expected_dtype = code_dtype(layout)
         if codes.dtype != expected_dtype or codes.shape != (len(ids), width):
             raise ValueError(
                 f"{side} codes must be {np.dtype(expected_dtype).name} [{len(ids)}, {width}] for "
@@ -399,7 +392,7 @@ class Bundle:
     def _check_shapes(self) -> None:
         m = self.manifest
         try:
-            check_layouts(self.user_layout, self.layout, self.user_scales is not None or self.item_scales is not None)
+            check_pairing(self.user_layout, self.layout, self.user_scales is not None or self.item_scales is not None)
         except ValueError as error:
             raise BundleError(f"{self.path / MANIFEST}: {error}") from error
         for name, layout, array, rows in (
@@ -407,7 +400,7 @@ class Bundle:
             ("item_codes.npy", self.layout, self.item_codes, m.n_items),
         ):
             width = code_width(layout, m.dim)
-            dtype = np.float32 if layout is CodeLayout.FLOAT32 else np.uint8
+            dtype = code_dtype(layout)
             if array.dtype != dtype or array.shape != (rows, width):
                 raise BundleError(
                     f"{self.path / name}: expected {np.dtype(dtype).name} [{rows}, {width}], "

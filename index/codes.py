@@ -74,6 +74,11 @@ def check_dim(layout: CodeLayout, dim: int) -> None:
         raise ValueError(f"binary code layouts need dim divisible by 8, got {dim}")
 
 
+def code_dtype(layout: CodeLayout) -> type[np.generic]:
+    """Element type of the stored code array: float32 vectors or packed bytes."""
+    return np.float32 if layout is CodeLayout.FLOAT32 else np.uint8
+
+
 def code_width(layout: CodeLayout, dim: int) -> int:
     """Row width of the stored code array: bytes for binary layouts, floats for ``float32``."""
     check_dim(layout, dim)
@@ -142,11 +147,14 @@ PAIRINGS = {
 }
 
 
-def check_pairing(user_layout: CodeLayout, item_layout: CodeLayout) -> None:
-    """Raise ValueError unless users' and items' codes can be scored against each other exactly."""
+def check_pairing(user_layout: CodeLayout, item_layout: CodeLayout, scaled: bool = False) -> None:
+    """Raise ValueError unless users' and items' codes can be scored against each other exactly (``scaled``: with
+    per-node scales, which only symmetric codes take)."""
     if (user_layout, item_layout) not in PAIRINGS:
         pairs = ", ".join(f"{u}/{i}" for u, i in sorted(PAIRINGS))
         raise ValueError(f"user codes {user_layout} cannot be scored against item codes {item_layout} (pairs: {pairs})")
+    if scaled and user_layout is not item_layout:
+        raise ValueError("scales are not supported with asymmetric codes")
 
 
 def search_bits(layout: CodeLayout, dim: int, query_layout: CodeLayout | None = None) -> int:

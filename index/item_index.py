@@ -25,6 +25,7 @@ from index.codes import (
     as_query,
     check_pairing,
     check_scales,
+    code_dtype,
     code_width,
     dequantize,
     item_search_form,
@@ -136,9 +137,7 @@ class ItemIndex:
     ) -> None:
         self.layout = layout
         self.user_layout = user_layout or layout  # queries' layout: more bits than the items' for asymmetric codes
-        check_pairing(self.user_layout, layout)
-        if self.user_layout is not layout and rerank is not None:
-            raise ValueError("item scales are not supported with asymmetric codes")
+        check_pairing(self.user_layout, layout, scaled=rerank is not None)
         self.dim = dim
         self.rerank = rerank
         self._cpu_index = cpu_index
@@ -309,9 +308,8 @@ class ItemIndex:
         the searches made (none on a CPU, where there is nothing to capture)."""
         if not self.on_gpu or self.n_items == 0:
             return 0
-        width = code_width(self.user_layout, self.dim)
-        dtype = np.float32 if self.user_layout is CodeLayout.FLOAT32 else np.uint8
-        queries = self.prepare_queries(np.zeros((max(max_batch, 1), width), dtype=dtype))
+        shape = (max(max_batch, 1), code_width(self.user_layout, self.dim))
+        queries = self.prepare_queries(np.zeros(shape, dtype=code_dtype(self.user_layout)))
         fetches = [f for f in (16 << i for i in range(16)) if f <= min(max_fetch, self.n_items, MAX_K)]
         searches = 0
         batch = 1

@@ -95,7 +95,7 @@ class HessianAwareQuantizer(Quantizer):
         self.user_bits = user_bits
         self.item_scales = item_scales
         self.scale_mode = ScaleMode.SEGMENT if item_scales else None  # one segment: one scale per item
-        self.layout = CodeLayout.SIGN1 if bits == 1 else CodeLayout.PLANES2
+        self.layout = layout_of(bits)
         self.max_level: int = 2**bits - 1  # the items' top level (and the users', unless user_bits says more)
         self.user_max_level: int = 2**user_bits - 1
         self.delta_every = delta_every
@@ -122,7 +122,7 @@ class HessianAwareQuantizer(Quantizer):
 
     @property
     def user_layout(self) -> CodeLayout:
-        return CodeLayout.SIGN1 if self.user_bits == 1 else CodeLayout.PLANES2
+        return layout_of(self.user_bits)
 
     def _step(self, side: Side) -> torch.Tensor:
         return (self.user_step if side == "user" else self.item_step).abs() + 1e-8
@@ -198,6 +198,11 @@ class HessianAwareQuantizer(Quantizer):
             grads.append(grad)
             count += grad.numel()
         return delta_from(traces / count, torch.cat(grads))
+
+
+def layout_of(bits: int) -> CodeLayout:
+    """How codes of ``bits`` per dimension are stored: signs, or two bit planes."""
+    return CodeLayout.SIGN1 if bits == 1 else CodeLayout.PLANES2
 
 
 def magnitude(x: torch.Tensor) -> torch.Tensor:
