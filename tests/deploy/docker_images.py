@@ -196,24 +196,22 @@ def recipe_image(engine: Engine, name: str, debian: str, workdir: Path, progress
     if engine.image_exists(tag):
         return Build(name, tag, 0.0, engine.image_size(tag))
     progress(f"building {tag} from Debian's packages")
+    options = ["--build-arg", f"DEBIAN_IMAGE={debian}", "--file", str(RECIPES / f"{name}.Dockerfile")]
+    return timed_build(engine, name, tag, [*options, str(RECIPES)], workdir, progress, timeout=600)
+
+
+def timed_build(
+    engine: Engine, name: str, tag: str, arguments: list[str], workdir: Path, progress: Progress, timeout: float
+) -> Build:
+    """``docker build --tag TAG ARGUMENTS…`` with its output in ``<name>-build.log``: the image, its build time
+    and size."""
     started = time.monotonic()
     stream(
-        [
-            engine.docker,
-            "build",
-            "--progress=plain",
-            "--build-arg",
-            f"DEBIAN_IMAGE={debian}",
-            "--file",
-            str(RECIPES / f"{name}.Dockerfile"),
-            "--tag",
-            tag,
-            str(RECIPES),
-        ],
+        [engine.docker, "build", "--progress=plain", "--tag", tag, *arguments],
         log=workdir / f"{name}-build.log",
         progress=progress,
         show=build_step,
-        timeout=600,
+        timeout=timeout,
     )
     return Build(name, tag, time.monotonic() - started, engine.image_size(tag))
 
@@ -248,27 +246,8 @@ def build_target(
     tag = f"binrec-{target}:{TAG}"
     progress(f"building {tag}")
     arguments = [f"--build-arg={name}={value}" for name, value in build_args.items()]
-    started = time.monotonic()
-    stream(
-        [
-            engine.docker,
-            "build",
-            "--progress=plain",
-            "--target",
-            target,
-            "--tag",
-            tag,
-            "--secret",
-            f"id=ca_bundle,src={secret}",
-            *arguments,
-            str(ROOT),
-        ],
-        log=workdir / f"{target}-build.log",
-        progress=progress,
-        show=build_step,
-        timeout=1200,
-    )
-    return Build(target, tag, time.monotonic() - started, engine.image_size(tag))
+    options = ["--target", target, "--secret", f"id=ca_bundle,src={secret}", *arguments]
+    return timed_build(engine, target, tag, [*options, str(ROOT)], workdir, progress, timeout=1200)
 
 
 def build_stack_images(engine: Engine, workdir: Path, progress: Progress) -> StackImages:
