@@ -306,9 +306,9 @@ class ItemIndex:
         ``max_batch`` queries and from 16 up to ``max_fetch`` results (k plus the seen items a query skips). The
         kernels compile and the CUDA graphs are captured here, not inside the first requests of each shape. Returns
         the searches made (none on a CPU, where there is nothing to capture)."""
-        if not self.on_gpu or self.n_items == 0:
+        if max_batch < 1 or not self.on_gpu or self.n_items == 0:
             return 0
-        shape = (max(max_batch, 1), code_width(self.user_layout, self.dim))
+        shape = (max_batch, code_width(self.user_layout, self.dim))
         queries = self.prepare_queries(np.zeros(shape, dtype=code_dtype(self.user_layout)))
         fetches = [f for f in (16 << i for i in range(16)) if f <= min(max_fetch, self.n_items, MAX_K)]
         searches = 0

@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        # One worker serves this very model: warm it at every batch shape. Several load their own; this one verifies.
-        warm_batch = settings.batch_max_size if settings.workers == 1 else 1
+        # One worker serves this very model: warm it at every batch shape. Several load and warm their own; this
+        # process only verifies, and its GPU index searches nothing more.
+        warm_batch = settings.batch_max_size if settings.workers == 1 else 0
         model = ServingModel.load(
             settings.bundle_root, device=settings.device, backend=settings.retrieval_backend, warm_batch=warm_batch
         )
