@@ -62,9 +62,7 @@ FROM pip AS wheel
 WORKDIR /src
 # README.m[d]: the readme is package metadata, but the build must not fail without it.
 COPY pyproject.toml README.m[d] ./
-COPY trainer/ trainer/
-COPY index/ index/
-COPY service/ service/
+COPY binrec/ binrec/
 RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=bind,source=wheelhouse,target=/wheelhouse \
     --mount=type=cache,target=/root/.cache/pip \

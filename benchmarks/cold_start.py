@@ -27,14 +27,14 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.records import append_records  # noqa: E402
-from index.bundle import Bundle  # noqa: E402
-from index.item_index import ItemIndex  # noqa: E402
-from service.cold_start import ColdStart  # noqa: E402
-from trainer.cli import build_parser  # noqa: E402
-from trainer.data import Dataset, load_dataset  # noqa: E402
-from trainer.export import export_bundle  # noqa: E402
-from trainer.metrics import ranking_metrics  # noqa: E402
-from trainer.train import TrainConfig, refit, train  # noqa: E402
+from binrec.index.bundle import Bundle  # noqa: E402
+from binrec.index.item_index import ItemIndex  # noqa: E402
+from binrec.service.cold_start import ColdStart  # noqa: E402
+from binrec.trainer.cli import build_parser  # noqa: E402
+from binrec.trainer.data import Dataset, load_dataset  # noqa: E402
+from binrec.trainer.export import export_bundle  # noqa: E402
+from binrec.trainer.metrics import ranking_metrics  # noqa: E402
+from binrec.trainer.train import TrainConfig, refit, train  # noqa: E402
 
 
 def without_users(data: Dataset, users: np.ndarray) -> Dataset:

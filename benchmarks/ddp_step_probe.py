@@ -26,14 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.data import load_dataset  # noqa: E402
-from trainer.distributed import World, current_world, rank_device, rank_share, start, stop  # noqa: E402
-from trainer.graph import normalized_adjacency, to_torch_sparse  # noqa: E402
-from trainer.model import LightGCN  # noqa: E402
-from trainer.quantization import make_quantizer  # noqa: E402
-from trainer.sampling import BPRSampler  # noqa: E402
-from trainer.step_graph import GraphedStep  # noqa: E402
-from trainer.train import parallel_objective, pick_device  # noqa: E402
+from binrec.trainer.data import load_dataset  # noqa: E402
+from binrec.trainer.distributed import World, current_world, rank_device, rank_share, start, stop  # noqa: E402
+from binrec.trainer.graph import normalized_adjacency, to_torch_sparse  # noqa: E402
+from binrec.trainer.model import LightGCN  # noqa: E402
+from binrec.trainer.quantization import make_quantizer  # noqa: E402
+from binrec.trainer.sampling import BPRSampler  # noqa: E402
+from binrec.trainer.step_graph import GraphedStep  # noqa: E402
+from binrec.trainer.train import parallel_objective, pick_device  # noqa: E402
 
 
 def median_ms(run: Callable[[], None], steps: int, device: torch.device) -> float:

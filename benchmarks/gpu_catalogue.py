@@ -27,8 +27,8 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from index.bundle import Bundle, BundleContent, publish_bundle  # noqa: E402
-from index.codes import CodeLayout, code_width  # noqa: E402
+from binrec.index.bundle import Bundle, BundleContent, publish_bundle  # noqa: E402
+from binrec.index.codes import CodeLayout, code_width  # noqa: E402
 
 SEEN_MIN, SEEN_MAX = 20, 200
 POPULAR = 1000  # the fallback list: unknown users get its first k items

@@ -57,8 +57,8 @@ from benchmarks.wrk_load import (  # noqa: E402
     write_synthetic_users,
     write_users_file,
 )
-from index.bundle import Bundle, publish_bundle  # noqa: E402
-from index.codes import CodeLayout  # noqa: E402
+from binrec.index.bundle import Bundle, publish_bundle  # noqa: E402
+from binrec.index.codes import CodeLayout  # noqa: E402
 
 GPU_BACKENDS = ("triton", "faiss-gpu", "torch")
 TARGET_RATE, TARGET_P99_MS = 10_000.0, 10.0  # issue #23, for codes + triton at 10M items

@@ -23,9 +23,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.records import append_records  # noqa: E402
-from index.hash_codes import graph_codes  # noqa: E402
-from trainer.data import load_dataset  # noqa: E402
-from trainer.evaluate import device_metrics  # noqa: E402
+from binrec.index.hash_codes import graph_codes  # noqa: E402
+from binrec.trainer.data import load_dataset  # noqa: E402
+from binrec.trainer.evaluate import device_metrics  # noqa: E402
 
 
 def main() -> int:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.records import append_records  # noqa: E402
-from trainer.hashing import HashedInput, parameter_count  # noqa: E402
+from binrec.trainer.hashing import HashedInput, parameter_count  # noqa: E402
 
 
 def step_seconds(layer: HashedInput, batch: torch.Tensor, repeats: int) -> float:

@@ -32,11 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.records import append_records  # noqa: E402
-from trainer.graph import normalized_adjacency, to_torch_sparse  # noqa: E402
-from trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count  # noqa: E402
-from trainer.loss import bpr  # noqa: E402
-from trainer.model import LightGCN  # noqa: E402
-from trainer.sampling import BPRSampler  # noqa: E402
+from binrec.trainer.graph import normalized_adjacency, to_torch_sparse  # noqa: E402
+from binrec.trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count  # noqa: E402
+from binrec.trainer.loss import bpr  # noqa: E402
+from binrec.trainer.model import LightGCN  # noqa: E402
+from binrec.trainer.sampling import BPRSampler  # noqa: E402
 
 
 def synthetic_graph(users: int, items: int, edges: int, seed: int) -> sp.csr_matrix:

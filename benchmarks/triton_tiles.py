@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import index.retrieval.triton_backend as triton_backend  # noqa: E402
+import binrec.index.retrieval.triton_backend as triton_backend  # noqa: E402
 from benchmarks.retrieval import commit, device_name, kernel_times, random_codes, random_word_major, timed  # noqa: E402
-from index.retrieval.triton_backend import Tiles, TritonBackend  # noqa: E402
+from binrec.index.retrieval.triton_backend import Tiles, TritonBackend  # noqa: E402
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from index.bundle import (
+from binrec.index.bundle import (
     CURRENT,
     MANIFEST,
     Bundle,
@@ -22,7 +22,7 @@ from index.bundle import (
     publish_bundle,
     set_current,
 )
-from index.codes import CodeLayout, encode_sign1
+from binrec.index.codes import CodeLayout, encode_sign1
 
 
 def content(version: str = "v1", n_users: int = 5, n_items: int = 7, dim: int = 16) -> BundleContent:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index.codes import (
+from binrec.index.codes import (
     CodeLayout,
     as_query,
     check_pairing,
@@ -19,8 +19,8 @@ from index.codes import (
     search_bits,
     unpack_bits,
 )
-from index.hamming import exact_scores
-from index.item_index import ItemIndex
+from binrec.index.hamming import exact_scores
+from binrec.index.item_index import ItemIndex
 
 
 def random_codes(layout: CodeLayout, rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.codes import CodeLayout, encode_planes2, encode_sign1
-from index.item_index import ItemIndex, gpu_count
+from binrec.index.codes import CodeLayout, encode_planes2, encode_sign1
+from binrec.index.item_index import ItemIndex, gpu_count
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_count() == 0, reason="FAISS sees no GPU")]
 

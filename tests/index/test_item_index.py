@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.codes import CodeLayout, dequantize, encode_planes2, encode_sign1
-from index.item_index import IndexSelfCheckError, ItemIndex
+from binrec.index.codes import CodeLayout, dequantize, encode_planes2, encode_sign1
+from binrec.index.item_index import IndexSelfCheckError, ItemIndex
 
 
 def brute_force(users: np.ndarray, items: np.ndarray, layout: CodeLayout, dim: int, k: int, exclude: list[np.ndarray]):

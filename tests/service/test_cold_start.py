@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from index.bundle import COLD_START_FILE, Bundle, BundleError
-from index.hash_codes import group_indices
-from index.item_index import ItemIndex
-from service.cold_start import ColdStart
+from binrec.index.bundle import COLD_START_FILE, Bundle, BundleError
+from binrec.index.hash_codes import group_indices
+from binrec.index.item_index import ItemIndex
+from binrec.service.cold_start import ColdStart
+from binrec.trainer.data import Dataset
+from binrec.trainer.export import cold_start_arrays, export_bundle
+from binrec.trainer.hashing import HashedInput
+from binrec.trainer.train import TrainConfig, train
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_api import local_settings, running_service
-from trainer.data import Dataset
-from trainer.export import cold_start_arrays, export_bundle
-from trainer.hashing import HashedInput
-from trainer.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

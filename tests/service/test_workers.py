@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from index.bundle import CURRENT, Bundle, set_current
+from binrec.index.bundle import CURRENT, Bundle, set_current
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_cli import serve
 

@@ -11,9 +11,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from index.hash_codes import hop_parts, split_points
-from trainer.data import Dataset
-from trainer.hashing import (
+from binrec.index.hash_codes import hop_parts, split_points
+from binrec.trainer.data import Dataset
+from binrec.trainer.hashing import (
     HashedInput,
     cold_user_bits,
     graph_codes,
@@ -22,7 +22,7 @@ from trainer.hashing import (
     projection_rows,
     side_codes,
 )
-from trainer.train import TrainConfig, train
+from binrec.trainer.train import TrainConfig, train
 
 
 def test_projection_rows_are_regenerated_not_stored() -> None:

@@ -17,16 +17,16 @@ import pytest
 import torch
 from torch import nn
 
-import trainer.quantization.hq as hq
-from index.bundle import Bundle
-from index.codes import CodeLayout, dequantize
+import binrec.trainer.quantization.hq as hq
+from binrec.index.bundle import Bundle
+from binrec.index.codes import CodeLayout, dequantize
+from binrec.trainer.data import Dataset
+from binrec.trainer.export import export_bundle
+from binrec.trainer.quantization.base import RefreshContext
+from binrec.trainer.quantization.hq import _EWGS, HessianAwareQuantizer, delta_from, odd_levels
+from binrec.trainer.sampling import BPRSampler
+from binrec.trainer.train import TrainConfig, TrainResult, train
 from tests.conftest import TrainedBundle
-from trainer.data import Dataset
-from trainer.export import export_bundle
-from trainer.quantization.base import RefreshContext
-from trainer.quantization.hq import _EWGS, HessianAwareQuantizer, delta_from, odd_levels
-from trainer.sampling import BPRSampler
-from trainer.train import TrainConfig, TrainResult, train
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

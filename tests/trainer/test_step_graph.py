@@ -5,11 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from trainer.data import Dataset
-from trainer.distributed import World
-from trainer.quantization import make_quantizer
-from trainer.step_graph import GraphedStep
-from trainer.train import TrainConfig, match_capturable, step_graph_applies, train
+from binrec.trainer.data import Dataset
+from binrec.trainer.distributed import World
+from binrec.trainer.quantization import make_quantizer
+from binrec.trainer.step_graph import GraphedStep
+from binrec.trainer.train import TrainConfig, match_capturable, step_graph_applies, train
 
 CUDA = torch.device("cuda")
 

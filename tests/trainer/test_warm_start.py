@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.data import Dataset
-from trainer.train import TrainConfig, train
-from trainer.warm_start import SavedStage, WarmStartError, load_stage, save_stages
+from binrec.trainer.data import Dataset
+from binrec.trainer.train import TrainConfig, train
+from binrec.trainer.warm_start import SavedStage, WarmStartError, load_stage, save_stages
 
 
 def fp_stage(data: Dataset) -> SavedStage:

@@ -1,0 +1,429 @@
+"""Exact Top-K over item codes: Hamming search for low-bit codes, FAISS inner product for floats.
+
+Binary codes are searched by an ``index.retrieval`` backend (our Triton kernel on a GPU, FAISS
+otherwise; a setting picks another), floats by FAISS ``IndexFlatIP``; the FAISS form is also what a
+bundle stores. Searches do not filter seen items, and low-bit scores tie a lot (64-bit codes have
+only 65 distinct scores), so ``ItemIndex`` over-fetches, filters, orders by (score desc, item id asc)
+and widens the fetch until the boundary score is no longer shared with items it did not fetch:
+results are exact and deterministic whichever backend runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from binrec.index.bundle import Bundle
+from binrec.index.codes import (
+    CodeLayout,
+    ScaleMode,
+    as_query,
+    check_pairing,
+    check_scales,
+    code_dtype,
+    code_width,
+    dequantize,
+    item_search_form,
+    query_search_form,
+    scores_from_distances,
+    search_bits,
+)
+from binrec.index.hamming import exact_scores
+from binrec.index.retrieval import MAX_K, HammingBackend, make_backend
+from binrec.index.retrieval.faiss_backend import GPU_MAX_K
+from binrec.index.retrieval.faiss_backend import faiss_gpu_count as gpu_count
+
+try:
+    import faiss
+except ImportError as error:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "FAISS is not installed: install the project with the `cpu` extra (faiss-cpu) or the `gpu` extra"
+    ) from error
+
+log = logging.getLogger(__name__)
+
+DevicePreference = Literal["auto", "cpu", "gpu"]
+
+
+DEFAULT_RERANK_FACTOR = 10  # Hamming candidates per requested item when item scales re-rank
+DEFAULT_HEAVY_ITEMS = 500  # largest-norm items added to every re-rank's candidates
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """Item codes and scales kept beside the index, to score Hamming candidates exactly.
+
+    Hamming distance sees only the code's direction; with scales, an item's magnitude moves its score
+    as much. So the candidates are the Hamming neighbours plus the items of largest norm (``heavy``):
+    on Gowalla with BiGeaR codes, 10 × k Hamming candidates alone kept 70 % of the exact Recall@20 and
+    with the 500 heaviest items added 99 % (BENCHMARKS.md).
+    """
+
+    item_codes: npt.NDArray[np.uint8]
+    item_scales: npt.NDArray[np.float32]
+    mode: ScaleMode
+    heavy: npt.NDArray[np.int64]
+    factor: int = DEFAULT_RERANK_FACTOR
+
+    @classmethod
+    def of(
+        cls,
+        item_codes: npt.NDArray[Any],
+        item_scales: npt.NDArray[np.floating] | None,
+        mode: ScaleMode | None,
+        layout: CodeLayout,
+        dim: int,
+        factor: int = DEFAULT_RERANK_FACTOR,
+        heavy_items: int = DEFAULT_HEAVY_ITEMS,
+    ) -> Reranker | None:
+        if item_scales is None:
+            return None
+        check_scales(layout, dim, item_scales, mode, item_codes.shape[0])
+        assert mode is not None
+        codes, scales = np.asarray(item_codes, np.uint8), np.asarray(item_scales, np.float32)
+        norms = np.concatenate(
+            [
+                np.linalg.norm(dequantize(codes[s : s + 65536], layout, dim, scales[s : s + 65536], mode), axis=1)
+                for s in range(0, codes.shape[0], 65536)
+            ]
+        )
+        heavy = np.sort(np.argsort(-norms, kind="stable")[:heavy_items]).astype(np.int64)
+        return cls(codes, scales, mode, heavy, factor)
+
+    def item_vectors(self, ids: npt.NDArray[np.int64], layout: CodeLayout, dim: int) -> npt.NDArray[np.float32]:
+        return dequantize(self.item_codes[ids], layout, dim, self.item_scales[ids], self.mode)
+
+
+# Serving's widest fetch that warm-up prepares: k = 20 plus up to a few hundred seen items to skip (a power of two).
+WARM_MAX_FETCH = 256
+
+
+class IndexSelfCheckError(RuntimeError):
+    """The index returned wrong results for codes it holds (e.g. a GPU build without code for the card)."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Row q holds query q's items (internal ids, best first) and exact scores; -1 pads short rows."""
+
+    ids: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float32]
+
+
+class ItemIndex:
+    """Top-K search over one bundle's items.
+
+    Example::
+
+        index = ItemIndex.build(item_codes, CodeLayout.SIGN1, dim=64)
+        result = index.search(user_codes[:2], k=20, exclude=[seen_0, seen_1])
+    """
+
+    def __init__(
+        self,
+        cpu_index: Any,
+        *,
+        layout: CodeLayout,
+        dim: int,
+        device: DevicePreference = "auto",
+        rerank: Reranker | None = None,
+        backend: str = "auto",
+        user_layout: CodeLayout | None = None,
+    ) -> None:
+        self.layout = layout
+        self.user_layout = user_layout or layout  # queries' layout: more bits than the items' for asymmetric codes
+        check_pairing(self.user_layout, layout, scaled=rerank is not None)
+        self.dim = dim
+        self.rerank = rerank
+        self._cpu_index = cpu_index
+        self._gpu_index: Any | None = None
+        self._hamming: HammingBackend | None = None
+        if layout.is_binary:
+            # A view of the codes FAISS already holds: no second copy at start-up (GPU backends copy to the device).
+            size = cpu_index.ntotal * cpu_index.code_size
+            codes = faiss.rev_swig_ptr(cpu_index.xb.data(), size).reshape(cpu_index.ntotal, cpu_index.code_size)
+            if codes.shape[0]:
+                self._hamming = make_backend(codes, backend, device=device, cpu_index=cpu_index)
+            self.backend = self._hamming.name if self._hamming is not None else "faiss-cpu"
+        else:
+            if device == "gpu" and gpu_count() == 0:
+                raise RuntimeError("device=gpu asked for, but FAISS sees no GPU (is faiss-gpu installed?)")
+            if device == "gpu" or (device == "auto" and gpu_count() > 0):
+                self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, cpu_index)
+            self.backend = "faiss-float-gpu" if self._gpu_index is not None else "faiss-float-cpu"
+        log.info("item index ready: %d items, layout %s, d=%d, backend %s", self.n_items, layout, dim, self.backend)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._hamming.on_gpu if self._hamming is not None else self._gpu_index is not None
+
+    @property
+    def n_items(self) -> int:
+        return int(self._cpu_index.ntotal)
+
+    @classmethod
+    def build(
+        cls,
+        item_codes: npt.NDArray[Any],
+        layout: CodeLayout,
+        dim: int,
+        *,
+        device: DevicePreference = "auto",
+        item_scales: npt.NDArray[np.floating] | None = None,
+        scale_mode: ScaleMode | None = None,
+        rerank_factor: int = DEFAULT_RERANK_FACTOR,
+        heavy_items: int = DEFAULT_HEAVY_ITEMS,
+        backend: str = "auto",
+        user_layout: CodeLayout | None = None,
+    ) -> ItemIndex:
+        expected = code_width(layout, dim)
+        if item_codes.ndim != 2 or item_codes.shape[1] != expected:
+            raise ValueError(f"item codes must have {expected} columns for {layout} d={dim}, got {item_codes.shape}")
+        cpu_index: Any
+        if layout.is_binary:
+            cpu_index = faiss.IndexBinaryFlat(search_bits(layout, dim, user_layout))
+            cpu_index.add(item_search_form(np.asarray(item_codes, np.uint8), layout, dim, user_layout))
+        else:
+            cpu_index = faiss.IndexFlatIP(dim)
+            cpu_index.add(np.ascontiguousarray(item_codes, dtype=np.float32))
+        rerank = Reranker.of(item_codes, item_scales, scale_mode, layout, dim, rerank_factor, heavy_items)
+        return cls(
+            cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend, user_layout=user_layout
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        layout: CodeLayout,
+        dim: int,
+        device: DevicePreference = "auto",
+        rerank: Reranker | None = None,
+        backend: str = "auto",
+        user_layout: CodeLayout | None = None,
+    ) -> ItemIndex:
+        reader = faiss.read_index_binary if layout.is_binary else faiss.read_index
+        cpu_index = reader(str(path))
+        expected_d = search_bits(layout, dim, user_layout) if layout.is_binary else dim
+        if cpu_index.d != expected_d:
+            raise ValueError(f"{path}: index has d={cpu_index.d}, the bundle's codes need {expected_d}")
+        return cls(
+            cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend, user_layout=user_layout
+        )
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, *, device: DevicePreference = "auto", backend: str = "auto") -> ItemIndex:
+        """The bundle's stored index (or one built from its codes when none is stored), self-checked."""
+        layout, dim, user_layout = bundle.layout, bundle.dim, bundle.user_layout
+        if bundle.index_path is not None:
+            rerank = Reranker.of(bundle.item_codes, bundle.item_scales, bundle.manifest.scale_mode, layout, dim)
+            index = cls.load(
+                bundle.index_path,
+                layout=layout,
+                dim=dim,
+                device=device,
+                rerank=rerank,
+                backend=backend,
+                user_layout=user_layout,
+            )
+            if index.n_items != bundle.manifest.n_items:
+                raise ValueError(
+                    f"{bundle.index_path}: {index.n_items} items, the bundle has {bundle.manifest.n_items}"
+                )
+        else:
+            index = cls.build(
+                bundle.item_codes,
+                layout,
+                dim,
+                device=device,
+                item_scales=bundle.item_scales,
+                scale_mode=bundle.manifest.scale_mode,
+                backend=backend,
+                user_layout=user_layout,
+            )
+        index.self_check(bundle.item_codes)
+        return index
+
+    def serialize(self) -> bytes:
+        """The CPU form of the index as bytes (GPU placement is a runtime choice, not a file format)."""
+        if self.layout.is_binary:
+            return bytes(faiss.serialize_index_binary(self._cpu_index).tobytes())
+        return bytes(faiss.serialize_index(self._cpu_index).tobytes())
+
+    def self_check(self, item_codes: npt.NDArray[Any], *, samples: int = 4, k: int = 10) -> None:
+        """Search a few items' own codes and compare with numpy's exact scores; raise if they differ."""
+        if self.n_items == 0:
+            return
+        rows = np.unique(np.linspace(0, self.n_items - 1, num=min(samples, self.n_items)).astype(np.int64))
+        k = min(k, self.n_items)
+        if self.layout.is_binary:
+            stored = item_search_form(np.asarray(item_codes[rows], np.uint8), self.layout, self.dim, self.user_layout)
+            _, scores = self._raw_search(stored, k)
+            distances = (search_bits(self.layout, self.dim, self.user_layout) - scores.astype(np.int64)) // 2
+            if np.any(distances[:, 0] != 0):
+                raise IndexSelfCheckError(
+                    f"an item's own code was not found at Hamming distance 0 (got {distances[:, 0].tolist()})"
+                )
+        queries = as_query(np.asarray(item_codes[rows]), self.layout, self.dim, self.user_layout)
+        exact = exact_scores(queries, item_codes, self.layout, self.dim, self.user_layout)
+        expected = np.sort(exact, axis=1)[:, ::-1][:, :k]
+        _, got = self._raw_search(self.prepare_queries(queries), k)
+        if not np.allclose(got, expected, rtol=1e-4, atol=1e-3):
+            raise IndexSelfCheckError("index scores disagree with exact scoring of the same codes")
+
+    def _raw_search(
+        self, queries: npt.NDArray[Any], fetch: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        if self._hamming is not None and fetch <= MAX_K:
+            found = self._hamming.search(queries, fetch)
+            distances, ids = found.distances, found.ids
+        elif self._gpu_index is not None and fetch <= GPU_MAX_K:
+            distances, ids = self._gpu_index.search(queries, fetch)
+        else:
+            distances, ids = self._cpu_index.search(queries, fetch)
+        if self.layout.is_binary:
+            scores = scores_from_distances(distances, self.layout, self.dim, self.user_layout)
+        else:
+            scores = distances.astype(np.float32)
+        return ids.astype(np.int64), scores
+
+    def prepare_queries(self, query_codes: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        width = code_width(self.user_layout, self.dim)
+        if query_codes.ndim != 2 or query_codes.shape[1] != width:
+            raise ValueError(f"query codes must be [n, {width}], got {query_codes.shape}")
+        if self.layout.is_binary:
+            return query_search_form(np.asarray(query_codes, np.uint8), self.user_layout, self.dim, self.layout)
+        return np.ascontiguousarray(query_codes, dtype=np.float32)
+
+    def warm(self, max_batch: int, max_fetch: int = WARM_MAX_FETCH) -> int:
+        """On a GPU, search once at every batch and fetch shape serving will ask for: powers of two up to
+        ``max_batch`` queries and from 16 up to ``max_fetch`` results (k plus the seen items a query skips). The
+        kernels compile and the CUDA graphs are captured here, not inside the first requests of each shape. Returns
+        the searches made (none on a CPU, where there is nothing to capture)."""
+        if max_batch < 1 or not self.on_gpu or self.n_items == 0:
+            return 0
+        shape = (max_batch, code_width(self.user_layout, self.dim))
+        queries = self.prepare_queries(np.zeros(shape, dtype=code_dtype(self.user_layout)))
+        fetches = [f for f in (16 << i for i in range(16)) if f <= min(max_fetch, self.n_items, MAX_K)]
+        searches = 0
+        batch = 1
+        while batch <= max_batch:
+            for fetch in fetches:
+                self._raw_search(queries[:batch], fetch)
+                searches += 1
+            batch *= 2
+        return searches
+
+    def search(
+        self,
+        query_codes: npt.NDArray[Any],
+        k: int,
+        *,
+        exclude: list[npt.NDArray[np.int64]] | None = None,
+        query_scales: npt.NDArray[np.floating] | None = None,
+    ) -> SearchResult:
+        """Top-``k`` items per query, skipping each query's ``exclude`` items; ties by item id.
+
+        Exact for codes without item scales; with them, Hamming candidates are re-ranked exactly.
+        """
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        queries = self.prepare_queries(query_codes)
+        n_queries = queries.shape[0]
+        if exclude is not None and len(exclude) != n_queries:
+            raise ValueError(f"exclude has {len(exclude)} rows for {n_queries} queries")
+        if self.rerank is not None:
+            return self._search_reranked(queries, query_codes, query_scales, k, exclude)
+        out_ids = np.full((n_queries, k), -1, dtype=np.int64)
+        out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+        n_excluded = np.array([len(e) for e in exclude] if exclude is not None else [0] * n_queries, dtype=np.int64)
+        fetch_per_query = np.minimum(k + n_excluded, self.n_items)
+        pending = np.arange(n_queries)
+        while pending.size and self.n_items:
+            fetch = int(fetch_per_query[pending].max())
+            ids, scores = self._raw_search(queries[pending], fetch)
+            exact_order = self._hamming is not None and fetch <= MAX_K  # ties already ordered by id
+            unresolved = []
+            for row, query in enumerate(pending):
+                done = self._finish_row(
+                    ids[row],
+                    scores[row],
+                    exclude[query] if exclude is not None else None,
+                    k,
+                    complete=fetch >= self.n_items,
+                    exact_order=exact_order,
+                    out_ids=out_ids[query],
+                    out_scores=out_scores[query],
+                )
+                if not done:
+                    unresolved.append(query)
+            pending = np.asarray(unresolved, dtype=np.int64)
+            fetch_per_query[pending] = np.minimum(fetch_per_query[pending] * 2, self.n_items)
+        return SearchResult(ids=out_ids, scores=out_scores)
+
+    def _search_reranked(
+        self,
+        queries: npt.NDArray[Any],
+        query_codes: npt.NDArray[Any],
+        query_scales: npt.NDArray[np.floating] | None,
+        k: int,
+        exclude: list[npt.NDArray[np.int64]] | None,
+    ) -> SearchResult:
+        assert self.rerank is not None
+        n_queries = queries.shape[0]
+        n_excluded = [len(e) for e in exclude] if exclude is not None else [0] * n_queries
+        fetch = min(self.n_items, k * self.rerank.factor + max(n_excluded, default=0))
+        candidates, _ = self._raw_search(queries, fetch)
+        users = dequantize(query_codes, self.layout, self.dim, query_scales, self.rerank.mode)
+        out_ids = np.full((n_queries, k), -1, dtype=np.int64)
+        out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+        for row in range(n_queries):
+            ids = np.union1d(candidates[row][candidates[row] >= 0], self.rerank.heavy)
+            if exclude is not None and exclude[row].size:
+                ids = ids[~np.isin(ids, exclude[row])]
+            scores = self.rerank.item_vectors(ids, self.layout, self.dim) @ users[row]
+            order = np.lexsort((ids, -scores))[:k]
+            out_ids[row, : order.size] = ids[order]
+            out_scores[row, : order.size] = scores[order]
+        return SearchResult(ids=out_ids, scores=out_scores)
+
+    @staticmethod
+    def _finish_row(
+        ids: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.float32],
+        excluded: npt.NDArray[np.int64] | None,
+        k: int,
+        *,
+        complete: bool,
+        exact_order: bool = False,
+        out_ids: npt.NDArray[np.int64],
+        out_scores: npt.NDArray[np.float32],
+    ) -> bool:
+        """Fill one query's answer if the fetched candidates determine it exactly; else ask for more."""
+        valid = ids >= 0
+        ids, scores = ids[valid], scores[valid]
+        boundary = scores[-1] if scores.size else np.inf
+        if excluded is not None and excluded.size:
+            ordered = np.sort(excluded)  # a user's seen items: tens to hundreds, sorted in microseconds
+            at = np.minimum(np.searchsorted(ordered, ids), ordered.size - 1)
+            keep = ordered[at] != ids
+            ids, scores = ids[keep], scores[keep]
+        if exact_order:  # already by score, then id: keep the first k left after filtering
+            ids, scores = ids[:k], scores[:k]
+        else:
+            order = np.lexsort((ids, -scores))[:k]
+            ids, scores = ids[order], scores[order]
+        # Items scoring exactly the fetch boundary may have been left out by FAISS: the answer is only
+        # exact when the k-th kept score is strictly above it (or everything was fetched). A retrieval
+        # backend returns the first items in (score, id) order exactly, so k left after filtering suffice.
+        if not complete and (ids.size < k or (not exact_order and scores[-1] <= boundary)):
+            return False
+        out_ids[: ids.size] = ids
+        out_scores[: ids.size] = scores
+        return True

@@ -1,0 +1,89 @@
+"""`recsys-serve`: verify the CURRENT bundle, then serve it with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from binrec.index.bundle import BundleError
+from binrec.index.item_index import IndexSelfCheckError
+from binrec.service.app import create_app
+from binrec.service.logs import configure_logging
+from binrec.service.metrics import MULTIPROCESS_ENV
+from binrec.service.recommender import ServingModel
+from binrec.service.settings import ServiceSettings
+from binrec.service.workers import RUNTIME_DIR_ENV
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recsys-serve",
+        description="Serve /recommend from a bundle. Every option also reads RECSYS_<NAME> from the environment.",
+    )
+    parser.add_argument(
+        "--bundle-root", type=Path, default=None, help="bundle directory or root with CURRENT (RECSYS_BUNDLE_ROOT)"
+    )
+    parser.add_argument("--host", default=None, help="interface to bind (RECSYS_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port to bind (RECSYS_PORT, default 8000)")
+    parser.add_argument("--redis-url", default=None, help="Redis for user codes (RECSYS_REDIS_URL)")
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "gpu"], default=None, help="where the index runs (RECSYS_DEVICE)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="uvicorn worker processes, each with its own index (RECSYS_WORKERS)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as error:
+        first = error.errors()[0]
+        print(f"recsys-serve: error: setting {first['loc'][0]}: {first['msg']}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        # One worker serves this very model: warm it at every batch shape. Several load and warm their own; this
+        # process only verifies, and its GPU index searches nothing more.
+        warm_batch = settings.batch_max_size if settings.workers == 1 else 0
+        model = ServingModel.load(
+            settings.bundle_root, device=settings.device, backend=settings.retrieval_backend, warm_batch=warm_batch
+        )
+    except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
+        print(f"recsys-serve: error: {error}", file=sys.stderr)
+        return 2
+    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False}
+    if settings.workers == 1:  # log_config=None: uvicorn's own lines go through the same formatter
+        uvicorn.run(create_app(settings, model=model), log_config=None, **common)  # type: ignore[arg-type]
+        return 0
+    # Several processes: each worker builds the app from the environment, so command-line values go there.
+    del model  # verified above; every worker loads its own copy
+    os.environ.update({f"RECSYS_{name.upper()}": str(value) for name, value in overrides.items()})
+    if settings.watch_interval_s == 0:  # how every worker follows a reload that reached one of them
+        os.environ["RECSYS_WATCH_INTERVAL_S"] = "1"
+    with tempfile.TemporaryDirectory(prefix="recsys-serve-") as runtime:
+        # One folder for the workers' metrics (summed by every scrape) and one for the versions they serve.
+        for name, variable in (("metrics", MULTIPROCESS_ENV), ("workers", RUNTIME_DIR_ENV)):
+            (Path(runtime) / name).mkdir()
+            os.environ[variable] = str(Path(runtime) / name)
+        uvicorn.run(  # each worker's create_app sets up the JSON logging itself
+            "binrec.service.app:create_app",
+            factory=True,
+            workers=settings.workers,
+            log_config=None,
+            **common,  # type: ignore[arg-type]
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The serving model (a verified bundle and its index) and the recommender that answers from it.
+
+Searches go through the micro-batcher, the single owner of the index. A new model is loaded, checked
+and warmed on a worker thread while the old one keeps answering, then swapped in by one assignment;
+each request reads ``self.model`` once, so no answer mixes two versions. A bundle that fails to load is
+refused and the old model stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from binrec.index.bundle import COLD_START_FILE, Bundle, BundleError, resolve_bundle_path
+from binrec.index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex
+from binrec.service.batcher import MicroBatcher
+from binrec.service.cold_start import METHODS as COLD_METHODS
+from binrec.service.cold_start import ColdStart, check_arrays
+from binrec.service.metrics import ServiceMetrics
+from binrec.service.schemas import Answer, Source
+from binrec.service.user_codes import UserCodeCache
+from binrec.service.workers import WorkerVersions
+
+log = logging.getLogger(__name__)
+
+LOAD_FAILURES = (BundleError, IndexSelfCheckError, ValueError, RuntimeError, OSError)
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    bundle: Bundle
+    index: ItemIndex
+
+    @cached_property
+    def cold_start(self) -> ColdStart | None:
+        """Codes for unknown users from their items, when the bundle carries what that needs."""
+        arrays = self.bundle.cold_start
+        return ColdStart(arrays) if arrays is not None and str(arrays["method"]) in COLD_METHODS else None
+
+    @property
+    def version(self) -> str:
+        return self.bundle.manifest.model_version
+
+    @classmethod
+    def load(
+        cls, root: Path, *, device: DevicePreference = "auto", backend: str = "auto", warm_batch: int = 1
+    ) -> ServingModel:
+        """Load and verify the CURRENT bundle, load (or build) its index, self-check and warm it (on a GPU at every
+        batch shape up to ``warm_batch`` queries, the micro-batcher's largest)."""
+        bundle = Bundle.load(root)
+        if bundle.cold_start is not None:
+            m = bundle.manifest
+            try:
+                check_arrays(bundle.cold_start, n_items=m.n_items, dim=m.dim, layout=bundle.user_layout)
+            except (ValueError, KeyError, IndexError, TypeError) as error:
+                raise BundleError(f"{bundle.path / COLD_START_FILE}: {error}") from error
+        index = ItemIndex.for_bundle(bundle, device=device, backend=backend)
+        index.warm(warm_batch)
+        if bundle.manifest.n_users and index.n_items:  # warm-up: the first real request pays no first-call cost
+            scales = bundle.user_scales[:1] if bundle.user_scales is not None else None
+            index.search(np.asarray(bundle.user_codes[:1]), min(10, index.n_items), query_scales=scales)
+        log.info(
+            "loaded model %s from %s (search backend %s)", bundle.manifest.model_version, bundle.path, index.backend
+        )
+        return cls(bundle=bundle, index=index)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one user of a request is answered: which code is searched (none: the popular items)."""
+
+    source: Source
+    code: npt.NDArray[Any] | None = None
+    excluded: npt.NDArray[np.int64] | None = None
+    scales: npt.NDArray[np.floating] | None = None
+
+
+class ModelRefused(Exception):
+    """A new bundle failed to load; the old model keeps serving."""
+
+
+class Recommender:
+    def __init__(
+        self,
+        model: ServingModel,
+        codes: UserCodeCache,
+        batcher: MicroBatcher,
+        metrics: ServiceMetrics,
+        *,
+        device: DevicePreference = "auto",
+        backend: str = "auto",
+        versions: WorkerVersions | None = None,
+    ) -> None:
+        self.model = model
+        self.versions = versions  # several workers: where each says which version it serves
+        self.codes = codes
+        self.batcher = batcher
+        self.metrics = metrics
+        self.device, self.backend = device, backend
+        self._reload_lock = asyncio.Lock()
+        self._serving(model.version)
+
+    def _serving(self, version: str) -> None:
+        self.metrics.serving(version)
+        if self.versions is not None:
+            self.versions.publish(version)
+
+    def popular(self, model: ServingModel, user_id: str, k: int) -> Answer:
+        self.metrics.fallbacks.inc()
+        ids = model.bundle.item_ids
+        return Answer(user_id, model.version, "popular", [ids[r] for r in model.bundle.popular[:k].tolist()], None)
+
+    async def recommend(self, user_id: str, k: int, *, exclude_seen: bool) -> Answer:
+        return (await self.recommend_many([user_id], k, exclude_seen=exclude_seen))[0]
+
+    async def recommend_many(
+        self, user_ids: list[str], k: int, *, exclude_seen: bool, histories: dict[str, list[str]] | None = None
+    ) -> list[Answer]:
+        """Answers for several users from one model snapshot (one Redis round trip, one batched search).
+
+        ``histories`` gives item ids for users the model does not know (cold start); known users ignore it.
+        """
+        model = self.model
+        bundle = model.bundle
+        rows = [bundle.user_row(user_id) for user_id in user_ids]
+        known = [(user_id, row) for user_id, row in zip(user_ids, rows, strict=True) if row is not None]
+        codes = iter(await self.codes.get_many(bundle, known))
+        plans: list[Plan] = []
+        for user_id, row in zip(user_ids, rows, strict=True):
+            if row is not None:
+                scales = bundle.user_scales[row] if bundle.user_scales is not None else None
+                plans.append(Plan("codes", next(codes), bundle.seen_items(row), scales))
+                continue
+            history = bundle.item_rows((histories or {}).get(user_id, []))
+            if model.cold_start is None or history.size == 0:
+                plans.append(Plan("popular"))
+            else:
+                plans.append(Plan("history", model.cold_start.code(history), history))
+        searches = [
+            self.batcher.search(
+                model, plan.code, k, exclude=plan.excluded if exclude_seen else None, scales=plan.scales
+            )
+            for plan in plans
+            if plan.code is not None
+        ]
+        answers = iter(await asyncio.gather(*searches))
+        out = []
+        for user_id, plan in zip(user_ids, plans, strict=True):
+            if plan.code is None:
+                out.append(self.popular(model, user_id, k))
+                continue
+            ids, scores = next(answers)
+            found = ids >= 0
+            item_ids = [bundle.item_ids[i] for i in ids[found].tolist()]
+            out.append(Answer(user_id, model.version, plan.source, item_ids, scores[found].astype(float).tolist()))
+        return out
+
+    async def reload(self, root: Path) -> tuple[str, str]:
+        """Load the bundle ``root`` names and swap it in; (previous version, serving version) or ModelRefused."""
+        async with self._reload_lock:
+            previous = self.model
+            try:
+                loaded = await asyncio.to_thread(
+                    ServingModel.load, root, device=self.device, backend=self.backend, warm_batch=self.batcher.max_batch
+                )
+            except LOAD_FAILURES as error:
+                self.metrics.model_loads.labels(outcome="refused").inc()
+                log.error("refused bundle under %s, still serving %s: %s", root, previous.version, error)
+                raise ModelRefused(str(error)) from error
+            self.model = loaded
+            self.metrics.model_loads.labels(outcome="loaded").inc()
+            self._serving(loaded.version)
+            log.info("now serving %s (was %s)", loaded.version, previous.version)
+            return previous.version, loaded.version
+
+    async def watch(self, root: Path, interval_s: float) -> None:
+        """Reload whenever ``root``'s CURRENT names another bundle (a refused one is not retried)."""
+        refused: Path | None = None
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                target = resolve_bundle_path(root)
+            except BundleError as error:
+                log.warning("watching %s: %s", root, error)
+                continue
+            if target in (self.model.bundle.path, refused):
+                continue
+            try:
+                await self.reload(target)
+                refused = None
+            except ModelRefused:
+                refused = target

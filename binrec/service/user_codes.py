@@ -1,0 +1,124 @@
+"""User codes: a small in-process LRU, then Redis (keyed by model version), then the bundle itself.
+
+Redis is a cache, never the source of truth: every failure (down, slow, evicted) falls back to the
+bundle's own row, so a Redis outage degrades latency, not answers. A batch of users costs one MGET and
+one pipelined write of the misses. redis-py drops a connection whose call was cancelled or timed out
+(``socket_timeout``) and reconnects on the next call, so the cache recovers by itself when Redis returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from binrec.index.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+Code = npt.NDArray[np.generic]
+
+
+def user_code_key(model_version: str, user_id: str) -> str:
+    return f"recsys:code:{model_version}:{user_id}"
+
+
+class LRU:
+    """Least-recently-used map of (model version, user id) → code; used from the event loop only."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], Code] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> Code | None:
+        code = self._items.get(key)
+        if code is not None:
+            self._items.move_to_end(key)
+        return code
+
+    def put(self, key: tuple[str, str], code: Code) -> None:
+        if self.size <= 0:
+            return
+        self._items[key] = code
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+class UserCodeCache:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        ttl_s: int,
+        lru_size: int = 100_000,
+        on_lookup: Callable[[str, int], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self.lru = LRU(lru_size)
+        self.on_lookup = on_lookup or (lambda source, count: None)  # (lru | redis | bundle, how many)
+        self.on_error = on_error or (lambda: None)
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def get(self, bundle: Bundle, user_id: str, row: int) -> Code:
+        return (await self.get_many(bundle, [(user_id, row)]))[0]
+
+    async def get_many(self, bundle: Bundle, users: list[tuple[str, int]]) -> list[Code]:
+        """Codes of (user id, bundle row) pairs, in order."""
+        version, codes = bundle.manifest.model_version, bundle.user_codes
+        found: list[Code | None] = [self.lru.get((version, user_id)) for user_id, _ in users]
+        missing = [i for i, code in enumerate(found) if code is None]
+        self.on_lookup("lru", len(users) - len(missing))
+        if not missing:
+            return [code for code in found if code is not None]
+        keys = [user_code_key(version, users[i][0]) for i in missing]
+        try:
+            cached = await self.redis.mget(keys)
+            reachable = True
+        except REDIS_FAILURES as error:
+            self.on_error()
+            log.warning("redis mget failed, answering from the bundle: %s", error)
+            cached, reachable = [None] * len(keys), False
+        width = codes.shape[1] * codes.dtype.itemsize
+        writes: list[tuple[str, bytes]] = []
+        for i, key, value in zip(missing, keys, cached, strict=True):
+            user_id, row = users[i]
+            if isinstance(value, bytes) and len(value) == width:
+                code: Code = np.frombuffer(value, dtype=codes.dtype)
+            else:
+                code = np.asarray(codes[row])
+                writes.append((key, code.tobytes()))
+            self.lru.put((version, user_id), code)
+            found[i] = code
+        self.on_lookup("redis", len(missing) - len(writes))
+        self.on_lookup("bundle", len(writes))
+        if writes and reachable:  # written in the background: the answer does not wait for the cache
+            task = asyncio.create_task(self._store(writes))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return [code for code in found if code is not None]
+
+    async def _store(self, writes: list[tuple[str, bytes]]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, value in writes:
+                    pipe.set(key, value, ex=self.ttl_s)
+                await pipe.execute()
+        except REDIS_FAILURES as error:
+            self.on_error()
+            log.warning("redis write of %d codes failed: %s", len(writes), error)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except REDIS_FAILURES:
+            return False

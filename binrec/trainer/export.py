@@ -1,0 +1,170 @@
+"""Turn a trained model into a published bundle, scored on the served path before it is published."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from binrec.index.bundle import BundleContent, publish_bundle
+from binrec.trainer.data import Dataset
+from binrec.trainer.evaluate import device_metrics, served_path_metrics
+from binrec.trainer.hashing import HashedInput
+from binrec.trainer.model import LightGCN
+from binrec.trainer.quantization import ExportedCodes, Quantizer
+from binrec.trainer.quantization.hq import HessianAwareQuantizer
+from binrec.trainer.train import TrainConfig, TrainResult, integer_ranking
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    bundle_path: Path
+    model_version: str
+    test_served: dict[str, float]
+    test_device: dict[str, float]
+    bytes_per_node: float
+    item_bytes: float = 0.0  # what the index keeps per item: its code and any scales or level table
+
+
+def popularity_order(data: Dataset) -> npt.NDArray[np.int64]:
+    """Items by number of training interactions, most popular first, ties by item id."""
+    counts = np.bincount(data.seen().indices, minlength=data.n_items)
+    return np.lexsort((np.arange(data.n_items), -counts)).astype(np.int64)
+
+
+def new_model_version(dataset: str, method: str, bits: int) -> str:
+    """A unique, plain directory name: the dataset's name made safe, method, bits, UTC time, random suffix."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset).lstrip(".") or "dataset"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{safe}-{method}{bits}b-{stamp}-{secrets.token_hex(2)}"
+
+
+@torch.no_grad()
+def cold_start_arrays(model: LightGCN, quantizer: Quantizer, data: Dataset, method: str) -> dict[str, Any] | None:
+    """What serving needs to code a user the model never saw (service.cold_start), or None for methods whose
+    user codes depend on more than the user's representation (per-layer scales, per-node level tables)."""
+    if method not in ("fp", "ste", "hq"):
+        return None
+    with torch.no_grad():
+        item_layers = model()[: model.layers, model.n_users :].float().cpu().numpy()  # items' layers 0..K-1
+    arrays: dict[str, Any] = {
+        "method": np.array(method),
+        "item_layers": np.ascontiguousarray(item_layers, dtype=np.float32),
+        "item_degree": np.diff(data.seen().tocsc().indptr).astype(np.float32),
+    }
+    if isinstance(quantizer, HessianAwareQuantizer):
+        with torch.no_grad():
+            arrays["hq_step"] = np.array(float(quantizer._step("user")), dtype=np.float64)
+        arrays["hq_max_level"] = np.array(quantizer.user_max_level)  # a new user's code is a user's code
+    inputs = model.inputs
+    if isinstance(inputs, HashedInput):
+        mlp = [layer for layer in inputs.mlp if isinstance(layer, torch.nn.Linear)]
+        for number, linear in enumerate(mlp, start=1):  # w1, b1, … wN, bN: tanh between them
+            arrays[f"w{number}"] = linear.weight.detach().cpu().numpy()
+            arrays[f"b{number}"] = linear.bias.detach().cpu().numpy()
+        arrays.update(
+            {
+                "codebook": inputs.codebook.detach().cpu().numpy(),
+                "offsets": inputs.offsets.cpu().numpy(),
+                "hash_mlp_layers": np.array(len(mlp)),
+                "user_medians": inputs.user_medians.cpu().numpy(),
+                "hash_seed": np.array(inputs.seed),
+                "hash_bits": np.array(inputs.hash_bits),
+                "hash_groups": np.array(inputs.groups_of.shape[1]),
+                "hash_hops": np.array(inputs.hops, dtype=np.int64),
+                **{f"hash_{name}": value for name, value in inputs.propagation.items()},
+            }
+        )
+    return arrays
+
+
+def export_bundle(
+    result: TrainResult,
+    data: Dataset,
+    config: TrainConfig,
+    bundle_root: Path,
+    *,
+    make_current: bool = True,
+) -> ExportReport:
+    """Encode users and items, evaluate the test set through the index, publish the bundle atomically."""
+    model, quantizer = result.model, result.quantizer
+    model.eval()
+    user_rep, item_rep = quantizer.node_representations(model)
+    users, items = quantizer.export(user_rep, "user"), quantizer.export(item_rep, "item")
+    seen = data.seen()
+    test_device = device_metrics(
+        quantizer.served(user_rep, "user"),
+        quantizer.served(item_rep, "item"),
+        data.test,
+        seen,
+        integer_scores=integer_ranking(quantizer),
+    )
+    test_served = served_path_metrics(
+        users.codes,
+        items.codes,
+        quantizer.layout,
+        quantizer.code_dim,
+        data.test,
+        seen,
+        user_layout=quantizer.user_layout,
+        user_scales=users.scales,
+        item_scales=items.scales,
+        scale_mode=quantizer.scale_mode,
+    )
+    for name, value in test_served.items():
+        if abs(value - test_device[name]) > 1e-6:
+            log.warning("served-path %s %.6f differs from device-path %.6f", name, value, test_device[name])
+    bytes_per_node = _bytes_per_node(users, items)
+    version = new_model_version(data.name, config.method, quantizer.bits)
+    training: dict[str, Any] = {
+        "config": config.to_json(),
+        "best_epoch": result.best_epoch,
+        "epochs_trained": result.epochs_trained,
+        "valid": result.best_valid,
+        "train_seconds": round(result.train_seconds, 2),
+        "peak_gpu_mb": round(result.peak_gpu_mb, 1),
+        "device": result.device,
+        "bytes_per_node": bytes_per_node,
+        "test_device_path": test_device,
+    }
+    content = BundleContent(
+        model_version=version,
+        dataset=data.name,
+        method=config.method,
+        bits=quantizer.bits,
+        dim=quantizer.code_dim,
+        code_layout=quantizer.layout,
+        user_code_layout=quantizer.user_layout,
+        user_codes=users.codes,
+        item_codes=items.codes,
+        user_scales=users.scales,
+        item_scales=items.scales,
+        scale_mode=quantizer.scale_mode,
+        user_ids=list(data.user_ids),
+        item_ids=list(data.item_ids),
+        seen=seen,
+        popular=popularity_order(data),
+        metrics=test_served,
+        training=training,
+        cold_start=cold_start_arrays(model, quantizer, data, config.method),
+    )
+    path = publish_bundle(bundle_root, content, make_current=make_current)
+    log.info("published bundle %s", path)
+    return ExportReport(path, version, test_served, test_device, bytes_per_node, _bytes_per_node(items))
+
+
+def _bytes_per_node(*sides: ExportedCodes) -> float:
+    """Served bytes per node of these sides: codes plus any scales or level tables."""
+    rows = sum(int(side.codes.shape[0]) for side in sides)
+    total = sum(int(part.nbytes) for side in sides for part in (side.codes, side.scales) if part is not None)
+    return total / max(rows, 1)
