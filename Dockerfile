@@ -3,7 +3,7 @@
 #
 #   docker build -t binrec-api .                        # default target: the service (faiss-cpu, no torch)
 #   docker build -t binrec-trainer --target trainer .   # trainer + indexer (CPU torch)
-#   docker build -t binrec-load --target load .         # locust and the project (the `load` extra)
+#   docker build -t binrec-load --target load .         # locust only (the `load` extra)
 #   docker build -t binrec-api-gpu --target api-gpu .   # the service on NVIDIA GPUs (CUDA torch, Triton, faiss-gpu)
 #
 # Everything the build reads from outside is named here, so that a build behind a proxy or an air gap changes
@@ -109,6 +109,14 @@ FROM pip AS project
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --no-deps --target /opt/project /wheels/*.whl
 
+# Each image holds only the part it runs: the service never imports the trainer and the trainer never the
+# service (binrec.index is the floor both stand on), so each image drops the other's package and console script.
+FROM project AS project-api
+RUN rm -r /opt/project/binrec/trainer /opt/project/bin/recsys-train
+
+FROM project AS project-trainer
+RUN rm -r /opt/project/binrec/service /opt/project/bin/recsys-serve
+
 
 # --- runtime: shared by the CPU targets -----------------------------------------------------------
 FROM base AS runtime
@@ -129,15 +137,15 @@ USER ${APP_UID}:${APP_UID}
 # --- trainer: recsys-train (and recsys-index) with CPU torch ---------------------------------------
 FROM runtime AS trainer
 COPY --from=builder-trainer /opt/venv /opt/venv
-COPY --from=project /opt/project /opt/project
+COPY --from=project-trainer /opt/project /opt/project
 ENTRYPOINT ["recsys-train"]
 CMD ["--dataset", "synthetic", "--method", "ste", "--bundle-root", "/bundles"]
 
 
 # --- load: locust with the project's load test mounted (compose's `load` profile) -------------------
+# The locustfile reads the bundle's files itself and imports nothing of binrec: the image holds locust only.
 FROM runtime AS load
 COPY --from=builder-load /opt/venv /opt/venv
-COPY --from=project /opt/project /opt/project
 ENTRYPOINT ["locust"]
 
 
@@ -177,7 +185,9 @@ RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=cache,target=/root/.cache/pip \
     pip install -r /requirements/api-gpu.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl
+    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl \
+    && rm -r "$(python -c 'import binrec, pathlib; print(pathlib.Path(binrec.__file__).parent)')/trainer" \
+        /opt/venv/bin/recsys-train
 
 FROM gpu-base AS api-gpu
 ARG APP_UID=10001
@@ -203,7 +213,7 @@ ENTRYPOINT ["recsys-serve"]
 # --- api (default, so last): recsys-serve on 0.0.0.0:8000 ------------------------------------------
 FROM runtime AS api
 COPY --from=builder-api /opt/venv /opt/venv
-COPY --from=project /opt/project /opt/project
+COPY --from=project-api /opt/project /opt/project
 ENV RECSYS_HOST=0.0.0.0 \
     RECSYS_PORT=8000
 EXPOSE 8000

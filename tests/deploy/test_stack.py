@@ -67,14 +67,33 @@ def reports(replica: Replica, status: str) -> Callable[[], bool]:
     return lambda: readiness(replica)["status"] == status
 
 
-def test_the_images_hold_no_build_secret_and_the_api_no_torch(engine: Engine, stack_images: StackImages) -> None:
+def test_the_images_hold_no_build_secret_and_only_what_they_run(engine: Engine, stack_images: StackImages) -> None:
     for tag in (stack_images.api, stack_images.trainer):
         leaked = files_containing(engine, tag, stack_images.secret_marker)
         assert not leaked, f"the ca_bundle secret was written into a layer of {tag}: {leaked}"
-    probe = "import importlib.util; print(importlib.util.find_spec('torch') is not None)"
-    for tag, has_torch in ((stack_images.api, "False"), (stack_images.trainer, "True")):
+    modules = ("torch", "binrec.index", "binrec.service", "binrec.trainer", "locust")
+    probe = (
+        "import importlib.util as u\n"
+        "def found(name):\n"
+        "    try:\n"
+        "        return u.find_spec(name) is not None\n"
+        "    except ModuleNotFoundError:\n"
+        "        return False\n"
+        f"print(' '.join(name for name in {modules!r} if found(name)))"
+    )
+    expected = {
+        stack_images.api: "binrec.index binrec.service",
+        stack_images.trainer: "torch binrec.index binrec.trainer",
+        stack_images.load: "locust",
+    }
+    for tag, modules_present in expected.items():
         found = engine("run", "--rm", "--entrypoint", "python", tag, "-c", probe).stdout.strip()
-        assert found == has_torch, f"{tag}: torch importable = {found}"
+        assert found == modules_present, f"{tag} holds {found!r}, expected {modules_present!r}"
+    scripts = "ls /opt/project/bin 2>/dev/null | tr '\\n' ' '"
+    console_scripts = {stack_images.api: "recsys-index recsys-serve", stack_images.trainer: "recsys-index recsys-train"}
+    for tag, listed in console_scripts.items():
+        found = engine("run", "--rm", "--entrypoint", "sh", tag, "-c", scripts).stdout.strip()
+        assert found == listed, f"{tag}: console scripts {found!r}"
     assert engine("run", "--rm", "--entrypoint", "id", stack_images.api, "-u").stdout.strip() == "10001"
 
 
