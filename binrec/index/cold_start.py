@@ -35,6 +35,9 @@ METHODS = ("fp", "ste", "hq")
 # What format 1 left out and meant: raw-row hash codes and a decoder of two linear layers.
 FORMAT1_DEFAULTS: dict[str, npt.NDArray[Any]] = {"hash_hops": np.array([0]), "hash_mlp_layers": np.array(2)}
 
+# Arrays that only a hashed model's section has: any of them makes the decoder's every array required.
+HASHED_MARKS = ("codebook", "offsets", "user_medians", "hash_seed", "hash_bits", "hash_groups")
+
 Arrays = Mapping[str, npt.NDArray[Any]]
 
 
@@ -276,12 +279,12 @@ class ColdStartSection:
         if method == "hq":
             step, max_level = _array(arrays, "hq_step", "f", 0), _integer(arrays, "hq_max_level")
             if not np.isfinite(step) or float(step) <= 0:
-                raise ValueError(f"'hq_step' must be one positive number, got {step!r}")
+                raise ValueError(f"'hq_step' must be one positive number, got {float(step)}")
             if max_level not in (1, 3):
                 raise ValueError(f"'hq_max_level' must be 1 or 3, got {max_level}")
             hq = HQRounding(float(step), max_level)
         hashed = None
-        if "codebook" in arrays:
+        if any(name in arrays for name in HASHED_MARKS):  # then all of the decoder, not a silent zero ego
             if format_version == 1:
                 arrays = {**FORMAT1_DEFAULTS, **arrays}
             hashed = HashedDecoder.from_arrays(arrays, item_layers.shape[2])
@@ -308,8 +311,9 @@ def _array(arrays: Arrays, name: str, kinds: str, ndim: int | None = None) -> np
         raise ValueError(f"no array {name!r}")
     array = np.asarray(arrays[name])
     if array.dtype.kind not in kinds or (ndim is not None and array.ndim != ndim):
-        shape = "a scalar" if ndim == 0 else f"{ndim}-d" if ndim is not None else "an array"
-        raise ValueError(f"{name!r} must be {shape} of kind {kinds!r}, got {array.dtype} {list(array.shape)}")
+        kind = {"f": "float", "i": "integer", "iu": "integer", "fiu": "number", "U": "string"}[kinds]
+        shape = "one" if ndim == 0 else f"{ndim}-d" if ndim is not None else "any"
+        raise ValueError(f"{name!r} must be {shape} {kind}, got {array.dtype} {list(array.shape)}")
     return array
 
 
