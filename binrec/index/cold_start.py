@@ -28,9 +28,8 @@ import numpy.typing as npt
 from binrec.index.codes import CodeLayout, code_width, encode_planes2, encode_sign1
 from binrec.index.hash_codes import PROPAGATION, cold_user_bits, group_indices, hop_parts
 
-# The methods whose user code is a function of the user's representation alone, and the users' layout of each
-# (hq's depends on its top level). Other methods (per-layer scales, per-node level tables) have no section: the
-# service answers their new users with popular items.
+# The one list of methods whose user code is a function of the user's representation alone. Other methods
+# (per-layer scales, per-node level tables) export no section: the service answers their new users with popular items.
 METHODS = ("fp", "ste", "hq")
 # What format 1 left out and meant: raw-row hash codes and a decoder of two linear layers.
 FORMAT1_DEFAULTS: dict[str, npt.NDArray[Any]] = {"hash_hops": np.array([0]), "hash_mlp_layers": np.array(2)}
