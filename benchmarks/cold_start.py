@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.records import append_records  # noqa: E402
 from binrec.index.bundle import Bundle  # noqa: E402
+from binrec.index.cold_start import METHODS  # noqa: E402
 from binrec.index.item_index import ItemIndex  # noqa: E402
 from binrec.service.cold_start import ColdStart  # noqa: E402
 from binrec.trainer.cli import build_parser  # noqa: E402
@@ -59,7 +60,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--method", default="hq", choices=["fp", "ste", "hq"])
+    parser.add_argument("--method", default="hq", choices=METHODS)
     parser.add_argument("--bits", type=int, default=None)
     parser.add_argument("--input-layer", default="hash", choices=["hash", "table"])
     parser.add_argument("--fraction", type=float, default=0.1, help="share of users held out")

@@ -4,15 +4,19 @@ A bundle is a directory that is written under a temporary name and published wit
 ``os.replace``; a ``CURRENT`` file beside the bundles names the live one. Loading verifies the
 format version, every file's sha256 and every shape, and refuses a bad bundle with a message that
 names the file and the problem, so a broken export can never replace a model that serves.
+
+Format versions: 2 writes the cold-start section complete (``index.cold_start``); 1 is read too, its section's
+missing hash parameters taken as what they meant then (``cold_start.FORMAT1_DEFAULTS``). Any other version is
+refused in one line that names it, before the rest of the manifest is read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
-import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -25,8 +29,10 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from binrec.index.codes import CodeLayout, ScaleMode, check_pairing, check_scales, code_dtype, code_width
+from binrec.index.cold_start import ColdStartSection
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what publish_bundle writes
+READABLE_FORMATS = (1, 2)  # what Bundle.load reads
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 COLD_START_FILE = "cold_start.npz"
@@ -81,7 +87,7 @@ class BundleContent:
     scale_mode: ScaleMode | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
-    cold_start: dict[str, npt.NDArray[Any]] | None = None  # what serving needs to code a new user (service.cold_start)
+    cold_start: ColdStartSection | None = None  # what coding a new user needs (index.cold_start)
     user_code_layout: CodeLayout | None = None  # users' layout, where it differs from code_layout (asymmetric codes)
 
 
@@ -144,6 +150,8 @@ def _validate_content(content: BundleContent) -> None:
             )
     check_scales(user_layout, content.dim, content.user_scales, content.scale_mode, len(content.user_ids))
     check_scales(item_layout, content.dim, content.item_scales, content.scale_mode, len(content.item_ids))
+    if content.cold_start is not None:
+        content.cold_start.check(n_items=len(content.item_ids), dim=content.dim, layout=user_layout)
     if content.seen.shape != (len(content.user_ids), len(content.item_ids)):
         raise ValueError(f"seen matrix has shape {content.seen.shape}, expected (n_users, n_items)")
 
@@ -173,8 +181,7 @@ def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = T
             np.savez(handle, indptr=seen.indptr.astype(np.int64), indices=seen.indices.astype(np.int64))
         _save_npy(tmp / "popular.npy", np.asarray(content.popular, dtype=np.int64))
         if content.cold_start is not None:
-            with (tmp / COLD_START_FILE).open("wb") as handle:
-                np.savez(handle, **content.cold_start)  # type: ignore[arg-type]
+            content.cold_start.save(tmp / COLD_START_FILE)
         files = {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}
         manifest = Manifest(
             format_version=FORMAT_VERSION,
@@ -246,14 +253,6 @@ def _read_lines(path: Path) -> list[str]:
     return lines[:-1] if lines and lines[-1] == "" else lines
 
 
-def _load_npz(path: Path) -> dict[str, npt.NDArray[Any]]:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise BundleError(f"{path}: not a readable .npz archive ({error})") from error
-
-
 def _load_npy(path: Path) -> npt.NDArray[Any]:
     try:
         array: npt.NDArray[Any] = np.load(path, allow_pickle=False)
@@ -291,7 +290,7 @@ class Bundle:
     popular: npt.NDArray[np.int64]
     user_scales: npt.NDArray[np.float32] | None = None
     item_scales: npt.NDArray[np.float32] | None = None
-    cold_start: dict[str, npt.NDArray[Any]] | None = None
+    cold_start: ColdStartSection | None = None
 
     @property
     def layout(self) -> CodeLayout:
@@ -339,18 +338,7 @@ class Bundle:
         """Load and verify a bundle (or the CURRENT bundle of a root); raise ``BundleError`` if bad."""
         path = resolve_bundle_path(path)
         manifest_path = path / MANIFEST
-        try:
-            manifest = Manifest.model_validate_json(manifest_path.read_bytes())
-        except FileNotFoundError as error:
-            raise BundleError(f"{manifest_path}: missing") from error
-        except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise BundleError(f"{manifest_path}: invalid manifest at {where!r}: {first['msg']}") from error
-        if manifest.format_version != FORMAT_VERSION:
-            raise BundleError(
-                f"{manifest_path}: format version {manifest.format_version}, this build reads {FORMAT_VERSION}"
-            )
+        manifest = read_manifest(manifest_path)
         required = {"user_codes.npy", "item_codes.npy", "user_ids.txt", "item_ids.txt", "seen.npz", "popular.npy"}
         missing = sorted(required - manifest.files.keys())
         if missing:
@@ -376,8 +364,13 @@ class Bundle:
             popular=_load_npy(path / "popular.npy"),
             user_scales=_load_npy(path / "user_scales.npy") if "user_scales.npy" in manifest.files else None,
             item_scales=_load_npy(path / "item_scales.npy") if "item_scales.npy" in manifest.files else None,
-            cold_start=_load_npz(path / COLD_START_FILE) if COLD_START_FILE in manifest.files else None,
         )
+        if COLD_START_FILE in manifest.files:
+            try:
+                section = ColdStartSection.load(path / COLD_START_FILE, format_version=manifest.format_version)
+            except ValueError as error:
+                raise BundleError(f"{path / COLD_START_FILE}: {error}") from error
+            object.__setattr__(bundle, "cold_start", section)
         try:
             with np.load(path / "seen.npz", allow_pickle=False) as seen:
                 indptr, indices = seen["indptr"], seen["indices"]
@@ -430,6 +423,33 @@ class Bundle:
             self.popular.size and (self.popular.min() < 0 or self.popular.max() >= m.n_items)
         ):
             raise BundleError(f"{self.path / 'popular.npy'}: expected item rows in [0, {m.n_items})")
+        if self.cold_start is not None:
+            try:
+                self.cold_start.check(n_items=m.n_items, dim=m.dim, layout=self.user_layout)
+            except (ValueError, IndexError, KeyError, TypeError) as error:
+                raise BundleError(f"{self.path / COLD_START_FILE}: {error}") from error
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest at ``path``; a format version this build does not read is refused in one line naming it, before
+    the fields (which that version may name otherwise) are checked."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as error:
+        raise BundleError(f"{path}: missing") from error
+    try:
+        version = json.loads(raw).get("format_version")
+    except (ValueError, AttributeError):
+        version = None  # not a JSON object: pydantic names the problem below
+    if version is not None and version not in READABLE_FORMATS:
+        readable = " and ".join(str(v) for v in READABLE_FORMATS)
+        raise BundleError(f"{path}: bundle format version {version!r}, this build reads format versions {readable}")
+    try:
+        return Manifest.model_validate_json(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise BundleError(f"{path}: invalid manifest at {where!r}: {first['msg']}") from error
 
 
 def add_file_to_bundle(bundle_path: Path, name: str, data: bytes) -> None:

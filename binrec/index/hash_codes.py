@@ -1,4 +1,5 @@
-"""Adjacency hash codes (Yeh et al., KDD'22), numpy only: shared by the trainer and the service's cold start.
+"""Adjacency hash codes (Yeh et al., KDD'22), numpy only: the trainer's hashed input layer and the bundle's
+cold-start encoder (index.cold_start) code nodes with the same functions.
 
 A node's c-bit code is ``sign(A·R − median)``: its adjacency row projected by a Gaussian matrix R whose
 rows are indexed by the other side's nodes, thresholded at its side's per-bit median (moved into the nearest
@@ -24,6 +25,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
+
+# What graph_codes returns beside the medians and cold_user_bits reads for propagated parts ("item_basis": 2+ hops).
+PROPAGATION = ("item_degree", "item_degree_total", "trivial_along", "item_basis")
 
 
 def _splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:

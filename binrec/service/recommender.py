@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from binrec.index.bundle import COLD_START_FILE, Bundle, BundleError, resolve_bundle_path
+from binrec.index.bundle import Bundle, BundleError, resolve_bundle_path
 from binrec.index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex
 from binrec.service.batcher import MicroBatcher
-from binrec.service.cold_start import METHODS as COLD_METHODS
-from binrec.service.cold_start import ColdStart, check_arrays
+from binrec.service.cold_start import ColdStart
 from binrec.service.metrics import ServiceMetrics
 from binrec.service.schemas import Answer, Source
 from binrec.service.user_codes import UserCodeCache
@@ -41,8 +40,8 @@ class ServingModel:
     @cached_property
     def cold_start(self) -> ColdStart | None:
         """Codes for unknown users from their items, when the bundle carries what that needs."""
-        arrays = self.bundle.cold_start
-        return ColdStart(arrays) if arrays is not None and str(arrays["method"]) in COLD_METHODS else None
+        section = self.bundle.cold_start
+        return ColdStart(section) if section is not None else None
 
     @property
     def version(self) -> str:
@@ -54,13 +53,7 @@ class ServingModel:
     ) -> ServingModel:
         """Load and verify the CURRENT bundle, load (or build) its index, self-check and warm it (on a GPU at every
         batch shape up to ``warm_batch`` queries, the micro-batcher's largest)."""
-        bundle = Bundle.load(root)
-        if bundle.cold_start is not None:
-            m = bundle.manifest
-            try:
-                check_arrays(bundle.cold_start, n_items=m.n_items, dim=m.dim, layout=bundle.user_layout)
-            except (ValueError, KeyError, IndexError, TypeError) as error:
-                raise BundleError(f"{bundle.path / COLD_START_FILE}: {error}") from error
+        bundle = Bundle.load(root)  # which checks the cold-start section too
         index = ItemIndex.for_bundle(bundle, device=device, backend=backend)
         index.warm(warm_batch)
         if bundle.manifest.n_users and index.n_items:  # warm-up: the first real request pays no first-call cost

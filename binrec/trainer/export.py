@@ -15,15 +15,19 @@ import numpy.typing as npt
 import torch
 
 from binrec.index.bundle import BundleContent, publish_bundle
+from binrec.index.cold_start import METHODS, ColdStartSection, HashedDecoder, HQRounding
 from binrec.trainer.data import Dataset
 from binrec.trainer.evaluate import device_metrics, served_path_metrics
 from binrec.trainer.hashing import HashedInput
 from binrec.trainer.model import LightGCN
 from binrec.trainer.quantization import ExportedCodes, Quantizer
+from binrec.trainer.quantization.base import as_numpy
 from binrec.trainer.quantization.hq import HessianAwareQuantizer
 from binrec.trainer.train import TrainConfig, TrainResult, integer_ranking
 
 log = logging.getLogger(__name__)
+
+VERIFIED_USERS = 65_536  # how many trained users' codes the export re-codes with the served cold-start quantizer
 
 
 @dataclass(frozen=True)
@@ -50,42 +54,52 @@ def new_model_version(dataset: str, method: str, bits: int) -> str:
 
 
 @torch.no_grad()
-def cold_start_arrays(model: LightGCN, quantizer: Quantizer, data: Dataset, method: str) -> dict[str, Any] | None:
-    """What serving needs to code a user the model never saw (service.cold_start), or None for methods whose
-    user codes depend on more than the user's representation (per-layer scales, per-node level tables)."""
-    if method not in ("fp", "ste", "hq"):
+def cold_start_section(model: LightGCN, quantizer: Quantizer, data: Dataset, method: str) -> ColdStartSection | None:
+    """What serving needs to code a user the model never saw (index.cold_start), or None for methods whose user
+    codes depend on more than the user's representation (per-layer scales, per-node level tables)."""
+    if method not in METHODS:
         return None
-    with torch.no_grad():
-        item_layers = model()[: model.layers, model.n_users :].float().cpu().numpy()  # items' layers 0..K-1
-    arrays: dict[str, Any] = {
-        "method": np.array(method),
-        "item_layers": np.ascontiguousarray(item_layers, dtype=np.float32),
-        "item_degree": np.diff(data.seen().tocsc().indptr).astype(np.float32),
-    }
-    if isinstance(quantizer, HessianAwareQuantizer):
-        with torch.no_grad():
-            arrays["hq_step"] = np.array(float(quantizer._step("user")), dtype=np.float64)
-        arrays["hq_max_level"] = np.array(quantizer.user_max_level)  # a new user's code is a user's code
+    item_layers = model()[: model.layers, model.n_users :].float().cpu().numpy()  # items' layers 0..K-1
+    hq = None
+    if isinstance(quantizer, HessianAwareQuantizer):  # a new user's code is a user's code: the users' step and top
+        hq = HQRounding(float(quantizer._step("user")), quantizer.user_max_level)
     inputs = model.inputs
-    if isinstance(inputs, HashedInput):
-        mlp = [layer for layer in inputs.mlp if isinstance(layer, torch.nn.Linear)]
-        for number, linear in enumerate(mlp, start=1):  # w1, b1, … wN, bN: tanh between them
-            arrays[f"w{number}"] = linear.weight.detach().cpu().numpy()
-            arrays[f"b{number}"] = linear.bias.detach().cpu().numpy()
-        arrays.update(
-            {
-                "codebook": inputs.codebook.detach().cpu().numpy(),
-                "offsets": inputs.offsets.cpu().numpy(),
-                "hash_mlp_layers": np.array(len(mlp)),
-                "user_medians": inputs.user_medians.cpu().numpy(),
-                "hash_seed": np.array(inputs.seed),
-                "hash_bits": np.array(inputs.hash_bits),
-                "hash_groups": np.array(inputs.groups_of.shape[1]),
-                "hash_hops": np.array(inputs.hops, dtype=np.int64),
-                **{f"hash_{name}": value for name, value in inputs.propagation.items()},
-            }
-        )
-    return arrays
+    return ColdStartSection(
+        method=method,
+        item_layers=np.ascontiguousarray(item_layers, dtype=np.float32),
+        item_degree=np.diff(data.seen().tocsc().indptr).astype(np.float32),
+        hq=hq,
+        hashed=hashed_decoder(inputs) if isinstance(inputs, HashedInput) else None,
+    )
+
+
+def hashed_decoder(inputs: HashedInput) -> HashedDecoder:
+    """The numpy copy of a hashed input layer's decoder, and what recomputes a new user's hash code."""
+    mlp = [layer for layer in inputs.mlp if isinstance(layer, torch.nn.Linear)]
+    return HashedDecoder(
+        seed=inputs.seed,
+        bits=inputs.hash_bits,
+        groups=int(inputs.groups_of.shape[1]),
+        hops=tuple(int(h) for h in inputs.hops),
+        user_medians=inputs.user_medians.cpu().numpy(),
+        codebook=inputs.codebook.detach().cpu().numpy(),
+        offsets=inputs.offsets.cpu().numpy(),
+        weights=tuple(linear.weight.detach().cpu().numpy() for linear in mlp),
+        biases=tuple(linear.bias.detach().cpu().numpy() for linear in mlp),
+        propagation=dict(inputs.propagation),
+    )
+
+
+def check_cold_start_codes(section: ColdStartSection, user_rep: torch.Tensor, user_codes: npt.NDArray[Any]) -> int:
+    """Code trained users' representations with the section's numpy quantizer (the one serving codes new users
+    with) and count the users whose code differs from the exported one; warn when any does. The first
+    ``VERIFIED_USERS`` users are checked: the step is the same for all of them."""
+    rows = min(len(user_codes), VERIFIED_USERS)
+    served = section.quantize(as_numpy(user_rep[:rows]))
+    differ = int(np.count_nonzero(np.any(served != user_codes[:rows], axis=1)))
+    if differ:
+        log.warning("cold start codes %d of %d trained users unlike the export: served codes may differ", differ, rows)
+    return differ
 
 
 def export_bundle(
@@ -124,6 +138,9 @@ def export_bundle(
     for name, value in test_served.items():
         if abs(value - test_device[name]) > 1e-6:
             log.warning("served-path %s %.6f differs from device-path %.6f", name, value, test_device[name])
+    cold_start = cold_start_section(model, quantizer, data, config.method)
+    if cold_start is not None:
+        check_cold_start_codes(cold_start, user_rep, users.codes)
     bytes_per_node = _bytes_per_node(users, items)
     version = new_model_version(data.name, config.method, quantizer.bits)
     training: dict[str, Any] = {
@@ -156,7 +173,7 @@ def export_bundle(
         popular=popularity_order(data),
         metrics=test_served,
         training=training,
-        cold_start=cold_start_arrays(model, quantizer, data, config.method),
+        cold_start=cold_start,
     )
     path = publish_bundle(bundle_root, content, make_current=make_current)
     log.info("published bundle %s", path)

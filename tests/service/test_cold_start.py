@@ -15,7 +15,7 @@ from binrec.index.hash_codes import group_indices
 from binrec.index.item_index import ItemIndex
 from binrec.service.cold_start import ColdStart
 from binrec.trainer.data import Dataset
-from binrec.trainer.export import cold_start_arrays, export_bundle
+from binrec.trainer.export import cold_start_section, export_bundle
 from binrec.trainer.hashing import HashedInput
 from binrec.trainer.train import TrainConfig, train
 from tests.conftest import RedisServer, TrainedBundle
@@ -68,7 +68,8 @@ def test_unknown_user_with_a_history_is_answered_from_its_code(
     got = [item["item_id"] for item in newcomer["items"]]
     assert not set(got) & set(history)  # what they told us they have seen is excluded
     rows = bundle.item_rows(history)
-    code = ColdStart(bundle.cold_start).code(rows)  # type: ignore[arg-type]  (the service's default path)
+    assert bundle.cold_start is not None
+    code = ColdStart(bundle.cold_start).code(rows)  # the service's default path
     expected = ItemIndex.for_bundle(bundle, device="cpu").search(code[None, :], 10, exclude=[rows])
     assert got == [bundle.item_ids[i] for i in expected.ids[0]]
 
@@ -106,13 +107,14 @@ def test_serving_codes_a_known_users_items_as_training_coded_the_user(
     result = train(tiny_data, config)
     inputs = result.model.inputs
     assert isinstance(inputs, HashedInput)
-    arrays = cold_start_arrays(result.model, result.quantizer, tiny_data, "fp")
-    assert arrays is not None and ("hash_item_basis" in arrays) == (max(hops) >= 2)
-    cold = ColdStart(arrays)
+    section = cold_start_section(result.model, result.quantizer, tiny_data, "fp")
+    assert section is not None and section.hashed is not None
+    assert ("item_basis" in section.hashed.propagation) == (max(hops) >= 2)
     train_rows = tiny_data.train
     for user in (0, 9, 71):
         items = train_rows.indices[train_rows.indptr[user] : train_rows.indptr[user + 1]].astype(np.int64)
-        assert np.array_equal(group_indices(cold.hash_bits(items)[None, :], 8)[0], inputs.groups_of[user].numpy())
+        bits = section.hashed.hash_bits(items)
+        assert np.array_equal(group_indices(bits[None, :], 8)[0], inputs.groups_of[user].numpy())
 
 
 def test_a_wider_deeper_decoder_decodes_the_same_in_serving(tiny_data: Dataset) -> None:
@@ -121,11 +123,12 @@ def test_a_wider_deeper_decoder_decodes_the_same_in_serving(tiny_data: Dataset) 
     result = train(tiny_data, config)
     inputs = result.model.inputs
     assert isinstance(inputs, HashedInput) and len([m for m in inputs.mlp if isinstance(m, torch.nn.Linear)]) == 3
-    arrays = cold_start_arrays(result.model, result.quantizer, tiny_data, "fp")
-    assert arrays is not None and int(arrays["hash_mlp_layers"]) == 3
+    section = cold_start_section(result.model, result.quantizer, tiny_data, "fp")
+    assert section is not None and section.hashed is not None and len(section.hashed.weights) == 3
+    assert int(section.to_arrays()["hash_mlp_layers"]) == 3
     items = np.array([0, 3, 5], np.int64)
-    bits = ColdStart(arrays).hash_bits(items)
+    bits = section.hashed.hash_bits(items)
     with torch.no_grad():
         want = inputs.decode(torch.from_numpy(group_indices(bits[None, :], 4))).numpy()[0]
-    got = ColdStart(arrays, use_hashed_ego=True).ego(items)
+    got = section.ego(items, hashed_ego=True)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -321,4 +321,4 @@ def test_trained_asymmetric_bundle_is_served_as_it_was_selected(asymmetric_bundl
     for name, value in asymmetric_bundle.report.test_device.items():
         assert asymmetric_bundle.report.test_served[name] == pytest.approx(value, abs=1e-12)
     assert bundle.manifest.metrics["recall@20"] > 0.1
-    assert bundle.cold_start is not None and int(bundle.cold_start["hq_max_level"]) == 3
+    assert bundle.cold_start is not None and bundle.cold_start.hq is not None and bundle.cold_start.hq.max_level == 3

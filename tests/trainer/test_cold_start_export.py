@@ -1,0 +1,45 @@
+"""The export's cold-start section codes a trained user as the torch model does: the numpy encoder that serves new
+users gives the trained users' own representations (from their training items) and codes (from those)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from binrec.index.codes import CodeLayout
+from binrec.trainer.data import Dataset
+from binrec.trainer.export import check_cold_start_codes, cold_start_section
+from binrec.trainer.train import TrainConfig, train
+
+
+@pytest.mark.parametrize(
+    ("method", "bits", "user_bits", "layout"),
+    [("hq", 1, 2, CodeLayout.PLANES2), ("hq", 1, None, CodeLayout.SIGN1), ("ste", None, None, CodeLayout.SIGN1)],
+)
+def test_the_numpy_encoder_codes_trained_users_as_the_torch_model(
+    tiny_data: Dataset, method: str, bits: int | None, user_bits: int | None, layout: CodeLayout
+) -> None:
+    config = TrainConfig(method=method, bits=bits, user_bits=user_bits, dim=16, epochs=3, batch_size=1024,
+                         eval_every=3, device="cpu", input_layer="hash", hash_bits=32, hash_groups=4)  # fmt: skip
+    result = train(tiny_data, config)
+    model, quantizer = result.model, result.quantizer
+    # The section's item degrees are the served ones (train + validation); the model propagated train's alone.
+    train_only = dataclasses.replace(tiny_data, valid=sp.csr_matrix(tiny_data.valid.shape, dtype=np.float32))
+    section = cold_start_section(model, quantizer, train_only, method)
+    assert section is not None and section.hashed is not None and section.user_layout is layout
+    with torch.no_grad():
+        user_rep, _ = quantizer.node_representations(model)
+    exported = quantizer.export(user_rep, "user").codes
+    # The quantize step is exact: every trained user's representation gets its exported code.
+    np.testing.assert_array_equal(section.quantize(user_rep.numpy()), exported)
+    assert check_cold_start_codes(section, user_rep, exported) == 0
+    # The representation from the user's training items, its ego decoded from the hash code they give.
+    rows = tiny_data.train
+    for user in range(0, tiny_data.n_users, 7):
+        items = rows.indices[rows.indptr[user] : rows.indptr[user + 1]].astype(np.int64)
+        got = section.representation(items, hashed_ego=True)
+        np.testing.assert_allclose(got, user_rep[user].numpy(), rtol=1e-4, atol=1e-5, err_msg=f"user {user}")
