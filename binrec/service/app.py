@@ -17,12 +17,13 @@ from starlette.exceptions import HTTPException
 
 from binrec.index.retrieval.faiss_backend import set_cpu_threads
 from binrec.service.batcher import MicroBatcher
-from binrec.service.errors import http_error, validation_error
+from binrec.service.errors import http_error, search_unavailable, validation_error
 from binrec.service.limits import LimitRequestBody
 from binrec.service.logs import configure_logging
 from binrec.service.metrics import ServiceMetrics
 from binrec.service.observe import ObserveRequests
 from binrec.service.recommender import Recommender, ServingModel
+from binrec.service.remote_index import SearchUnavailable
 from binrec.service.routes import admin, health, recommend
 from binrec.service.settings import ServiceSettings, get_settings
 from binrec.service.user_codes import UserCodeCache
@@ -52,6 +53,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
             device=settings.device,
             backend=settings.retrieval_backend,
             warm_batch=settings.batch_max_size,
+            search_socket=settings.search_socket,
         )
         redis = Redis.from_url(
             settings.redis_url,
@@ -76,7 +78,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
         versions = WorkerVersions.from_environment()
         recommender = Recommender(
             serving, codes, batcher, metrics, device=settings.device, backend=settings.retrieval_backend,
-            versions=versions,
+            versions=versions, search_socket=settings.search_socket,
         )  # fmt: skip
         watcher = None
         if settings.watch_interval_s > 0:
@@ -110,6 +112,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
     app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(SearchUnavailable, search_unavailable)
     app.include_router(health.router)
     app.include_router(recommend.build_router(settings))
     app.include_router(admin.router)

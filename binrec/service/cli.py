@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -17,6 +19,7 @@ from binrec.service.app import create_app
 from binrec.service.logs import configure_logging
 from binrec.service.metrics import MULTIPROCESS_ENV
 from binrec.service.recommender import ServingModel
+from binrec.service.search_process import SearchProcessHandle, as_environment
 from binrec.service.settings import ServiceSettings
 from binrec.service.workers import RUNTIME_DIR_ENV
 
@@ -43,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
     try:
         settings = ServiceSettings(**overrides)
     except ValidationError as error:
@@ -51,23 +54,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recsys-serve: error: setting {first['loc'][0]}: {first['msg']}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    try:
-        # One worker serves this very model: warm it at every batch shape. Several load and warm their own; this
-        # process only verifies, and its GPU index searches nothing more.
-        warm_batch = settings.batch_max_size if settings.workers == 1 else 0
-        model = ServingModel.load(
-            settings.bundle_root, device=settings.device, backend=settings.retrieval_backend, warm_batch=warm_batch
-        )
-    except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
-        print(f"recsys-serve: error: {error}", file=sys.stderr)
-        return 2
+    with contextlib.ExitStack() as stack:
+        search: SearchProcessHandle | None = None
+        if settings.search_process:  # started first: the bundle is verified through it, as every worker opens it
+            try:
+                search = SearchProcessHandle.start(stack, overrides)
+            except RuntimeError as error:
+                print(f"recsys-serve: error: {error}", file=sys.stderr)
+                return 2
+            overrides["search_socket"] = search.socket_path
+            settings = settings.model_copy(update={"search_socket": search.socket_path})
+        try:
+            # One worker serves this very model: warm it at every batch shape. Several load and warm their own; this
+            # process only verifies, and its GPU index searches nothing more.
+            warm_batch = settings.batch_max_size if settings.workers == 1 else 0
+            model = ServingModel.load(
+                settings.bundle_root,
+                device=settings.device,
+                backend=settings.retrieval_backend,
+                warm_batch=warm_batch,
+                search_socket=settings.search_socket,
+            )
+        except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
+            print(f"recsys-serve: error: {error}", file=sys.stderr)
+            return 2
+        serve(settings, overrides, model)
+        if search is not None and search.failed:
+            print("recsys-serve: error: the search process exited; the service stopped with it", file=sys.stderr)
+            return 1
+    return 0
+
+
+def serve(settings: ServiceSettings, overrides: dict[str, Any], model: ServingModel) -> None:
+    """Run uvicorn: this process serves ``model`` itself, or its workers each load their own."""
     common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False}
     if settings.workers == 1:  # log_config=None: uvicorn's own lines go through the same formatter
         uvicorn.run(create_app(settings, model=model), log_config=None, **common)  # type: ignore[arg-type]
-        return 0
+        return
     # Several processes: each worker builds the app from the environment, so command-line values go there.
     del model  # verified above; every worker loads its own copy
-    os.environ.update({f"RECSYS_{name.upper()}": str(value) for name, value in overrides.items()})
+    os.environ.update(as_environment(overrides))
     if settings.watch_interval_s == 0:  # how every worker follows a reload that reached one of them
         os.environ["RECSYS_WATCH_INTERVAL_S"] = "1"
     with tempfile.TemporaryDirectory(prefix="recsys-serve-") as runtime:
@@ -82,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
             log_config=None,
             **common,  # type: ignore[arg-type]
         )
-    return 0
 
 
 if __name__ == "__main__":

@@ -67,3 +67,10 @@ def allowed_methods(request: Request) -> list[str]:
     if "GET" in methods:
         methods.add("HEAD")
     return sorted(methods)
+
+
+async def search_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """The search process did not answer: the service cannot rank now, a retry may succeed (503, not a bug's 500)."""
+    return JSONResponse(
+        status_code=503, content={"detail": "search unavailable, retry later"}, headers={"Retry-After": "1"}
+    )

@@ -23,6 +23,7 @@ from binrec.index.item_index import DevicePreference, IndexSelfCheckError, ItemI
 from binrec.service.batcher import MicroBatcher
 from binrec.service.cold_start import ColdStart
 from binrec.service.metrics import ServiceMetrics
+from binrec.service.remote_index import RemoteItemIndex, SearchIndex
 from binrec.service.schemas import Answer, Source
 from binrec.service.user_codes import UserCodeCache
 from binrec.service.workers import WorkerVersions
@@ -35,7 +36,7 @@ LOAD_FAILURES = (BundleError, IndexSelfCheckError, ValueError, RuntimeError, OSE
 @dataclass(frozen=True)
 class ServingModel:
     bundle: Bundle
-    index: ItemIndex
+    index: SearchIndex
 
     @cached_property
     def cold_start(self) -> ColdStart | None:
@@ -49,12 +50,23 @@ class ServingModel:
 
     @classmethod
     def load(
-        cls, root: Path, *, device: DevicePreference = "auto", backend: str = "auto", warm_batch: int = 1
+        cls,
+        root: Path,
+        *,
+        device: DevicePreference = "auto",
+        backend: str = "auto",
+        warm_batch: int = 1,
+        search_socket: Path | None = None,
     ) -> ServingModel:
         """Load and verify the CURRENT bundle, load (or build) its index, self-check and warm it (on a GPU at every
-        batch shape up to ``warm_batch`` queries, the micro-batcher's largest)."""
+        batch shape up to ``warm_batch`` queries, the micro-batcher's largest). With ``search_socket`` the search
+        process holds the index and this process only opens it there."""
         bundle = Bundle.load(root)  # which checks the cold-start section too
-        index = ItemIndex.for_bundle(bundle, device=device, backend=backend)
+        index: SearchIndex
+        if search_socket is not None:
+            index = RemoteItemIndex.open(search_socket, bundle)
+        else:
+            index = ItemIndex.for_bundle(bundle, device=device, backend=backend)
         index.warm(warm_batch)
         if bundle.manifest.n_users and index.n_items:  # warm-up: the first real request pays no first-call cost
             scales = bundle.user_scales[:1] if bundle.user_scales is not None else None
@@ -90,8 +102,10 @@ class Recommender:
         device: DevicePreference = "auto",
         backend: str = "auto",
         versions: WorkerVersions | None = None,
+        search_socket: Path | None = None,
     ) -> None:
         self.model = model
+        self.search_socket = search_socket  # the search process that holds every model's index, if any
         self.versions = versions  # several workers: where each says which version it serves
         self.codes = codes
         self.batcher = batcher
@@ -161,7 +175,12 @@ class Recommender:
             previous = self.model
             try:
                 loaded = await asyncio.to_thread(
-                    ServingModel.load, root, device=self.device, backend=self.backend, warm_batch=self.batcher.max_batch
+                    ServingModel.load,
+                    root,
+                    device=self.device,
+                    backend=self.backend,
+                    warm_batch=self.batcher.max_batch,
+                    search_socket=self.search_socket,
                 )
             except LOAD_FAILURES as error:
                 self.metrics.model_loads.labels(outcome="refused").inc()

@@ -25,7 +25,17 @@ class ServiceSettings(BaseSettings):
     user_code_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="lifetime of a cached user code")
     host: str = Field("127.0.0.1", description="interface uvicorn binds")
     port: int = Field(8000, ge=1, le=65535, description="port uvicorn binds")
-    workers: int = Field(1, ge=1, description="uvicorn worker processes; each loads its own model and index")
+    workers: int = Field(
+        1, ge=1, description="uvicorn worker processes; each loads its own model and (without search_process) index"
+    )
+    search_process: bool = Field(
+        False,
+        description="one process owns the item index and answers every worker's searches: one copy of the index "
+        "and one GPU context per host, searches from all workers merged",
+    )
+    search_socket: Path | None = Field(
+        None, description="set by recsys-serve for its workers: the search process's Unix socket"
+    )
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="where the item index runs")
     retrieval_backend: BackendName = Field(
         "auto", description="Hamming search backend; 'auto' = the fastest exact one available on the device"

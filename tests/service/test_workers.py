@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from binrec.index.bundle import CURRENT, Bundle, set_current
 from tests.conftest import RedisServer, TrainedBundle
@@ -22,15 +23,20 @@ def metric(text: str, line: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+@pytest.mark.parametrize("search_process", [False, True], ids=["own-indexes", "search-process"])
 def test_one_reload_moves_every_worker_and_metrics_cover_all(
-    tmp_path: Path, ste_bundle: TrainedBundle, fp_bundle: TrainedBundle, redis_server: RedisServer
+    tmp_path: Path, ste_bundle: TrainedBundle, fp_bundle: TrainedBundle, redis_server: RedisServer, search_process: bool
 ) -> None:
     old, new = Bundle.load(ste_bundle.root), Bundle.load(fp_bundle.root)
     for bundle in (old, new):
         shutil.copytree(bundle.path, tmp_path / bundle.path.name)
     (tmp_path / CURRENT).write_text(old.path.name + "\n")
     process, url = serve(
-        tmp_path, redis_server, "--workers", "2", env={"RECSYS_ADMIN_API_KEY": KEY, "RECSYS_LOG_LEVEL": "warning"}
+        tmp_path,
+        redis_server,
+        "--workers",
+        "2",
+        env={"RECSYS_ADMIN_API_KEY": KEY, "RECSYS_LOG_LEVEL": "warning", "RECSYS_SEARCH_PROCESS": str(search_process)},
     )
     user = ste_bundle.data.user_ids[0]
     try:

@@ -1,0 +1,161 @@
+"""The search process: one owner of the index answers every worker exactly as an in-process index would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from binrec.index.bundle import Bundle
+from binrec.index.item_index import ItemIndex
+from binrec.service.remote_index import RemoteItemIndex, SearchUnavailable
+from binrec.service.search_wire import SIZES, WireError, pack, receive, unpack
+from tests.conftest import RedisServer, TrainedBundle
+from tests.service.test_cli import serve
+from tests.service.test_workers import metric
+
+
+def test_frames_carry_arrays_exactly_and_malformed_ones_are_refused() -> None:
+    arrays = [
+        np.arange(24, dtype=np.uint8).reshape(4, 6),
+        np.empty(0, np.int64),
+        np.linspace(0, 1, 6, dtype=np.float32),
+    ]
+    frame = pack({"op": "search", "k": 5}, arrays)
+    meta_size, body_size = SIZES.unpack(frame[: SIZES.size])
+    header, back = unpack(frame[SIZES.size : SIZES.size + meta_size], frame[SIZES.size + meta_size :])
+    assert header == {"op": "search", "k": 5} and body_size == sum(a.nbytes for a in arrays)
+    for sent, received in zip(arrays, back, strict=True):
+        assert received.dtype == sent.dtype and np.array_equal(received, sent)
+    meta, body = frame[SIZES.size : SIZES.size + meta_size], frame[SIZES.size + meta_size :]
+    with pytest.raises(WireError, match="shorter"):
+        unpack(meta, body[:-1])
+    with pytest.raises(WireError, match="longer"):
+        unpack(meta, body + b"\0")
+    with pytest.raises(WireError, match="unsupported array"):
+        unpack(b'{"arrays": [["object", [1]]]}', b"\0" * 8)
+    with pytest.raises(WireError, match="malformed"):
+        unpack(b"not json", b"")
+
+
+@pytest.fixture
+def search_socket(tmp_path: Path) -> Iterator[Path]:
+    """A search process of its own (index on the CPU), as recsys-serve starts it."""
+    path = tmp_path / "search.sock"
+    env = {**os.environ, "RECSYS_DEVICE": "cpu", "RECSYS_LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "binrec.service.search_process", "--socket", str(path)], env=env)
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the search process did not listen"
+        time.sleep(0.05)
+    yield path
+    process.terminate()
+    assert process.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("kind", ["ste_bundle", "hq2_bundle", "asymmetric_bundle", "bigear_bundle", "fp_bundle"])
+def test_remote_search_equals_the_in_process_index(
+    kind: str, search_socket: Path, request: pytest.FixtureRequest
+) -> None:
+    trained: TrainedBundle = request.getfixturevalue(kind)
+    bundle = Bundle.load(trained.root)
+    local = ItemIndex.for_bundle(bundle, device="cpu")
+    remote = RemoteItemIndex.open(search_socket, bundle)
+    assert remote.n_items == local.n_items and remote.backend == local.backend and not remote.on_gpu
+    rows = np.arange(min(40, bundle.manifest.n_users))
+    codes = np.asarray(bundle.user_codes[rows])
+    exclude = [bundle.seen_items(int(row)) for row in rows]
+    scales = np.asarray(bundle.user_scales[rows]) if bundle.user_scales is not None else None
+    for k, excluded in ((20, exclude), (bundle.manifest.n_items + 5, None)):
+        expected = local.search(codes, k, exclude=excluded, query_scales=scales)
+        got = remote.search(codes, k, exclude=excluded, query_scales=scales)
+        assert np.array_equal(got.ids, expected.ids)
+        assert np.array_equal(got.scores, expected.scores)
+
+
+def test_refusals_name_the_problem_and_leave_the_process_serving(
+    search_socket: Path, ste_bundle: TrainedBundle, tmp_path: Path
+) -> None:
+    bundle = Bundle.load(ste_bundle.root)
+    remote = RemoteItemIndex.open(search_socket, bundle)
+    codes = np.asarray(bundle.user_codes[:2])
+    with pytest.raises(ValueError, match="k must be positive"):
+        remote.search(codes, 0)
+    with pytest.raises(ValueError, match="exclude has 1 rows for 2 queries"):
+        remote.search(codes, 5, exclude=[np.empty(0, np.int64)])
+    wrong_width = np.zeros((2, codes.shape[1] + 1), dtype=codes.dtype)
+    with pytest.raises(ValueError):
+        remote.search(wrong_width, 5)  # refused by the search process, as ItemIndex refuses it
+    fake = Bundle.load(ste_bundle.root)
+    object.__setattr__(fake, "path", tmp_path / "no-such-bundle")
+    with pytest.raises(ValueError, match="no-such-bundle"):
+        RemoteItemIndex.open(search_socket, fake)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:  # a frame whose header is not JSON
+        raw.connect(str(search_socket))
+        raw.sendall(SIZES.pack(3, 0) + b"{x}")
+        header, _ = receive(raw)
+        assert header["ok"] is False and header["refused"] is True and "malformed" in header["error"]
+    assert np.array_equal(remote.search(codes, 5).ids, ItemIndex.for_bundle(bundle, device="cpu").search(codes, 5).ids)
+
+
+def test_an_unreachable_search_process_is_search_unavailable(tmp_path: Path, ste_bundle: TrainedBundle) -> None:
+    with pytest.raises(SearchUnavailable, match="search process"):
+        RemoteItemIndex.open(tmp_path / "nobody.sock", Bundle.load(ste_bundle.root))
+
+
+def children_running(pid: int, module: str) -> list[int]:
+    """Processes started by ``pid`` whose command line runs ``module``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and module in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_recsys_serve_answers_through_the_search_process_and_stops_when_it_dies(
+    ste_bundle: TrainedBundle, redis_server: RedisServer
+) -> None:
+    env = {"RECSYS_LOG_LEVEL": "warning"}
+    plain, plain_url = serve(ste_bundle.root, redis_server, env=env)
+    try:
+        users = ste_bundle.data.user_ids[:15]
+        expected = [httpx.get(f"{plain_url}/recommend", params={"user_id": u}).json() for u in users]
+    finally:
+        plain.send_signal(signal.SIGTERM)
+        plain.communicate(timeout=60)
+    process, url = serve(ste_bundle.root, redis_server, "--workers", "2", env={**env, "RECSYS_SEARCH_PROCESS": "1"})
+    try:
+        deadline = time.monotonic() + 60  # both workers up: the first to answer /readyz may be alone so far
+        while metric(httpx.get(f"{url}/metrics").text, "recsys_workers") < 2:
+            assert time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.1)
+        for user, answer in zip(users, expected, strict=True):  # ids and exact scores alike
+            assert httpx.get(f"{url}/recommend", params={"user_id": user}).json()["items"] == answer["items"]
+        batch = httpx.post(f"{url}/recommend", json={"user_ids": list(users), "k": 7}).json()
+        assert [r["items"] for r in batch["results"]] == [a["items"][:7] for a in expected]
+        (search_pid,) = children_running(process.pid, "binrec.service.search_process")
+        os.kill(search_pid, signal.SIGKILL)
+        assert process.wait(timeout=60) == 1  # the whole server stops: the orchestrator restarts it
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    assert "recsys-serve: error: the search process exited" in stderr
+    assert "Traceback" not in stderr, stderr
