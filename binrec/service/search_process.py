@@ -135,7 +135,7 @@ class SearchProcess:
                     return  # the stream's framing is lost: close it
                 writer.write(await self.answer(header, arrays))
                 await writer.drain()
-        except ConnectionError:
+        except (ConnectionError, asyncio.CancelledError):  # cancelled: the process is stopping, and so is this
             return
         finally:
             writer.close()

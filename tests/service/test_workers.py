@@ -64,4 +64,4 @@ def test_one_reload_moves_every_worker_and_metrics_cover_all(
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
         _, stderr = process.communicate()
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr
