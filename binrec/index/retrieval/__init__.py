@@ -49,6 +49,7 @@ DevicePreference = Literal["auto", "cpu", "gpu"]
 
 __all__ = [
     "BACKENDS",
+    "GPU_BACKENDS",
     "MAX_K",
     "BackendName",
     "DevicePreference",
@@ -189,16 +190,20 @@ def backend_for_index(
     """The backend that searches a stored FAISS index's items (``faiss_backend.stored_index``); None when it holds
     none. Packed codes get ``backend`` (``make_backend``), float vectors FAISS's inner product on ``device``.
     Searches for more results than the backend takes (``max_k``) go to FAISS on the CPU over the same index."""
-    forms = stored_forms(cpu_index)
+    forms = stored_forms(cpu_index)  # a view of the index's memory: no second copy (GPU backends copy to the device)
+    found: SearchBackend
     if not is_binary(cpu_index):
         if device == "gpu" and faiss_gpu_count() == 0:
             raise RuntimeError("device=gpu asked for, but FAISS sees no GPU (is faiss-gpu installed?)")
+        if forms.shape[0] == 0:
+            return None
         gpu = device == "gpu" or (device == "auto" and faiss_gpu_count() > 0)
-        return FaissFloatBackend(forms, gpu=gpu, cpu_index=cpu_index) if forms.shape[0] else None
-    if forms.shape[0] == 0:
+        found = FaissFloatBackend(forms, gpu=gpu, cpu_index=cpu_index)
+    elif forms.shape[0] == 0:
         return None
-    # A view of the codes FAISS already holds: no second copy at start-up (GPU backends copy to the device).
-    found = make_backend(forms, backend, device=device, cpu_index=cpu_index)
-    if found.max_k >= found.n_items:
-        return found
-    return ByKBackend(found, FaissBinaryBackend(forms, cpu_index=cpu_index))
+    else:
+        found = make_backend(forms, backend, device=device, cpu_index=cpu_index)
+        if found.max_k < found.n_items:
+            found = ByKBackend(found, FaissBinaryBackend(forms, cpu_index=cpu_index))
+    found.viewed = cpu_index
+    return found

@@ -40,6 +40,7 @@ class SearchBackend(ABC):
     query_dtype: type[np.generic] = np.uint8  # element type of queries and items
     distance_dtype: type[np.generic] = np.int32
     n_items: int
+    viewed: Any = None  # what the item codes are a view of, if anything: kept alive as long as the backend
 
     @property
     @abstractmethod
