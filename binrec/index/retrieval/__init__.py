@@ -39,12 +39,13 @@ from binrec.index.retrieval.faiss_backend import (
 )
 from binrec.index.retrieval.sharded import ShardedBackend
 
-GpuBackendName = Literal["faiss-gpu", "triton"]  # backends that need a GPU
+GpuBackendName = Literal["triton", "faiss-gpu"]  # backends that need a GPU, fastest first
 CpuBackendName = Literal["numpy", "numpy+faiss-cpu", "faiss-cpu"]
 # The one list of code backends a setting or option may name (RECSYS_RETRIEVAL_BACKEND, recsys-index --backend).
 BackendName = Literal["auto", CpuBackendName, GpuBackendName, "torch"]
 BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
 GPU_BACKENDS: tuple[GpuBackendName, ...] = get_args(GpuBackendName)
+CPU_BACKENDS: tuple[CpuBackendName, ...] = get_args(CpuBackendName)
 DevicePreference = Literal["auto", "cpu", "gpu"]
 
 __all__ = [
@@ -84,15 +85,21 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _gpus(name: GpuBackendName) -> int:
-    """GPUs the backend ``name`` can use here."""
-    return _cuda_devices() if name == "triton" and _has_triton() else faiss_gpu_count() if name == "faiss-gpu" else 0
+def _gpus(name: BackendName) -> int:
+    """GPUs the backend ``name`` can use here (none for a CPU backend)."""
+    match name:
+        case "triton":
+            return _cuda_devices() if _has_triton() else 0
+        case "faiss-gpu":
+            return faiss_gpu_count()
+        case _:
+            return 0
 
 
 def available_backends() -> list[BackendName]:
-    """Backends that can run here, fastest first (the order ``auto`` follows)."""
-    found: list[BackendName] = [name for name in ("triton", "faiss-gpu") if _gpus(name)]
-    found += ["faiss-cpu", "numpy", "numpy+faiss-cpu"]
+    """Backends that can run here, GPU ones first, fastest first (the order ``auto`` follows on a GPU)."""
+    found: list[BackendName] = [name for name in GPU_BACKENDS if _gpus(name)]
+    found += CPU_BACKENDS
     if _has_torch():
         found.append("torch")
     return found
@@ -171,17 +178,13 @@ def make_backend(
     behind ``numpy+faiss-cpu``).
     """
     name = resolve_backend(backend, device, (int(codes.shape[0]), int(codes.shape[1])))
-    gpus = 1
-    if name == "triton" or name == "faiss-gpu":
-        gpus = _gpus(name)
-        if not gpus:
-            raise RuntimeError(
-                f"retrieval backend {name!r} needs a GPU it can use here; available: {available_backends()}"
-            )
-    count = shards if shards is not None else (gpus if name in GPU_BACKENDS else 1)
+    gpus = _gpus(name)
+    if name in GPU_BACKENDS and not gpus:
+        raise RuntimeError(f"retrieval backend {name!r} needs a GPU it can use here; available: {available_backends()}")
+    count = shards if shards is not None else max(1, gpus)
     if count <= 1:
         return _single(codes, name, 0, cpu_index)
-    return ShardedBackend(codes, count, lambda part, i: _single(part, name, i % gpus))
+    return ShardedBackend(codes, count, lambda part, i: _single(part, name, i % max(1, gpus)))
 
 
 def backend_for_index(

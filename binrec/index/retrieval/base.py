@@ -19,8 +19,8 @@ import numpy.typing as npt
 
 from binrec.index.hamming import hamming_distances
 
-# The largest k every backend answers: the GPU kernels' buffers and FAISS's GPU selection are sized for it. The
-# service caps a request's k below it (``ServiceSettings.max_k``) and over-fetches for the seen items it skips.
+# The largest k every backend answers (the GPU kernels' buffers are sized for it; FAISS's flat indexes take more).
+# The service caps a request's k below it (``ServiceSettings.max_k``) and over-fetches for the seen items it skips.
 MAX_K = 4096
 
 
