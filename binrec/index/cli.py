@@ -8,11 +8,11 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import cast
+from typing import cast, get_args
 
 from binrec.index.bundle import INDEX_FILE, Bundle, BundleError, add_file_to_bundle
-from binrec.index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex
-from binrec.index.retrieval import BACKENDS
+from binrec.index.item_index import IndexSelfCheckError, ItemIndex
+from binrec.index.retrieval import BACKENDS, DevicePreference
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--bundle-root", type=Path, default=Path("var/bundles"), help="a bundle, or a root whose CURRENT names one"
         )
-        command.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where to build/search")
         command.add_argument(
-            "--backend", choices=list(BACKENDS), default="auto", help="Hamming search backend (auto: fastest here)"
+            "--device", choices=get_args(DevicePreference), default="auto", help="where to build/search"
+        )
+        command.add_argument(
+            "--backend",
+            choices=list(BACKENDS),
+            default="auto",
+            help="Hamming search backend (auto: fastest here); float bundles always search by FAISS inner product",
         )
     return parser
 

@@ -12,9 +12,10 @@ Optional per-node scales refine binary codes (``ScaleMode``): ``segment`` scales
 ``levels`` (2-bit only) ``[n, 4]`` give each node its own value for q = 0..3 (GNAQ's per-node codebook).
 Item scales change rankings, so the index re-ranks Hamming candidates with them.
 
-For binary layouts the FAISS index stores a *search form* of every item and queries use a matching
-search form, so that ``score = search_bits - 2 * Hamming(query, item)`` equals the inner product of
-the dequantized codes exactly (DESIGN.md §4).
+The index stores a *search form* of every item and queries use a matching search form. For binary layouts
+``score = search_bits - 2 * Hamming(query, item)`` then equals the inner product of the dequantized codes
+exactly (DESIGN.md §4); float vectors are their own search form, searched by inner product. Search backends
+return distances, smaller nearer (``index.retrieval``): ``scores_from_distances`` turns them into scores.
 
 Users may keep more bits than items (*asymmetric* codes: ``planes2`` users, ``sign1`` items): an item's
 magnitude-free sign code is all the index stores, and the query's extra plane still scores exactly, since
@@ -24,6 +25,7 @@ magnitude-free sign code is all the index stores, and the query's extra plane st
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -170,32 +172,52 @@ def search_bits(layout: CodeLayout, dim: int, query_layout: CodeLayout | None = 
     raise ValueError(f"{layout} has no binary search form")
 
 
+def search_dim(layout: CodeLayout, dim: int, query_layout: CodeLayout | None = None) -> int:
+    """The dimension of the items' search form, FAISS's ``d`` for their index: ``search_bits`` for binary
+    layouts, ``dim`` floats for ``float32``."""
+    return search_bits(layout, dim, query_layout) if layout.is_binary else dim
+
+
 def scores_from_distances(
-    distances: npt.NDArray[np.integer], layout: CodeLayout, dim: int, query_layout: CodeLayout | None = None
+    distances: npt.NDArray[np.number], layout: CodeLayout, dim: int, query_layout: CodeLayout | None = None
 ) -> npt.NDArray[np.float32]:
-    """Exact inner products of the dequantized codes from Hamming distances between their search forms."""
+    """Exact inner products of the dequantized codes from the distances between their search forms: Hamming
+    distances for binary layouts, negated inner products for ``float32`` (negation is exact)."""
+    if not layout.is_binary:
+        return -np.asarray(distances, dtype=np.float32)
     bits = search_bits(layout, dim, query_layout)
     return (bits - 2 * np.asarray(distances, dtype=np.int64)).astype(np.float32)
 
 
-def item_search_form(codes: Packed, layout: CodeLayout, dim: int, query_layout: CodeLayout | None = None) -> Packed:
-    """What the index stores per item: the code itself, ``[S S S]`` for 2-bit queries of 1-bit items, or
-    ``[H H H H | H H | O O | O]`` for 2 bits."""
+def item_search_form(
+    codes: npt.NDArray[np.generic], layout: CodeLayout, dim: int, query_layout: CodeLayout | None = None
+) -> npt.NDArray[Any]:
+    """What the index stores per item: the code itself, ``[S S S]`` for 2-bit queries of 1-bit items,
+    ``[H H H H | H H | O O | O]`` for 2 bits, or the ``float32`` vector."""
+    if not layout.is_binary:
+        return np.ascontiguousarray(codes, dtype=np.float32)
+    packed = np.asarray(codes, dtype=np.uint8)
     if layout is CodeLayout.SIGN1:
         copies = search_bits(layout, dim, query_layout) // dim
-        return np.ascontiguousarray(np.concatenate([codes] * copies, axis=1) if copies > 1 else codes, np.uint8)
-    high, low = _planes(codes, dim)
+        return np.ascontiguousarray(np.concatenate([packed] * copies, axis=1) if copies > 1 else packed, np.uint8)
+    high, low = _planes(packed, dim)
     return np.ascontiguousarray(np.concatenate([high] * 6 + [low] * 3, axis=1))
 
 
-def query_search_form(codes: Packed, layout: CodeLayout, dim: int, item_layout: CodeLayout | None = None) -> Packed:
+def query_search_form(
+    codes: npt.NDArray[np.generic], layout: CodeLayout, dim: int, item_layout: CodeLayout | None = None
+) -> npt.NDArray[Any]:
     """What a query coded in ``layout`` sends against items coded in ``item_layout`` (default: the same): the
-    code itself, ``[H H O]`` against 1-bit items, or ``[H H H H | O O | H H | O]`` for 2 bits."""
+    code itself, ``[H H O]`` against 1-bit items, ``[H H H H | O O | H H | O]`` for 2 bits, or the ``float32``
+    vector."""
     item_layout = item_layout or layout
     check_pairing(layout, item_layout)
+    if not layout.is_binary:
+        return np.ascontiguousarray(codes, dtype=np.float32)
+    packed = np.asarray(codes, dtype=np.uint8)
     if layout is CodeLayout.SIGN1:
-        return np.ascontiguousarray(codes, dtype=np.uint8)
-    high, low = _planes(codes, dim)
+        return np.ascontiguousarray(packed)
+    high, low = _planes(packed, dim)
     if item_layout is CodeLayout.SIGN1:
         return np.ascontiguousarray(np.concatenate([high, high, low], axis=1))
     return np.ascontiguousarray(np.concatenate([high] * 4 + [low] * 2 + [high] * 2 + [low], axis=1))

@@ -1,11 +1,10 @@
-"""Exact Top-K over item codes: Hamming search for low-bit codes, FAISS inner product for floats.
+"""Exact Top-K over item codes: Hamming search for low-bit codes, inner product for floats.
 
-Binary codes are searched by an ``index.retrieval`` backend (our Triton kernel on a GPU, FAISS
-otherwise; a setting picks another), floats by FAISS ``IndexFlatIP``; the FAISS form is also what a
-bundle stores. Searches do not filter seen items, and low-bit scores tie a lot (64-bit codes have
-only 65 distinct scores), so ``ItemIndex`` over-fetches, filters, orders by (score desc, item id asc)
-and widens the fetch until the boundary score is no longer shared with items it did not fetch:
-results are exact and deterministic whichever backend runs.
+An ``index.retrieval`` backend searches the items' search forms (our Triton kernel on a GPU, FAISS or a
+counting pass on a CPU for codes; FAISS ``IndexFlatIP`` for floats); the FAISS index over those forms is what
+a bundle stores. Backends answer in exact order (score desc, item id asc) but do not filter seen items, so
+``ItemIndex`` over-fetches, filters, and widens the fetch for queries left with fewer than k items; with item
+scales it re-ranks candidates exactly. Results are exact and deterministic whichever backend runs.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,23 +30,20 @@ from binrec.index.codes import (
     item_search_form,
     query_search_form,
     scores_from_distances,
-    search_bits,
+    search_dim,
 )
 from binrec.index.hamming import exact_scores
-from binrec.index.retrieval import MAX_K, HammingBackend, make_backend
-from binrec.index.retrieval.faiss_backend import GPU_MAX_K
-from binrec.index.retrieval.faiss_backend import faiss_gpu_count as gpu_count
-
-try:
-    import faiss
-except ImportError as error:  # pragma: no cover - exercised only on a broken install
-    raise ImportError(
-        "FAISS is not installed: install the project with the `cpu` extra (faiss-cpu) or the `gpu` extra"
-    ) from error
+from binrec.index.retrieval import (
+    MAX_K,
+    SearchBackend,
+    backend_for_index,
+    read_stored_index,
+    serialize_stored_index,
+    stored_index,
+)
+from binrec.index.retrieval import DevicePreference as DevicePreference  # the service and CLI name it here
 
 log = logging.getLogger(__name__)
-
-DevicePreference = Literal["auto", "cpu", "gpu"]
 
 
 DEFAULT_RERANK_FACTOR = 10  # Hamming candidates per requested item when item scales re-rank
@@ -141,26 +137,13 @@ class ItemIndex:
         self.dim = dim
         self.rerank = rerank
         self._cpu_index = cpu_index
-        self._gpu_index: Any | None = None
-        self._hamming: HammingBackend | None = None
-        if layout.is_binary:
-            # A view of the codes FAISS already holds: no second copy at start-up (GPU backends copy to the device).
-            size = cpu_index.ntotal * cpu_index.code_size
-            codes = faiss.rev_swig_ptr(cpu_index.xb.data(), size).reshape(cpu_index.ntotal, cpu_index.code_size)
-            if codes.shape[0]:
-                self._hamming = make_backend(codes, backend, device=device, cpu_index=cpu_index)
-            self.backend = self._hamming.name if self._hamming is not None else "faiss-cpu"
-        else:
-            if device == "gpu" and gpu_count() == 0:
-                raise RuntimeError("device=gpu asked for, but FAISS sees no GPU (is faiss-gpu installed?)")
-            if device == "gpu" or (device == "auto" and gpu_count() > 0):
-                self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, cpu_index)
-            self.backend = "faiss-float-gpu" if self._gpu_index is not None else "faiss-float-cpu"
+        self._backend: SearchBackend | None = backend_for_index(cpu_index, backend, device=device)
+        self.backend = self._backend.name if self._backend is not None else "none"  # none: no items to search
         log.info("item index ready: %d items, layout %s, d=%d, backend %s", self.n_items, layout, dim, self.backend)
 
     @property
     def on_gpu(self) -> bool:
-        return self._hamming.on_gpu if self._hamming is not None else self._gpu_index is not None
+        return self._backend is not None and self._backend.on_gpu
 
     @property
     def n_items(self) -> int:
@@ -184,13 +167,7 @@ class ItemIndex:
         expected = code_width(layout, dim)
         if item_codes.ndim != 2 or item_codes.shape[1] != expected:
             raise ValueError(f"item codes must have {expected} columns for {layout} d={dim}, got {item_codes.shape}")
-        cpu_index: Any
-        if layout.is_binary:
-            cpu_index = faiss.IndexBinaryFlat(search_bits(layout, dim, user_layout))
-            cpu_index.add(item_search_form(np.asarray(item_codes, np.uint8), layout, dim, user_layout))
-        else:
-            cpu_index = faiss.IndexFlatIP(dim)
-            cpu_index.add(np.ascontiguousarray(item_codes, dtype=np.float32))
+        cpu_index = stored_index(item_search_form(item_codes, layout, dim, user_layout))
         rerank = Reranker.of(item_codes, item_scales, scale_mode, layout, dim, rerank_factor, heavy_items)
         return cls(
             cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend, user_layout=user_layout
@@ -208,9 +185,8 @@ class ItemIndex:
         backend: str = "auto",
         user_layout: CodeLayout | None = None,
     ) -> ItemIndex:
-        reader = faiss.read_index_binary if layout.is_binary else faiss.read_index
-        cpu_index = reader(str(path))
-        expected_d = search_bits(layout, dim, user_layout) if layout.is_binary else dim
+        cpu_index = read_stored_index(path, binary=layout.is_binary)
+        expected_d = search_dim(layout, dim, user_layout)
         if cpu_index.d != expected_d:
             raise ValueError(f"{path}: index has d={cpu_index.d}, the bundle's codes need {expected_d}")
         return cls(
@@ -252,54 +228,41 @@ class ItemIndex:
 
     def serialize(self) -> bytes:
         """The CPU form of the index as bytes (GPU placement is a runtime choice, not a file format)."""
-        if self.layout.is_binary:
-            return bytes(faiss.serialize_index_binary(self._cpu_index).tobytes())
-        return bytes(faiss.serialize_index(self._cpu_index).tobytes())
+        return serialize_stored_index(self._cpu_index)
 
     def self_check(self, item_codes: npt.NDArray[Any], *, samples: int = 4, k: int = 10) -> None:
         """Search a few items' own codes and compare with numpy's exact scores; raise if they differ."""
-        if self.n_items == 0:
+        if self._backend is None:
             return
         rows = np.unique(np.linspace(0, self.n_items - 1, num=min(samples, self.n_items)).astype(np.int64))
         k = min(k, self.n_items)
         if self.layout.is_binary:
-            stored = item_search_form(np.asarray(item_codes[rows], np.uint8), self.layout, self.dim, self.user_layout)
-            _, scores = self._raw_search(stored, k)
-            distances = (search_bits(self.layout, self.dim, self.user_layout) - scores.astype(np.int64)) // 2
-            if np.any(distances[:, 0] != 0):
+            stored = item_search_form(item_codes[rows], self.layout, self.dim, self.user_layout)
+            own = self._backend.search(stored, k).distances[:, 0]
+            if np.any(own != 0):
                 raise IndexSelfCheckError(
-                    f"an item's own code was not found at Hamming distance 0 (got {distances[:, 0].tolist()})"
+                    f"an item's own code was not found at Hamming distance 0 (got {own.tolist()})"
                 )
         queries = as_query(np.asarray(item_codes[rows]), self.layout, self.dim, self.user_layout)
         exact = exact_scores(queries, item_codes, self.layout, self.dim, self.user_layout)
         expected = np.sort(exact, axis=1)[:, ::-1][:, :k]
-        _, got = self._raw_search(self.prepare_queries(queries), k)
+        _, got = self._search(self.prepare_queries(queries), k)
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-3):
             raise IndexSelfCheckError("index scores disagree with exact scoring of the same codes")
 
-    def _raw_search(
-        self, queries: npt.NDArray[Any], fetch: int
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        if self._hamming is not None and fetch <= MAX_K:
-            found = self._hamming.search(queries, fetch)
-            distances, ids = found.distances, found.ids
-        elif self._gpu_index is not None and fetch <= GPU_MAX_K:
-            distances, ids = self._gpu_index.search(queries, fetch)
-        else:
-            distances, ids = self._cpu_index.search(queries, fetch)
-        if self.layout.is_binary:
-            scores = scores_from_distances(distances, self.layout, self.dim, self.user_layout)
-        else:
-            scores = distances.astype(np.float32)
-        return ids.astype(np.int64), scores
+    def _search(self, queries: npt.NDArray[Any], fetch: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """The backend's first ``fetch`` items per query (score desc, id asc) and their exact scores."""
+        if self._backend is None or fetch == 0:
+            shape = (queries.shape[0], fetch)
+            return np.full(shape, -1, np.int64), np.full(shape, -np.inf, np.float32)
+        found = self._backend.search(queries, fetch)
+        return found.ids, scores_from_distances(found.distances, self.layout, self.dim, self.user_layout)
 
     def prepare_queries(self, query_codes: npt.NDArray[Any]) -> npt.NDArray[Any]:
         width = code_width(self.user_layout, self.dim)
         if query_codes.ndim != 2 or query_codes.shape[1] != width:
             raise ValueError(f"query codes must be [n, {width}], got {query_codes.shape}")
-        if self.layout.is_binary:
-            return query_search_form(np.asarray(query_codes, np.uint8), self.user_layout, self.dim, self.layout)
-        return np.ascontiguousarray(query_codes, dtype=np.float32)
+        return query_search_form(query_codes, self.user_layout, self.dim, self.layout)
 
     def warm(self, max_batch: int, max_fetch: int = WARM_MAX_FETCH) -> int:
         """On a GPU, search once at every batch and fetch shape serving will ask for: powers of two up to
@@ -315,7 +278,7 @@ class ItemIndex:
         batch = 1
         while batch <= max_batch:
             for fetch in fetches:
-                self._raw_search(queries[:batch], fetch)
+                self._search(queries[:batch], fetch)
                 searches += 1
             batch *= 2
         return searches
@@ -347,8 +310,7 @@ class ItemIndex:
         pending = np.arange(n_queries)
         while pending.size and self.n_items:
             fetch = int(fetch_per_query[pending].max())
-            ids, scores = self._raw_search(queries[pending], fetch)
-            exact_order = self._hamming is not None and fetch <= MAX_K  # ties already ordered by id
+            ids, scores = self._search(queries[pending], fetch)
             unresolved = []
             for row, query in enumerate(pending):
                 done = self._finish_row(
@@ -357,7 +319,6 @@ class ItemIndex:
                     exclude[query] if exclude is not None else None,
                     k,
                     complete=fetch >= self.n_items,
-                    exact_order=exact_order,
                     out_ids=out_ids[query],
                     out_scores=out_scores[query],
                 )
@@ -379,7 +340,7 @@ class ItemIndex:
         n_queries = queries.shape[0]
         n_excluded = [len(e) for e in exclude] if exclude is not None else [0] * n_queries
         fetch = min(self.n_items, k * self.rerank.factor + max(n_excluded, default=0))
-        candidates, _ = self._raw_search(queries, fetch)
+        candidates, _ = self._search(queries, fetch)
         users = dequantize(query_codes, self.layout, self.dim, query_scales, self.rerank.mode)
         out_ids = np.full((n_queries, k), -1, dtype=np.int64)
         out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
@@ -401,28 +362,20 @@ class ItemIndex:
         k: int,
         *,
         complete: bool,
-        exact_order: bool = False,
         out_ids: npt.NDArray[np.int64],
         out_scores: npt.NDArray[np.float32],
     ) -> bool:
-        """Fill one query's answer if the fetched candidates determine it exactly; else ask for more."""
+        """Fill one query's answer from its fetched items (in exact order) if k remain after filtering or
+        every item was fetched; else ask for more."""
         valid = ids >= 0
         ids, scores = ids[valid], scores[valid]
-        boundary = scores[-1] if scores.size else np.inf
         if excluded is not None and excluded.size:
             ordered = np.sort(excluded)  # a user's seen items: tens to hundreds, sorted in microseconds
             at = np.minimum(np.searchsorted(ordered, ids), ordered.size - 1)
             keep = ordered[at] != ids
             ids, scores = ids[keep], scores[keep]
-        if exact_order:  # already by score, then id: keep the first k left after filtering
-            ids, scores = ids[:k], scores[:k]
-        else:
-            order = np.lexsort((ids, -scores))[:k]
-            ids, scores = ids[order], scores[order]
-        # Items scoring exactly the fetch boundary may have been left out by FAISS: the answer is only
-        # exact when the k-th kept score is strictly above it (or everything was fetched). A retrieval
-        # backend returns the first items in (score, id) order exactly, so k left after filtering suffice.
-        if not complete and (ids.size < k or (not exact_order and scores[-1] <= boundary)):
+        ids, scores = ids[:k], scores[:k]
+        if not complete and ids.size < k:
             return False
         out_ids[: ids.size] = ids
         out_scores[: ids.size] = scores

@@ -9,8 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from binrec.index.retrieval import BackendName
-from binrec.index.retrieval.base import MAX_K
+from binrec.index.retrieval import MAX_K, BackendName
 
 
 class ServiceSettings(BaseSettings):

@@ -16,11 +16,14 @@ from binrec.index.codes import (
     encode_sign1,
     item_search_form,
     query_search_form,
+    scores_from_distances,
     search_bits,
+    search_dim,
     unpack_bits,
 )
 from binrec.index.hamming import exact_scores
 from binrec.index.item_index import ItemIndex
+from binrec.index.retrieval import backend_for_index, stored_index
 
 
 def random_codes(layout: CodeLayout, rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -103,3 +106,42 @@ def test_the_asymmetric_search_form_keeps_three_copies_of_the_item_code() -> Non
 def test_pairs_without_an_exact_search_form_are_refused(user: CodeLayout, item: CodeLayout) -> None:
     with pytest.raises(ValueError, match="cannot be scored against"):
         check_pairing(user, item)
+
+
+@pytest.mark.parametrize(
+    ("user_layout", "layout"),
+    [
+        (CodeLayout.SIGN1, CodeLayout.SIGN1),
+        (CodeLayout.PLANES2, CodeLayout.PLANES2),
+        (CodeLayout.PLANES2, CodeLayout.SIGN1),
+        (CodeLayout.FLOAT32, CodeLayout.FLOAT32),
+    ],
+)
+def test_a_backends_distances_between_search_forms_give_the_dequantized_inner_products(
+    user_layout: CodeLayout, layout: CodeLayout
+) -> None:
+    """Every layout: search forms in, distances out, ``scores_from_distances`` gives the exact scores."""
+    rng = np.random.default_rng(6)
+    dim = 16
+    if layout is CodeLayout.FLOAT32:
+        items, users = rng.standard_normal((40, dim)).astype(np.float32), rng.standard_normal((3, dim))
+    else:
+        items, users = random_codes(layout, rng, 40, dim), random_codes(user_layout, rng, 3, dim)
+    forms = item_search_form(items, layout, dim, user_layout)
+    assert forms.shape[1] * (8 if layout.is_binary else 1) == search_dim(layout, dim, user_layout)
+    backend = backend_for_index(stored_index(forms), device="cpu")
+    assert backend is not None
+    found = backend.search(query_search_form(users, user_layout, dim, layout), 40)
+    scores = scores_from_distances(found.distances, layout, dim, user_layout)
+    expected = dequantize(np.asarray(users), user_layout, dim) @ dequantize(items, layout, dim).T
+    np.testing.assert_allclose(scores, np.take_along_axis(expected, found.ids, axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_float_search_forms_are_the_vectors_and_distances_their_negated_inner_products() -> None:
+    vectors = np.arange(6, dtype=np.float64).reshape(2, 3)
+    for form in (item_search_form(vectors, CodeLayout.FLOAT32, 3), query_search_form(vectors, CodeLayout.FLOAT32, 3)):
+        assert form.dtype == np.float32 and form.flags.c_contiguous
+        np.testing.assert_array_equal(form, vectors)
+    distances = np.array([[-2.5, 0.0, 1.25]], np.float32)
+    np.testing.assert_array_equal(scores_from_distances(distances, CodeLayout.FLOAT32, 3), [[2.5, 0.0, -1.25]])
+    assert search_dim(CodeLayout.FLOAT32, 3) == 3 and search_dim(CodeLayout.PLANES2, 8) == 72

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from binrec.index.codes import CodeLayout, encode_planes2, encode_sign1
-from binrec.index.item_index import ItemIndex, gpu_count
+from binrec.index.item_index import ItemIndex
+from binrec.index.retrieval.faiss_backend import faiss_gpu_count as gpu_count
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_count() == 0, reason="FAISS sees no GPU")]
 

@@ -7,6 +7,7 @@ import pytest
 
 from binrec.index.codes import CodeLayout, dequantize, encode_planes2, encode_sign1
 from binrec.index.item_index import IndexSelfCheckError, ItemIndex
+from binrec.index.retrieval import MAX_K
 
 
 def brute_force(users: np.ndarray, items: np.ndarray, layout: CodeLayout, dim: int, k: int, exclude: list[np.ndarray]):
@@ -119,3 +120,62 @@ def test_asymmetric_search_matches_brute_force_and_survives_serialisation(tmp_pa
         built.search(encode_sign1(rng.standard_normal((1, dim))), 5)  # a 1-bit user code for a 2-bit query
     with pytest.raises(ValueError, match="index has d=72, the bundle's codes need 24"):
         ItemIndex.load(path, layout=CodeLayout.SIGN1, dim=dim)  # saved for 2-bit queries, opened for 1-bit ones
+
+
+def small_integer_floats(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """Float vectors whose inner products are exact in any summation order and tie a lot (as codes do)."""
+    return rng.integers(-3, 4, (n, dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize("k", [1, 25, 700, 720])
+def test_float_search_is_exact_with_ties_by_id_and_exclusions(k: int) -> None:
+    rng = np.random.default_rng(8)
+    dim, n_items = 16, 700
+    items, users = small_integer_floats(rng, n_items, dim), small_integer_floats(rng, 30, dim)
+    exclude = [rng.choice(n_items, size=rng.integers(0, 300), replace=False).astype(np.int64) for _ in range(30)]
+    index = ItemIndex.build(items, CodeLayout.FLOAT32, dim, device="cpu")
+    assert (index.backend, index.on_gpu) == ("faiss-float-cpu", False)
+    result = index.search(users, k, exclude=exclude)
+    scores = users @ items.T
+    for row, expected in enumerate(brute_force(users, items, CodeLayout.FLOAT32, dim, k, exclude)):
+        np.testing.assert_array_equal(result.ids[row, : expected.size], expected)
+        np.testing.assert_array_equal(result.scores[row, : expected.size], scores[row, expected])
+        assert (result.ids[row, expected.size :] == -1).all() and np.isneginf(result.scores[row, expected.size :]).all()
+
+
+@pytest.mark.parametrize(("layout", "backend"), [(CodeLayout.FLOAT32, "auto"), (CodeLayout.SIGN1, "numpy")])
+def test_fetches_past_the_largest_k_stay_exact(layout: CodeLayout, backend: str) -> None:
+    """A user who saw more items than a backend's largest k: the rest of the list comes from FAISS on the CPU."""
+    rng = np.random.default_rng(9)
+    dim, n_items = 16, MAX_K + 1500
+    if layout is CodeLayout.FLOAT32:
+        items, users = small_integer_floats(rng, n_items, dim), small_integer_floats(rng, 3, dim)
+    else:
+        items, users = encode_sign1(rng.standard_normal((n_items, dim))), encode_sign1(rng.standard_normal((3, dim)))
+    exclude = [rng.choice(n_items, size=MAX_K + 100, replace=False).astype(np.int64) for _ in range(3)]
+    index = ItemIndex.build(items, layout, dim, device="cpu", backend=backend)
+    result = index.search(users, 50, exclude=exclude)
+    for row, expected in enumerate(brute_force(users, items, layout, dim, 50, exclude)):
+        np.testing.assert_array_equal(result.ids[row], expected)
+
+
+def test_a_serialised_float_index_round_trips(tmp_path) -> None:
+    rng = np.random.default_rng(10)
+    items = rng.standard_normal((200, 12)).astype(np.float32)
+    index = ItemIndex.build(items, CodeLayout.FLOAT32, 12, device="cpu")
+    path = tmp_path / "index.faiss"
+    path.write_bytes(index.serialize())
+    loaded = ItemIndex.load(path, layout=CodeLayout.FLOAT32, dim=12, device="cpu")
+    loaded.self_check(items)
+    got, want = loaded.search(items[:5], 10), index.search(items[:5], 10)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    with pytest.raises(ValueError, match="index has d=12, the bundle's codes need 16"):
+        ItemIndex.load(path, layout=CodeLayout.FLOAT32, dim=16, device="cpu")
+
+
+def test_an_index_without_items_answers_padded_rows() -> None:
+    index = ItemIndex.build(np.zeros((0, 2), np.uint8), CodeLayout.SIGN1, 16, device="cpu")
+    result = index.search(np.zeros((2, 2), np.uint8), 3)
+    assert index.n_items == 0 and not index.on_gpu and (result.ids == -1).all()
+    index.self_check(np.zeros((0, 2), np.uint8))

@@ -1,42 +1,70 @@
-"""Exact Hamming top-k behind one interface, on whichever backend is fastest where it runs.
+"""Exact top-k search behind one interface, on whichever backend is fastest where it runs.
 
-Backends: ``faiss-cpu`` (``IndexBinaryFlat``), ``numpy`` (one counting pass on the CPU), ``faiss-gpu``
-(``GpuIndexBinaryFlat``), ``triton`` (our fused GPU kernel), ``torch`` (portable fallback, CPU or CUDA); any
-of them sharded over several devices. They return identical ids and distances (ties broken by item id).
-``auto`` picks, in order: ``triton`` when torch sees a CUDA GPU and Triton is installed, ``faiss-gpu`` when
-FAISS sees a GPU, else the fastest exact CPU backend for the catalogue on our 2-core benchmark
-(BENCHMARKS.md): ``numpy`` up to 200k items of ≤ 128-bit codes; ``numpy+faiss-cpu`` (counting for batches of
-≤ 4 queries, FAISS for larger ones) up to 4M items of ≤ 64-bit codes; ``faiss-cpu`` beyond.
+Codes (Hamming distance): ``faiss-cpu`` (``IndexBinaryFlat``), ``numpy`` (one counting pass on the CPU),
+``faiss-gpu`` (``GpuIndexBinaryFlat``), ``triton`` (our fused GPU kernel), ``torch`` (portable fallback, CPU or
+CUDA); any of them sharded over several devices. They return identical ids and distances (ties broken by item
+id). ``auto`` picks, in order: ``triton`` when torch sees a CUDA GPU and Triton is installed, ``faiss-gpu`` when
+FAISS sees a GPU, else the fastest exact CPU backend for the catalogue on our 2-core benchmark (BENCHMARKS.md):
+``numpy`` up to 200k items of ≤ 128-bit codes; ``numpy+faiss-cpu`` (counting for batches of ≤ 4 queries, FAISS
+for larger ones) up to 4M items of ≤ 64-bit codes; ``faiss-cpu`` beyond.
+
+Float vectors (inner product) have one backend, FAISS's ``IndexFlatIP`` on the device asked for
+(``faiss-float-cpu`` or ``faiss-float-gpu``): the choice among code backends does not apply to them.
+
+``backend_for_index`` is what ``ItemIndex`` searches a stored FAISS index with; ``make_backend`` builds one over
+codes alone (benchmarks, GPU-generated catalogues).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Literal, get_args
+from typing import Any, Literal, assert_never, get_args
 
 import numpy as np
 import numpy.typing as npt
 
-from binrec.index.retrieval.base import MAX_K, HammingBackend, TopK, reference_topk
+from binrec.index.retrieval.base import MAX_K, HammingBackend, SearchBackend, TopK, reference_topk
 from binrec.index.retrieval.by_batch import ByBatchBackend
+from binrec.index.retrieval.by_k import ByKBackend
 from binrec.index.retrieval.counting_backend import SMALL_BATCH, CountingBackend, cpu_choice
-from binrec.index.retrieval.faiss_backend import FaissBinaryBackend, faiss_gpu_count
+from binrec.index.retrieval.faiss_backend import (
+    FaissBinaryBackend,
+    FaissFloatBackend,
+    faiss_gpu_count,
+    is_binary,
+    read_stored_index,
+    serialize_stored_index,
+    stored_forms,
+    stored_index,
+)
 from binrec.index.retrieval.sharded import ShardedBackend
 
-BackendName = Literal["auto", "numpy", "numpy+faiss-cpu", "faiss-cpu", "faiss-gpu", "triton", "torch"]
+GpuBackendName = Literal["triton", "faiss-gpu"]  # backends that need a GPU, fastest first
+CpuBackendName = Literal["numpy", "numpy+faiss-cpu", "faiss-cpu"]
+# The one list of code backends a setting or option may name (RECSYS_RETRIEVAL_BACKEND, recsys-index --backend).
+BackendName = Literal["auto", CpuBackendName, GpuBackendName, "torch"]
 BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
-GPU_BACKENDS = ("triton", "faiss-gpu")
+GPU_BACKENDS: tuple[GpuBackendName, ...] = get_args(GpuBackendName)
+CPU_BACKENDS: tuple[CpuBackendName, ...] = get_args(CpuBackendName)
+DevicePreference = Literal["auto", "cpu", "gpu"]
 
 __all__ = [
     "BACKENDS",
+    "GPU_BACKENDS",
     "MAX_K",
     "BackendName",
+    "DevicePreference",
     "HammingBackend",
+    "SearchBackend",
     "TopK",
     "available_backends",
+    "backend_for_index",
     "make_backend",
+    "read_stored_index",
     "reference_topk",
     "resolve_backend",
+    "serialize_stored_index",
+    "stored_index",
 ]
 
 
@@ -57,54 +85,73 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def available_backends() -> list[str]:
-    """Backends that can run here, fastest first (the order ``auto`` follows)."""
-    found = []
-    if _cuda_devices() and _has_triton():
-        found.append("triton")
-    if faiss_gpu_count():
-        found.append("faiss-gpu")
-    found += ["faiss-cpu", "numpy", "numpy+faiss-cpu"]
+def _gpus(name: BackendName) -> int:
+    """GPUs the backend ``name`` can use here (none for a CPU backend)."""
+    match name:
+        case "triton":
+            return _cuda_devices() if _has_triton() else 0
+        case "faiss-gpu":
+            return faiss_gpu_count()
+        case _:
+            return 0
+
+
+def available_backends() -> list[BackendName]:
+    """Backends that can run here, GPU ones first, fastest first (the order ``auto`` follows on a GPU)."""
+    found: list[BackendName] = [name for name in GPU_BACKENDS if _gpus(name)]
+    found += CPU_BACKENDS
     if _has_torch():
         found.append("torch")
     return found
 
 
-def _single(codes: npt.NDArray[np.uint8], name: str, device: int, cpu_index: Any | None = None) -> HammingBackend:
-    if name == "numpy":
-        return CountingBackend(codes)
-    if name == "faiss-cpu":
-        return FaissBinaryBackend(codes, cpu_index=cpu_index)
-    if name == "numpy+faiss-cpu":
-        faiss_cpu = FaissBinaryBackend(codes, cpu_index=cpu_index)  # with ``cpu_index``, ``codes`` view its memory
-        return ByBatchBackend(CountingBackend(codes), faiss_cpu, SMALL_BATCH, shared_codes=cpu_index is not None)
-    if name == "faiss-gpu":
-        return FaissBinaryBackend(codes, gpu=True, device=device)
-    if name == "triton":
-        from binrec.index.retrieval.triton_backend import TritonBackend
+def _check_name(backend: str) -> BackendName:
+    for name in BACKENDS:
+        if backend == name:
+            return name
+    raise ValueError(f"unknown retrieval backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
-        return TritonBackend(codes, device=f"cuda:{device}")
-    if name == "torch":
-        from binrec.index.retrieval.torch_backend import TorchBackend
 
-        return TorchBackend(codes, device=f"cuda:{device}" if _cuda_devices() else "cpu")
-    raise ValueError(f"unknown retrieval backend {name!r}; choose one of {', '.join(BACKENDS)}")
+def _single(
+    codes: npt.NDArray[np.uint8], name: BackendName, device: int, cpu_index: Any | None = None
+) -> HammingBackend:
+    match name:
+        case "numpy":
+            return CountingBackend(codes)
+        case "faiss-cpu":
+            return FaissBinaryBackend(codes, cpu_index=cpu_index)
+        case "numpy+faiss-cpu":
+            faiss_cpu = FaissBinaryBackend(codes, cpu_index=cpu_index)  # with ``cpu_index``, ``codes`` view its memory
+            return ByBatchBackend(CountingBackend(codes), faiss_cpu, SMALL_BATCH, shared_codes=cpu_index is not None)
+        case "faiss-gpu":
+            return FaissBinaryBackend(codes, gpu=True, device=device)
+        case "triton":
+            from binrec.index.retrieval.triton_backend import TritonBackend
+
+            return TritonBackend(codes, device=f"cuda:{device}")
+        case "torch":
+            from binrec.index.retrieval.torch_backend import TorchBackend
+
+            return TorchBackend(codes, device=f"cuda:{device}" if _cuda_devices() else "cpu")
+        case "auto":
+            raise ValueError("resolve 'auto' to a backend first")
+        case _:
+            assert_never(name)
 
 
 def resolve_backend(
-    backend: str = "auto", device: Literal["auto", "cpu", "gpu"] = "auto", shape: tuple[int, int] | None = None
-) -> str:
+    backend: str = "auto", device: DevicePreference = "auto", shape: tuple[int, int] | None = None
+) -> BackendName:
     """The backend ``make_backend`` will build: ``auto`` is the fastest available on ``device``.
 
     On a CPU that depends on the catalogue (``shape`` = items × code bytes): ``numpy`` (one counting pass)
     for small catalogues of narrow codes, ``numpy+faiss-cpu`` (by batch size) for millions of 64-bit codes,
     ``faiss-cpu`` beyond (``cpu_choice``).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown retrieval backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    on_cpu = cpu_choice(shape[0], 8 * shape[1]) if shape is not None else "faiss-cpu"
+    name = _check_name(backend)
+    if name != "auto":
+        return name
+    on_cpu = _check_name(cpu_choice(shape[0], 8 * shape[1]) if shape is not None else "faiss-cpu")
     if device == "cpu":
         return on_cpu
     found = available_backends()
@@ -120,7 +167,7 @@ def make_backend(
     codes: npt.NDArray[np.uint8],
     backend: str = "auto",
     *,
-    device: Literal["auto", "cpu", "gpu"] = "auto",
+    device: DevicePreference = "auto",
     shards: int | None = None,
     cpu_index: Any | None = None,
 ) -> HammingBackend:
@@ -131,10 +178,35 @@ def make_backend(
     behind ``numpy+faiss-cpu``).
     """
     name = resolve_backend(backend, device, (int(codes.shape[0]), int(codes.shape[1])))
-    if name in ("triton", "faiss-gpu") and name not in available_backends():
+    gpus = _gpus(name)
+    if name in GPU_BACKENDS and not gpus:
         raise RuntimeError(f"retrieval backend {name!r} needs a GPU it can use here; available: {available_backends()}")
-    gpus = max(1, _cuda_devices() if name == "triton" else faiss_gpu_count() if name == "faiss-gpu" else 1)
-    count = shards if shards is not None else (gpus if name in ("triton", "faiss-gpu") else 1)
+    count = shards if shards is not None else max(1, gpus)
     if count <= 1:
         return _single(codes, name, 0, cpu_index)
-    return ShardedBackend(codes, count, lambda part, i: _single(part, name, i % gpus))
+    return ShardedBackend(codes, count, lambda part, i: _single(part, name, i % max(1, gpus)))
+
+
+def backend_for_index(
+    cpu_index: Any, backend: str = "auto", *, device: DevicePreference = "auto"
+) -> SearchBackend | None:
+    """The backend that searches a stored FAISS index's items (``faiss_backend.stored_index``); None when it holds
+    none. Packed codes get ``backend`` (``make_backend``), float vectors FAISS's inner product on ``device``.
+    Searches for more results than the backend takes (``max_k``) go to FAISS on the CPU over the same index."""
+    forms = stored_forms(cpu_index)  # a view of the index's memory: no second copy (GPU backends copy to the device)
+    found: SearchBackend
+    if not is_binary(cpu_index):
+        if device == "gpu" and faiss_gpu_count() == 0:
+            raise RuntimeError("device=gpu asked for, but FAISS sees no GPU (is faiss-gpu installed?)")
+        if forms.shape[0] == 0:
+            return None
+        gpu = device == "gpu" or (device == "auto" and faiss_gpu_count() > 0)
+        found = FaissFloatBackend(forms, gpu=gpu, cpu_index=cpu_index)
+    elif forms.shape[0] == 0:
+        return None
+    else:
+        found = make_backend(forms, backend, device=device, cpu_index=cpu_index)
+        if found.max_k < found.n_items:
+            found = ByKBackend(found, FaissBinaryBackend(forms, cpu_index=cpu_index))
+    found.viewed = cpu_index
+    return found

@@ -1,36 +1,91 @@
-"""The contract every Hamming top-k backend meets, and the numpy reference they are tested against.
+"""The contract every top-k search backend meets, and the numpy reference the Hamming ones are tested against.
 
-A backend holds packed item codes (``uint8 [n_items, n_bytes]``, the index's search form) and answers
-exact top-k by Hamming distance. Low-bit codes tie a lot (a 256-bit code has 257 possible distances), so
-"exact" includes the order: ascending distance, then ascending item id. Every backend returns the same
-ids and distances for the same input; which one runs is a speed question only.
+A backend holds its items' search forms (``codes.item_search_form``: packed ``uint8`` codes for binary layouts,
+``float32`` vectors for floats) and answers exact top-k by *distance*, smaller nearer: the Hamming distance
+between codes, the negated inner product between float vectors (``codes.scores_from_distances`` turns either
+into scores). Low-bit codes tie a lot (a 256-bit code has 257 possible distances), so "exact" includes the
+order: ascending distance, then ascending item id. Every backend returns the same ids and distances for the
+same input; which one runs is a speed question only.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from binrec.index.hamming import hamming_distances
 
-MAX_K = 4096  # the largest k a backend must answer (the service caps k at 1000, exclude-seen over-fetches)
+# The largest k every backend answers (the GPU kernels' buffers are sized for it; FAISS's flat indexes take more).
+# The service caps a request's k below it (``ServiceSettings.max_k``) and over-fetches for the seen items it skips.
+MAX_K = 4096
 
 
 @dataclass(frozen=True)
 class TopK:
-    """Row q: query q's nearest items, nearest first, ties by item id; -1 / ``max_distance + 1`` pad short rows."""
+    """Row q: query q's nearest items, nearest first, ties by item id; short rows are padded with id -1 at a
+    distance past every item's (``bits + 1`` for codes, +inf for float vectors)."""
 
-    distances: npt.NDArray[np.int32]
+    distances: npt.NDArray[np.number[Any]]
     ids: npt.NDArray[np.int64]
 
 
-class HammingBackend(ABC):
-    """Exact Hamming top-k over one set of item codes."""
+class SearchBackend(ABC):
+    """Exact top-k over one set of item search forms; each backend knows its name, device and largest k."""
 
     name: str = "abstract"
+    query_dtype: type[np.generic] = np.uint8  # element type of queries and items
+    distance_dtype: type[np.generic] = np.int32
+    n_items: int
+    viewed: Any = None  # what the item codes are a view of, if anything: kept alive as long as the backend
+
+    @property
+    @abstractmethod
+    def width(self) -> int:
+        """Elements per query row: bytes of a packed code, or floats of a vector."""
+
+    @property
+    def max_k(self) -> int:
+        """The largest k this backend answers; a larger one is refused (``MAX_K`` unless a backend takes more)."""
+        return MAX_K
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the items are searched on a GPU (what /readyz reports): each backend knows its own device."""
+        return False
+
+    @property
+    @abstractmethod
+    def memory_bytes(self) -> int:
+        """Bytes the backend keeps for the items (codes and any copies), on its device."""
+
+    @property
+    @abstractmethod
+    def padding_distance(self) -> float:
+        """The distance padded slots (id -1) of short rows carry: past every item's."""
+
+    @abstractmethod
+    def _search(self, queries: npt.NDArray[Any], k: int) -> TopK:
+        """Exact top-k for validated queries and 1 <= k <= n_items."""
+
+    def search(self, queries: npt.NDArray[Any], k: int) -> TopK:
+        dtype = np.dtype(self.query_dtype)
+        queries = np.ascontiguousarray(queries, dtype=dtype)
+        if queries.ndim != 2 or queries.shape[1] != self.width:
+            raise ValueError(f"queries must be [n, {self.width}] {dtype}, got {queries.shape}")
+        if not 1 <= k <= self.max_k:
+            raise ValueError(f"k must be in 1..{self.max_k} (the largest k the {self.name} backend answers), got {k}")
+        if queries.shape[0] == 0:
+            return empty_topk(0, k, self.padding_distance, self.distance_dtype)
+        found = self._search(queries, min(k, self.n_items))
+        return pad_topk(found, k, self.padding_distance)
+
+
+class HammingBackend(SearchBackend):
+    """Exact Hamming top-k over packed codes (``uint8 [n_items, n_bytes]``)."""
 
     def __init__(self, codes: npt.NDArray[np.uint8]) -> None:
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
@@ -39,43 +94,28 @@ class HammingBackend(ABC):
         self.n_items, self.n_bytes = int(codes.shape[0]), int(codes.shape[1])
 
     @property
+    def width(self) -> int:
+        return self.n_bytes
+
+    @property
     def bits(self) -> int:
         return 8 * self.n_bytes
 
     @property
-    def on_gpu(self) -> bool:
-        """Whether the codes are searched on a GPU (what /readyz reports): each backend knows its own device."""
-        return False
-
-    @property
-    @abstractmethod
-    def memory_bytes(self) -> int:
-        """Bytes the backend keeps for the items (codes and any copies), on its device."""
-
-    @abstractmethod
-    def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
-        """Exact top-k for validated queries and 1 <= k <= n_items."""
-
-    def search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
-        queries = np.ascontiguousarray(queries, dtype=np.uint8)
-        if queries.ndim != 2 or queries.shape[1] != self.n_bytes:
-            raise ValueError(f"queries must be [n, {self.n_bytes}] uint8, got {queries.shape}")
-        if not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
-        if queries.shape[0] == 0:
-            return empty_topk(0, k)
-        found = self._search(queries, min(k, self.n_items))
-        return pad_topk(found, k, self.bits)
+    def padding_distance(self) -> float:
+        return self.bits + 1
 
 
-def empty_topk(n_queries: int, k: int, bits: int = 0) -> TopK:
-    return TopK(np.full((n_queries, k), bits + 1, np.int32), np.full((n_queries, k), -1, np.int64))
+def empty_topk(n_queries: int, k: int, distance: float = 1, dtype: npt.DTypeLike = np.int32) -> TopK:
+    """``n_queries`` rows of ``k`` padded slots (id -1 at ``distance``)."""
+    distances: npt.NDArray[np.number[Any]] = np.full((n_queries, k), distance, dtype=dtype)
+    return TopK(distances, np.full((n_queries, k), -1, np.int64))
 
 
-def pad_topk(found: TopK, k: int, bits: int) -> TopK:
+def pad_topk(found: TopK, k: int, distance: float) -> TopK:
     if found.ids.shape[1] == k:
         return found
-    out = empty_topk(found.ids.shape[0], k, bits)
+    out = empty_topk(found.ids.shape[0], k, distance, found.distances.dtype)
     out.distances[:, : found.ids.shape[1]] = found.distances
     out.ids[:, : found.ids.shape[1]] = found.ids
     return out
@@ -85,13 +125,14 @@ PACKED_ID_BITS = 40  # select_topk sorts distance << 40 | id as one int64 (ids b
 _PACKED_ID_MASK = (1 << PACKED_ID_BITS) - 1
 
 
-def select_topk(distances: npt.NDArray[np.integer], ids: npt.NDArray[np.int64], k: int) -> TopK:
+def select_topk(distances: npt.NDArray[np.number[Any]], ids: npt.NDArray[np.int64], k: int) -> TopK:
     """Top-k per row of candidate (distance, id) pairs, ascending distance then id; an id of -1 (a padded
     slot) goes after every item at its distance.
 
-    Distance and id are packed into one int64 key per pair and sorted as one: 6× faster than a two-key
-    lexsort (merging two shards' 1,024 × 100 answers: 2 ms, not 14)."""
-    if distances.size and 0 <= distances.min() and distances.max() < 1 << (62 - PACKED_ID_BITS):
+    Integer distance and id are packed into one int64 key per pair and sorted as one: 6× faster than a two-key
+    lexsort (merging two shards' 1,024 × 100 answers: 2 ms, not 14). Float distances take the lexsort."""
+    integer = np.issubdtype(distances.dtype, np.integer)
+    if integer and distances.size and 0 <= distances.min() and distances.max() < 1 << (62 - PACKED_ID_BITS):
         if -1 <= ids.min() and ids.max() < _PACKED_ID_MASK:
             keys = (distances.astype(np.int64) << PACKED_ID_BITS) | np.where(ids >= 0, ids, _PACKED_ID_MASK)
             if k < keys.shape[1]:
@@ -101,7 +142,10 @@ def select_topk(distances: npt.NDArray[np.integer], ids: npt.NDArray[np.int64], 
             return TopK((keys >> PACKED_ID_BITS).astype(np.int32), np.where(found == _PACKED_ID_MASK, -1, found))
     ids_for_order = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
     order = np.lexsort((ids_for_order, distances), axis=1)[:, :k]
-    return TopK(np.take_along_axis(distances, order, axis=1).astype(np.int32), np.take_along_axis(ids, order, axis=1))
+    ordered = np.take_along_axis(distances, order, axis=1)
+    if integer:
+        ordered = ordered.astype(np.int32)
+    return TopK(ordered, np.take_along_axis(ids, order, axis=1))
 
 
 def reference_topk(

@@ -1,25 +1,33 @@
-"""FAISS's brute-force binary indexes (`IndexBinaryFlat`, `GpuIndexBinaryFlat`) made exact in order.
+"""FAISS's brute-force indexes as exact search backends, and the FAISS index a bundle stores.
 
-FAISS returns the k nearest codes but, among codes at the k-th distance, an arbitrary subset in an
-arbitrary order. A query's answer is settled once the fetched list reaches past that distance (every
-tie is then inside it) or holds every item; otherwise the fetch doubles for that query.
+``IndexBinaryFlat`` (or ``GpuIndexBinaryFlat``) searches packed codes by Hamming distance, ``IndexFlatIP`` (or
+its GPU copy) float vectors by inner product. FAISS returns the k nearest but, among items at the k-th
+distance, an arbitrary subset in an arbitrary order. A query's answer is settled once the fetched list reaches
+past that distance (every tie is then inside it) or holds every item; otherwise the fetch doubles for that query.
+
+The CPU index is also what a bundle stores (``stored_index``): the backends search it in place, no copy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from binrec.index.retrieval.base import HammingBackend, TopK, select_topk
+from binrec.index.retrieval.base import MAX_K, HammingBackend, SearchBackend, TopK, select_topk
 
 try:
     import faiss
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     raise ImportError("FAISS is not installed: install the project with the `cpu` or `gpu` extra") from error
 
-GPU_MAX_K = 2048  # GpuIndexBinaryFlat and GpuIndexFlat refuse larger k
+# FAISS's GPU selection refuses a larger k: searches past it run on the CPU index, which the GPU copy came from.
+FAISS_GPU_MAX_K = 2048
+
+RawSearch = Callable[[npt.NDArray[Any], int], tuple[npt.NDArray[np.number[Any]], npt.NDArray[np.int64]]]
 
 
 def set_cpu_threads(threads: int) -> None:
@@ -37,6 +45,57 @@ def faiss_gpu_count() -> int:
     return int(get()) if get is not None else 0
 
 
+def stored_index(forms: npt.NDArray[Any]) -> Any:
+    """The FAISS index over items' search forms: ``IndexBinaryFlat`` for packed codes, ``IndexFlatIP`` for floats."""
+    index: Any
+    if forms.dtype == np.uint8:
+        index = faiss.IndexBinaryFlat(8 * forms.shape[1])
+        index.add(np.ascontiguousarray(forms))
+    else:
+        index = faiss.IndexFlatIP(forms.shape[1])
+        index.add(np.ascontiguousarray(forms, dtype=np.float32))
+    return index
+
+
+def is_binary(index: Any) -> bool:
+    return isinstance(index, faiss.IndexBinary)
+
+
+def read_stored_index(path: Path, *, binary: bool) -> Any:
+    return (faiss.read_index_binary if binary else faiss.read_index)(str(path))
+
+
+def serialize_stored_index(index: Any) -> bytes:
+    """The index as bytes, CPU form (GPU placement is a runtime choice, not a file format)."""
+    serialize = faiss.serialize_index_binary if is_binary(index) else faiss.serialize_index
+    return bytes(serialize(index).tobytes())
+
+
+def stored_forms(index: Any) -> npt.NDArray[Any]:
+    """A view of the items' search forms inside ``index`` (no copy): ``uint8`` codes or ``float32`` vectors."""
+    if is_binary(index):
+        size = index.ntotal * index.code_size
+        return faiss.rev_swig_ptr(index.xb.data(), size).reshape(index.ntotal, index.code_size)
+    return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+
+def settled_topk(raw: RawSearch, queries: npt.NDArray[Any], k: int, n_items: int, first_fetch: int) -> TopK:
+    """Exact top-k from a search whose ties at the k-th distance come in any subset and order: fetch more than
+    k, keep the rows whose last fetched distance lies past the k-th (or that hold every item), redo the rest
+    with twice the fetch."""
+    found: list[tuple[npt.NDArray[np.int64], TopK]] = []
+    pending, fetch = np.arange(queries.shape[0]), min(n_items, first_fetch)
+    while pending.size:
+        distances, ids = raw(queries[pending], fetch)
+        settled = (distances[:, -1] > distances[:, k - 1]) | (fetch >= n_items)
+        found.append((pending[settled], select_topk(distances[settled], ids[settled], k)))
+        pending, fetch = pending[~settled], min(n_items, fetch * 2)
+    out = TopK(np.empty((queries.shape[0], k), found[0][1].distances.dtype), np.empty((queries.shape[0], k), np.int64))
+    for rows, part in found:
+        out.distances[rows], out.ids[rows] = part.distances, part.ids
+    return out
+
+
 class FaissBinaryBackend(HammingBackend):
     """``faiss-cpu`` (``IndexBinaryFlat``) or, with ``gpu=True``, ``GpuIndexBinaryFlat`` on one GPU."""
 
@@ -45,10 +104,7 @@ class FaissBinaryBackend(HammingBackend):
     ) -> None:
         """``cpu_index``: an ``IndexBinaryFlat`` already holding exactly ``codes``, used instead of a copy."""
         super().__init__(codes)
-        if cpu_index is None:
-            cpu_index = faiss.IndexBinaryFlat(self.bits)
-            cpu_index.add(np.ascontiguousarray(codes, dtype=np.uint8))
-        self.cpu_index = cpu_index
+        self.cpu_index = cpu_index if cpu_index is not None else stored_index(np.asarray(codes, np.uint8))
         self.gpu_index: Any | None = None
         if gpu:
             if faiss_gpu_count() <= device:
@@ -64,22 +120,78 @@ class FaissBinaryBackend(HammingBackend):
         return self.gpu_index is not None
 
     @property
+    def max_k(self) -> int:
+        return max(MAX_K, self.n_items)  # FAISS's flat index ranks as many items as asked (on the CPU past the GPU's k)
+
+    @property
     def memory_bytes(self) -> int:
         return self.n_items * self.n_bytes
 
     def _raw(self, queries: npt.NDArray[np.uint8], fetch: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
-        index = self.gpu_index if self.gpu_index is not None and fetch <= GPU_MAX_K else self.cpu_index
+        index = self.gpu_index if self.gpu_index is not None and fetch <= FAISS_GPU_MAX_K else self.cpu_index
         distances, ids = index.search(queries, fetch)
         return distances.astype(np.int32), ids.astype(np.int64)
 
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
-        out_d = np.empty((queries.shape[0], k), np.int32)
-        out_i = np.empty((queries.shape[0], k), np.int64)
-        pending, fetch = np.arange(queries.shape[0]), min(self.n_items, k + 16)
-        while pending.size:
-            distances, ids = self._raw(queries[pending], fetch)
-            settled = (distances[:, -1] > distances[:, k - 1]) | (fetch >= self.n_items)
-            found = select_topk(distances[settled], ids[settled], k)
-            out_d[pending[settled]], out_i[pending[settled]] = found.distances, found.ids
-            pending, fetch = pending[~settled], min(self.n_items, fetch * 2)
-        return TopK(out_d, out_i)
+        return settled_topk(self._raw, queries, k, self.n_items, k + 16)
+
+
+class FaissFloatBackend(SearchBackend):
+    """``faiss-float-cpu`` (``IndexFlatIP``) or, with ``gpu=True``, its copy on one GPU (``faiss-float-gpu``):
+    exact inner-product search over float vectors (the `fp` reference bundles). Distances are the negated
+    inner products, so that nearer is smaller as for codes.
+
+    Example::
+
+        backend = FaissFloatBackend(item_vectors)
+        found = backend.search(user_vectors, 20)  # found.distances == -(user · item) of the 20 best items
+    """
+
+    query_dtype = np.float32
+    distance_dtype = np.float32
+
+    def __init__(
+        self, vectors: npt.NDArray[np.floating], *, gpu: bool = False, device: int = 0, cpu_index: Any | None = None
+    ) -> None:
+        """``cpu_index``: an ``IndexFlatIP`` already holding exactly ``vectors``, used instead of a copy."""
+        if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
+            raise ValueError(f"item vectors must be a non-empty 2-d array, got shape {vectors.shape}")
+        self.n_items, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
+        self.cpu_index = cpu_index if cpu_index is not None else stored_index(np.asarray(vectors, np.float32))
+        self.gpu_index: Any | None = None
+        if gpu:
+            if faiss_gpu_count() <= device:
+                raise RuntimeError("device=gpu asked for, but FAISS sees no GPU (is faiss-gpu installed?)")
+            self._resources = faiss.StandardGpuResources()
+            self.gpu_index = faiss.index_cpu_to_gpu(self._resources, device, self.cpu_index)
+        self.name = "faiss-float-gpu" if gpu else "faiss-float-cpu"
+
+    @property
+    def width(self) -> int:
+        return self.dim
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpu_index is not None
+
+    @property
+    def max_k(self) -> int:
+        return max(MAX_K, self.n_items)  # FAISS's flat index ranks as many items as asked (on the CPU past the GPU's k)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.n_items * self.dim * 4
+
+    @property
+    def padding_distance(self) -> float:
+        return np.inf
+
+    def _raw(
+        self, queries: npt.NDArray[np.float32], fetch: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        index = self.gpu_index if self.gpu_index is not None and fetch <= FAISS_GPU_MAX_K else self.cpu_index
+        similarities, ids = index.search(queries, fetch)
+        return -similarities.astype(np.float32), ids.astype(np.int64)
+
+    def _search(self, queries: npt.NDArray[np.float32], k: int) -> TopK:
+        return settled_topk(self._raw, queries, k, self.n_items, k + 1)  # float scores rarely tie

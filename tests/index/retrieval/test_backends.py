@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -335,3 +336,12 @@ def test_triton_searches_replayed_as_cuda_graphs_stay_exact() -> None:
         answers = list(pool.map(lambda seed: graphed.search(codes(sizes[seed % 4], 32, seed=seed), 50), range(16)))
     for seed, got in enumerate(answers):
         assert np.array_equal(got.ids, reference_topk(codes(sizes[seed % 4], 32, seed=seed), items, 50).ids), seed
+
+
+@pytest.mark.parametrize("backend", list(CPU_BACKENDS))
+def test_every_backend_knows_its_name_device_and_largest_k(backend: str) -> None:
+    index = CPU_BACKENDS[backend](codes(300, 8))
+    assert index.name and not index.on_gpu and index.max_k >= MAX_K
+    message = re.escape(f"k must be in 1..{index.max_k} (the largest k the {index.name} backend answers)")
+    with pytest.raises(ValueError, match=message):
+        index.search(codes(2, 8), index.max_k + 1)
