@@ -1,6 +1,6 @@
 """Inductive cold start: users held out of training entirely, served through the history path.
 
-    python benchmarks/cold_start.py --dataset ml-100k --data-dir ../shared/data --method hq --bits 1 \\
+    python -m benchmarks.cold_start --dataset ml-100k --data-dir ../shared/data --method hq --bits 1 \\
         --extra "--epochs 400 --eval-every 5 --patience 6 --lr-decay-patience 3 --batch-size 4096 --lr 5e-3"
 
 A seeded 10 % of the users with test items lose every training and validation interaction (the model never
@@ -13,7 +13,6 @@ items are excluded in all three. Records go to --out (JSON list) and a table is 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shlex
 import sys
@@ -24,17 +23,15 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.records import append_records  # noqa: E402
-from binrec.index.bundle import Bundle  # noqa: E402
-from binrec.index.item_index import ItemIndex  # noqa: E402
-from binrec.service.cold_start import ColdStart  # noqa: E402
-from binrec.trainer.cli import build_parser  # noqa: E402
-from binrec.trainer.data import Dataset, load_dataset  # noqa: E402
-from binrec.trainer.export import export_bundle  # noqa: E402
-from binrec.trainer.metrics import ranking_metrics  # noqa: E402
-from binrec.trainer.train import TrainConfig, refit, train  # noqa: E402
+from benchmarks.harness import append_records, benchmark_parser
+from binrec.index.bundle import Bundle
+from binrec.index.item_index import ItemIndex
+from binrec.service.cold_start import ColdStart
+from binrec.trainer.cli import build_parser
+from binrec.trainer.data import Dataset, load_dataset
+from binrec.trainer.export import export_bundle
+from binrec.trainer.metrics import ranking_metrics
+from binrec.trainer.train import TrainConfig, refit, train
 
 
 def without_users(data: Dataset, users: np.ndarray) -> Dataset:
@@ -56,7 +53,7 @@ def evaluate(topk: np.ndarray, users: np.ndarray, truth: sp.csr_matrix) -> dict[
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--method", default="hq", choices=["fp", "ste", "hq"])

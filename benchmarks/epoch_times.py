@@ -2,7 +2,7 @@
 
     torchrun --standalone --nproc-per-node=2 -m binrec.trainer.cli --dataset gowalla --epochs 40 --batch-size 8192 \\
         --lr 5e-3 --log-level debug ... > two.log 2>&1          # and the same without torchrun > one.log
-    python benchmarks/epoch_times.py --log 1=one.log --log 2=two.log --out benchmarks/results/scaling_epochs.json
+    python -m benchmarks.epoch_times --log 1=one.log --log 2=two.log --out benchmarks/results/scaling_epochs.json
 
 Each debug line gives an epoch's stepping seconds on one rank (from the start of its steps to the sync that
 ends them, the next epoch's sampling included) and the host seconds to queue that work. The first epoch
@@ -12,12 +12,13 @@ Logs written before the lines carried `samples` need --samples-per-epoch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+from benchmarks.harness import benchmark_parser
 
 
 def epoch_lines(path: Path) -> list[dict[str, Any]]:
@@ -55,7 +56,7 @@ def summarise(gpus: int, rows: list[dict[str, Any]], samples_per_epoch: int | No
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--log", action="append", required=True, help="GPUS=PATH, once per run")
     parser.add_argument("--samples-per-epoch", type=int, default=None)
     parser.add_argument("--device", default="unknown", help="recorded with the rows")

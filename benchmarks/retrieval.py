@@ -1,7 +1,7 @@
 """Exact Hamming top-k: every backend (and the float and usearch peers) on synthetic codes; table, JSON, PNG.
 
-    python benchmarks/retrieval.py --n-items 1000000 10000000 --bits 64 256 576 --batches 1 64 1024
-    python benchmarks/retrieval.py --report-only --out benchmarks/results/retrieval.json
+    python -m benchmarks.retrieval --n-items 1000000 10000000 --bits 64 256 576 --batches 1 64 1024
+    python -m benchmarks.retrieval --report-only --out benchmarks/results/retrieval.json
 
 Records (appended to --out): backend, n_items, code_bits, batch, k, median_ms, qps, device, commit
 (+ memory_bytes, runs, agrees). `agrees` says the backend returned the same ids and distances as the
@@ -27,31 +27,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def setup_faiss_gpu_kit(kit: Path) -> None:
-    """The lent GPU machines' faiss-gpu (../shared/tools/faiss-gpu-device): must run before FAISS is imported."""
-    import torch
-
-    subprocess.run(["mkdir", "-p", "/tmp/site_gpu"], check=True)
-    subprocess.run(["tar", "-C", "/tmp/site_gpu", "-xJf", str(kit / "faiss_gpu_sm90_site.tar.xz")], check=True)
-    torch.ones(2, 2, device="cuda") @ torch.ones(2, 2, device="cuda")
-    with open("/proc/self/maps") as maps:
-        os.environ["CUBLAS13_PATH"] = next(line.split()[-1] for line in maps if "libcublas.so.13" in line)
-    sys.path[:0] = ["/tmp/site_gpu", str(kit)]
-    import gpu_preload  # type: ignore[import-not-found]
-
-    gpu_preload.setup("/tmp/site_gpu")
-
-
-def commit() -> str:
-    if os.environ.get("RECSYS_COMMIT"):
-        return os.environ["RECSYS_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
+from benchmarks.harness import benchmark_parser, commit, setup_faiss_gpu_kit
 
 
 def device_name() -> str:
@@ -293,7 +269,7 @@ def report(records: list[dict[str, Any]], plot: Path | None) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--backends", nargs="+", default=["faiss-cpu", "torch"])
     parser.add_argument("--peers", nargs="*", default=[], choices=["usearch", "float-cpu", "float-gpu"])
     parser.add_argument("--n-items", nargs="+", type=int, default=[1_000_000])

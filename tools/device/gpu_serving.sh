@@ -4,7 +4,7 @@
 # Gowalla hq bundle; 1–16 uvicorn workers). Everything lands in $OUT: gpu_serving.json and .png, servers.log,
 # metrics.txt (the last /metrics of the main phase), pyspy_raw.txt, device.txt, run.log.
 #
-# Runs on the device machine from the repo root. Needs, carried with the call (benchmarks/gpu_serving_carry.sh
+# Runs on the device machine from the repo root. Needs, carried with the call (tools/device/gpu_serving_carry.sh
 # fetches them here):
 #   .whl/                wheels the image lacks (the service's: fastapi, uvicorn, httptools, ...; py-spy)
 #   .carry/debs/         Debian's redis-server and wrk with their libraries, unpacked under /tmp/debs (never /)
@@ -20,7 +20,7 @@ set -uo pipefail
 STARTED=$(date +%s)
 BUDGET_S=${BUDGET_S:-540}
 TEST_S=${TEST_S:-75}  # kept for the GPU test after the benchmark
-source benchmarks/device_setup.sh || echo "device_setup.sh: its last step failed (above); going on"
+source tools/device/setup.sh || echo "tools/device/setup.sh: its last step failed (above); going on"
 exec > >(tee -a "$OUT/run.log") 2>&1
 
 # Debian bookworm's builds need glibc >= 2.34; the libraries they bring are used by these two programs only.
@@ -57,7 +57,7 @@ GOWALLA=()
 LEFT=$(( BUDGET_S - ($(date +%s) - STARTED) ))
 echo "set-up took $(( BUDGET_S - LEFT )) s; the benchmark may use $(( LEFT - TEST_S )) s, the GPU test $TEST_S s"
 # shellcheck disable=SC2086  # GPU_SERVING_ARGS is a list of options
-timeout -s INT -k 10 $(( LEFT - TEST_S - 10 )) python3 benchmarks/gpu_serving.py "${KIT[@]}" "${GOWALLA[@]}" \
+timeout -s INT -k 10 $(( LEFT - TEST_S - 10 )) python3 -m benchmarks.gpu_serving "${KIT[@]}" "${GOWALLA[@]}" \
   --budget-s $(( LEFT - TEST_S - 35 )) --work /tmp/gpu_serving --out "$OUT/gpu_serving.json" ${GPU_SERVING_ARGS:-}
 echo "benchmark exit $? after $(( $(date +%s) - STARTED )) s"
 
