@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #23 on a lent H200 in one call: benchmarks/gpu_serving.py at catalogue scale, then the GPU served-path test
+# Issue #23 on a lent H200 in one call: benchmarks.gpu_serving at catalogue scale, then the GPU served-path test
 # (10M items × 256-bit codes and 10M × float32 d=64, 1M users in Redis; triton, faiss-gpu, float on the GPU, the
 # Gowalla hq bundle; 1–16 uvicorn workers). Everything lands in $OUT: gpu_serving.json and .png, servers.log,
 # metrics.txt (the last /metrics of the main phase), pyspy_raw.txt, device.txt, run.log.
@@ -13,7 +13,7 @@
 # MPS=1 runs every server under CUDA MPS (one GPU context shared by the workers' processes instead of time-slicing
 # between theirs), where nvidia-cuda-mps-control exists; the JSON's meta says whether it was on.
 # Set RECSYS_COMMIT to the commit measured (no .git travels). GPU_SERVING_ARGS adds or overrides options of
-# benchmarks/gpu_serving.py (e.g. "--workers 4 --batch-max-wait-ms 0.5"). BUDGET_S (default 540) is the whole
+# benchmarks.gpu_serving (e.g. "--workers 4 --batch-max-wait-ms 0.5"). BUDGET_S (default 540) is the whole
 # script's wall-clock budget: the benchmark is given what the set-up leaves of it less TEST_S (default 75) for the
 # test, and is interrupted (SIGINT, which writes what was measured) if it runs past that.
 set -uo pipefail

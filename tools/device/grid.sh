@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run benchmarks/quality.py on a lent GPU machine in the background, across as many device calls as it needs.
+# Run benchmarks.quality on a lent GPU machine in the background, across as many device calls as it needs.
 #
 #   bash tools/device/grid.sh WAIT_SECONDS [quality.py options …]
 #

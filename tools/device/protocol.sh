@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run benchmarks/quality.py (the #3 protocol: fp first, quantized methods warm-started from it) on a lent GPU.
+# Run benchmarks.quality (the #3 protocol: fp first, quantized methods warm-started from it) on a lent GPU.
 #
 # Runs on the device machine from the repo root. Needs, carried with the call:
 #   .whl/         wheels the device image lacks (faiss-cpu, pydantic and its deps, redis)

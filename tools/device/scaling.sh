@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# #8 on a lent multi-GPU machine: GPU tests (sharded retrieval, NCCL training), then benchmarks/scaling.py runs.
+# #8 on a lent multi-GPU machine: GPU tests (sharded retrieval, NCCL training), then python -m benchmarks.scaling runs.
 #
 # Runs on the device machine from the repo root, with .whl/ (wheels the image lacks), .gpu-kit/ (faiss-gpu,
 # ../shared/tools/faiss-gpu-device) and .carry/data/gowalla carried. Results under $OUT. Each argument is one
