@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from benchmarks.harness import append_records, benchmark_parser
+from benchmarks.harness import append_records, benchmark_parser, markdown_table
 from binrec.index.bundle import Bundle
 from binrec.index.item_index import ItemIndex
 from binrec.service.cold_start import ColdStart
@@ -107,10 +107,11 @@ def main() -> int:
     append_records(args.out, [record])
     base = results["trained on"]["recall@20"]
     print(f"\n{data.name}, {cold.size} held-out users, {record['method']}")
-    print("| path | Recall@20 | NDCG@20 | of trained-on |")
-    print("|---|---|---|---|")
-    for name, metrics in results.items():
-        print(f"| {name} | {metrics['recall@20']:.4f} | {metrics['ndcg@20']:.4f} | {metrics['recall@20'] / base:.0%} |")
+    rows = [
+        (name, f"{metrics['recall@20']:.4f}", f"{metrics['ndcg@20']:.4f}", f"{metrics['recall@20'] / base:.0%}")
+        for name, metrics in results.items()
+    ]
+    print(markdown_table(("path", "Recall@20", "NDCG@20", "of trained-on"), rows))
     return 0
 
 

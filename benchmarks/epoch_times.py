@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import benchmark_parser
+from benchmarks.harness import benchmark_parser, markdown_table
 
 
 def epoch_lines(path: Path) -> list[dict[str, Any]]:
@@ -72,15 +72,24 @@ def main() -> int:
             print(f"epoch_times: error: {spec}: {error}", file=sys.stderr)
             return 2
     base = next((r for r in rows if r["gpus"] == 1), None)
-    print("| GPUs | epochs | median epoch (ms) | host time to queue it (ms) | first epoch (s) | triples/s | speed-up |")
-    print("|---|---|---|---|---|---|---|")
+    table = []
     for row in rows:
         row |= {"device": args.device, "commit": args.commit}
         if base:
             row["speed_up"] = round(row["samples_per_second"] / base["samples_per_second"], 3)
         speed_up = f"{row['speed_up']:.2f}×" if "speed_up" in row else "—"
-        print(f"| {row['gpus']} | {row['epochs']} | {row['median_epoch_ms']} | {row['median_host_ms']} "
-              f"| {row['first_epoch_seconds']:.2f} | {row['samples_per_second']:,.0f} | {speed_up} |")  # fmt: skip
+        table.append((row["gpus"], row["epochs"], row["median_epoch_ms"], row["median_host_ms"],
+                      f"{row['first_epoch_seconds']:.2f}", f"{row['samples_per_second']:,.0f}", speed_up))  # fmt: skip
+    header = (
+        "GPUs",
+        "epochs",
+        "median epoch (ms)",
+        "host time to queue it (ms)",
+        "first epoch (s)",
+        "triples/s",
+        "speed-up",
+    )
+    print(markdown_table(header, table))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -11,7 +11,7 @@ import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +19,16 @@ from tqdm import tqdm
 
 from benchmarks.records import append_records
 
-__all__ = ["RESULTS", "ROOT", "append_records", "benchmark_parser", "commit", "progress", "setup_faiss_gpu_kit"]
+__all__ = [
+    "RESULTS",
+    "ROOT",
+    "append_records",
+    "benchmark_parser",
+    "commit",
+    "markdown_table",
+    "progress",
+    "setup_faiss_gpu_kit",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 """The repository root: subprocesses that import ``binrec`` or ``loadtests`` run from here."""
@@ -44,6 +53,13 @@ def commit() -> str:
         return done.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """The short table a benchmark ends with, in the Markdown BENCHMARKS.md quotes: one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def progress(items: Iterable[T], desc: str, unit: str) -> Iterator[T]:

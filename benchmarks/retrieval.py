@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import benchmark_parser, commit, setup_faiss_gpu_kit
+from benchmarks.harness import benchmark_parser, commit, markdown_table, setup_faiss_gpu_kit
 
 
 def device_name() -> str:
@@ -228,11 +228,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def report(records: list[dict[str, Any]], plot: Path | None) -> None:
-    print("| device | backend | n_items | code bits | batch | k | median ms | queries/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in records:
-        print(f"| {r['device']} | {r['backend']} | {r['n_items']:,} | {r['code_bits']} | {r['batch']} | {r['k']} "
-              f"| {r['median_ms']:.3f} | {r['qps']:,.0f} |")  # fmt: skip
+    header = ("device", "backend", "n_items", "code bits", "batch", "k", "median ms", "queries/s")
+    rows = [
+        (r["device"], r["backend"], f"{r['n_items']:,}", r["code_bits"], r["batch"], r["k"], f"{r['median_ms']:.3f}",
+         f"{r['qps']:,.0f}")
+        for r in records
+    ]  # fmt: skip
+    print(markdown_table(header, rows))
     if plot is None:
         return
     import matplotlib

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import benchmark_parser, commit
+from benchmarks.harness import benchmark_parser, commit, markdown_table
 from benchmarks.retrieval import device_name, kernel_times, random_codes, random_word_major, timed
 
 
@@ -148,12 +148,13 @@ def main() -> int:
     rows = [row for n_items in args.n_items for row in probe(n_items, args.batches, args)]
     args.out.write_text(json.dumps(rows, indent=2))
     columns = ["whole_ms", "half0_ms", "half1_ms", "halves_in_turn_ms", "halves_threaded_ms", "sharded_ms", "merge_ms"]
-    print("| items | batch | " + " | ".join(c.removesuffix("_ms") for c in columns) + " | kernels whole / half |")
-    print("|---|---|" + "---|" * len(columns) + "---|")
-    for row in rows:
-        cells = " | ".join(f"{row[c]:.2f}" for c in columns)
-        kernels = f"{row['whole_kernels']['total']:.2f} / {row['half_kernels']['total']:.2f}"
-        print(f"| {row['n_items']:,} | {row['batch']} | {cells} | {kernels} |")
+    header = ["items", "batch", *(c.removesuffix("_ms") for c in columns), "kernels whole / half"]
+    table = [
+        (f"{row['n_items']:,}", row["batch"], *(f"{row[c]:.2f}" for c in columns),
+         f"{row['whole_kernels']['total']:.2f} / {row['half_kernels']['total']:.2f}")
+        for row in rows
+    ]  # fmt: skip
+    print(markdown_table(header, table))
     return 0
 
 

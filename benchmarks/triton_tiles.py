@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import binrec.index.retrieval.triton_backend as triton_backend
-from benchmarks.harness import benchmark_parser, commit
+from benchmarks.harness import benchmark_parser, commit, markdown_table
 from benchmarks.retrieval import device_name, kernel_times, random_codes, random_word_major, timed
 from binrec.index.retrieval.triton_backend import Tiles, TritonBackend
 
@@ -79,13 +79,23 @@ def main() -> int:
             print(json.dumps(row), flush=True)
             rows.append(row)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("| batch | kernel | BLOCK_Q (gather: entries) | BLOCK_N | warps | ran | median ms | gather ms | agrees |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for row in sorted(rows, key=lambda r: (r["batch"], r["median_ms"])):
-        print(f"| {row['batch']} | {row['kernel']} | {row['block_q']} | {row['block_n']} | {row['warps']} "
-              f"| {row['scan_ran'] or '—'} "
-              f"| {row['median_ms']:.2f} | {row.get('gather_ms', '—')} "
-              f"| {row['agrees']} |")  # fmt: skip
+    header = (
+        "batch",
+        "kernel",
+        "BLOCK_Q (gather: entries)",
+        "BLOCK_N",
+        "warps",
+        "ran",
+        "median ms",
+        "gather ms",
+        "agrees",
+    )
+    table = [
+        (row["batch"], row["kernel"], row["block_q"], row["block_n"], row["warps"], row["scan_ran"] or "—",
+         f"{row['median_ms']:.2f}", row.get("gather_ms", "—"), row["agrees"])
+        for row in sorted(rows, key=lambda r: (r["batch"], r["median_ms"]))
+    ]  # fmt: skip
+    print(markdown_table(header, table))
     return 0
 
 
