@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from benchmarks.harness import append_records, benchmark_parser, markdown_table
+from benchmarks.harness import RESULTS, append_records, benchmark_parser, markdown_table
 from binrec.index.bundle import Bundle
 from binrec.index.item_index import ItemIndex
 from binrec.service.cold_start import ColdStart
@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--fraction", type=float, default=0.1, help="share of users held out")
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--extra", default="", help="recsys-train options (epochs, lr, batch size, ...)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cold_start.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "cold_start.json")
     args = parser.parse_args()
     train_args = build_parser().parse_args(
         ["--method", args.method, "--input-layer", args.input_layer, *(["--bits", str(args.bits)] if args.bits else []),

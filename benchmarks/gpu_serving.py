@@ -44,7 +44,7 @@ from typing import Any
 from tqdm import tqdm
 
 from benchmarks.gpu_catalogue import synthetic_content
-from benchmarks.harness import benchmark_parser, commit, progress
+from benchmarks.harness import RESULTS, benchmark_parser, commit, progress
 from benchmarks.serving_stack import RedisProcess, ServiceProcess, cpu_ticks, faiss_gpu_boot
 from benchmarks.wrk_load import (
     GpuSampler,
@@ -413,7 +413,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--faiss-gpu-kit", type=Path, default=None, help="the lent machines' faiss-gpu kit (.gpu-kit)")
     add("--budget-s", type=float, default=480.0, help="stop starting work that would end past this many seconds")
     add("--work", type=Path, default=Path("/tmp/gpu_serving"), help="where bundles and user lists are written")
-    add("--out", type=Path, default=Path("benchmarks/results/gpu_serving.json"), help="the JSON written")
+    add("--out", type=Path, default=RESULTS / "gpu_serving.json", help="the JSON written")
     args = parser.parse_args(argv)
     args.main = args.main or Mode.parse("codes:auto" if args.cpu else "codes:triton")
     if args.peers is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import append_records, benchmark_parser, progress
+from benchmarks.harness import RESULTS, append_records, benchmark_parser, progress
 from binrec.index.hash_codes import graph_codes
 from binrec.trainer.data import load_dataset
 from binrec.trainer.evaluate import device_metrics
@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--bits", type=int, default=192, help="hash code bits per node")
     parser.add_argument("--hops", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="hop counts to probe")
     parser.add_argument("--seed", type=int, default=2024, help="the projection's seed (and the split's)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hash_code_probe.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "hash_code_probe.json")
     args = parser.parse_args()
     data = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
     rows = []

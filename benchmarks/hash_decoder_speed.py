@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.harness import append_records, benchmark_parser, progress
+from benchmarks.harness import RESULTS, append_records, benchmark_parser, progress
 from binrec.trainer.hashing import HashedInput, parameter_count
 
 
@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=3 * 8192, help="ego embeddings in the L2 term of a step")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per configuration")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hash_decoder_speed.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "hash_decoder_speed.json")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)  # fmt: skip

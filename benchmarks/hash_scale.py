@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from benchmarks.harness import append_records, benchmark_parser
+from benchmarks.harness import RESULTS, append_records, benchmark_parser
 from binrec.trainer.graph import normalized_adjacency, to_torch_sparse
 from binrec.trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count
 from binrec.trainer.loss import bpr
@@ -91,7 +91,7 @@ def main() -> int:
                         help="message-passing steps the codes sketch (as --hash-hops; 0: raw rows)")  # fmt: skip
     parser.add_argument("--decode-chunk", type=int, default=1 << 20,
                         help="hashed model: nodes decoded at a time, recomputed in backward (0: all)")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hash_scale.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "hash_scale.json")
     args = parser.parse_args()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     started = time.perf_counter()

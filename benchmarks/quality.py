@@ -32,7 +32,7 @@ from typing import Any
 
 import matplotlib
 
-from benchmarks.harness import append_records, benchmark_parser
+from benchmarks.harness import RESULTS, append_records, benchmark_parser
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -225,7 +225,7 @@ def main() -> int:
     parser.add_argument("--runs", nargs="+", default=None, help="runs of GRID to train (default: all of them)")
     parser.add_argument("--grid-file", type=Path, default=None, help="JSON of more runs (benchmarks/grids/)")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("RECSYS_DATA_DIR", "data")))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
     parser.add_argument("--grid", default="codes", help="label stored in the records; the report shows one grid")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
     parser.add_argument("--logs", type=Path, default=Path("var/quality-logs"))

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import benchmark_parser, commit, markdown_table, setup_faiss_gpu_kit
+from benchmarks.harness import RESULTS, benchmark_parser, commit, markdown_table, setup_faiss_gpu_kit
 
 
 def device_name() -> str:
@@ -284,7 +284,7 @@ def main() -> int:
     parser.add_argument("--floors", action="store_true", help="add the GPU floor rows")
     parser.add_argument("--profile", action="store_true", help="per-phase ms (CUDA events) where a backend has them")
     parser.add_argument("--faiss-gpu-kit", type=Path, default=None, help="set up the lent machines' faiss-gpu first")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/retrieval.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "retrieval.json")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()

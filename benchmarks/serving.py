@@ -40,7 +40,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, benchmark_parser, commit
+from benchmarks.harness import RESULTS, ROOT, benchmark_parser, commit
 
 # Each locust user is one connection sending at a fixed rate. Many slow users cost the harness itself: on the
 # 2-core VM a do-nothing server measured at 1,500 req/s gave p99 29 ms with 150 users × 10/s, 12 ms with 60 × 25,
@@ -231,7 +231,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=20, help="duration of each rate step")
     parser.add_argument("--p99-ms", type=float, default=25.0, help="latency budget")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the service")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     args = parser.parse_args()
     if not args.bundle and not args.floor:
         parser.error("give at least one --bundle MODE=PATH, or --floor")
