@@ -7,7 +7,7 @@
 #   docker build -t binrec-api-gpu --target api-gpu .   # the service on NVIDIA GPUs (CUDA torch, Triton, faiss-gpu)
 #
 # Everything the build reads from outside is named here, so that a build behind a proxy or an air gap changes
-# arguments, not this file (README "Building the images"):
+# arguments, not this file (docs/deployment.md, "Building the images"):
 #
 #   --build-arg PYTHON_IMAGE=...     a Python 3.11 image with `python -m venv` and ca-certificates
 #   --build-arg CUDA_IMAGE=...       the GPU target's base (CUDA runtime libraries)

@@ -1,6 +1,6 @@
 """Inductive cold start: users held out of training entirely, served through the history path.
 
-    python benchmarks/cold_start.py --dataset ml-100k --data-dir ../shared/data --method hq --bits 1 \\
+    python -m benchmarks.cold_start --dataset ml-100k --data-dir ../shared/data --method hq --bits 1 \\
         --extra "--epochs 400 --eval-every 5 --patience 6 --lr-decay-patience 3 --batch-size 4096 --lr 5e-3"
 
 A seeded 10 % of the users with test items lose every training and validation interaction (the model never
@@ -13,7 +13,6 @@ items are excluded in all three. Records go to --out (JSON list) and a table is 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shlex
 import sys
@@ -24,18 +23,16 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.records import append_records  # noqa: E402
-from binrec.index.bundle import Bundle  # noqa: E402
-from binrec.index.cold_start import METHODS  # noqa: E402
-from binrec.index.item_index import ItemIndex  # noqa: E402
-from binrec.service.cold_start import ColdStart  # noqa: E402
-from binrec.trainer.cli import build_parser  # noqa: E402
-from binrec.trainer.data import Dataset, load_dataset  # noqa: E402
-from binrec.trainer.export import export_bundle  # noqa: E402
-from binrec.trainer.metrics import ranking_metrics  # noqa: E402
-from binrec.trainer.train import TrainConfig, refit, train  # noqa: E402
+from benchmarks.harness import RESULTS, append_records, benchmark_parser, markdown_table
+from binrec.index.bundle import Bundle
+from binrec.index.cold_start import METHODS
+from binrec.index.item_index import ItemIndex
+from binrec.service.cold_start import ColdStart
+from binrec.trainer.cli import build_parser
+from binrec.trainer.data import Dataset, load_dataset
+from binrec.trainer.export import export_bundle
+from binrec.trainer.metrics import ranking_metrics
+from binrec.trainer.train import TrainConfig, refit, train
 
 
 def without_users(data: Dataset, users: np.ndarray) -> Dataset:
@@ -57,7 +54,7 @@ def evaluate(topk: np.ndarray, users: np.ndarray, truth: sp.csr_matrix) -> dict[
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--method", default="hq", choices=METHODS)
@@ -66,7 +63,7 @@ def main() -> int:
     parser.add_argument("--fraction", type=float, default=0.1, help="share of users held out")
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--extra", default="", help="recsys-train options (epochs, lr, batch size, ...)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cold_start.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "cold_start.json")
     args = parser.parse_args()
     train_args = build_parser().parse_args(
         ["--method", args.method, "--input-layer", args.input_layer, *(["--bits", str(args.bits)] if args.bits else []),
@@ -111,10 +108,11 @@ def main() -> int:
     append_records(args.out, [record])
     base = results["trained on"]["recall@20"]
     print(f"\n{data.name}, {cold.size} held-out users, {record['method']}")
-    print("| path | Recall@20 | NDCG@20 | of trained-on |")
-    print("|---|---|---|---|")
-    for name, metrics in results.items():
-        print(f"| {name} | {metrics['recall@20']:.4f} | {metrics['ndcg@20']:.4f} | {metrics['recall@20'] / base:.0%} |")
+    rows = [
+        (name, f"{metrics['recall@20']:.4f}", f"{metrics['ndcg@20']:.4f}", f"{metrics['recall@20'] / base:.0%}")
+        for name, metrics in results.items()
+    ]
+    print(markdown_table(("path", "Recall@20", "NDCG@20", "of trained-on"), rows))
     return 0
 
 

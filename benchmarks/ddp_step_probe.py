@@ -1,6 +1,6 @@
 """Where a data-parallel training step's time goes: compute, gradient all-reduce, or the host issuing work.
 
-    torchrun --standalone --nproc-per-node=2 benchmarks/ddp_step_probe.py --data-dir ../shared/data
+    torchrun --standalone --nproc-per-node=2 -m benchmarks.ddp_step_probe --data-dir ../shared/data
 
 Per step (median ms over --steps, after a warm-up), on rank 0: `step` (the real step), `no_sync` (the same
 without DDP's all-reduce), `all_reduce` (one all-reduce of a tensor the size of the gradients), and
@@ -24,16 +24,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from binrec.trainer.data import load_dataset  # noqa: E402
-from binrec.trainer.distributed import World, current_world, rank_device, rank_share, start, stop  # noqa: E402
-from binrec.trainer.graph import normalized_adjacency, to_torch_sparse  # noqa: E402
-from binrec.trainer.model import LightGCN  # noqa: E402
-from binrec.trainer.quantization import make_quantizer  # noqa: E402
-from binrec.trainer.sampling import BPRSampler  # noqa: E402
-from binrec.trainer.step_graph import GraphedStep  # noqa: E402
-from binrec.trainer.train import parallel_objective, pick_device  # noqa: E402
+from binrec.trainer.data import load_dataset
+from binrec.trainer.distributed import World, current_world, rank_device, rank_share, start, stop
+from binrec.trainer.graph import normalized_adjacency, to_torch_sparse
+from binrec.trainer.model import LightGCN
+from binrec.trainer.quantization import make_quantizer
+from binrec.trainer.sampling import BPRSampler
+from binrec.trainer.step_graph import GraphedStep
+from binrec.trainer.train import parallel_objective, pick_device
 
 
 def median_ms(run: Callable[[], None], steps: int, device: torch.device) -> float:

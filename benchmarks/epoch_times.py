@@ -2,7 +2,7 @@
 
     torchrun --standalone --nproc-per-node=2 -m binrec.trainer.cli --dataset gowalla --epochs 40 --batch-size 8192 \\
         --lr 5e-3 --log-level debug ... > two.log 2>&1          # and the same without torchrun > one.log
-    python benchmarks/epoch_times.py --log 1=one.log --log 2=two.log --out benchmarks/results/scaling_epochs.json
+    python -m benchmarks.epoch_times --log 1=one.log --log 2=two.log --out benchmarks/results/scaling_epochs.json
 
 Each debug line gives an epoch's stepping seconds on one rank (from the start of its steps to the sync that
 ends them, the next epoch's sampling included) and the host seconds to queue that work. The first epoch
@@ -12,12 +12,13 @@ Logs written before the lines carried `samples` need --samples-per-epoch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+from benchmarks.harness import benchmark_parser, markdown_table
 
 
 def epoch_lines(path: Path) -> list[dict[str, Any]]:
@@ -55,7 +56,7 @@ def summarise(gpus: int, rows: list[dict[str, Any]], samples_per_epoch: int | No
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--log", action="append", required=True, help="GPUS=PATH, once per run")
     parser.add_argument("--samples-per-epoch", type=int, default=None)
     parser.add_argument("--device", default="unknown", help="recorded with the rows")
@@ -71,15 +72,24 @@ def main() -> int:
             print(f"epoch_times: error: {spec}: {error}", file=sys.stderr)
             return 2
     base = next((r for r in rows if r["gpus"] == 1), None)
-    print("| GPUs | epochs | median epoch (ms) | host time to queue it (ms) | first epoch (s) | triples/s | speed-up |")
-    print("|---|---|---|---|---|---|---|")
+    table = []
     for row in rows:
         row |= {"device": args.device, "commit": args.commit}
         if base:
             row["speed_up"] = round(row["samples_per_second"] / base["samples_per_second"], 3)
         speed_up = f"{row['speed_up']:.2f}×" if "speed_up" in row else "—"
-        print(f"| {row['gpus']} | {row['epochs']} | {row['median_epoch_ms']} | {row['median_host_ms']} "
-              f"| {row['first_epoch_seconds']:.2f} | {row['samples_per_second']:,.0f} | {speed_up} |")  # fmt: skip
+        table.append((row["gpus"], row["epochs"], row["median_epoch_ms"], row["median_host_ms"],
+                      f"{row['first_epoch_seconds']:.2f}", f"{row['samples_per_second']:,.0f}", speed_up))  # fmt: skip
+    header = (
+        "GPUs",
+        "epochs",
+        "median epoch (ms)",
+        "host time to queue it (ms)",
+        "first epoch (s)",
+        "triples/s",
+        "speed-up",
+    )
+    print(markdown_table(header, table))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -1,7 +1,7 @@
 """Catalogue-scale bundles for the serving benchmark, published through the trainer's bundle writer.
 
-    python benchmarks/gpu_catalogue.py --root /tmp/cat --items 200000 --users 20000 --layout sign1 --dim 256
-    python benchmarks/gpu_catalogue.py --strip-cold-start var/serving/binary --root .carry/gowalla_hq
+    python -m benchmarks.gpu_catalogue --root /tmp/cat --items 200000 --users 20000 --layout sign1 --dim 256
+    python -m benchmarks.gpu_catalogue --strip-cold-start var/serving/binary --root .carry/gowalla_hq
 
 The service must load these exactly as it loads a trained model, so they go through ``publish_bundle``
 (checksums, shapes, CURRENT) and are read back by ``Bundle.load`` in every worker. Codes are uniform random bits
@@ -16,7 +16,6 @@ and the rows come out sorted, which the writer otherwise sorts item by item.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,9 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from binrec.index.bundle import Bundle, BundleContent, publish_bundle  # noqa: E402
-from binrec.index.codes import CodeLayout, code_width  # noqa: E402
+from benchmarks.harness import benchmark_parser
+from binrec.index.bundle import Bundle, BundleContent, publish_bundle
+from binrec.index.codes import CodeLayout, code_width
 
 SEEN_MIN, SEEN_MAX = 20, 200
 POPULAR = 1000  # the fallback list: unknown users get its first k items
@@ -136,7 +134,7 @@ def strip_cold_start(source: Path, root: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--root", type=Path, required=True, help="bundle root to publish into (CURRENT names it)")
     parser.add_argument("--items", type=int, default=200_000, help="catalogue size")
     parser.add_argument("--users", type=int, default=20_000, help="users with codes and seen items")

@@ -1,10 +1,10 @@
 """/recommend served from one GPU at catalogue scale, end to end: rate against latency, by mode and worker count.
 
-    # the lent H200, in one call (benchmarks/device_gpu_serving.sh unpacks redis-server, wrk and the wheels first):
-    python benchmarks/gpu_serving.py --items 10000000 --users 1000000 --faiss-gpu-kit .gpu-kit \\
+    # the lent H200, in one call (tools/device/gpu_serving.sh unpacks redis-server, wrk and the wheels first):
+    python -m benchmarks.gpu_serving --items 10000000 --users 1000000 --faiss-gpu-kit .gpu-kit \\
         --gowalla .carry/gowalla_hq --budget-s 480 --out "$OUT/gpu_serving.json"
     # a CPU machine, small (what the device run does, on the CPU backends):
-    python benchmarks/gpu_serving.py --cpu --items 200000 --users 20000 --workers 2 --scale-workers 1 \\
+    python -m benchmarks.gpu_serving --cpu --items 200000 --users 20000 --workers 2 --scale-workers 1 \\
         --connections 4 16 --peer-connections 4 --seconds 5 --out /tmp/gpu_serving.json
 
 Set-up, all real processes: bundles built by benchmarks/gpu_catalogue.py through the trainer's bundle writer (10M
@@ -43,11 +43,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.gpu_catalogue import synthetic_content  # noqa: E402
-from benchmarks.serving_stack import RedisProcess, ServiceProcess, cpu_ticks, faiss_gpu_boot  # noqa: E402
-from benchmarks.wrk_load import (  # noqa: E402
+from benchmarks.gpu_catalogue import synthetic_content
+from benchmarks.harness import RESULTS, benchmark_parser, commit, progress
+from benchmarks.serving_stack import RedisProcess, ServiceProcess, cpu_ticks, faiss_gpu_boot
+from benchmarks.wrk_load import (
     GpuSampler,
     MetricsSnapshot,
     host_cpu,
@@ -57,8 +56,8 @@ from benchmarks.wrk_load import (  # noqa: E402
     write_synthetic_users,
     write_users_file,
 )
-from binrec.index.bundle import Bundle, publish_bundle  # noqa: E402
-from binrec.index.codes import CodeLayout  # noqa: E402
+from binrec.index.bundle import Bundle, publish_bundle
+from binrec.index.codes import CodeLayout
 
 GPU_BACKENDS = ("triton", "faiss-gpu", "torch")
 TARGET_RATE, TARGET_P99_MS = 10_000.0, 10.0  # issue #23, for codes + triton at 10M items
@@ -109,16 +108,6 @@ class Stopped(Exception):
 
 def on_signal(signum: int, frame: FrameType | None) -> None:
     raise Stopped(signal.Signals(signum).name)
-
-
-def commit() -> str:
-    if os.environ.get("RECSYS_COMMIT"):
-        return os.environ["RECSYS_COMMIT"]
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-        return done.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def device_name(cpu: bool) -> str:
@@ -397,7 +386,7 @@ def table(points: list[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     add = parser.add_argument
     add("--cpu", action="store_true", help="CPU backends: main codes:auto, peers float:cpu (and gowalla:auto)")
     add("--items", type=int, default=10_000_000, help="synthetic catalogue size")
@@ -424,7 +413,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--faiss-gpu-kit", type=Path, default=None, help="the lent machines' faiss-gpu kit (.gpu-kit)")
     add("--budget-s", type=float, default=480.0, help="stop starting work that would end past this many seconds")
     add("--work", type=Path, default=Path("/tmp/gpu_serving"), help="where bundles and user lists are written")
-    add("--out", type=Path, default=Path("benchmarks/results/gpu_serving.json"), help="the JSON written")
+    add("--out", type=Path, default=RESULTS / "gpu_serving.json", help="the JSON written")
     args = parser.parse_args(argv)
     args.main = args.main or Mode.parse("codes:auto" if args.cpu else "codes:triton")
     if args.peers is None:
@@ -459,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     phases += scale[1:]
     try:
         run.build(modes)
-        for phase, mode, workers, connections in tqdm(phases, desc="phases", unit="server", disable=None):
+        for phase, mode, workers, connections in progress(phases, "phases", "server"):
             run.phase(phase, mode, workers, connections)
     except Stopped as signal_name:
         run.skip(f"stopped by {signal_name} after {time.monotonic() - run.started:.0f} s")

@@ -1,6 +1,6 @@
 """How much collaborative signal do the fixed hash codes carry before any training? (issue #6)
 
-    python benchmarks/hash_code_probe.py --dataset gowalla --data-dir ../shared/data --bits 192 --hops 0 1 2 3 4 5
+    python -m benchmarks.hash_code_probe --dataset gowalla --data-dir ../shared/data --bits 192 --hops 0 1 2 3 4 5
 
 For each hop count the codes of index.hash_codes.graph_codes are made from the training graph and every
 user's validation items are ranked by Hamming agreement between the user's code and each item's code (training
@@ -11,35 +11,31 @@ projection per side, so their agreement is chance. A CPU job; prints a table and
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.records import append_records  # noqa: E402
-from binrec.index.hash_codes import graph_codes  # noqa: E402
-from binrec.trainer.data import load_dataset  # noqa: E402
-from binrec.trainer.evaluate import device_metrics  # noqa: E402
+from benchmarks.harness import RESULTS, append_records, benchmark_parser, progress
+from binrec.index.hash_codes import graph_codes
+from binrec.trainer.data import load_dataset
+from binrec.trainer.evaluate import device_metrics
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--dataset", default="gowalla", help="a dataset name under --data-dir, or a path")
     parser.add_argument("--data-dir", type=Path, default=None, help="where named datasets live")
     parser.add_argument("--bits", type=int, default=192, help="hash code bits per node")
     parser.add_argument("--hops", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="hop counts to probe")
     parser.add_argument("--seed", type=int, default=2024, help="the projection's seed (and the split's)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hash_code_probe.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "hash_code_probe.json")
     args = parser.parse_args()
     data = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
     rows = []
-    for hops in tqdm(args.hops, desc="hop counts", unit="code"):
+    for hops in progress(args.hops, "hop counts", "code"):
         started = time.perf_counter()
         codes, _ = graph_codes(data.train, args.bits, seed=args.seed, hops=(hops,))
         code_seconds = time.perf_counter() - started

@@ -1,7 +1,7 @@
 """Time one training step's decoder work for the hashed input layer: the fixed-lookup backward against
 embedding_bag's own (issue #6).
 
-    python benchmarks/hash_decoder_speed.py --nodes 70839 --codes 192/24 1024/256 1536/384
+    python -m benchmarks.hash_decoder_speed --nodes 70839 --codes 192/24 1024/256 1536/384
 
 A step decodes every node (the propagation's input) and the batch's nodes again (the L2 term on 3 × 8,192
 ego embeddings), then back-propagates into the codebooks and the MLP. Group indices are uniform random (the
@@ -11,7 +11,6 @@ when torch sees it, else the CPU; prints a table and appends to --out (JSON list
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,12 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.records import append_records  # noqa: E402
-from binrec.trainer.hashing import HashedInput, parameter_count  # noqa: E402
+from benchmarks.harness import RESULTS, append_records, benchmark_parser, progress
+from binrec.trainer.hashing import HashedInput, parameter_count
 
 
 def step_seconds(layer: HashedInput, batch: torch.Tensor, repeats: int) -> float:
@@ -45,7 +41,7 @@ def step_seconds(layer: HashedInput, batch: torch.Tensor, repeats: int) -> float
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--nodes", type=int, default=70_839, help="users + items (default: Gowalla's)")
     parser.add_argument("--codes", nargs="+", default=["64/8", "192/24", "1024/256", "1536/384"],
                         help="BITS/GROUPS per configuration")  # fmt: skip
@@ -53,14 +49,14 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=3 * 8192, help="ego embeddings in the L2 term of a step")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per configuration")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hash_decoder_speed.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "hash_decoder_speed.json")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)  # fmt: skip
     rng = np.random.default_rng(0)
     batch = torch.from_numpy(rng.integers(0, args.nodes, args.batch)).to(device)
     rows: list[dict[str, Any]] = []
-    for spec in tqdm(args.codes, desc="codes", unit="config"):
+    for spec in progress(args.codes, "codes", "config"):
         bits, groups = (int(part) for part in spec.split("/"))
         indices = rng.integers(0, 1 << (bits // groups), (args.nodes, groups))
         row: dict[str, Any] = {"nodes": args.nodes, "bits": bits, "groups": groups, "device": str(device)}

@@ -1,6 +1,6 @@
 """Scale run for the hashed input layer: a training step loop on a synthetic graph of millions of nodes.
 
-    python benchmarks/hash_scale.py --users 5000000 --items 5000000 --edges 50000000 --steps 50
+    python -m benchmarks.hash_scale --users 5000000 --items 5000000 --edges 50000000 --steps 50
 
 Builds a power-law bipartite graph (users uniform, items Zipf-like), computes the 64-bit hash codes
 (chunked; R regenerated, never stored), trains LightGCN with the hashed input layer for a few BPR steps
@@ -18,7 +18,6 @@ keeps the decoder's activations, about as large as the table's state (stop 15's 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -29,14 +28,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.records import append_records  # noqa: E402
-from binrec.trainer.graph import normalized_adjacency, to_torch_sparse  # noqa: E402
-from binrec.trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count  # noqa: E402
-from binrec.trainer.loss import bpr  # noqa: E402
-from binrec.trainer.model import LightGCN  # noqa: E402
-from binrec.trainer.sampling import BPRSampler  # noqa: E402
+from benchmarks.harness import RESULTS, append_records, benchmark_parser
+from binrec.trainer.graph import normalized_adjacency, to_torch_sparse
+from binrec.trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count
+from binrec.trainer.loss import bpr
+from binrec.trainer.model import LightGCN
+from binrec.trainer.sampling import BPRSampler
 
 
 def synthetic_graph(users: int, items: int, edges: int, seed: int) -> sp.csr_matrix:
@@ -74,7 +71,7 @@ def step_loop(model: LightGCN, train: sp.csr_matrix, steps: int, batch: int, dev
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--users", type=int, default=5_000_000)
     parser.add_argument("--items", type=int, default=5_000_000)
     parser.add_argument("--edges", type=int, default=50_000_000)
@@ -94,7 +91,7 @@ def main() -> int:
                         help="message-passing steps the codes sketch (as --hash-hops; 0: raw rows)")  # fmt: skip
     parser.add_argument("--decode-chunk", type=int, default=1 << 20,
                         help="hashed model: nodes decoded at a time, recomputed in backward (0: all)")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hash_scale.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "hash_scale.json")
     args = parser.parse_args()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     started = time.perf_counter()

@@ -1,21 +1,22 @@
 """Plot validation Recall@20 against training time from `recsys-train` logs (one curve per log).
 
-    python benchmarks/plot_valid_curves.py fp.log ste.log --out benchmarks/results/gowalla_valid_curves.png
+    python -m benchmarks.plot_valid_curves fp.log ste.log --out benchmarks/results/gowalla_valid_curves.png
 
 The trainer logs one JSON object per validation (`"event": "valid"`); refit runs log none.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
 
 import matplotlib
 
+from benchmarks.harness import benchmark_parser
+
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 EVENT = re.compile(r"(\{\"event\": \"valid\".*\})")
 
@@ -30,7 +31,7 @@ def read_curve(log: Path) -> tuple[list[int], list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("logs", nargs="+", type=Path, help="recsys-train logs; the file stem labels the curve")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--title", default="Validation Recall@20 while training")

@@ -1,6 +1,6 @@
 """Quantize a trained full-precision bundle after the fact: the bar quantization-aware training must clear.
 
-    python benchmarks/post_training_quantization.py var/bundles/<fp bundle> --dataset ml-100k \\
+    python -m benchmarks.post_training_quantization var/bundles/<fp bundle> --dataset ml-100k \\
         --data-dir ../shared/data
 
 Scores the test set (training items masked) with the fp vectors, their signs (1 bit), per-node quartile
@@ -9,12 +9,12 @@ codes with per-node level tables (GNAQ's served form, 2 bits) and per-node unifo
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from benchmarks.harness import benchmark_parser
 from binrec.index.bundle import Bundle
 from binrec.index.codes import CodeLayout
 from binrec.trainer.data import load_dataset
@@ -42,7 +42,7 @@ FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("bundle", type=Path, help="an fp bundle, or a root whose CURRENT names one")
     parser.add_argument("--dataset", required=True, help="the dataset it was trained on")
     parser.add_argument("--data-dir", type=Path, default=None)

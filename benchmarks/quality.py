@@ -1,6 +1,6 @@
 """Train a grid of methods on every dataset, collect the records, print the table and plot Recall@20 vs bytes.
 
-    python benchmarks/quality.py --data-dir ../shared/data --datasets gowalla yelp2018 --parallel 8 \\
+    python -m benchmarks.quality --data-dir ../shared/data --datasets gowalla yelp2018 --parallel 8 \\
         --out benchmarks/results/quality.json
 
 Each (dataset, run) of ``GRID`` is one `recsys-train` run under the same protocol: validation-selected epoch,
@@ -32,11 +32,10 @@ from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from benchmarks.harness import RESULTS, append_records, benchmark_parser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.records import append_records  # noqa: E402
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 
 
 @dataclass(frozen=True)
@@ -221,12 +220,12 @@ def report(out: Path, plot: Path, grid: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--datasets", nargs="+", default=["gowalla", "yelp2018"])
     parser.add_argument("--runs", nargs="+", default=None, help="runs of GRID to train (default: all of them)")
     parser.add_argument("--grid-file", type=Path, default=None, help="JSON of more runs (benchmarks/grids/)")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("RECSYS_DATA_DIR", "data")))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
     parser.add_argument("--grid", default="codes", help="label stored in the records; the report shows one grid")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
     parser.add_argument("--logs", type=Path, default=Path("var/quality-logs"))

@@ -1,6 +1,6 @@
 """How many candidates does the re-rank of scaled codes (bigear, gnaq) need? Served vs exact Recall@20.
 
-    python benchmarks/rerank_candidates.py var/bundles --dataset gowalla --data-dir ../shared/data \\
+    python -m benchmarks.rerank_candidates var/bundles --dataset gowalla --data-dir ../shared/data \\
         --factors 10 40 200 --heavy 0 500 --out benchmarks/results/rerank_candidates.json
 
 For each (Hamming candidates per requested item, largest-norm items added) it scores the test set through
@@ -9,11 +9,11 @@ For each (Hamming candidates per requested item, largest-norm items added) it sc
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+from benchmarks.harness import benchmark_parser
 from binrec.index.bundle import Bundle
 from binrec.index.item_index import ItemIndex
 from binrec.trainer.data import load_dataset
@@ -21,7 +21,7 @@ from binrec.trainer.evaluate import served_path_metrics
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("bundle", type=Path, help="a bundle with scales, or a root whose CURRENT names one")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data-dir", type=Path, default=None)

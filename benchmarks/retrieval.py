@@ -1,7 +1,7 @@
 """Exact Hamming top-k: every backend (and the float and usearch peers) on synthetic codes; table, JSON, PNG.
 
-    python benchmarks/retrieval.py --n-items 1000000 10000000 --bits 64 256 576 --batches 1 64 1024
-    python benchmarks/retrieval.py --report-only --out benchmarks/results/retrieval.json
+    python -m benchmarks.retrieval --n-items 1000000 10000000 --bits 64 256 576 --batches 1 64 1024
+    python -m benchmarks.retrieval --report-only --out benchmarks/results/retrieval.json
 
 Records (appended to --out): backend, n_items, code_bits, batch, k, median_ms, qps, device, commit
 (+ memory_bytes, runs, agrees). `agrees` says the backend returned the same ids and distances as the
@@ -27,31 +27,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def setup_faiss_gpu_kit(kit: Path) -> None:
-    """The lent GPU machines' faiss-gpu (../shared/tools/faiss-gpu-device): must run before FAISS is imported."""
-    import torch
-
-    subprocess.run(["mkdir", "-p", "/tmp/site_gpu"], check=True)
-    subprocess.run(["tar", "-C", "/tmp/site_gpu", "-xJf", str(kit / "faiss_gpu_sm90_site.tar.xz")], check=True)
-    torch.ones(2, 2, device="cuda") @ torch.ones(2, 2, device="cuda")
-    with open("/proc/self/maps") as maps:
-        os.environ["CUBLAS13_PATH"] = next(line.split()[-1] for line in maps if "libcublas.so.13" in line)
-    sys.path[:0] = ["/tmp/site_gpu", str(kit)]
-    import gpu_preload  # type: ignore[import-not-found]
-
-    gpu_preload.setup("/tmp/site_gpu")
-
-
-def commit() -> str:
-    if os.environ.get("RECSYS_COMMIT"):
-        return os.environ["RECSYS_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
+from benchmarks.harness import RESULTS, benchmark_parser, commit, markdown_table, setup_faiss_gpu_kit
 
 
 def device_name() -> str:
@@ -252,11 +228,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def report(records: list[dict[str, Any]], plot: Path | None) -> None:
-    print("| device | backend | n_items | code bits | batch | k | median ms | queries/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in records:
-        print(f"| {r['device']} | {r['backend']} | {r['n_items']:,} | {r['code_bits']} | {r['batch']} | {r['k']} "
-              f"| {r['median_ms']:.3f} | {r['qps']:,.0f} |")  # fmt: skip
+    header = ("device", "backend", "n_items", "code bits", "batch", "k", "median ms", "queries/s")
+    rows = [
+        (r["device"], r["backend"], f"{r['n_items']:,}", r["code_bits"], r["batch"], r["k"], f"{r['median_ms']:.3f}",
+         f"{r['qps']:,.0f}")
+        for r in records
+    ]  # fmt: skip
+    print(markdown_table(header, rows))
     if plot is None:
         return
     import matplotlib
@@ -293,7 +271,7 @@ def report(records: list[dict[str, Any]], plot: Path | None) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--backends", nargs="+", default=["faiss-cpu", "torch"])
     parser.add_argument("--peers", nargs="*", default=[], choices=["usearch", "float-cpu", "float-gpu"])
     parser.add_argument("--n-items", nargs="+", type=int, default=[1_000_000])
@@ -306,7 +284,7 @@ def main() -> int:
     parser.add_argument("--floors", action="store_true", help="add the GPU floor rows")
     parser.add_argument("--profile", action="store_true", help="per-phase ms (CUDA events) where a backend has them")
     parser.add_argument("--faiss-gpu-kit", type=Path, default=None, help="set up the lent machines' faiss-gpu first")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/retrieval.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "retrieval.json")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()

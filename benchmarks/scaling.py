@@ -1,8 +1,8 @@
 """Scaling over GPUs: data-parallel training throughput / time to quality, and sharded retrieval queries/s.
 
-    python benchmarks/scaling.py --data-dir ../shared/data --gpus 1 2 \
+    python -m benchmarks.scaling --data-dir ../shared/data --gpus 1 2 \
         --train-extra "--max-minutes 4" --n-items 100000000 1000000000 --batches 1024
-    python benchmarks/scaling.py --report-only
+    python -m benchmarks.scaling --report-only
 
 Training: `recsys-train --method fp` on Gowalla under torchrun with 1, 2, … processes (one per GPU), each
 rank taking --batch-size triples a step (the global batch grows with the GPU count), stopped when
@@ -34,10 +34,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.retrieval import commit, device_name, random_codes, random_word_major, timed  # noqa: E402
+from benchmarks.harness import ROOT, benchmark_parser, commit
+from benchmarks.retrieval import device_name, random_codes, random_word_major, timed
 
 PROTOCOL = "--epochs 1000 --eval-every 5 --patience 6 --lr-decay-patience 3 --batch-size 8192 --lr 5e-3"
 
@@ -202,7 +200,7 @@ def report(records: list[dict[str, Any]], plot: Path | None) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2], help="GPU counts to run on")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-retrieval", action="store_true")

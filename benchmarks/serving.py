@@ -1,8 +1,8 @@
 """Serving throughput: the highest request rate whose p99 stays within budget with zero errors.
 
-    python benchmarks/serving.py --generator wrk --bundle binary=var/serving/binary \\
+    python -m benchmarks.serving --generator wrk --bundle binary=var/serving/binary \\
         --bundle float=var/serving/float --workers 2 --repeats 3
-    python benchmarks/serving.py --bundle binary=var/serving/binary --rates 250 500 750 1000 --seconds 20
+    python -m benchmarks.serving --bundle binary=var/serving/binary --rates 250 500 750 1000 --seconds 20
 
 ``--generator wrk`` (Debian's `wrk`, one C thread, closed loop) drives the server with GET /recommend for
 Zipf-drawn known users (5 % unknown ones): one step per connection count (--connections), each the highest rate
@@ -40,7 +40,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.harness import RESULTS, ROOT, benchmark_parser, commit
+
 # Each locust user is one connection sending at a fixed rate. Many slow users cost the harness itself: on the
 # 2-core VM a do-nothing server measured at 1,500 req/s gave p99 29 ms with 150 users × 10/s, 12 ms with 60 × 25,
 # 8 ms with 30 × 50 and 4 ms with 15 × 100 (locust's greenlets, not the server, waiting). `--floor` measures it.
@@ -65,12 +66,6 @@ def wait_ready(url: str, seconds: float = 120, *, path: str = "/readyz", status:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not become ready")
-
-
-def commit() -> str:
-    if os.environ.get("RECSYS_COMMIT"):
-        return os.environ["RECSYS_COMMIT"]
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 def machine() -> str:
@@ -116,7 +111,6 @@ def wrk_script(bundle: Path | None, path: Path, count: int = 20_000, seed: int =
     """A wrk script asking for Zipf-drawn known users (the locustfile's skew) and 5 % unknown ones."""
     # The locustfile's own population (one Zipf rule for both generators). Importing it imports locust, which
     # patches the standard library for gevent: harmless here, where no threads run beside the subprocesses.
-    sys.path.insert(0, str(ROOT))
     from loadtests.locustfile import UserPopulation, bundle_dir, read_ids
 
     rng = random.Random(seed)
@@ -222,7 +216,7 @@ def run_mode(mode: str, bundle: Path, args: argparse.Namespace, work: Path) -> l
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--bundle", action="append", default=[], help="MODE=PATH (a bundle or a root with CURRENT)")
     parser.add_argument("--floor", action="store_true", help="first measure the harness on a do-nothing server")
     parser.add_argument(
@@ -237,7 +231,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=20, help="duration of each rate step")
     parser.add_argument("--p99-ms", type=float, default=25.0, help="latency budget")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the service")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     args = parser.parse_args()
     if not args.bundle and not args.floor:
         parser.error("give at least one --bundle MODE=PATH, or --floor")

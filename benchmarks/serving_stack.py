@@ -25,10 +25,8 @@ from typing import Any
 import numpy as np
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from binrec.service.user_codes import user_code_key  # noqa: E402
+from benchmarks.harness import ROOT
+from binrec.service.user_codes import user_code_key
 
 MSET_CHUNK = 20_000  # keys per MSET: one round trip each, small enough to keep Redis responsive
 

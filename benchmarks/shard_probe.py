@@ -1,6 +1,6 @@
 """Where a sharded search's time goes: one GPU's whole catalogue against its halves, alone and together.
 
-    python benchmarks/shard_probe.py --n-items 100000000 1000000000 --batches 64 1024 --out shard_probe.json
+    python -m benchmarks.shard_probe --n-items 100000000 1000000000 --batches 64 1024 --out shard_probe.json
 
 For each catalogue and batch it times (median ms, warm) the whole catalogue on GPU 0; each half alone on its
 GPU (GPUs 0 and 1; both on GPU 0 where there is one); both halves one after another from one thread; both from
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,10 +25,8 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.retrieval import commit, device_name, kernel_times, random_codes, random_word_major, timed  # noqa: E402
+from benchmarks.harness import benchmark_parser, commit, markdown_table
+from benchmarks.retrieval import device_name, kernel_times, random_codes, random_word_major, timed
 
 
 def median_ms(call: Callable[[], Any], repeats: int) -> float:
@@ -140,7 +137,7 @@ def probe(n_items: int, batches: list[int], args: argparse.Namespace) -> list[di
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--n-items", type=int, nargs="+", default=[100_000_000])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
     parser.add_argument("--bits", type=int, default=256)
@@ -151,12 +148,13 @@ def main() -> int:
     rows = [row for n_items in args.n_items for row in probe(n_items, args.batches, args)]
     args.out.write_text(json.dumps(rows, indent=2))
     columns = ["whole_ms", "half0_ms", "half1_ms", "halves_in_turn_ms", "halves_threaded_ms", "sharded_ms", "merge_ms"]
-    print("| items | batch | " + " | ".join(c.removesuffix("_ms") for c in columns) + " | kernels whole / half |")
-    print("|---|---|" + "---|" * len(columns) + "---|")
-    for row in rows:
-        cells = " | ".join(f"{row[c]:.2f}" for c in columns)
-        kernels = f"{row['whole_kernels']['total']:.2f} / {row['half_kernels']['total']:.2f}"
-        print(f"| {row['n_items']:,} | {row['batch']} | {cells} | {kernels} |")
+    header = ["items", "batch", *(c.removesuffix("_ms") for c in columns), "kernels whole / half"]
+    table = [
+        (f"{row['n_items']:,}", row["batch"], *(f"{row[c]:.2f}" for c in columns),
+         f"{row['whole_kernels']['total']:.2f} / {row['half_kernels']['total']:.2f}")
+        for row in rows
+    ]  # fmt: skip
+    print(markdown_table(header, table))
     return 0
 
 

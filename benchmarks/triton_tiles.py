@@ -1,8 +1,8 @@
 """Sweep the Triton kernels' tile shapes on one GPU: median ms per search for each (kernel, BLOCK_Q, BLOCK_N, warps).
 
-    python3 benchmarks/triton_tiles.py --n-items 10000000 --bits 256 --batches 64 1024 --out $OUT/tiles.json
-    python3 benchmarks/triton_tiles.py --kernels mma --block-q 32 64 128 256 --block-n 64 128 256 ...
-    python3 benchmarks/triton_tiles.py --gather-entries 4 8 16 --gather-warps 2 4 8 ...   # the gather's shape
+    python3 -m benchmarks.triton_tiles --n-items 10000000 --bits 256 --batches 64 1024 --out $OUT/tiles.json
+    python3 -m benchmarks.triton_tiles --kernels mma --block-q 32 64 128 256 --block-n 64 128 256 ...
+    python3 -m benchmarks.triton_tiles --gather-entries 4 8 16 --gather-warps 2 4 8 ...   # the gather's shape
 
 Random codes are generated on the GPU once and shared by every configuration; each configuration's answer is
 checked against the popcount kernel's with default tiles (`agrees`). Prints a table and writes the records as JSON.
@@ -10,22 +10,20 @@ checked against the popcount kernel's with default tiles (`agrees`). Prints a ta
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import binrec.index.retrieval.triton_backend as triton_backend  # noqa: E402
-from benchmarks.retrieval import commit, device_name, kernel_times, random_codes, random_word_major, timed  # noqa: E402
-from binrec.index.retrieval.triton_backend import Tiles, TritonBackend  # noqa: E402
+import binrec.index.retrieval.triton_backend as triton_backend
+from benchmarks.harness import benchmark_parser, commit, markdown_table
+from benchmarks.retrieval import device_name, kernel_times, random_codes, random_word_major, timed
+from binrec.index.retrieval.triton_backend import Tiles, TritonBackend
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--n-items", type=int, default=10_000_000)
     parser.add_argument("--bits", type=int, default=256)
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
@@ -81,13 +79,23 @@ def main() -> int:
             print(json.dumps(row), flush=True)
             rows.append(row)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("| batch | kernel | BLOCK_Q (gather: entries) | BLOCK_N | warps | ran | median ms | gather ms | agrees |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for row in sorted(rows, key=lambda r: (r["batch"], r["median_ms"])):
-        print(f"| {row['batch']} | {row['kernel']} | {row['block_q']} | {row['block_n']} | {row['warps']} "
-              f"| {row['scan_ran'] or '—'} "
-              f"| {row['median_ms']:.2f} | {row.get('gather_ms', '—')} "
-              f"| {row['agrees']} |")  # fmt: skip
+    header = (
+        "batch",
+        "kernel",
+        "BLOCK_Q (gather: entries)",
+        "BLOCK_N",
+        "warps",
+        "ran",
+        "median ms",
+        "gather ms",
+        "agrees",
+    )
+    table = [
+        (row["batch"], row["kernel"], row["block_q"], row["block_n"], row["warps"], row["scan_ran"] or "—",
+         f"{row['median_ms']:.2f}", row.get("gather_ms", "—"), row["agrees"])
+        for row in sorted(rows, key=lambda r: (r["batch"], r["median_ms"]))
+    ]  # fmt: skip
+    print(markdown_table(header, table))
     return 0
 
 

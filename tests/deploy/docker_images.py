@@ -242,7 +242,7 @@ def ca_secret(path: Path) -> bytes:
 def build_target(
     engine: Engine, target: str, build_args: dict[str, str], secret: Path, workdir: Path, progress: Progress
 ) -> Build:
-    """``docker build --target TARGET`` of the repository, as README "Building the images" tells a user to."""
+    """``docker build --target TARGET`` of the repository, as docs/deployment.md tells a user to."""
     tag = f"binrec-{target}:{TAG}"
     progress(f"building {tag}")
     arguments = [f"--build-arg={name}={value}" for name, value in build_args.items()]

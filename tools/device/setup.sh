@@ -1,4 +1,4 @@
-# Sourced by the device_*.sh scripts on a lent GPU machine (repo root): install the carried wheels (.whl/) into
+# Sourced by the tools/device/*.sh scripts on a lent GPU machine (repo root): install the carried wheels (.whl/) into
 # /tmp/site, put them and the repo on PYTHONPATH, make $OUT, record the device in $OUT/device.txt.
 # No .git travels to the device: pass the revision in, e.g. RECSYS_COMMIT=$(git rev-parse --short HEAD).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run benchmarks/quality.py (the #3 protocol: fp first, quantized methods warm-started from it) on a lent GPU.
+# Run benchmarks.quality (the #3 protocol: fp first, quantized methods warm-started from it) on a lent GPU.
 #
 # Runs on the device machine from the repo root. Needs, carried with the call:
 #   .whl/         wheels the device image lacks (faiss-cpu, pydantic and its deps, redis)
@@ -7,10 +7,10 @@
 # Arguments go to quality.py, e.g.: --datasets gowalla --parallel 5 --extra "--max-minutes 2.5"
 # Records: $OUT/quality.json, run logs: $OUT/logs/, table: stdout.
 set -euo pipefail
-source benchmarks/device_setup.sh
+source tools/device/setup.sh
 mkdir -p "$OUT/logs"
 status=0
-python3 benchmarks/quality.py --data-dir .carry/data --out "$OUT/quality.json" --logs "$OUT/logs" \
+python3 -m benchmarks.quality --data-dir .carry/data --out "$OUT/quality.json" --logs "$OUT/logs" \
     --bundle-root /tmp/quality-bundles "$@" || status=$?
 for f in "$OUT"/logs/*.log; do
   grep -h '"event": "valid"\|"event": "lr"\|early stop\|time budget\|refit on' "$f" | tail -n 4 | cut -c1-200 | sed "s|^|$(basename "$f"): |"

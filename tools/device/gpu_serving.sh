@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Issue #23 on a lent H200 in one call: benchmarks/gpu_serving.py at catalogue scale, then the GPU served-path test
+# Issue #23 on a lent H200 in one call: benchmarks.gpu_serving at catalogue scale, then the GPU served-path test
 # (10M items × 256-bit codes and 10M × float32 d=64, 1M users in Redis; triton, faiss-gpu, float on the GPU, the
 # Gowalla hq bundle; 1–16 uvicorn workers). Everything lands in $OUT: gpu_serving.json and .png, servers.log,
 # metrics.txt (the last /metrics of the main phase), pyspy_raw.txt, device.txt, run.log.
 #
-# Runs on the device machine from the repo root. Needs, carried with the call (benchmarks/gpu_serving_carry.sh
+# Runs on the device machine from the repo root. Needs, carried with the call (tools/device/gpu_serving_carry.sh
 # fetches them here):
 #   .whl/                wheels the image lacks (the service's: fastapi, uvicorn, httptools, ...; py-spy)
 #   .carry/debs/         Debian's redis-server and wrk with their libraries, unpacked under /tmp/debs (never /)
@@ -13,14 +13,14 @@
 # MPS=1 runs every server under CUDA MPS (one GPU context shared by the workers' processes instead of time-slicing
 # between theirs), where nvidia-cuda-mps-control exists; the JSON's meta says whether it was on.
 # Set RECSYS_COMMIT to the commit measured (no .git travels). GPU_SERVING_ARGS adds or overrides options of
-# benchmarks/gpu_serving.py (e.g. "--workers 4 --batch-max-wait-ms 0.5"). BUDGET_S (default 540) is the whole
+# benchmarks.gpu_serving (e.g. "--workers 4 --batch-max-wait-ms 0.5"). BUDGET_S (default 540) is the whole
 # script's wall-clock budget: the benchmark is given what the set-up leaves of it less TEST_S (default 75) for the
 # test, and is interrupted (SIGINT, which writes what was measured) if it runs past that.
 set -uo pipefail
 STARTED=$(date +%s)
 BUDGET_S=${BUDGET_S:-540}
 TEST_S=${TEST_S:-75}  # kept for the GPU test after the benchmark
-source benchmarks/device_setup.sh || echo "device_setup.sh: its last step failed (above); going on"
+source tools/device/setup.sh || echo "tools/device/setup.sh: its last step failed (above); going on"
 exec > >(tee -a "$OUT/run.log") 2>&1
 
 # Debian bookworm's builds need glibc >= 2.34; the libraries they bring are used by these two programs only.
@@ -57,7 +57,7 @@ GOWALLA=()
 LEFT=$(( BUDGET_S - ($(date +%s) - STARTED) ))
 echo "set-up took $(( BUDGET_S - LEFT )) s; the benchmark may use $(( LEFT - TEST_S )) s, the GPU test $TEST_S s"
 # shellcheck disable=SC2086  # GPU_SERVING_ARGS is a list of options
-timeout -s INT -k 10 $(( LEFT - TEST_S - 10 )) python3 benchmarks/gpu_serving.py "${KIT[@]}" "${GOWALLA[@]}" \
+timeout -s INT -k 10 $(( LEFT - TEST_S - 10 )) python3 -m benchmarks.gpu_serving "${KIT[@]}" "${GOWALLA[@]}" \
   --budget-s $(( LEFT - TEST_S - 35 )) --work /tmp/gpu_serving --out "$OUT/gpu_serving.json" ${GPU_SERVING_ARGS:-}
 echo "benchmark exit $? after $(( $(date +%s) - STARTED )) s"
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Run benchmarks/quality.py on a lent GPU machine in the background, across as many device calls as it needs.
+# Run benchmarks.quality on a lent GPU machine in the background, across as many device calls as it needs.
 #
-#   bash benchmarks/device_grid.sh WAIT_SECONDS [quality.py options …]
+#   bash tools/device/grid.sh WAIT_SECONDS [quality.py options …]
 #
 # The first call starts the grid in its own process session (it outlives the call while the machine is held)
 # and waits up to WAIT_SECONDS; a later call with the same options only waits again. Every call copies what
 # is there so far to $OUT: grid.tgz (records, the log, every run's log) and the PNG. Exit 0 while it runs,
 # then the grid's exit code. Needs, carried with the call: .whl/ (wheels the image lacks) and .carry/data/.
 set -euo pipefail
-source benchmarks/device_setup.sh
+source tools/device/setup.sh
 wait_seconds=$1
 shift
 work=/tmp/grid
@@ -16,7 +16,7 @@ if [ ! -f "$work/started" ]; then
   mkdir -p "$work"
   touch "$work/started"
   printf -v options '%q ' "$@"
-  setsid nohup bash -c "python3 benchmarks/quality.py --data-dir .carry/data --logs $work/logs \
+  setsid nohup bash -c "python3 -m benchmarks.quality --data-dir .carry/data --logs $work/logs \
     --bundle-root $work/bundles --out $work/quality.json --plot $work/quality_recall_vs_bytes.png $options; \
     echo \$? >$work/exit" >"$work/grid.log" 2>&1 </dev/null &
 fi

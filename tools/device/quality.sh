@@ -7,7 +7,7 @@
 # Each argument is one run: "NAME:recsys-train options", e.g. "fp_a:--method fp --lr 1e-3".
 # Records go to $OUT/quality.json, logs to $OUT/NAME.log.
 set -euo pipefail
-source benchmarks/device_setup.sh
+source tools/device/setup.sh
 DATASET=${DATASET:-gowalla}
 pids=()
 for spec in "$@"; do

@@ -7,18 +7,18 @@
 #   .whl/       wheels the device image lacks (faiss-cpu, pydantic and its deps, redis)
 #   .gpu-kit/   optional: ../shared/tools/faiss-gpu-device (the FAISS rows are skipped without it)
 # Set RECSYS_COMMIT to the commit measured (no .git travels). Records: $OUT/r10m.json, r100m.json, peers.json.
-#   bash benchmarks/device_retrieval.sh            # everything (about 5 minutes on an H200)
-#   SKIP_PEERS=1 bash benchmarks/device_retrieval.sh
+#   bash tools/device/retrieval.sh            # everything (about 5 minutes on an H200)
+#   SKIP_PEERS=1 bash tools/device/retrieval.sh
 set -euo pipefail
-source benchmarks/device_setup.sh
+source tools/device/setup.sh
 rows() { grep -E '^\| ' | grep -v floor-bytes || true; }
 python3 -m pytest -q -m gpu tests/index/retrieval/test_backends.py -p no:cacheprovider 2>&1 | tail -n 3
-python3 benchmarks/retrieval.py --backends triton --shards 1 --n-items 1000000 10000000 --bits 64 256 576 \
+python3 -m benchmarks.retrieval --backends triton --shards 1 --n-items 1000000 10000000 --bits 64 256 576 \
     --batches 1 8 64 1024 --floors --profile --repeats 7 --budget 1.0 --out "$OUT/r10m.json" | rows
-python3 benchmarks/retrieval.py --backends triton --shards 1 --n-items 100000000 --bits 256 \
+python3 -m benchmarks.retrieval --backends triton --shards 1 --n-items 100000000 --bits 256 \
     --batches 1 64 1024 --floors --profile --repeats 3 --budget 2.0 --out "$OUT/r100m.json" | rows
 if [ -z "${SKIP_PEERS:-}" ] && [ -d .gpu-kit ]; then
-  python3 benchmarks/retrieval.py --faiss-gpu-kit .gpu-kit --backends triton faiss-gpu --peers float-gpu --shards 1 \
+  python3 -m benchmarks.retrieval --faiss-gpu-kit .gpu-kit --backends triton faiss-gpu --peers float-gpu --shards 1 \
       --n-items 1000000 10000000 --bits 64 256 576 --batches 1 64 1024 --repeats 3 --budget 1.0 \
       --out "$OUT/peers.json" | rows
 fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch here what benchmarks/device_gpu_serving.sh needs on the lent GPU machine, into git-ignored folders that the
+# Fetch here what tools/device/gpu_serving.sh needs on the lent GPU machine, into git-ignored folders that the
 # call carries (about 30 MB beside .whl's faiss-cpu and pydantic wheels):
 #   .whl/               cp312 wheels of the service's packages the device image lacks, and py-spy
 #   .carry/debs/        Debian bookworm's redis-server, wrk and the libraries they need (glibc >= 2.34)
@@ -18,6 +18,6 @@ mkdir -p .whl .carry/debs .gpu-kit
   libssl3 libsystemd0 libcap2 libgcrypt20 liblzma5 libzstd1 liblz4-1 libgpg-error0)
 cp ../shared/tools/faiss-gpu-device/* .gpu-kit/
 if [ ! -d .carry/gowalla_hq ]; then
-  .venv/bin/python benchmarks/gpu_catalogue.py --strip-cold-start var/serving/binary --root .carry/gowalla_hq
+  .venv/bin/python -m benchmarks.gpu_catalogue --strip-cold-start var/serving/binary --root .carry/gowalla_hq
 fi
 du -sh .whl .carry/debs .carry/gowalla_hq .gpu-kit

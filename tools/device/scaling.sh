@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# #8 on a lent multi-GPU machine: GPU tests (sharded retrieval, NCCL training), then benchmarks/scaling.py runs.
+# #8 on a lent multi-GPU machine: GPU tests (sharded retrieval, NCCL training), then python -m benchmarks.scaling runs.
 #
 # Runs on the device machine from the repo root, with .whl/ (wheels the image lacks), .gpu-kit/ (faiss-gpu,
 # ../shared/tools/faiss-gpu-device) and .carry/data/gowalla carried. Results under $OUT. Each argument is one
 # scaling.py run's options (all append to $OUT/scaling.json); SKIP_TESTS=1 skips the tests:
-#   bash benchmarks/device_scaling.sh "--gpus 1 2 --skip-retrieval" "--gpus 1 2 --skip-train --batches 64 1024"
+#   bash tools/device/scaling.sh "--gpus 1 2 --skip-retrieval" "--gpus 1 2 --skip-train --batches 64 1024"
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT/logs"
@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 nvidia-smi topo -m >"$OUT/topology.txt" 2>&1 || true
 status=0
 if [ -z "${SKIP_TESTS:-}" ]; then
-  PYTHONPATH="/tmp/site:$PWD" timeout 300 python3 benchmarks/device_gpu_index.py -k retrieval \
+  PYTHONPATH="/tmp/site:$PWD" timeout 300 python3 tools/device/gpu_index_tests.py -k retrieval \
       >"$OUT/gpu_index_tests.log" 2>&1 || status=$?
   tail -n 3 "$OUT/gpu_index_tests.log"
   PYTHONPATH="/tmp/site_all:$PWD" timeout 300 python3 -m pytest -p no:cacheprovider -v -m gpu \
@@ -25,7 +25,7 @@ fi
 export PYTHONPATH="/tmp/site_all:$PWD"
 for options in "$@"; do
   # shellcheck disable=SC2086
-  python3 benchmarks/scaling.py --data-dir .carry/data --logs "$OUT/logs" --out "$OUT/scaling.json" \
+  python3 -m benchmarks.scaling --data-dir .carry/data --logs "$OUT/logs" --out "$OUT/scaling.json" \
       --plot "$OUT/scaling.png" $options || status=$?
 done
 exit $status
