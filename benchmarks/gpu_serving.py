@@ -137,7 +137,8 @@ class Run:
         self.meta: dict[str, Any] = {
             "device": self.device, "commit": commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "generator": "wrk (closed loop), benchmarks/gpu_serving.lua", "k": 20, "setup_s": {},
-            "settings": {"batch_max_size": args.batch_max_size, "batch_max_wait_ms": args.batch_max_wait_ms},
+            "settings": {"batch_max_size": args.batch_max_size, "batch_max_wait_ms": args.batch_max_wait_ms,
+                         "search_process": args.search_process},
             "cuda_mps": bool(os.environ.get("CUDA_MPS_PIPE_DIRECTORY")),  # workers share the GPU through MPS
             "argv": sys.argv[1:],
         }  # fmt: skip
@@ -213,7 +214,8 @@ class Run:
             return
         assert self.redis is not None
         settings = {"RECSYS_BATCH_MAX_SIZE": str(self.args.batch_max_size),
-                    "RECSYS_BATCH_MAX_WAIT_MS": str(self.args.batch_max_wait_ms)}  # fmt: skip
+                    "RECSYS_BATCH_MAX_WAIT_MS": str(self.args.batch_max_wait_ms),
+                    "RECSYS_SEARCH_PROCESS": str(self.args.search_process)}  # fmt: skip
         self.say(f"{phase}: {mode.name} × {workers} workers on {catalogue.label} — starting")
         try:
             service = ServiceProcess.start(
@@ -410,6 +412,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--wrk-threads", type=int, default=4, help="wrk threads (cores the generator may use)")
     add("--batch-max-size", type=int, default=64, help="RECSYS_BATCH_MAX_SIZE of the service")
     add("--batch-max-wait-ms", type=float, default=0.0, help="RECSYS_BATCH_MAX_WAIT_MS of the service")
+    add("--search-process", action="store_true",
+        help="RECSYS_SEARCH_PROCESS: one process owns the index and answers every worker's searches")  # fmt: skip
     add("--faiss-gpu-kit", type=Path, default=None, help="the lent machines' faiss-gpu kit (.gpu-kit)")
     add("--budget-s", type=float, default=480.0, help="stop starting work that would end past this many seconds")
     add("--work", type=Path, default=Path("/tmp/gpu_serving"), help="where bundles and user lists are written")

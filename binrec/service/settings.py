@@ -30,7 +30,7 @@ class ServiceSettings(BaseSettings):
     search_process: bool = Field(
         False,
         description="one process owns the item index and answers every worker's searches: one copy of the index "
-        "and one GPU context per host, searches from all workers merged",
+        "and one GPU context per host, searches from all workers merged (for a GPU index)",
     )
     search_socket: Path | None = Field(
         None, description="set by recsys-serve for its workers: the search process's Unix socket"

@@ -12,6 +12,8 @@
 #   .gpu-kit/            ../shared/tools/faiss-gpu-device (faiss-gpu and float rows are skipped without it)
 # MPS=1 runs every server under CUDA MPS (one GPU context shared by the workers' processes instead of time-slicing
 # between theirs), where nvidia-cuda-mps-control exists; the JSON's meta says whether it was on.
+# SEARCH_PROCESS=1 serves through one search process per server (RECSYS_SEARCH_PROCESS: one owner of the GPU index
+# answering all workers) instead of an index in every worker.
 # Set RECSYS_COMMIT to the commit measured (no .git travels). GPU_SERVING_ARGS adds or overrides options of
 # benchmarks.gpu_serving (e.g. "--workers 4 --batch-max-wait-ms 0.5"). BUDGET_S (default 540) is the whole
 # script's wall-clock budget: the benchmark is given what the set-up leaves of it less TEST_S (default 75) for the
@@ -53,11 +55,13 @@ KIT=()
 [ -d .gpu-kit ] && KIT=(--faiss-gpu-kit .gpu-kit)
 GOWALLA=()
 [ -d .carry/gowalla_hq ] && GOWALLA=(--gowalla .carry/gowalla_hq)
+OWNER=()
+[ "${SEARCH_PROCESS:-0}" = 1 ] && OWNER=(--search-process)
 
 LEFT=$(( BUDGET_S - ($(date +%s) - STARTED) ))
 echo "set-up took $(( BUDGET_S - LEFT )) s; the benchmark may use $(( LEFT - TEST_S )) s, the GPU test $TEST_S s"
 # shellcheck disable=SC2086  # GPU_SERVING_ARGS is a list of options
-timeout -s INT -k 10 $(( LEFT - TEST_S - 10 )) python3 -m benchmarks.gpu_serving "${KIT[@]}" "${GOWALLA[@]}" \
+timeout -s INT -k 10 $(( LEFT - TEST_S - 10 )) python3 -m benchmarks.gpu_serving "${KIT[@]}" "${GOWALLA[@]}" "${OWNER[@]}" \
   --budget-s $(( LEFT - TEST_S - 35 )) --work /tmp/gpu_serving --out "$OUT/gpu_serving.json" ${GPU_SERVING_ARGS:-}
 echo "benchmark exit $? after $(( $(date +%s) - STARTED )) s"
 
