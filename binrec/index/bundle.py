@@ -1,4 +1,4 @@
-"""The versioned bundle: the only contract between trainer, index and service (DESIGN.md §3).
+"""The versioned bundle: the only contract between trainer, index and service (docs/architecture.md §3).
 
 A bundle is a directory that is written under a temporary name and published with one
 ``os.replace``; a ``CURRENT`` file beside the bundles names the live one. Loading verifies the

@@ -14,7 +14,7 @@ Item scales change rankings, so the index re-ranks Hamming candidates with them.
 
 The index stores a *search form* of every item and queries use a matching search form. For binary layouts
 ``score = search_bits - 2 * Hamming(query, item)`` then equals the inner product of the dequantized codes
-exactly (DESIGN.md §4); float vectors are their own search form, searched by inner product. Search backends
+exactly (docs/architecture.md §4); float vectors are their own search form, searched by inner product. Search backends
 return distances, smaller nearer (``index.retrieval``): ``scores_from_distances`` turns them into scores.
 
 Users may keep more bits than items (*asymmetric* codes: ``planes2`` users, ``sign1`` items): an item's

@@ -9,8 +9,8 @@ chunk by chunk and serving makes only the rows of a new user's items.
 
 That raw-row code (``hops`` 0) tells two users apart only by the items they share: Gowalla's users share
 few, so their codes are nearly independent and the decoder learns little that generalises (70 % of a table's
-Recall@20, BENCHMARKS.md #6). A *propagated* code (``hops`` h ≥ 1) hashes the node's row of the normalised
-adjacency Â = D_u^-½ A D_i^-½ smoothed by h steps of message passing instead: the items' projection is
+Recall@20, docs/experiments/hashed_input.md). A *propagated* code (``hops`` h ≥ 1) hashes the node's row of the
+normalised adjacency Â = D_u^-½ A D_i^-½ smoothed by h steps of message passing instead: the items' projection is
 z = (ÂᵀÂ)^(h−1) R, users get Â·z and items ÂᵀÂ·z, all from the one item-side R, so a user's code agrees with
 its items' codes and users with similar neighbourhoods get similar codes (a random-projection sketch of the
 graph's leading singular directions, as in randomized SVD; each step costs one sparse product per chunk of bits,

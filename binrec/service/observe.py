@@ -1,7 +1,7 @@
 """Per-request bookkeeping as a plain ASGI middleware: request id, latency metric, one access-log line.
 
-Starlette's ``@app.middleware("http")`` wraps every request in extra tasks and streams (a measurable
-share of a ~2 ms request); this wraps only ``send`` to read the status and add the ``X-Request-ID`` header.
+Starlette's ``@app.middleware("http")`` wraps every request in extra tasks and streams, a measurable share of
+a short request; this wraps only ``send`` to read the status and add the ``X-Request-ID`` header.
 """
 
 from __future__ import annotations

@@ -6,15 +6,15 @@ here splits the code into m groups of c/m bits; each group's integer picks a row
 codebook, the m rows are summed and an MLP gives the d-dim ego embedding. Parameters are m · 2^(c/m) · d + the MLP,
 whatever the number of nodes. The MLP's width and depth are options: by default one hidden layer of d (on Gowalla at
 192-bit codes the codebook-sum decoder measured 70 % of a table's Recall@20 with raw-row codes, 92 % with 3-hop
-codes, BENCHMARKS.md #6: what the code sketches mattered, the decoder's size did not); wider and deeper decoders
-(as in Kang et al.'s deep hash embeddings) spend the parameter budget on the decoder instead.
+codes, docs/experiments/hashed_input.md: what the code sketches mattered, the decoder's size did not); wider and
+deeper decoders (as in Kang et al.'s deep hash embeddings) spend the parameter budget on the decoder instead.
 An optional per-node residual of r ≪ d dimensions, lifted to d by a learned matrix, gives each trained node a few
 free parameters back (n · r: 1/16 of the table at r = 4, d = 64); nodes the model never saw get none.
 
 The codes are fixed, so the codebook's gradient is one product with a fixed sparse matrix: ``lookup_t``, codebook
 rows × nodes, a 1 where the row is one of the node's groups. ``embedding_bag``'s own backward sorts the n · m row
-indices at every step instead (a Gowalla step's decoder work at 256 groups: 4.0 s against 0.53 s on two CPU cores,
-8.7 against 5.1 ms on an H200; BENCHMARKS.md #6). A batch's rows (the L2 term's egos) take the same product, their
+indices at every step instead, several times slower on CPUs and still slower on a GPU
+(benchmarks/hash_decoder_speed.py). A batch's rows (the L2 term's egos) take the same product, their
 gradient scattered into node space first: one more n × d buffer per step than embedding_bag's, and still faster.
 
 Full-graph training decodes every node at every step, and the decoder's activations (codebook sums, the MLP's

@@ -1,4 +1,4 @@
-"""Top-K ranking metrics (DESIGN.md §6): Recall@K = hits / |test items|, NDCG@K over min(K, |test items|)."""
+"""Top-K ranking metrics (docs/architecture.md §6): Recall@K = hits / |test items|, NDCG@K over min(K, |test items|)."""
 
 from __future__ import annotations
 

@@ -129,8 +129,8 @@ def select_topk(distances: npt.NDArray[np.number[Any]], ids: npt.NDArray[np.int6
     """Top-k per row of candidate (distance, id) pairs, ascending distance then id; an id of -1 (a padded
     slot) goes after every item at its distance.
 
-    Integer distance and id are packed into one int64 key per pair and sorted as one: 6× faster than a two-key
-    lexsort (merging two shards' 1,024 × 100 answers: 2 ms, not 14). Float distances take the lexsort."""
+    Integer distance and id are packed into one int64 key per pair and sorted as one, several times faster than a
+    two-key lexsort when shards' answers are merged. Float distances take the lexsort."""
     integer = np.issubdtype(distances.dtype, np.integer)
     if integer and distances.size and 0 <= distances.min() and distances.max() < 1 << (62 - PACKED_ID_BITS):
         if -1 <= ids.min() and ids.max() < _PACKED_ID_MASK:

@@ -1,10 +1,10 @@
 """One catalogue behind two CPU backends, each answering the batch sizes it is fastest at.
 
-On the 2-core benchmark machine, for millions of items of 64-bit codes, one query is answered fastest by the
-counting pass (``numpy``: 1.3–2.4 ms against FAISS's 2.5–4.8 ms at 1M items) and a batch of 64 by FAISS's
-threaded ``IndexBinaryFlat`` (60 ms against 100): the crossover sits between 4 and 16 queries (BENCHMARKS.md
-#4). Both hold the codes (the counting pass views them, FAISS copies them), so this costs one more copy of the
-codes, at most 32 MB at ≤ 64 bits and ≤ 4M items (none in the service, whose FAISS index the counting pass views).
+For millions of items of 64-bit codes on a few CPU cores, one query is answered fastest by the counting pass
+(``numpy``, one pass without a heap) and a large batch by FAISS's threaded ``IndexBinaryFlat``; the crossover sits
+between 4 and 16 queries (BENCHMARKS.md, search speed, CPU). Both hold the codes (the counting pass views them,
+FAISS copies them), so this costs one more copy of the codes, at most 32 MB at ≤ 64 bits and ≤ 4M items (none in
+the service, whose FAISS index the counting pass views).
 """
 
 from __future__ import annotations

@@ -64,8 +64,8 @@ def sample_group(n_sample: int, k: int) -> int:
 
     The k-th smallest of the group minima is still a safe bound (k distinct groups, so k distinct items, lie
     within it) and barely looser: two of a query's k nearest sampled items share a group about k² · g / (2 · s)
-    times, ~1.3 for k = 100, g = 16, s = 62,500. The bound's top-k then sorts 1/g of the distances (at 1M items
-    × 1,024 queries that top-k took 0.55 ms of a 3 ms search on an H200).
+    times, ~1.3 for k = 100, g = 16, s = 62,500. The bound's top-k then sorts 1/g of the distances, a step that is
+    otherwise a large share of a big batch's search.
     """
     return min(SAMPLE_GROUP, power_of_two_at_most(max(1, n_sample // (32 * k))))
 
@@ -76,8 +76,8 @@ def key_slots(n_items: int, n_sample: int, rank: int) -> int:
 
     The count within the bound is m times a spread the integer distances widen (every item tied at the bound
     passes): in a Monte Carlo of random 64- to 576-bit codes, 1M to 1B items, count / m reached 3.4–4.3 at the
-    99.99th percentile. 2 · m + 1024 alone left 3 % of queries overflowing at 1B items × 256 bits (each a redo:
-    a host round trip and one more pass over all the codes, 12–22 ms of a 70–110 ms search on an H200)."""
+    99.99th percentile. 2 · m + 1024 alone left 3 % of queries overflowing at 1B items × 256 bits, and each overflow
+    is a redo: a host round trip and one more pass over all the codes."""
     expected = rank * n_items // n_sample
     return min(n_items, next_power_of_two(max(2 * expected + 1024, OVERFLOW_MARGIN * expected)))
 

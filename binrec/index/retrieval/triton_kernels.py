@@ -136,8 +136,8 @@ def _gather_kernel(
     ``entries`` lists the non-zero flag words as (query, word) pairs (``torch.nonzero_static``, padded with
     -1); each program (``GATHER_WARPS`` warps, one by default) takes ``ENTRIES`` of them and scores the flagged
     tiles of each word in turn.
-    Scoring a program's words side by side (``[ENTRIES, BLOCK_N]`` per step, 4 warps) was 1.5–2× slower at
-    batch 1024 on an H200 (registers: fewer warps resident to hide the loads), faster only at batch 64.
+    Scoring a program's words side by side (``[ENTRIES, BLOCK_N]`` per step, 4 warps) is slower at large batches
+    (its registers leave fewer warps resident to hide the loads), faster only at small ones.
     """
     first = tl.program_id(0) * ENTRIES
     stride = tl.zeros((1,), dtype=tl.int64) + n_items
