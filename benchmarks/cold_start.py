@@ -30,11 +30,12 @@ from benchmarks.records import append_records  # noqa: E402
 from binrec.index.bundle import Bundle  # noqa: E402
 from binrec.index.item_index import ItemIndex  # noqa: E402
 from binrec.service.cold_start import ColdStart  # noqa: E402
-from binrec.trainer.cli import build_parser  # noqa: E402
+from binrec.trainer.cli import build_parser, train_config  # noqa: E402
+from binrec.trainer.config import TrainConfig  # noqa: E402
 from binrec.trainer.data import Dataset, load_dataset  # noqa: E402
 from binrec.trainer.export import export_bundle  # noqa: E402
 from binrec.trainer.metrics import ranking_metrics  # noqa: E402
-from binrec.trainer.train import TrainConfig, refit, train  # noqa: E402
+from binrec.trainer.train import refit, train  # noqa: E402
 
 
 def without_users(data: Dataset, users: np.ndarray) -> Dataset:
@@ -71,11 +72,10 @@ def main() -> int:
         ["--method", args.method, "--input-layer", args.input_layer, *(["--bits", str(args.bits)] if args.bits else []),
          *shlex.split(args.extra)]
     )  # fmt: skip
-    config = TrainConfig(**{f.name: getattr(train_args, f.name) for f in dataclasses.fields(TrainConfig)
-                            if hasattr(train_args, f.name)})  # fmt: skip
+    config = train_config(train_args)
     data = load_dataset(args.dataset, data_dir=args.data_dir)
     testers = np.flatnonzero(np.diff(data.test.indptr) > 0)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.optim.seed)
     cold = np.sort(rng.choice(testers, size=max(1, int(args.fraction * testers.size)), replace=False))
     seen = data.seen()
     k = 50

@@ -15,13 +15,14 @@ import numpy.typing as npt
 import torch
 
 from binrec.index.bundle import BundleContent, publish_bundle
+from binrec.trainer.config import TrainConfig
 from binrec.trainer.data import Dataset
 from binrec.trainer.evaluate import device_metrics, served_path_metrics
 from binrec.trainer.hashing import HashedInput
 from binrec.trainer.model import LightGCN
 from binrec.trainer.quantization import ExportedCodes, Quantizer
 from binrec.trainer.quantization.hq import HessianAwareQuantizer
-from binrec.trainer.train import TrainConfig, TrainResult, integer_ranking
+from binrec.trainer.train import TrainResult, integer_ranking
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def export_bundle(
         if abs(value - test_device[name]) > 1e-6:
             log.warning("served-path %s %.6f differs from device-path %.6f", name, value, test_device[name])
     bytes_per_node = _bytes_per_node(users, items)
-    version = new_model_version(data.name, config.method, quantizer.bits)
+    version = new_model_version(data.name, config.model.method, quantizer.bits)
     training: dict[str, Any] = {
         "config": config.to_json(),
         "best_epoch": result.best_epoch,
@@ -140,7 +141,7 @@ def export_bundle(
     content = BundleContent(
         model_version=version,
         dataset=data.name,
-        method=config.method,
+        method=config.model.method,
         bits=quantizer.bits,
         dim=quantizer.code_dim,
         code_layout=quantizer.layout,
@@ -156,7 +157,7 @@ def export_bundle(
         popular=popularity_order(data),
         metrics=test_served,
         training=training,
-        cold_start=cold_start_arrays(model, quantizer, data, config.method),
+        cold_start=cold_start_arrays(model, quantizer, data, config.model.method),
     )
     path = publish_bundle(bundle_root, content, make_current=make_current)
     log.info("published bundle %s", path)
