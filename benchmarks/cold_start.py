@@ -28,11 +28,12 @@ from binrec.index.bundle import Bundle
 from binrec.index.cold_start import METHODS
 from binrec.index.item_index import ItemIndex
 from binrec.service.cold_start import ColdStart
-from binrec.trainer.cli import build_parser
+from binrec.trainer.cli import build_parser, train_config
+from binrec.trainer.config import TrainConfig
 from binrec.trainer.data import Dataset, load_dataset
 from binrec.trainer.export import export_bundle
 from binrec.trainer.metrics import ranking_metrics
-from binrec.trainer.train import TrainConfig, refit, train
+from binrec.trainer.train import refit, train
 
 
 def without_users(data: Dataset, users: np.ndarray) -> Dataset:
@@ -69,11 +70,10 @@ def main() -> int:
         ["--method", args.method, "--input-layer", args.input_layer, *(["--bits", str(args.bits)] if args.bits else []),
          *shlex.split(args.extra)]
     )  # fmt: skip
-    config = TrainConfig(**{f.name: getattr(train_args, f.name) for f in dataclasses.fields(TrainConfig)
-                            if hasattr(train_args, f.name)})  # fmt: skip
+    config = train_config(train_args)
     data = load_dataset(args.dataset, data_dir=args.data_dir)
     testers = np.flatnonzero(np.diff(data.test.indptr) > 0)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.optim.seed)
     cold = np.sort(rng.choice(testers, size=max(1, int(args.fraction * testers.size)), replace=False))
     seen = data.seen()
     k = 50

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from binrec.trainer.config import TrainConfig
 from binrec.trainer.data import Dataset, SyntheticConfig, load_dataset
 from binrec.trainer.export import ExportReport, export_bundle
-from binrec.trainer.train import TrainConfig, train
+from binrec.trainer.train import train
 
 TINY = SyntheticConfig(n_users=300, n_items=400, mean_items_per_user=20, n_communities=8, seed=7)
 
@@ -84,7 +85,7 @@ class TrainedBundle:
 def train_bundle(
     data: Dataset, root: Path, method: str, epochs: int = 15, bits: int | None = None, user_bits: int | None = None
 ) -> TrainedBundle:
-    config = TrainConfig(
+    config = TrainConfig.of(
         method=method,
         bits=bits,
         user_bits=user_bits,

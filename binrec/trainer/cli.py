@@ -3,229 +3,123 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fcntl
 import json
 import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from binrec.index.bundle import BundleError
-from binrec.trainer.data import DatasetError, SyntheticConfig, load_dataset
-from binrec.trainer.distillation import DistillationConfig
+from binrec.trainer.config import (
+    CheckpointConfig,
+    InputLayerConfig,
+    ModelConfig,
+    OptimConfig,
+    PretrainingConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+from binrec.trainer.data import Dataset, DatasetError, SyntheticConfig, load_dataset
+from binrec.trainer.distillation import DistillationOptions
 from binrec.trainer.distributed import World, main_first, start, stop
-from binrec.trainer.export import export_bundle
-from binrec.trainer.objectives import LOSS_KINDS
-from binrec.trainer.quantization import METHODS, make_quantizer
-from binrec.trainer.sampling import SAMPLING_MODES
-from binrec.trainer.train import TrainConfig, TrainResult, refit, train
+from binrec.trainer.export import ExportReport, export_bundle
+from binrec.trainer.options import add_options, from_args, option
+from binrec.trainer.quantization import check_options
+from binrec.trainer.train import TrainResult, refit, train
 from binrec.trainer.warm_start import SavedStage, Stage, save_stages
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Which interactions to train on and how validation is split from them."""
+
+    dataset: str = option(
+        "synthetic", "'synthetic', a dataset name under --data-dir, or a path (LightGCN folder, .inter or .csv file)"
+    )
+    data_dir: Path | None = option(None, "where named datasets live (env RECSYS_DATA_DIR, else ./data)")
+    dataset_url: str | None = option(None, "download the named dataset from here if it is not local")
+    sha256: str | None = option(None, "expected sha256 of the download (required with --dataset-url)")
+    val_fraction: float = option(0.1, "share of each user's train items held out for validation")
+    synthetic_users: int = option(SyntheticConfig.n_users, "synthetic dataset: users")
+    synthetic_items: int = option(SyntheticConfig.n_items, "synthetic dataset: items")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What the run publishes and records once validation has selected the model."""
+
+    refit: bool = option(
+        False, "after validation picks the epoch count, retrain on train + validation for that many epochs"
+    )
+    bundle_root: Path = option(Path("var/bundles"), "bundles are published here")
+    no_make_current: bool = option(False, "publish without pointing CURRENT at the bundle")
+    log_level: Literal["debug", "info", "warning"] = option(
+        "info", "debug adds a line per epoch (step time, host time to queue it) from every rank"
+    )
+    results_json: Path | None = option(None, "append a result record to this JSON list")
+    save_warm_start: Path | None = option(
+        None, "fp only: save the trained ego embeddings for quantized runs' --warm-start-from"
+    )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``recsys-train`` was asked: the data, the training run, and what to publish."""
+
+    data: DataOptions
+    train: TrainConfig
+    output: OutputOptions
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunConfig:
+        """Each section from its options, by field name (trainer.options)."""
+        optim = from_args(OptimConfig, args)
+        train = TrainConfig(
+            model=from_args(ModelConfig, args),
+            input=from_args(InputLayerConfig, args),
+            pretraining=from_args(PretrainingConfig, args),
+            optim=optim,
+            schedule=from_args(ScheduleConfig, args),
+            runtime=from_args(RuntimeConfig, args),
+            checkpoint=from_args(CheckpointConfig, args),
+            distillation=from_args(DistillationOptions, args).config(optim.loss, optim.temperature),
+        )
+        return cls(data=from_args(DataOptions, args), train=train, output=from_args(OutputOptions, args))
+
+
+OPTION_GROUPS: tuple[tuple[str, type[DataclassInstance]], ...] = (
+    ("data", DataOptions),
+    ("model", ModelConfig),
+    ("input layer", InputLayerConfig),
+    ("warm start", PretrainingConfig),
+    ("optimisation", OptimConfig),
+    ("distillation (rank like a full-precision teacher)", DistillationOptions),
+    ("schedule and stopping", ScheduleConfig),
+    ("devices and distribution", RuntimeConfig),
+    ("checkpoints", CheckpointConfig),
+    ("output", OutputOptions),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
+    """One option group per configuration section; each option is declared once, on its field."""
     parser = argparse.ArgumentParser(
         prog="recsys-train",
         description="Train a LightGCN recommender with a quantizer and publish a servable bundle.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        default="synthetic",
-        help="'synthetic', a dataset name under --data-dir, or a path (LightGCN folder, .inter or .csv file)",
-    )
-    data.add_argument(
-        "--data-dir", type=Path, default=None, help="where named datasets live (env RECSYS_DATA_DIR, else ./data)"
-    )
-    data.add_argument("--dataset-url", default=None, help="download the named dataset from here if it is not local")
-    data.add_argument("--sha256", default=None, help="expected sha256 of the download (required with --dataset-url)")
-    data.add_argument(
-        "--val-fraction", type=float, default=0.1, help="share of each user's train items held out for validation"
-    )
-    data.add_argument("--synthetic-users", type=int, default=SyntheticConfig.n_users, help="synthetic dataset: users")
-    data.add_argument("--synthetic-items", type=int, default=SyntheticConfig.n_items, help="synthetic dataset: items")
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--method",
-        choices=list(METHODS),
-        default=defaults.method,
-        help="; ".join(f"{name}: {text}" for name, text in METHODS.items()),
-    )
-    model.add_argument("--bits", type=int, choices=[1, 2], default=None, help="code bits per dimension (hq only)")
-    model.add_argument(
-        "--user-bits",
-        type=int,
-        choices=[1, 2],
-        default=None,
-        help="hq only: users' code bits when above --bits (asymmetric codes: 2-bit users score 1-bit items exactly; "
-        "the index keeps the items' bits)",
-    )
-    model.add_argument(
-        "--item-scales",
-        action="store_true",
-        help="hq only: each item's levels times its own magnitude (one float per item beside its code; served by "
-        "Hamming candidates re-ranked exactly with it)",
-    )
-    model.add_argument(
-        "--warm-start",
-        action="store_true",
-        help="start a quantized method from a full-precision pre-training stage (gnaq always does)",
-    )
-    model.add_argument(
-        "--warm-start-from",
-        type=Path,
-        default=None,
-        help="start a quantized method from the file an fp run wrote with --save-warm-start (implies --warm-start)",
-    )
-    model.add_argument(
-        "--pretrain-epochs",
-        type=int,
-        default=defaults.pretrain_epochs,
-        help="most epochs of the full-precision stage (gnaq, --warm-start); it stops early on validation",
-    )
-    model.add_argument(
-        "--dim", type=int, default=defaults.dim, help="embedding size (a multiple of 8 for binary codes)"
-    )
-    model.add_argument("--layers", type=int, default=defaults.layers, help="LightGCN propagation layers K")
-    model.add_argument(
-        "--input-layer",
-        choices=["table", "hash"],
-        default=defaults.input_layer,
-        help="ego embeddings from an n × d table, or decoded from fixed adjacency hash codes (Yeh et al. KDD'22)",
-    )
-    model.add_argument("--hash-bits", type=int, default=defaults.hash_bits, help="hash code bits per node")
-    model.add_argument("--hash-groups", type=int, default=defaults.hash_groups, help="codebooks the code splits into")
-    model.add_argument("--hash-hidden", type=int, default=defaults.hash_hidden,
-                       help="width of the hashed decoder's MLP (0: the embedding size)")  # fmt: skip
-    model.add_argument("--hash-depth", type=int, default=defaults.hash_depth, help="hidden layers of that MLP")
-    model.add_argument("--hash-residual", type=int, default=defaults.hash_residual,
-                       help="per-node residual dimensions beside the decoded code (0: none)")  # fmt: skip
-    model.add_argument(
-        "--hash-hops",
-        type=int,
-        nargs="+",
-        default=list(defaults.hash_hops),
-        help="message-passing steps the hash code sketches: 0 the raw adjacency row, h >= 1 the row of the "
-        "normalised adjacency smoothed h times (users and items share one projection); several split the bits",
-    )
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
-    optim.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults.batch_size,
-        help="BPR triples per step and process (under torchrun a step trains world size × this many)",
-    )
-    optim.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
-    optim.add_argument("--reg", type=float, default=defaults.reg, help="L2 weight on the batch's ego embeddings")
-    optim.add_argument(
-        "--loss",
-        choices=LOSS_KINDS,
-        default=defaults.loss,
-        help="'bpr': each positive against its one negative; 'softmax': against all of the batch's negatives",
-    )
-    optim.add_argument(
-        "--temperature",
-        type=float,
-        default=defaults.temperature,
-        help="divides the softmax's logits (smaller: harder negatives weigh more); also the distilled student's",
-    )
-    optim.add_argument(
-        "--softmax-negatives",
-        type=int,
-        default=defaults.softmax_negatives,
-        help="negatives each user is compared with in the softmax and the distillation: the first N of the "
-        "batch's (0: all --batch-size of them)",
-    )
-    distill = parser.add_argument_group("distillation (rank like a full-precision teacher)")
-    distill.add_argument(
-        "--teacher",
-        type=Path,
-        default=None,
-        help="an fp run's --save-warm-start file (any --dim, same --layers): add KL(teacher || student) over each "
-        "user's list of the teacher's top unseen items and the batch's negatives",
-    )
-    distill.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation term")
-    distill.add_argument("--distill-top", type=int, default=20, help="teacher's top unseen items per user in the list")
-    distill.add_argument(
-        "--distill-temperature",
-        type=float,
-        default=None,
-        help="divides the teacher's inner products (default: --temperature with the softmax loss, else 1)",
-    )
-    optim.add_argument(
-        "--sampling",
-        choices=SAMPLING_MODES,
-        default=defaults.sampling,
-        help="BPR positives: 'user' draws users uniformly (LightGCN), 'interaction' visits every pair once per epoch",
-    )
-    optim.add_argument("--eval-every", type=int, default=defaults.eval_every, help="epochs between validations")
-    optim.add_argument(
-        "--patience", type=int, default=defaults.patience, help="validations without gain before stopping"
-    )
-    optim.add_argument(
-        "--lr-decay-patience",
-        type=int,
-        default=defaults.lr_decay_patience,
-        help="validations without gain before the learning rate is multiplied by --lr-decay-factor (0: never)",
-    )
-    optim.add_argument("--lr-decay-factor", type=float, default=defaults.lr_decay_factor, help="learning-rate decay")
-    optim.add_argument("--lr-decays", type=int, default=defaults.lr_decays, help="most learning-rate decays")
-    optim.add_argument(
-        "--refit",
-        action="store_true",
-        help="after validation picks the epoch count, retrain on train + validation for that many epochs",
-    )
-    optim.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
-    optim.add_argument(
-        "--grad-sync",
-        choices=["allreduce", "ddp"],
-        default=defaults.grad_sync,
-        help="under torchrun: one all-reduce per gradient after backward, or DistributedDataParallel's hooks",
-    )
-    optim.add_argument(
-        "--grad-compression",
-        choices=["none", "fp16", "bf16"],
-        default=defaults.grad_compression,
-        help="under torchrun: all-reduce gradients in 16 bits (half the traffic, slightly noisier steps)",
-    )
-    optim.add_argument(
-        "--no-cuda-graph",
-        dest="cuda_graph",
-        action="store_false",
-        help="on a GPU, launch every step's kernels from Python instead of replaying one captured CUDA graph",
-    )
-    optim.add_argument(
-        "--stop-at-metric",
-        type=float,
-        default=None,
-        help="stop once validation Recall@20 reaches this (records target_seconds: time-to-quality benchmarks)",
-    )
-    optim.add_argument("--seed", type=int, default=defaults.seed, help="seed for init, sampling and the split")
-    optim.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
-    out = parser.add_argument_group("output")
-    out.add_argument("--bundle-root", type=Path, default=Path("var/bundles"), help="bundles are published here")
-    out.add_argument("--no-make-current", action="store_true", help="publish without pointing CURRENT at the bundle")
-    out.add_argument("--checkpoint-dir", type=Path, default=None, help="write resumable checkpoints here")
-    out.add_argument("--resume", action="store_true", help="resume from --checkpoint-dir/last.pt")
-    out.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning"],
-        default="info",
-        help="debug adds a line per epoch (step time, host time to queue it) from every rank",
-    )
-    out.add_argument("--results-json", type=Path, default=None, help="append a result record to this JSON list")
-    out.add_argument(
-        "--save-warm-start",
-        type=Path,
-        default=None,
-        help="fp only: save the trained ego embeddings for quantized runs' --warm-start-from",
-    )
+    for title, section in OPTION_GROUPS:
+        add_options(parser.add_argument_group(title), section)
     return parser
 
 
@@ -270,90 +164,55 @@ def _saved(result: TrainResult, seconds: float) -> SavedStage:
     return SavedStage(ego=ego, seconds=seconds, epochs=result.best_epoch + 1)
 
 
-def distillation_config(args: argparse.Namespace) -> DistillationConfig | None:
-    if args.teacher is None:
-        return None
-    if not args.teacher.is_file():
-        raise ValueError(f"--teacher: no such file: {args.teacher}")
-    default_temperature = args.temperature if args.loss == "softmax" else 1.0
-    return DistillationConfig(
-        teacher=args.teacher,
-        weight=args.distill_weight,
-        top=args.distill_top,
-        temperature=args.distill_temperature if args.distill_temperature is not None else default_temperature,
-    )
-
-
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The options whose names are TrainConfig's fields, as given; the distillation from its own options."""
-    given = {
-        field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig) if hasattr(args, field.name)
-    }
-    return TrainConfig(**given | {"hash_hops": tuple(args.hash_hops), "distillation": distillation_config(args)})
+    """The training run the parsed options describe."""
+    return RunConfig.from_args(args).train
 
 
-def run(args: argparse.Namespace, world: World) -> int:
-    config = train_config(args)
-    if args.results_json is not None:
-        _read_records(args.results_json)  # refuse a file we could not append to before training, not after
-    if args.save_warm_start is not None and args.method != "fp":
+def check_run(config: RunConfig) -> None:
+    """Refuse options that cannot work together before any data is loaded or trained on."""
+    model, pretraining, output = config.train.model, config.train.pretraining, config.output
+    if output.results_json is not None:
+        _read_records(output.results_json)  # refuse a file we could not append to before training, not after
+    if output.save_warm_start is not None and model.method != "fp":
         raise ValueError("--save-warm-start saves a full-precision stage: use it with --method fp")
-    if args.warm_start_from is not None and args.method == "fp":
+    if pretraining.warm_start_from is not None and model.method == "fp":
         raise ValueError("--warm-start-from starts a quantized method: use it with a --method other than fp")
-    if args.warm_start_from is not None and not args.warm_start_from.is_file():
-        raise ValueError(f"--warm-start-from: no such file: {args.warm_start_from}")
-    quantizer = make_quantizer(
-        args.method, args.dim, args.layers, bits=args.bits, user_bits=args.user_bits, item_scales=args.item_scales
-    )
-    if quantizer.layout.is_binary and args.dim % 8:
-        raise ValueError(f"--dim must be a multiple of 8 for binary codes, got {args.dim}")
-    synthetic = SyntheticConfig(n_users=args.synthetic_users, n_items=args.synthetic_items, seed=args.seed)
-    with main_first(world):  # one rank downloads and splits; the others then read its files
-        data = load_dataset(
-            args.dataset,
-            data_dir=args.data_dir,
-            url=args.dataset_url,
-            sha256=args.sha256,
-            val_fraction=args.val_fraction,
-            synthetic=synthetic,
-        )
-    logging.getLogger(__name__).info(data.summary())
-    result = train(data, config)
-    stages: dict[Stage, SavedStage] = {"select": _saved(result, result.train_seconds)}
-    if args.refit:
-        selected_seconds = result.train_seconds
-        result = refit(data, config, result)
-        stages["refit"] = _saved(result, result.train_seconds - selected_seconds)  # the refit's own time
-    if not world.main:
-        return 0  # rank 0 writes the warm start, the bundle and the record
-    if args.save_warm_start is not None:
-        save_stages(args.save_warm_start, data.name, stages)
-    report = export_bundle(result, data, config, args.bundle_root, make_current=not args.no_make_current)
-    record: dict[str, object] = {
+    if pretraining.warm_start_from is not None and not pretraining.warm_start_from.is_file():
+        raise ValueError(f"--warm-start-from: no such file: {pretraining.warm_start_from}")
+    check_options(model.method, model.dim, bits=model.bits, user_bits=model.user_bits, item_scales=model.item_scales)
+
+
+def result_record(
+    config: TrainConfig, result: TrainResult, data: Dataset, report: ExportReport, output: OutputOptions
+) -> dict[str, object]:
+    """The run's line in --results-json: its settings, test and validation metrics, costs (benchmarks read it)."""
+    model, hashing, optim, runtime = config.model, config.input, config.optim, config.runtime
+    return {
         "dataset": data.name,
-        "method": config.method if config.input_layer == "table" else f"hash+{config.method}",
-        "input_layer": config.input_layer,
+        "method": model.method if hashing.input_layer == "table" else f"hash+{model.method}",
+        "input_layer": hashing.input_layer,
         "input_parameters": sum(p.numel() for p in result.model.inputs.parameters()),
-        "table_parameters": (data.n_users + data.n_items) * config.dim,  # what an embedding table would hold
+        "table_parameters": (data.n_users + data.n_items) * model.dim,  # what an embedding table would hold
         **(
             {
-                "hash_bits": config.hash_bits,
-                "hash_groups": config.hash_groups,
-                "hash_hops": list(config.hash_hops),
-                "hash_hidden": config.hash_hidden,
-                "hash_depth": config.hash_depth,
-                "hash_residual": config.hash_residual,
+                "hash_bits": hashing.hash_bits,
+                "hash_groups": hashing.hash_groups,
+                "hash_hops": list(hashing.hash_hops),
+                "hash_hidden": hashing.hash_hidden,
+                "hash_depth": hashing.hash_depth,
+                "hash_residual": hashing.hash_residual,
             }
-            if config.input_layer == "hash"
+            if hashing.input_layer == "hash"
             else {}
         ),
-        "dim": config.dim,
-        "layers": config.layers,
-        "lr": config.lr,
-        "reg": config.reg,
-        "loss": config.loss,
-        "temperature": config.temperature,
-        "softmax_negatives": config.softmax_negatives,
+        "dim": model.dim,
+        "layers": model.layers,
+        "lr": optim.lr,
+        "reg": optim.reg,
+        "loss": optim.loss,
+        "temperature": optim.temperature,
+        "softmax_negatives": optim.softmax_negatives,
         **(
             {
                 "teacher": str(config.distillation.teacher),
@@ -365,8 +224,8 @@ def run(args: argparse.Namespace, world: World) -> int:
             else {}
         ),
         "bits": result.quantizer.bits,
-        "user_bits": config.user_bits,
-        "item_scales": config.item_scales,
+        "user_bits": model.user_bits,
+        "item_scales": model.item_scales,
         **{k: round(v, 5) for k, v in report.test_served.items()},
         **{f"valid_{k}": round(v, 5) for k, v in result.best_valid.items()},  # what chose the epoch
         **{f"exact_{k}": round(v, 5) for k, v in report.test_device.items()},
@@ -374,25 +233,55 @@ def run(args: argparse.Namespace, world: World) -> int:
         "item_bytes": report.item_bytes,
         "train_seconds": round(result.train_seconds, 1),
         "world_size": result.world_size,
-        "batch_size": config.batch_size * result.world_size,
+        "batch_size": optim.batch_size * result.world_size,
         "samples_per_second": round(result.samples_per_second, 1),
         "first_epoch_seconds": round(result.first_epoch_seconds, 3),
-        "grad_sync": config.grad_sync,
-        "grad_compression": config.grad_compression,
+        "grad_sync": runtime.grad_sync,
+        "grad_compression": runtime.grad_compression,
         "target_seconds": None if result.target_seconds is None else round(result.target_seconds, 1),
         "cuda_graph": result.cuda_graph,
         "best_epoch": result.best_epoch,
-        "refit": bool(args.refit),
-        "warm_start": bool(args.warm_start or args.warm_start_from),
-        "sampling": config.sampling,
+        "refit": output.refit,
+        "warm_start": bool(config.pretraining.warm_start or config.pretraining.warm_start_from),
+        "sampling": optim.sampling,
         "lr_milestones": result.lr_milestones,
         "peak_gpu_mb": round(result.peak_gpu_mb, 1),
         "device": result.device,
         "commit": _commit(),
         "model_version": report.model_version,
     }
-    if args.results_json is not None:
-        _append_record(args.results_json, record)
+
+
+def run(args: argparse.Namespace, world: World) -> int:
+    run_config = RunConfig.from_args(args)
+    check_run(run_config)
+    options, config, output = run_config.data, run_config.train, run_config.output
+    synthetic = SyntheticConfig(
+        n_users=options.synthetic_users, n_items=options.synthetic_items, seed=config.optim.seed
+    )
+    with main_first(world):  # one rank downloads and splits; the others then read its files
+        data = load_dataset(
+            options.dataset,
+            data_dir=options.data_dir,
+            url=options.dataset_url,
+            sha256=options.sha256,
+            val_fraction=options.val_fraction,
+            synthetic=synthetic,
+        )
+    logging.getLogger(__name__).info(data.summary())
+    result = train(data, config)
+    stages: dict[Stage, SavedStage] = {"select": _saved(result, result.train_seconds)}
+    if output.refit:
+        selected_seconds = result.train_seconds
+        result = refit(data, config, result)
+        stages["refit"] = _saved(result, result.train_seconds - selected_seconds)  # the refit's own time
+    if not world.main:
+        return 0  # rank 0 writes the warm start, the bundle and the record
+    if output.save_warm_start is not None:
+        save_stages(output.save_warm_start, data.name, stages)
+    report = export_bundle(result, data, config, output.bundle_root, make_current=not output.no_make_current)
+    if output.results_json is not None:
+        _append_record(output.results_json, result_record(config, result, data, report, output))
     print(f"\nbundle: {report.bundle_path}")
     print(f"{'metric':<12} {'test (served path)':>18}")
     for name, value in report.test_served.items():
@@ -414,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s %(name)s{f' [rank {world.rank}]' if world.distributed else ''}: %(message)s",
     )
     if args.log_level == "debug":
-        logging.getLogger("trainer").setLevel(logging.DEBUG)  # the trainer's own lines, on every rank
+        logging.getLogger("binrec.trainer").setLevel(logging.DEBUG)  # the trainer's own lines, on every rank
     try:
         return run(args, world)
     except (DatasetError, BundleError, ValueError) as error:

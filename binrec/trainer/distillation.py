@@ -25,6 +25,7 @@ from torch import nn
 
 from binrec.trainer.evaluate import rank_topk
 from binrec.trainer.model import layer_mean
+from binrec.trainer.options import option
 from binrec.trainer.warm_start import Stage, load_stage
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,36 @@ class DistillationConfig:
                 f"distillation needs a positive weight, top and temperature, got {self.weight}, {self.top}, "
                 f"{self.temperature}"
             )
+
+
+@dataclass(frozen=True)
+class DistillationOptions:
+    """The command line's distillation options; a run distils only when ``--teacher`` names a file."""
+
+    teacher: Path | None = option(
+        None,
+        "an fp run's --save-warm-start file (any --dim, same --layers): add KL(teacher || student) over each "
+        "user's list of the teacher's top unseen items and the batch's negatives",
+    )
+    distill_weight: float = option(1.0, "weight of the distillation term")
+    distill_top: int = option(20, "teacher's top unseen items per user in the list")
+    distill_temperature: float | None = option(
+        None, "divides the teacher's inner products (default: --temperature with the softmax loss, else 1)"
+    )
+
+    def config(self, loss: str, temperature: float) -> DistillationConfig | None:
+        """The distillation of this run, whose student trains with ``loss`` at ``temperature``."""
+        if self.teacher is None:
+            return None
+        if not self.teacher.is_file():
+            raise ValueError(f"--teacher: no such file: {self.teacher}")
+        default_temperature = temperature if loss == "softmax" else 1.0
+        return DistillationConfig(
+            teacher=self.teacher,
+            weight=self.distill_weight,
+            top=self.distill_top,
+            temperature=self.distill_temperature if self.distill_temperature is not None else default_temperature,
+        )
 
 
 class RankingDistillation(nn.Module):

@@ -16,6 +16,7 @@ import torch
 
 from binrec.index.bundle import BundleContent, publish_bundle
 from binrec.index.cold_start import METHODS, ColdStartSection, HashedDecoder, HQRounding
+from binrec.trainer.config import TrainConfig
 from binrec.trainer.data import Dataset
 from binrec.trainer.evaluate import device_metrics, served_path_metrics
 from binrec.trainer.hashing import HashedInput
@@ -23,7 +24,7 @@ from binrec.trainer.model import LightGCN
 from binrec.trainer.quantization import ExportedCodes, Quantizer
 from binrec.trainer.quantization.base import as_numpy
 from binrec.trainer.quantization.hq import HessianAwareQuantizer
-from binrec.trainer.train import TrainConfig, TrainResult, integer_ranking
+from binrec.trainer.train import TrainResult, integer_ranking
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +139,11 @@ def export_bundle(
     for name, value in test_served.items():
         if abs(value - test_device[name]) > 1e-6:
             log.warning("served-path %s %.6f differs from device-path %.6f", name, value, test_device[name])
-    cold_start = cold_start_section(model, quantizer, data, config.method)
+    cold_start = cold_start_section(model, quantizer, data, config.model.method)
     if cold_start is not None:
         check_cold_start_codes(cold_start, user_rep, users.codes)
     bytes_per_node = _bytes_per_node(users, items)
-    version = new_model_version(data.name, config.method, quantizer.bits)
+    version = new_model_version(data.name, config.model.method, quantizer.bits)
     training: dict[str, Any] = {
         "config": config.to_json(),
         "best_epoch": result.best_epoch,
@@ -157,7 +158,7 @@ def export_bundle(
     content = BundleContent(
         model_version=version,
         dataset=data.name,
-        method=config.method,
+        method=config.model.method,
         bits=quantizer.bits,
         dim=quantizer.code_dim,
         code_layout=quantizer.layout,

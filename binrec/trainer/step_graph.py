@@ -17,6 +17,10 @@ from collections.abc import Callable
 
 import torch
 
+from binrec.trainer.config import RuntimeConfig
+from binrec.trainer.distributed import World
+from binrec.trainer.quantization import Quantizer
+
 log = logging.getLogger(__name__)
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -108,3 +112,25 @@ class GraphedStep:
         self.captured_for = self._hyperparameters()
         log.debug("captured the training step (batch %d, lr %s)", self.batch_size, self.captured_for)
         return True
+
+
+def step_graph_applies(runtime: RuntimeConfig, quantizer: Quantizer, device: torch.device, world: World) -> bool:
+    """CUDA-graph steps need a CUDA device, a quantizer without host syncs, and no DDP (its hooks run on the host)."""
+    return (
+        runtime.cuda_graph
+        and device.type == "cuda"
+        and quantizer.capturable
+        and not (world.distributed and runtime.grad_sync == "ddp")
+    )
+
+
+def match_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Set Adam's ``capturable`` after loading a state saved by another kind of run; its step counters move to
+    where that mode keeps them (the parameter's device when capturable, the host otherwise)."""
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if isinstance(state.get("step"), torch.Tensor):
+                where = parameter.device if capturable else torch.device("cpu")
+                state["step"] = state["step"].to(device=where, dtype=torch.float32)

@@ -14,17 +14,18 @@ from binrec.index.bundle import COLD_START_FILE, Bundle, BundleError
 from binrec.index.hash_codes import group_indices
 from binrec.index.item_index import ItemIndex
 from binrec.service.cold_start import ColdStart
+from binrec.trainer.config import TrainConfig
 from binrec.trainer.data import Dataset
 from binrec.trainer.export import cold_start_section, export_bundle
 from binrec.trainer.hashing import HashedInput
-from binrec.trainer.train import TrainConfig, train
+from binrec.trainer.train import train
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_api import local_settings, running_service
 
 
 @pytest.fixture(scope="module")
 def hashed_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> TrainedBundle:
-    config = TrainConfig(method="hq", bits=1, dim=32, epochs=15, batch_size=1024, lr=5e-3, eval_every=5,
+    config = TrainConfig.of(method="hq", bits=1, dim=32, epochs=15, batch_size=1024, lr=5e-3, eval_every=5,
                          device="cpu", input_layer="hash", hash_bits=32, hash_groups=4)  # fmt: skip
     root = tmp_path_factory.mktemp("bundles-hash-hq1")
     report = export_bundle(train(tiny_data, config), tiny_data, config, root)
@@ -102,7 +103,7 @@ def test_a_corrupted_cold_start_file_is_refused(hashed_bundle: TrainedBundle, tm
 def test_serving_codes_a_known_users_items_as_training_coded_the_user(
     tiny_data: Dataset, hops: tuple[int, ...]
 ) -> None:
-    config = TrainConfig(method="fp", dim=16, epochs=1, batch_size=1024, eval_every=1, device="cpu",
+    config = TrainConfig.of(method="fp", dim=16, epochs=1, batch_size=1024, eval_every=1, device="cpu",
                          input_layer="hash", hash_bits=64, hash_groups=8, hash_hops=hops)  # fmt: skip
     result = train(tiny_data, config)
     inputs = result.model.inputs
@@ -118,7 +119,7 @@ def test_serving_codes_a_known_users_items_as_training_coded_the_user(
 
 
 def test_a_wider_deeper_decoder_decodes_the_same_in_serving(tiny_data: Dataset) -> None:
-    config = TrainConfig(method="fp", dim=16, epochs=2, batch_size=1024, eval_every=1, device="cpu",
+    config = TrainConfig.of(method="fp", dim=16, epochs=2, batch_size=1024, eval_every=1, device="cpu",
                          input_layer="hash", hash_bits=32, hash_groups=4, hash_hidden=24, hash_depth=2)  # fmt: skip
     result = train(tiny_data, config)
     inputs = result.model.inputs

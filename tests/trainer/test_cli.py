@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from binrec.index.bundle import Bundle
-from binrec.trainer.train import TrainConfig
+from binrec.trainer.config import ModelConfig, OptimConfig
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -53,7 +53,7 @@ def test_trains_and_publishes_a_bundle(tmp_path: Path) -> None:
     assert bundle.manifest.method == "ste" and bundle.manifest.n_users == 200
     assert "recall@20" in result.stdout and '"recall@20"' in results.read_text()
     (record,) = json.loads(results.read_text())
-    assert record["lr"] == TrainConfig.lr and record["dim"] == 16 and record["layers"] == TrainConfig.layers
+    assert record["lr"] == OptimConfig.lr and record["dim"] == 16 and record["layers"] == ModelConfig.layers
     assert record["table_parameters"] == record["input_parameters"] == 500 * 16  # the table is the input layer
 
 

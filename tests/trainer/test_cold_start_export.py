@@ -11,9 +11,10 @@ import scipy.sparse as sp
 import torch
 
 from binrec.index.codes import CodeLayout
+from binrec.trainer.config import TrainConfig
 from binrec.trainer.data import Dataset
 from binrec.trainer.export import check_cold_start_codes, cold_start_section
-from binrec.trainer.train import TrainConfig, train
+from binrec.trainer.train import train
 
 
 @pytest.mark.parametrize(
@@ -23,7 +24,7 @@ from binrec.trainer.train import TrainConfig, train
 def test_the_numpy_encoder_codes_trained_users_as_the_torch_model(
     tiny_data: Dataset, method: str, bits: int | None, user_bits: int | None, layout: CodeLayout
 ) -> None:
-    config = TrainConfig(method=method, bits=bits, user_bits=user_bits, dim=16, epochs=3, batch_size=1024,
+    config = TrainConfig.of(method=method, bits=bits, user_bits=user_bits, dim=16, epochs=3, batch_size=1024,
                          eval_every=3, device="cpu", input_layer="hash", hash_bits=32, hash_groups=4)  # fmt: skip
     result = train(tiny_data, config)
     model, quantizer = result.model, result.quantizer

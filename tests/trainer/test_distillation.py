@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
+from binrec.trainer.config import TrainConfig
 from binrec.trainer.data import Dataset
 from binrec.trainer.distillation import DistillationConfig, RankingDistillation, load_teacher
 from binrec.trainer.graph import normalized_adjacency, to_torch_sparse
-from binrec.trainer.train import TrainConfig, train
+from binrec.trainer.train import train
 from binrec.trainer.warm_start import SavedStage, save_stages
 
 
 def test_teacher_lists_are_its_best_unseen_items(tmp_path: Path, tiny_data: Dataset) -> None:
     """The teacher is its fp model propagated over the run's graph; its lists skip each user's training items."""
-    result = train(tiny_data, TrainConfig(method="fp", dim=8, epochs=4, eval_every=2, batch_size=1024, device="cpu"))
+    result = train(tiny_data, TrainConfig.of(method="fp", dim=8, epochs=4, eval_every=2, batch_size=1024, device="cpu"))
     path = tmp_path / "fp.pt"
     save_stages(path, tiny_data.name, {"select": SavedStage(ego=result.model.inputs().detach(), seconds=1.0, epochs=4)})
     adjacency = to_torch_sparse(normalized_adjacency(tiny_data.train), torch.device("cpu"))
@@ -60,12 +60,12 @@ def test_kl_is_zero_for_the_teacher_itself_and_positive_otherwise() -> None:
 
 def test_distillation_lifts_a_binary_student_towards_its_teacher(tmp_path: Path, tiny_data: Dataset) -> None:
     """Trained with the teacher's lists, sign codes rank closer to the teacher than trained without."""
-    base = TrainConfig(method="fp", dim=16, epochs=30, eval_every=5, batch_size=1024, lr=1e-2, device="cpu")
+    base = TrainConfig.of(method="fp", dim=16, epochs=30, eval_every=5, batch_size=1024, lr=1e-2, device="cpu")
     teacher = train(tiny_data, base)
     path = tmp_path / "fp.pt"
     stage = SavedStage(ego=teacher.model.inputs().detach(), seconds=1.0, epochs=teacher.best_epoch + 1)
     save_stages(path, tiny_data.name, {"select": stage})
-    student = dataclasses.replace(base, method="ste", epochs=20, warm_start_from=path)
+    student = base.with_options(method="ste", epochs=20, warm_start_from=path)
     alone = train(tiny_data, student)
-    taught = train(tiny_data, dataclasses.replace(student, distillation=DistillationConfig(path, weight=2.0, top=10)))
+    taught = train(tiny_data, student.with_options(distillation=DistillationConfig(path, weight=2.0, top=10)))
     assert taught.best_valid["recall@20"] > alone.best_valid["recall@20"]

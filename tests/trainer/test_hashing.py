@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from binrec.index.hash_codes import hop_parts, split_points
+from binrec.trainer.config import TrainConfig
 from binrec.trainer.data import Dataset
 from binrec.trainer.hashing import (
     HashedInput,
@@ -22,7 +22,7 @@ from binrec.trainer.hashing import (
     projection_rows,
     side_codes,
 )
-from binrec.trainer.train import TrainConfig, train
+from binrec.trainer.train import train
 
 
 def test_projection_rows_are_regenerated_not_stored() -> None:
@@ -167,8 +167,8 @@ def test_loaded_codes_bring_their_lookup_with_them() -> None:
 
 
 def test_training_with_the_hashed_input_learns(tiny_data: Dataset) -> None:
-    config = TrainConfig(method="fp", dim=16, epochs=20, eval_every=5, batch_size=1024, lr=5e-3, device="cpu",
-                         input_layer="hash", hash_bits=32, hash_groups=4)  # fmt: skip
+    config = TrainConfig.of(method="fp", dim=16, epochs=20, eval_every=5, batch_size=1024, lr=5e-3, device="cpu",
+                            input_layer="hash", hash_bits=32, hash_groups=4)  # fmt: skip
     result = train(tiny_data, config)
     assert isinstance(result.model.inputs, HashedInput)
     assert (
@@ -179,22 +179,26 @@ def test_training_with_the_hashed_input_learns(tiny_data: Dataset) -> None:
 
 
 def test_resuming_under_other_hash_codes_is_refused(tmp_path: Path, tiny_data: Dataset) -> None:
-    base = TrainConfig(method="fp", dim=16, epochs=2, eval_every=1, batch_size=2048, device="cpu", input_layer="hash",
-                       hash_bits=32, hash_groups=4, hash_hops=(0,), checkpoint_dir=tmp_path)  # fmt: skip
+    base = TrainConfig.of(
+        method="fp", dim=16, epochs=2, eval_every=1, batch_size=2048, device="cpu", input_layer="hash",
+        hash_bits=32, hash_groups=4, hash_hops=(0,), checkpoint_dir=tmp_path,
+    )  # fmt: skip
     train(tiny_data, base)
-    again = dataclasses.replace(base, epochs=3, resume=True)
+    again = base.with_options(epochs=3, resume=True)
     assert train(tiny_data, again).epochs_trained == 3  # the same codes: it resumes
     with pytest.raises(ValueError, match="--resume: .* hash_hops \\[0\\], this run asks for \\[3\\]"):
-        train(tiny_data, dataclasses.replace(again, hash_hops=(3,)))
+        train(tiny_data, again.with_options(hash_hops=(3,)))
     with pytest.raises(ValueError, match="input_layer hash, this run asks for table"):
-        train(tiny_data, dataclasses.replace(again, input_layer="table"))
+        train(tiny_data, again.with_options(input_layer="table"))
 
 
 def test_hash_input_refuses_gnaq_and_warm_start(tiny_data: Dataset) -> None:
     with pytest.raises(ValueError, match="gnaq"):
-        train(tiny_data, TrainConfig(method="gnaq", dim=16, epochs=1, device="cpu", input_layer="hash"))
+        train(tiny_data, TrainConfig.of(method="gnaq", dim=16, epochs=1, device="cpu", input_layer="hash"))
     with pytest.raises(ValueError, match="warm start"):
-        train(tiny_data, TrainConfig(method="ste", dim=16, epochs=1, device="cpu", input_layer="hash", warm_start=True))
+        train(
+            tiny_data, TrainConfig.of(method="ste", dim=16, epochs=1, device="cpu", input_layer="hash", warm_start=True)
+        )
 
 
 def test_unused_sparse_rows_get_codes_too() -> None:

@@ -20,19 +20,22 @@ from torch import nn
 import binrec.trainer.quantization.hq as hq
 from binrec.index.bundle import Bundle
 from binrec.index.codes import CodeLayout, dequantize
+from binrec.trainer.config import TrainConfig
 from binrec.trainer.data import Dataset
 from binrec.trainer.export import export_bundle
 from binrec.trainer.quantization.base import RefreshContext
 from binrec.trainer.quantization.hq import _EWGS, HessianAwareQuantizer, delta_from, odd_levels
 from binrec.trainer.sampling import BPRSampler
-from binrec.trainer.train import TrainConfig, TrainResult, train
+from binrec.trainer.train import TrainResult, train
 from tests.conftest import TrainedBundle
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def hq_config(epochs: int) -> TrainConfig:
-    return TrainConfig(method="hq", bits=2, dim=32, epochs=epochs, batch_size=1024, lr=5e-3, eval_every=5, device="cpu")
+    return TrainConfig.of(
+        method="hq", bits=2, dim=32, epochs=epochs, batch_size=1024, lr=5e-3, eval_every=5, device="cpu"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +276,7 @@ def test_item_scales_multiply_item_levels_by_their_magnitude(bits: int) -> None:
 def test_item_scales_train_and_serve_as_evaluated(tiny_data: Dataset, tmp_path: Path) -> None:
     """The bundle holds one float per item; the served path (Hamming candidates re-ranked with the scales, which
     cover this small catalogue) gives the device path's metrics."""
-    config = TrainConfig(method="hq", bits=1, item_scales=True, dim=16, epochs=6, eval_every=3, device="cpu")
+    config = TrainConfig.of(method="hq", bits=1, item_scales=True, dim=16, epochs=6, eval_every=3, device="cpu")
     result = train(tiny_data, config)
     report = export_bundle(result, tiny_data, config, tmp_path)
     bundle = Bundle.load(tmp_path)

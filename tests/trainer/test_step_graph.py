@@ -5,11 +5,12 @@ import dataclasses
 import pytest
 import torch
 
+from binrec.trainer.config import RuntimeConfig, TrainConfig
 from binrec.trainer.data import Dataset
 from binrec.trainer.distributed import World
 from binrec.trainer.quantization import make_quantizer
-from binrec.trainer.step_graph import GraphedStep
-from binrec.trainer.train import TrainConfig, match_capturable, step_graph_applies, train
+from binrec.trainer.step_graph import GraphedStep, match_capturable, step_graph_applies
+from binrec.trainer.train import train
 
 CUDA = torch.device("cuda")
 
@@ -21,7 +22,7 @@ def test_graphed_steps_need_a_cuda_device() -> None:
 
 
 def test_steps_are_graphed_only_on_a_gpu_without_ddp_for_quantizers_without_host_syncs() -> None:
-    config = TrainConfig()
+    config = RuntimeConfig()
     fp, gnaq = make_quantizer("fp", 8, 2), make_quantizer("gnaq", 8, 2)
     two_ranks = World(rank=0, size=2)
     assert step_graph_applies(config, fp, CUDA, World())
@@ -49,14 +50,14 @@ def test_steps_are_graphed_only_on_a_gpu_without_ddp_for_quantizers_without_host
 )
 def test_graph_replayed_training_equals_eager_training(tiny_data: Dataset, method: dict[str, object]) -> None:
     # No validation: every run keeps its last epoch, so the three runs are compared after the same steps.
-    config = TrainConfig(dim=16, epochs=7, eval_every=0, batch_size=256, lr=5e-3, device="cuda")
-    config = dataclasses.replace(config, **method)  # type: ignore[arg-type]
+    config = TrainConfig.of(dim=16, epochs=7, eval_every=0, batch_size=256, lr=5e-3, device="cuda")
+    config = config.with_options(**method)  # type: ignore[arg-type]
     graphed = train(tiny_data, config)
-    eager = train(tiny_data, dataclasses.replace(config, cuda_graph=False))
-    other_seed = train(tiny_data, dataclasses.replace(config, cuda_graph=False, seed=config.seed + 1))
+    eager = train(tiny_data, config.with_options(cuda_graph=False))
+    other_seed = train(tiny_data, config.with_options(cuda_graph=False, seed=config.optim.seed + 1))
     assert graphed.cuda_graph and not eager.cuda_graph
-    full_batches = tiny_data.train.nnz // config.batch_size
-    assert graphed.graphed_steps == config.epochs * full_batches - 3  # all but the warm-up steps
+    full_batches = tiny_data.train.nnz // config.optim.batch_size
+    assert graphed.graphed_steps == config.schedule.epochs * full_batches - 3  # all but the warm-up steps
     assert eager.graphed_steps == 0
     for (name, a), b, c in zip(
         graphed.model.state_dict().items(), eager.model.state_dict().values(), other_seed.model.state_dict().values(),

@@ -11,10 +11,11 @@ import torch
 
 from binrec.index.bundle import Bundle
 from binrec.index.item_index import ItemIndex
+from binrec.trainer.config import TrainConfig
 from binrec.trainer.data import Dataset
 from binrec.trainer.evaluate import served_path_metrics
 from binrec.trainer.metrics import ranking_metrics
-from binrec.trainer.train import TrainConfig, refit, train
+from binrec.trainer.train import refit, train
 from tests.conftest import TrainedBundle
 
 
@@ -57,17 +58,17 @@ def test_exported_codes_rescored_give_the_same_metrics(bundle_name: str, request
 
 
 def test_checkpoint_resume_continues_where_it_stopped(tmp_path: Path, tiny_data: Dataset) -> None:
-    base = TrainConfig(method="ste", dim=16, batch_size=2048, eval_every=2, device="cpu", checkpoint_dir=tmp_path)
-    first = train(tiny_data, TrainConfig(**{**base.__dict__, "epochs": 4}))
+    base = TrainConfig.of(method="ste", dim=16, batch_size=2048, eval_every=2, device="cpu", checkpoint_dir=tmp_path)
+    first = train(tiny_data, base.with_options(epochs=4))
     assert (tmp_path / "last.pt").is_file()
-    resumed = train(tiny_data, TrainConfig(**{**base.__dict__, "epochs": 6, "resume": True}))
+    resumed = train(tiny_data, base.with_options(epochs=6, resume=True))
     assert [h["epoch"] for h in resumed.history] == [1, 3, 5]
     assert resumed.history[:2] == first.history
     assert resumed.epochs_trained == 6
 
 
 def test_refit_trains_the_selected_number_of_epochs_on_all_training_data(tiny_data: Dataset) -> None:
-    config = TrainConfig(method="fp", dim=16, epochs=4, eval_every=2, batch_size=2048, device="cpu")
+    config = TrainConfig.of(method="fp", dim=16, epochs=4, eval_every=2, batch_size=2048, device="cpu")
     selected = train(tiny_data, config)
     final = refit(tiny_data, config, selected)
     assert final.best_epoch == selected.best_epoch
@@ -75,7 +76,7 @@ def test_refit_trains_the_selected_number_of_epochs_on_all_training_data(tiny_da
 
 
 def test_gnaq_keeps_its_pretraining_checkpoints_apart(tmp_path: Path, tiny_data: Dataset) -> None:
-    config = TrainConfig(
+    config = TrainConfig.of(
         method="gnaq", dim=16, epochs=2, pretrain_epochs=2, eval_every=1, batch_size=2048, device="cpu",
         checkpoint_dir=tmp_path,
     )  # fmt: skip
@@ -88,7 +89,7 @@ def test_gnaq_keeps_its_pretraining_checkpoints_apart(tmp_path: Path, tiny_data:
 
 
 def test_warm_start_runs_a_full_precision_stage_first(tmp_path: Path, tiny_data: Dataset) -> None:
-    config = TrainConfig(
+    config = TrainConfig.of(
         method="hq", bits=2, dim=16, epochs=1, pretrain_epochs=3, eval_every=1, batch_size=2048, device="cpu",
         checkpoint_dir=tmp_path, warm_start=True,
     )  # fmt: skip
@@ -96,17 +97,17 @@ def test_warm_start_runs_a_full_precision_stage_first(tmp_path: Path, tiny_data:
     stage = torch.load(tmp_path / "pretrain" / "last.pt", weights_only=False)
     assert stage["config"]["method"] == "fp" and stage["epoch"] == 2
     assert result.epochs_trained == 1
-    cold = train(tiny_data, TrainConfig(**{**config.__dict__, "warm_start": False, "checkpoint_dir": None}))
+    cold = train(tiny_data, config.with_options(warm_start=False, checkpoint_dir=None))
     assert cold.best_valid != result.best_valid  # the pre-trained start changes where one epoch lands
 
 
 def test_resume_remembers_that_the_run_had_stopped_early(tmp_path: Path, tiny_data: Dataset) -> None:
-    config = TrainConfig(
+    config = TrainConfig.of(
         method="fp", dim=8, lr=0.0, epochs=30, eval_every=1, patience=2, device="cpu", checkpoint_dir=tmp_path
     )
     first = train(tiny_data, config)  # lr 0: nothing improves after the first validation
     assert first.epochs_trained == 3
-    again = train(tiny_data, TrainConfig(**{**config.__dict__, "resume": True}))
+    again = train(tiny_data, config.with_options(resume=True))
     assert again.epochs_trained == 3 and again.best_epoch == first.best_epoch
 
 
@@ -130,7 +131,7 @@ def test_model_versions_are_plain_names_even_for_hidden_dataset_folders() -> Non
 
 
 def test_refit_repeats_only_the_validated_pretraining_epochs(tiny_data: Dataset) -> None:
-    config = TrainConfig(
+    config = TrainConfig.of(
         method="ste", dim=8, lr=0.0, epochs=3, eval_every=1, patience=1, device="cpu", warm_start=True,
         pretrain_epochs=30,
     )  # fmt: skip
@@ -140,7 +141,7 @@ def test_refit_repeats_only_the_validated_pretraining_epochs(tiny_data: Dataset)
 
 
 def test_learning_rate_decays_on_plateau_then_stops(tiny_data: Dataset) -> None:
-    config = TrainConfig(
+    config = TrainConfig.of(
         method="fp", dim=8, lr=0.0, epochs=30, eval_every=1, patience=2, lr_decay_patience=1, lr_decays=2,
         device="cpu",
     )  # fmt: skip
@@ -150,7 +151,7 @@ def test_learning_rate_decays_on_plateau_then_stops(tiny_data: Dataset) -> None:
 
 
 def test_refit_replays_the_decays_that_selection_made(tiny_data: Dataset) -> None:
-    config = TrainConfig(method="fp", dim=8, epochs=2, eval_every=1, batch_size=2048, device="cpu")
+    config = TrainConfig.of(method="fp", dim=8, epochs=2, eval_every=1, batch_size=2048, device="cpu")
     selected = dataclasses.replace(train(tiny_data, config), best_epoch=3, lr_milestones=[0, 2, 7])
     final = refit(tiny_data, config, selected)
     assert final.epochs_trained - selected.epochs_trained == 4

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from binrec.trainer.config import TrainConfig
 from binrec.trainer.data import Dataset
-from binrec.trainer.train import TrainConfig, train
+from binrec.trainer.train import train
 from binrec.trainer.warm_start import SavedStage, WarmStartError, load_stage, save_stages
 
 
 def fp_stage(data: Dataset) -> SavedStage:
-    result = train(data, TrainConfig(method="fp", dim=16, epochs=4, eval_every=2, batch_size=2048, device="cpu"))
+    result = train(data, TrainConfig.of(method="fp", dim=16, epochs=4, eval_every=2, batch_size=2048, device="cpu"))
     return SavedStage(ego=result.model.inputs().detach(), seconds=result.train_seconds, epochs=result.best_epoch + 1)
 
 
@@ -41,13 +42,13 @@ def test_quantized_run_starts_from_the_saved_stage_and_counts_its_time(tmp_path:
     path = tmp_path / "fp.pt"
     stage = dataclasses.replace(fp_stage(tiny_data), seconds=1000.0)
     save_stages(path, tiny_data.name, {"select": stage})
-    config = TrainConfig(
+    config = TrainConfig.of(
         method="hq", bits=2, dim=16, epochs=2, eval_every=1, batch_size=2048, device="cpu", warm_start_from=path
     )
     result = train(tiny_data, config)
     assert result.train_seconds > 1000.0
     assert result.pretrain_epochs_selected == stage.epochs
     assert result.history[0]["epoch"] == -1  # the warm start itself was validated as a candidate
-    lr_zero = train(tiny_data, dataclasses.replace(config, lr=0.0))
+    lr_zero = train(tiny_data, config.with_options(lr=0.0))
     assert lr_zero.best_epoch == -1  # nothing beat the starting point, so the starting point is kept
     assert torch.equal(lr_zero.model.inputs.weight, stage.ego)  # type: ignore[union-attr]

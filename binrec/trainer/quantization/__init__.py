@@ -5,7 +5,7 @@ from __future__ import annotations
 from binrec.trainer.quantization.base import ExportedCodes, Quantizer, RefreshContext, Side
 from binrec.trainer.quantization.bigear import BiGeaRQuantizer
 from binrec.trainer.quantization.gnaq import NodeAwareQuantizer
-from binrec.trainer.quantization.hq import HessianAwareQuantizer
+from binrec.trainer.quantization.hq import HessianAwareQuantizer, check_bits, layout_of
 from binrec.trainer.quantization.ste import SignSTEQuantizer
 
 METHODS: dict[str, str] = {
@@ -15,6 +15,36 @@ METHODS: dict[str, str] = {
     "hq": "HQ-GNN: b-bit (1 or 2) uniform codes, Hessian-aware generalised STE",
     "gnaq": "GNAQ: 2-bit per-node codebooks, re-binned from propagation (needs fp pre-training)",
 }
+
+
+QUANTIZERS: dict[str, type[Quantizer]] = {
+    "fp": Quantizer,
+    "ste": SignSTEQuantizer,
+    "bigear": BiGeaRQuantizer,
+    "hq": HessianAwareQuantizer,
+    "gnaq": NodeAwareQuantizer,
+}
+
+
+def check_options(
+    method: str, dim: int, *, bits: int | None = None, user_bits: int | None = None, item_scales: bool = False
+) -> None:
+    """Refuse options no quantizer takes, building nothing: the CLI checks them before it loads any data.
+
+    ``make_quantizer`` refuses the same method and bit options; the dimension check is the index's (binary codes
+    are packed eight dimensions to a byte).
+    """
+    if method not in QUANTIZERS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "hq":
+        check_bits(bits or 1, user_bits, item_scales)
+    elif bits is not None or user_bits is not None:
+        raise ValueError(f"--bits and --user-bits apply to hq only; {method} has a fixed bit width")
+    elif item_scales:
+        raise ValueError(f"--item-scales applies to hq only, not {method}")
+    layout = layout_of(bits or 1) if method == "hq" else QUANTIZERS[method].layout
+    if layout.is_binary and dim % 8:
+        raise ValueError(f"--dim must be a multiple of 8 for binary codes, got {dim}")
 
 
 def make_quantizer(
@@ -34,15 +64,18 @@ def make_quantizer(
         raise ValueError(f"--bits and --user-bits apply to hq only; {method} has a fixed bit width")
     if item_scales:
         raise ValueError(f"--item-scales applies to hq only, not {method}")
-    classes: dict[str, type[Quantizer]] = {
-        "fp": Quantizer,
-        "ste": SignSTEQuantizer,
-        "bigear": BiGeaRQuantizer,
-        "gnaq": NodeAwareQuantizer,
-    }
-    if method not in classes:
+    if method not in QUANTIZERS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return classes[method](dim, layers)
+    return QUANTIZERS[method](dim, layers)
 
 
-__all__ = ["METHODS", "ExportedCodes", "Quantizer", "RefreshContext", "Side", "make_quantizer"]
+__all__ = [
+    "METHODS",
+    "QUANTIZERS",
+    "ExportedCodes",
+    "Quantizer",
+    "RefreshContext",
+    "Side",
+    "check_options",
+    "make_quantizer",
+]

@@ -84,13 +84,8 @@ class HessianAwareQuantizer(Quantizer):
         delta_probes: int = 16,
     ) -> None:
         super().__init__(dim, layers)
+        check_bits(bits, user_bits, item_scales)
         user_bits = user_bits or bits
-        if bits not in (1, 2) or user_bits not in (1, 2):
-            raise ValueError(f"hq supports 1 or 2 bits, got {bits} (items) and {user_bits} (users)")
-        if user_bits < bits:
-            raise ValueError(f"users need at least the items' bits, got {user_bits} < {bits}")
-        if item_scales and user_bits != bits:
-            raise ValueError("--item-scales does not combine with --user-bits above --bits")
         self.bits = bits
         self.user_bits = user_bits
         self.item_scales = item_scales
@@ -198,6 +193,17 @@ class HessianAwareQuantizer(Quantizer):
             grads.append(grad)
             count += grad.numel()
         return delta_from(traces / count, torch.cat(grads))
+
+
+def check_bits(bits: int, user_bits: int | None, item_scales: bool) -> None:
+    """Refuse bit widths hq has no codes for (``user_bits`` None: the items' ``bits``)."""
+    user_bits = user_bits or bits
+    if bits not in (1, 2) or user_bits not in (1, 2):
+        raise ValueError(f"hq supports 1 or 2 bits, got {bits} (items) and {user_bits} (users)")
+    if user_bits < bits:
+        raise ValueError(f"users need at least the items' bits, got {user_bits} < {bits}")
+    if item_scales and user_bits != bits:
+        raise ValueError("--item-scales does not combine with --user-bits above --bits")
 
 
 def layout_of(bits: int) -> CodeLayout:

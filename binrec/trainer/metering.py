@@ -1,0 +1,46 @@
+"""What a run measures besides its metrics: stepping throughput and the GPU's peak memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Throughput:
+    """BPR triples per second of stepping, all ranks together.
+
+    Counted over the epochs after a run's first: that one also pays one-time start-up (CUDA-graph warm-up and
+    capture, cuSPARSE/NCCL set-up, ranks arriving at the first all-reduce apart), and is reported apart.
+    """
+
+    first_epoch_seconds: float = 0.0
+    first_epoch_samples: int = 0
+    seconds: float = 0.0
+    samples: int = 0
+    epochs: int = 0
+
+    def add(self, seconds: float, samples: int) -> None:
+        if self.epochs == 0:
+            self.first_epoch_seconds, self.first_epoch_samples = seconds, samples
+        else:
+            self.seconds, self.samples = self.seconds + seconds, self.samples + samples
+        self.epochs += 1
+
+    @property
+    def samples_per_second(self) -> float:
+        """Over the later epochs; over the first when it was the only one."""
+        if self.seconds:
+            return self.samples / self.seconds
+        return self.first_epoch_samples / max(self.first_epoch_seconds, 1e-9)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The most GPU memory allocated since ``reset_peak_memory`` (0 on the CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0

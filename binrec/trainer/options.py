@@ -1,0 +1,98 @@
+"""Configuration fields that are also command-line options: one declaration holds the default and the help.
+
+A section of the training configuration declares each option once::
+
+    @dataclass(frozen=True)
+    class ModelConfig:
+        dim: int = option(64, "embedding size")
+
+``add_options(parser.add_argument_group("model"), ModelConfig)`` then adds ``--dim`` (its type, choices,
+``nargs`` and ``store_true``/``store_false`` action follow from the field's annotation), and
+``from_args(ModelConfig, args)`` builds the section from the parsed arguments by field name, so nothing
+is copied by hand between the parser and the configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T")
+Section = TypeVar("Section", bound="DataclassInstance")
+
+OPTION = "option"  # the metadata key a field's Option is kept under
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a configuration field appears on the command line."""
+
+    help: str
+    flag: str | None = None  # default: --the-field-name (a True default's store_false flag must be named)
+    choices: Sequence[object] | None = None  # default: a Literal annotation's values
+
+
+def option(default: T, help: str, *, flag: str | None = None, choices: Sequence[object] | None = None) -> T:
+    """A dataclass field with this default that is also the command-line option ``flag``."""
+    return dataclasses.field(default=default, metadata={OPTION: Option(help, flag, choices)})
+
+
+def options_of(section: type[DataclassInstance]) -> list[dataclasses.Field[Any]]:
+    """The section's fields that are command-line options (the others are set by the trainer itself)."""
+    return [field for field in dataclasses.fields(section) if OPTION in field.metadata]
+
+
+def _value_type(annotation: Any) -> tuple[Any, Sequence[object] | None, bool]:
+    """The type argparse converts one value to, a Literal's choices, and whether the option takes several."""
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):  # X | None: None is the default, never typed in
+        return _value_type(arguments[0])
+    if origin is tuple:
+        kind, choices, _ = _value_type(arguments[0])
+        return kind, choices, True
+    if origin is Literal:
+        return type(arguments[0]), arguments, False
+    return annotation, None, False
+
+
+def add_options(group: argparse._ArgumentGroup | argparse.ArgumentParser, section: type[DataclassInstance]) -> None:
+    """Add an option for each of the section's option fields, in declaration order."""
+    hints = typing.get_type_hints(section)
+    for field in options_of(section):
+        spec: Option = field.metadata[OPTION]
+        flag = spec.flag or "--" + field.name.replace("_", "-")
+        if hints[field.name] is bool:
+            action = "store_false" if field.default else "store_true"
+            group.add_argument(flag, dest=field.name, action=action, help=spec.help)
+            continue
+        kind, choices, several = _value_type(hints[field.name])
+        default: Any = field.default
+        group.add_argument(
+            flag,
+            dest=field.name,
+            type=kind,
+            nargs="+" if several else None,
+            choices=spec.choices if spec.choices is not None else choices,
+            default=list(default) if several else default,
+            help=spec.help,
+        )
+
+
+def from_args(section: type[Section], args: argparse.Namespace) -> Section:
+    """The section from parsed arguments, field by field name; fields that are not options keep their defaults."""
+    hints = typing.get_type_hints(section)
+    given = {}
+    for field in options_of(section):
+        value = getattr(args, field.name)
+        several = typing.get_origin(hints[field.name]) is tuple
+        given[field.name] = tuple(value) if several else value
+    return section(**given)

@@ -1,0 +1,85 @@
+"""The training config: sections built from the CLI by option name, flat construction, the recorded JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import pytest
+
+from binrec.trainer.cli import build_parser, train_config
+from binrec.trainer.config import SECTIONS, OptimConfig, TrainConfig, TrainOptions
+from binrec.trainer.distillation import DistillationConfig
+from binrec.trainer.quantization import check_options
+
+
+def test_flat_options_name_every_section_field_with_its_type() -> None:
+    config = TrainConfig()
+    hints = {
+        name: kind
+        for section in SECTIONS
+        for name, kind in typing.get_type_hints(type(getattr(config, section))).items()
+    }
+    hints["distillation"] = typing.get_type_hints(TrainConfig)["distillation"]
+    assert typing.get_type_hints(TrainOptions) == hints  # names unique across sections, types as declared
+
+
+def test_of_puts_each_option_in_its_section() -> None:
+    config = TrainConfig.of(method="hq", bits=1, hash_hops=(0, 2), lr=5e-3, patience=3, grad_sync="ddp", resume=True)
+    assert (config.model.method, config.model.bits, config.input.hash_hops) == ("hq", 1, (0, 2))
+    assert (config.optim.lr, config.schedule.patience, config.runtime.grad_sync) == (5e-3, 3, "ddp")
+    assert config.checkpoint.resume and config.optim == dataclasses.replace(OptimConfig(), lr=5e-3)
+    again = config.with_options(lr=1e-3, epochs=7)
+    assert again.optim.lr == 1e-3 and again.schedule.epochs == 7 and again.model == config.model
+    assert config.optim.lr == 5e-3  # sections are frozen: with_options copies
+    with pytest.raises(TypeError, match="no option learning_rate"):
+        TrainConfig.of(learning_rate=1.0)  # type: ignore[call-arg]
+
+
+def test_cli_defaults_are_the_config_defaults_and_options_land_by_name(tmp_path: Path) -> None:
+    parser = build_parser()
+    assert train_config(parser.parse_args([])) == TrainConfig()
+    teacher = tmp_path / "fp.pt"
+    teacher.write_bytes(b"")
+    args = parser.parse_args(
+        ["--method", "hq", "--bits", "2", "--hash-hops", "0", "3", "--no-cuda-graph", "--epochs", "9", "--loss",
+         "softmax", "--temperature", "0.5", "--teacher", str(teacher), "--checkpoint-dir", str(tmp_path), "--resume"]
+    )  # fmt: skip
+    expected = TrainConfig.of(
+        method="hq", bits=2, hash_hops=(0, 3), cuda_graph=False, epochs=9, loss="softmax", temperature=0.5,
+        checkpoint_dir=tmp_path, resume=True, distillation=DistillationConfig(teacher, temperature=0.5),
+    )  # fmt: skip
+    assert train_config(args) == expected  # the distilled temperature follows the softmax's
+
+
+def test_json_is_flat_by_option_name_as_checkpoints_and_manifests_record_it(tmp_path: Path) -> None:
+    config = TrainConfig.of(method="hq", bits=2, checkpoint_dir=tmp_path, distillation=DistillationConfig(tmp_path))
+    recorded = json.loads(json.dumps(config.to_json()))
+    assert set(recorded) == set(TrainOptions.__annotations__)
+    assert recorded["method"] == "hq" and recorded["bits"] == 2 and recorded["checkpoint_dir"] == str(tmp_path)
+    assert recorded["distillation"] == {"teacher": str(tmp_path), "weight": 1.0, "top": 20, "temperature": 1.0}
+    assert TrainConfig.of(**config.flat()) == config  # the inverse of flat
+
+
+@pytest.mark.parametrize(
+    ("method", "dim", "options", "error"),
+    [
+        ("ste", 12, {}, "--dim must be a multiple of 8 for binary codes, got 12"),
+        ("hq", 20, {"bits": 2}, "--dim must be a multiple of 8"),
+        ("fp", 12, {}, None),  # float vectors: any size
+        ("ste", 16, {"bits": 2}, "apply to hq only"),
+        ("hq", 16, {"bits": 2, "user_bits": 1}, "at least the items' bits"),
+        ("bigear", 16, {"item_scales": True}, "applies to hq only"),
+        ("nope", 16, {}, "unknown method 'nope'"),
+    ],
+)
+def test_method_options_are_checked_without_building_a_quantizer(
+    method: str, dim: int, options: dict[str, typing.Any], error: str | None
+) -> None:
+    if error is None:
+        check_options(method, dim, **options)
+        return
+    with pytest.raises(ValueError, match=error):
+        check_options(method, dim, **options)
