@@ -193,8 +193,8 @@ def data_parallel(
 
     The graph is replicated, not synchronised. The embedding table's gradient is complete only at the
     end of the backward pass (it comes through every propagation layer), so DDP's bucketed all-reduce has
-    no compute to overlap with, and its per-step hooks cost more than the all-reduce itself (0.6 against
-    0.14 ms a step on two H200s, benchmarks/ddp_step_probe.py). The default ``allreduce`` sync therefore
+    no compute to overlap with, and its per-step hooks cost several times the all-reduce itself
+    (benchmarks/ddp_step_probe.py). The default ``allreduce`` sync therefore
     leaves the module alone and ``average_gradients`` all-reduces each gradient once after backward.
     """
     if compression == "bf16" and world.distributed and device.type != "cuda":

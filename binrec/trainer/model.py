@@ -66,8 +66,8 @@ class LightGCN(nn.Module):
         """``forward().mean(dim=0)`` as a running sum: the K + 1 layers and their stack are never held at once.
 
         The stack costs 2(K + 1) n × d floats at its peak, the running sum four (input, layer, next layer, sum);
-        propagation saves nothing for its backward, so neither does this. For large full-graph step loops
-        (benchmarks/hash_scale.py); the trainer's quantizers need the layers themselves.
+        propagation saves nothing for its backward, so neither does this. For callers that need only the mean of
+        a large graph; the trainer's quantizers need the layers themselves.
         """
         return layer_mean(self.inputs(), self.adjacency, self.layers)
 

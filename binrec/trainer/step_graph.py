@@ -1,13 +1,13 @@
 """A training step replayed as one CUDA graph.
 
-LightGCN's step on a GPU is bound by the host: on an H200 it issues ~1.3 ms of kernels (three sparse
-propagations forward and back, the BPR loss, Adam) in ~2.8 ms of Python and launches, and under
-data parallelism every rank also waits at each all-reduce for the other rank's host jitter
-(benchmarks/ddp_step_probe.py). Captured once, a step is a single graph launch: the GPU runs back to back
-and ranks meet only on the device. Steps whose batch is not the captured size (an epoch's last, partial
-batch), and steps before the capture (warm-up: lazy allocations, cuBLAS/cuSPARSE handles, NCCL's
-communicator), run eagerly; the graph is captured again when a host value baked into it changes: the
-learning rate (a Python float in Adam's kernels) or a quantizer's constant (HQ's δ after a refresh).
+LightGCN's step on a GPU is bound by the host: its kernels (three sparse propagations forward and back, the
+BPR loss, Adam) take less time on the device than Python takes to launch them, and under data parallelism every
+rank also waits at each all-reduce for the other rank's host jitter (benchmarks/ddp_step_probe.py). Captured once,
+a step is a single graph launch: the GPU runs back to back and ranks meet only on the device. Steps whose batch is
+not the captured size (an epoch's last, partial batch), and steps before the capture (warm-up: lazy allocations,
+cuBLAS/cuSPARSE handles, NCCL's communicator), run eagerly; the graph is captured again when a host value baked
+into it changes: the learning rate (a Python float in Adam's kernels) or a quantizer's constant (HQ's δ after a
+refresh).
 """
 
 from __future__ import annotations
