@@ -6,7 +6,10 @@ compares each positive with every negative drawn for the batch (all triples' neg
 batch's users): a user's positive is pushed above the hardest of thousands of items at once, which is
 what Recall@20 rewards and what a low-bit code, with its few distinct scores, most needs.
 
-Both take the already-quantized vectors, so every quantizer trains against the values it serves.
+Both take the already-quantized vectors, so every quantizer trains against the values it serves. The training
+objective (``ranking_loss``) adds LightGCN's L2 term and, with a teacher, the distillation term
+(trainer.distillation) over the same quantized vectors; ``parallel_objective`` makes it one module that data
+parallelism can wrap.
 """
 
 from __future__ import annotations
@@ -15,8 +18,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
+from binrec.trainer.distillation import RankingDistillation
+from binrec.trainer.distributed import GradCompression, GradSync, World, data_parallel
 from binrec.trainer.loss import bpr
+from binrec.trainer.model import LightGCN
+from binrec.trainer.quantization import Quantizer
 
 LossKind = Literal["bpr", "softmax"]
 LOSS_KINDS: tuple[LossKind, ...] = ("bpr", "softmax")
@@ -73,3 +81,73 @@ class RankingLoss:
 
 
 BPR = RankingLoss()  # the default loss (frozen: one instance serves every default)
+
+
+def ranking_loss(
+    model: LightGCN,
+    quantizer: Quantizer,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    reg: float,
+    loss: RankingLoss = BPR,
+    distillation: RankingDistillation | None = None,
+) -> torch.Tensor:
+    """The ranking loss (BPR by default) on the quantized representations, L2 on the batch's ego embeddings
+    (LightGCN's form) and, with a teacher, the distillation term over the same quantized item vectors."""
+    user_rep, item_rep = quantizer.node_representations(model)
+    u = quantizer(user_rep[users], "user")
+    if distillation is None:
+        p = quantizer(item_rep[positives], "item")
+        n = quantizer(item_rep[negatives], "item")
+    else:  # the teacher's lists repeat items many times over: quantize every item once, then gather (quantizers
+        # act on each row alone, so the values and gradients are the same)
+        items = quantizer(item_rep, "item")
+        p, n = items[positives], items[negatives]
+    ego = model.ego(torch.cat([users, positives + model.n_users, negatives + model.n_users]))
+    l2 = 0.5 * ego.pow(2).sum() / users.numel()
+    total = loss(u, p, n, quantizer.score_scale) + reg * l2
+    if distillation is not None:
+        top = items[distillation.top_items[users]]
+        shared, shared_ids = loss.shared(n), loss.shared(negatives)
+        total = total + distillation(users, u, top, shared_ids, shared, quantizer.score_scale / loss.temperature)
+    return total
+
+
+class RankingObjective(nn.Module):
+    """The training loss as one module, so DistributedDataParallel can average its gradients across ranks."""
+
+    def __init__(
+        self,
+        model: LightGCN,
+        quantizer: Quantizer,
+        reg: float,
+        loss: RankingLoss = BPR,
+        distillation: RankingDistillation | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.quantizer = quantizer
+        self.reg = reg
+        self.loss = loss
+        self.distillation = distillation
+
+    def forward(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        return ranking_loss(
+            self.model, self.quantizer, users, positives, negatives, self.reg, self.loss, self.distillation
+        )
+
+
+def parallel_objective(
+    model: LightGCN,
+    quantizer: Quantizer,
+    reg: float,
+    world: World,
+    compression: GradCompression = "none",
+    sync: GradSync = "allreduce",
+    loss: RankingLoss = BPR,
+    distillation: RankingDistillation | None = None,
+) -> nn.Module:
+    """The loss module, data-parallel under torchrun as ``sync`` says (trainer.distributed.data_parallel)."""
+    objective = RankingObjective(model, quantizer, reg, loss, distillation)
+    return data_parallel(objective, world, model.adjacency.device, compression, sync)

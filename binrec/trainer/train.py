@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from binrec.trainer.checkpoint import Progress, load_checkpoint, save_checkpoint
@@ -28,14 +27,11 @@ from binrec.trainer.distillation import RankingDistillation, load_teacher
 from binrec.trainer.distributed import (
     SINGLE_PROCESS,
     Batch,
-    GradCompression,
-    GradSync,
     World,
     assert_in_step,
     average_gradients,
     broadcast_buffers,
     current_world,
-    data_parallel,
     mean_over_ranks,
     rank_device,
     rank_share,
@@ -45,7 +41,7 @@ from binrec.trainer.graph import normalized_adjacency, to_torch_sparse
 from binrec.trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count
 from binrec.trainer.metering import Throughput, peak_memory_mb, reset_peak_memory
 from binrec.trainer.model import EmbeddingTable, LightGCN
-from binrec.trainer.objectives import BPR, RankingLoss
+from binrec.trainer.objectives import RankingLoss, parallel_objective
 from binrec.trainer.quantization import Quantizer, RefreshContext, make_quantizer
 from binrec.trainer.sampling import BPRSampler
 from binrec.trainer.step_graph import GraphedStep, Step, step_graph_applies
@@ -318,76 +314,6 @@ def start_from_stage(model: LightGCN, quantizer: Quantizer, stage: PretrainingSt
     replacement = quantizer.input_layer(model.n_users + model.n_items, model.dim, ego, propagated)
     if replacement is not None:
         model.inputs = replacement.to(device)
-
-
-def ranking_loss(
-    model: LightGCN,
-    quantizer: Quantizer,
-    users: torch.Tensor,
-    positives: torch.Tensor,
-    negatives: torch.Tensor,
-    reg: float,
-    loss: RankingLoss = BPR,
-    distillation: RankingDistillation | None = None,
-) -> torch.Tensor:
-    """The ranking loss (BPR by default) on the quantized representations, L2 on the batch's ego embeddings
-    (LightGCN's form) and, with a teacher, the distillation term over the same quantized item vectors."""
-    user_rep, item_rep = quantizer.node_representations(model)
-    u = quantizer(user_rep[users], "user")
-    if distillation is None:
-        p = quantizer(item_rep[positives], "item")
-        n = quantizer(item_rep[negatives], "item")
-    else:  # the teacher's lists repeat items many times over: quantize every item once, then gather (quantizers
-        # act on each row alone, so the values and gradients are the same)
-        items = quantizer(item_rep, "item")
-        p, n = items[positives], items[negatives]
-    ego = model.ego(torch.cat([users, positives + model.n_users, negatives + model.n_users]))
-    l2 = 0.5 * ego.pow(2).sum() / users.numel()
-    total = loss(u, p, n, quantizer.score_scale) + reg * l2
-    if distillation is not None:
-        top = items[distillation.top_items[users]]
-        shared, shared_ids = loss.shared(n), loss.shared(negatives)
-        total = total + distillation(users, u, top, shared_ids, shared, quantizer.score_scale / loss.temperature)
-    return total
-
-
-class RankingObjective(nn.Module):
-    """The training loss as one module, so DistributedDataParallel can average its gradients across ranks."""
-
-    def __init__(
-        self,
-        model: LightGCN,
-        quantizer: Quantizer,
-        reg: float,
-        loss: RankingLoss = BPR,
-        distillation: RankingDistillation | None = None,
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.quantizer = quantizer
-        self.reg = reg
-        self.loss = loss
-        self.distillation = distillation
-
-    def forward(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        return ranking_loss(
-            self.model, self.quantizer, users, positives, negatives, self.reg, self.loss, self.distillation
-        )
-
-
-def parallel_objective(
-    model: LightGCN,
-    quantizer: Quantizer,
-    reg: float,
-    world: World,
-    compression: GradCompression = "none",
-    sync: GradSync = "allreduce",
-    loss: RankingLoss = BPR,
-    distillation: RankingDistillation | None = None,
-) -> nn.Module:
-    """The loss module, data-parallel under torchrun as ``sync`` says (trainer.distributed.data_parallel)."""
-    objective = RankingObjective(model, quantizer, reg, loss, distillation)
-    return data_parallel(objective, world, model.adjacency.device, compression, sync)
 
 
 def teacher(data: Dataset, config: TrainConfig, model: LightGCN) -> RankingDistillation | None:
