@@ -96,7 +96,27 @@ def settled_topk(raw: RawSearch, queries: npt.NDArray[Any], k: int, n_items: int
     return out
 
 
-class FaissBinaryBackend(HammingBackend):
+class FlatIndexPair:
+    """A FAISS flat index on the CPU and, where asked, its copy on one GPU; a fetch past what FAISS's GPU search
+    answers (``FAISS_GPU_MAX_K``) goes to the CPU index, so the backend has no largest k of its own."""
+
+    cpu_index: Any
+    gpu_index: Any | None
+    n_items: int
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpu_index is not None
+
+    @property
+    def max_k(self) -> int:
+        return max(MAX_K, self.n_items)
+
+    def index_for(self, fetch: int) -> Any:
+        return self.gpu_index if self.gpu_index is not None and fetch <= FAISS_GPU_MAX_K else self.cpu_index
+
+
+class FaissBinaryBackend(FlatIndexPair, HammingBackend):
     """``faiss-cpu`` (``IndexBinaryFlat``) or, with ``gpu=True``, ``GpuIndexBinaryFlat`` on one GPU."""
 
     def __init__(
@@ -116,27 +136,18 @@ class FaissBinaryBackend(HammingBackend):
         self.name = "faiss-gpu" if gpu else "faiss-cpu"
 
     @property
-    def on_gpu(self) -> bool:
-        return self.gpu_index is not None
-
-    @property
-    def max_k(self) -> int:
-        return max(MAX_K, self.n_items)  # FAISS's flat index ranks as many items as asked (on the CPU past the GPU's k)
-
-    @property
     def memory_bytes(self) -> int:
         return self.n_items * self.n_bytes
 
     def _raw(self, queries: npt.NDArray[np.uint8], fetch: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
-        index = self.gpu_index if self.gpu_index is not None and fetch <= FAISS_GPU_MAX_K else self.cpu_index
-        distances, ids = index.search(queries, fetch)
+        distances, ids = self.index_for(fetch).search(queries, fetch)
         return distances.astype(np.int32), ids.astype(np.int64)
 
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
         return settled_topk(self._raw, queries, k, self.n_items, k + 16)
 
 
-class FaissFloatBackend(SearchBackend):
+class FaissFloatBackend(FlatIndexPair, SearchBackend):
     """``faiss-float-cpu`` (``IndexFlatIP``) or, with ``gpu=True``, its copy on one GPU (``faiss-float-gpu``):
     exact inner-product search over float vectors (the `fp` reference bundles). Distances are the negated
     inner products, so that nearer is smaller as for codes.
@@ -171,14 +182,6 @@ class FaissFloatBackend(SearchBackend):
         return self.dim
 
     @property
-    def on_gpu(self) -> bool:
-        return self.gpu_index is not None
-
-    @property
-    def max_k(self) -> int:
-        return max(MAX_K, self.n_items)  # FAISS's flat index ranks as many items as asked (on the CPU past the GPU's k)
-
-    @property
     def memory_bytes(self) -> int:
         return self.n_items * self.dim * 4
 
@@ -189,8 +192,7 @@ class FaissFloatBackend(SearchBackend):
     def _raw(
         self, queries: npt.NDArray[np.float32], fetch: int
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        index = self.gpu_index if self.gpu_index is not None and fetch <= FAISS_GPU_MAX_K else self.cpu_index
-        similarities, ids = index.search(queries, fetch)
+        similarities, ids = self.index_for(fetch).search(queries, fetch)
         return -similarities.astype(np.float32), ids.astype(np.int64)
 
     def _search(self, queries: npt.NDArray[np.float32], k: int) -> TopK:
