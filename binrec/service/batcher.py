@@ -26,29 +26,42 @@ from binrec.index.item_index import SearchResult
 log = logging.getLogger(__name__)
 
 Answer = tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]  # item rows and scores, best first
+NO_ITEMS = np.empty(0, np.int64)
 
 
 @dataclass
 class SearchJob:
-    """One user's query against one model snapshot (``model.index`` searches it)."""
+    """Queries against one model snapshot (``model.index`` searches them): one user's, or a whole batch a worker
+    sent the search process; each row keeps its own exclusions and scales."""
 
     model: Any
-    code: npt.NDArray[Any]
+    codes: npt.NDArray[Any]  # [rows, width]
     k: int
-    exclude: npt.NDArray[np.int64] | None
-    scales: npt.NDArray[np.floating] | None
-    future: asyncio.Future[Answer] = field(repr=False)
+    exclude: list[npt.NDArray[np.int64]]  # one per row (empty: none)
+    scales: npt.NDArray[np.floating] | None  # [rows, ...] or None
+    future: asyncio.Future[SearchResult] = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        return len(self.codes)
 
 
-def search_together(jobs: list[SearchJob]) -> list[Answer]:
-    """One index call for jobs of one model: the largest k, then each row cut to its own k (still exact)."""
+def search_together(jobs: list[SearchJob]) -> list[SearchResult]:
+    """One index call for jobs of one model: the largest k, then each job's rows cut to its own k (still exact)."""
     model = jobs[0].model
     k = max(job.k for job in jobs)
-    codes = np.stack([job.code for job in jobs])
-    scales = None if jobs[0].scales is None else np.stack([job.scales for job in jobs if job.scales is not None])
-    exclude = [job.exclude if job.exclude is not None else np.empty(0, np.int64) for job in jobs]
+    codes = np.concatenate([job.codes for job in jobs]) if len(jobs) > 1 else jobs[0].codes
+    scales = None
+    if jobs[0].scales is not None:
+        scales = np.concatenate([job.scales for job in jobs if job.scales is not None])
+    exclude = [items for job in jobs for items in job.exclude]
     result: SearchResult = model.index.search(codes, k, exclude=exclude, query_scales=scales)
-    return [(result.ids[row, : job.k], result.scores[row, : job.k]) for row, job in enumerate(jobs)]
+    answers, first = [], 0
+    for job in jobs:
+        rows = slice(first, first + job.rows)
+        answers.append(SearchResult(ids=result.ids[rows, : job.k], scores=result.scores[rows, : job.k]))
+        first += job.rows
+    return answers
 
 
 class MicroBatcher:
@@ -65,6 +78,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1000
         self.on_batch = on_batch  # (batch size, seconds in the index), for metrics
         self._queue: asyncio.Queue[SearchJob] = asyncio.Queue()
+        self._held: SearchJob | None = None  # collected but left for the next batch, which it opens
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="item-index", initializer=thread_setup)
         self._task: asyncio.Task[None] | None = None
 
@@ -73,7 +87,7 @@ class MicroBatcher:
 
     async def close(self) -> None:
         """Answer what is queued, then stop (graceful shutdown)."""
-        while not self._queue.empty() and self._task is not None and not self._task.done():
+        while (not self._queue.empty() or self._held is not None) and self._task is not None and not self._task.done():
             await asyncio.sleep(0.001)
         if self._task is not None:
             self._task.cancel()
@@ -92,23 +106,50 @@ class MicroBatcher:
         exclude: npt.NDArray[np.int64] | None = None,
         scales: npt.NDArray[np.floating] | None = None,
     ) -> Answer:
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        await self._queue.put(SearchJob(model, code, k, exclude, scales, future))
+        """One query's item rows and scores, best first."""
+        excluded = [exclude if exclude is not None else NO_ITEMS]
+        found = await self.search_many(
+            model, code[None], k, exclude=excluded, scales=None if scales is None else scales[None]
+        )
+        return found.ids[0], found.scores[0]
+
+    async def search_many(
+        self,
+        model: Any,
+        codes: npt.NDArray[Any],
+        k: int,
+        *,
+        exclude: list[npt.NDArray[np.int64]],
+        scales: npt.NDArray[np.floating] | None = None,
+    ) -> SearchResult:
+        """Several queries as one job: they are searched together, with whatever else is queued."""
+        future: asyncio.Future[SearchResult] = asyncio.get_running_loop().create_future()
+        await self._queue.put(SearchJob(model, codes, k, exclude, scales, future))
         return await future
 
     async def _collect(self) -> list[SearchJob]:
-        jobs = [await self._queue.get()]
-        while len(jobs) < self.max_batch and not self._queue.empty():  # whatever queued during the last search
-            jobs.append(self._queue.get_nowait())
+        """Jobs of up to ``max_batch`` queries in all (a larger job goes alone): what queued during the last search,
+        then what arrives within ``max_wait_ms``. A job that would overflow the batch is held for the next one."""
+        first = self._held if self._held is not None else await self._queue.get()
+        self._held = None
+        jobs, rows = [first], first.rows
         deadline = time.monotonic() + self.max_wait_s
-        while len(jobs) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        while rows < self.max_batch:
+            if not self._queue.empty():
+                job = self._queue.get_nowait()
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if rows + job.rows > self.max_batch:
+                self._held = job
                 break
-            try:
-                jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
+            jobs.append(job)
+            rows += job.rows
         return jobs
 
     async def _run(self) -> None:
@@ -123,13 +164,13 @@ class MicroBatcher:
                 try:
                     answers = await loop.run_in_executor(self._executor, search_together, group)
                 except Exception as error:  # a failed search fails its requests, not the batcher
-                    log.exception("batched search of %d queries failed", len(group))
+                    log.exception("batched search of %d queries failed", sum(job.rows for job in group))
                     for job in group:
                         if not job.future.done():
                             job.future.set_exception(error)
                     continue
                 if self.on_batch is not None:
-                    self.on_batch(len(group), time.perf_counter() - started)
+                    self.on_batch(sum(job.rows for job in group), time.perf_counter() - started)
                 for job, answer in zip(group, answers, strict=True):
                     if not job.future.done():
                         job.future.set_result(answer)

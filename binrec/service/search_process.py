@@ -27,8 +27,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from binrec.index.bundle import Bundle, BundleError
 from binrec.index.item_index import IndexSelfCheckError, ItemIndex
 from binrec.index.retrieval.faiss_backend import set_cpu_threads
@@ -55,7 +53,7 @@ class LoadedIndex:
 class SearchProcess:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
-        # One worker sends up to batch_max_size queries at once; the search process may merge one from each.
+        # One worker sends up to batch_max_size queries at once (one job here); one search merges one from each.
         self.max_batch = settings.batch_max_size * settings.workers
         self.batcher = MicroBatcher(
             max_batch=self.max_batch,
@@ -104,16 +102,8 @@ class SearchProcess:
             if header.get("op") == "search":
                 codes, k, exclude, scales = search_arguments(header, arrays)
                 loaded = await self.open(str(header["bundle"]))
-                rows = [
-                    self.batcher.search(
-                        loaded, codes[row], k, exclude=exclude[row], scales=None if scales is None else scales[row]
-                    )
-                    for row in range(len(codes))
-                ]
-                answers = await asyncio.gather(*rows)
-                if not answers:
-                    return pack({"ok": True}, [np.empty((0, k), np.int64), np.empty((0, k), np.float32)])
-                return pack({"ok": True}, [np.stack([a[0] for a in answers]), np.stack([a[1] for a in answers])])
+                found = await self.batcher.search_many(loaded, codes, k, exclude=exclude, scales=scales)
+                return pack({"ok": True}, [found.ids, found.scores])
             return pack({"ok": False, "refused": True, "error": f"unknown operation {header.get('op')!r}"})
         except (*REFUSALS, WireError, KeyError) as error:
             return pack({"ok": False, "refused": True, "error": str(error)})

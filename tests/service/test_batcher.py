@@ -1,0 +1,60 @@
+"""The micro-batcher merges one-user and many-user jobs into searches of at most ``max_batch`` queries, and every
+job gets exactly what its own search would have answered."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from binrec.index.codes import CodeLayout
+from binrec.index.item_index import ItemIndex
+from binrec.service.batcher import MicroBatcher
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    index: ItemIndex
+
+
+@pytest.fixture(scope="module")
+def snapshot() -> Snapshot:
+    codes = np.random.default_rng(5).integers(0, 256, size=(500, 8), dtype=np.uint8)
+    return Snapshot(ItemIndex.build(codes, CodeLayout.SIGN1, 64, device="cpu"))
+
+
+def test_jobs_merge_up_to_max_batch_and_each_gets_its_own_answer(snapshot: Snapshot) -> None:
+    rng = np.random.default_rng(6)
+    queries = rng.integers(0, 256, size=(31, 8), dtype=np.uint8)
+    exclude = [rng.choice(500, size=int(rng.integers(0, 30)), replace=False).astype(np.int64) for _ in range(31)]
+    searched: list[int] = []
+
+    async def run() -> list[tuple[np.ndarray, np.ndarray]]:
+        batcher = MicroBatcher(max_batch=8, max_wait_ms=0, on_batch=lambda size, _: searched.append(size))
+        batcher.start()
+        try:
+            many = await asyncio.gather(
+                batcher.search_many(snapshot, queries[:5], 10, exclude=exclude[:5]),
+                batcher.search(snapshot, queries[5], 3, exclude=exclude[5]),
+                batcher.search_many(snapshot, queries[6:11], 7, exclude=exclude[6:11]),
+                batcher.search_many(snapshot, queries[11:31], 4, exclude=exclude[11:31]),
+            )
+        finally:
+            await batcher.close()
+        first, single, third, fourth = many
+        return [
+            *((first.ids[i], first.scores[i]) for i in range(5)),
+            single,
+            *((third.ids[i], third.scores[i]) for i in range(5)),
+            *((fourth.ids[i], fourth.scores[i]) for i in range(20)),
+        ]
+
+    answers = asyncio.run(run())
+    ks = [10] * 5 + [3] + [7] * 5 + [4] * 20
+    for row, ((ids, scores), k) in enumerate(zip(answers, ks, strict=True)):
+        expected = snapshot.index.search(queries[row : row + 1], k, exclude=[exclude[row]])
+        assert np.array_equal(ids, expected.ids[0]) and np.array_equal(scores, expected.scores[0]), row
+    # 5 + 1 fit in 8, the next 5 would not (held, it opens the next search); 20 is over 8 and goes alone.
+    assert searched == [6, 5, 20]
