@@ -111,6 +111,14 @@ class SearchResult:
     scores: npt.NDArray[np.float32]
 
 
+def check_search_arguments(query_codes: npt.NDArray[Any], k: int, exclude: list[npt.NDArray[np.int64]] | None) -> None:
+    """The refusals every index answering ``search(query_codes, k, exclude=...)`` makes before any work."""
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    if exclude is not None and len(exclude) != len(query_codes):
+        raise ValueError(f"exclude has {len(exclude)} rows for {len(query_codes)} queries")
+
+
 class ItemIndex:
     """Top-K search over one bundle's items.
 
@@ -295,12 +303,9 @@ class ItemIndex:
 
         Exact for codes without item scales; with them, Hamming candidates are re-ranked exactly.
         """
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        check_search_arguments(query_codes, k, exclude)
         queries = self.prepare_queries(query_codes)
         n_queries = queries.shape[0]
-        if exclude is not None and len(exclude) != n_queries:
-            raise ValueError(f"exclude has {len(exclude)} rows for {n_queries} queries")
         if self.rerank is not None:
             return self._search_reranked(queries, query_codes, query_scales, k, exclude)
         out_ids = np.full((n_queries, k), -1, dtype=np.int64)

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from binrec.index.bundle import Bundle
-from binrec.index.item_index import SearchResult
+from binrec.index.item_index import SearchResult, check_search_arguments
 from binrec.service.search_wire import Arrays, Header, WireError, pack, receive
 
 
@@ -131,10 +131,7 @@ class RemoteItemIndex:
         exclude: list[npt.NDArray[np.int64]] | None = None,
         query_scales: npt.NDArray[np.floating] | None = None,
     ) -> SearchResult:
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
-        if exclude is not None and len(exclude) != len(query_codes):
-            raise ValueError(f"exclude has {len(exclude)} rows for {len(query_codes)} queries")
+        check_search_arguments(query_codes, k, exclude)  # refused here, as ItemIndex refuses it, not after a trip
         request = search_request(self.bundle_path, query_codes, k, exclude, query_scales)
         with self._lock:
             if self._connection is None:  # the last exchange failed: try a fresh connection once
