@@ -43,6 +43,11 @@ KEPT_MODELS = 2  # the serving bundle and the one workers are swapping to (or fr
 REFUSALS = (BundleError, IndexSelfCheckError, ValueError)
 
 
+def refusal(reason: object) -> bytes:
+    """The reply to a request the search process will not answer as sent (the worker raises ``ValueError``)."""
+    return pack({"ok": False, "refused": True, "error": str(reason)})
+
+
 @dataclass(frozen=True)
 class LoadedIndex:
     """A loaded bundle's index (the micro-batcher searches ``.index`` and groups jobs by this object)."""
@@ -104,9 +109,9 @@ class SearchProcess:
                 loaded = await self.open(str(header["bundle"]))
                 found = await self.batcher.search_many(loaded, codes, k, exclude=exclude, scales=scales)
                 return pack({"ok": True}, [found.ids, found.scores])
-            return pack({"ok": False, "refused": True, "error": f"unknown operation {header.get('op')!r}"})
+            return refusal(f"unknown operation {header.get('op')!r}")
         except (*REFUSALS, WireError, KeyError) as error:
-            return pack({"ok": False, "refused": True, "error": str(error)})
+            return refusal(error)
         except Exception as error:  # a failed search fails this request, not the process
             log.exception("search process request failed")
             return pack({"ok": False, "error": f"{type(error).__name__}: {error}"})
@@ -120,7 +125,7 @@ class SearchProcess:
                 except asyncio.IncompleteReadError:
                     return  # the worker went away
                 except WireError as error:
-                    writer.write(pack({"ok": False, "refused": True, "error": str(error)}))
+                    writer.write(refusal(error))
                     await writer.drain()
                     return  # the stream's framing is lost: close it
                 writer.write(await self.answer(header, arrays))
