@@ -8,17 +8,20 @@ Each client is a thread with its own connection, as each uvicorn worker has; the
 each query excluding its user's 20–200 seen items, k = 20. The in-process row is the same searches on an
 ``ItemIndex`` in this process, one client, with as many FAISS threads per search (``--search-threads``, the
 service's default 1): the difference is the price of the socket, the frames and the search process's event loop.
-Records: benchmarks/results/search_process.json.
+Each step is the median of ``--repeats`` runs; the record keeps every run. Records:
+benchmarks/results/search_process.json.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=256, help="code bits (sign1) or dimensions (float32)")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32], help="queries per round trip")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2], help="concurrent workers (threads)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="length of each step")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per step: the record keeps the median and range")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where the search process searches")
     parser.add_argument("--search-threads", type=int, default=1, help="FAISS CPU threads per search, both modes")
     parser.add_argument("--out", type=Path, default=RESULTS / "search_process.json")
     args = parser.parse_args(argv)
-    if min(args.rows) < 1 or min(args.clients) < 1 or max(args.rows) > args.users:
-        parser.error("--rows and --clients must be positive, --rows at most --users")
+    if min(args.rows) < 1 or min(args.clients) < 1 or max(args.rows) > args.users or args.repeats < 1:
+        parser.error("--rows, --clients and --repeats must be positive, --rows at most --users")
+
+    def step(mode: str, search: Any, rows: int, clients: int) -> dict[str, Any]:
+        rates = [round_trips(search, bundle, rows, clients, args.seconds, args.search_threads)
+                 for _ in range(args.repeats)]  # fmt: skip
+        return {"mode": mode, "rows": rows, "clients": clients, "round_trips_per_s": statistics.median(rates),
+                "runs": rates}  # fmt: skip
 
     points: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="search-process-") as work:
@@ -96,29 +106,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         bundle = Bundle.load(root)
         local = ItemIndex.for_bundle(bundle, device=args.device)
-        for rows in args.rows:
-            rate = round_trips(lambda: local, bundle, rows, 1, args.seconds, args.search_threads)
-            points.append({"mode": "in process", "rows": rows, "clients": 1, "round_trips_per_s": rate})
+        points += [step("in process", lambda: local, rows, 1) for rows in args.rows]
         socket_path = Path(work) / "search.sock"
         process = start_search_process(socket_path, args.device, max(args.clients), args.search_threads)
         try:
-            for clients in args.clients:
-                for rows in args.rows:
-                    rate = round_trips(lambda: RemoteItemIndex.open(socket_path, bundle), bundle, rows, clients,
-                                       args.seconds, args.search_threads)  # fmt: skip
-                    points.append({"mode": "search process", "rows": rows, "clients": clients,
-                                   "round_trips_per_s": rate})  # fmt: skip
+            remote = partial(RemoteItemIndex.open, socket_path, bundle)
+            points += [step("search process", remote, rows, clients) for clients in args.clients for rows in args.rows]
         finally:
             process.terminate()
             process.wait(timeout=30)
 
     meta = {"commit": commit(), "device": args.device, "cores": os.cpu_count(), "items": args.items,
             "layout": args.layout, "dim": args.dim, "k": K, "seconds": args.seconds,
-            "search_threads": args.search_threads}  # fmt: skip
+            "search_threads": args.search_threads, "repeats": args.repeats}  # fmt: skip
     append_records(args.out, [{**meta, **point} for point in points])
+    print(f"median of {args.repeats} runs of {args.seconds:g} s (range in brackets)")
     print(markdown_table(
         ["mode", "queries / trip", "workers", "trips/s", "queries/s", "µs / trip"],
-        [[p["mode"], p["rows"], p["clients"], f"{p['round_trips_per_s']:,.0f}",
+        [[p["mode"], p["rows"], p["clients"],
+          f"{p['round_trips_per_s']:,.0f} [{min(p['runs']):,.0f}–{max(p['runs']):,.0f}]",
           f"{p['round_trips_per_s'] * p['rows']:,.0f}", f"{1e6 * p['clients'] / p['round_trips_per_s']:,.0f}"]
          for p in points],
     ))  # fmt: skip

@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", choices=["auto", "cpu", "gpu"], default=None, help="where the index runs (RECSYS_DEVICE)"
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="uvicorn worker processes, each with its own index (RECSYS_WORKERS)"
+        "--workers",
+        type=int,
+        default=None,
+        help="uvicorn worker processes, each with its own index unless RECSYS_SEARCH_PROCESS (RECSYS_WORKERS)",
     )
     return parser
 
