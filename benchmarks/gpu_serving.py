@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from benchmarks.gpu_catalogue import synthetic_content
 from benchmarks.harness import RESULTS, benchmark_parser, commit, progress
-from benchmarks.serving_stack import RedisProcess, ServiceProcess, cpu_ticks, faiss_gpu_boot
+from benchmarks.serving_stack import MpsDaemon, RedisProcess, ServiceProcess, cpu_ticks, faiss_gpu_boot
 from benchmarks.wrk_load import (
     GpuSampler,
     MetricsSnapshot,
@@ -60,6 +60,7 @@ from binrec.index.bundle import Bundle, publish_bundle
 from binrec.index.codes import CodeLayout
 
 GPU_BACKENDS = ("triton", "faiss-gpu", "torch")
+DESIGNS = ("process", "own", "own-mps")
 TARGET_RATE, TARGET_P99_MS = 10_000.0, 10.0  # issue #23, for codes + triton at 10M items
 
 
@@ -89,6 +90,28 @@ class Mode:
     @property
     def needs_faiss_gpu(self) -> bool:
         return self.device == "gpu" and (self.backend == "faiss-gpu" or self.catalogue == "float")
+
+
+@dataclass(frozen=True)
+class Design:
+    """How one server holds its index: ``process`` (one search process answers every worker), ``own`` (an index in
+    every worker) or ``own-mps`` (an index in every worker, the workers' GPU contexts merged by CUDA MPS)."""
+
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> Design:
+        if text not in DESIGNS:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(DESIGNS)}")
+        return cls(text)
+
+    @property
+    def search_process(self) -> bool:
+        return self.name == "process"
+
+    @property
+    def mps(self) -> bool:
+        return self.name == "own-mps"
 
 
 @dataclass
@@ -132,19 +155,19 @@ class Run:
         self.log = self.out.with_name("servers.log")
         self.points: list[dict[str, Any]] = []
         self.skipped: list[str] = []
-        self.profile: dict[str, Any] | None = None
+        self.profiles: dict[str, dict[str, Any]] = {}  # by server label: its busiest worker and its search process
         self.device = device_name(args.cpu)
         self.meta: dict[str, Any] = {
             "device": self.device, "commit": commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "generator": "wrk (closed loop), benchmarks/gpu_serving.lua", "k": 20, "setup_s": {},
-            "settings": {"batch_max_size": args.batch_max_size, "batch_max_wait_ms": args.batch_max_wait_ms,
-                         "search_process": args.search_process},
-            "cuda_mps": bool(os.environ.get("CUDA_MPS_PIPE_DIRECTORY")),  # workers share the GPU through MPS
+            "settings": {"batch_max_size": args.batch_max_size, "batch_max_wait_ms": args.batch_max_wait_ms},
+            "designs": [design.name for design in args.designs],
             "argv": sys.argv[1:],
         }  # fmt: skip
         self.catalogues: dict[str, Catalogue] = {}
         self.redis: RedisProcess | None = None
         self.faiss_env: dict[str, str] | None = None
+        self.mps: MpsDaemon | None = None
 
     def left(self) -> float:
         return float(self.args.budget_s) - (time.monotonic() - self.started)
@@ -200,14 +223,26 @@ class Run:
 
     # --- measurement ---------------------------------------------------------------------------------------------
 
-    def phase(self, phase: str, mode: Mode, workers: int, connections: list[int]) -> None:
-        """Start a server for ``mode``, warm it, take one step per connection count, stop it."""
+    def mps_environment(self) -> dict[str, str] | None:
+        """The environment of a server under CUDA MPS (the daemon starts on first use); None where MPS cannot run."""
+        if self.mps is None:
+            try:
+                self.mps = MpsDaemon.start(self.work / "mps")
+            except RuntimeError as error:
+                self.say(f"CUDA MPS: {error}")
+                return None
+            self.meta["cuda_mps"] = "started"
+        return self.mps.environment
+
+    def phase(self, phase: str, mode: Mode, design: Design, workers: int, connections: list[int]) -> None:
+        """Start a server for ``mode`` held as ``design`` says, warm it, take one step per connection count, stop it."""
         catalogue = self.catalogues[mode.catalogue]
         seconds = self.args.seconds if phase == "main" else self.args.short_seconds
         step_s = seconds + 2
         needed = catalogue.startup_s + self.args.warmup_s + step_s
+        label = f"{mode.name} {design.name} × {workers} workers"
         if self.left() < needed:
-            self.skip(f"{phase} {mode.name} × {workers} workers: {self.left():.0f} s left, needs ~{needed:.0f}")
+            self.skip(f"{phase} {label}: {self.left():.0f} s left, needs ~{needed:.0f}")
             return
         if mode.needs_faiss_gpu and self.faiss_env is None and not self.args.cpu:
             self.skip(f"{phase} {mode.name}: no faiss-gpu here (give --faiss-gpu-kit on the lent machines)")
@@ -215,30 +250,36 @@ class Run:
         assert self.redis is not None
         settings = {"RECSYS_BATCH_MAX_SIZE": str(self.args.batch_max_size),
                     "RECSYS_BATCH_MAX_WAIT_MS": str(self.args.batch_max_wait_ms),
-                    "RECSYS_SEARCH_PROCESS": str(self.args.search_process)}  # fmt: skip
-        self.say(f"{phase}: {mode.name} × {workers} workers on {catalogue.label} — starting")
+                    "RECSYS_SEARCH_PROCESS": str(design.search_process)}  # fmt: skip
+        extra_env = dict(self.faiss_env) if mode.needs_faiss_gpu and self.faiss_env else {}
+        if design.mps:
+            mps_env = self.mps_environment()
+            if mps_env is None:
+                self.skip(f"{phase} {label}: CUDA MPS does not run here")
+                return
+            extra_env.update(mps_env)
+        self.say(f"{phase}: {label} on {catalogue.label} — starting")
         try:
             service = ServiceProcess.start(
                 name=mode.name, bundle=catalogue.root, redis_url=self.redis.url, device=mode.device,
-                backend=mode.backend, workers=workers, log=self.log, settings=settings,
-                extra_env=self.faiss_env if mode.needs_faiss_gpu and self.faiss_env else {},
+                backend=mode.backend, workers=workers, log=self.log, settings=settings, extra_env=extra_env,
                 timeout_s=max(10.0, self.left() - step_s),
             )  # fmt: skip
         except (RuntimeError, TimeoutError) as error:
-            self.skip(f"{phase} {mode.name} × {workers} workers: the server did not start: {error}")
+            self.skip(f"{phase} {label}: the server did not start: {error}")
             return
         catalogue.startup_s = service.started_s
-        self.meta["setup_s"][f"start {mode.name} x{workers}"] = round(service.started_s, 1)
+        self.meta["setup_s"][f"start {label}"] = round(service.started_s, 1)
         self.say(f"ready in {service.started_s:.1f} s: {service.readiness}")
         try:
             self._warm(service, catalogue, connections)
             for count in connections:
                 if self.left() < step_s:
-                    self.skip(f"{phase} {mode.name} × {workers} workers at {count} connections: out of time")
+                    self.skip(f"{phase} {label} at {count} connections: out of time")
                     break
-                self._step(phase, mode, workers, count, service, catalogue, seconds)
+                self._step(phase, mode, design, workers, count, service, catalogue, seconds)
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:  # this server's steps end; the run goes on
-            self.skip(f"{phase} {mode.name} × {workers} workers: {error}")
+            self.skip(f"{phase} {label}: {error}")
         finally:
             service.stop()
 
@@ -259,6 +300,7 @@ class Run:
         self,
         phase: str,
         mode: Mode,
+        design: Design,
         workers: int,
         connections: int,
         service: ServiceProcess,
@@ -266,37 +308,42 @@ class Run:
         seconds: float,
     ) -> None:
         args = self.args
-        profile_here = phase == "main" and connections == args.profile_connections and self.profile is None
+        server = f"{mode.name} {design.name} x{workers}"
+        profile_here = phase == "main" and connections == args.profile_connections and server not in self.profiles
         before = MetricsSnapshot.parse(service.get("/metrics").decode())
         busy0, total0 = host_cpu()
         pids = service.worker_pids()
-        ticks0 = {pid: cpu_ticks(pid) for pid in pids}
+        owner = service.search_process_pid()
+        ticks0 = {pid: cpu_ticks(pid) for pid in [*pids, *([owner] if owner else [])]}
         with GpuSampler() as gpu:
-            if profile_here:  # py-spy beside wrk, on the worker that is busiest once the load has started
+            if profile_here:  # py-spy beside wrk: the busiest worker once the load has started, the search process
                 holder: dict[str, Any] = {}
-
-                def spy() -> None:
-                    time.sleep(1.0)
-                    busiest = max(pids, key=lambda pid: cpu_ticks(pid) - ticks0[pid])
-                    raw = self.out.with_name("pyspy_raw.txt")
-                    holder.update(profile_worker(busiest, max(1.0, seconds - 3), raw))
-
-                spying = threading.Thread(target=spy)
-                spying.start()
+                spies = [threading.Thread(target=self._spy, args=(pids, ticks0, seconds, holder, "worker"))]
+                if owner:
+                    spies.append(threading.Thread(target=self._spy, args=([owner], ticks0, seconds, holder, "search")))
+                for spying in spies:
+                    spying.start()
             result = run_wrk(service.url, catalogue.users_file, connections=connections, threads=args.wrk_threads,
                              seconds=seconds)  # fmt: skip
             if profile_here:
-                spying.join()
-                self.profile = {"mode": mode.name, "workers": workers, "connections": connections, **holder}
+                for spying in spies:
+                    spying.join()
+                self.profiles[server] = {"mode": mode.name, "design": design.name, "workers": workers,
+                                         "connections": connections, **holder}  # fmt: skip
         busy1, total1 = host_cpu()
         after_text = service.get("/metrics").decode()
-        worker_s = sum(cpu_ticks(pid) - ticks0[pid] for pid in pids) / os.sysconf("SC_CLK_TCK")
+        tick_s = os.sysconf("SC_CLK_TCK")
+        worker_s = sum(cpu_ticks(pid) - ticks0[pid] for pid in pids) / tick_s
+        owner_s = (cpu_ticks(owner) - ticks0[owner]) / tick_s if owner else 0.0
         point = {
-            "mode": mode.name, "phase": phase, "backend": service.readiness.get("search_backend"),
+            "mode": mode.name, "design": design.name, "phase": phase,
+            "backend": service.readiness.get("search_backend"),
             "index_device": service.readiness.get("index_device"), **catalogue.fields, "workers": workers,
             **result, "service": metrics_delta(before, MetricsSnapshot.parse(after_text)),
             "host_cpu_busy": round((busy1 - busy0) / max(1, total1 - total0), 3),
             "server_cpu_ms_per_request": round(1000 * worker_s / max(1, result["requests"]), 3),
+            "search_process_cpu_ms_per_request": round(1000 * owner_s / max(1, result["requests"]), 3),
+            "search_process_cores": round(owner_s / max(1e-9, result["seconds"]), 2),
             **(gpu.summary() or {}), "device": self.device, "commit": self.meta["commit"],
         }  # fmt: skip
         if mode.catalogue == "codes" and mode.backend == "triton":
@@ -307,11 +354,19 @@ class Run:
             self.out.with_name("metrics.txt").write_text(after_text)
         self.points.append(point)
         self.say(
-            f"{mode.name} ×{workers} c={connections}: {point['rate']:,.0f} req/s, p50 {point['p50_ms']:.2f} "
-            f"p99 {point['p99_ms']:.2f} ms, {point['errors']} errors, batch {point['service']['batch_mean']}, "
-            f"search {point['service']['search_ms_mean']} ms"
+            f"{server} c={connections}: {point['rate']:,.0f} req/s, p50 {point['p50_ms']:.2f} "
+            f"p99 {point['p99_ms']:.2f} p99.9 {point['p999_ms']:.2f} ms, {point['errors']} errors, "
+            f"batch {point['service']['batch_mean']}, search {point['service']['search_ms_mean']} ms, "
+            f"cpu/req {point['server_cpu_ms_per_request']} + {point['search_process_cpu_ms_per_request']} ms"
         )
         self.write()
+
+    def _spy(self, pids: list[int], ticks0: dict[int, int], seconds: float, holder: dict[str, Any], role: str) -> None:
+        """py-spy on the busiest of ``pids`` once the load has run a second; its summary lands in ``holder[role]``."""
+        time.sleep(1.0)
+        busiest = max(pids, key=lambda pid: cpu_ticks(pid) - ticks0[pid])
+        raw = self.out.with_name(f"pyspy_{role}.txt")
+        holder[role] = profile_worker(busiest, max(1.0, seconds - 3), raw)
 
     def skip(self, why: str) -> None:
         self.skipped.append(why)
@@ -323,7 +378,7 @@ class Run:
     def write(self) -> None:
         self.meta["elapsed_s"] = round(time.monotonic() - self.started, 1)
         self.meta["catalogues"] = {name: c.label for name, c in self.catalogues.items()}
-        body = {"meta": self.meta, "points": self.points, "profile": self.profile, "skipped": self.skipped}
+        body = {"meta": self.meta, "points": self.points, "profiles": self.profiles, "skipped": self.skipped}
         tmp = self.out.with_name(f".{self.out.name}.tmp")
         tmp.write_text(json.dumps(body, indent=2) + "\n")
         tmp.replace(self.out)
@@ -331,6 +386,8 @@ class Run:
     def stop(self) -> None:
         if self.redis is not None:
             self.redis.stop()
+        if self.mps is not None:
+            self.mps.stop()
 
 
 def plot(points: list[dict[str, Any]], path: Path, main: str) -> None:
@@ -341,19 +398,21 @@ def plot(points: list[dict[str, Any]], path: Path, main: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for mode in dict.fromkeys(p["mode"] for p in points if p["phase"] in ("main", "peers")):
-        steps = sorted((p for p in points if p["mode"] == mode and p["phase"] in ("main", "peers")),
-                       key=lambda p: p["connections"])  # fmt: skip
-        workers = steps[0]["workers"]
-        left.plot([p["rate"] for p in steps], [p["p99_ms"] for p in steps], marker="o", label=f"{mode} ({workers} w)")
+    curves = [p for p in points if p["phase"] in ("main", "peers")]
+    for server in dict.fromkeys(server_label(p) for p in curves):
+        steps = sorted((p for p in curves if server_label(p) == server), key=lambda p: p["connections"])
+        line = left.plot([p["rate"] for p in steps], [p["p99_ms"] for p in steps], marker="o", label=f"{server} p99")
+        left.plot([p["rate"] for p in steps], [p["p999_ms"] for p in steps], marker=".", linestyle=":",
+                  color=line[0].get_color(), alpha=0.6)  # fmt: skip
         for p in steps:
             left.annotate(str(p["connections"]), (p["rate"], p["p99_ms"]), fontsize=7, alpha=0.7)
     left.axhline(TARGET_P99_MS, color="grey", linestyle="--", linewidth=0.8)
     left.axvline(TARGET_RATE, color="grey", linestyle="--", linewidth=0.8)
     left.set(xscale="log", yscale="log", xlabel="requests/s (closed loop; labels: connections)",
-             ylabel="p99 latency (ms)", title="/recommend, k = 20, exclude seen")  # fmt: skip
+             ylabel="p99 (solid) and p99.9 (dotted) latency, ms", title="/recommend, k = 20, exclude seen")  # fmt: skip
     left.legend(fontsize=8)
-    scale = [p for p in points if p["mode"] == main and p["phase"] in ("main", "scale")]
+    first = next((p["design"] for p in points if p["mode"] == main), None)
+    scale = [p for p in points if p["mode"] == main and p["design"] == first and p["phase"] in ("main", "scale")]
     if scale:
         wanted = (
             max(p["connections"] for p in scale if p["phase"] == "scale")
@@ -365,24 +424,29 @@ def plot(points: list[dict[str, Any]], path: Path, main: str) -> None:
         for p in rows:
             right.annotate(f"p99 {p['p99_ms']:.1f} ms", (p["workers"], p["rate"]), fontsize=8)
         right.set(xscale="log", xlabel="uvicorn workers (one GPU)", ylabel="requests/s",
-                  title=f"{main}: workers at {wanted} connections")  # fmt: skip
+                  title=f"{main} ({first}): workers at {wanted} connections")  # fmt: skip
         right.set_xticks([p["workers"] for p in rows], [str(p["workers"]) for p in rows])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def server_label(point: dict[str, Any]) -> str:
+    return f"{point['mode']} {point['design']} ({point['workers']} w)"
+
+
 def table(points: list[dict[str, Any]]) -> str:
     lines = [
-        "| mode | phase | workers | conns | req/s | p50 | p95 | p99 ms | errors | batch | search ms | cpu ms/req |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | design | phase | workers | conns | req/s | p50 | p99 | p99.9 ms | errors | batch | search ms "
+        "| cpu ms/req workers + search |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         s = p["service"]
         lines.append(
-            f"| {p['mode']} | {p['phase']} | {p['workers']} | {p['connections']} | {p['rate']:,.0f} | "
-            f"{p['p50_ms']:.2f} | {p['p95_ms']:.2f} | {p['p99_ms']:.2f} | {p['errors']} | {s['batch_mean']} | "
-            f"{s['search_ms_mean']} | {p['server_cpu_ms_per_request']} |"
+            f"| {p['mode']} | {p['design']} | {p['phase']} | {p['workers']} | {p['connections']} | {p['rate']:,.0f} | "
+            f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['p999_ms']:.2f} | {p['errors']} | {s['batch_mean']} | "
+            f"{s['search_ms_mean']} | {p['server_cpu_ms_per_request']} + {p['search_process_cpu_ms_per_request']} |"
         )
     return "\n".join(lines)
 
@@ -412,8 +476,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--wrk-threads", type=int, default=4, help="wrk threads (cores the generator may use)")
     add("--batch-max-size", type=int, default=64, help="RECSYS_BATCH_MAX_SIZE of the service")
     add("--batch-max-wait-ms", type=float, default=0.0, help="RECSYS_BATCH_MAX_WAIT_MS of the service")
-    add("--search-process", action="store_true",
-        help="RECSYS_SEARCH_PROCESS: one process owns the index and answers every worker's searches")  # fmt: skip
+    add("--designs", type=Design.parse, nargs="+", default=[Design("process")],
+        help="how servers hold the index, each measured in the main phase (the first also in the others): process "
+        "(RECSYS_SEARCH_PROCESS: one process owns it, for every worker), own (each worker its own), own-mps (each "
+        "its own, under CUDA MPS, which the benchmark starts)")  # fmt: skip
     add("--faiss-gpu-kit", type=Path, default=None, help="the lent machines' faiss-gpu kit (.gpu-kit)")
     add("--budget-s", type=float, default=480.0, help="stop starting work that would end past this many seconds")
     add("--work", type=Path, default=Path("/tmp/gpu_serving"), help="where bundles and user lists are written")
@@ -445,15 +511,17 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, on_signal)
     modes = [args.main, *args.peers]
     # The largest worker count right after the main sweep (the likeliest to carry the target), the rest last.
-    scale = [("scale", args.main, w, [args.scale_connections]) for w in sorted(set(args.scale_workers) - {args.workers},
-                                                                             reverse=True)]  # fmt: skip
-    phases = [("main", args.main, args.workers, args.connections), *scale[:1]]
-    phases += [("peers", mode, args.peer_workers, args.peer_connections) for mode in args.peers]
+    first = args.designs[0]
+    scale = [("scale", args.main, first, w, [args.scale_connections])
+             for w in sorted(set(args.scale_workers) - {args.workers}, reverse=True)]  # fmt: skip
+    phases = [("main", args.main, design, args.workers, args.connections) for design in args.designs]
+    phases += scale[:1]
+    phases += [("peers", mode, first, args.peer_workers, args.peer_connections) for mode in args.peers]
     phases += scale[1:]
     try:
         run.build(modes)
-        for phase, mode, workers, connections in progress(phases, "phases", "server"):
-            run.phase(phase, mode, workers, connections)
+        for phase, mode, design, workers, connections in progress(phases, "phases", "server"):
+            run.phase(phase, mode, design, workers, connections)
     except Stopped as signal_name:
         run.skip(f"stopped by {signal_name} after {time.monotonic() - run.started:.0f} s")
     finally:

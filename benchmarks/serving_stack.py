@@ -184,10 +184,17 @@ class ServiceProcess:
         """The processes answering requests: uvicorn's workers, or the server itself when it has one."""
         if self.workers == 1:
             return [self.process.pid]
+        return [pid for pid in self._children() if b"spawn_main" in read_cmdline(pid)]  # not multiprocessing's tracker
+
+    def search_process_pid(self) -> int | None:
+        """The search process (``RECSYS_SEARCH_PROCESS``), if the server runs one."""
+        return next((pid for pid in self._children() if b"binrec.service.search_process" in read_cmdline(pid)), None)
+
+    def _children(self) -> list[int]:
         children: list[int] = []
         for task in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
             children += [int(pid) for pid in task.read_text().split()]
-        return [pid for pid in children if b"spawn_main" in read_cmdline(pid)]  # not multiprocessing's tracker
+        return children
 
     def stop(self) -> None:
         """SIGTERM to the whole group (uvicorn finishes in-flight requests), SIGKILL after 30 s."""
@@ -215,3 +222,34 @@ def cpu_ticks(pid: int) -> int:
     except OSError:
         return 0
     return int(fields[11]) + int(fields[12])
+
+
+@dataclass
+class MpsDaemon:
+    """A CUDA MPS control daemon with its own pipe folder: servers given ``environment`` share one GPU context
+    through it (their kernels run side by side instead of time-slicing); other processes are not affected."""
+
+    folder: Path
+
+    @classmethod
+    def start(cls, folder: Path) -> MpsDaemon:
+        binary = shutil.which("nvidia-cuda-mps-control")
+        if binary is None:
+            raise RuntimeError("nvidia-cuda-mps-control is not on PATH")
+        daemon = cls(folder)
+        for sub in ("pipe", "log"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([binary, "-d"], env={**os.environ, **daemon.environment}, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"nvidia-cuda-mps-control -d failed ({done.returncode}): {done.stderr.strip()}")
+        return daemon
+
+    @property
+    def environment(self) -> dict[str, str]:
+        pipe, log = self.folder / "pipe", self.folder / "log"
+        return {"CUDA_MPS_PIPE_DIRECTORY": str(pipe), "CUDA_MPS_LOG_DIRECTORY": str(log)}
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["nvidia-cuda-mps-control"], input="quit\n", env={**os.environ, **self.environment}, text=True, check=False
+        )

@@ -2,7 +2,8 @@
 # Issue #23 on a lent H200 in one call: benchmarks.gpu_serving at catalogue scale, then the GPU served-path test
 # (10M items × 256-bit codes and 10M × float32 d=64, 1M users in Redis; triton, faiss-gpu, float on the GPU, the
 # Gowalla hq bundle; 1–16 uvicorn workers). Everything lands in $OUT: gpu_serving.json and .png, servers.log,
-# metrics.txt (the last /metrics of the main phase), pyspy_raw.txt, device.txt, run.log.
+# metrics.txt (the last /metrics of the main phase), pyspy_worker.txt and pyspy_search.txt (py-spy of the busiest worker
+# and of the search process), device.txt, run.log.
 #
 # Runs on the device machine from the repo root. Needs, carried with the call (tools/device/gpu_serving_carry.sh
 # fetches them here):
@@ -10,10 +11,10 @@
 #   .carry/debs/         Debian's redis-server and wrk with their libraries, unpacked under /tmp/debs (never /)
 #   .carry/gowalla_hq/   the Gowalla hq bundle of the CPU serving figures, without its cold-start arrays
 #   .gpu-kit/            ../shared/tools/faiss-gpu-device (faiss-gpu and float rows are skipped without it)
-# MPS=1 runs every server under CUDA MPS (one GPU context shared by the workers' processes instead of time-slicing
-# between theirs), where nvidia-cuda-mps-control exists; the JSON's meta says whether it was on.
-# SEARCH_PROCESS=1 serves through one search process per server (RECSYS_SEARCH_PROCESS: one owner of the GPU index
-# answering all workers) instead of an index in every worker.
+# DESIGNS (default "process") says how each measured server holds the index: "process" (RECSYS_SEARCH_PROCESS: one
+# search process owns the GPU index and answers every worker), "own" (an index and a GPU context in every worker),
+# "own-mps" (the same under CUDA MPS, which the benchmark starts); several, e.g. DESIGNS="process own-mps", are each
+# measured in the main phase.
 # Set RECSYS_COMMIT to the commit measured (no .git travels). GPU_SERVING_ARGS adds or overrides options of
 # benchmarks.gpu_serving (e.g. "--workers 4 --batch-max-wait-ms 0.5"). BUDGET_S (default 540) is the whole
 # script's wall-clock budget: the benchmark is given what the set-up leaves of it less TEST_S (default 75) for the
@@ -39,29 +40,16 @@ redis-server --version && [[ $WRK_VERSION == wrk* ]] || { echo "carried redis-se
 echo "$WRK_VERSION"
 ldd --version | head -n 1
 
-if [ "${MPS:-0}" = 1 ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if nvidia-cuda-mps-control -d; then
-    trap 'echo quit | nvidia-cuda-mps-control' EXIT
-    echo "CUDA MPS on"
-  else
-    echo "CUDA MPS could not start: the servers time-slice the GPU"
-    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-  fi
-fi
-
 KIT=()
 [ -d .gpu-kit ] && KIT=(--faiss-gpu-kit .gpu-kit)
 GOWALLA=()
 [ -d .carry/gowalla_hq ] && GOWALLA=(--gowalla .carry/gowalla_hq)
-OWNER=()
-[ "${SEARCH_PROCESS:-0}" = 1 ] && OWNER=(--search-process)
+read -r -a DESIGN_LIST <<< "${DESIGNS:-process}"
 
 LEFT=$(( BUDGET_S - ($(date +%s) - STARTED) ))
 echo "set-up took $(( BUDGET_S - LEFT )) s; the benchmark may use $(( LEFT - TEST_S )) s, the GPU test $TEST_S s"
 # shellcheck disable=SC2086  # GPU_SERVING_ARGS is a list of options
-timeout -s INT -k 10 $(( LEFT - TEST_S - 10 )) python3 -m benchmarks.gpu_serving "${KIT[@]}" "${GOWALLA[@]}" "${OWNER[@]}" \
+timeout -s INT -k 10 $(( LEFT - TEST_S - 10 )) python3 -m benchmarks.gpu_serving "${KIT[@]}" "${GOWALLA[@]}" --designs "${DESIGN_LIST[@]}" \
   --budget-s $(( LEFT - TEST_S - 35 )) --work /tmp/gpu_serving --out "$OUT/gpu_serving.json" ${GPU_SERVING_ARGS:-}
 echo "benchmark exit $? after $(( $(date +%s) - STARTED )) s"
 
