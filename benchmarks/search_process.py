@@ -1,5 +1,6 @@
-"""What the search process itself costs: round trips per second through ``RemoteItemIndex`` against the same
-searches in process, for several queries per round trip (a worker's micro-batch) and several workers at once.
+"""What the search process itself costs: round trips per second through a worker's ``ItemIndex`` over the search
+process's backend (``ServingModel.remote_index``) against the same searches in process, for several queries per
+round trip (a worker's micro-batch) and several workers at once.
 
     python -m benchmarks.search_process --items 20000 --users 2000 --rows 1 8 32 --clients 1 2 --device cpu
 
@@ -7,7 +8,7 @@ Each client is a thread with its own connection, as each uvicorn worker has; the
 ``recsys-serve`` starts it. The catalogue is a synthetic bundle of ``--layout`` codes (benchmarks.gpu_catalogue),
 each query excluding its user's 20–200 seen items, k = 20. The in-process row is the same searches on an
 ``ItemIndex`` in this process, one client, with as many FAISS threads per search (``--search-threads``, the
-service's default 1): the difference is the price of the socket, the frames and the search process's event loop.
+service's default 1): the difference is the price of the socket, the frames and the search process's loop.
 Each step is the median of ``--repeats`` runs; the record keeps every run. Records:
 benchmarks/results/search_process.json.
 """
@@ -33,7 +34,7 @@ from binrec.index.bundle import Bundle
 from binrec.index.codes import CodeLayout
 from binrec.index.item_index import ItemIndex
 from binrec.index.retrieval.faiss_backend import set_cpu_threads
-from binrec.service.remote_index import RemoteItemIndex
+from binrec.service.recommender import ServingModel
 
 K = 20
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         socket_path = Path(work) / "search.sock"
         process = start_search_process(socket_path, args.device, max(args.clients), args.search_threads)
         try:
-            remote = partial(RemoteItemIndex.open, socket_path, bundle)
+            remote = partial(ServingModel.remote_index, bundle, socket_path, 30.0, None)
             points += [step("search process", remote, rows, clients) for clients in args.clients for rows in args.rows]
         finally:
             process.terminate()

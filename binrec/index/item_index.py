@@ -130,7 +130,32 @@ class ItemIndex:
 
     def __init__(
         self,
-        cpu_index: Any,
+        retrieval: SearchBackend | None,
+        *,
+        n_items: int,
+        layout: CodeLayout,
+        dim: int,
+        rerank: Reranker | None = None,
+        user_layout: CodeLayout | None = None,
+        stored: Any | None = None,
+    ) -> None:
+        """``retrieval`` searches the items' search forms (None: there are no items); ``stored`` is the FAISS index
+        a bundle stores, when this index was read from or built as one (``serialize`` writes it)."""
+        self.layout = layout
+        self.user_layout = user_layout or layout  # queries' layout: more bits than the items' for asymmetric codes
+        check_pairing(self.user_layout, layout, scaled=rerank is not None)
+        self.dim = dim
+        self.rerank = rerank
+        self.n_items = n_items
+        self._stored = stored
+        self.retrieval = retrieval
+        self.backend = retrieval.name if retrieval is not None else "none"  # none: no items to search
+        log.info("item index ready: %d items, layout %s, d=%d, backend %s", self.n_items, layout, dim, self.backend)
+
+    @classmethod
+    def over_stored(
+        cls,
+        stored: Any,
         *,
         layout: CodeLayout,
         dim: int,
@@ -138,24 +163,17 @@ class ItemIndex:
         rerank: Reranker | None = None,
         backend: str = "auto",
         user_layout: CodeLayout | None = None,
-    ) -> None:
-        self.layout = layout
-        self.user_layout = user_layout or layout  # queries' layout: more bits than the items' for asymmetric codes
-        check_pairing(self.user_layout, layout, scaled=rerank is not None)
-        self.dim = dim
-        self.rerank = rerank
-        self._cpu_index = cpu_index
-        self._backend: SearchBackend | None = backend_for_index(cpu_index, backend, device=device)
-        self.backend = self._backend.name if self._backend is not None else "none"  # none: no items to search
-        log.info("item index ready: %d items, layout %s, d=%d, backend %s", self.n_items, layout, dim, self.backend)
+    ) -> ItemIndex:
+        """An index searching a stored FAISS index's items with ``backend`` on ``device``."""
+        retrieval = backend_for_index(stored, backend, device=device)
+        return cls(
+            retrieval, n_items=int(stored.ntotal), layout=layout, dim=dim, rerank=rerank, user_layout=user_layout,
+            stored=stored,
+        )  # fmt: skip
 
     @property
     def on_gpu(self) -> bool:
-        return self._backend is not None and self._backend.on_gpu
-
-    @property
-    def n_items(self) -> int:
-        return int(self._cpu_index.ntotal)
+        return self.retrieval is not None and self.retrieval.on_gpu
 
     @classmethod
     def build(
@@ -177,7 +195,7 @@ class ItemIndex:
             raise ValueError(f"item codes must have {expected} columns for {layout} d={dim}, got {item_codes.shape}")
         cpu_index = stored_index(item_search_form(item_codes, layout, dim, user_layout))
         rerank = Reranker.of(item_codes, item_scales, scale_mode, layout, dim, rerank_factor, heavy_items)
-        return cls(
+        return cls.over_stored(
             cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend, user_layout=user_layout
         )
 
@@ -197,7 +215,7 @@ class ItemIndex:
         expected_d = search_dim(layout, dim, user_layout)
         if cpu_index.d != expected_d:
             raise ValueError(f"{path}: index has d={cpu_index.d}, the bundle's codes need {expected_d}")
-        return cls(
+        return cls.over_stored(
             cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend, user_layout=user_layout
         )
 
@@ -236,17 +254,19 @@ class ItemIndex:
 
     def serialize(self) -> bytes:
         """The CPU form of the index as bytes (GPU placement is a runtime choice, not a file format)."""
-        return serialize_stored_index(self._cpu_index)
+        if self._stored is None:
+            raise ValueError("this index searches through another process's backend: it holds nothing to write")
+        return serialize_stored_index(self._stored)
 
     def self_check(self, item_codes: npt.NDArray[Any], *, samples: int = 4, k: int = 10) -> None:
         """Search a few items' own codes and compare with numpy's exact scores; raise if they differ."""
-        if self._backend is None:
+        if self.retrieval is None:
             return
         rows = np.unique(np.linspace(0, self.n_items - 1, num=min(samples, self.n_items)).astype(np.int64))
         k = min(k, self.n_items)
         if self.layout.is_binary:
             stored = item_search_form(item_codes[rows], self.layout, self.dim, self.user_layout)
-            own = self._backend.search(stored, k).distances[:, 0]
+            own = self.retrieval.search(stored, k).distances[:, 0]
             if np.any(own != 0):
                 raise IndexSelfCheckError(
                     f"an item's own code was not found at Hamming distance 0 (got {own.tolist()})"
@@ -260,10 +280,10 @@ class ItemIndex:
 
     def _search(self, queries: npt.NDArray[Any], fetch: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """The backend's first ``fetch`` items per query (score desc, id asc) and their exact scores."""
-        if self._backend is None or fetch == 0:
+        if self.retrieval is None or fetch == 0:
             shape = (queries.shape[0], fetch)
             return np.full(shape, -1, np.int64), np.full(shape, -np.inf, np.float32)
-        found = self._backend.search(queries, fetch)
+        found = self.retrieval.search(queries, fetch)
         return found.ids, scores_from_distances(found.distances, self.layout, self.dim, self.user_layout)
 
     def prepare_queries(self, query_codes: npt.NDArray[Any]) -> npt.NDArray[Any]:

@@ -23,8 +23,8 @@ from binrec.service.logs import configure_logging
 from binrec.service.metrics import ServiceMetrics
 from binrec.service.observe import ObserveRequests
 from binrec.service.recommender import Recommender, ServingModel
-from binrec.service.remote_index import SearchUnavailable
 from binrec.service.routes import admin, health, recommend
+from binrec.service.search_client import SearchUnavailable
 from binrec.service.settings import ServiceSettings, get_settings
 from binrec.service.user_codes import UserCodeCache
 from binrec.service.workers import WorkerVersions
@@ -48,12 +48,8 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        serving = model or ServingModel.load(
-            settings.bundle_root,
-            device=settings.device,
-            backend=settings.retrieval_backend,
-            warm_batch=settings.batch_max_size,
-            search_socket=settings.search_socket,
+        serving = model or ServingModel.for_settings(
+            settings, warm_batch=settings.batch_max_size, observe_search=metrics.observe_owner_search
         )
         redis = Redis.from_url(
             settings.redis_url,
@@ -76,10 +72,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
         )
         batcher.start()
         versions = WorkerVersions.from_environment()
-        recommender = Recommender(
-            serving, codes, batcher, metrics, device=settings.device, backend=settings.retrieval_backend,
-            versions=versions, search_socket=settings.search_socket,
-        )  # fmt: skip
+        recommender = Recommender(serving, codes, batcher, metrics, settings=settings, versions=versions)
         watcher = None
         if settings.watch_interval_s > 0:
             watcher = asyncio.create_task(recommender.watch(settings.bundle_root, settings.watch_interval_s))

@@ -71,13 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             # One worker serves this very model: warm it at every batch shape. Several load and warm their own; this
             # process only verifies, and its GPU index searches nothing more.
             warm_batch = settings.batch_max_size if settings.workers == 1 else 0
-            model = ServingModel.load(
-                settings.bundle_root,
-                device=settings.device,
-                backend=settings.retrieval_backend,
-                warm_batch=warm_batch,
-                search_socket=settings.search_socket,
-            )
+            model = ServingModel.for_settings(settings, warm_batch=warm_batch)
         except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
             print(f"recsys-serve: error: {error}", file=sys.stderr)
             return 2

@@ -61,10 +61,29 @@ class ServiceMetrics:
         self.model_loads = Counter(
             "recsys_model_loads", "model (re)loads by outcome", ["outcome"], registry=self.registry
         )
+        # With RECSYS_SEARCH_PROCESS: what the search process said of each search of this worker's queries.
+        self.owner_batch_size = Histogram(
+            "recsys_search_process_batch_size", "queries of all workers the search process searched together",
+            buckets=BATCH_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.owner_search_seconds = Histogram(
+            "recsys_search_process_search_seconds", "time of the search process's backend call",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.owner_queued_seconds = Histogram(
+            "recsys_search_process_queued_seconds", "time a worker's queries waited in the search process",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.search_seconds.observe(seconds)
+
+    def observe_owner_search(self, merged: int, search_s: float, queued_s: float, round_trip_s: float) -> None:
+        """One search through the search process (the round trip is the worker's own ``search_seconds``)."""
+        self.owner_batch_size.observe(merged)
+        self.owner_search_seconds.observe(search_s)
+        self.owner_queued_seconds.observe(queued_s)
 
     def serving(self, version: str) -> None:
         if self._version is not None:  # its multiprocess file keeps the value a clear() only forgets here

@@ -19,12 +19,13 @@ import numpy as np
 import numpy.typing as npt
 
 from binrec.index.bundle import Bundle, BundleError, resolve_bundle_path
-from binrec.index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex
+from binrec.index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex, Reranker
 from binrec.service.batcher import MicroBatcher
 from binrec.service.cold_start import ColdStart
 from binrec.service.metrics import ServiceMetrics
-from binrec.service.remote_index import RemoteItemIndex, SearchIndex
 from binrec.service.schemas import Answer, Source
+from binrec.service.search_client import RemoteBackend, SearchObserver
+from binrec.service.settings import ServiceSettings
 from binrec.service.user_codes import UserCodeCache
 from binrec.service.workers import WorkerVersions
 
@@ -36,7 +37,7 @@ LOAD_FAILURES = (BundleError, IndexSelfCheckError, ValueError, RuntimeError, OSE
 @dataclass(frozen=True)
 class ServingModel:
     bundle: Bundle
-    index: SearchIndex
+    index: ItemIndex
 
     @cached_property
     def cold_start(self) -> ColdStart | None:
@@ -57,17 +58,19 @@ class ServingModel:
         backend: str = "auto",
         warm_batch: int = 1,
         search_socket: Path | None = None,
+        search_timeout_s: float = 5.0,
+        observe_search: SearchObserver | None = None,
     ) -> ServingModel:
         """Load and verify the CURRENT bundle, load (or build) its index, self-check and warm it (on a GPU at every
         batch shape up to ``warm_batch`` queries, the micro-batcher's largest). With ``search_socket`` the search
-        process holds the index and this process only opens it there."""
+        process holds the index's backend (loaded, checked and warmed there) and searches through it answer within
+        ``search_timeout_s`` or raise ``SearchUnavailable``."""
         bundle = Bundle.load(root)  # which checks the cold-start section too
-        index: SearchIndex
         if search_socket is not None:
-            index = RemoteItemIndex.open(search_socket, bundle)
+            index = cls.remote_index(bundle, search_socket, search_timeout_s, observe_search)
         else:
             index = ItemIndex.for_bundle(bundle, device=device, backend=backend)
-        index.warm(warm_batch)
+            index.warm(warm_batch)
         if bundle.manifest.n_users and index.n_items:  # warm-up: the first real request pays no first-call cost
             scales = bundle.user_scales[:1] if bundle.user_scales is not None else None
             index.search(np.asarray(bundle.user_codes[:1]), min(10, index.n_items), query_scales=scales)
@@ -75,6 +78,40 @@ class ServingModel:
             "loaded model %s from %s (search backend %s)", bundle.manifest.model_version, bundle.path, index.backend
         )
         return cls(bundle=bundle, index=index)
+
+    @classmethod
+    def for_settings(
+        cls,
+        settings: ServiceSettings,
+        root: Path | None = None,
+        *,
+        warm_batch: int,
+        observe_search: SearchObserver | None = None,
+    ) -> ServingModel:
+        """``load`` as the service's settings say (``root``: a bundle other than the one they name)."""
+        return cls.load(
+            root if root is not None else settings.bundle_root, device=settings.device,
+            backend=settings.retrieval_backend, warm_batch=warm_batch, search_socket=settings.search_socket,
+            search_timeout_s=settings.search_timeout_s, observe_search=observe_search,
+        )  # fmt: skip
+
+    @staticmethod
+    def remote_index(
+        bundle: Bundle, search_socket: Path, timeout_s: float, observe: SearchObserver | None
+    ) -> ItemIndex:
+        """An ``ItemIndex`` of the bundle whose backend is the search process's: everything but the backend's
+        search runs here, so the answers are those of the in-process index."""
+        remote = RemoteBackend.open(search_socket, bundle.path, timeout_s=timeout_s, observe=observe)
+        if remote.n_items != bundle.manifest.n_items:
+            raise ValueError(f"the search process's index of {bundle.path} has {remote.n_items} items")
+        m = bundle.manifest
+        index = ItemIndex(
+            remote if remote.n_items else None, n_items=remote.n_items, layout=bundle.layout, dim=bundle.dim,
+            rerank=Reranker.of(bundle.item_codes, bundle.item_scales, m.scale_mode, bundle.layout, bundle.dim),
+            user_layout=bundle.user_layout,
+        )  # fmt: skip
+        index.self_check(bundle.item_codes)  # one round trip: this worker and the search process agree
+        return index
 
 
 @dataclass(frozen=True)
@@ -99,18 +136,15 @@ class Recommender:
         batcher: MicroBatcher,
         metrics: ServiceMetrics,
         *,
-        device: DevicePreference = "auto",
-        backend: str = "auto",
+        settings: ServiceSettings,
         versions: WorkerVersions | None = None,
-        search_socket: Path | None = None,
     ) -> None:
         self.model = model
-        self.search_socket = search_socket  # the search process that holds every model's index, if any
+        self.settings = settings  # how a new model is loaded
         self.versions = versions  # several workers: where each says which version it serves
         self.codes = codes
         self.batcher = batcher
         self.metrics = metrics
-        self.device, self.backend = device, backend
         self._reload_lock = asyncio.Lock()
         self._serving(model.version)
 
@@ -175,12 +209,11 @@ class Recommender:
             previous = self.model
             try:
                 loaded = await asyncio.to_thread(
-                    ServingModel.load,
+                    ServingModel.for_settings,
+                    self.settings,
                     root,
-                    device=self.device,
-                    backend=self.backend,
                     warm_batch=self.batcher.max_batch,
-                    search_socket=self.search_socket,
+                    observe_search=self.metrics.observe_owner_search,
                 )
             except LOAD_FAILURES as error:
                 self.metrics.model_loads.labels(outcome="refused").inc()

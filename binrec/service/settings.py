@@ -35,6 +35,12 @@ class ServiceSettings(BaseSettings):
     search_socket: Path | None = Field(
         None, description="set by recsys-serve for its workers: the search process's Unix socket"
     )
+    search_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="with search_process: how long a worker waits for the search process to answer one search; "
+        "past it the requests get 503 and the worker reconnects",
+    )
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="where the item index runs")
     retrieval_backend: BackendName = Field(
         "auto", description="Hamming search backend; 'auto' = the fastest exact one available on the device"

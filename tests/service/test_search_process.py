@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,8 +18,9 @@ import pytest
 
 from binrec.index.bundle import Bundle
 from binrec.index.item_index import ItemIndex
-from binrec.service.remote_index import RemoteItemIndex, SearchUnavailable
-from binrec.service.search_wire import SIZES, WireError, pack, receive, unpack
+from binrec.service.recommender import ServingModel
+from binrec.service.search_client import RemoteBackend, SearchUnavailable
+from binrec.service.search_wire import SIZES, Found, Refused, Search, WireError, decode, pack, receive, unpack
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_cli import serve
 from tests.service.test_workers import metric
@@ -30,10 +32,10 @@ def test_frames_carry_arrays_exactly_and_malformed_ones_are_refused() -> None:
         np.empty(0, np.int64),
         np.linspace(0, 1, 6, dtype=np.float32),
     ]
-    frame = pack({"op": "search", "k": 5}, arrays)
+    frame = pack({"type": "Search", "k": 5}, arrays)
     meta_size, body_size = SIZES.unpack(frame[: SIZES.size])
     header, back = unpack(frame[SIZES.size : SIZES.size + meta_size], frame[SIZES.size + meta_size :])
-    assert header == {"op": "search", "k": 5} and body_size == sum(a.nbytes for a in arrays)
+    assert header == {"type": "Search", "k": 5} and body_size == sum(a.nbytes for a in arrays)
     for sent, received in zip(arrays, back, strict=True):
         assert received.dtype == sent.dtype and np.array_equal(received, sent)
     meta, body = frame[SIZES.size : SIZES.size + meta_size], frame[SIZES.size + meta_size :]
@@ -47,19 +49,44 @@ def test_frames_carry_arrays_exactly_and_malformed_ones_are_refused() -> None:
         unpack(b"not json", b"")
 
 
-@pytest.fixture
-def search_socket(tmp_path: Path) -> Iterator[Path]:
-    """A search process of its own (index on the CPU), as recsys-serve starts it."""
-    path = tmp_path / "search.sock"
-    env = {**os.environ, "RECSYS_DEVICE": "cpu", "RECSYS_LOG_LEVEL": "warning"}
+def test_messages_travel_typed_and_foreign_ones_are_refused() -> None:
+    queries = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    frame = Search("/bundles/v1", 7, queries).frame()
+    meta_size, _ = SIZES.unpack(frame[: SIZES.size])
+    back = decode(*unpack(frame[SIZES.size : SIZES.size + meta_size], frame[SIZES.size + meta_size :]))
+    assert isinstance(back, Search) and back.bundle == "/bundles/v1" and back.fetch == 7
+    assert np.array_equal(back.queries, queries)
+    with pytest.raises(WireError, match="unknown message type"):
+        decode({"type": "Shutdown"}, [])
+    with pytest.raises(WireError, match="a Search frame holds"):
+        decode({"type": "Search", "bundle": "b"}, [queries])  # no fetch
+    with pytest.raises(WireError, match="Search.fetch must be int"):
+        decode({"type": "Search", "bundle": "b", "fetch": "7"}, [queries])
+    with pytest.raises(WireError, match="Found.merged must be int"):
+        decode({"type": "Found", "merged": True, "search_s": 0.1, "queued_s": 0.0}, [queries, queries])
+
+
+@contextlib.contextmanager
+def running_search_process(path: Path, **settings: str) -> Iterator[Path]:
+    """A search process of its own with ``RECSYS_*`` settings, as recsys-serve starts it; stopped cleanly after."""
+    env = {**os.environ, "RECSYS_LOG_LEVEL": "warning", **{f"RECSYS_{k.upper()}": v for k, v in settings.items()}}
     process = subprocess.Popen([sys.executable, "-m", "binrec.service.search_process", "--socket", str(path)], env=env)
     deadline = time.monotonic() + 60
     while not path.exists():
         assert process.poll() is None and time.monotonic() < deadline, "the search process did not listen"
         time.sleep(0.05)
-    yield path
-    process.terminate()
-    assert process.wait(timeout=30) == 0
+    try:
+        yield path
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+
+
+@pytest.fixture
+def search_socket(tmp_path: Path) -> Iterator[Path]:
+    """A search process of its own, its index on the CPU."""
+    with running_search_process(tmp_path / "search.sock", device="cpu") as path:
+        yield path
 
 
 @pytest.mark.parametrize("kind", ["ste_bundle", "hq2_bundle", "asymmetric_bundle", "bigear_bundle", "fp_bundle"])
@@ -69,7 +96,7 @@ def test_remote_search_equals_the_in_process_index(
     trained: TrainedBundle = request.getfixturevalue(kind)
     bundle = Bundle.load(trained.root)
     local = ItemIndex.for_bundle(bundle, device="cpu")
-    remote = RemoteItemIndex.open(search_socket, bundle)
+    remote = ServingModel.remote_index(bundle, search_socket, 10.0, None)
     assert remote.n_items == local.n_items and remote.backend == local.backend and not remote.on_gpu
     rows = np.arange(min(40, bundle.manifest.n_users))
     codes = np.asarray(bundle.user_codes[rows])
@@ -86,30 +113,66 @@ def test_refusals_name_the_problem_and_leave_the_process_serving(
     search_socket: Path, ste_bundle: TrainedBundle, tmp_path: Path
 ) -> None:
     bundle = Bundle.load(ste_bundle.root)
-    remote = RemoteItemIndex.open(search_socket, bundle)
+    remote = ServingModel.remote_index(bundle, search_socket, 10.0, None)
+    backend = remote.retrieval
+    assert isinstance(backend, RemoteBackend)
     codes = np.asarray(bundle.user_codes[:2])
     with pytest.raises(ValueError, match="k must be positive"):
         remote.search(codes, 0)
     with pytest.raises(ValueError, match="exclude has 1 rows for 2 queries"):
         remote.search(codes, 5, exclude=[np.empty(0, np.int64)])
-    wrong_width = np.zeros((2, codes.shape[1] + 1), dtype=codes.dtype)
-    with pytest.raises(ValueError):
-        remote.search(wrong_width, 5)  # refused by the search process, as ItemIndex refuses it
+    queries = remote.prepare_queries(codes)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:  # what the search process itself refuses
+        raw.connect(str(search_socket))
+        for request, problem in (
+            (Search(str(bundle.path), 5, np.zeros((2, queries.shape[1] + 1), np.uint8)), "queries must be"),
+            (Search(str(bundle.path), 5, queries.astype(np.int64)), "queries must be"),
+            (Search(str(bundle.path), 0, queries), "fetch must be in"),
+            (Search(str(bundle.path), bundle.manifest.n_items + 1, queries), "fetch must be in"),
+            (Search(str(tmp_path / "no-such-bundle"), 5, queries), "no-such-bundle"),
+            (Found(queries.astype(np.int64), queries, 1, 0.0, 0.0), "takes Open and Search"),
+        ):
+            raw.sendall(request.frame())
+            answer = receive(raw)
+            assert isinstance(answer, Refused) and problem in answer.error, (request, answer)
+        raw.sendall(pack({"type": "Search", "bundle": str(bundle.path), "fetch": "5"}, [queries]))
+        answer = receive(raw)
+        assert isinstance(answer, Refused) and "fetch must be int" in answer.error
+        raw.sendall(SIZES.pack(3, 0) + b"{x}")  # a frame whose header is not JSON
+        answer = receive(raw)
+        assert isinstance(answer, Refused) and "malformed" in answer.error
     fake = Bundle.load(ste_bundle.root)
     object.__setattr__(fake, "path", tmp_path / "no-such-bundle")
     with pytest.raises(ValueError, match="no-such-bundle"):
-        RemoteItemIndex.open(search_socket, fake)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:  # a frame whose header is not JSON
-        raw.connect(str(search_socket))
-        raw.sendall(SIZES.pack(3, 0) + b"{x}")
-        header, _ = receive(raw)
-        assert header["ok"] is False and header["refused"] is True and "malformed" in header["error"]
+        ServingModel.remote_index(fake, search_socket, 10.0, None)
     assert np.array_equal(remote.search(codes, 5).ids, ItemIndex.for_bundle(bundle, device="cpu").search(codes, 5).ids)
 
 
 def test_an_unreachable_search_process_is_search_unavailable(tmp_path: Path, ste_bundle: TrainedBundle) -> None:
     with pytest.raises(SearchUnavailable, match="search process"):
-        RemoteItemIndex.open(tmp_path / "nobody.sock", Bundle.load(ste_bundle.root))
+        ServingModel.remote_index(Bundle.load(ste_bundle.root), tmp_path / "nobody.sock", 10.0, None)
+
+
+def test_a_search_process_that_stops_answering_times_out_and_the_worker_reconnects(
+    search_socket: Path, ste_bundle: TrainedBundle
+) -> None:
+    """A stopped (not killed) search process: each search gives up after its timeout, and once the process
+    answers again the next search goes through on a fresh connection."""
+    bundle = Bundle.load(ste_bundle.root)
+    remote = ServingModel.remote_index(bundle, search_socket, 0.5, None)
+    codes = np.asarray(bundle.user_codes[:3])
+    expected = remote.search(codes, 10)
+    (owner,) = children_running(os.getpid(), "binrec.service.search_process")
+    os.kill(owner, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(SearchUnavailable, match="no answer within 0.5 s"):
+            remote.search(codes, 10)
+        assert time.monotonic() - started < 3
+    finally:
+        os.kill(owner, signal.SIGCONT)
+    again = remote.search(codes, 10)  # the late answer to the timed-out search is never read as this one's
+    assert np.array_equal(again.ids, expected.ids) and np.array_equal(again.scores, expected.scores)
 
 
 def children_running(pid: int, module: str) -> list[int]:

@@ -1,0 +1,161 @@
+"""A worker's view of the search backend that lives in the search process (``RECSYS_SEARCH_PROCESS``).
+
+Each uvicorn worker that holds its own GPU index also holds its own CUDA context, and the GPU time-slices between
+the contexts: the workers' small searches then queue behind each other instead of sharing the device. With a
+search process, one process per host owns the GPU backend, and every worker sends it the queries of its
+micro-batches; the search process merges what arrives from all workers into one search.
+
+Only the backend's raw search crosses the socket: the worker's own ``ItemIndex`` wraps a ``RemoteBackend`` and
+does everything else where the request is (query forms, over-fetching past seen items, filtering, exact re-ranking),
+so the per-query work spreads over the workers, and answers are those of an in-process index by construction.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from binrec.index.retrieval.base import SearchBackend, TopK
+from binrec.service.search_wire import Failed, Found, Message, Open, Opened, Refused, Search, WireError, receive
+
+OPEN_TIMEOUT_S = 900.0  # loading, checking and warming a catalogue of tens of millions of items takes minutes
+
+# (queries the search process searched together, seconds of that search, seconds these queries waited for it,
+# seconds of the whole round trip as the worker saw it)
+SearchObserver = Callable[[int, float, float, float], None]
+
+
+class SearchUnavailable(RuntimeError):
+    """The search process could not be reached or failed to answer in time; the request gets a 503."""
+
+
+class RemoteBackend(SearchBackend):
+    """The search process's backend for one bundle, reached over its Unix socket.
+
+    Example::
+
+        backend = RemoteBackend.open(Path("/run/recsys/search.sock"), bundle.path, timeout_s=2.0)
+        index = ItemIndex(backend, n_items=backend.n_items, layout=bundle.layout, dim=bundle.dim)
+    """
+
+    def __init__(
+        self,
+        socket_path: Path,
+        bundle_path: Path,
+        opened: Opened,
+        connection: socket.socket,
+        *,
+        timeout_s: float,
+        observe: SearchObserver | None = None,
+    ) -> None:
+        self.socket_path = socket_path
+        self.bundle_path = str(bundle_path)
+        self.opened = opened
+        self.name = opened.backend
+        self.n_items = opened.n_items
+        self.query_dtype = np.dtype(opened.query_dtype).type
+        self.distance_dtype = np.dtype(opened.distance_dtype).type
+        self.timeout_s = timeout_s
+        self.observe = observe
+        self._connection: socket.socket | None = connection
+        self._lock = threading.Lock()  # one exchange at a time on the connection
+        self._finalizer = weakref.finalize(self, connection.close)
+
+    @classmethod
+    def open(
+        cls, socket_path: Path, bundle_path: Path, *, timeout_s: float, observe: SearchObserver | None = None
+    ) -> RemoteBackend:
+        """Have the search process load (or reuse) the bundle's index; ``ValueError`` if it refuses the bundle."""
+        connection = _connect(socket_path)
+        try:
+            opened = _exchange(connection, Open(str(bundle_path)), OPEN_TIMEOUT_S)
+        except BaseException:
+            connection.close()
+            raise
+        if not isinstance(opened, Opened):
+            connection.close()
+            raise SearchUnavailable(f"search process: {type(opened).__name__} in answer to opening {bundle_path}")
+        return cls(socket_path, bundle_path, opened, connection, timeout_s=timeout_s, observe=observe)
+
+    @property
+    def width(self) -> int:
+        return self.opened.width
+
+    @property
+    def max_k(self) -> int:
+        return self.opened.max_k
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.opened.on_gpu
+
+    @property
+    def memory_bytes(self) -> int:
+        return 0  # the items live in the search process
+
+    @property
+    def padding_distance(self) -> float:
+        return self.opened.padding_distance
+
+    def _search(self, queries: npt.NDArray[Any], k: int) -> TopK:
+        request = Search(self.bundle_path, k, queries)
+        started = time.perf_counter()
+        with self._lock:
+            if self._connection is None:  # the last exchange failed: try a fresh connection once
+                self._connection = _connect(self.socket_path)
+                self._finalizer.detach()
+                self._finalizer = weakref.finalize(self, self._connection.close)
+            try:
+                found = _exchange(self._connection, request, self.timeout_s)
+            except SearchUnavailable:  # a reply may still come on this connection: never read it as another's
+                self._connection.close()
+                self._connection = None
+                raise
+        if (
+            not isinstance(found, Found)
+            or found.ids.shape != (len(queries), k)
+            or found.distances.shape
+            != (
+                len(queries),
+                k,
+            )
+        ):
+            raise SearchUnavailable(f"search process: {type(found).__name__} does not answer {len(queries)} × {k}")
+        if self.observe is not None:
+            self.observe(found.merged, found.search_s, found.queued_s, time.perf_counter() - started)
+        return TopK(found.distances, found.ids)
+
+
+def _connect(socket_path: Path) -> socket.socket:
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(str(socket_path))
+    except OSError as error:
+        connection.close()
+        raise SearchUnavailable(f"search process at {socket_path}: {error}") from error
+    return connection
+
+
+def _exchange(connection: socket.socket, request: Message, timeout_s: float) -> Message:
+    """Send one message, read its answer within ``timeout_s``; a refusal comes back as ``ValueError``."""
+    try:
+        connection.settimeout(timeout_s)
+        connection.sendall(request.frame())
+        answer = receive(connection)
+    except TimeoutError as error:
+        raise SearchUnavailable(f"search process: no answer within {timeout_s:g} s") from error
+    except (OSError, WireError) as error:  # ConnectionError is an OSError
+        raise SearchUnavailable(f"search process: {error}") from error
+    if isinstance(answer, Refused):
+        raise ValueError(answer.error)
+    if isinstance(answer, Failed):
+        raise SearchUnavailable(f"search process: {answer.error}")
+    return answer
