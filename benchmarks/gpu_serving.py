@@ -356,7 +356,9 @@ class Run:
         self.say(
             f"{server} c={connections}: {point['rate']:,.0f} req/s, p50 {point['p50_ms']:.2f} "
             f"p99 {point['p99_ms']:.2f} p99.9 {point['p999_ms']:.2f} ms, {point['errors']} errors, "
-            f"batch {point['service']['batch_mean']}, search {point['service']['search_ms_mean']} ms, "
+            f"batch {point['service']['batch_mean']}, search {point['service']['search_ms_mean']} ms "
+            f"(owner: merged {point['service']['owner_merged_mean']}, search {point['service']['owner_search_ms_mean']}"
+            f" ms, queued {point['service']['owner_queued_ms_mean']} ms), "
             f"cpu/req {point['server_cpu_ms_per_request']} + {point['search_process_cpu_ms_per_request']} ms"
         )
         self.write()

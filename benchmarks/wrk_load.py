@@ -86,13 +86,26 @@ def metrics_delta(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str, 
         - before.get(f'recsys_user_code_lookups_total{{source="{source}"}}')
         for source in ("lru", "redis", "bundle")
     }
+
+    def delta(name: str) -> float:
+        return after.get(name) - before.get(name)
+
+    # With a search process: its view of each worker search (queries merged with other workers', its own time).
+    owned = delta("recsys_search_process_batch_size_count")
     return {
         "searches": int(searches),
         "batch_mean": round(queries / searches, 2) if searches else None,
         "search_ms_mean": round(1000 * search_s / searches, 3) if searches else None,
         "search_busy": round(search_s, 2),  # index-seconds over the step, summed over workers
         "code_sources": {name: int(count) for name, count in sources.items()},
-        "redis_errors": int(after.get("recsys_redis_errors_total") - before.get("recsys_redis_errors_total")),
+        "redis_errors": int(delta("recsys_redis_errors_total")),
+        "owner_merged_mean": round(delta("recsys_search_process_batch_size_sum") / owned, 2) if owned else None,
+        "owner_search_ms_mean": (
+            round(1000 * delta("recsys_search_process_search_seconds_sum") / owned, 3) if owned else None
+        ),
+        "owner_queued_ms_mean": (
+            round(1000 * delta("recsys_search_process_queued_seconds_sum") / owned, 3) if owned else None
+        ),
     }
 
 
