@@ -1,17 +1,17 @@
 -- wrk script of benchmarks/gpu_serving.py: the locustfile's request mix, every response checked.
 --
---   wrk -t4 -c64 -d10s --latency -s benchmarks/gpu_serving.lua http://127.0.0.1:8000 -- USERS_FILE K BATCH SEED
+--   wrk -t4 -c64 -d10s --latency -s benchmarks/gpu_serving.lua http://127.0.0.1:8000 -- USERS_FILE K BATCH SEED [MIX]
 --
 -- USERS_FILE lists known user ids, heaviest first (the caller shuffles them with a fixed seed), or for a synthetic
 -- catalogue of a million users holds one line, "#affine PREFIX COUNT A B", that orders them by a fixed permutation
 -- (every wrk thread reads the file before the clock starts: a million lines cost seconds a step). Per 110 requests:
 -- 95 GET /recommend of a Zipf-drawn known user (exponent 1: rank r is drawn as floor((n + 1)^u), u uniform), 10 POST
 -- /recommend of BATCH Zipf-drawn users, 5 GET of a user the model does not know (popularity fallback); k = K with
--- exclude-seen, the service's default. A response counts as failed unless it is a 200 whose body answers with
+-- exclude-seen, the service's default. MIX "post" sends only the batch POSTs (BATCH users each) instead. A response counts as failed unless it is a 200 whose body answers with
 -- exactly K items from the expected source ('codes' for known users, 'popular' for unknown ones), every user of a
 -- batch answered. done() prints one line, "WRK_RESULT {json}", which the caller parses.
 
-local user_at, n, log_n, k, batch
+local user_at, n, log_n, k, batch, only_posts
 local threads = {}
 checked, failures, example = 0, 0, ""  -- globals: done() reads them from each thread with thread:get
 
@@ -41,6 +41,7 @@ function init(args)
   k = tonumber(args[2])
   batch = tonumber(args[3])
   math.randomseed(tonumber(args[4]) + 7919 * thread_number)
+  only_posts = args[5] == "post"
 end
 
 local function zipf_user()
@@ -50,7 +51,7 @@ end
 local json_headers = { ["Content-Type"] = "application/json" }
 
 function request()
-  local draw = math.random(110)
+  local draw = only_posts and 100 or math.random(110)
   if draw <= 95 then
     return wrk.format("GET", "/recommend?user_id=" .. zipf_user() .. "&k=" .. k)
   elseif draw <= 105 then

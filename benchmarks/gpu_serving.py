@@ -48,6 +48,7 @@ from benchmarks.harness import RESULTS, benchmark_parser, commit, progress
 from benchmarks.serving_stack import MpsDaemon, RedisProcess, ServiceProcess, cpu_ticks, faiss_gpu_boot
 from benchmarks.wrk_load import (
     GpuSampler,
+    K,
     MetricsSnapshot,
     host_cpu,
     metrics_delta,
@@ -323,8 +324,9 @@ class Run:
                     spies.append(threading.Thread(target=self._spy, args=([owner], ticks0, seconds, holder, "search")))
                 for spying in spies:
                     spying.start()
+            post_users = args.post_users if phase == "post" else None
             result = run_wrk(service.url, catalogue.users_file, connections=connections, threads=args.wrk_threads,
-                             seconds=seconds)  # fmt: skip
+                             seconds=seconds, post_users=post_users)  # fmt: skip
             if profile_here:
                 for spying in spies:
                     spying.join()
@@ -346,7 +348,10 @@ class Run:
             "search_process_cores": round(owner_s / max(1e-9, result["seconds"]), 2),
             **(gpu.summary() or {}), "device": self.device, "commit": self.meta["commit"],
         }  # fmt: skip
-        if mode.catalogue == "codes" and mode.backend == "triton":
+        if post_users:  # every answer checked to hold k items for each of its users
+            point["post_users"] = post_users
+            point["items_per_s"] = round(point["rate"] * post_users * K, 1)
+        if mode.catalogue == "codes" and mode.backend == "triton" and not post_users:
             point["meets_target"] = (
                 point["rate"] >= TARGET_RATE and point["p99_ms"] <= TARGET_P99_MS and point["errors"] == 0
             )
@@ -360,6 +365,7 @@ class Run:
             f"(owner: merged {point['service']['owner_merged_mean']}, search {point['service']['owner_search_ms_mean']}"
             f" ms, queued {point['service']['owner_queued_ms_mean']} ms), "
             f"cpu/req {point['server_cpu_ms_per_request']} + {point['search_process_cpu_ms_per_request']} ms"
+            + (f", {point['items_per_s']:,.0f} items/s" if post_users else "")
         )
         self.write()
 
@@ -469,6 +475,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--peer-workers", type=int, default=None, help="workers of the peer phase (default --workers)")
     add("--connections", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="main phase: wrk connections")
     add("--peer-connections", type=int, nargs="+", default=[16, 128], help="peer phase: wrk connections")
+    add("--post-users", type=int, default=64, help="post phase: users per POST /recommend (every request a batch)")
+    add("--post-connections", type=int, nargs="*", default=[8, 32], help="post phase: wrk connections (none: skip)")
     add("--scale-workers", type=int, nargs="*", default=[1, 2, 4, 16], help="scale phase: worker counts")
     add("--scale-connections", type=int, default=64, help="scale phase: wrk connections")
     add("--profile-connections", type=int, default=64, help="the main step during which py-spy samples a worker")
@@ -517,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = [("scale", args.main, first, w, [args.scale_connections])
              for w in sorted(set(args.scale_workers) - {args.workers}, reverse=True)]  # fmt: skip
     phases = [("main", args.main, design, args.workers, args.connections) for design in args.designs]
+    if args.post_connections:
+        phases.append(("post", args.main, first, args.workers, args.post_connections))
     phases += scale[:1]
     phases += [("peers", mode, first, args.peer_workers, args.peer_connections) for mode in args.peers]
     phases += scale[1:]

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from binrec.index.retrieval.faiss_backend import set_cpu_threads
 from binrec.service.batcher import MicroBatcher
 from binrec.service.errors import http_error, search_unavailable, validation_error
+from binrec.service.hot_path import RecommendHotPath
 from binrec.service.limits import LimitRequestBody
 from binrec.service.logs import configure_logging
 from binrec.service.metrics import ServiceMetrics
@@ -100,6 +101,8 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
     )
     app.state.metrics = metrics
 
+    if settings.hot_path:  # innermost: metrics, request ids and body limits apply to it as to every route
+        app.add_middleware(RecommendHotPath, settings=settings)
     app.add_middleware(LimitRequestBody, max_bytes=settings.max_request_bytes)
     app.add_middleware(ObserveRequests, metrics=metrics)  # added last, so outermost: it sees the 413s too
     app.add_exception_handler(Exception, internal_error)

@@ -62,6 +62,11 @@ class ServiceSettings(BaseSettings):
     batch_max_wait_ms: float = Field(
         0.0, ge=0, description="extra wait for more queries; 0: queries that arrive during a search share the next"
     )
+    hot_path: bool = Field(
+        True,
+        description="answer GET /recommend whose parameters are plainly valid without FastAPI's per-request "
+        "machinery (same body and headers); false: every request goes through the FastAPI route",
+    )
     user_code_lru_size: int = Field(100_000, ge=0, description="user codes kept in process before Redis (0: none)")
     admin_api_key: SecretStr | None = Field(
         None, description="key for POST /admin/reload (header X-API-Key); unset: the endpoint is disabled"
