@@ -7,11 +7,12 @@
 -- (every wrk thread reads the file before the clock starts: a million lines cost seconds a step). Per 110 requests:
 -- 95 GET /recommend of a Zipf-drawn known user (exponent 1: rank r is drawn as floor((n + 1)^u), u uniform), 10 POST
 -- /recommend of BATCH Zipf-drawn users, 5 GET of a user the model does not know (popularity fallback); k = K with
--- exclude-seen, the service's default. MIX "post" sends only the batch POSTs (BATCH users each) instead. A response counts as failed unless it is a 200 whose body answers with
+-- exclude-seen, the service's default. MIX "post" sends only the batch POSTs (BATCH users each) instead, "get" only the
+-- GETs of known users. A response counts as failed unless it is a 200 whose body answers with
 -- exactly K items from the expected source ('codes' for known users, 'popular' for unknown ones), every user of a
 -- batch answered. done() prints one line, "WRK_RESULT {json}", which the caller parses.
 
-local user_at, n, log_n, k, batch, only_posts
+local user_at, n, log_n, k, batch, mix
 local threads = {}
 checked, failures, example = 0, 0, ""  -- globals: done() reads them from each thread with thread:get
 
@@ -41,7 +42,7 @@ function init(args)
   k = tonumber(args[2])
   batch = tonumber(args[3])
   math.randomseed(tonumber(args[4]) + 7919 * thread_number)
-  only_posts = args[5] == "post"
+  mix = args[5] or "mix"
 end
 
 local function zipf_user()
@@ -51,7 +52,7 @@ end
 local json_headers = { ["Content-Type"] = "application/json" }
 
 function request()
-  local draw = only_posts and 100 or math.random(110)
+  local draw = (mix == "post" and 100) or (mix == "get" and 1) or math.random(110)
   if draw <= 95 then
     return wrk.format("GET", "/recommend?user_id=" .. zipf_user() .. "&k=" .. k)
   elseif draw <= 105 then

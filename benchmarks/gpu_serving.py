@@ -47,6 +47,7 @@ from benchmarks.gpu_catalogue import synthetic_content
 from benchmarks.harness import RESULTS, benchmark_parser, commit, progress
 from benchmarks.serving_stack import MpsDaemon, RedisProcess, ServiceProcess, cpu_ticks, faiss_gpu_boot
 from benchmarks.wrk_load import (
+    BATCH_USERS,
     GpuSampler,
     K,
     MetricsSnapshot,
@@ -235,8 +236,11 @@ class Run:
             self.meta["cuda_mps"] = "started"
         return self.mps.environment
 
-    def phase(self, phase: str, mode: Mode, design: Design, workers: int, connections: list[int]) -> None:
-        """Start a server for ``mode`` held as ``design`` says, warm it, take one step per connection count, stop it."""
+    def phase(
+        self, phase: str, mode: Mode, design: Design, workers: int, connections: list[int], posts: list[int]
+    ) -> None:
+        """Start a server for ``mode`` held as ``design`` says, warm it, take one step per connection count (then one
+        step of batch POSTs per count in ``posts``: the post phase, on the same server), stop it."""
         catalogue = self.catalogues[mode.catalogue]
         seconds = self.args.seconds if phase == "main" else self.args.short_seconds
         step_s = seconds + 2
@@ -274,11 +278,12 @@ class Run:
         self.say(f"ready in {service.started_s:.1f} s: {service.readiness}")
         try:
             self._warm(service, catalogue, connections)
-            for count in connections:
+            steps = [(phase, count) for count in connections] + [("post", count) for count in posts]
+            for step, count in steps:
                 if self.left() < step_s:
-                    self.skip(f"{phase} {label} at {count} connections: out of time")
+                    self.skip(f"{step} {label} at {count} connections: out of time")
                     break
-                self._step(phase, mode, design, workers, count, service, catalogue, seconds)
+                self._step(step, mode, design, workers, count, service, catalogue, seconds)
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:  # this server's steps end; the run goes on
             self.skip(f"{phase} {label}: {error}")
         finally:
@@ -326,7 +331,8 @@ class Run:
                     spying.start()
             post_users = args.post_users if phase == "post" else None
             result = run_wrk(service.url, catalogue.users_file, connections=connections, threads=args.wrk_threads,
-                             seconds=seconds, post_users=post_users)  # fmt: skip
+                             seconds=seconds, mix="post" if post_users else "mix",
+                             batch_users=post_users or BATCH_USERS)  # fmt: skip
             if profile_here:
                 for spying in spies:
                     spying.join()
@@ -475,8 +481,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--peer-workers", type=int, default=None, help="workers of the peer phase (default --workers)")
     add("--connections", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="main phase: wrk connections")
     add("--peer-connections", type=int, nargs="+", default=[16, 128], help="peer phase: wrk connections")
+    add("--design-connections", type=int, nargs="*", default=None,
+        help="main phase of the designs after the first: wrk connections (default --connections)")  # fmt: skip
     add("--post-users", type=int, default=64, help="post phase: users per POST /recommend (every request a batch)")
-    add("--post-connections", type=int, nargs="*", default=[8, 32], help="post phase: wrk connections (none: skip)")
+    add(
+        "--post-connections",
+        type=int,
+        nargs="*",
+        default=[8, 32],
+        help="post phase (after the main steps, on the first design's server): wrk connections (none: skip)",
+    )
     add("--scale-workers", type=int, nargs="*", default=[1, 2, 4, 16], help="scale phase: worker counts")
     add("--scale-connections", type=int, default=64, help="scale phase: wrk connections")
     add("--profile-connections", type=int, default=64, help="the main step during which py-spy samples a worker")
@@ -522,18 +536,20 @@ def main(argv: list[str] | None = None) -> int:
     modes = [args.main, *args.peers]
     # The largest worker count right after the main sweep (the likeliest to carry the target), the rest last.
     first = args.designs[0]
-    scale = [("scale", args.main, first, w, [args.scale_connections])
+    no_posts: list[int] = []
+    Phase = tuple[str, Mode, Design, int, list[int], list[int]]
+    scale: list[Phase] = [("scale", args.main, first, w, [args.scale_connections], no_posts)
              for w in sorted(set(args.scale_workers) - {args.workers}, reverse=True)]  # fmt: skip
-    phases = [("main", args.main, design, args.workers, args.connections) for design in args.designs]
-    if args.post_connections:
-        phases.append(("post", args.main, first, args.workers, args.post_connections))
+    phases: list[Phase] = [("main", args.main, first, args.workers, args.connections, args.post_connections)]
+    phases += [("main", args.main, design, args.workers, args.design_connections or args.connections, no_posts)
+               for design in args.designs[1:]]  # fmt: skip
     phases += scale[:1]
-    phases += [("peers", mode, first, args.peer_workers, args.peer_connections) for mode in args.peers]
+    phases += [("peers", mode, first, args.peer_workers, args.peer_connections, no_posts) for mode in args.peers]
     phases += scale[1:]
     try:
         run.build(modes)
-        for phase, mode, design, workers, connections in progress(phases, "phases", "server"):
-            run.phase(phase, mode, design, workers, connections)
+        for phase, mode, design, workers, connections, posts in progress(phases, "phases", "server"):
+            run.phase(phase, mode, design, workers, connections, posts)
     except Stopped as signal_name:
         run.skip(f"stopped by {signal_name} after {time.monotonic() - run.started:.0f} s")
     finally:

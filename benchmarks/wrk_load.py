@@ -158,19 +158,20 @@ def run_wrk(
     threads: int,
     seconds: float,
     seed: int = 1,
-    post_users: int | None = None,
+    mix: str = "mix",
+    batch_users: int = BATCH_USERS,
 ) -> dict[str, Any]:
     """One wrk run; its done() line as a dict, plus req/s and latencies in ms. Raises if wrk fails.
 
-    The locustfile's mix of requests, or with ``post_users`` only batch POSTs of that many users."""
+    ``mix``: the locustfile's mix of requests (``mix``, its batch POSTs of ``batch_users``), only GETs of known users
+    (``get``) or only batch POSTs (``post``)."""
     binary = shutil.which("wrk")
     if binary is None:
         raise RuntimeError("wrk is not on PATH (Debian: apt-get install wrk)")
     threads = max(1, min(threads, connections))
     command = [
         binary, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-        "-s", str(LUA), url, "--", str(users_file), str(K), str(post_users or BATCH_USERS), str(seed),
-        "post" if post_users else "mix",
+        "-s", str(LUA), url, "--", str(users_file), str(K), str(batch_users), str(seed), mix,
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_RESULT ")), None)

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from binrec.index.item_index import SearchResult
+from binrec.service.search_client import SearchUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,10 @@ class MicroBatcher:
                 try:
                     answers = await loop.run_in_executor(self._executor, search_together, group)
                 except Exception as error:  # a failed search fails its requests, not the batcher
-                    log.exception("batched search of %d queries failed", sum(job.rows for job in group))
+                    if isinstance(error, SearchUnavailable):  # an outage the requests report (503), not a bug
+                        log.warning("batched search of %d queries: %s", sum(job.rows for job in group), error)
+                    else:
+                        log.exception("batched search of %d queries failed", sum(job.rows for job in group))
                     for job in group:
                         if not job.future.done():
                             job.future.set_exception(error)

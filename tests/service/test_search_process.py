@@ -222,3 +222,39 @@ def test_recsys_serve_answers_through_the_search_process_and_stops_when_it_dies(
         _, stderr = process.communicate()
     assert "recsys-serve: error: the search process exited" in stderr
     assert "Traceback" not in stderr, stderr
+
+
+def test_requests_get_503_while_the_search_process_does_not_answer_and_200_once_it_does(
+    ste_bundle: TrainedBundle, redis_server: RedisServer
+) -> None:
+    """A stopped search process: GET (the hot path and the route) and POST answer 503 within the search timeout,
+    with a JSON body and Retry-After, never hang or 500; once it runs again every worker answers 200."""
+    env = {"RECSYS_LOG_LEVEL": "warning", "RECSYS_SEARCH_PROCESS": "1", "RECSYS_SEARCH_TIMEOUT_S": "0.5"}
+    process, url = serve(ste_bundle.root, redis_server, "--workers", "2", env=env)
+    user = ste_bundle.data.user_ids[3]
+    requests = [
+        ("GET", f"/recommend?user_id={user}", None),
+        ("GET", f"/recommend?user_id={user}&exclude_seen=yes", None),  # not plain: FastAPI's route answers it
+        ("POST", "/recommend", {"user_ids": [user, "someone-new"], "k": 5}),
+    ]
+    try:
+        (owner,) = children_running(process.pid, "binrec.service.search_process")
+        os.kill(owner, signal.SIGSTOP)
+        try:
+            with httpx.Client(base_url=url, timeout=10) as client:
+                for method, target, body in requests * 2:  # both workers, most likely
+                    started = time.monotonic()
+                    answer = client.request(method, target, json=body)
+                    assert answer.status_code == 503, (target, answer.text)
+                    assert answer.json() == {"detail": "search unavailable, retry later"}
+                    assert answer.headers["retry-after"] == "1" and time.monotonic() - started < 3
+        finally:
+            os.kill(owner, signal.SIGCONT)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for method, target, body in requests * 3:
+                assert client.request(method, target, json=body).status_code == 200, target
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert "Traceback" not in stderr, stderr
