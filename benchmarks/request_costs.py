@@ -49,6 +49,7 @@ from benchmarks.wrk_load import run_wrk, write_synthetic_users
 from binrec.index.bundle import Bundle
 from binrec.index.codes import CodeLayout
 from binrec.index.item_index import ItemIndex
+from binrec.index.retrieval.faiss_backend import set_cpu_threads
 from binrec.service.app import create_app
 from binrec.service.hot_path import RecommendHotPath
 from binrec.service.recommender import Recommender
@@ -110,6 +111,7 @@ class Stages:
         self.settings, self.rows, self.calls = settings, rows, calls
 
     async def measure(self) -> dict[str, Timing]:
+        set_cpu_threads(self.settings.search_threads)  # as the batcher's search thread has it (OpenMP: per thread)
         app = create_app(self.settings)
         out: dict[str, Timing] = {}
         async with app.router.lifespan_context(app):

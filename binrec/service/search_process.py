@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import selectors
@@ -226,6 +227,7 @@ class SearchOwner:
             while len(self.indexes) > KEPT_MODELS:
                 dropped, _ = self.indexes.popitem(last=False)
                 log.info("search process dropped %s", dropped)
+            gc.freeze()  # the loaded index's objects: full collections skip them (recommender.Recommender._serving)
             for connection, message, arrived in waiting:
                 if not connection.closed:
                     self.take(connection, message, arrived)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import shutil
 import subprocess
@@ -149,6 +150,26 @@ def test_health_and_readiness(service: str, indexed_bundle: TrainedBundle) -> No
         "index_device": "cpu",
         "search_backend": "numpy",  # auto on a CPU, for a small catalogue of 64-bit codes
     }
+
+
+def test_a_loaded_model_is_kept_out_of_the_garbage_collectors_full_passes(
+    indexed_bundle: TrainedBundle, redis_server: RedisServer
+) -> None:
+    """Frozen (``gc.freeze``): full collections no longer walk the model's millions of objects under load."""
+
+    async def serving_objects() -> tuple[list[object], bool]:
+        app = create_app(local_settings(indexed_bundle.root, redis_server.url))
+        async with app.router.lifespan_context(app):
+            item_ids = app.state.recommender.model.bundle.item_ids
+            return item_ids, any(tracked is item_ids for tracked in gc.get_objects())
+
+    gc.unfreeze()
+    try:
+        item_ids, collected = asyncio.run(serving_objects())
+        assert isinstance(item_ids, list) and gc.is_tracked(item_ids)
+        assert not collected  # tracked, but in the permanent generation that collections skip
+    finally:
+        gc.unfreeze()
 
 
 def test_redis_down_degrades_but_still_answers(indexed_bundle: TrainedBundle) -> None:
