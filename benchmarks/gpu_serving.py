@@ -14,12 +14,17 @@ configuration a fresh `recsys-serve` (uvicorn workers, each loading and verifyin
 wrk (benchmarks/wrk_load.py says why) sends the locustfile's mix: Zipf-drawn known users with k = 20 and
 exclude-seen, 9 % batch POSTs of 8 users, 4.5 % unknown users; every response is checked.
 
-Phases, most important first, each skipped when the time left (--budget-s) cannot hold it:
-1. main: the main mode (--main, default codes:triton) at --workers, one step per connection count (--connections);
-2. peers: each --peers mode (faiss-gpu binary flat, float IndexFlatIP on the GPU, Gowalla) at --peer-connections;
-3. scale: the main mode at each of --scale-workers, at --scale-connections.
-Each server is warmed (wrk at its smallest and largest connection counts) before its steps. In the main phase,
-py-spy samples the busiest worker during the --profile-connections step. Results are rewritten after every step
+Each server holds its index as a --designs entry says: ``process`` (one search process owns the GPU backend for
+every worker), ``own`` (an index in every worker) or ``own-mps`` (the same under CUDA MPS, which the benchmark
+starts). Phases, most important first, each skipped when the time left (--budget-s) cannot hold it:
+1. main: the main mode (--main, default codes:triton) held as the first design at --workers, one step per connection
+   count (--connections), then on the same server the post phase: only batch POSTs of --post-users users
+   (--post-connections; items/s);
+2. peers: each --peers mode (faiss-gpu binary flat, float IndexFlatIP on the GPU, Gowalla), first design;
+3. main again for each other design (--design-connections);
+4. scale: the main mode, first design, at each of --scale-workers, at --scale-connections.
+Each server is warmed (wrk at its smallest and largest connection counts) before its steps. In each design's main
+phase, py-spy samples the busiest worker and the search process during the --profile-connections step. Results are rewritten after every step
 (JSON at --out; PNG of p99 against rate and of rate against workers beside it), so a run stopped by its time
 limit (SIGINT / SIGTERM) still leaves what it measured; a table of every step ends the output.
 """
@@ -534,18 +539,18 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     modes = [args.main, *args.peers]
-    # The largest worker count right after the main sweep (the likeliest to carry the target), the rest last.
+    # Most important first, so that a run cut short by its budget loses the least: the first design's sweep (and its
+    # batch POSTs), the peers that targets compare with, the other designs, then the other worker counts (largest
+    # first).
     first = args.designs[0]
     no_posts: list[int] = []
     Phase = tuple[str, Mode, Design, int, list[int], list[int]]
-    scale: list[Phase] = [("scale", args.main, first, w, [args.scale_connections], no_posts)
-             for w in sorted(set(args.scale_workers) - {args.workers}, reverse=True)]  # fmt: skip
     phases: list[Phase] = [("main", args.main, first, args.workers, args.connections, args.post_connections)]
+    phases += [("peers", mode, first, args.peer_workers, args.peer_connections, no_posts) for mode in args.peers]
     phases += [("main", args.main, design, args.workers, args.design_connections or args.connections, no_posts)
                for design in args.designs[1:]]  # fmt: skip
-    phases += scale[:1]
-    phases += [("peers", mode, first, args.peer_workers, args.peer_connections, no_posts) for mode in args.peers]
-    phases += scale[1:]
+    phases += [("scale", args.main, first, w, [args.scale_connections], no_posts)
+               for w in sorted(set(args.scale_workers) - {args.workers}, reverse=True)]  # fmt: skip
     try:
         run.build(modes)
         for phase, mode, design, workers, connections, posts in progress(phases, "phases", "server"):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -258,3 +259,35 @@ def test_requests_get_503_while_the_search_process_does_not_answer_and_200_once_
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
     assert "Traceback" not in stderr, stderr
+
+
+def test_searches_of_many_workers_are_merged_and_each_gets_its_own_rows(
+    search_socket: Path, ste_bundle: TrainedBundle
+) -> None:
+    """Workers searching at once: the search process answers several of them from one backend call (``merged``
+    beyond one worker's queries), and every worker gets exactly its own rows, cut to its own fetch."""
+    bundle = Bundle.load(ste_bundle.root)
+    local = ItemIndex.for_bundle(bundle, device="cpu")
+    merged: list[int] = []
+    clients = 6
+
+    def worker(offset: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        remote = ServingModel.remote_index(bundle, search_socket, 10.0, lambda rows, *_: merged.append(rows))
+        got = []
+        for step in range(40):
+            rows = (np.arange(1 + (offset + step) % 3) * 7 + offset + step) % bundle.manifest.n_users
+            k = 5 + (offset * 3 + step) % 17  # a different fetch per worker and step
+            codes = np.asarray(bundle.user_codes[rows])
+            exclude = [bundle.seen_items(int(row)) for row in rows]
+            found = remote.search(codes, k, exclude=exclude)
+            got.append((rows, found.ids, found.scores))
+        return got
+
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(worker, range(clients)))
+    for got in results:
+        for rows, ids, scores in got:
+            codes = np.asarray(bundle.user_codes[rows])
+            expected = local.search(codes, ids.shape[1], exclude=[bundle.seen_items(int(row)) for row in rows])
+            assert np.array_equal(ids, expected.ids) and np.array_equal(scores, expected.scores)
+    assert max(merged) > 3  # more queries in one backend call than any single worker sends
