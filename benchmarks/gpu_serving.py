@@ -24,9 +24,9 @@ starts). Phases, most important first, each skipped when the time left (--budget
 3. main again for each other design (--design-connections);
 4. scale: the main mode, first design, at each of --scale-workers, at --scale-connections.
 Each server is warmed (wrk at its smallest and largest connection counts) before its steps. In each design's main
-phase, py-spy samples the busiest worker and the search process during the --profile-connections step. Results are rewritten after every step
-(JSON at --out; PNG of p99 against rate and of rate against workers beside it), so a run stopped by its time
-limit (SIGINT / SIGTERM) still leaves what it measured; a table of every step ends the output.
+phase, py-spy samples the busiest worker and the search process during the --profile-connections step. Results are
+rewritten after every step (JSON at --out; PNG of p99 against rate and of rate against workers beside it), so a run
+stopped by its time limit (SIGINT / SIGTERM) still leaves what it measured; a table of every step ends the output.
 """
 
 from __future__ import annotations
