@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from binrec.index.bundle import Bundle, BundleError, resolve_bundle_path
 from binrec.index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex, Reranker
-from binrec.service.batcher import MicroBatcher
+from binrec.service.batcher import NO_ITEMS, MicroBatcher
 from binrec.service.cold_start import ColdStart
 from binrec.service.metrics import ServiceMetrics
 from binrec.service.schemas import Answer, Source
@@ -190,14 +190,7 @@ class Recommender:
                 plans.append(Plan("popular"))
             else:
                 plans.append(Plan("history", model.cold_start.code(history), history))
-        searches = [
-            self.batcher.search(
-                model, plan.code, k, exclude=plan.excluded if exclude_seen else None, scales=plan.scales
-            )
-            for plan in plans
-            if plan.code is not None
-        ]
-        answers = iter(await asyncio.gather(*searches))
+        answers = iter(await self._search(model, [plan for plan in plans if plan.code is not None], k, exclude_seen))
         out = []
         for user_id, plan in zip(user_ids, plans, strict=True):
             if plan.code is None:
@@ -208,6 +201,27 @@ class Recommender:
             item_ids = [bundle.item_ids[i] for i in ids[found].tolist()]
             out.append(Answer(user_id, model.version, plan.source, item_ids, scores[found].astype(float).tolist()))
         return out
+
+    async def _search(
+        self, model: ServingModel, plans: list[Plan], k: int, exclude_seen: bool
+    ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        """Each plan's item rows and scores: one micro-batcher job for all of a request's users (one future, one
+        place in the queue, not one per user)."""
+        if not plans:
+            return []
+        scales = [plan.scales for plan in plans]
+        if len(plans) == 1 or any(s is None for s in scales) != all(s is None for s in scales):
+            searches = [
+                self.batcher.search(model, p.code, k, exclude=p.excluded if exclude_seen else None, scales=p.scales)
+                for p in plans
+                if p.code is not None
+            ]
+            return list(await asyncio.gather(*searches))
+        codes = np.stack([plan.code for plan in plans if plan.code is not None])
+        excluded = [plan.excluded if exclude_seen and plan.excluded is not None else NO_ITEMS for plan in plans]
+        stacked = None if scales[0] is None else np.stack([s for s in scales if s is not None])
+        found = await self.batcher.search_many(model, codes, k, exclude=excluded, scales=stacked)
+        return [(found.ids[row], found.scores[row]) for row in range(len(plans))]
 
     async def reload(self, root: Path) -> tuple[str, str]:
         """Load the bundle ``root`` names and swap it in; (previous version, serving version) or ModelRefused."""
