@@ -160,6 +160,11 @@ def owner_search_s(app: Any) -> tuple[float, float]:
     return registry.get_sample_value(f"{name}_sum") or 0.0, registry.get_sample_value(f"{name}_count") or 0.0
 
 
+def json_figure(value: float) -> float | None:
+    """A figure for the JSON record: None where the stage has no such figure (NaN is not JSON)."""
+    return round(value, 1) if value == value else None
+
+
 def exclusion(found: Any, seen: np.ndarray) -> None:
     ids, scores = found.ids[0], found.scores[0]
     out_ids, out_scores = np.full(K, -1, np.int64), np.full(K, -np.inf, np.float32)
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"commit": commit(), "device": args.device, "cores": os.cpu_count(), "items": args.items,
             "users": args.users, "search_process": args.search_process, "k": K, "requests": args.requests,
             "repeats": args.repeats}  # fmt: skip
-    append_records(args.out, [{**meta, "stage": name, "wall_us": round(w, 1), "cpu_us": round(c, 1)}
+    append_records(args.out, [{**meta, "stage": name, "wall_us": json_figure(w), "cpu_us": json_figure(c)}
                               for name, (w, c) in medians.items()])  # fmt: skip
     print(f"{meta}\n")
     print(markdown_table(["stage", "wall µs", "CPU µs"],

@@ -70,6 +70,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
             max_wait_ms=settings.batch_max_wait_ms,
             on_batch=metrics.observe_batch,
             thread_setup=partial(set_cpu_threads, settings.search_threads),  # OpenMP's count is per thread
+            in_flight=settings.search_in_flight if settings.search_socket is not None else 1,
         )
         batcher.start()
         versions = WorkerVersions.from_environment()

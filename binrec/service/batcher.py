@@ -73,14 +73,23 @@ class MicroBatcher:
         max_wait_ms: float,
         on_batch: Callable[[int, float], None] | None = None,
         thread_setup: Callable[[], None] | None = None,
+        in_flight: int = 1,
     ) -> None:
-        """``thread_setup`` runs once in the search thread (per-thread settings such as OpenMP's thread count)."""
+        """``thread_setup`` runs once in each search thread (per-thread settings such as OpenMP's thread count).
+
+        ``in_flight``: batches searched at once. One for an index in this process (its owner thread); more where
+        the index answers through another process (the search process), so that requests arriving while a batch
+        is away go there at once instead of waiting for it to come back."""
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.on_batch = on_batch  # (batch size, seconds in the index), for metrics
         self._queue: asyncio.Queue[SearchJob] = asyncio.Queue()
         self._held: SearchJob | None = None  # collected but left for the next batch, which it opens
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="item-index", initializer=thread_setup)
+        self._executor = ThreadPoolExecutor(
+            max_workers=in_flight, thread_name_prefix="item-index", initializer=thread_setup
+        )
+        self._slots = asyncio.Semaphore(in_flight)
+        self._searching: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -88,7 +97,11 @@ class MicroBatcher:
 
     async def close(self) -> None:
         """Answer what is queued, then stop (graceful shutdown)."""
-        while (not self._queue.empty() or self._held is not None) and self._task is not None and not self._task.done():
+        while (
+            (not self._queue.empty() or self._held is not None or self._searching)
+            and self._task is not None
+            and not self._task.done()
+        ):
             await asyncio.sleep(0.001)
         if self._task is not None:
             self._task.cancel()
@@ -154,12 +167,24 @@ class MicroBatcher:
         return jobs
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            jobs = [job for job in await self._collect() if not job.future.done()]  # skip cancelled requests
-            groups: dict[int, list[SearchJob]] = {}
-            for job in jobs:
-                groups.setdefault(id(job.model), []).append(job)
+            await self._slots.acquire()  # a free slot first: meanwhile what arrives queues up for one batch
+            try:
+                jobs = [job for job in await self._collect() if not job.future.done()]  # skip cancelled requests
+            except BaseException:
+                self._slots.release()
+                raise
+            searching = asyncio.get_running_loop().create_task(self._search(jobs))
+            self._searching.add(searching)
+            searching.add_done_callback(self._searching.discard)
+
+    async def _search(self, jobs: list[SearchJob]) -> None:
+        """Search one collected batch (one index call per model snapshot), answer its jobs, free its slot."""
+        loop = asyncio.get_running_loop()
+        groups: dict[int, list[SearchJob]] = {}
+        for job in jobs:
+            groups.setdefault(id(job.model), []).append(job)
+        try:
             for group in groups.values():
                 started = time.perf_counter()
                 try:
@@ -178,3 +203,5 @@ class MicroBatcher:
                 for job, answer in zip(group, answers, strict=True):
                     if not job.future.done():
                         job.future.set_result(answer)
+        finally:
+            self._slots.release()

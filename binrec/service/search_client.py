@@ -65,9 +65,10 @@ class RemoteBackend(SearchBackend):
         self.distance_dtype = np.dtype(opened.distance_dtype).type
         self.timeout_s = timeout_s
         self.observe = observe
-        self._connection: socket.socket | None = connection
-        self._lock = threading.Lock()  # one exchange at a time on the connection
-        self._finalizer = weakref.finalize(self, connection.close)
+        # One exchange at a time per connection; a worker with several searches in flight takes several.
+        self._idle: list[socket.socket] = [connection]
+        self._lock = threading.Lock()
+        weakref.finalize(self, close_all, self._idle)
 
     @classmethod
     def open(
@@ -109,16 +110,16 @@ class RemoteBackend(SearchBackend):
         request = Search(self.bundle_path, k, queries)
         started = time.perf_counter()
         with self._lock:
-            if self._connection is None:  # the last exchange failed: try a fresh connection once
-                self._connection = _connect(self.socket_path)
-                self._finalizer.detach()
-                self._finalizer = weakref.finalize(self, self._connection.close)
-            try:
-                found = _exchange(self._connection, request, self.timeout_s)
-            except SearchUnavailable:  # a reply may still come on this connection: never read it as another's
-                self._connection.close()
-                self._connection = None
-                raise
+            connection = self._idle.pop() if self._idle else None
+        if connection is None:  # all busy, or the last exchange on one failed: a fresh connection
+            connection = _connect(self.socket_path)
+        try:
+            found = _exchange(connection, request, self.timeout_s)
+        except BaseException:  # a reply may still come on this connection: never read it as another's
+            connection.close()
+            raise
+        with self._lock:
+            self._idle.append(connection)
         if (
             not isinstance(found, Found)
             or found.ids.shape != (len(queries), k)
@@ -132,6 +133,11 @@ class RemoteBackend(SearchBackend):
         if self.observe is not None:
             self.observe(found.merged, found.search_s, found.queued_s, time.perf_counter() - started)
         return TopK(found.distances, found.ids)
+
+
+def close_all(connections: list[socket.socket]) -> None:
+    for connection in connections:
+        connection.close()
 
 
 def _connect(socket_path: Path) -> socket.socket:

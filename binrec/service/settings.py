@@ -35,6 +35,12 @@ class ServiceSettings(BaseSettings):
     search_socket: Path | None = Field(
         None, description="set by recsys-serve for its workers: the search process's Unix socket"
     )
+    search_in_flight: int = Field(
+        4,
+        ge=1,
+        description="with search_process: micro-batches one worker may have in the search process at once (requests "
+        "that arrive while one is away go there without waiting for it)",
+    )
     search_timeout_s: float = Field(
         5.0,
         gt=0,

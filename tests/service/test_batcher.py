@@ -4,6 +4,8 @@ job gets exactly what its own search would have answered."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,3 +60,49 @@ def test_jobs_merge_up_to_max_batch_and_each_gets_its_own_answer(snapshot: Snaps
         assert np.array_equal(ids, expected.ids[0]) and np.array_equal(scores, expected.scores[0]), row
     # 5 + 1 fit in 8, the next 5 would not (held, it opens the next search); 20 is over 8 and goes alone.
     assert searched == [6, 5, 20]
+
+
+class SlowIndex:
+    """An index whose searches take a while (as a round trip to the search process does), counting overlaps."""
+
+    def __init__(self, index: ItemIndex) -> None:
+        self.index = index
+        self.active = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def search(self, *args: object, **kwargs: object) -> object:
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        time.sleep(0.05)
+        with self.lock:
+            self.active -= 1
+        return self.index.search(*args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_batches_in_flight_overlap_up_to_the_limit_and_answers_stay_exact(snapshot: Snapshot, in_flight: int) -> None:
+    """With an index in another process, requests that arrive while a batch is away go out at once (up to
+    ``in_flight`` batches), instead of waiting for it; each still gets its own exact answer."""
+    slow = SlowIndex(snapshot.index)
+    model = Snapshot(slow)  # type: ignore[arg-type]
+    queries = np.random.default_rng(8).integers(0, 256, size=(12, 8), dtype=np.uint8)
+
+    async def run() -> list[tuple[np.ndarray, np.ndarray]]:
+        batcher = MicroBatcher(max_batch=64, max_wait_ms=0, in_flight=in_flight)
+        batcher.start()
+        try:
+            answers = []
+            for row in range(len(queries)):  # one request every 10 ms, each search taking 50 ms
+                answers.append(asyncio.ensure_future(batcher.search(model, queries[row], 5)))
+                await asyncio.sleep(0.01)
+            return list(await asyncio.gather(*answers))
+        finally:
+            await batcher.close()
+
+    answers = asyncio.run(run())
+    assert slow.most == in_flight
+    for row, (ids, scores) in enumerate(answers):
+        expected = snapshot.index.search(queries[row : row + 1], 5)
+        assert np.array_equal(ids, expected.ids[0]) and np.array_equal(scores, expected.scores[0])
