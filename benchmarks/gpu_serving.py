@@ -451,7 +451,8 @@ def plot(points: list[dict[str, Any]], path: Path, main: str) -> None:
 
 
 def server_label(point: dict[str, Any]) -> str:
-    return f"{point['mode']} {point['design']} ({point['workers']} w)"
+    run = f", {point['run']}" if point.get("run") else ""  # records merged from several runs (gpu_serving_runs)
+    return f"{point['mode']} {point['design']} ({point['workers']} w{run})"
 
 
 def table(points: list[dict[str, Any]]) -> str:
@@ -462,10 +463,12 @@ def table(points: list[dict[str, Any]]) -> str:
     ]
     for p in points:
         s = p["service"]
+        run = f" ({p['run']})" if p.get("run") else ""
         lines.append(
-            f"| {p['mode']} | {p['design']} | {p['phase']} | {p['workers']} | {p['connections']} | {p['rate']:,.0f} | "
-            f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['p999_ms']:.2f} | {p['errors']} | {s['batch_mean']} | "
-            f"{s['search_ms_mean']} | {p['server_cpu_ms_per_request']} + {p['search_process_cpu_ms_per_request']} |"
+            f"| {p['mode']}{run} | {p['design']} | {p['phase']} | {p['workers']} | {p['connections']} | "
+            f"{p['rate']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['p999_ms']:.2f} | {p['errors']} | "
+            f"{s['batch_mean']} | {s['search_ms_mean']} | "
+            f"{p['server_cpu_ms_per_request']} + {p['search_process_cpu_ms_per_request']} |"
         )
     return "\n".join(lines)
 
