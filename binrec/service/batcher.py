@@ -4,8 +4,10 @@ A search holds the index for a few hundred microseconds, most of it fixed cost; 
 one call costs little more than answering one. Requests put their query on a queue and await a future;
 one task takes the first waiting query, keeps collecting until ``max_batch`` queries or ``max_wait_ms``
 have passed, and runs them as one search on the index's own thread (the event loop never blocks on
-it). Each query is answered from the model snapshot it was submitted with, so a model swap never mixes
-versions inside an answer; queries of different snapshots go to separate searches.
+it). An index in this process has one such thread; one in the search process may have several batches
+away at once (``in_flight``), so that what arrives meanwhile goes out without waiting. Each query is
+answered from the model snapshot it was submitted with, so a model swap never mixes versions inside an
+answer; queries of different snapshots go to separate searches.
 """
 
 from __future__ import annotations
