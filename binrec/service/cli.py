@@ -75,18 +75,24 @@ def main(argv: list[str] | None = None) -> int:
         except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
             print(f"recsys-serve: error: {error}", file=sys.stderr)
             return 2
-        serve(settings, overrides, model)
+        serve(settings, overrides, model, search)
         if search is not None and search.failed:
             print("recsys-serve: error: the search process exited; the service stopped with it", file=sys.stderr)
             return 1
     return 0
 
 
-def serve(settings: ServiceSettings, overrides: dict[str, Any], model: ServingModel) -> None:
+def serve(
+    settings: ServiceSettings, overrides: dict[str, Any], model: ServingModel, search: SearchProcessHandle | None
+) -> None:
     """Run uvicorn: this process serves ``model`` itself, or its workers each load their own."""
     common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False}
     if settings.workers == 1:  # log_config=None: uvicorn's own lines go through the same formatter
-        uvicorn.run(create_app(settings, model=model), log_config=None, **common)  # type: ignore[arg-type]
+        config = uvicorn.Config(create_app(settings, model=model), log_config=None, **common)  # type: ignore[arg-type]
+        server = uvicorn.Server(config)
+        if search is not None:  # drain and return, so that main says why and removes the socket's folder
+            search.on_failure = lambda: setattr(server, "should_exit", True)
+        server.run()
         return
     # Several processes: each worker builds the app from the environment, so command-line values go there.
     del model  # verified above; every worker loads its own copy

@@ -20,11 +20,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 def writable(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by its name and bytes decoded, recursively."""
+    """``value`` with every non-finite float replaced by its name, bytes decoded and lone surrogates (JSON's
+    ``"\\ud800"`` escapes, which no UTF-8 text can hold) written as their escapes, recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return value.encode("utf-8", errors="backslashreplace").decode("utf-8")
     if isinstance(value, dict):
         return {str(writable(k)): writable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

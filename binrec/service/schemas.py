@@ -63,10 +63,12 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "degraded"] = Field(
-        description="'degraded': serving, but Redis is unreachable and codes come from the bundle"
+    status: Literal["ready", "degraded", "unavailable"] = Field(
+        description="'degraded': serving, but Redis is unreachable and codes come from the bundle; 'unavailable' "
+        "(HTTP 503): the search process does not answer, so searches fail"
     )
     model_version: str
     redis: bool
     index_device: Literal["cpu", "gpu"]
     search_backend: str = Field(description="the backend answering Hamming searches, e.g. 'triton' or 'faiss-cpu'")
+    search: bool = Field(description="the index answers searches (false: its search process does not answer)")

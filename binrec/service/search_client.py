@@ -106,6 +106,21 @@ class RemoteBackend(SearchBackend):
     def padding_distance(self) -> float:
         return self.opened.padding_distance
 
+    def answers(self, timeout_s: float) -> bool:
+        """Whether the search process answers within ``timeout_s`` (it describes this bundle's backend again)."""
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+        try:
+            connection = connection or _connect(self.socket_path)
+            answered = isinstance(_exchange(connection, Open(self.bundle_path), timeout_s), Opened)
+        except (SearchUnavailable, ValueError):
+            if connection is not None:
+                connection.close()
+            return False
+        with self._lock:
+            self._idle.append(connection)
+        return answered
+
     def _search(self, queries: npt.NDArray[Any], k: int) -> TopK:
         request = Search(self.bundle_path, k, queries)
         started = time.perf_counter()

@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,6 +371,11 @@ class SearchProcessHandle:
     def __init__(self, process: subprocess.Popen[bytes], socket_path: Path) -> None:
         self.process = process
         self.socket_path = socket_path
+        # How the service is told to stop when this process dies. By default SIGTERM to itself, which uvicorn's
+        # supervisor of several workers turns into a drain and exit; a single-process server is told directly
+        # (``Server.should_exit``), since uvicorn re-raises a SIGTERM it handled and the process would die of it
+        # before saying why or removing the socket's folder.
+        self.on_failure: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self._stopping = threading.Event()
         threading.Thread(target=self._watch, name="search-process-watch", daemon=True).start()
 
@@ -411,7 +417,7 @@ class SearchProcessHandle:
         code = self.process.wait()
         if not self._stopping.is_set():
             log.error("the search process exited with code %d: stopping the service", code)
-            os.kill(os.getpid(), signal.SIGTERM)
+            self.on_failure()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,6 +149,7 @@ def test_health_and_readiness(service: str, indexed_bundle: TrainedBundle) -> No
         "redis": True,
         "index_device": "cpu",
         "search_backend": "numpy",  # auto on a CPU, for a small catalogue of 64-bit codes
+        "search": True,
     }
 
 

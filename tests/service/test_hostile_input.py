@@ -56,6 +56,24 @@ def test_non_finite_numbers_are_a_422_naming_the_field(strict_service: str, body
 
 @pytest.mark.parametrize(
     ("body", "field"),
+    [  # lone surrogate escapes: valid JSON text, but no UTF-8 string can hold them, nor echo them back
+        (b'{"user_ids": ["\\ud800"], "k": 5}', "user_ids"),
+        (b'{"user_ids": ["4\\udfff"]}', "user_ids"),
+        (b'{"user_ids": ["4"], "k": "\\ud800"}', "k"),
+        (b'{"user_ids": ["4"], "histories": {"\\udc00x": ["i1"]}}', "histories"),
+        (b'{"user_ids": ["4"], "histories": {"4": ["\\ud800"]}}', "histories"),
+        (b'{"user_ids": ["4"], "x\\ud800": 1}', "body"),
+        (b'{"\\ud800": 1}', "body"),
+    ],
+)
+def test_lone_surrogates_in_json_are_a_422_naming_the_field(strict_service: str, body: bytes, field: str) -> None:
+    response = post_raw(strict_service, body)
+    assert response.status_code == 422 and response.headers["content-type"] == "application/json", response.text
+    assert any(field in error["loc"] for error in response.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
     [
         ({"user_ids": ["4"], "k": "20"}, "k"),
         ({"user_ids": ["4"], "k": True}, "k"),

@@ -249,11 +249,16 @@ def test_requests_get_503_while_the_search_process_does_not_answer_and_200_once_
                     assert answer.status_code == 503, (target, answer.text)
                     assert answer.json() == {"detail": "search unavailable, retry later"}
                     assert answer.headers["retry-after"] == "1" and time.monotonic() - started < 3
+                ready = client.get("/readyz")  # a load balancer takes this worker out meanwhile
+                assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+                assert ready.json()["search"] is False
         finally:
             os.kill(owner, signal.SIGCONT)
         with httpx.Client(base_url=url, timeout=10) as client:
             for method, target, body in requests * 3:
                 assert client.request(method, target, json=body).status_code == 200, target
+            ready = client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["search"] is True
         assert process.poll() is None
     finally:
         process.send_signal(signal.SIGTERM)
@@ -291,3 +296,29 @@ def test_searches_of_many_workers_are_merged_and_each_gets_its_own_rows(
             expected = local.search(codes, ids.shape[1], exclude=[bundle.seen_items(int(row)) for row in rows])
             assert np.array_equal(ids, expected.ids) and np.array_equal(scores, expected.scores)
     assert max(merged) > 3  # more queries in one backend call than any single worker sends
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_killed_search_process_stops_the_server_with_one_line_and_leaves_nothing_behind(
+    ste_bundle: TrainedBundle, redis_server: RedisServer, tmp_path: Path, workers: str
+) -> None:
+    """One worker or several: exit code 1, one error line, no traceback, the socket's folder removed."""
+    env = {"RECSYS_LOG_LEVEL": "warning", "RECSYS_SEARCH_PROCESS": "1", "TMPDIR": str(tmp_path)}
+    process, url = serve(ste_bundle.root, redis_server, "--workers", workers, env=env)
+    try:
+        deadline = time.monotonic() + 60  # every worker up: one still starting would fail to open its bundle
+        while metric(httpx.get(f"{url}/metrics").text, "recsys_workers") < int(workers):
+            assert time.monotonic() < deadline, "not every worker started"
+            time.sleep(0.1)
+        assert httpx.get(f"{url}/recommend", params={"user_id": ste_bundle.data.user_ids[0]}).status_code == 200
+        assert list(tmp_path.glob("recsys-search-*/search.sock"))
+        (owner,) = children_running(process.pid, "binrec.service.search_process")
+        os.kill(owner, signal.SIGKILL)
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    assert "recsys-serve: error: the search process exited" in stderr
+    assert "Traceback" not in stderr, stderr
+    assert not list(tmp_path.glob("recsys-search-*")), "the search process's socket folder was left behind"
