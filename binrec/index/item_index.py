@@ -91,6 +91,11 @@ class Reranker:
         heavy = np.sort(np.argsort(-norms, kind="stable")[:heavy_items]).astype(np.int64)
         return cls(codes, scales, mode, heavy, factor)
 
+    @classmethod
+    def of_bundle(cls, bundle: Bundle) -> Reranker | None:
+        """The re-ranker of a bundle's items (None: its codes have no scales)."""
+        return cls.of(bundle.item_codes, bundle.item_scales, bundle.manifest.scale_mode, bundle.layout, bundle.dim)
+
     def item_vectors(self, ids: npt.NDArray[np.int64], layout: CodeLayout, dim: int) -> npt.NDArray[np.float32]:
         return dequantize(self.item_codes[ids], layout, dim, self.item_scales[ids], self.mode)
 
@@ -224,7 +229,7 @@ class ItemIndex:
         """The bundle's stored index (or one built from its codes when none is stored), self-checked."""
         layout, dim, user_layout = bundle.layout, bundle.dim, bundle.user_layout
         if bundle.index_path is not None:
-            rerank = Reranker.of(bundle.item_codes, bundle.item_scales, bundle.manifest.scale_mode, layout, dim)
+            rerank = Reranker.of_bundle(bundle)
             index = cls.load(
                 bundle.index_path,
                 layout=layout,

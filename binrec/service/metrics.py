@@ -79,8 +79,8 @@ class ServiceMetrics:
         self.batch_size.observe(size)
         self.search_seconds.observe(seconds)
 
-    def observe_owner_search(self, merged: int, search_s: float, queued_s: float, round_trip_s: float) -> None:
-        """One search through the search process (the round trip is the worker's own ``search_seconds``)."""
+    def observe_owner_search(self, merged: int, search_s: float, queued_s: float) -> None:
+        """One search through the search process, as it reports it (the worker's round trip is ``search_seconds``)."""
         self.owner_batch_size.observe(merged)
         self.owner_search_seconds.observe(search_s)
         self.owner_queued_seconds.observe(queued_s)

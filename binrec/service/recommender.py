@@ -105,10 +105,9 @@ class ServingModel:
         remote = RemoteBackend.open(search_socket, bundle.path, timeout_s=timeout_s, observe=observe)
         if remote.n_items != bundle.manifest.n_items:
             raise ValueError(f"the search process's index of {bundle.path} has {remote.n_items} items")
-        m = bundle.manifest
         index = ItemIndex(
             remote if remote.n_items else None, n_items=remote.n_items, layout=bundle.layout, dim=bundle.dim,
-            rerank=Reranker.of(bundle.item_codes, bundle.item_scales, m.scale_mode, bundle.layout, bundle.dim),
+            rerank=Reranker.of_bundle(bundle),
             user_layout=bundle.user_layout,
         )  # fmt: skip
         index.self_check(bundle.item_codes)  # one round trip: this worker and the search process agree
@@ -210,7 +209,7 @@ class Recommender:
         if not plans:
             return []
         scales = [plan.scales for plan in plans]
-        if len(plans) == 1 or any(s is None for s in scales) != all(s is None for s in scales):
+        if any(s is None for s in scales) != all(s is None for s in scales):  # cannot stack: one job per user
             searches = [
                 self.batcher.search(model, p.code, k, exclude=p.excluded if exclude_seen else None, scales=p.scales)
                 for p in plans

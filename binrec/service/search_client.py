@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +27,8 @@ from binrec.service.search_wire import Failed, Found, Message, Open, Opened, Ref
 
 OPEN_TIMEOUT_S = 900.0  # loading, checking and warming a catalogue of tens of millions of items takes minutes
 
-# (queries the search process searched together, seconds of that search, seconds these queries waited for it,
-# seconds of the whole round trip as the worker saw it)
-SearchObserver = Callable[[int, float, float, float], None]
+# (queries the search process searched together, seconds of that search, seconds these queries waited for it)
+SearchObserver = Callable[[int, float, float], None]
 
 
 class SearchUnavailable(RuntimeError):
@@ -108,46 +106,34 @@ class RemoteBackend(SearchBackend):
 
     def answers(self, timeout_s: float) -> bool:
         """Whether the search process answers within ``timeout_s`` (it describes this bundle's backend again)."""
-        with self._lock:
-            connection = self._idle.pop() if self._idle else None
         try:
-            connection = connection or _connect(self.socket_path)
-            answered = isinstance(_exchange(connection, Open(self.bundle_path), timeout_s), Opened)
+            return isinstance(self._pooled_exchange(Open(self.bundle_path), timeout_s), Opened)
         except (SearchUnavailable, ValueError):
-            if connection is not None:
-                connection.close()
             return False
-        with self._lock:
-            self._idle.append(connection)
-        return answered
 
     def _search(self, queries: npt.NDArray[Any], k: int) -> TopK:
-        request = Search(self.bundle_path, k, queries)
-        started = time.perf_counter()
+        found = self._pooled_exchange(Search(self.bundle_path, k, queries), self.timeout_s)
+        shape = (len(queries), k)
+        if not isinstance(found, Found) or found.ids.shape != shape or found.distances.shape != shape:
+            raise SearchUnavailable(f"search process: {type(found).__name__} does not answer {len(queries)} × {k}")
+        if self.observe is not None:
+            self.observe(found.merged, found.search_s, found.queued_s)
+        return TopK(found.distances, found.ids)
+
+    def _pooled_exchange(self, request: Message, timeout_s: float) -> Message:
+        """``_exchange`` on an idle connection (a fresh one when all are busy or the last one failed)."""
         with self._lock:
             connection = self._idle.pop() if self._idle else None
-        if connection is None:  # all busy, or the last exchange on one failed: a fresh connection
+        if connection is None:
             connection = _connect(self.socket_path)
         try:
-            found = _exchange(connection, request, self.timeout_s)
+            answer = _exchange(connection, request, timeout_s)
         except BaseException:  # a reply may still come on this connection: never read it as another's
             connection.close()
             raise
         with self._lock:
             self._idle.append(connection)
-        if (
-            not isinstance(found, Found)
-            or found.ids.shape != (len(queries), k)
-            or found.distances.shape
-            != (
-                len(queries),
-                k,
-            )
-        ):
-            raise SearchUnavailable(f"search process: {type(found).__name__} does not answer {len(queries)} × {k}")
-        if self.observe is not None:
-            self.observe(found.merged, found.search_s, found.queued_s, time.perf_counter() - started)
-        return TopK(found.distances, found.ids)
+        return answer
 
 
 def close_all(connections: list[socket.socket]) -> None:

@@ -24,7 +24,7 @@ from binrec.service.search_client import RemoteBackend, SearchUnavailable
 from binrec.service.search_wire import SIZES, Found, Refused, Search, WireError, decode, pack, receive, unpack
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_cli import serve
-from tests.service.test_workers import metric
+from tests.service.test_workers import wait_for_workers
 
 
 def test_frames_carry_arrays_exactly_and_malformed_ones_are_refused() -> None:
@@ -206,10 +206,7 @@ def test_recsys_serve_answers_through_the_search_process_and_stops_when_it_dies(
         plain.communicate(timeout=60)
     process, url = serve(ste_bundle.root, redis_server, "--workers", "2", env={**env, "RECSYS_SEARCH_PROCESS": "1"})
     try:
-        deadline = time.monotonic() + 60  # both workers up: the first to answer /readyz may be alone so far
-        while metric(httpx.get(f"{url}/metrics").text, "recsys_workers") < 2:
-            assert time.monotonic() < deadline, "the second worker did not start"
-            time.sleep(0.1)
+        wait_for_workers(url, 2)
         for user, answer in zip(users, expected, strict=True):  # ids and exact scores alike
             assert httpx.get(f"{url}/recommend", params={"user_id": user}).json()["items"] == answer["items"]
         batch = httpx.post(f"{url}/recommend", json={"user_ids": list(users), "k": 7}).json()
@@ -306,10 +303,7 @@ def test_a_killed_search_process_stops_the_server_with_one_line_and_leaves_nothi
     env = {"RECSYS_LOG_LEVEL": "warning", "RECSYS_SEARCH_PROCESS": "1", "TMPDIR": str(tmp_path)}
     process, url = serve(ste_bundle.root, redis_server, "--workers", workers, env=env)
     try:
-        deadline = time.monotonic() + 60  # every worker up: one still starting would fail to open its bundle
-        while metric(httpx.get(f"{url}/metrics").text, "recsys_workers") < int(workers):
-            assert time.monotonic() < deadline, "not every worker started"
-            time.sleep(0.1)
+        wait_for_workers(url, int(workers))  # one still starting would fail to open its bundle
         assert httpx.get(f"{url}/recommend", params={"user_id": ste_bundle.data.user_ids[0]}).status_code == 200
         assert list(tmp_path.glob("recsys-search-*/search.sock"))
         (owner,) = children_running(process.pid, "binrec.service.search_process")

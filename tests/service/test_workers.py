@@ -23,6 +23,14 @@ def metric(text: str, line: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def wait_for_workers(url: str, count: int, timeout_s: float = 60) -> None:
+    """Until ``count`` workers serve (the first to answer /readyz may be alone so far)."""
+    deadline = time.monotonic() + timeout_s
+    while metric(httpx.get(f"{url}/metrics").text, "recsys_workers") < count:
+        assert time.monotonic() < deadline, f"{count} workers did not start"
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("search_process", [False, True], ids=["own-indexes", "search-process"])
 def test_one_reload_moves_every_worker_and_metrics_cover_all(
     tmp_path: Path, ste_bundle: TrainedBundle, fp_bundle: TrainedBundle, redis_server: RedisServer, search_process: bool
@@ -40,10 +48,7 @@ def test_one_reload_moves_every_worker_and_metrics_cover_all(
     )
     user = ste_bundle.data.user_ids[0]
     try:
-        deadline = time.monotonic() + 60  # both workers up (the first to answer /readyz may be alone so far)
-        while metric(httpx.get(f"{url}/metrics").text, "recsys_workers") < 2:
-            assert time.monotonic() < deadline, "the second worker did not start"
-            time.sleep(0.1)
+        wait_for_workers(url, 2)
         set_current(tmp_path, new.path.name)  # atomic, as a publisher does: a watcher never reads half a name
         reloaded = httpx.post(f"{url}/admin/reload", headers={"X-API-Key": KEY}, timeout=150)
         assert reloaded.status_code == 200, reloaded.text
