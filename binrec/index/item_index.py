@@ -10,6 +10,7 @@ scales it re-ranks candidates exactly. Results are exact and deterministic which
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from binrec.index.hamming import exact_scores
 from binrec.index.retrieval import (
     MAX_K,
     SearchBackend,
+    TopK,
     backend_for_index,
     read_stored_index,
     serialize_stored_index,
@@ -102,6 +104,11 @@ class Reranker:
 
 # Serving's widest fetch that warm-up prepares: k = 20 plus up to a few hundred seen items to skip (a power of two).
 WARM_MAX_FETCH = 256
+
+
+Fetched = tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]  # a fetch's item ids and exact scores, per query
+# A search as a generator: it yields (queries, fetch) for the backend and is sent what came back (see ItemIndex._steps).
+Steps = Generator[tuple[npt.NDArray[Any], int], Fetched, "SearchResult"]
 
 
 class IndexSelfCheckError(RuntimeError):
@@ -283,12 +290,23 @@ class ItemIndex:
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-3):
             raise IndexSelfCheckError("index scores disagree with exact scoring of the same codes")
 
-    def _search(self, queries: npt.NDArray[Any], fetch: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    def _search(self, queries: npt.NDArray[Any], fetch: int) -> Fetched:
         """The backend's first ``fetch`` items per query (score desc, id asc) and their exact scores."""
         if self.retrieval is None or fetch == 0:
-            shape = (queries.shape[0], fetch)
-            return np.full(shape, -1, np.int64), np.full(shape, -np.inf, np.float32)
-        found = self.retrieval.search(queries, fetch)
+            return self._nothing_fetched(queries, fetch)
+        return self._scored(self.retrieval.search(queries, fetch))
+
+    async def _search_async(self, queries: npt.NDArray[Any], fetch: int) -> Fetched:
+        if self.retrieval is None or fetch == 0:
+            return self._nothing_fetched(queries, fetch)
+        return self._scored(await self.retrieval.search_async(queries, fetch))
+
+    @staticmethod
+    def _nothing_fetched(queries: npt.NDArray[Any], fetch: int) -> Fetched:
+        shape = (queries.shape[0], fetch)
+        return np.full(shape, -1, np.int64), np.full(shape, -np.inf, np.float32)
+
+    def _scored(self, found: TopK) -> Fetched:
         return found.ids, scores_from_distances(found.distances, self.layout, self.dim, self.user_layout)
 
     def prepare_queries(self, query_codes: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -316,6 +334,11 @@ class ItemIndex:
             batch *= 2
         return searches
 
+    @property
+    def waits_on_peer(self) -> bool:
+        """Whether the backend answers from another process: then ``search_async`` searches on the event loop."""
+        return self.retrieval is not None and self.retrieval.waits_on_peer
+
     def search(
         self,
         query_codes: npt.NDArray[Any],
@@ -328,11 +351,47 @@ class ItemIndex:
 
         Exact for codes without item scales; with them, Hamming candidates are re-ranked exactly.
         """
+        steps = self._steps(query_codes, k, exclude, query_scales)
+        try:
+            fetch = next(steps)
+            while True:
+                fetch = steps.send(self._search(*fetch))
+        except StopIteration as done:
+            result: SearchResult = done.value
+            return result
+
+    async def search_async(
+        self,
+        query_codes: npt.NDArray[Any],
+        k: int,
+        *,
+        exclude: list[npt.NDArray[np.int64]] | None = None,
+        query_scales: npt.NDArray[np.floating] | None = None,
+    ) -> SearchResult:
+        """``search`` awaiting the backend on the event loop: for an index whose backend ``waits_on_peer``."""
+        steps = self._steps(query_codes, k, exclude, query_scales)
+        try:
+            fetch = next(steps)
+            while True:
+                fetch = steps.send(await self._search_async(*fetch))
+        except StopIteration as done:
+            result: SearchResult = done.value
+            return result
+
+    def _steps(
+        self,
+        query_codes: npt.NDArray[Any],
+        k: int,
+        exclude: list[npt.NDArray[np.int64]] | None,
+        query_scales: npt.NDArray[np.floating] | None,
+    ) -> Steps:
+        """A search as the fetches it needs: yields (queries, fetch), is sent their ``Fetched``, returns the result.
+        ``search`` and ``search_async`` differ only in how they wait for the backend."""
         check_search_arguments(query_codes, k, exclude)
         queries = self.prepare_queries(query_codes)
-        n_queries = queries.shape[0]
         if self.rerank is not None:
-            return self._search_reranked(queries, query_codes, query_scales, k, exclude)
+            return (yield from self._reranked_steps(queries, query_codes, query_scales, k, exclude))
+        n_queries = queries.shape[0]
         out_ids = np.full((n_queries, k), -1, dtype=np.int64)
         out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
         n_excluded = np.array([len(e) for e in exclude] if exclude is not None else [0] * n_queries, dtype=np.int64)
@@ -340,7 +399,7 @@ class ItemIndex:
         pending = np.arange(n_queries)
         while pending.size and self.n_items:
             fetch = int(fetch_per_query[pending].max())
-            ids, scores = self._search(queries[pending], fetch)
+            ids, scores = yield queries[pending], fetch
             unresolved = []
             for row, query in enumerate(pending):
                 done = self._finish_row(
@@ -358,19 +417,19 @@ class ItemIndex:
             fetch_per_query[pending] = np.minimum(fetch_per_query[pending] * 2, self.n_items)
         return SearchResult(ids=out_ids, scores=out_scores)
 
-    def _search_reranked(
+    def _reranked_steps(
         self,
         queries: npt.NDArray[Any],
         query_codes: npt.NDArray[Any],
         query_scales: npt.NDArray[np.floating] | None,
         k: int,
         exclude: list[npt.NDArray[np.int64]] | None,
-    ) -> SearchResult:
+    ) -> Steps:
         assert self.rerank is not None
         n_queries = queries.shape[0]
         n_excluded = [len(e) for e in exclude] if exclude is not None else [0] * n_queries
         fetch = min(self.n_items, k * self.rerank.factor + max(n_excluded, default=0))
-        candidates, _ = self._search(queries, fetch)
+        candidates, _ = yield queries, fetch
         users = dequantize(query_codes, self.layout, self.dim, query_scales, self.rerank.mode)
         out_ids = np.full((n_queries, k), -1, dtype=np.int64)
         out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)

@@ -25,7 +25,7 @@ from binrec.service.metrics import ServiceMetrics
 from binrec.service.observe import ObserveRequests
 from binrec.service.recommender import Recommender, ServingModel
 from binrec.service.routes import admin, health, recommend
-from binrec.service.search_client import SearchUnavailable
+from binrec.service.search_client import RemoteBackend, SearchUnavailable
 from binrec.service.settings import ServiceSettings, get_settings
 from binrec.service.user_codes import UserCodeCache
 from binrec.service.workers import WorkerVersions
@@ -89,6 +89,9 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             await batcher.close()
+            retrieval = recommender.model.index.retrieval
+            if isinstance(retrieval, RemoteBackend):  # its connections belong to this loop: closed before it ends
+                retrieval.close()
             await redis.aclose()
             if versions is not None:
                 versions.retire()

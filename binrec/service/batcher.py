@@ -3,11 +3,11 @@
 A search holds the index for a few hundred microseconds, most of it fixed cost; answering 32 users in
 one call costs little more than answering one. Requests put their query on a queue and await a future;
 one task takes the first waiting query, keeps collecting until ``max_batch`` queries or ``max_wait_ms``
-have passed, and runs them as one search on the index's own thread (the event loop never blocks on
-it). An index in this process has one such thread; one in the search process may have several batches
-away at once (``in_flight``), so that what arrives meanwhile goes out without waiting. Each query is
-answered from the model snapshot it was submitted with, so a model swap never mixes versions inside an
-answer; queries of different snapshots go to separate searches.
+have passed, and runs them as one search. An index in this process searches on its own thread (the event loop
+never blocks on it). An index whose backend is the search process's waits for it on the event loop itself, with
+several batches away at once (``in_flight``), so that what arrives meanwhile goes out without waiting. Each query
+is answered from the model snapshot it was submitted with, so a model swap never mixes versions inside an answer;
+queries of different snapshots go to separate searches.
 """
 
 from __future__ import annotations
@@ -51,14 +51,30 @@ class SearchJob:
 
 def search_together(jobs: list[SearchJob]) -> list[SearchResult]:
     """One index call for jobs of one model: the largest k, then each job's rows cut to its own k (still exact)."""
-    model = jobs[0].model
+    codes, k, exclude, scales = merged(jobs)
+    return split(jobs, jobs[0].model.index.search(codes, k, exclude=exclude, query_scales=scales))
+
+
+async def search_together_async(jobs: list[SearchJob]) -> list[SearchResult]:
+    """``search_together`` on the event loop, for an index whose backend waits on the search process."""
+    codes, k, exclude, scales = merged(jobs)
+    return split(jobs, await jobs[0].model.index.search_async(codes, k, exclude=exclude, query_scales=scales))
+
+
+def merged(
+    jobs: list[SearchJob],
+) -> tuple[npt.NDArray[Any], int, list[npt.NDArray[np.int64]], npt.NDArray[np.floating] | None]:
+    """The jobs' queries as one search: codes, the largest k, exclusions and scales, row by row."""
     k = max(job.k for job in jobs)
     codes = np.concatenate([job.codes for job in jobs]) if len(jobs) > 1 else jobs[0].codes
     scales = None
     if jobs[0].scales is not None:
         scales = np.concatenate([job.scales for job in jobs if job.scales is not None])
-    exclude = [items for job in jobs for items in job.exclude]
-    result: SearchResult = model.index.search(codes, k, exclude=exclude, query_scales=scales)
+    return codes, k, [items for job in jobs for items in job.exclude], scales
+
+
+def split(jobs: list[SearchJob], result: SearchResult) -> list[SearchResult]:
+    """Each job's rows of a merged search, cut to its own k."""
     answers, first = [], 0
     for job in jobs:
         rows = slice(first, first + job.rows)
@@ -190,7 +206,10 @@ class MicroBatcher:
             for group in groups.values():
                 started = time.perf_counter()
                 try:
-                    answers = await loop.run_in_executor(self._executor, search_together, group)
+                    if group[0].model.index.waits_on_peer:  # the search process answers: wait on this loop
+                        answers = await search_together_async(group)
+                    else:
+                        answers = await loop.run_in_executor(self._executor, search_together, group)
                 except Exception as error:  # a failed search fails its requests, not the batcher
                     if isinstance(error, SearchUnavailable):  # an outage the requests report (503), not a bug
                         log.warning("batched search of %d queries: %s", sum(job.rows for job in group), error)

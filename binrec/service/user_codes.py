@@ -2,8 +2,10 @@
 
 Redis is a cache, never the source of truth: every failure (down, slow, evicted) falls back to the
 bundle's own row, so a Redis outage degrades latency, not answers. A batch of users costs one MGET and
-one pipelined write of the misses. redis-py drops a connection whose call was cancelled or timed out
-(``socket_timeout``) and reconnects on the next call, so the cache recovers by itself when Redis returns.
+one pipelined write of the misses, and concurrent requests share MGETs: while one is out, the keys wanted
+meanwhile wait and go out together in the next, so under load a worker pays one round trip for many requests.
+redis-py drops a connection whose call was cancelled or timed out (``socket_timeout``) and reconnects on the
+next call, so the cache recovers by itself when Redis returns.
 """
 
 from __future__ import annotations
@@ -52,6 +54,49 @@ class LRU:
             self._items.popitem(last=False)
 
 
+class SharedGets:
+    """MGETs of concurrent callers merged: at most one is out at a time, and the keys asked for while it is out go
+    together in the next. An idle worker's lookup goes out at once; a busy one's waits at most one round trip."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._waiting: list[tuple[list[str], asyncio.Future[list[bytes | str | None]]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def get(self, keys: list[str]) -> list[bytes | str | None]:
+        """The values of ``keys`` (None where missing; bytes unless the client decodes); Redis's error if the MGET
+        that carried them failed."""
+        future: asyncio.Future[list[bytes | str | None]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((keys, future))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send())
+        return await future
+
+    async def _send(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    values = await self.redis.mget([key for keys, _ in batch for key in keys])
+                except BaseException as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    if not isinstance(error, Exception):  # cancelled: the worker is stopping
+                        raise
+                    continue
+                first = 0
+                for keys, future in batch:
+                    if not future.done():  # a caller that gave up (cancelled) takes nothing
+                        future.set_result(values[first : first + len(keys)])
+                    first += len(keys)
+        finally:
+            self._sender = None
+            for _, future in self._waiting:
+                if not future.done():
+                    future.cancel()
+
+
 class UserCodeCache:
     def __init__(
         self,
@@ -63,6 +108,7 @@ class UserCodeCache:
         on_error: Callable[[], None] | None = None,
     ) -> None:
         self.redis = redis
+        self.gets = SharedGets(redis)
         self.ttl_s = ttl_s
         self.lru = LRU(lru_size)
         self.on_lookup = on_lookup or (lambda source, count: None)  # (lru | redis | bundle, how many)
@@ -82,7 +128,7 @@ class UserCodeCache:
             return [code for code in found if code is not None]
         keys = [user_code_key(version, users[i][0]) for i in missing]
         try:
-            cached = await self.redis.mget(keys)
+            cached = await self.gets.get(keys)
             reachable = True
         except REDIS_FAILURES as error:
             self.on_error()

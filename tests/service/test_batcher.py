@@ -63,33 +63,55 @@ def test_jobs_merge_up_to_max_batch_and_each_gets_its_own_answer(snapshot: Snaps
 
 
 class SlowIndex:
-    """An index whose searches take a while (as a round trip to the search process does), counting overlaps."""
+    """An index whose searches take a while, counting overlaps: on a thread as an index in this process searches,
+    or awaited on the event loop as a round trip to the search process is (``waits_on_peer``)."""
 
-    def __init__(self, index: ItemIndex) -> None:
+    def __init__(self, index: ItemIndex, *, waits_on_peer: bool) -> None:
         self.index = index
+        self.waits_on_peer = waits_on_peer
         self.active = 0
         self.most = 0
         self.lock = threading.Lock()
+        self.threads: set[str] = set()
 
-    def search(self, *args: object, **kwargs: object) -> object:
+    def _enter(self) -> None:
         with self.lock:
             self.active += 1
             self.most = max(self.most, self.active)
-        time.sleep(0.05)
+            self.threads.add(threading.current_thread().name)
+
+    def _leave(self) -> None:
         with self.lock:
             self.active -= 1
+
+    def search(self, *args: object, **kwargs: object) -> object:
+        self._enter()
+        time.sleep(0.05)
+        self._leave()
+        return self.index.search(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def search_async(self, *args: object, **kwargs: object) -> object:
+        self._enter()
+        await asyncio.sleep(0.05)
+        self._leave()
         return self.index.search(*args, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("in_flight", [1, 3])
-def test_batches_in_flight_overlap_up_to_the_limit_and_answers_stay_exact(snapshot: Snapshot, in_flight: int) -> None:
+@pytest.mark.parametrize(("in_flight", "waits_on_peer"), [(1, False), (1, True), (3, True)])
+def test_batches_in_flight_overlap_up_to_the_limit_and_answers_stay_exact(
+    snapshot: Snapshot, in_flight: int, waits_on_peer: bool
+) -> None:
     """With an index in another process, requests that arrive while a batch is away go out at once (up to
-    ``in_flight`` batches), instead of waiting for it; each still gets its own exact answer."""
-    slow = SlowIndex(snapshot.index)
+    ``in_flight`` batches), instead of waiting for it, and the batches are awaited on the event loop's own thread;
+    each still gets its own exact answer. An index in this process searches on the batcher's thread."""
+    slow = SlowIndex(snapshot.index, waits_on_peer=waits_on_peer)
     model = Snapshot(slow)  # type: ignore[arg-type]
     queries = np.random.default_rng(8).integers(0, 256, size=(12, 8), dtype=np.uint8)
+    loop_thread = ""
 
     async def run() -> list[tuple[np.ndarray, np.ndarray]]:
+        nonlocal loop_thread
+        loop_thread = threading.current_thread().name
         batcher = MicroBatcher(max_batch=64, max_wait_ms=0, in_flight=in_flight)
         batcher.start()
         try:
@@ -103,6 +125,7 @@ def test_batches_in_flight_overlap_up_to_the_limit_and_answers_stay_exact(snapsh
 
     answers = asyncio.run(run())
     assert slow.most == in_flight
+    assert (slow.threads == {loop_thread}) == waits_on_peer
     for row, (ids, scores) in enumerate(answers):
         expected = snapshot.index.search(queries[row : row + 1], 5)
         assert np.array_equal(ids, expected.ids[0]) and np.array_equal(scores, expected.scores[0])

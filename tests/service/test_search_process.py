@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -9,16 +10,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
 from binrec.index.bundle import Bundle
-from binrec.index.item_index import ItemIndex
+from binrec.index.item_index import ItemIndex, SearchResult
 from binrec.service.recommender import ServingModel
 from binrec.service.search_client import RemoteBackend, SearchUnavailable
 from binrec.service.search_wire import SIZES, Found, Refused, Search, WireError, decode, pack, receive, unpack
@@ -90,6 +92,22 @@ def search_socket(tmp_path: Path) -> Iterator[Path]:
         yield path
 
 
+def search_on_a_loop(index: ItemIndex, codes: np.ndarray, k: int, **options: Any) -> SearchResult:
+    """``search_async`` as a worker's micro-batcher awaits it: on an event loop, no thread."""
+
+    async def search() -> SearchResult:
+        try:
+            return await index.search_async(codes, k, **options)
+        finally:  # as a stopping worker does: its connections close before its loop ends
+            assert isinstance(index.retrieval, RemoteBackend)
+            index.retrieval.close()
+
+    return asyncio.run(search())
+
+
+SEARCHES = [ItemIndex.search, search_on_a_loop]  # a worker's blocking calls (open, self-check) and its batches
+
+
 @pytest.mark.parametrize("kind", ["ste_bundle", "hq2_bundle", "asymmetric_bundle", "bigear_bundle", "fp_bundle"])
 def test_remote_search_equals_the_in_process_index(
     kind: str, search_socket: Path, request: pytest.FixtureRequest
@@ -105,9 +123,10 @@ def test_remote_search_equals_the_in_process_index(
     scales = np.asarray(bundle.user_scales[rows]) if bundle.user_scales is not None else None
     for k, excluded in ((20, exclude), (bundle.manifest.n_items + 5, None)):
         expected = local.search(codes, k, exclude=excluded, query_scales=scales)
-        got = remote.search(codes, k, exclude=excluded, query_scales=scales)
-        assert np.array_equal(got.ids, expected.ids)
-        assert np.array_equal(got.scores, expected.scores)
+        for how in SEARCHES:
+            got = how(remote, codes, k, exclude=excluded, query_scales=scales)
+            assert np.array_equal(got.ids, expected.ids), how
+            assert np.array_equal(got.scores, expected.scores), how
 
 
 def test_refusals_name_the_problem_and_leave_the_process_serving(
@@ -154,26 +173,64 @@ def test_an_unreachable_search_process_is_search_unavailable(tmp_path: Path, ste
         ServingModel.remote_index(Bundle.load(ste_bundle.root), tmp_path / "nobody.sock", 10.0, None)
 
 
+@pytest.mark.parametrize("how", SEARCHES)
 def test_a_search_process_that_stops_answering_times_out_and_the_worker_reconnects(
-    search_socket: Path, ste_bundle: TrainedBundle
+    search_socket: Path, ste_bundle: TrainedBundle, how: Callable[..., SearchResult]
 ) -> None:
     """A stopped (not killed) search process: each search gives up after its timeout, and once the process
     answers again the next search goes through on a fresh connection."""
     bundle = Bundle.load(ste_bundle.root)
     remote = ServingModel.remote_index(bundle, search_socket, 0.5, None)
     codes = np.asarray(bundle.user_codes[:3])
-    expected = remote.search(codes, 10)
+    expected = how(remote, codes, 10)
     (owner,) = children_running(os.getpid(), "binrec.service.search_process")
     os.kill(owner, signal.SIGSTOP)
     try:
         started = time.monotonic()
         with pytest.raises(SearchUnavailable, match="no answer within 0.5 s"):
-            remote.search(codes, 10)
+            how(remote, codes, 10)
         assert time.monotonic() - started < 3
     finally:
         os.kill(owner, signal.SIGCONT)
-    again = remote.search(codes, 10)  # the late answer to the timed-out search is never read as this one's
+    again = how(remote, codes, 10)  # the late answer to the timed-out search is never read as this one's
     assert np.array_equal(again.ids, expected.ids) and np.array_equal(again.scores, expected.scores)
+
+
+def test_a_search_process_that_dies_mid_search_is_search_unavailable_on_the_loop(
+    tmp_path: Path, ste_bundle: TrainedBundle
+) -> None:
+    """The connection lost while a search awaits its answer fails that search at once (no wait for the timeout)."""
+    bundle = Bundle.load(ste_bundle.root)
+    path = tmp_path / "search.sock"
+    env = {**os.environ, "RECSYS_LOG_LEVEL": "warning", "RECSYS_DEVICE": "cpu"}
+    owner = subprocess.Popen([sys.executable, "-m", "binrec.service.search_process", "--socket", str(path)], env=env)
+    try:
+        while not path.exists():
+            assert owner.poll() is None, "the search process did not listen"
+            time.sleep(0.05)
+        remote = ServingModel.remote_index(bundle, path, 30.0, None)
+        backend = remote.retrieval
+        assert isinstance(backend, RemoteBackend)
+        codes = np.asarray(bundle.user_codes[:3])
+
+        async def search_while_it_dies() -> None:
+            try:
+                await remote.search_async(codes, 10)  # a connection of this loop, now idle
+                owner.send_signal(signal.SIGSTOP)
+                searching = asyncio.ensure_future(remote.search_async(codes, 10))
+                await asyncio.sleep(0.2)
+                owner.kill()
+                await searching
+            finally:
+                backend.close()
+
+        started = time.monotonic()
+        with pytest.raises(SearchUnavailable, match="search process"):
+            asyncio.run(search_while_it_dies())
+        assert time.monotonic() - started < 10
+    finally:
+        owner.kill()
+        owner.wait()
 
 
 def children_running(pid: int, module: str) -> list[int]:

@@ -67,11 +67,33 @@ class SearchBackend(ABC):
     def padding_distance(self) -> float:
         """The distance padded slots (id -1) of short rows carry: past every item's."""
 
+    # Whether searches wait on another process rather than compute here: such a backend answers ``search_async`` on
+    # the caller's event loop, with no thread to hand the search to and no lock to take back from it.
+    waits_on_peer: bool = False
+
     @abstractmethod
     def _search(self, queries: npt.NDArray[Any], k: int) -> TopK:
         """Exact top-k for validated queries and 1 <= k <= n_items."""
 
+    async def _search_async(self, queries: npt.NDArray[Any], k: int) -> TopK:
+        """``_search`` without blocking the event loop (a backend that ``waits_on_peer`` provides it)."""
+        raise NotImplementedError(f"the {self.name} backend searches in this process: call search from a thread")
+
     def search(self, queries: npt.NDArray[Any], k: int) -> TopK:
+        checked = self._checked(queries, k)
+        if isinstance(checked, TopK):
+            return checked
+        return pad_topk(self._search(checked, min(k, self.n_items)), k, self.padding_distance)
+
+    async def search_async(self, queries: npt.NDArray[Any], k: int) -> TopK:
+        """``search`` awaited on an event loop: only for a backend that ``waits_on_peer``."""
+        checked = self._checked(queries, k)
+        if isinstance(checked, TopK):
+            return checked
+        return pad_topk(await self._search_async(checked, min(k, self.n_items)), k, self.padding_distance)
+
+    def _checked(self, queries: npt.NDArray[Any], k: int) -> npt.NDArray[Any] | TopK:
+        """The queries as the backend takes them (or the answer to no queries); ``ValueError`` for a bad request."""
         dtype = np.dtype(self.query_dtype)
         queries = np.ascontiguousarray(queries, dtype=dtype)
         if queries.ndim != 2 or queries.shape[1] != self.width:
@@ -80,8 +102,7 @@ class SearchBackend(ABC):
             raise ValueError(f"k must be in 1..{self.max_k} (the largest k the {self.name} backend answers), got {k}")
         if queries.shape[0] == 0:
             return empty_topk(0, k, self.padding_distance, self.distance_dtype)
-        found = self._search(queries, min(k, self.n_items))
-        return pad_topk(found, k, self.padding_distance)
+        return queries
 
 
 class HammingBackend(SearchBackend):

@@ -95,6 +95,20 @@ def _pack(chunks: list[_Chunk]) -> torch.Tensor:
     return torch.cat([chunk.found.flatten() for chunk in chunks] + [chunk.redo.to(torch.int64) for chunk in chunks])
 
 
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor.cpu()``, the calling thread asleep until the copy lands. A plain ``.cpu()`` spins a core for as long
+    as the GPU works; a serving host's cores are what its HTTP workers run on, and a search process spinning through
+    every search takes one of them from the workers."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    landed = torch.cuda.Event(blocking=True)  # type: ignore[no-untyped-call]
+    landed.record()
+    landed.synchronize()  # type: ignore[no-untyped-call]
+    return host
+
+
 # Searches of up to this many queries replay a captured CUDA graph when the plan is one chunk: below a few
 # milliseconds of GPU work a search is bound by its ~25 launches from Python, not by the work (1M items × 64
 # queries: 1.6–1.9 ms eager on an H200, most of it the GPU waiting for the host).
@@ -574,7 +588,7 @@ class TritonBackend(HammingBackend):
     def _answers(self, chunks: list[_Chunk], packed: torch.Tensor, k: int) -> torch.Tensor:
         """The chunks' answers on the host, ``[queries, k]``, from ``_pack``'s one transfer; flagged queries redone."""
         size = sum(chunk.found.numel() for chunk in chunks)
-        host = packed.cpu()
+        host = to_host(packed)
         if bool(host[size:].any()):
             for chunk in chunks:
                 if bool(chunk.redo.any()):
