@@ -17,11 +17,12 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -247,6 +248,9 @@ def resolve_bundle_path(path: Path) -> Path:
     raise BundleError(f"{path}: neither a bundle (no {MANIFEST}) nor a bundle root (no {CURRENT})")
 
 
+T = TypeVar("T")
+
+
 def _read_lines(path: Path) -> list[str]:
     # split("\n"), not splitlines(): ids may hold other line-break characters (\x0c, \u2028…).
     lines = path.read_text(encoding="utf-8").split("\n")
@@ -254,11 +258,44 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _load_npy(path: Path) -> npt.NDArray[Any]:
+    with path.open("rb") as handle:  # opened here: np.load leaves its own handle open when the file is not an array
+        array: npt.NDArray[Any] = np.load(handle, allow_pickle=False)
+    return array
+
+
+def _load_seen(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    with path.open("rb") as handle, np.load(handle, allow_pickle=False) as seen:
+        if set(seen.files) != {"indptr", "indices"}:
+            raise ValueError(f"expected arrays indptr and indices, got {sorted(seen.files)}")
+        return seen["indptr"], seen["indices"]
+
+
+def read_part(file: Path, read: Callable[[Path], T]) -> T:
+    """``read(file)``, or ``BundleError`` naming the file whatever went wrong: a file that passes its checksum can
+    still be unreadable (a publisher that wrote garbage, then its digest), and no reader's own exception
+    (``BadZipFile``, ``zlib.error``, ``UnicodeDecodeError``, ``PermissionError``…) may pass for anything but a bad
+    bundle."""
     try:
-        array: npt.NDArray[Any] = np.load(path, allow_pickle=False)
-        return array
-    except (ValueError, OSError) as error:
-        raise BundleError(f"{path}: not a readable .npy array ({error})") from error
+        return read(file)
+    except BundleError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every failure to read a part is this one refusal
+        raise BundleError(f"{file}: unreadable ({type(error).__name__}: {error})") from error
+
+
+KIND_NAMES = {"f": "floats", "u": "unsigned bytes", "iu": "integers"}
+
+
+def check_array(file: Path, name: str, array: npt.NDArray[Any], kinds: str) -> None:
+    """Refuse an array whose dtype kind is not one of ``kinds``, or a float array holding NaN or infinity: a NaN
+    code scores nothing and a NaN scale every item alike, so either would be served as empty or arbitrary answers."""
+    if array.dtype.kind not in kinds:
+        raise BundleError(f"{file}: {name} must be {KIND_NAMES[kinds]}, got {array.dtype}")
+    if array.dtype.kind == "f":
+        flat = array.reshape(-1)
+        for start in range(0, flat.size, 1 << 24):  # chunked: no boolean copy of a catalogue
+            if not np.isfinite(flat[start : start + (1 << 24)]).all():
+                raise BundleError(f"{file}: NaN or infinite values in {name}")
 
 
 def distinct(ids: list[str]) -> bool:
@@ -349,38 +386,55 @@ class Bundle:
                 raise BundleError(f"{manifest_path}: file name {name!r} is not a plain name")
             if not file.is_file():
                 raise BundleError(f"{file}: missing")
-            actual = sha256_of(file)
+            actual = read_part(file, sha256_of)
             if actual != digest:
                 raise BundleError(f"{file}: checksum mismatch (manifest {digest[:12]}…, file {actual[:12]}…)")
+        optional = {name: read_part(path / name, _load_npy) if name in manifest.files else None
+                    for name in ("user_scales.npy", "item_scales.npy")}  # fmt: skip
+        indptr, indices = read_part(path / "seen.npz", _load_seen)
         bundle = cls(
             path=path,
             manifest=manifest,
-            user_codes=_load_npy(path / "user_codes.npy"),
-            item_codes=_load_npy(path / "item_codes.npy"),
-            user_ids=_read_lines(path / "user_ids.txt"),
-            item_ids=_read_lines(path / "item_ids.txt"),
-            seen_indptr=np.empty(0, np.int64),
-            seen_indices=np.empty(0, np.int64),
-            popular=_load_npy(path / "popular.npy"),
-            user_scales=_load_npy(path / "user_scales.npy") if "user_scales.npy" in manifest.files else None,
-            item_scales=_load_npy(path / "item_scales.npy") if "item_scales.npy" in manifest.files else None,
+            user_codes=read_part(path / "user_codes.npy", _load_npy),
+            item_codes=read_part(path / "item_codes.npy", _load_npy),
+            user_ids=read_part(path / "user_ids.txt", _read_lines),
+            item_ids=read_part(path / "item_ids.txt", _read_lines),
+            seen_indptr=indptr,
+            seen_indices=indices,
+            popular=read_part(path / "popular.npy", _load_npy),
+            user_scales=optional["user_scales.npy"],
+            item_scales=optional["item_scales.npy"],
         )
         if COLD_START_FILE in manifest.files:
-            try:
-                section = ColdStartSection.load(path / COLD_START_FILE, format_version=manifest.format_version)
-            except ValueError as error:
-                raise BundleError(f"{path / COLD_START_FILE}: {error}") from error
+            section = read_part(
+                path / COLD_START_FILE, partial(ColdStartSection.load, format_version=manifest.format_version)
+            )
             object.__setattr__(bundle, "cold_start", section)
-        try:
-            with np.load(path / "seen.npz", allow_pickle=False) as seen:
-                indptr, indices = seen["indptr"], seen["indices"]
-        except (ValueError, OSError, KeyError) as error:
-            raise BundleError(f"{path / 'seen.npz'}: expected arrays indptr and indices ({error})") from error
+        bundle._check_arrays()
         # copy=False: seen.npz is stored as int64 already, and at catalogue scale a copy is a gigabyte per worker.
         object.__setattr__(bundle, "seen_indptr", indptr.astype(np.int64, copy=False))
         object.__setattr__(bundle, "seen_indices", indices.astype(np.int64, copy=False))
         bundle._check_shapes()
         return bundle
+
+    def _check_arrays(self) -> None:
+        """Every array of every file: integers where rows are, floats only finite (NaN codes, scales or cold-start
+        weights would serve empty or arbitrary answers, not fail)."""
+        parts: list[tuple[str, str, npt.NDArray[Any] | None, str]] = [
+            ("user_codes.npy", "the user codes", self.user_codes, np.dtype(code_dtype(self.user_layout)).kind),
+            ("item_codes.npy", "the item codes", self.item_codes, np.dtype(code_dtype(self.layout)).kind),
+            ("seen.npz", "indptr", self.seen_indptr, "iu"),
+            ("seen.npz", "indices", self.seen_indices, "iu"),
+            ("popular.npy", "the popular items", self.popular, "iu"),
+            ("user_scales.npy", "the user scales", self.user_scales, "f"),
+            ("item_scales.npy", "the item scales", self.item_scales, "f"),
+        ]
+        if self.cold_start is not None:
+            parts += [(COLD_START_FILE, f"{name!r}", array, array.dtype.kind)
+                      for name, array in self.cold_start.to_arrays().items()]  # fmt: skip
+        for file, name, array, kinds in parts:
+            if array is not None:
+                check_array(self.path / file, name, array, kinds)
 
     def _check_shapes(self) -> None:
         m = self.manifest

@@ -296,8 +296,8 @@ class ColdStartSection:
     @classmethod
     def load(cls, path: Path, *, format_version: int) -> ColdStartSection:
         """Read a section file; ValueError (not yet naming the file) when it is unreadable or incomplete."""
-        try:
-            with np.load(path, allow_pickle=False) as archive:
+        try:  # the file opened here: np.load leaves its own handle open when the file is not an archive
+            with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
         except (OSError, ValueError, zipfile.BadZipFile) as error:
             raise ValueError(f"not a readable .npz archive ({error})") from error

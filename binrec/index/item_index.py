@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Generator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from binrec.index.bundle import Bundle
+from binrec.index.bundle import Bundle, BundleError, read_part
 from binrec.index.codes import (
     CodeLayout,
     ScaleMode,
@@ -41,6 +42,7 @@ from binrec.index.retrieval import (
     backend_for_index,
     read_stored_index,
     serialize_stored_index,
+    stored_forms,
     stored_index,
 )
 from binrec.index.retrieval import DevicePreference as DevicePreference  # the service and CLI name it here
@@ -129,6 +131,23 @@ def check_search_arguments(query_codes: npt.NDArray[Any], k: int, exclude: list[
         raise ValueError(f"k must be positive, got {k}")
     if exclude is not None and len(exclude) != len(query_codes):
         raise ValueError(f"exclude has {len(exclude)} rows for {len(query_codes)} queries")
+
+
+def check_stored_items(bundle: Bundle, stored: Any) -> None:
+    """Refuse a stored index that does not hold exactly the bundle's items, in the bundle's order: its file passes
+    its checksum whatever it holds, and a self-check of a few items would serve the rest wrong."""
+    path, n_items = bundle.index_path, bundle.manifest.n_items
+    expected_d = search_dim(bundle.layout, bundle.dim, bundle.user_layout)
+    if stored.d != expected_d or int(stored.ntotal) != n_items:
+        raise BundleError(
+            f"{path}: {int(stored.ntotal)} items of d={stored.d}, the bundle has {n_items} of d={expected_d}"
+        )
+    forms = stored_forms(stored)
+    for start in range(0, n_items, 1 << 20):
+        rows = slice(start, start + (1 << 20))
+        expected = item_search_form(bundle.item_codes[rows], bundle.layout, bundle.dim, bundle.user_layout)
+        if not np.array_equal(forms[rows], expected):
+            raise BundleError(f"{path}: its items {start}… differ from the bundle's item codes")
 
 
 class ItemIndex:
@@ -236,20 +255,12 @@ class ItemIndex:
         """The bundle's stored index (or one built from its codes when none is stored), self-checked."""
         layout, dim, user_layout = bundle.layout, bundle.dim, bundle.user_layout
         if bundle.index_path is not None:
-            rerank = Reranker.of_bundle(bundle)
-            index = cls.load(
-                bundle.index_path,
-                layout=layout,
-                dim=dim,
-                device=device,
-                rerank=rerank,
-                backend=backend,
+            stored = read_part(bundle.index_path, partial(read_stored_index, binary=layout.is_binary))
+            check_stored_items(bundle, stored)
+            index = cls.over_stored(
+                stored, layout=layout, dim=dim, device=device, rerank=Reranker.of_bundle(bundle), backend=backend,
                 user_layout=user_layout,
-            )
-            if index.n_items != bundle.manifest.n_items:
-                raise ValueError(
-                    f"{bundle.index_path}: {index.n_items} items, the bundle has {bundle.manifest.n_items}"
-                )
+            )  # fmt: skip
         else:
             index = cls.build(
                 bundle.item_codes,

@@ -13,12 +13,10 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from binrec.index.bundle import BundleError
-from binrec.index.item_index import IndexSelfCheckError
 from binrec.service.app import create_app
 from binrec.service.logs import configure_logging
 from binrec.service.metrics import MULTIPROCESS_ENV
-from binrec.service.recommender import ServingModel
+from binrec.service.recommender import ServingModel, describe
 from binrec.service.search_process import SearchProcessHandle, as_environment
 from binrec.service.settings import ServiceSettings
 from binrec.service.workers import RUNTIME_DIR_ENV
@@ -72,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             # process only verifies, and its GPU index searches nothing more.
             warm_batch = settings.batch_max_size if settings.workers == 1 else 0
             model = ServingModel.for_settings(settings, warm_batch=warm_batch)
-        except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
-            print(f"recsys-serve: error: {error}", file=sys.stderr)
+        except Exception as error:  # a bundle that cannot serve, whatever the reason: one line, not a traceback
+            print(f"recsys-serve: error: {describe(error)}", file=sys.stderr)
             return 2
         serve(settings, overrides, model, search)
         if search is not None and search.failed:

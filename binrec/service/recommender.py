@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from binrec.index.bundle import Bundle, BundleError, resolve_bundle_path
-from binrec.index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex, Reranker
+from binrec.index.bundle import MANIFEST, Bundle, BundleError, resolve_bundle_path
+from binrec.index.item_index import DevicePreference, ItemIndex, Reranker
 from binrec.service.batcher import NO_ITEMS, MicroBatcher
 from binrec.service.cold_start import ColdStart
 from binrec.service.metrics import ServiceMetrics
@@ -32,7 +32,6 @@ from binrec.service.workers import WorkerVersions
 
 log = logging.getLogger(__name__)
 
-LOAD_FAILURES = (BundleError, IndexSelfCheckError, ValueError, RuntimeError, OSError)
 
 
 @dataclass(frozen=True)
@@ -234,10 +233,10 @@ class Recommender:
                     warm_batch=self.batcher.max_batch,
                     observe_search=self.metrics.observe_owner_search,
                 )
-            except LOAD_FAILURES as error:
+            except Exception as error:  # whatever failed, the candidate is refused and the old model serves on
                 self.metrics.model_loads.labels(outcome="refused").inc()
-                log.error("refused bundle under %s, still serving %s: %s", root, previous.version, error)
-                raise ModelRefused(str(error)) from error
+                log.error("refused bundle under %s, still serving %s: %s", root, previous.version, describe(error))
+                raise ModelRefused(describe(error)) from error
             self.model = loaded
             self.metrics.model_loads.labels(outcome="loaded").inc()
             self._serving(loaded.version)
@@ -245,19 +244,40 @@ class Recommender:
             return previous.version, loaded.version
 
     async def watch(self, root: Path, interval_s: float) -> None:
-        """Reload whenever ``root``'s CURRENT names another bundle (a refused one is not retried)."""
-        refused: Path | None = None
+        """Reload whenever ``root``'s CURRENT names another bundle. Nothing stops it: a refused bundle is tried again
+        once its manifest changes (a publisher that fixed it in place), and any error is logged and waited out."""
+        refused: tuple[Path, tuple[int, ...]] | None = None
         while True:
             await asyncio.sleep(interval_s)
             try:
                 target = resolve_bundle_path(root)
-            except BundleError as error:
-                log.warning("watching %s: %s", root, error)
-                continue
-            if target in (self.model.bundle.path, refused):
-                continue
-            try:
-                await self.reload(target)
-                refused = None
-            except ModelRefused:
-                refused = target
+                if target == self.model.bundle.path:
+                    continue
+                seen = (target, manifest_signature(target))
+                if seen == refused:
+                    continue
+                try:
+                    await self.reload(target)
+                    refused = None
+                except ModelRefused:
+                    refused = seen
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a watcher that died would leave this worker on its version for good
+                log.warning("watching %s: %s", root, describe(error))
+
+
+def describe(error: BaseException) -> str:
+    """One line for a failure: its message, and its type where the message alone does not say what happened."""
+    if isinstance(error, BundleError | ValueError | ModelRefused) and str(error):
+        return str(error)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def manifest_signature(bundle: Path) -> tuple[int, ...]:
+    """What changes when a bundle's manifest is rewritten (its inode, size and modification time)."""
+    try:
+        stat = (bundle / MANIFEST).stat()
+    except OSError:
+        return ()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns

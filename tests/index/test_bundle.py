@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,7 @@ import pytest
 import scipy.sparse as sp
 
 from binrec.index.bundle import (
+    COLD_START_FILE,
     CURRENT,
     MANIFEST,
     Bundle,
@@ -207,3 +212,94 @@ def test_asymmetric_codes_with_scales_or_without_an_exact_pairing_are_refused(tm
     floats = dataclasses.replace(content(), user_code_layout=CodeLayout.FLOAT32)
     with pytest.raises(ValueError, match="cannot be scored against"):
         publish_bundle(tmp_path, floats)
+
+
+def forge(path: Path, name: str, data: bytes) -> None:
+    """Replace a part of a published bundle and recompute its checksum, as a buggy publisher would: the bundle
+    passes every digest and only reading the part shows what is wrong with it."""
+    (path / name).write_bytes(data)
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["files"][name] = hashlib.sha256(data).hexdigest()
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def npz(**arrays: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+UNREADABLE_PARTS = {
+    "a zip that is not one": ("seen.npz", lambda: b"PK\x03\x04 not a zip archive", "seen.npz: unreadable"),
+    "an npz missing an array": ("seen.npz", lambda: npz(indptr=np.zeros(6, np.int64)), "seen.npz: unreadable"),
+    "float seen items": (
+        "seen.npz",
+        lambda: npz(indptr=np.array([0, 2, 2, 3, 3, 3]), indices=np.array([1.0, 4.0, 6.0])),
+        "seen.npz: indices must be integers",
+    ),
+    "garbage codes": ("user_codes.npy", lambda: b"\x93NUMPY garbage", "user_codes.npy: unreadable"),
+    "codes cut short": ("item_codes.npy", lambda: npy(np.zeros((7, 2), np.uint8))[:-3], "item_codes.npy: unreadable"),
+    "ids that are not UTF-8": ("item_ids.txt", lambda: b"i0\n\xff\xfe\n", "item_ids.txt: unreadable"),
+    "float popular items": ("popular.npy", lambda: npy(np.arange(7.0)), "popular.npy: the popular items must be"),
+    "pickled popular items": (
+        "popular.npy",
+        lambda: npy(np.array([object()] * 7, dtype=object)),
+        "popular.npy: unreadable",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE_PARTS))
+def test_a_part_that_passes_its_checksum_but_cannot_be_read_is_refused_naming_it(tmp_path: Path, case: str) -> None:
+    name, data, message = UNREADABLE_PARTS[case]
+    path = publish_bundle(tmp_path, content())
+    forge(path, name, data())
+    with pytest.raises(BundleError, match=re.escape(message)):
+        Bundle.load(path)
+
+
+@pytest.mark.parametrize(("name", "bad"), [("user_codes.npy", np.nan), ("item_codes.npy", np.inf)])
+def test_float_codes_with_nan_or_infinity_are_refused(tmp_path: Path, name: str, bad: float) -> None:
+    original = content()
+    rng = np.random.default_rng(1)
+    floats = dataclasses.replace(
+        original, code_layout=CodeLayout.FLOAT32, bits=32,
+        user_codes=rng.standard_normal((5, 16)).astype(np.float32),
+        item_codes=rng.standard_normal((7, 16)).astype(np.float32),
+    )  # fmt: skip
+    path = publish_bundle(tmp_path, floats)
+    codes = np.load(path / name)
+    codes[2, 3] = bad
+    forge(path, name, npy(codes))
+    with pytest.raises(BundleError, match=f"{name}: NaN or infinite values"):
+        Bundle.load(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "array"),
+    [("bigear_bundle", "item_scales.npy", None), ("ste_bundle", COLD_START_FILE, "item_layers")],
+)
+def test_nan_in_scales_or_cold_start_weights_is_refused(
+    tmp_path: Path, request: pytest.FixtureRequest, kind: str, name: str, array: str | None
+) -> None:
+    trained = request.getfixturevalue(kind)
+    path = tmp_path / "copy"
+    shutil.copytree(Bundle.load(trained.root).path, path)
+    if array is None:
+        values = np.load(path / name)
+        values[0, 0] = np.nan
+        forge(path, name, npy(values))
+    else:
+        with np.load(path / name) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        arrays[array] = arrays[array].copy()
+        arrays[array].reshape(-1)[5] = np.nan
+        forge(path, name, npz(**arrays))
+    with pytest.raises(BundleError, match=f"{name}: NaN or infinite values"):
+        Bundle.load(path)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from binrec.index.bundle import INDEX_FILE, Bundle, BundleError
+from binrec.index.cli import main as index_main
 from binrec.index.codes import CodeLayout, dequantize, encode_planes2, encode_sign1
 from binrec.index.item_index import IndexSelfCheckError, ItemIndex
 from binrec.index.retrieval import MAX_K
+from tests.conftest import TrainedBundle
+from tests.index.test_bundle import forge
 
 
 def brute_force(users: np.ndarray, items: np.ndarray, layout: CodeLayout, dim: int, k: int, exclude: list[np.ndarray]):
@@ -179,3 +186,24 @@ def test_an_index_without_items_answers_padded_rows() -> None:
     result = index.search(np.zeros((2, 2), np.uint8), 3)
     assert index.n_items == 0 and not index.on_gpu and (result.ids == -1).all()
     index.self_check(np.zeros((0, 2), np.uint8))
+
+
+@pytest.mark.parametrize("forged", ["garbage", "one item changed", "items reordered"])
+def test_a_stored_index_that_does_not_hold_the_bundles_items_is_refused(
+    tmp_path: Path, ste_bundle: TrainedBundle, forged: str
+) -> None:
+    """Its checksum recomputed, a stored index holding anything but the bundle's items is refused before it serves:
+    a self-check of a few items would pass most of these."""
+    path = tmp_path / "copy"
+    shutil.copytree(Bundle.load(ste_bundle.root).path, path)
+    assert index_main(["build", "--bundle-root", str(path), "--device", "cpu"]) == 0
+    bundle = Bundle.load(path)
+    codes = np.array(bundle.item_codes)
+    if forged == "one item changed":
+        codes[len(codes) // 2, 0] ^= 1
+    elif forged == "items reordered":
+        codes = codes[::-1].copy()
+    forged_index = ItemIndex.build(codes, bundle.layout, bundle.dim).serialize()
+    forge(path, INDEX_FILE, b"not a faiss index" if forged == "garbage" else forged_index)
+    with pytest.raises(BundleError, match=INDEX_FILE):
+        ItemIndex.for_bundle(Bundle.load(path), device="cpu")

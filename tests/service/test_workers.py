@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +15,8 @@ import httpx
 import pytest
 
 from binrec.index.bundle import CURRENT, Bundle, set_current
-from tests.conftest import RedisServer, TrainedBundle
+from tests.conftest import RedisServer, TrainedBundle, free_port
+from tests.index.test_bundle import forge
 from tests.service.test_cli import serve
 
 KEY = "s3cret"
@@ -65,6 +69,53 @@ def test_one_reload_moves_every_worker_and_metrics_cover_all(
             assert metric(text, 'recsys_request_seconds_count{route="/recommend",status="200"}') == 30
             for bundle, served in ((new, 1), (old, 0)):
                 assert metric(text, f'recsys_model_info{{model_version="{bundle.manifest.model_version}"}}') == served
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        _, stderr = process.communicate()
+    assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.parametrize("search_process", [False, True], ids=["own-indexes", "search-process"])
+def test_a_bundle_that_passes_its_checksums_but_cannot_be_read_splits_no_workers(
+    tmp_path: Path, ste_bundle: TrainedBundle, fp_bundle: TrainedBundle, redis_server: RedisServer, search_process: bool
+) -> None:
+    """Refused everywhere with a 409 (never a 500); every worker's watcher lives on, so once the publisher fixes the
+    bundle (in place, its manifest rewritten) one reload moves both workers; at start it is one line and exit 2."""
+    old, new = Bundle.load(ste_bundle.root), Bundle.load(fp_bundle.root)
+    shutil.copytree(old.path, tmp_path / old.path.name)
+    fixed = tmp_path / "next"
+    shutil.copytree(new.path, fixed)
+    good_seen = (fixed / "seen.npz").read_bytes()
+    forge(fixed, "seen.npz", b"PK\x03\x04 not a zip archive")  # passes its (recomputed) checksum
+    env = {"RECSYS_ADMIN_API_KEY": KEY, "RECSYS_LOG_LEVEL": "warning", "RECSYS_SEARCH_PROCESS": str(search_process)}
+
+    (tmp_path / CURRENT).write_text("next\n")
+    started = subprocess.run(
+        [sys.executable, "-m", "binrec.service.cli", "--bundle-root", str(tmp_path), "--device", "cpu",
+         "--redis-url", redis_server.url, "--port", str(free_port())],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=120,
+    )  # fmt: skip
+    assert started.returncode == 2, started.stderr
+    assert started.stderr.strip().splitlines()[-1].startswith("recsys-serve: error: ")
+    assert "seen.npz" in started.stderr and "Traceback" not in started.stderr, started.stderr
+
+    set_current(tmp_path, old.path.name)
+    process, url = serve(tmp_path, redis_server, "--workers", "2", env=env)
+    try:
+        wait_for_workers(url, 2)
+        set_current(tmp_path, "next")
+        refused = httpx.post(f"{url}/admin/reload", headers={"X-API-Key": KEY}, timeout=150)
+        assert refused.status_code == 409 and "seen.npz" in refused.json()["detail"], refused.text
+        time.sleep(2.5)  # every watcher (each second) has met the bad bundle too
+        for _ in range(20):  # fresh connections reach either worker
+            assert httpx.get(f"{url}/readyz").json()["model_version"] == old.manifest.model_version
+        forge(fixed, "seen.npz", good_seen)  # fixed in place
+        reloaded = httpx.post(f"{url}/admin/reload", headers={"X-API-Key": KEY}, timeout=150)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["model_version"] == new.manifest.model_version and reloaded.json()["workers"] == 2
+        for _ in range(20):
+            assert httpx.get(f"{url}/readyz").json()["model_version"] == new.manifest.model_version
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)

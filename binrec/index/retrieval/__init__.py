@@ -64,6 +64,7 @@ __all__ = [
     "reference_topk",
     "resolve_backend",
     "serialize_stored_index",
+    "stored_forms",
     "stored_index",
 ]
 
