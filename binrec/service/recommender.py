@@ -33,7 +33,6 @@ from binrec.service.workers import WorkerVersions
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class ServingModel:
     bundle: Bundle
