@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -26,6 +27,7 @@ from binrec.service.observe import ObserveRequests
 from binrec.service.recommender import Recommender, ServingModel
 from binrec.service.routes import admin, health, recommend
 from binrec.service.search_client import RemoteBackend, SearchUnavailable
+from binrec.service.search_process import SWITCH_INTERVAL_S
 from binrec.service.settings import ServiceSettings, get_settings
 from binrec.service.user_codes import UserCodeCache
 from binrec.service.workers import WorkerVersions
@@ -49,6 +51,9 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The event loop shares the GIL with the index's search thread and with model loads; the interpreter's
+        # default slice would let either hold the loop's requests for 5 ms each time the loop wants the GIL back.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         serving = model or ServingModel.for_settings(
             settings, warm_batch=settings.batch_max_size, observe_search=metrics.observe_owner_search
         )

@@ -7,7 +7,9 @@ have passed, and runs them as one search. An index in this process searches on i
 never blocks on it). An index whose backend is the search process's waits for it on the event loop itself, with
 several batches away at once (``in_flight``), so that what arrives meanwhile goes out without waiting. Each query
 is answered from the model snapshot it was submitted with, so a model swap never mixes versions inside an answer;
-queries of different snapshots go to separate searches.
+queries of different snapshots go to separate searches. A batch holds at most ``max_batch`` queries, and one request
+at most a quarter of them: a request of many users is searched in pieces, the smaller requests going first, so that
+it costs its own latency, not its neighbours'.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ NO_ITEMS = np.empty(0, np.int64)
 
 @dataclass
 class SearchJob:
-    """Queries against one model snapshot (``model.index`` searches them): one user's, or a whole batch a worker
-    sent the search process; each row keeps its own exclusions and scales."""
+    """Queries against one model snapshot (``model.index`` searches them): one user's, or a whole request's users;
+    each row keeps its own exclusions and scales. A job larger than a batch is searched piece by piece."""
 
     model: Any
     codes: npt.NDArray[Any]  # [rows, width]
@@ -43,43 +45,86 @@ class SearchJob:
     exclude: list[npt.NDArray[np.int64]]  # one per row (empty: none)
     scales: npt.NDArray[np.floating] | None  # [rows, ...] or None
     future: asyncio.Future[SearchResult] = field(repr=False)
+    taken: int = 0  # rows handed to searches so far
+    answered: int = 0  # rows whose answers are in ``found``
+    found: SearchResult | None = field(default=None, repr=False)  # the answer, filled piece by piece
 
     @property
     def rows(self) -> int:
         return len(self.codes)
 
+    @property
+    def left(self) -> int:
+        return self.rows - self.taken
 
-def search_together(jobs: list[SearchJob]) -> list[SearchResult]:
-    """One index call for jobs of one model: the largest k, then each job's rows cut to its own k (still exact)."""
-    codes, k, exclude, scales = merged(jobs)
-    return split(jobs, jobs[0].model.index.search(codes, k, exclude=exclude, query_scales=scales))
+    def take(self, rows: int) -> Piece:
+        piece = Piece(self, self.taken, self.taken + rows)
+        self.taken += rows
+        return piece
 
 
-async def search_together_async(jobs: list[SearchJob]) -> list[SearchResult]:
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``start:stop`` of a job, searched in one batch."""
+
+    job: SearchJob
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    def answer(self, found: SearchResult) -> None:
+        """This piece's rows of the job's answer; the job is answered once every piece is."""
+        job = self.job
+        if job.future.done():  # cancelled, or failed by another piece
+            return
+        if self.rows == job.rows:
+            job.future.set_result(found)
+            return
+        if job.found is None:
+            job.found = SearchResult(ids=np.empty((job.rows, job.k), np.int64),
+                                     scores=np.empty((job.rows, job.k), np.float32))  # fmt: skip
+        job.found.ids[self.start : self.stop], job.found.scores[self.start : self.stop] = found.ids, found.scores
+        job.answered += self.rows
+        if job.answered == job.rows:
+            job.future.set_result(job.found)
+
+
+def search_together(pieces: list[Piece]) -> list[SearchResult]:
+    """One index call for pieces of one model: the largest k, then each piece's rows cut to its own k (still exact)."""
+    codes, k, exclude, scales = merged(pieces)
+    return split(pieces, pieces[0].job.model.index.search(codes, k, exclude=exclude, query_scales=scales))
+
+
+async def search_together_async(pieces: list[Piece]) -> list[SearchResult]:
     """``search_together`` on the event loop, for an index whose backend waits on the search process."""
-    codes, k, exclude, scales = merged(jobs)
-    return split(jobs, await jobs[0].model.index.search_async(codes, k, exclude=exclude, query_scales=scales))
+    codes, k, exclude, scales = merged(pieces)
+    index = pieces[0].job.model.index
+    return split(pieces, await index.search_async(codes, k, exclude=exclude, query_scales=scales))
 
 
 def merged(
-    jobs: list[SearchJob],
+    pieces: list[Piece],
 ) -> tuple[npt.NDArray[Any], int, list[npt.NDArray[np.int64]], npt.NDArray[np.floating] | None]:
-    """The jobs' queries as one search: codes, the largest k, exclusions and scales, row by row."""
-    k = max(job.k for job in jobs)
-    codes = np.concatenate([job.codes for job in jobs]) if len(jobs) > 1 else jobs[0].codes
+    """The pieces' queries as one search: codes, the largest k, exclusions and scales, row by row."""
+    k = max(piece.job.k for piece in pieces)
+    parts = [piece.job.codes[piece.start : piece.stop] for piece in pieces]
+    codes = np.concatenate(parts) if len(parts) > 1 else parts[0]
     scales = None
-    if jobs[0].scales is not None:
-        scales = np.concatenate([job.scales for job in jobs if job.scales is not None])
-    return codes, k, [items for job in jobs for items in job.exclude], scales
+    if pieces[0].job.scales is not None:
+        scales = np.concatenate([p.job.scales[p.start : p.stop] for p in pieces if p.job.scales is not None])
+    return codes, k, [items for p in pieces for items in p.job.exclude[p.start : p.stop]], scales
 
 
-def split(jobs: list[SearchJob], result: SearchResult) -> list[SearchResult]:
-    """Each job's rows of a merged search, cut to its own k."""
+def split(pieces: list[Piece], result: SearchResult) -> list[SearchResult]:
+    """Each piece's rows of a merged search, cut to its job's k."""
     answers, first = [], 0
-    for job in jobs:
-        rows = slice(first, first + job.rows)
-        answers.append(SearchResult(ids=result.ids[rows, : job.k], scores=result.scores[rows, : job.k]))
-        first += job.rows
+    for piece in pieces:
+        rows, k = slice(first, first + piece.rows), piece.job.k
+        answers.append(SearchResult(ids=result.ids[rows, :k], scores=result.scores[rows, :k]))
+        first += piece.rows
     return answers
 
 
@@ -102,7 +147,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1000
         self.on_batch = on_batch  # (batch size, seconds in the index), for metrics
         self._queue: asyncio.Queue[SearchJob] = asyncio.Queue()
-        self._held: SearchJob | None = None  # collected but left for the next batch, which it opens
+        self._pending: list[SearchJob] = []  # jobs with rows not yet searched, oldest first
         self._executor = ThreadPoolExecutor(
             max_workers=in_flight, thread_name_prefix="item-index", initializer=thread_setup
         )
@@ -116,7 +161,7 @@ class MicroBatcher:
     async def close(self) -> None:
         """Answer what is queued, then stop (graceful shutdown)."""
         while (
-            (not self._queue.empty() or self._held is not None or self._searching)
+            (not self._queue.empty() or self._pending or self._searching)
             and self._task is not None
             and not self._task.done()
         ):
@@ -159,70 +204,80 @@ class MicroBatcher:
         await self._queue.put(SearchJob(model, codes, k, exclude, scales, future))
         return await future
 
-    async def _collect(self) -> list[SearchJob]:
-        """Jobs of up to ``max_batch`` queries in all (a larger job goes alone): what queued during the last search,
-        then what arrives within ``max_wait_ms``. A job that would overflow the batch is held for the next one."""
-        first = self._held if self._held is not None else await self._queue.get()
-        self._held = None
-        jobs, rows = [first], first.rows
+    async def _collect(self) -> list[Piece]:
+        """Up to ``max_batch`` rows: what queued during the last search, then what arrives within ``max_wait_ms``.
+
+        No job puts more than a quarter of a batch into one search: a request of many users is searched in pieces,
+        and one of a single user that arrives meanwhile waits for one small piece at most. Smaller jobs go first;
+        the oldest job always takes its share of each batch, so none waits forever behind smaller ones."""
+        if not self._pending:
+            self._pending.append(await self._queue.get())
         deadline = time.monotonic() + self.max_wait_s
-        while rows < self.max_batch:
-            if not self._queue.empty():
-                job = self._queue.get_nowait()
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if rows + job.rows > self.max_batch:
-                self._held = job
+        while True:
+            while not self._queue.empty():
+                self._pending.append(self._queue.get_nowait())
+            self._pending = [job for job in self._pending if not job.future.done()]  # requests that gave up
+            remaining = deadline - time.monotonic()
+            if sum(job.left for job in self._pending) >= self.max_batch or remaining <= 0:
                 break
-            jobs.append(job)
-            rows += job.rows
-        return jobs
+            try:
+                self._pending.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        if not self._pending:
+            return []
+        room = self.max_batch
+        share = max(1, self.max_batch // 4)
+        oldest = self._pending[0]
+        pieces = [oldest.take(min(oldest.left, share))]
+        room -= pieces[0].rows
+        for job in sorted(self._pending[1:], key=lambda job: job.left):
+            if room == 0:
+                break
+            pieces.append(job.take(min(job.left, room, share)))
+            room -= pieces[-1].rows
+        self._pending = [job for job in self._pending if job.left]
+        return pieces
 
     async def _run(self) -> None:
         while True:
             await self._slots.acquire()  # a free slot first: meanwhile what arrives queues up for one batch
             try:
-                jobs = [job for job in await self._collect() if not job.future.done()]  # skip cancelled requests
+                pieces = await self._collect()
             except BaseException:
                 self._slots.release()
                 raise
-            searching = asyncio.get_running_loop().create_task(self._search(jobs))
+            searching = asyncio.get_running_loop().create_task(self._search(pieces))
             self._searching.add(searching)
             searching.add_done_callback(self._searching.discard)
 
-    async def _search(self, jobs: list[SearchJob]) -> None:
-        """Search one collected batch (one index call per model snapshot), answer its jobs, free its slot."""
+    async def _search(self, pieces: list[Piece]) -> None:
+        """Search one collected batch (one index call per model snapshot), answer its pieces, free its slot."""
         loop = asyncio.get_running_loop()
-        groups: dict[int, list[SearchJob]] = {}
-        for job in jobs:
-            groups.setdefault(id(job.model), []).append(job)
+        groups: dict[int, list[Piece]] = {}
+        for piece in pieces:
+            groups.setdefault(id(piece.job.model), []).append(piece)
         try:
             for group in groups.values():
                 started = time.perf_counter()
+                rows = sum(piece.rows for piece in group)
                 try:
-                    if group[0].model.index.waits_on_peer:  # the search process answers: wait on this loop
+                    if group[0].job.model.index.waits_on_peer:  # the search process answers: wait on this loop
                         answers = await search_together_async(group)
                     else:
                         answers = await loop.run_in_executor(self._executor, search_together, group)
                 except Exception as error:  # a failed search fails its requests, not the batcher
                     if isinstance(error, SearchUnavailable):  # an outage the requests report (503), not a bug
-                        log.warning("batched search of %d queries: %s", sum(job.rows for job in group), error)
+                        log.warning("batched search of %d queries: %s", rows, error)
                     else:
-                        log.exception("batched search of %d queries failed", sum(job.rows for job in group))
-                    for job in group:
-                        if not job.future.done():
-                            job.future.set_exception(error)
+                        log.exception("batched search of %d queries failed", rows)
+                    for piece in group:
+                        if not piece.job.future.done():
+                            piece.job.future.set_exception(error)
                     continue
                 if self.on_batch is not None:
-                    self.on_batch(sum(job.rows for job in group), time.perf_counter() - started)
-                for job, answer in zip(group, answers, strict=True):
-                    if not job.future.done():
-                        job.future.set_result(answer)
+                    self.on_batch(rows, time.perf_counter() - started)
+                for piece, answer in zip(group, answers, strict=True):
+                    piece.answer(answer)
         finally:
             self._slots.release()

@@ -187,6 +187,9 @@ class Recommender:
                 plans.append(Plan("popular"))
             else:
                 plans.append(Plan("history", model.cold_start.code(history), history))
+                # Coding a long history takes the loop for a while: a request of many lets the worker's other
+                # requests in between its users rather than after all of them.
+                await asyncio.sleep(0)
         answers = iter(await self._search(model, [plan for plan in plans if plan.code is not None], k, exclude_seen))
         out = []
         for user_id, plan in zip(user_ids, plans, strict=True):

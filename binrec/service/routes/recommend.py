@@ -4,7 +4,6 @@ No `from __future__ import annotations` here: FastAPI must evaluate the `Query` 
 the settings given to `build_router`.
 """
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -12,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from pydantic_core import PydanticCustomError
 
 from binrec.service.deps import RecommenderDep
-from binrec.service.schemas import Answer, BatchRecommendation, Recommendation, answers_json
+from binrec.service.schemas import Answer, BatchRecommendation, Recommendation, answers_json_yielding
 from binrec.service.settings import ServiceSettings
 
 USER_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # any printable id, spaces included (CSV ids may hold them)
@@ -120,15 +119,7 @@ def build_router(settings: ServiceSettings) -> APIRouter:
     return router
 
 
-# Bodies of more items are written on a worker thread: the event loop keeps answering small requests meanwhile
-# (the thread holds the GIL only in slices).
-THREADED_ITEMS = 2000
-
-
 async def json_response(answers: list[Answer], *, batch: bool) -> Response:
     """Our own answers, written as the documented JSON without a validation pass."""
-    if sum(len(a.item_ids) for a in answers) > THREADED_ITEMS:
-        body = await asyncio.to_thread(answers_json, answers, batch=batch)
-    else:
-        body = answers_json(answers, batch=batch)
+    body = await answers_json_yielding(answers, batch=batch)
     return Response(body, media_type="application/json", headers={"X-Model-Version": answers[0].model_version})
