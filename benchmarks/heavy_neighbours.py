@@ -135,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                 service.stop()
         finally:
             redis.stop()
-    meta = {"commit": commit(), "cores": os.cpu_count(), "bundle": bundle.manifest.model_version, "workers": 1,
-            "seconds": args.seconds, "max_batch_users": settings.max_batch_users,
-            "max_request_items": settings.max_request_items, "max_request_bytes": settings.max_request_bytes}  # fmt: skip
+    meta = {
+        "commit": commit(), "cores": os.cpu_count(), "bundle": bundle.manifest.model_version, "workers": 1,
+        "seconds": args.seconds, "max_batch_users": settings.max_batch_users,
+        "max_request_items": settings.max_request_items, "max_request_bytes": settings.max_request_bytes,
+    }  # fmt: skip
     append_records(args.out, [{**meta, **row} for row in rows])
     print(markdown_table(
         ["heavy client", "body", "GET req/s", "GET p50 ms", "GET p99 ms", "GET p99.9 ms", "heavy req", "heavy p50 ms"],
