@@ -14,6 +14,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from binrec.service.app import create_app
+from binrec.service.http_limits import BoundedHeadProtocol
 from binrec.service.logs import configure_logging
 from binrec.service.metrics import MULTIPROCESS_ENV
 from binrec.service.recommender import ServingModel, describe
@@ -84,7 +85,11 @@ def serve(
     settings: ServiceSettings, overrides: dict[str, Any], model: ServingModel, search: SearchProcessHandle | None
 ) -> None:
     """Run uvicorn: this process serves ``model`` itself, or its workers each load their own."""
-    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False}
+    common = {
+        "host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
+        "http": BoundedHeadProtocol.configured(max_header_bytes=settings.max_header_bytes,
+                                               max_headers=settings.max_headers),
+    }  # fmt: skip
     if settings.workers == 1:  # log_config=None: uvicorn's own lines go through the same formatter
         config = uvicorn.Config(create_app(settings, model=model), log_config=None, **common)  # type: ignore[arg-type]
         server = uvicorn.Server(config)

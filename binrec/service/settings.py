@@ -64,6 +64,12 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: int = Field(
         1 << 20, ge=1024, description="largest request body; a larger one is refused with 413 before it is read"
     )
+    max_header_bytes: int = Field(
+        32 << 10,
+        ge=1024,
+        description="largest request line and headers; a larger head is refused with 431 as it arrives",
+    )
+    max_headers: int = Field(100, ge=1, description="most header fields a request may send; more is a 431")
     batch_max_size: int = Field(64, ge=1, description="most queries merged into one index search")
     batch_max_wait_ms: float = Field(
         0.0, ge=0, description="extra wait for more queries; 0: queries that arrive during a search share the next"

@@ -24,6 +24,7 @@ from binrec.index.bundle import Bundle
 from binrec.index.cli import main as index_main
 from binrec.index.codes import dequantize
 from binrec.service.app import create_app
+from binrec.service.http_limits import BoundedHeadProtocol
 from binrec.service.settings import ServiceSettings
 from binrec.service.user_codes import user_code_key
 from tests.conftest import RedisServer, TrainedBundle, free_port
@@ -37,8 +38,11 @@ def local_settings(bundle_root: Path, redis_url: str, **overrides: Any) -> Servi
 @contextmanager
 def running_service(settings: ServiceSettings) -> Iterator[str]:
     """Serve the app with uvicorn in a thread; yield its base URL once it accepts requests."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning")
+    limits = BoundedHeadProtocol.configured(
+        max_header_bytes=settings.max_header_bytes, max_headers=settings.max_headers
+    )
+    server = uvicorn.Server(  # with the head limits recsys-serve runs
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning", http=limits)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
