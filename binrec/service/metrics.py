@@ -3,14 +3,18 @@
 Under `recsys-serve --workers N` every worker is a process of its own and a scrape reaches one of them, so the
 workers keep their values in prometheus-client's multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, made by
 `recsys-serve`) and every scrape renders the sum over all of them: counters and histograms add up, the
-in-flight gauge sums the live workers, and ``recsys_model_info`` shows 1 for each version a live worker serves.
+in-flight gauge sums the live workers, and ``recsys_model_info`` shows 1 for each version a live worker serves. A
+worker that died without saying so (killed) leaves the gauges at the next scrape.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+from binrec.service.workers import process_alive
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -99,6 +103,7 @@ class ServiceMetrics:
     def render(self) -> bytes:
         if not self.multiprocess():
             return generate_latest(self.registry)
+        forget_dead_workers(Path(os.environ[MULTIPROCESS_ENV]))
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return generate_latest(merged)
@@ -107,3 +112,13 @@ class ServiceMetrics:
         """At a worker's exit: its live gauges leave the sums."""
         if self.multiprocess():
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def forget_dead_workers(directory: Path) -> None:
+    """Drop the live gauges of workers that died without retiring (killed, or crashed): their files would keep their
+    last values in every sum, a worker counted twice and requests in flight that nobody answers. Counters and
+    histograms stay: what a dead worker counted did happen."""
+    for path in directory.glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), str(directory))  # type: ignore[no-untyped-call]

@@ -140,6 +140,21 @@ def test_the_openapi_schema_says_what_the_server_accepts(strict_service: str) ->
     assert {"413", "422"} <= post.keys()
 
 
+def test_the_item_budget_across_two_fields_is_documented_as_the_server_applies_it(strict_service: str) -> None:
+    """users × k spans two fields, which JSON Schema cannot state: both descriptions say it, and the documented 422
+    example is exactly what the server answers the request it describes."""
+    schema = httpx.get(f"{strict_service}/openapi.json").json()
+    batch = next(iter(schema["components"]["schemas"][name] for name in schema["components"]["schemas"]
+                      if name.startswith("RecommendBatch")))  # fmt: skip
+    for field in ("user_ids", "k"):
+        assert "users × k may not pass 500" in batch["properties"][field]["description"]
+    example = schema["paths"]["/recommend"]["post"]["responses"]["422"]["content"]["application/json"]["example"]
+    users, k = example["detail"][0]["ctx"]["users"], example["detail"][0]["input"]
+    assert users * k > 500 and users * (k - 1) <= 500
+    response = httpx.post(f"{strict_service}/recommend", json={"user_ids": [f"u{i}" for i in range(users)], "k": k})
+    assert response.status_code == 422 and response.json() == example
+
+
 def corrupt_cold_start(source: Path, target: Path, drop: str) -> Path:
     """A copy of ``source``'s bundle whose cold-start file lacks ``drop``, its checksum made to match."""
     bundle = Bundle.load(source)

@@ -26,7 +26,7 @@ from binrec.service.search_client import RemoteBackend, SearchUnavailable
 from binrec.service.search_wire import SIZES, Found, Refused, Search, WireError, decode, pack, receive, unpack
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_cli import serve
-from tests.service.test_workers import wait_for_workers
+from tests.service.test_workers import children_running, wait_for_workers
 
 
 def test_frames_carry_arrays_exactly_and_malformed_ones_are_refused() -> None:
@@ -231,23 +231,6 @@ def test_a_search_process_that_dies_mid_search_is_search_unavailable_on_the_loop
     finally:
         owner.kill()
         owner.wait()
-
-
-def children_running(pid: int, module: str) -> list[int]:
-    """Processes started by ``pid`` whose command line runs ``module``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == pid and module in command:
-            found.append(int(entry.name))
-    return found
 
 
 def test_recsys_serve_answers_through_the_search_process_and_stops_when_it_dies(

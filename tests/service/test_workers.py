@@ -27,6 +27,23 @@ def metric(text: str, line: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def children_running(pid: int, module: str) -> list[int]:
+    """Processes started by ``pid`` whose command line runs ``module``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and module in command:
+            found.append(int(entry.name))
+    return found
+
+
 def wait_for_workers(url: str, count: int, timeout_s: float = 60) -> None:
     """Until ``count`` workers serve (the first to answer /readyz may be alone so far)."""
     deadline = time.monotonic() + timeout_s
@@ -121,3 +138,45 @@ def test_a_bundle_that_passes_its_checksums_but_cannot_be_read_splits_no_workers
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
         _, stderr = process.communicate()
     assert "Traceback" not in stderr, stderr
+
+
+def test_gauges_forget_workers_killed_with_requests_in_flight(
+    ste_bundle: TrainedBundle, redis_server: RedisServer
+) -> None:
+    """Workers SIGKILLed while answering (their searches held up by a stopped search process) are replaced; the
+    gauges then count the live workers and their requests only, while the counters keep what the dead ones did."""
+    env = {"RECSYS_LOG_LEVEL": "warning", "RECSYS_SEARCH_PROCESS": "1", "RECSYS_SEARCH_TIMEOUT_S": "30"}
+    process, url = serve(ste_bundle.root, redis_server, "--workers", "2", env=env)
+    user = ste_bundle.data.user_ids[0]
+    try:
+        wait_for_workers(url, 2)
+        for _ in range(4):
+            assert httpx.get(f"{url}/recommend", params={"user_id": user}).status_code == 200
+        (search,) = children_running(process.pid, "binrec.service.search_process")
+        workers = children_running(process.pid, "multiprocessing")
+        os.kill(search, signal.SIGSTOP)
+        request = f"import httpx; httpx.get({url + '/recommend'!r}, params={{'user_id': {user!r}}}, timeout=60)"
+        hanging = [subprocess.Popen([sys.executable, "-c", request], stderr=subprocess.DEVNULL) for _ in range(6)]
+        time.sleep(1.5)  # every one of them is in flight in some worker
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        os.kill(search, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while True:  # both replaced
+            running = set(children_running(process.pid, "multiprocessing"))
+            if len(running) >= 2 and not running & set(workers):
+                break
+            assert time.monotonic() < deadline, "the workers were not replaced"
+            time.sleep(0.1)
+        wait_for_workers(url, 2)
+        for _ in range(6):  # whichever worker answers the scrape
+            text = httpx.get(f"{url}/metrics").text
+            assert metric(text, "recsys_workers") == 2, text
+            assert metric(text, "recsys_requests_in_flight") == 1  # this scrape
+            assert metric(text, 'recsys_request_seconds_count{route="/recommend",status="200"}') >= 4
+        for client in hanging:
+            client.kill()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        process.communicate()

@@ -62,14 +62,16 @@ def build_router(settings: ServiceSettings) -> APIRouter:
             Field(
                 min_length=1,
                 max_length=settings.max_batch_users,
-                description=f"external user ids (1 to {settings.max_batch_users}); unknown ones get popular items",
+                description=f"external user ids (1 to {settings.max_batch_users}); unknown ones get popular items; "
+                f"users × k may not pass {settings.max_request_items} (a 422 on k)",
             )
         )
         k: Annotated[int, BeforeValidator(integral)] = Field(
             settings.default_k,
             ge=1,
             le=settings.max_k,
-            description=f"number of items per user; users × k may not pass {settings.max_request_items}",
+            description=f"number of items per user; users × k may not pass {settings.max_request_items} (a 422 on "
+            "k, however valid each field is alone)",
         )
         exclude_seen: bool = Field(True, description="leave out items each user was trained on (or gave in histories)")
         histories: dict[
@@ -91,11 +93,7 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         def within_item_budget(cls, k: int, info: ValidationInfo) -> int:
             users = len(info.data.get("user_ids", ()))
             if users * k > settings.max_request_items:
-                raise PydanticCustomError(
-                    "request_too_large",
-                    "{users} users × k = {k} asks for {total} items, over the limit of {limit} per request",
-                    {"users": users, "k": k, "total": users * k, "limit": settings.max_request_items},
-                )
+                raise PydanticCustomError(OVER_BUDGET, OVER_BUDGET_MESSAGE, over_budget(users, k, settings))
             return k
 
     @router.post(
@@ -105,8 +103,10 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         responses={
             413: {"description": "the body is over the size limit (RECSYS_MAX_REQUEST_BYTES)"},
             422: {
-                "description": "the body is not JSON, or a field is missing, of another type or out of range; "
-                "it is named"
+                "description": "the body is not JSON, or a field is missing, of another type or out of range; it is "
+                "named. Also users × k over RECSYS_MAX_REQUEST_ITEMS, a limit spanning two fields that the schema "
+                "cannot state: a 422 on k (the example)",
+                **over_budget_example(settings),
             },
         },
     )
@@ -117,6 +117,27 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         return await json_response(results, batch=True)
 
     return router
+
+
+OVER_BUDGET = "request_too_large"
+OVER_BUDGET_MESSAGE = "{users} users × k = {k} asks for {total} items, over the limit of {limit} per request"
+
+
+def over_budget(users: int, k: int, settings: ServiceSettings) -> dict[str, int]:
+    return {"users": users, "k": k, "total": users * k, "limit": settings.max_request_items}
+
+
+def over_budget_example(settings: ServiceSettings) -> dict[str, object]:
+    """The 422 response's documented example: what the server answers the most users at the smallest k over the
+    budget (none where the limits leave no such request)."""
+    users = settings.max_batch_users
+    k = settings.max_request_items // users + 1
+    if k > settings.max_k:
+        return {}
+    context = over_budget(users, k, settings)
+    error = {"type": OVER_BUDGET, "loc": ["body", "k"], "msg": OVER_BUDGET_MESSAGE.format(**context), "input": k,
+             "ctx": context}  # fmt: skip
+    return {"content": {"application/json": {"example": {"detail": [error]}}}}
 
 
 async def json_response(answers: list[Answer], *, batch: bool) -> Response:
