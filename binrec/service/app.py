@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
+from uvicorn.config import STARTUP_FAILURE
 
 from binrec.index.retrieval.faiss_backend import set_cpu_threads
 from binrec.service.batcher import MicroBatcher
@@ -24,7 +26,7 @@ from binrec.service.limits import LimitRequestBody
 from binrec.service.logs import configure_logging
 from binrec.service.metrics import ServiceMetrics
 from binrec.service.observe import ObserveRequests
-from binrec.service.recommender import Recommender, ServingModel
+from binrec.service.recommender import Recommender, ServingModel, describe
 from binrec.service.routes import admin, health, recommend
 from binrec.service.search_client import RemoteBackend, SearchUnavailable
 from binrec.service.search_process import SWITCH_INTERVAL_S
@@ -42,6 +44,23 @@ async def internal_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"detail": "internal error"})
 
 
+def load_or_exit(settings: ServiceSettings, metrics: ServiceMetrics) -> ServingModel:
+    """The worker's model. A worker of several that cannot load it (its search process gone, the bundle refused since
+    the server verified it) says why in one line and exits as uvicorn's startup failures do, which stops the server:
+    a lifespan error would log a traceback instead."""
+    try:
+        return ServingModel.for_settings(
+            settings, warm_batch=settings.batch_max_size, observe_search=metrics.observe_owner_search
+        )
+    except Exception as error:
+        if settings.workers == 1:
+            raise
+        log.error("worker %d could not load its model, stopping: %s", os.getpid(), describe(error))
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(STARTUP_FAILURE)
+
+
 def create_app(settings: ServiceSettings | None = None, *, model: ServingModel | None = None) -> FastAPI:
     """Build the app; ``model`` may be pre-loaded (the CLI verifies the bundle before binding a port)."""
     settings = settings or get_settings()
@@ -54,9 +73,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
         # The event loop shares the GIL with the index's search thread and with model loads; the interpreter's
         # default slice would let either hold the loop's requests for 5 ms each time the loop wants the GIL back.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        serving = model or ServingModel.for_settings(
-            settings, warm_batch=settings.batch_max_size, observe_search=metrics.observe_owner_search
-        )
+        serving = model or load_or_exit(settings, metrics)
         redis = Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,

@@ -24,7 +24,7 @@ from binrec.index.item_index import ItemIndex, SearchResult
 from binrec.service.recommender import ServingModel
 from binrec.service.search_client import RemoteBackend, SearchUnavailable
 from binrec.service.search_wire import SIZES, Found, Refused, Search, WireError, decode, pack, receive, unpack
-from tests.conftest import RedisServer, TrainedBundle
+from tests.conftest import RedisServer, TrainedBundle, free_port
 from tests.service.test_cli import serve
 from tests.service.test_workers import children_running, wait_for_workers
 
@@ -356,3 +356,21 @@ def test_a_killed_search_process_stops_the_server_with_one_line_and_leaves_nothi
     assert "recsys-serve: error: the search process exited" in stderr
     assert "Traceback" not in stderr, stderr
     assert not list(tmp_path.glob("recsys-search-*")), "the search process's socket folder was left behind"
+
+
+def test_a_worker_starting_while_the_search_process_is_gone_says_so_in_one_line(
+    ste_bundle: TrainedBundle, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A worker of several (as uvicorn spawns it) whose search process does not exist: one error line and uvicorn's
+    startup-failure exit code, which stops the server, never a lifespan traceback."""
+    env = {
+        **os.environ, "RECSYS_WORKERS": "2", "RECSYS_SEARCH_SOCKET": str(tmp_path / "gone.sock"),
+        "RECSYS_BUNDLE_ROOT": str(ste_bundle.root), "RECSYS_REDIS_URL": redis_server.url, "RECSYS_DEVICE": "cpu",
+    }  # fmt: skip
+    worker = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "--factory", "binrec.service.app:create_app", "--port", str(free_port())],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert worker.returncode == 3, worker.stderr
+    assert "could not load its model" in worker.stderr and "gone.sock" in worker.stderr
+    assert "Traceback" not in worker.stderr, worker.stderr
