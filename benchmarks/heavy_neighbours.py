@@ -13,7 +13,8 @@ connection, one of:
 - ``histories``: unknown users with histories (cold start) filling the body to just under max_request_bytes.
 
 Each row: the GET p50 / p99 / p99.9 and rate beside that heavy client, and the heavy requests' own count and median
-latency. Records: benchmarks/results/heavy_neighbours.json (appended); a table ends the output.
+latency; with --repeats N every row is run N times (interleaved) and the table gives medians. Records (every run):
+benchmarks/results/heavy_neighbours.json (appended); a table ends the output.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, required=True, help="a bundle (or a root with CURRENT) with cold start")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each row's GET run")
     parser.add_argument("--heavy", nargs="+", choices=HEAVY, default=list(HEAVY), help="heavy clients to try")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every row (the table gives medians)")
     parser.add_argument("--out", type=Path, default=RESULTS / "heavy_neighbours.json")
     args = parser.parse_args(argv)
     bundle = Bundle.load(args.bundle)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             try:
                 run_wrk(service.url, users_file, connections=1, threads=1, seconds=2, mix="get")  # warm-up
-                for kind in args.heavy:
+                for repeat, kind in ((r, kind) for r in range(args.repeats) for kind in args.heavy):
                     body = heavy_body(kind, bundle, settings) if kind != "none" else b""
                     client = HeavyClient(service.url, body) if body else None
                     if client is not None:
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                             client.__exit__()
                     heavy = client.latencies if client is not None else []
                     rows.append({
-                        "heavy": kind, "heavy_body_bytes": len(body), "get_rate": get["rate"],
+                        "heavy": kind, "repeat": repeat, "heavy_body_bytes": len(body), "get_rate": get["rate"],
                         "get_p50_ms": get["p50_ms"], "get_p99_ms": get["p99_ms"], "get_p999_ms": get["p999_ms"],
                         "get_errors": get["errors"], "heavy_requests": len(heavy),
                         "heavy_failures": client.failures if client is not None else 0,
@@ -141,10 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         "max_request_items": settings.max_request_items, "max_request_bytes": settings.max_request_bytes,
     }  # fmt: skip
     append_records(args.out, [{**meta, **row} for row in rows])
+    table = []
+    for kind in args.heavy:
+        runs = [row for row in rows if row["heavy"] == kind]
+
+        def median(key: str, runs: list[dict[str, Any]] = runs) -> Any:
+            values = [row[key] for row in runs if row[key] is not None]
+            return round(statistics.median(values), 2) if values else None
+
+        figures = ("get_rate", "get_p50_ms", "get_p99_ms", "get_p999_ms", "heavy_requests", "heavy_p50_ms")
+        table.append([kind, f"{runs[0]['heavy_body_bytes']:,} B", *map(median, figures)])
     print(markdown_table(
         ["heavy client", "body", "GET req/s", "GET p50 ms", "GET p99 ms", "GET p99.9 ms", "heavy req", "heavy p50 ms"],
-        [[r["heavy"], f"{r['heavy_body_bytes']:,} B", r["get_rate"], r["get_p50_ms"], r["get_p99_ms"],
-          r["get_p999_ms"], r["heavy_requests"], r["heavy_p50_ms"]] for r in rows],
+        table,
     ))  # fmt: skip
     return 0
 
