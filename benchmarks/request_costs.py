@@ -9,7 +9,8 @@ one request at a time, for users drawn as the load test draws them (Zipf over a 
 alone over ``--requests`` calls; the table gives medians of ``--repeats`` runs. Stages:
 
 - ``http``: what uvicorn, httptools and the socket cost a worker: the CPU per request of a ``recsys-serve`` worker
-  under wrk (one connection, GET only), less the app's own (``app``);
+  under wrk (``--wrk-connections``, one by default; GET only), less the app's own (``app``); ``worker under wrk`` is
+  that CPU per request whole;
 - ``app``: the whole ASGI call in process (everything below, plus the middlewares), with the hot path, and
   ``app (route)``: the same through FastAPI's route instead (``RECSYS_HOT_PATH=false``);
 - ``parameters``: the hot path's check of the query string;
@@ -172,17 +173,19 @@ def exclusion(found: Any, seen: np.ndarray) -> None:
 
 
 def worker_cpu_per_request(root: Path, redis: RedisProcess, args: Any, users_file: Path, work: Path) -> float:
-    """CPU µs per GET of a one-worker ``recsys-serve`` under wrk (one connection), its search process left out."""
+    """CPU µs per GET of a one-worker ``recsys-serve`` under wrk (``--wrk-connections``), its search process left
+    out."""
     settings = {"RECSYS_SEARCH_PROCESS": str(args.search_process), "RECSYS_BATCH_MAX_SIZE": "64"}
     service = ServiceProcess.start(
         name="request costs", bundle=root, redis_url=redis.url, device=args.device, backend=args.backend, workers=1,
         log=work / "servers.log", settings=settings, extra_env={}, timeout_s=START_TIMEOUT_S * 10,
     )  # fmt: skip
     try:
-        run_wrk(service.url, users_file, connections=1, threads=1, seconds=2, mix="get")
+        connections = args.wrk_connections
+        run_wrk(service.url, users_file, connections=connections, threads=1, seconds=2, mix="get")
         pid = service.process.pid
         ticks = cpu_ticks(pid)
-        result = run_wrk(service.url, users_file, connections=1, threads=1, seconds=args.seconds, mix="get")
+        result = run_wrk(service.url, users_file, connections=connections, threads=1, seconds=args.seconds, mix="get")
         cpu_s = (cpu_ticks(pid) - ticks) / os.sysconf("SC_CLK_TCK")
         return 1e6 * cpu_s / max(1, int(result["requests"]))
     finally:
@@ -199,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="calls per stage and run")
     parser.add_argument("--repeats", type=int, default=3, help="runs: the table gives each stage's median")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the wrk run of the http stage")
+    parser.add_argument("--wrk-connections", type=int, default=1,
+                        help="wrk's connections in the http stage (more: the worker's micro-batches fill)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "request_costs.json")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None or shutil.which("redis-server") is None:
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     medians["worker under wrk"] = (float("nan"), worker)
     meta = {"commit": commit(), "device": args.device, "cores": os.cpu_count(), "items": args.items,
             "users": args.users, "search_process": args.search_process, "k": K, "requests": args.requests,
-            "repeats": args.repeats}  # fmt: skip
+            "repeats": args.repeats, "wrk_connections": args.wrk_connections}  # fmt: skip
     append_records(args.out, [{**meta, "stage": name, "wall_us": json_figure(w), "cpu_us": json_figure(c)}
                               for name, (w, c) in medians.items()])  # fmt: skip
     print(f"{meta}\n")
