@@ -270,16 +270,18 @@ def _load_seen(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         return seen["indptr"], seen["indices"]
 
 
-def read_part(file: Path, read: Callable[[Path], T]) -> T:
+def read_part(file: Path, read: Callable[[Path], T], refusals: tuple[type[Exception], ...] = ()) -> T:
     """``read(file)``, or ``BundleError`` naming the file whatever went wrong: a file that passes its checksum can
     still be unreadable (a publisher that wrote garbage, then its digest), and no reader's own exception
     (``BadZipFile``, ``zlib.error``, ``UnicodeDecodeError``, ``PermissionError``…) may pass for anything but a bad
-    bundle."""
+    bundle. ``refusals``: the reader's own exceptions, whose message says what is wrong and is kept as it is."""
     try:
         return read(file)
     except BundleError:
         raise
-    except Exception as error:  # noqa: BLE001 - every failure to read a part is this one refusal
+    except refusals as error:  # the reader's own refusal, which says what is wrong
+        raise BundleError(f"{file}: {error}") from error
+    except Exception as error:  # every other failure to read a part is this one refusal
         raise BundleError(f"{file}: unreadable ({type(error).__name__}: {error})") from error
 
 
@@ -406,9 +408,8 @@ class Bundle:
             item_scales=optional["item_scales.npy"],
         )
         if COLD_START_FILE in manifest.files:
-            section = read_part(
-                path / COLD_START_FILE, partial(ColdStartSection.load, format_version=manifest.format_version)
-            )
+            load_section = partial(ColdStartSection.load, format_version=manifest.format_version)
+            section = read_part(path / COLD_START_FILE, load_section, refusals=(ValueError,))
             object.__setattr__(bundle, "cold_start", section)
         bundle._check_arrays()
         # copy=False: seen.npz is stored as int64 already, and at catalogue scale a copy is a gigabyte per worker.
