@@ -95,11 +95,16 @@ def _pack(chunks: list[_Chunk]) -> torch.Tensor:
     return torch.cat([chunk.found.flatten() for chunk in chunks] + [chunk.redo.to(torch.int64) for chunk in chunks])
 
 
+# How a search waits for the GPU: "sleep" (the default) blocks on a CUDA event, "spin" polls as a plain .cpu() does.
+CUDA_SYNC_ENV = "RECSYS_CUDA_SYNC"
+
+
 def to_host(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor.cpu()``, the calling thread asleep until the copy lands. A plain ``.cpu()`` spins a core for as long
     as the GPU works; a serving host's cores are what its HTTP workers run on, and a search process spinning through
-    every search takes one of them from the workers."""
-    if tensor.device.type != "cuda":
+    every search takes one of them from the workers. Waking costs some microseconds: ``RECSYS_CUDA_SYNC=spin`` keeps
+    the plain copy."""
+    if tensor.device.type != "cuda" or os.environ.get(CUDA_SYNC_ENV, "sleep") == "spin":
         return tensor.cpu()
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     host.copy_(tensor, non_blocking=True)
