@@ -95,16 +95,15 @@ def _pack(chunks: list[_Chunk]) -> torch.Tensor:
     return torch.cat([chunk.found.flatten() for chunk in chunks] + [chunk.redo.to(torch.int64) for chunk in chunks])
 
 
-# How a search waits for the GPU: "sleep" (the default) blocks on a CUDA event, "spin" polls as a plain .cpu() does.
+# How a search waits for the GPU: "spin" (the default) polls as a plain .cpu() does, "sleep" blocks on a CUDA event.
 CUDA_SYNC_ENV = "RECSYS_CUDA_SYNC"
 
 
 def to_host(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor.cpu()``, the calling thread asleep until the copy lands. A plain ``.cpu()`` spins a core for as long
-    as the GPU works; a serving host's cores are what its HTTP workers run on, and a search process spinning through
-    every search takes one of them from the workers. Waking costs some microseconds: ``RECSYS_CUDA_SYNC=spin`` keeps
-    the plain copy."""
-    if tensor.device.type != "cuda" or os.environ.get(CUDA_SYNC_ENV, "sleep") == "spin":
+    """``tensor.cpu()``. A plain copy spins a core for as long as the GPU works, and a serving host's cores are what
+    its HTTP workers run on; with ``RECSYS_CUDA_SYNC=sleep`` the calling thread sleeps on a CUDA event instead and
+    gives that core back, at the price of a wake-up after every search."""
+    if tensor.device.type != "cuda" or os.environ.get(CUDA_SYNC_ENV, "spin") != "sleep":
         return tensor.cpu()
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     host.copy_(tensor, non_blocking=True)
