@@ -251,15 +251,10 @@ def test_recsys_serve_answers_through_the_search_process_and_stops_when_it_dies(
             assert httpx.get(f"{url}/recommend", params={"user_id": user}).json()["items"] == answer["items"]
         batch = httpx.post(f"{url}/recommend", json={"user_ids": list(users), "k": 7}).json()
         assert [r["items"] for r in batch["results"]] == [a["items"][:7] for a in expected]
-        (search_pid,) = children_running(process.pid, "binrec.service.search_process")
-        os.kill(search_pid, signal.SIGKILL)
-        assert process.wait(timeout=60) == 1  # the whole server stops: the orchestrator restarts it
+        kill_its_search_process(process)  # the whole server stops: the orchestrator restarts it
     finally:
-        if process.poll() is None:
-            process.kill()
-        _, stderr = process.communicate()
-    assert "recsys-serve: error: the search process exited" in stderr
-    assert "Traceback" not in stderr, stderr
+        stderr = stopped(process)
+    assert_stopped_for_its_search_process(stderr)
 
 
 def test_requests_get_503_while_the_search_process_does_not_answer_and_200_once_it_does(
@@ -335,6 +330,25 @@ def test_searches_of_many_workers_are_merged_and_each_gets_its_own_rows(
     assert max(merged) > 3  # more queries in one backend call than any single worker sends
 
 
+def kill_its_search_process(process: subprocess.Popen[str]) -> None:
+    """SIGKILL recsys-serve's search process: the server exits with code 1."""
+    (owner,) = children_running(process.pid, "binrec.service.search_process")
+    os.kill(owner, signal.SIGKILL)
+    assert process.wait(timeout=60) == 1
+
+
+def stopped(process: subprocess.Popen[str]) -> str:
+    """The server's stderr, once it has exited (killed if it still runs)."""
+    if process.poll() is None:
+        process.kill()
+    return process.communicate()[1]
+
+
+def assert_stopped_for_its_search_process(stderr: str) -> None:
+    assert "recsys-serve: error: the search process exited" in stderr
+    assert "Traceback" not in stderr, stderr
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_killed_search_process_stops_the_server_with_one_line_and_leaves_nothing_behind(
     ste_bundle: TrainedBundle, redis_server: RedisServer, tmp_path: Path, workers: str
@@ -346,15 +360,10 @@ def test_a_killed_search_process_stops_the_server_with_one_line_and_leaves_nothi
         wait_for_workers(url, int(workers))  # one still starting would fail to open its bundle
         assert httpx.get(f"{url}/recommend", params={"user_id": ste_bundle.data.user_ids[0]}).status_code == 200
         assert list(tmp_path.glob("recsys-search-*/search.sock"))
-        (owner,) = children_running(process.pid, "binrec.service.search_process")
-        os.kill(owner, signal.SIGKILL)
-        assert process.wait(timeout=60) == 1
+        kill_its_search_process(process)
     finally:
-        if process.poll() is None:
-            process.kill()
-        _, stderr = process.communicate()
-    assert "recsys-serve: error: the search process exited" in stderr
-    assert "Traceback" not in stderr, stderr
+        stderr = stopped(process)
+    assert_stopped_for_its_search_process(stderr)
     assert not list(tmp_path.glob("recsys-search-*")), "the search process's socket folder was left behind"
 
 
