@@ -54,7 +54,7 @@ ENV PIP_INDEX_URL=${PIP_INDEX_URL} \
 # The project itself goes to /opt/project (see `project` below), which this .pth puts on the venv's path: the
 # dependencies and the code are then two layers, and a code change leaves the large one as it was.
 RUN python -m venv /opt/venv \
-    && python -c "import pathlib, sysconfig as s; pathlib.Path(s.get_path('purelib'), 'binrec.pth').write_text('/opt/project')"
+    && python -c "import pathlib, sysconfig as s; pathlib.Path(s.get_path('purelib'), 'project.pth').write_text('/opt/project')"
 
 
 # --- wheel: the project itself, built once for every target --------------------------------------
@@ -62,7 +62,9 @@ FROM pip AS wheel
 WORKDIR /src
 # README.m[d]: the readme is package metadata, but the build must not fail without it.
 COPY pyproject.toml README.m[d] ./
-COPY binrec/ binrec/
+COPY index/ index/
+COPY service/ service/
+COPY trainer/ trainer/
 RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=bind,source=wheelhouse,target=/wheelhouse \
     --mount=type=cache,target=/root/.cache/pip \
@@ -97,7 +99,9 @@ RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=cache,target=/root/.cache/pip \
     pip install -r /requirements/train.txt
 
-FROM builder-api AS builder-load
+# Locust alone: the load test reads the bundle's files itself and imports none of the project, so this venv does
+# not start from the api's.
+FROM pip AS builder-load
 COPY --from=requirements /requirements/load.txt /requirements/
 RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=bind,source=wheelhouse,target=/wheelhouse \
@@ -110,12 +114,12 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --no-deps --target /opt/project /wheels/*.whl
 
 # Each image holds only the part it runs: the service never imports the trainer and the trainer never the
-# service (binrec.index is the floor both stand on), so each image drops the other's package and console script.
+# service (index is the floor both stand on), so each image drops the other's package and console script.
 FROM project AS project-api
-RUN rm -r /opt/project/binrec/trainer /opt/project/bin/recsys-train
+RUN rm -r /opt/project/trainer /opt/project/bin/recsys-train
 
 FROM project AS project-trainer
-RUN rm -r /opt/project/binrec/service /opt/project/bin/recsys-serve
+RUN rm -r /opt/project/service /opt/project/bin/recsys-serve
 
 
 # --- runtime: shared by the CPU targets -----------------------------------------------------------
@@ -143,7 +147,7 @@ CMD ["--dataset", "synthetic", "--method", "ste", "--bundle-root", "/bundles"]
 
 
 # --- load: locust with the project's load test mounted (compose's `load` profile) -------------------
-# The locustfile reads the bundle's files itself and imports nothing of binrec: the image holds locust only.
+# The locustfile reads the bundle's files itself and imports none of the project: the image holds locust only.
 FROM runtime AS load
 COPY --from=builder-load /opt/venv /opt/venv
 ENTRYPOINT ["locust"]
@@ -186,7 +190,7 @@ RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
     pip install -r /requirements/api-gpu.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --no-deps /wheels/*.whl \
-    && rm -r "$(python -c 'import binrec, pathlib; print(pathlib.Path(binrec.__file__).parent)')/trainer" \
+    && rm -r "$(python -c 'import index, pathlib; print(pathlib.Path(index.__file__).parent.parent)')/trainer" \
         /opt/venv/bin/recsys-train
 
 FROM gpu-base AS api-gpu

@@ -24,16 +24,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from benchmarks.harness import RESULTS, append_records, benchmark_parser, markdown_table
-from binrec.index.bundle import Bundle
-from binrec.index.cold_start import METHODS
-from binrec.index.item_index import ItemIndex
-from binrec.service.cold_start import ColdStart
-from binrec.trainer.cli import build_parser, train_config
-from binrec.trainer.config import TrainConfig
-from binrec.trainer.data import Dataset, load_dataset
-from binrec.trainer.export import export_bundle
-from binrec.trainer.metrics import ranking_metrics
-from binrec.trainer.train import refit, train
+from index.bundle import Bundle
+from index.cold_start import METHODS
+from index.item_index import ItemIndex
+from service.cold_start import ColdStart
+from trainer.cli import build_parser, train_config
+from trainer.config import TrainConfig
+from trainer.data import Dataset, load_dataset
+from trainer.export import export_bundle
+from trainer.metrics import ranking_metrics
+from trainer.train import refit, train
 
 
 def without_users(data: Dataset, users: np.ndarray) -> Dataset:

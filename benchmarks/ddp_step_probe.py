@@ -24,15 +24,15 @@ from pathlib import Path
 
 import torch
 
-from binrec.trainer.data import load_dataset
-from binrec.trainer.distributed import World, current_world, rank_device, rank_share, start, stop
-from binrec.trainer.graph import normalized_adjacency, to_torch_sparse
-from binrec.trainer.model import LightGCN
-from binrec.trainer.objectives import parallel_objective
-from binrec.trainer.quantization import make_quantizer
-from binrec.trainer.sampling import BPRSampler
-from binrec.trainer.step_graph import GraphedStep
-from binrec.trainer.train import pick_device
+from trainer.data import load_dataset
+from trainer.distributed import World, current_world, rank_device, rank_share, start, stop
+from trainer.graph import normalized_adjacency, to_torch_sparse
+from trainer.model import LightGCN
+from trainer.objectives import parallel_objective
+from trainer.quantization import make_quantizer
+from trainer.sampling import BPRSampler
+from trainer.step_graph import GraphedStep
+from trainer.train import pick_device
 
 
 def median_ms(run: Callable[[], None], steps: int, device: torch.device) -> float:

@@ -1,6 +1,6 @@
 """Per-epoch training time from `recsys-train --log-level debug` logs: steady-state throughput per GPU count.
 
-    torchrun --standalone --nproc-per-node=2 -m binrec.trainer.cli --dataset gowalla --epochs 40 --batch-size 8192 \\
+    torchrun --standalone --nproc-per-node=2 -m trainer.cli --dataset gowalla --epochs 40 --batch-size 8192 \\
         --lr 5e-3 --log-level debug ... > two.log 2>&1          # and the same without torchrun > one.log
     python -m benchmarks.epoch_times --log 1=one.log --log 2=two.log --out benchmarks/results/scaling_epochs.json
 

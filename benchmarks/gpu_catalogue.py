@@ -25,8 +25,8 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from benchmarks.harness import benchmark_parser
-from binrec.index.bundle import Bundle, BundleContent, publish_bundle
-from binrec.index.codes import CodeLayout, code_width
+from index.bundle import Bundle, BundleContent, publish_bundle
+from index.codes import CodeLayout, code_width
 
 SEEN_MIN, SEEN_MAX = 20, 200
 POPULAR = 1000  # the fallback list: unknown users get its first k items

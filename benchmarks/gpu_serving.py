@@ -63,8 +63,8 @@ from benchmarks.wrk_load import (
     write_synthetic_users,
     write_users_file,
 )
-from binrec.index.bundle import Bundle, publish_bundle
-from binrec.index.codes import CodeLayout
+from index.bundle import Bundle, publish_bundle
+from index.codes import CodeLayout
 
 GPU_BACKENDS = ("triton", "faiss-gpu", "torch")
 DESIGNS = ("process", "own", "own-mps")

@@ -1,7 +1,7 @@
 """What every benchmark shares: its argument parser, the commit it measured, its records and its progress bars.
 
 A benchmark is run as a module from the repository root (``python -m benchmarks.retrieval ...``), so
-``benchmarks`` and ``binrec`` import without any path set-up; it appends its rows with ``append_records``
+``benchmarks`` and the project's packages import without any path set-up; it appends its rows with ``append_records``
 and says which commit it measured with ``commit()``.
 """
 
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-"""The repository root: subprocesses that import ``binrec`` or ``loadtests`` run from here."""
+"""The repository root: subprocesses that import the project's packages or ``loadtests`` run from here."""
 
 RESULTS = Path("benchmarks/results")
 """Where the records cited by BENCHMARKS.md live (relative: a benchmark runs from the repository root)."""

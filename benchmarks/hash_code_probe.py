@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from benchmarks.harness import RESULTS, append_records, benchmark_parser, progress
-from binrec.index.hash_codes import graph_codes
-from binrec.trainer.data import load_dataset
-from binrec.trainer.evaluate import device_metrics
+from index.hash_codes import graph_codes
+from trainer.data import load_dataset
+from trainer.evaluate import device_metrics
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from benchmarks.harness import RESULTS, append_records, benchmark_parser, progress
-from binrec.trainer.hashing import HashedInput, parameter_count
+from trainer.hashing import HashedInput, parameter_count
 
 
 def step_seconds(layer: HashedInput, batch: torch.Tensor, repeats: int) -> float:

@@ -29,11 +29,11 @@ import scipy.sparse as sp
 import torch
 
 from benchmarks.harness import RESULTS, append_records, benchmark_parser
-from binrec.trainer.graph import normalized_adjacency, to_torch_sparse
-from binrec.trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count
-from binrec.trainer.loss import bpr
-from binrec.trainer.model import LightGCN
-from binrec.trainer.sampling import BPRSampler
+from trainer.graph import normalized_adjacency, to_torch_sparse
+from trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count
+from trainer.loss import bpr
+from trainer.model import LightGCN
+from trainer.sampling import BPRSampler
 
 
 def synthetic_graph(users: int, items: int, edges: int, seed: int) -> sp.csr_matrix:

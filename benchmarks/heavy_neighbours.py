@@ -34,8 +34,8 @@ import httpx
 from benchmarks.harness import RESULTS, append_records, benchmark_parser, commit, markdown_table
 from benchmarks.serving_stack import RedisProcess, ServiceProcess
 from benchmarks.wrk_load import run_wrk, write_users_file
-from binrec.index.bundle import Bundle
-from binrec.service.settings import ServiceSettings
+from index.bundle import Bundle
+from service.settings import ServiceSettings
 
 HEAVY = ("none", "users", "histories")
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import benchmark_parser
-from binrec.index.bundle import Bundle
-from binrec.index.codes import CodeLayout
-from binrec.trainer.data import load_dataset
-from binrec.trainer.evaluate import device_metrics
-from binrec.trainer.quantization.gnaq import bin_means, quartile_bins
+from index.bundle import Bundle
+from index.codes import CodeLayout
+from trainer.data import load_dataset
+from trainer.evaluate import device_metrics
+from trainer.quantization.gnaq import bin_means, quartile_bins
 
 
 def quartile_levels(x: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,7 @@ def run_one(dataset: str, name: str, args: argparse.Namespace) -> tuple[str, int
                 return f"{dataset}/{name}", 2, 0.0
             start += [flag, str(path)]
     command = [
-        sys.executable, "-m", "binrec.trainer.cli", "--dataset", dataset, "--data-dir", str(args.data_dir),
+        sys.executable, "-m", "trainer.cli", "--dataset", dataset, "--data-dir", str(args.data_dir),
         "--bundle-root", str(args.bundle_root / f"{dataset}_{name}"), "--results-json", str(records),
         *shlex.split(args.protocol), *shlex.split(run.options), *shlex.split(args.extra), *start,
     ]  # fmt: skip

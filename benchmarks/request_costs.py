@@ -47,16 +47,16 @@ from benchmarks.gpu_catalogue import publish_synthetic, user_id
 from benchmarks.harness import RESULTS, append_records, benchmark_parser, commit, markdown_table
 from benchmarks.serving_stack import RedisProcess, ServiceProcess, cpu_ticks
 from benchmarks.wrk_load import run_wrk, write_synthetic_users
-from binrec.index.bundle import Bundle
-from binrec.index.codes import CodeLayout
-from binrec.index.item_index import ItemIndex
-from binrec.index.retrieval.faiss_backend import set_cpu_threads
-from binrec.service.app import create_app
-from binrec.service.hot_path import RecommendHotPath
-from binrec.service.recommender import Recommender
-from binrec.service.schemas import answers_json
-from binrec.service.search_process import START_TIMEOUT_S
-from binrec.service.settings import ServiceSettings
+from index.bundle import Bundle
+from index.codes import CodeLayout
+from index.item_index import ItemIndex
+from index.retrieval.faiss_backend import set_cpu_threads
+from service.app import create_app
+from service.hot_path import RecommendHotPath
+from service.recommender import Recommender
+from service.schemas import answers_json
+from service.search_process import START_TIMEOUT_S
+from service.settings import ServiceSettings
 
 K = 20
 Timing = tuple[float, float]  # (wall µs, CPU µs) per call
@@ -264,7 +264,7 @@ def start_owner(work: Path, args: Any) -> tuple[Path, subprocess.Popen[bytes]]:
     socket_path = work / "search.sock"
     env = {**os.environ, "RECSYS_DEVICE": args.device, "RECSYS_RETRIEVAL_BACKEND": args.backend,
            "RECSYS_LOG_LEVEL": "warning"}  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-m", "binrec.service.search_process", "--socket", str(socket_path)],
+    process = subprocess.Popen([sys.executable, "-m", "service.search_process", "--socket", str(socket_path)],
                                env=env)  # fmt: skip
     deadline = time.monotonic() + START_TIMEOUT_S
     while not socket_path.exists():

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import benchmark_parser
-from binrec.index.bundle import Bundle
-from binrec.index.item_index import ItemIndex
-from binrec.trainer.data import load_dataset
-from binrec.trainer.evaluate import served_path_metrics
+from index.bundle import Bundle
+from index.item_index import ItemIndex
+from trainer.data import load_dataset
+from trainer.evaluate import served_path_metrics
 
 
 def main() -> None:

@@ -147,7 +147,7 @@ def kernel_times(search: Any) -> dict[str, float]:
 def measure_backend(
     name: str, codes: Any, args: argparse.Namespace, base: dict[str, Any], reference: dict[int, Any]
 ) -> list[dict[str, Any]]:
-    from binrec.index.retrieval import make_backend
+    from index.retrieval import make_backend
 
     n_items, bits = codes.shape[0], codes.shape[1] * 8
     try:

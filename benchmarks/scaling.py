@@ -62,7 +62,7 @@ def train_run(gpus: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
     results = workdir / f"train-{gpus}.json"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-        "-m", "binrec.trainer.cli", "--method", "fp", "--dataset", args.dataset, "--data-dir", str(args.data_dir),
+        "-m", "trainer.cli", "--method", "fp", "--dataset", args.dataset, "--data-dir", str(args.data_dir),
         *shlex.split(args.protocol), *shlex.split(args.train_extra), *scaled_lr(gpus, args),
         "--stop-at-metric", str(args.target),
         "--bundle-root", str(workdir / f"bundles-{gpus}"), "--results-json", str(results),
@@ -103,8 +103,8 @@ def train_run(gpus: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
 def gpu_catalogue(n_items: int, n_bytes: int, gpus: int, seed: int) -> Any:
     """Random codes made on each GPU as one shard apiece (the host never holds the catalogue)."""
 
-    from binrec.index.retrieval.sharded import ShardedBackend, shard_bounds
-    from binrec.index.retrieval.triton_backend import TritonBackend
+    from index.retrieval.sharded import ShardedBackend, shard_bounds
+    from index.retrieval.triton_backend import TritonBackend
 
     shards = []
     for gpu, (start, stop) in enumerate(shard_bounds(n_items, gpus)):

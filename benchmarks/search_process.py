@@ -30,11 +30,11 @@ import numpy as np
 
 from benchmarks.gpu_catalogue import publish_synthetic
 from benchmarks.harness import RESULTS, append_records, benchmark_parser, commit, markdown_table
-from binrec.index.bundle import Bundle
-from binrec.index.codes import CodeLayout
-from binrec.index.item_index import ItemIndex
-from binrec.index.retrieval.faiss_backend import set_cpu_threads
-from binrec.service.recommender import ServingModel
+from index.bundle import Bundle
+from index.codes import CodeLayout
+from index.item_index import ItemIndex
+from index.retrieval.faiss_backend import set_cpu_threads
+from service.recommender import ServingModel
 
 K = 20
 
@@ -42,9 +42,7 @@ K = 20
 def start_search_process(socket_path: Path, device: str, clients: int, threads: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RECSYS_DEVICE": device, "RECSYS_LOG_LEVEL": "warning", "RECSYS_WORKERS": str(clients),
            "RECSYS_SEARCH_THREADS": str(threads)}  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "binrec.service.search_process", "--socket", str(socket_path)], env=env
-    )
+    process = subprocess.Popen([sys.executable, "-m", "service.search_process", "--socket", str(socket_path)], env=env)
     deadline = time.monotonic() + 60
     while not socket_path.exists():
         if process.poll() is not None or time.monotonic() > deadline:

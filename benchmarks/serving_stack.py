@@ -1,7 +1,7 @@
 """The real processes a serving benchmark runs: redis-server with user codes loaded, and `recsys-serve`.
 
 Both are started as a deployment would start them (no test doubles): redis-server from PATH, the service through
-its own CLI (`python -m binrec.service.cli`, what the `recsys-serve` script runs) with ``RECSYS_*`` settings, so
+its own CLI (`python -m service.cli`, what the `recsys-serve` script runs) with ``RECSYS_*`` settings, so
 uvicorn's workers, the micro-batcher and the metrics are the production ones. On the lent GPU machines FAISS's GPU
 build is a carried kit that must be set up in each process before `import faiss` (../shared/tools/faiss-gpu-device);
 a ``sitecustomize`` on the service's PYTHONPATH does that in every worker uvicorn spawns.
@@ -26,7 +26,7 @@ import numpy as np
 import redis
 
 from benchmarks.harness import ROOT
-from binrec.service.user_codes import user_code_key
+from service.user_codes import user_code_key
 
 MSET_CHUNK = 20_000  # keys per MSET: one round trip each, small enough to keep Redis responsive
 
@@ -118,7 +118,7 @@ def faiss_gpu_boot(kit: Path, folder: Path) -> dict[str, str]:
 
 @dataclass
 class ServiceProcess:
-    """`recsys-serve` (python -m binrec.service.cli) with its settings in the environment, on a free port."""
+    """`recsys-serve` (python -m service.cli) with its settings in the environment, on a free port."""
 
     process: subprocess.Popen[bytes]
     port: int
@@ -143,7 +143,7 @@ class ServiceProcess:
         with log.open("ab") as handle:
             handle.write(f"\n=== {name}: {workers} workers, {bundle}\n".encode())
         process = subprocess.Popen(
-            [sys.executable, "-m", "binrec.service.cli"], cwd=ROOT, env=env, stdout=log.open("ab"),
+            [sys.executable, "-m", "service.cli"], cwd=ROOT, env=env, stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its workers stop with it (the whole group is signalled)
         )  # fmt: skip
@@ -188,7 +188,7 @@ class ServiceProcess:
 
     def search_process_pid(self) -> int | None:
         """The search process (``RECSYS_SEARCH_PROCESS``), if the server runs one."""
-        return next((pid for pid in self._children() if b"binrec.service.search_process" in read_cmdline(pid)), None)
+        return next((pid for pid in self._children() if b"service.search_process" in read_cmdline(pid)), None)
 
     def _children(self) -> list[int]:
         children: list[int] = []

@@ -65,9 +65,9 @@ def graphed_split_ms(backend: Any, queries: Any, k: int, repeats: int) -> dict[s
     answers copied back and split — says whether time beyond the kernels is the host's or a wait."""
     import torch
 
-    from binrec.index.retrieval.chunking import next_power_of_two
-    from binrec.index.retrieval.torch_backend import split_keys
-    from binrec.index.retrieval.triton_backend import graph_queries
+    from index.retrieval.chunking import next_power_of_two
+    from index.retrieval.torch_backend import split_keys
+    from index.retrieval.triton_backend import graph_queries
 
     n_padded, k_padded = graph_queries(queries.shape[0]), min(next_power_of_two(k), backend.n_items)
     steps: dict[str, list[float]] = {"queries in": [], "replay": [], "gpu wait": [], "answers out": []}
@@ -94,9 +94,9 @@ def graphed_split_ms(backend: Any, queries: Any, k: int, repeats: int) -> dict[s
 def probe(n_items: int, batches: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
-    from binrec.index.retrieval.base import select_topk
-    from binrec.index.retrieval.sharded import ShardedBackend, shard_bounds
-    from binrec.index.retrieval.triton_backend import TritonBackend
+    from index.retrieval.base import select_topk
+    from index.retrieval.sharded import ShardedBackend, shard_bounds
+    from index.retrieval.triton_backend import TritonBackend
 
     n_bytes, gpus = args.bits // 8, torch.cuda.device_count()  # one GPU: both halves on it (threads then contend)
     whole = TritonBackend.from_word_major(random_word_major(n_items, n_bytes, "cuda:0", 0), n_bytes)

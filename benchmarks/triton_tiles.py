@@ -16,10 +16,10 @@ import sys
 from functools import partial
 from pathlib import Path
 
-import binrec.index.retrieval.triton_backend as triton_backend
+import index.retrieval.triton_backend as triton_backend
 from benchmarks.harness import benchmark_parser, commit, markdown_table
 from benchmarks.retrieval import device_name, kernel_times, random_codes, random_word_major, timed
-from binrec.index.retrieval.triton_backend import Tiles, TritonBackend
+from index.retrieval.triton_backend import Tiles, TritonBackend
 
 
 def main() -> int:

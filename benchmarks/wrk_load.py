@@ -29,7 +29,7 @@ import numpy as np
 LUA = Path(__file__).resolve().with_name("gpu_serving.lua")
 K = 20  # items per request, as the product pages ask (loadtests/locustfile.py)
 BATCH_USERS = 8  # users per batch POST, as in the locustfile
-OWN_CODE = re.compile(r"\(binrec/(service|index)/")  # py-spy frames read "function (path/file.py:line)"
+OWN_CODE = re.compile(r"\((service|index)/")  # py-spy frames read "function (path/file.py:line)"
 SAFE_ID = re.compile(r"^[A-Za-z0-9._~-]+$")  # needs no escaping in a URL or a JSON string
 
 
@@ -212,7 +212,7 @@ def profile_worker(pid: int, seconds: float, out: Path) -> dict[str, Any]:
 
 
 def summarise_stacks(collapsed: str, *, pid: int, seconds: float, top: int = 15) -> dict[str, Any]:
-    """Shares of samples by thread, by innermost function, and by function of ours (binrec/service, binrec/index)."""
+    """Shares of samples by thread, by innermost function, and by function of ours (service, index)."""
     by_thread: dict[str, int] = {}
     own: dict[str, int] = {}
     anywhere: dict[str, int] = {}

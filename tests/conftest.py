@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from binrec.trainer.config import TrainConfig
-from binrec.trainer.data import Dataset, SyntheticConfig, load_dataset
-from binrec.trainer.export import ExportReport, export_bundle
-from binrec.trainer.train import train
+from trainer.config import TrainConfig
+from trainer.data import Dataset, SyntheticConfig, load_dataset
+from trainer.export import ExportReport, export_bundle
+from trainer.train import train
 
 TINY = SyntheticConfig(n_users=300, n_items=400, mean_items_per_user=20, n_communities=8, seed=7)
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from binrec.index.cli import build_parser as index_parser
-from binrec.service.cli import build_parser as serve_parser
-from binrec.trainer.cli import build_parser as train_parser
+from index.cli import build_parser as index_parser
+from service.cli import build_parser as serve_parser
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_api import local_settings, running_service
+from trainer.cli import build_parser as train_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = shutil.which("docker-compose")
@@ -162,7 +162,7 @@ def test_the_locust_run_script_reports_zero_failures_against_a_real_service(
 
 
 def test_the_readme_documents_every_service_setting_with_its_default() -> None:
-    from binrec.service.settings import ServiceSettings
+    from service.settings import ServiceSettings
 
     readme = (ROOT / "README.md").read_text()
     rows = [line for line in readme.splitlines() if line.startswith("| `RECSYS_")]

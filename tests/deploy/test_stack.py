@@ -71,7 +71,7 @@ def test_the_images_hold_no_build_secret_and_only_what_they_run(engine: Engine, 
     for tag in (stack_images.api, stack_images.trainer):
         leaked = files_containing(engine, tag, stack_images.secret_marker)
         assert not leaked, f"the ca_bundle secret was written into a layer of {tag}: {leaked}"
-    modules = ("torch", "binrec.index", "binrec.service", "binrec.trainer", "locust")
+    modules = ("torch", "index", "service", "trainer", "locust")
     probe = (
         "import importlib.util as u\n"
         "def found(name):\n"
@@ -82,8 +82,8 @@ def test_the_images_hold_no_build_secret_and_only_what_they_run(engine: Engine, 
         f"print(' '.join(name for name in {modules!r} if found(name)))"
     )
     expected = {
-        stack_images.api: "binrec.index binrec.service",
-        stack_images.trainer: "torch binrec.index binrec.trainer",
+        stack_images.api: "index service",
+        stack_images.trainer: "torch index trainer",
         stack_images.load: "locust",
     }
     for tag, modules_present in expected.items():

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from binrec.index.bundle import (
+from index.bundle import (
     COLD_START_FILE,
     CURRENT,
     MANIFEST,
@@ -27,7 +27,7 @@ from binrec.index.bundle import (
     publish_bundle,
     set_current,
 )
-from binrec.index.codes import CodeLayout, encode_sign1
+from index.codes import CodeLayout, encode_sign1
 
 
 def content(version: str = "v1", n_users: int = 5, n_items: int = 7, dim: int = 16) -> BundleContent:

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from binrec.index.bundle import Bundle
+from index.bundle import Bundle
 from tests.conftest import TrainedBundle
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "binrec.index.cli", *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "index.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_build_stores_an_index_that_check_accepts(fp_bundle: TrainedBundle) -> None:

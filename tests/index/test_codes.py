@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binrec.index.codes import (
+from index.codes import (
     CodeLayout,
     as_query,
     check_pairing,
@@ -21,9 +21,9 @@ from binrec.index.codes import (
     search_dim,
     unpack_bits,
 )
-from binrec.index.hamming import exact_scores
-from binrec.index.item_index import ItemIndex
-from binrec.index.retrieval import backend_for_index, stored_index
+from index.hamming import exact_scores
+from index.item_index import ItemIndex
+from index.retrieval import backend_for_index, stored_index
 
 
 def random_codes(layout: CodeLayout, rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

@@ -13,9 +13,9 @@ import numpy.typing as npt
 import pytest
 import scipy.sparse as sp
 
-from binrec.index.bundle import COLD_START_FILE, MANIFEST, Bundle, BundleError, publish_bundle, sha256_of
-from binrec.index.cold_start import ColdStartSection, HashedDecoder, HQRounding
-from binrec.index.hash_codes import graph_codes
+from index.bundle import COLD_START_FILE, MANIFEST, Bundle, BundleError, publish_bundle, sha256_of
+from index.cold_start import ColdStartSection, HashedDecoder, HQRounding
+from index.hash_codes import graph_codes
 from tests.index.test_bundle import asymmetric, content
 
 N_USERS, N_ITEMS, DIM = 5, 7, 16

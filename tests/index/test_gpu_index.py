@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from binrec.index.codes import CodeLayout, encode_planes2, encode_sign1
-from binrec.index.item_index import ItemIndex
-from binrec.index.retrieval.faiss_backend import faiss_gpu_count as gpu_count
+from index.codes import CodeLayout, encode_planes2, encode_sign1
+from index.item_index import ItemIndex
+from index.retrieval.faiss_backend import faiss_gpu_count as gpu_count
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_count() == 0, reason="FAISS sees no GPU")]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from binrec.index.bundle import INDEX_FILE, Bundle, BundleError
-from binrec.index.cli import main as index_main
-from binrec.index.codes import CodeLayout, dequantize, encode_planes2, encode_sign1
-from binrec.index.item_index import IndexSelfCheckError, ItemIndex
-from binrec.index.retrieval import MAX_K
+from index.bundle import INDEX_FILE, Bundle, BundleError
+from index.cli import main as index_main
+from index.codes import CodeLayout, dequantize, encode_planes2, encode_sign1
+from index.item_index import IndexSelfCheckError, ItemIndex
+from index.retrieval import MAX_K
 from tests.conftest import TrainedBundle
 from tests.index.test_bundle import forge
 

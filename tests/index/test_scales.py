@@ -17,9 +17,9 @@ import numpy.typing as npt
 import pytest
 import scipy.sparse as sp
 
-from binrec.index.bundle import Bundle, BundleContent, BundleError, publish_bundle
-from binrec.index.codes import CodeLayout, ScaleMode, check_scales, dequantize, encode_planes2, encode_sign1, pack_bits
-from binrec.index.item_index import ItemIndex
+from index.bundle import Bundle, BundleContent, BundleError, publish_bundle
+from index.codes import CodeLayout, ScaleMode, check_scales, dequantize, encode_planes2, encode_sign1, pack_bits
+from index.item_index import ItemIndex
 
 SIGNS = np.array([[1, -1, 1, 1, -1, -1, 1, -1], [-1, -1, 1, -1, 1, 1, 1, 1]], dtype=np.float32)
 LEVELS_Q = np.array([[0, 1, 2, 3, 3, 2, 1, 0], [2, 2, 0, 1, 3, 0, 1, 2]])

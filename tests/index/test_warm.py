@@ -7,8 +7,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from binrec.index.codes import CodeLayout, encode_sign1
-from binrec.index.item_index import ItemIndex
+from index.codes import CodeLayout, encode_sign1
+from index.item_index import ItemIndex
 
 
 def test_a_cpu_index_has_nothing_to_warm() -> None:

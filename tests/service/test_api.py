@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import uvicorn
 
-from binrec.index.bundle import Bundle
-from binrec.index.cli import main as index_main
-from binrec.index.codes import dequantize
-from binrec.service.app import create_app
-from binrec.service.http_limits import BoundedHeadProtocol
-from binrec.service.settings import ServiceSettings
-from binrec.service.user_codes import user_code_key
+from index.bundle import Bundle
+from index.cli import main as index_main
+from index.codes import dequantize
+from service.app import create_app
+from service.http_limits import BoundedHeadProtocol
+from service.settings import ServiceSettings
+from service.user_codes import user_code_key
 from tests.conftest import RedisServer, TrainedBundle, free_port
 
 

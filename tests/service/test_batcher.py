@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from binrec.index.codes import CodeLayout
-from binrec.index.item_index import ItemIndex
-from binrec.service.batcher import NO_ITEMS, MicroBatcher
+from index.codes import CodeLayout
+from index.item_index import ItemIndex
+from service.batcher import NO_ITEMS, MicroBatcher
 
 
 @dataclass(frozen=True)

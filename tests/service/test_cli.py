@@ -25,7 +25,7 @@ def test_corrupted_bundle_is_refused(tmp_path: Path, ste_bundle: TrainedBundle) 
     codes = bundle_dir / "item_codes.npy"
     codes.write_bytes(codes.read_bytes()[:-4] + b"\0\0\0\0")
     result = subprocess.run(
-        [sys.executable, "-m", "binrec.service.cli", "--bundle-root", str(root), "--port", "1"],
+        [sys.executable, "-m", "service.cli", "--bundle-root", str(root), "--port", "1"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -37,7 +37,7 @@ def test_corrupted_bundle_is_refused(tmp_path: Path, ste_bundle: TrainedBundle) 
 
 def test_bad_setting_is_refused(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "binrec.service.cli", "--port", "70000"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "service.cli", "--port", "70000"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("recsys-serve: error: setting port:")
@@ -49,7 +49,7 @@ def serve(
     """`recsys-serve` over ``root`` in a process of its own; returns once some worker answers /readyz."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "binrec.service.cli", "--bundle-root", str(root), "--port", str(port),
+        [sys.executable, "-m", "service.cli", "--bundle-root", str(root), "--port", str(port),
          "--redis-url", redis_server.url, "--device", "cpu", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
     )  # fmt: skip

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from binrec.index.bundle import COLD_START_FILE, Bundle, BundleError
-from binrec.index.hash_codes import group_indices
-from binrec.index.item_index import ItemIndex
-from binrec.service.cold_start import ColdStart
-from binrec.trainer.config import TrainConfig
-from binrec.trainer.data import Dataset
-from binrec.trainer.export import cold_start_section, export_bundle
-from binrec.trainer.hashing import HashedInput
-from binrec.trainer.train import train
+from index.bundle import COLD_START_FILE, Bundle, BundleError
+from index.hash_codes import group_indices
+from index.item_index import ItemIndex
+from service.cold_start import ColdStart
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_api import local_settings, running_service
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.export import cold_start_section, export_bundle
+from trainer.hashing import HashedInput
+from trainer.train import train
 
 
 @pytest.fixture(scope="module")

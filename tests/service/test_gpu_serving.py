@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from benchmarks.gpu_catalogue import publish_synthetic
-from binrec.index.codes import CodeLayout
-from binrec.service.settings import ServiceSettings
+from index.codes import CodeLayout
+from service.settings import ServiceSettings
 from tests.conftest import RedisServer, TrainedBundle, free_port
 from tests.service.test_api import running_service
 from tests.service.test_search_process import running_search_process

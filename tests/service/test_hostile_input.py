@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from binrec.index.bundle import MANIFEST, Bundle, sha256_of
-from binrec.service.recommender import ServingModel
-from binrec.service.settings import ServiceSettings
+from index.bundle import MANIFEST, Bundle, sha256_of
+from service.recommender import ServingModel
+from service.settings import ServiceSettings
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_api import local_settings, running_service
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from binrec.service.hot_path import RecommendHotPath
-from binrec.service.settings import ServiceSettings
+from service.hot_path import RecommendHotPath
+from service.settings import ServiceSettings
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_api import local_settings, running_service
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from binrec.index.bundle import CURRENT, Bundle
+from index.bundle import CURRENT, Bundle
 from tests.conftest import RedisServer, TrainedBundle, free_port, start_redis
 from tests.service.test_api import local_settings, running_service
 

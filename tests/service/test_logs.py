@@ -5,20 +5,14 @@ from __future__ import annotations
 import json
 import logging
 
-from binrec.service.logs import JsonFormatter
+from service.logs import JsonFormatter
 
 
 def test_json_lines_carry_the_message_and_extra_fields() -> None:
-    record = logging.LogRecord(
-        "binrec.service.access", logging.INFO, __file__, 1, "GET %s %d", ("/recommend", 200), None
-    )
+    record = logging.LogRecord("service.access", logging.INFO, __file__, 1, "GET %s %d", ("/recommend", 200), None)
     record.request_id, record.ms = "abc", 1.5
     line = json.loads(JsonFormatter().format(record))
-    assert (
-        line["message"] == "GET /recommend 200"
-        and line["level"] == "info"
-        and line["logger"] == "binrec.service.access"
-    )
+    assert line["message"] == "GET /recommend 200" and line["level"] == "info" and line["logger"] == "service.access"
     assert line["request_id"] == "abc" and line["ms"] == 1.5 and "time" in line
 
 

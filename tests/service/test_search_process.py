@@ -19,11 +19,11 @@ import httpx
 import numpy as np
 import pytest
 
-from binrec.index.bundle import Bundle
-from binrec.index.item_index import ItemIndex, SearchResult
-from binrec.service.recommender import ServingModel
-from binrec.service.search_client import RemoteBackend, SearchUnavailable
-from binrec.service.search_wire import SIZES, Found, Refused, Search, WireError, decode, pack, receive, unpack
+from index.bundle import Bundle
+from index.item_index import ItemIndex, SearchResult
+from service.recommender import ServingModel
+from service.search_client import RemoteBackend, SearchUnavailable
+from service.search_wire import SIZES, Found, Refused, Search, WireError, decode, pack, receive, unpack
 from tests.conftest import RedisServer, TrainedBundle, free_port
 from tests.service.test_cli import serve
 from tests.service.test_workers import children_running, wait_for_workers
@@ -73,7 +73,7 @@ def test_messages_travel_typed_and_foreign_ones_are_refused() -> None:
 def running_search_process(path: Path, **settings: str) -> Iterator[Path]:
     """A search process of its own with ``RECSYS_*`` settings, as recsys-serve starts it; stopped cleanly after."""
     env = {**os.environ, "RECSYS_LOG_LEVEL": "warning", **{f"RECSYS_{k.upper()}": v for k, v in settings.items()}}
-    process = subprocess.Popen([sys.executable, "-m", "binrec.service.search_process", "--socket", str(path)], env=env)
+    process = subprocess.Popen([sys.executable, "-m", "service.search_process", "--socket", str(path)], env=env)
     deadline = time.monotonic() + 60
     while not path.exists():
         assert process.poll() is None and time.monotonic() < deadline, "the search process did not listen"
@@ -183,7 +183,7 @@ def test_a_search_process_that_stops_answering_times_out_and_the_worker_reconnec
     remote = ServingModel.remote_index(bundle, search_socket, 0.5, None)
     codes = np.asarray(bundle.user_codes[:3])
     expected = how(remote, codes, 10)
-    (owner,) = children_running(os.getpid(), "binrec.service.search_process")
+    (owner,) = children_running(os.getpid(), "service.search_process")
     os.kill(owner, signal.SIGSTOP)
     try:
         started = time.monotonic()
@@ -203,7 +203,7 @@ def test_a_search_process_that_dies_mid_search_is_search_unavailable_on_the_loop
     bundle = Bundle.load(ste_bundle.root)
     path = tmp_path / "search.sock"
     env = {**os.environ, "RECSYS_LOG_LEVEL": "warning", "RECSYS_DEVICE": "cpu"}
-    owner = subprocess.Popen([sys.executable, "-m", "binrec.service.search_process", "--socket", str(path)], env=env)
+    owner = subprocess.Popen([sys.executable, "-m", "service.search_process", "--socket", str(path)], env=env)
     try:
         while not path.exists():
             assert owner.poll() is None, "the search process did not listen"
@@ -271,7 +271,7 @@ def test_requests_get_503_while_the_search_process_does_not_answer_and_200_once_
         ("POST", "/recommend", {"user_ids": [user, "someone-new"], "k": 5}),
     ]
     try:
-        (owner,) = children_running(process.pid, "binrec.service.search_process")
+        (owner,) = children_running(process.pid, "service.search_process")
         os.kill(owner, signal.SIGSTOP)
         try:
             with httpx.Client(base_url=url, timeout=10) as client:
@@ -332,7 +332,7 @@ def test_searches_of_many_workers_are_merged_and_each_gets_its_own_rows(
 
 def kill_its_search_process(process: subprocess.Popen[str]) -> None:
     """SIGKILL recsys-serve's search process: the server exits with code 1."""
-    (owner,) = children_running(process.pid, "binrec.service.search_process")
+    (owner,) = children_running(process.pid, "service.search_process")
     os.kill(owner, signal.SIGKILL)
     assert process.wait(timeout=60) == 1
 
@@ -377,7 +377,7 @@ def test_a_worker_starting_while_the_search_process_is_gone_says_so_in_one_line(
         "RECSYS_BUNDLE_ROOT": str(ste_bundle.root), "RECSYS_REDIS_URL": redis_server.url, "RECSYS_DEVICE": "cpu",
     }  # fmt: skip
     worker = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "--factory", "binrec.service.app:create_app", "--port", str(free_port())],
+        [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(free_port())],
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert worker.returncode == 3, worker.stderr

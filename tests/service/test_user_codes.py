@@ -8,8 +8,8 @@ import asyncio
 import numpy as np
 from redis.asyncio import Redis
 
-from binrec.index.bundle import Bundle
-from binrec.service.user_codes import UserCodeCache, user_code_key
+from index.bundle import Bundle
+from service.user_codes import UserCodeCache, user_code_key
 from tests.conftest import RedisServer, TrainedBundle, free_port
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from binrec.index.bundle import CURRENT, Bundle, set_current
+from index.bundle import CURRENT, Bundle, set_current
 from tests.conftest import RedisServer, TrainedBundle, free_port
 from tests.index.test_bundle import forge
 from tests.service.test_cli import serve
@@ -109,7 +109,7 @@ def test_a_bundle_that_passes_its_checksums_but_cannot_be_read_splits_no_workers
 
     (tmp_path / CURRENT).write_text("next\n")
     started = subprocess.run(
-        [sys.executable, "-m", "binrec.service.cli", "--bundle-root", str(tmp_path), "--device", "cpu",
+        [sys.executable, "-m", "service.cli", "--bundle-root", str(tmp_path), "--device", "cpu",
          "--redis-url", redis_server.url, "--port", str(free_port())],
         capture_output=True, text=True, env={**os.environ, **env}, timeout=120,
     )  # fmt: skip
@@ -152,7 +152,7 @@ def test_gauges_forget_workers_killed_with_requests_in_flight(
         wait_for_workers(url, 2)
         for _ in range(4):
             assert httpx.get(f"{url}/recommend", params={"user_id": user}).status_code == 200
-        (search,) = children_running(process.pid, "binrec.service.search_process")
+        (search,) = children_running(process.pid, "service.search_process")
         workers = children_running(process.pid, "multiprocessing")
         os.kill(search, signal.SIGSTOP)
         request = f"import httpx; httpx.get({url + '/recommend'!r}, params={{'user_id': {user!r}}}, timeout=60)"

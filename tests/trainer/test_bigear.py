@@ -12,8 +12,8 @@ import math
 import numpy as np
 import torch
 
-from binrec.index.codes import CodeLayout, ScaleMode, dequantize
-from binrec.trainer.quantization.bigear import BiGeaRQuantizer, sign_gaussian
+from index.codes import CodeLayout, ScaleMode, dequantize
+from trainer.quantization.bigear import BiGeaRQuantizer, sign_gaussian
 
 DIM, LAYERS = 8, 3
 

@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from binrec.index.bundle import Bundle
-from binrec.trainer.config import ModelConfig, OptimConfig
+from index.bundle import Bundle
+from trainer.config import ModelConfig, OptimConfig
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "binrec.trainer.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "trainer.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
     )
 
 

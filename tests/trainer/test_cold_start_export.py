@@ -10,11 +10,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from binrec.index.codes import CodeLayout
-from binrec.trainer.config import TrainConfig
-from binrec.trainer.data import Dataset
-from binrec.trainer.export import check_cold_start_codes, cold_start_section
-from binrec.trainer.train import train
+from index.codes import CodeLayout
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.export import check_cold_start_codes, cold_start_section
+from trainer.train import train
 
 
 @pytest.mark.parametrize(

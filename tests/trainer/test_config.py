@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from binrec.trainer.cli import build_parser, train_config
-from binrec.trainer.config import SECTIONS, OptimConfig, TrainConfig, TrainOptions
-from binrec.trainer.distillation import DistillationConfig
-from binrec.trainer.quantization import check_options
+from trainer.cli import build_parser, train_config
+from trainer.config import SECTIONS, OptimConfig, TrainConfig, TrainOptions
+from trainer.distillation import DistillationConfig
+from trainer.quantization import check_options
 
 
 def test_flat_options_name_every_section_field_with_its_type() -> None:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from binrec.trainer.data import Dataset, DatasetError, SyntheticConfig, load_dataset, make_synthetic
-from binrec.trainer.data.split import holdout, holdout_counts
-from binrec.trainer.data.synthetic import latent_structure
+from trainer.data import Dataset, DatasetError, SyntheticConfig, load_dataset, make_synthetic
+from trainer.data.split import holdout, holdout_counts
+from trainer.data.synthetic import latent_structure
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

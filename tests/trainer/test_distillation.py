@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from binrec.trainer.config import TrainConfig
-from binrec.trainer.data import Dataset
-from binrec.trainer.distillation import DistillationConfig, RankingDistillation, load_teacher
-from binrec.trainer.graph import normalized_adjacency, to_torch_sparse
-from binrec.trainer.train import train
-from binrec.trainer.warm_start import SavedStage, save_stages
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.distillation import DistillationConfig, RankingDistillation, load_teacher
+from trainer.graph import normalized_adjacency, to_torch_sparse
+from trainer.train import train
+from trainer.warm_start import SavedStage, save_stages
 
 
 def test_teacher_lists_are_its_best_unseen_items(tmp_path: Path, tiny_data: Dataset) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from binrec.index.bundle import Bundle
-from binrec.trainer.distributed import World, assert_in_step, rank_share
-from binrec.trainer.warm_start import load_stage
+from index.bundle import Bundle
+from trainer.distributed import World, assert_in_step, rank_share
+from trainer.warm_start import load_stage
 
 TINY = ["--synthetic-users", "200", "--synthetic-items", "300", "--dim", "16", "--device", "cpu", "--eval-every", "1"]
 
@@ -22,7 +22,7 @@ def train_cli(tmp_path: Path, *args: str, ranks: int = 1) -> subprocess.Complete
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] if ranks > 1 else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per rank: reproducible sums, no oversubscription
     return subprocess.run(
-        [sys.executable, *launcher, "-m", "binrec.trainer.cli", *TINY, *args],
+        [sys.executable, *launcher, "-m", "trainer.cli", *TINY, *args],
         capture_output=True,
         text=True,
         cwd=tmp_path,

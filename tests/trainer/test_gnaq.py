@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from binrec.index.codes import CodeLayout, ScaleMode, dequantize
-from binrec.trainer.data import Dataset
-from binrec.trainer.graph import normalized_adjacency, to_torch_sparse
-from binrec.trainer.model import LightGCN
-from binrec.trainer.quantization.gnaq import NodeAwareQuantizer, NodeCodebookInput, bin_means, quartile_bins
+from index.codes import CodeLayout, ScaleMode, dequantize
+from trainer.data import Dataset
+from trainer.graph import normalized_adjacency, to_torch_sparse
+from trainer.model import LightGCN
+from trainer.quantization.gnaq import NodeAwareQuantizer, NodeCodebookInput, bin_means, quartile_bins
 
 
 def test_quartile_bins_by_hand() -> None:

@@ -10,10 +10,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from binrec.index.hash_codes import hop_parts, split_points
-from binrec.trainer.config import TrainConfig
-from binrec.trainer.data import Dataset
-from binrec.trainer.hashing import (
+from index.hash_codes import hop_parts, split_points
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.hashing import (
     HashedInput,
     cold_user_bits,
     graph_codes,
@@ -22,7 +22,7 @@ from binrec.trainer.hashing import (
     projection_rows,
     side_codes,
 )
-from binrec.trainer.train import train
+from trainer.train import train
 
 
 def test_projection_rows_are_regenerated_not_stored() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import pytest
 import torch
 
-from binrec.trainer.hessian import hutchinson_trace
+from trainer.hessian import hutchinson_trace
 
 
 def make_loss(matrix: torch.Tensor) -> Callable[[Sequence[torch.Tensor]], torch.Tensor]:

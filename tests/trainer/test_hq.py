@@ -17,17 +17,17 @@ import pytest
 import torch
 from torch import nn
 
-import binrec.trainer.quantization.hq as hq
-from binrec.index.bundle import Bundle
-from binrec.index.codes import CodeLayout, dequantize
-from binrec.trainer.config import TrainConfig
-from binrec.trainer.data import Dataset
-from binrec.trainer.export import export_bundle
-from binrec.trainer.quantization.base import RefreshContext
-from binrec.trainer.quantization.hq import _EWGS, HessianAwareQuantizer, delta_from, odd_levels
-from binrec.trainer.sampling import BPRSampler
-from binrec.trainer.train import TrainResult, train
+import trainer.quantization.hq as hq
+from index.bundle import Bundle
+from index.codes import CodeLayout, dequantize
 from tests.conftest import TrainedBundle
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.export import export_bundle
+from trainer.quantization.base import RefreshContext
+from trainer.quantization.hq import _EWGS, HessianAwareQuantizer, delta_from, odd_levels
+from trainer.sampling import BPRSampler
+from trainer.train import TrainResult, train
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from binrec.trainer.metrics import hit_matrix, ranking_metrics
+from trainer.metrics import hit_matrix, ranking_metrics
 
 
 def truth(rows: list[list[int]], n_items: int = 10) -> sp.csr_matrix:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from binrec.trainer.data import Dataset
-from binrec.trainer.graph import normalized_adjacency, to_torch_sparse
-from binrec.trainer.model import LightGCN
+from trainer.data import Dataset
+from trainer.graph import normalized_adjacency, to_torch_sparse
+from trainer.model import LightGCN
 
 
 def test_the_running_layer_mean_matches_the_stacked_mean_and_its_gradient(tiny_data: Dataset) -> None:

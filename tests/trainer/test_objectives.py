@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from binrec.trainer.loss import bpr
-from binrec.trainer.objectives import RankingLoss, sampled_softmax
+from trainer.loss import bpr
+from trainer.objectives import RankingLoss, sampled_softmax
 
 
 def test_softmax_equals_its_closed_form() -> None:

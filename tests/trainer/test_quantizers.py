@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from binrec.index.codes import CodeLayout, dequantize
-from binrec.trainer.quantization import make_quantizer
-from binrec.trainer.quantization.ste import SignSTEQuantizer
+from index.codes import CodeLayout, dequantize
+from trainer.quantization import make_quantizer
+from trainer.quantization.ste import SignSTEQuantizer
 
 
 def test_sign_ste_forward_and_backward() -> None:

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from binrec.trainer.sampling import BPRSampler
+from trainer.sampling import BPRSampler
 
 
 def skewed_train() -> sp.csr_matrix:

@@ -5,12 +5,12 @@ import dataclasses
 import pytest
 import torch
 
-from binrec.trainer.config import RuntimeConfig, TrainConfig
-from binrec.trainer.data import Dataset
-from binrec.trainer.distributed import World
-from binrec.trainer.quantization import make_quantizer
-from binrec.trainer.step_graph import GraphedStep, match_capturable, step_graph_applies
-from binrec.trainer.train import train
+from trainer.config import RuntimeConfig, TrainConfig
+from trainer.data import Dataset
+from trainer.distributed import World
+from trainer.quantization import make_quantizer
+from trainer.step_graph import GraphedStep, match_capturable, step_graph_applies
+from trainer.train import train
 
 CUDA = torch.device("cuda")
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from binrec.trainer.config import ScheduleConfig
-from binrec.trainer.distributed import World
-from binrec.trainer.metering import Throughput
-from binrec.trainer.stopping import EarlyStopping, TimeBudget
+from trainer.config import ScheduleConfig
+from trainer.distributed import World
+from trainer.metering import Throughput
+from trainer.stopping import EarlyStopping, TimeBudget
 
 
 def sgd(lr: float = 1.0) -> torch.optim.Optimizer:

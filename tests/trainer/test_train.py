@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from binrec.index.bundle import Bundle
-from binrec.index.item_index import ItemIndex
-from binrec.trainer.config import TrainConfig
-from binrec.trainer.data import Dataset
-from binrec.trainer.evaluate import served_path_metrics
-from binrec.trainer.metrics import ranking_metrics
-from binrec.trainer.train import refit, train
+from index.bundle import Bundle
+from index.item_index import ItemIndex
 from tests.conftest import TrainedBundle
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.evaluate import served_path_metrics
+from trainer.metrics import ranking_metrics
+from trainer.train import refit, train
 
 
 def popularity_recall(data: Dataset) -> float:
@@ -114,7 +114,7 @@ def test_resume_remembers_that_the_run_had_stopped_early(tmp_path: Path, tiny_da
 def test_device_metrics_work_on_catalogues_smaller_than_k() -> None:
     import scipy.sparse as sp
 
-    from binrec.trainer.evaluate import device_metrics
+    from trainer.evaluate import device_metrics
 
     truth = sp.csr_matrix(([1.0], ([0], [2])), shape=(1, 5))
     mask = sp.csr_matrix((1, 5))
@@ -124,7 +124,7 @@ def test_device_metrics_work_on_catalogues_smaller_than_k() -> None:
 
 
 def test_model_versions_are_plain_names_even_for_hidden_dataset_folders() -> None:
-    from binrec.trainer.export import new_model_version
+    from trainer.export import new_model_version
 
     version = new_model_version(".cache/my data", "hq", 2)
     assert version.startswith("cache_my_data-hq2b-") and "/" not in version

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from binrec.trainer.config import TrainConfig
-from binrec.trainer.data import Dataset
-from binrec.trainer.train import train
-from binrec.trainer.warm_start import SavedStage, WarmStartError, load_stage, save_stages
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.train import train
+from trainer.warm_start import SavedStage, WarmStartError, load_stage, save_stages
 
 
 def fp_stage(data: Dataset) -> SavedStage:

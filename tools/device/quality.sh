@@ -14,7 +14,7 @@ for spec in "$@"; do
   name=${spec%%:*}
   opts=${spec#*:}
   # shellcheck disable=SC2086
-  ( start=$(date +%s); rc=0; python3 -m binrec.trainer.cli --dataset "$DATASET" --data-dir .carry/data \
+  ( start=$(date +%s); rc=0; python3 -m trainer.cli --dataset "$DATASET" --data-dir .carry/data \
       --bundle-root "/tmp/bundles/$name" --results-json "$OUT/quality_$name.json" $opts \
       >"$OUT/$name.log" 2>&1 || rc=$?; echo "$name: exit $rc, wall $(( $(date +%s) - start )) s"; exit $rc ) &
   pids+=($!)

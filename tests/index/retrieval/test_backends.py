@@ -16,8 +16,8 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from binrec.index.hamming import hamming_distances
-from binrec.index.retrieval import (
+from index.hamming import hamming_distances
+from index.retrieval import (
     MAX_K,
     HammingBackend,
     available_backends,
@@ -25,12 +25,12 @@ from binrec.index.retrieval import (
     reference_topk,
     resolve_backend,
 )
-from binrec.index.retrieval.base import select_topk
-from binrec.index.retrieval.by_batch import ByBatchBackend
-from binrec.index.retrieval.counting_backend import CountingBackend
-from binrec.index.retrieval.faiss_backend import FaissBinaryBackend
-from binrec.index.retrieval.sharded import ShardedBackend, shard_bounds
-from binrec.index.retrieval.torch_backend import TorchBackend, popcount64
+from index.retrieval.base import select_topk
+from index.retrieval.by_batch import ByBatchBackend
+from index.retrieval.counting_backend import CountingBackend
+from index.retrieval.faiss_backend import FaissBinaryBackend
+from index.retrieval.sharded import ShardedBackend, shard_bounds
+from index.retrieval.torch_backend import TorchBackend, popcount64
 
 CPU_BACKENDS: dict[str, Callable[[npt.NDArray[np.uint8]], HammingBackend]] = {
     "faiss-cpu": FaissBinaryBackend,
@@ -152,7 +152,7 @@ def test_without_torch_the_cpu_backends_still_resolve_and_build() -> None:
         import sys
         sys.modules["torch"] = None
         import numpy as np
-        from binrec.index.retrieval import available_backends, make_backend
+        from index.retrieval import available_backends, make_backend
         found = available_backends()
         assert "torch" not in found and "triton" not in found, found
         assert make_backend(np.zeros((10, 8), np.uint8)).name == "numpy"
@@ -165,8 +165,8 @@ def test_without_torch_the_cpu_backends_still_resolve_and_build() -> None:
 TRITON_CHECK = textwrap.dedent(
     """
     import numpy as np
-    from binrec.index.retrieval import reference_topk
-    from binrec.index.retrieval.triton_backend import TritonBackend
+    from index.retrieval import reference_topk
+    from index.retrieval.triton_backend import TritonBackend
     rng = np.random.default_rng(0)
     for n_bytes, n, k in [(8, 700, 5), (24, 400, 20), (32, 500, 50), (72, 300, 300), (4, 600, 1)]:
         items = rng.integers(0, 256, (n, n_bytes), dtype=np.uint8)
@@ -176,8 +176,8 @@ TRITON_CHECK = textwrap.dedent(
     # The sample keeps each group's nearest (sample_group: 16 items per group at k = 1, 8 at k = 2 for 562
     # sampled of 9,000): its bounds are the k-th of those minima, and the search stays exact.
     import torch
-    from binrec.index.retrieval.chunking import plan_chunks, sample_group
-    from binrec.index.retrieval.triton_backend import word_major
+    from index.retrieval.chunking import plan_chunks, sample_group
+    from index.retrieval.triton_backend import word_major
     items = rng.integers(0, 256, (9000, 8), dtype=np.uint8)
     queries = rng.integers(0, 256, (4, 8), dtype=np.uint8)
     backend = TritonBackend(items, device="cpu")
@@ -195,8 +195,8 @@ TRITON_CHECK = textwrap.dedent(
     assert tied.ids.tolist() == [[0, 1, 2]] * 2 and tied.distances.tolist() == [[64] * 3] * 2
     # Codes handed over already word-major (as a GPU-generated catalogue is), in two prebuilt shards.
     import torch
-    from binrec.index.retrieval.sharded import ShardedBackend
-    from binrec.index.retrieval.triton_backend import word_major
+    from index.retrieval.sharded import ShardedBackend
+    from index.retrieval.triton_backend import word_major
     items = rng.integers(0, 256, (900, 32), dtype=np.uint8)
     queries = rng.integers(0, 256, (4, 32), dtype=np.uint8)
     halves = [
@@ -206,13 +206,13 @@ TRITON_CHECK = textwrap.dedent(
     got, want = merged.search(queries, 60), reference_topk(queries, items, 60)
     assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances)
     # Any tile shape gives the same answer (benchmarks/triton_tiles.py sweeps them for speed).
-    from binrec.index.retrieval.triton_backend import Tiles
+    from index.retrieval.triton_backend import Tiles
     for tiles in (Tiles(16, 64, 4), Tiles(64, 32, 8), Tiles(16, 32, 4, mma=True), Tiles(64, 64, 4, mma=False)):
         got = TritonBackend(items, device="cpu", tiles=tiles).search(queries, 30)
         want = reference_topk(queries, items, 30)
         assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), tiles
     # Batches of MMA_MIN_QUERIES or more take the tensor-core kernels: 64-, 256- and 576-bit codes, ragged tiles.
-    from binrec.index.retrieval.triton_backend import MMA_MIN_QUERIES
+    from index.retrieval.triton_backend import MMA_MIN_QUERIES
     # (A few queries with the MMA kernels forced for the wider codes: the interpreter is slow.)
     for n_bytes, n, k, n_queries in [(8, 700, 5, MMA_MIN_QUERIES + 3), (32, 500, 50, 3), (72, 300, 300, 3)]:
         items = rng.integers(0, 256, (n, n_bytes), dtype=np.uint8)
@@ -225,7 +225,7 @@ TRITON_CHECK = textwrap.dedent(
     assert tied.ids.tolist() == [[0, 1, 2]] * 40 and tied.distances.tolist() == [[64] * 3] * 40
     # Small tiles: words of 32 flagged tiles, programs of 16 words, and a list that spills (the redo): every tile
     # of 1,600 tied items is flagged, 4 words per query, with room for 1.
-    import binrec.index.retrieval.triton_backend as triton_backend
+    import index.retrieval.triton_backend as triton_backend
     triton_backend.GATHER_ROOM = 1024
     small = TritonBackend(np.zeros((1600, 8), np.uint8), device="cpu", tiles=Tiles(16, 16, 4, mma=True))
     tied = small.search(np.full((3, 8), 255, np.uint8), 3)
@@ -243,7 +243,7 @@ TRITON_CHECK = textwrap.dedent(
     want = reference_topk(queries, items, 40)
     assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), "query blocks"
     # A tight bound that lets fewer than k items through: those queries are redone within the safe bound.
-    import binrec.index.retrieval.chunking as chunking
+    import index.retrieval.chunking as chunking
     chunking.TIGHT_TAIL, chunking.TIGHT_MIN_RANK = 1.0, 1  # the tight bound is each query's nearest sampled item
     chunking.tight_rank.cache_clear()  # it caches per shape
     items = rng.integers(0, 256, (3200, 8), dtype=np.uint8)
@@ -306,7 +306,7 @@ def test_gpu_backends_match_the_reference(n_bytes: int) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs CUDA and Triton")
 def test_triton_searches_replayed_as_cuda_graphs_stay_exact() -> None:
-    from binrec.index.retrieval.triton_backend import TritonBackend
+    from index.retrieval.triton_backend import TritonBackend
 
     items = codes(300_000, 32)
     graphed, plain = TritonBackend(items), TritonBackend(items, graphs=False)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from binrec.index.retrieval.chunking import (
+from index.retrieval.chunking import (
     FLAG_BUDGET,
     KEY_BUDGET,
     MAX_CHUNK,

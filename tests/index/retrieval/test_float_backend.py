@@ -7,7 +7,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from binrec.index.retrieval import (
+from index.retrieval import (
     BACKENDS,
     GPU_BACKENDS,
     MAX_K,
@@ -16,9 +16,9 @@ from binrec.index.retrieval import (
     reference_topk,
     stored_index,
 )
-from binrec.index.retrieval.by_k import ByKBackend
-from binrec.index.retrieval.counting_backend import CountingBackend
-from binrec.index.retrieval.faiss_backend import FaissBinaryBackend, FaissFloatBackend
+from index.retrieval.by_k import ByKBackend
+from index.retrieval.counting_backend import CountingBackend
+from index.retrieval.faiss_backend import FaissBinaryBackend, FaissFloatBackend
 
 
 def vectors(n: int, dim: int, seed: int = 0) -> npt.NDArray[np.float32]:

@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("triton", reason="Triton is not installed (the `gpu` extra)")
 
-from binrec.index.retrieval.chunking import FLAG_BUDGET, FLAG_TILE, MAX_CHUNK, flag_bytes, plan_chunks  # noqa: E402
-from binrec.index.retrieval.faiss_backend import FaissBinaryBackend  # noqa: E402
-from binrec.index.retrieval.triton_backend import (  # noqa: E402
+from index.retrieval.chunking import FLAG_BUDGET, FLAG_TILE, MAX_CHUNK, flag_bytes, plan_chunks  # noqa: E402
+from index.retrieval.faiss_backend import FaissBinaryBackend  # noqa: E402
+from index.retrieval.triton_backend import (  # noqa: E402
     Tiles,
     TritonBackend,
     scan_shared_bytes,
@@ -99,9 +99,9 @@ WIDE_CHECK = textwrap.dedent(
     import logging
     import numpy as np
     from triton.runtime.errors import OutOfResources
-    import binrec.index.retrieval.triton_backend as triton_backend
-    from binrec.index.retrieval import reference_topk
-    from binrec.index.retrieval.triton_backend import Tiles, TritonBackend, scan_shared_bytes
+    import index.retrieval.triton_backend as triton_backend
+    from index.retrieval import reference_topk
+    from index.retrieval.triton_backend import Tiles, TritonBackend, scan_shared_bytes
 
     warnings = []
 

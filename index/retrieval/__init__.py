@@ -1,0 +1,213 @@
+"""Exact top-k search behind one interface, on whichever backend is fastest where it runs.
+
+Codes (Hamming distance): ``faiss-cpu`` (``IndexBinaryFlat``), ``numpy`` (one counting pass on the CPU),
+``faiss-gpu`` (``GpuIndexBinaryFlat``), ``triton`` (our fused GPU kernel), ``torch`` (portable fallback, CPU or
+CUDA); any of them sharded over several devices. They return identical ids and distances (ties broken by item
+id). ``auto`` picks, in order: ``triton`` when torch sees a CUDA GPU and Triton is installed, ``faiss-gpu`` when
+FAISS sees a GPU, else the fastest exact CPU backend for the catalogue on our 2-core benchmark (BENCHMARKS.md):
+``numpy`` up to 200k items of ≤ 128-bit codes; ``numpy+faiss-cpu`` (counting for batches of ≤ 4 queries, FAISS
+for larger ones) up to 4M items of ≤ 64-bit codes; ``faiss-cpu`` beyond.
+
+Float vectors (inner product) have one backend, FAISS's ``IndexFlatIP`` on the device asked for
+(``faiss-float-cpu`` or ``faiss-float-gpu``): the choice among code backends does not apply to them.
+
+``backend_for_index`` is what ``ItemIndex`` searches a stored FAISS index with; ``make_backend`` builds one over
+codes alone (benchmarks, GPU-generated catalogues).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Literal, assert_never, get_args
+
+import numpy as np
+import numpy.typing as npt
+
+from index.retrieval.base import MAX_K, HammingBackend, SearchBackend, TopK, reference_topk
+from index.retrieval.by_batch import ByBatchBackend
+from index.retrieval.by_k import ByKBackend
+from index.retrieval.counting_backend import SMALL_BATCH, CountingBackend, cpu_choice
+from index.retrieval.faiss_backend import (
+    FaissBinaryBackend,
+    FaissFloatBackend,
+    faiss_gpu_count,
+    is_binary,
+    read_stored_index,
+    serialize_stored_index,
+    stored_forms,
+    stored_index,
+)
+from index.retrieval.sharded import ShardedBackend
+
+GpuBackendName = Literal["triton", "faiss-gpu"]  # backends that need a GPU, fastest first
+CpuBackendName = Literal["numpy", "numpy+faiss-cpu", "faiss-cpu"]
+# The one list of code backends a setting or option may name (RECSYS_RETRIEVAL_BACKEND, recsys-index --backend).
+BackendName = Literal["auto", CpuBackendName, GpuBackendName, "torch"]
+BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
+GPU_BACKENDS: tuple[GpuBackendName, ...] = get_args(GpuBackendName)
+CPU_BACKENDS: tuple[CpuBackendName, ...] = get_args(CpuBackendName)
+DevicePreference = Literal["auto", "cpu", "gpu"]
+
+__all__ = [
+    "BACKENDS",
+    "GPU_BACKENDS",
+    "MAX_K",
+    "BackendName",
+    "DevicePreference",
+    "HammingBackend",
+    "SearchBackend",
+    "TopK",
+    "available_backends",
+    "backend_for_index",
+    "make_backend",
+    "read_stored_index",
+    "reference_topk",
+    "resolve_backend",
+    "serialize_stored_index",
+    "stored_forms",
+    "stored_index",
+]
+
+
+def _has_torch() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _cuda_devices() -> int:
+    """GPUs torch can use; none without torch, which the CPU service image leaves out."""
+    if not _has_torch():
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _gpus(name: BackendName) -> int:
+    """GPUs the backend ``name`` can use here (none for a CPU backend)."""
+    match name:
+        case "triton":
+            return _cuda_devices() if _has_triton() else 0
+        case "faiss-gpu":
+            return faiss_gpu_count()
+        case _:
+            return 0
+
+
+def available_backends() -> list[BackendName]:
+    """Backends that can run here, GPU ones first, fastest first (the order ``auto`` follows on a GPU)."""
+    found: list[BackendName] = [name for name in GPU_BACKENDS if _gpus(name)]
+    found += CPU_BACKENDS
+    if _has_torch():
+        found.append("torch")
+    return found
+
+
+def _check_name(backend: str) -> BackendName:
+    for name in BACKENDS:
+        if backend == name:
+            return name
+    raise ValueError(f"unknown retrieval backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _single(
+    codes: npt.NDArray[np.uint8], name: BackendName, device: int, cpu_index: Any | None = None
+) -> HammingBackend:
+    match name:
+        case "numpy":
+            return CountingBackend(codes)
+        case "faiss-cpu":
+            return FaissBinaryBackend(codes, cpu_index=cpu_index)
+        case "numpy+faiss-cpu":
+            faiss_cpu = FaissBinaryBackend(codes, cpu_index=cpu_index)  # with ``cpu_index``, ``codes`` view its memory
+            return ByBatchBackend(CountingBackend(codes), faiss_cpu, SMALL_BATCH, shared_codes=cpu_index is not None)
+        case "faiss-gpu":
+            return FaissBinaryBackend(codes, gpu=True, device=device)
+        case "triton":
+            from index.retrieval.triton_backend import TritonBackend
+
+            return TritonBackend(codes, device=f"cuda:{device}")
+        case "torch":
+            from index.retrieval.torch_backend import TorchBackend
+
+            return TorchBackend(codes, device=f"cuda:{device}" if _cuda_devices() else "cpu")
+        case "auto":
+            raise ValueError("resolve 'auto' to a backend first")
+        case _:
+            assert_never(name)
+
+
+def resolve_backend(
+    backend: str = "auto", device: DevicePreference = "auto", shape: tuple[int, int] | None = None
+) -> BackendName:
+    """The backend ``make_backend`` will build: ``auto`` is the fastest available on ``device``.
+
+    On a CPU that depends on the catalogue (``shape`` = items × code bytes): ``numpy`` (one counting pass)
+    for small catalogues of narrow codes, ``numpy+faiss-cpu`` (by batch size) for millions of 64-bit codes,
+    ``faiss-cpu`` beyond (``cpu_choice``).
+    """
+    name = _check_name(backend)
+    if name != "auto":
+        return name
+    on_cpu = _check_name(cpu_choice(shape[0], 8 * shape[1]) if shape is not None else "faiss-cpu")
+    if device == "cpu":
+        return on_cpu
+    found = available_backends()
+    if device == "gpu":
+        gpu = [name for name in found if name in GPU_BACKENDS]
+        if not gpu:
+            raise RuntimeError("device=gpu asked for, but neither Triton with CUDA nor faiss-gpu is usable here")
+        return gpu[0]
+    return found[0] if found[0] in GPU_BACKENDS else on_cpu
+
+
+def make_backend(
+    codes: npt.NDArray[np.uint8],
+    backend: str = "auto",
+    *,
+    device: DevicePreference = "auto",
+    shards: int | None = None,
+    cpu_index: Any | None = None,
+) -> HammingBackend:
+    """A backend over ``codes``; GPU backends shard over every visible GPU unless ``shards`` says otherwise.
+
+    With one GPU, ``shards > 1`` puts several shards on it (catalogues beyond one index's limits).
+    ``cpu_index``: a FAISS ``IndexBinaryFlat`` holding ``codes``, reused by an unsharded ``faiss-cpu`` (alone or
+    behind ``numpy+faiss-cpu``).
+    """
+    name = resolve_backend(backend, device, (int(codes.shape[0]), int(codes.shape[1])))
+    gpus = _gpus(name)
+    if name in GPU_BACKENDS and not gpus:
+        raise RuntimeError(f"retrieval backend {name!r} needs a GPU it can use here; available: {available_backends()}")
+    count = shards if shards is not None else max(1, gpus)
+    if count <= 1:
+        return _single(codes, name, 0, cpu_index)
+    return ShardedBackend(codes, count, lambda part, i: _single(part, name, i % max(1, gpus)))
+
+
+def backend_for_index(
+    cpu_index: Any, backend: str = "auto", *, device: DevicePreference = "auto"
+) -> SearchBackend | None:
+    """The backend that searches a stored FAISS index's items (``faiss_backend.stored_index``); None when it holds
+    none. Packed codes get ``backend`` (``make_backend``), float vectors FAISS's inner product on ``device``.
+    Searches for more results than the backend takes (``max_k``) go to FAISS on the CPU over the same index."""
+    forms = stored_forms(cpu_index)  # a view of the index's memory: no second copy (GPU backends copy to the device)
+    found: SearchBackend
+    if not is_binary(cpu_index):
+        if device == "gpu" and faiss_gpu_count() == 0:
+            raise RuntimeError("device=gpu asked for, but FAISS sees no GPU (is faiss-gpu installed?)")
+        if forms.shape[0] == 0:
+            return None
+        gpu = device == "gpu" or (device == "auto" and faiss_gpu_count() > 0)
+        found = FaissFloatBackend(forms, gpu=gpu, cpu_index=cpu_index)
+    elif forms.shape[0] == 0:
+        return None
+    else:
+        found = make_backend(forms, backend, device=device, cpu_index=cpu_index)
+        if found.max_k < found.n_items:
+            found = ByKBackend(found, FaissBinaryBackend(forms, cpu_index=cpu_index))
+    found.viewed = cpu_index
+    return found

@@ -1,0 +1,50 @@
+"""One catalogue behind two backends: a fast one for the k it is built for, FAISS on the CPU for larger ones.
+
+GPU kernels size their buffers for ``MAX_K``; a caller that skips many seen items (an evaluation user with
+thousands of training items) may still need a longer list. FAISS's flat index ranks any number of items, and
+the stored index already holds them, so those rare searches cost no second copy of the codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy.typing as npt
+
+from index.retrieval.base import SearchBackend, TopK
+
+
+class ByKBackend(SearchBackend):
+    """``bounded`` answers k up to its ``max_k``, ``any_k`` the larger ones (same ids and order); named after
+    ``bounded``, which answers the searches that matter for speed."""
+
+    def __init__(self, bounded: SearchBackend, any_k: SearchBackend) -> None:
+        if (bounded.n_items, bounded.width) != (any_k.n_items, any_k.width):
+            raise ValueError("both backends must hold the same catalogue")
+        self.bounded, self.any_k = bounded, any_k
+        self.n_items, self.name = bounded.n_items, bounded.name
+        self.query_dtype, self.distance_dtype = bounded.query_dtype, bounded.distance_dtype
+
+    @property
+    def width(self) -> int:
+        return self.bounded.width
+
+    @property
+    def max_k(self) -> int:
+        return self.any_k.max_k
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.bounded.on_gpu
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.bounded.memory_bytes + self.any_k.memory_bytes
+
+    @property
+    def padding_distance(self) -> float:
+        return self.bounded.padding_distance
+
+    def _search(self, queries: npt.NDArray[Any], k: int) -> TopK:
+        backend = self.bounded if k <= self.bounded.max_k else self.any_k
+        return backend._search(queries, k)

@@ -1,0 +1,141 @@
+"""The FastAPI application factory: heavy resources are created in the lifespan, kept on app.state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+from starlette.exceptions import HTTPException
+from uvicorn.config import STARTUP_FAILURE
+
+from index.retrieval.faiss_backend import set_cpu_threads
+from service.batcher import MicroBatcher
+from service.errors import http_error, search_unavailable, validation_error
+from service.hot_path import RecommendHotPath
+from service.limits import LimitRequestBody
+from service.logs import configure_logging
+from service.metrics import ServiceMetrics
+from service.observe import ObserveRequests
+from service.recommender import Recommender, ServingModel, describe
+from service.routes import admin, health, recommend
+from service.search_client import RemoteBackend, SearchUnavailable
+from service.search_process import SWITCH_INTERVAL_S
+from service.settings import ServiceSettings, get_settings
+from service.user_codes import UserCodeCache
+from service.workers import WorkerVersions
+
+log = logging.getLogger(__name__)
+access = logging.getLogger("service.access")
+
+
+async def internal_error(request: Request, error: Exception) -> JSONResponse:
+    """A bug must still answer JSON, never a traceback; the details go to the log."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+
+def load_or_exit(settings: ServiceSettings, metrics: ServiceMetrics) -> ServingModel:
+    """The worker's model. A worker of several that cannot load it (its search process gone, the bundle refused since
+    the server verified it) says why in one line and exits as uvicorn's startup failures do, which stops the server:
+    a lifespan error would log a traceback instead."""
+    try:
+        return ServingModel.for_settings(
+            settings, warm_batch=settings.batch_max_size, observe_search=metrics.observe_owner_search
+        )
+    except Exception as error:
+        if settings.workers == 1:
+            raise
+        log.error("worker %d could not load its model, stopping: %s", os.getpid(), describe(error))
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(STARTUP_FAILURE)
+
+
+def create_app(settings: ServiceSettings | None = None, *, model: ServingModel | None = None) -> FastAPI:
+    """Build the app; ``model`` may be pre-loaded (the CLI verifies the bundle before binding a port)."""
+    settings = settings or get_settings()
+    if settings.workers > 1:  # a worker process of `recsys-serve --workers N`: nobody configured its logging
+        configure_logging(settings.log_level, settings.log_format)
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The event loop shares the GIL with the index's search thread and with model loads; the interpreter's
+        # default slice would let either hold the loop's requests for 5 ms each time the loop wants the GIL back.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        serving = model or load_or_exit(settings, metrics)
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            max_connections=settings.redis_max_connections,
+        )
+        codes = UserCodeCache(
+            redis,
+            ttl_s=settings.user_code_ttl_s,
+            lru_size=settings.user_code_lru_size,
+            on_lookup=lambda source, count: metrics.user_code_lookups.labels(source=source).inc(count),
+            on_error=metrics.redis_errors.inc,
+        )
+        batcher = MicroBatcher(
+            max_batch=settings.batch_max_size,
+            max_wait_ms=settings.batch_max_wait_ms,
+            on_batch=metrics.observe_batch,
+            thread_setup=partial(set_cpu_threads, settings.search_threads),  # OpenMP's count is per thread
+            in_flight=settings.search_in_flight if settings.search_socket is not None else 1,
+        )
+        batcher.start()
+        versions = WorkerVersions.from_environment()
+        recommender = Recommender(serving, codes, batcher, metrics, settings=settings, versions=versions)
+        watcher = None
+        if settings.watch_interval_s > 0:
+            watcher = asyncio.create_task(recommender.watch(settings.bundle_root, settings.watch_interval_s))
+        app.state.settings = settings
+        app.state.recommender = recommender
+        metrics.workers.set(1)  # counted once its model is loaded: a worker still loading would read CURRENT anew
+        try:
+            yield
+        finally:  # uvicorn has stopped accepting and finished in-flight requests by now
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await batcher.close()
+            retrieval = recommender.model.index.retrieval
+            if isinstance(retrieval, RemoteBackend):  # its connections belong to this loop: closed before it ends
+                retrieval.close()
+            await redis.aclose()
+            if versions is not None:
+                versions.retire()
+            metrics.retire()
+
+    app = FastAPI(
+        title="binrec",
+        summary="Top-K recommendations from binary / 2-bit GNN codes by exact Hamming search",
+        version="0.2.0",
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+
+    if settings.hot_path:  # innermost: metrics, request ids and body limits apply to it as to every route
+        app.add_middleware(RecommendHotPath, settings=settings)
+    app.add_middleware(LimitRequestBody, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ObserveRequests, metrics=metrics)  # added last, so outermost: it sees the 413s too
+    app.add_exception_handler(Exception, internal_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(SearchUnavailable, search_unavailable)
+    app.include_router(health.router)
+    app.include_router(recommend.build_router(settings))
+    app.include_router(admin.router)
+    return app

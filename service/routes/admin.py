@@ -1,0 +1,68 @@
+"""POST /admin/reload (load the bundle CURRENT names, behind an API key) and GET /metrics."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
+
+from service.deps import RecommenderDep, SettingsDep
+from service.recommender import ModelRefused
+
+router = APIRouter()
+
+
+class Reloaded(BaseModel):
+    previous_version: str = Field(description="the version served before this call")
+    model_version: str = Field(description="the version served now, by every worker")
+    changed: bool
+    workers: int = Field(description="worker processes serving model_version (all of the server's)")
+
+
+@router.post(
+    "/admin/reload",
+    tags=["admin"],
+    summary="Load, check and warm the bundle CURRENT names, then swap it in",
+    responses={
+        401: {"description": "missing or wrong X-API-Key"},
+        403: {"description": "the endpoint is disabled (RECSYS_ADMIN_API_KEY is not set)"},
+        409: {"description": "the bundle was refused (corrupt, half-written, wrong shapes); the old model serves on"},
+        504: {"description": "several workers: not all of them serve the new model after RECSYS_RELOAD_TIMEOUT_S"},
+    },
+)
+async def reload(
+    recommender: RecommenderDep,
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Header(description="the admin API key")] = None,
+) -> Reloaded:
+    if settings.admin_api_key is None:
+        raise HTTPException(403, "admin endpoint disabled: set RECSYS_ADMIN_API_KEY to enable it")
+    expected = settings.admin_api_key.get_secret_value().encode()
+    # Header values arrive as latin-1 text; compared as bytes, any byte a client sends is just a wrong key
+    # (compare_digest refuses non-ASCII str).
+    if x_api_key is None or not hmac.compare_digest(x_api_key.encode("latin-1", errors="replace"), expected):
+        raise HTTPException(401, "missing or wrong X-API-Key header")
+    try:
+        previous, current = await recommender.reload(settings.bundle_root)
+    except ModelRefused as error:
+        raise HTTPException(409, f"bundle refused, still serving {recommender.model.version}: {error}") from error
+    workers = 1
+    if recommender.versions is not None:  # the others follow CURRENT with their watchers: acknowledge once they do
+        serving = await recommender.versions.wait_for(current, settings.workers, settings.reload_timeout_s)
+        behind = sorted({version for version in serving.values() if version != current})
+        ready = sum(version == current for version in serving.values())
+        if behind or ready < settings.workers:
+            raise HTTPException(
+                504, f"{ready} of {settings.workers} workers serve {current} after {settings.reload_timeout_s:g} s"
+                f"{f'; others serve {behind}' if behind else ''}",
+            )  # fmt: skip
+        workers = len(serving)
+    return Reloaded(previous_version=previous, model_version=current, changed=previous != current, workers=workers)
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

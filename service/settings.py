@@ -1,0 +1,101 @@
+"""Service settings, read from ``RECSYS_*`` environment variables (and nothing at import time)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from index.retrieval import MAX_K, BackendName
+
+
+class ServiceSettings(BaseSettings):
+    """Every knob of the service; ``RECSYS_BUNDLE_ROOT=/bundles`` sets ``bundle_root`` and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="ignore")
+
+    bundle_root: Path = Field(Path("var/bundles"), description="directory holding bundles and CURRENT")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="where user codes are cached")
+    redis_timeout_s: float = Field(0.1, gt=0, description="per-call Redis timeout; past it the bundle answers")
+    redis_max_connections: int = Field(64, ge=1, description="upper bound of the Redis connection pool")
+    user_code_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="lifetime of a cached user code")
+    host: str = Field("127.0.0.1", description="interface uvicorn binds")
+    port: int = Field(8000, ge=1, le=65535, description="port uvicorn binds")
+    workers: int = Field(
+        1, ge=1, description="uvicorn worker processes; each loads its own model and (without search_process) index"
+    )
+    search_process: bool = Field(
+        False,
+        description="one process owns the item index and answers every worker's searches: one copy of the index "
+        "and one GPU context per host, searches from all workers merged (for a GPU index)",
+    )
+    search_socket: Path | None = Field(
+        None, description="set by recsys-serve for its workers: the search process's Unix socket"
+    )
+    search_in_flight: int = Field(
+        4,
+        ge=1,
+        description="with search_process: micro-batches one worker may have in the search process at once (requests "
+        "that arrive while one is away go there without waiting for it)",
+    )
+    search_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="with search_process: how long a worker waits for the search process to answer one search; "
+        "past it the requests get 503 and the worker reconnects",
+    )
+    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="where the item index runs")
+    retrieval_backend: BackendName = Field(
+        "auto", description="Hamming search backend; 'auto' = the fastest exact one available on the device"
+    )
+    search_threads: int = Field(
+        1, ge=0, description="CPU threads per index search (FAISS OpenMP) in each worker; 0: every core"
+    )
+    default_k: int = Field(20, ge=1, description="k when a request gives none")
+    max_k: int = Field(1000, ge=1, le=MAX_K, description="largest k a request may ask for")
+    max_batch_users: int = Field(256, ge=1, description="most users one POST /recommend may ask for")
+    max_request_items: int = Field(
+        20_000, ge=1, description="most items one POST /recommend may ask for in all (users × k): bounds its cost"
+    )
+    max_history_items: int = Field(1000, ge=1, description="most items one user's history may list in a request")
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, description="largest request body; a larger one is refused with 413 before it is read"
+    )
+    max_header_bytes: int = Field(
+        32 << 10,
+        ge=1024,
+        description="largest request line and headers; a larger head is refused with 431 as it arrives",
+    )
+    max_headers: int = Field(100, ge=1, description="most header fields a request may send; more is a 431")
+    batch_max_size: int = Field(64, ge=1, description="most queries merged into one index search")
+    batch_max_wait_ms: float = Field(
+        0.0, ge=0, description="extra wait for more queries; 0: queries that arrive during a search share the next"
+    )
+    hot_path: bool = Field(
+        True,
+        description="answer GET /recommend whose parameters are plainly valid without FastAPI's per-request "
+        "machinery (same body and headers); false: every request goes through the FastAPI route",
+    )
+    user_code_lru_size: int = Field(100_000, ge=0, description="user codes kept in process before Redis (0: none)")
+    admin_api_key: SecretStr | None = Field(
+        None, description="key for POST /admin/reload (header X-API-Key); unset: the endpoint is disabled"
+    )
+    watch_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="poll CURRENT this often and load a new bundle it names (0: do not watch; with several workers "
+        "1 s unless set, since that is how every worker follows a reload)",
+    )
+    reload_timeout_s: float = Field(
+        120.0, gt=0, description="with several workers: how long POST /admin/reload waits for all to serve the model"
+    )
+    log_level: str = Field("info", description="uvicorn and application log level")
+    log_format: Literal["json", "text"] = Field("json", description="one JSON object per log line, or plain text")
+
+
+@lru_cache
+def get_settings() -> ServiceSettings:
+    return ServiceSettings()

@@ -1,0 +1,188 @@
+"""Turn a trained model into a published bundle, scored on the served path before it is published."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from index.bundle import BundleContent, publish_bundle
+from index.cold_start import METHODS, ColdStartSection, HashedDecoder, HQRounding
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.evaluate import device_metrics, served_path_metrics
+from trainer.hashing import HashedInput
+from trainer.model import LightGCN
+from trainer.quantization import ExportedCodes, Quantizer
+from trainer.quantization.base import as_numpy
+from trainer.quantization.hq import HessianAwareQuantizer
+from trainer.train import TrainResult, integer_ranking
+
+log = logging.getLogger(__name__)
+
+VERIFIED_USERS = 65_536  # how many trained users' codes the export re-codes with the served cold-start quantizer
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    bundle_path: Path
+    model_version: str
+    test_served: dict[str, float]
+    test_device: dict[str, float]
+    bytes_per_node: float
+    item_bytes: float = 0.0  # what the index keeps per item: its code and any scales or level table
+
+
+def popularity_order(data: Dataset) -> npt.NDArray[np.int64]:
+    """Items by number of training interactions, most popular first, ties by item id."""
+    counts = np.bincount(data.seen().indices, minlength=data.n_items)
+    return np.lexsort((np.arange(data.n_items), -counts)).astype(np.int64)
+
+
+def new_model_version(dataset: str, method: str, bits: int) -> str:
+    """A unique, plain directory name: the dataset's name made safe, method, bits, UTC time, random suffix."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset).lstrip(".") or "dataset"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{safe}-{method}{bits}b-{stamp}-{secrets.token_hex(2)}"
+
+
+@torch.no_grad()
+def cold_start_section(model: LightGCN, quantizer: Quantizer, data: Dataset, method: str) -> ColdStartSection | None:
+    """What serving needs to code a user the model never saw (index.cold_start), or None for methods whose user
+    codes depend on more than the user's representation (per-layer scales, per-node level tables)."""
+    if method not in METHODS:
+        return None
+    item_layers = model()[: model.layers, model.n_users :].float().cpu().numpy()  # items' layers 0..K-1
+    hq = None
+    if isinstance(quantizer, HessianAwareQuantizer):  # a new user's code is a user's code: the users' step and top
+        hq = HQRounding(float(quantizer._step("user")), quantizer.user_max_level)
+    inputs = model.inputs
+    return ColdStartSection(
+        method=method,
+        item_layers=np.ascontiguousarray(item_layers, dtype=np.float32),
+        item_degree=np.diff(data.seen().tocsc().indptr).astype(np.float32),
+        hq=hq,
+        hashed=hashed_decoder(inputs) if isinstance(inputs, HashedInput) else None,
+    )
+
+
+def hashed_decoder(inputs: HashedInput) -> HashedDecoder:
+    """The numpy copy of a hashed input layer's decoder, and what recomputes a new user's hash code."""
+    mlp = [layer for layer in inputs.mlp if isinstance(layer, torch.nn.Linear)]
+    return HashedDecoder(
+        seed=inputs.seed,
+        bits=inputs.hash_bits,
+        groups=int(inputs.groups_of.shape[1]),
+        hops=tuple(int(h) for h in inputs.hops),
+        user_medians=inputs.user_medians.cpu().numpy(),
+        codebook=inputs.codebook.detach().cpu().numpy(),
+        offsets=inputs.offsets.cpu().numpy(),
+        weights=tuple(linear.weight.detach().cpu().numpy() for linear in mlp),
+        biases=tuple(linear.bias.detach().cpu().numpy() for linear in mlp),
+        propagation=dict(inputs.propagation),
+    )
+
+
+def check_cold_start_codes(section: ColdStartSection, user_rep: torch.Tensor, user_codes: npt.NDArray[Any]) -> int:
+    """Code trained users' representations with the section's numpy quantizer (the one serving codes new users
+    with) and count the users whose code differs from the exported one; warn when any does. The first
+    ``VERIFIED_USERS`` users are checked: the step is the same for all of them."""
+    rows = min(len(user_codes), VERIFIED_USERS)
+    served = section.quantize(as_numpy(user_rep[:rows]))
+    differ = int(np.count_nonzero(np.any(served != user_codes[:rows], axis=1)))
+    if differ:
+        log.warning("cold start codes %d of %d trained users unlike the export: served codes may differ", differ, rows)
+    return differ
+
+
+def export_bundle(
+    result: TrainResult,
+    data: Dataset,
+    config: TrainConfig,
+    bundle_root: Path,
+    *,
+    make_current: bool = True,
+) -> ExportReport:
+    """Encode users and items, evaluate the test set through the index, publish the bundle atomically."""
+    model, quantizer = result.model, result.quantizer
+    model.eval()
+    user_rep, item_rep = quantizer.node_representations(model)
+    users, items = quantizer.export(user_rep, "user"), quantizer.export(item_rep, "item")
+    seen = data.seen()
+    test_device = device_metrics(
+        quantizer.served(user_rep, "user"),
+        quantizer.served(item_rep, "item"),
+        data.test,
+        seen,
+        integer_scores=integer_ranking(quantizer),
+    )
+    test_served = served_path_metrics(
+        users.codes,
+        items.codes,
+        quantizer.layout,
+        quantizer.code_dim,
+        data.test,
+        seen,
+        user_layout=quantizer.user_layout,
+        user_scales=users.scales,
+        item_scales=items.scales,
+        scale_mode=quantizer.scale_mode,
+    )
+    for name, value in test_served.items():
+        if abs(value - test_device[name]) > 1e-6:
+            log.warning("served-path %s %.6f differs from device-path %.6f", name, value, test_device[name])
+    cold_start = cold_start_section(model, quantizer, data, config.model.method)
+    if cold_start is not None:
+        check_cold_start_codes(cold_start, user_rep, users.codes)
+    bytes_per_node = _bytes_per_node(users, items)
+    version = new_model_version(data.name, config.model.method, quantizer.bits)
+    training: dict[str, Any] = {
+        "config": config.to_json(),
+        "best_epoch": result.best_epoch,
+        "epochs_trained": result.epochs_trained,
+        "valid": result.best_valid,
+        "train_seconds": round(result.train_seconds, 2),
+        "peak_gpu_mb": round(result.peak_gpu_mb, 1),
+        "device": result.device,
+        "bytes_per_node": bytes_per_node,
+        "test_device_path": test_device,
+    }
+    content = BundleContent(
+        model_version=version,
+        dataset=data.name,
+        method=config.model.method,
+        bits=quantizer.bits,
+        dim=quantizer.code_dim,
+        code_layout=quantizer.layout,
+        user_code_layout=quantizer.user_layout,
+        user_codes=users.codes,
+        item_codes=items.codes,
+        user_scales=users.scales,
+        item_scales=items.scales,
+        scale_mode=quantizer.scale_mode,
+        user_ids=list(data.user_ids),
+        item_ids=list(data.item_ids),
+        seen=seen,
+        popular=popularity_order(data),
+        metrics=test_served,
+        training=training,
+        cold_start=cold_start,
+    )
+    path = publish_bundle(bundle_root, content, make_current=make_current)
+    log.info("published bundle %s", path)
+    return ExportReport(path, version, test_served, test_device, bytes_per_node, _bytes_per_node(items))
+
+
+def _bytes_per_node(*sides: ExportedCodes) -> float:
+    """Served bytes per node of these sides: codes plus any scales or level tables."""
+    rows = sum(int(side.codes.shape[0]) for side in sides)
+    total = sum(int(part.nbytes) for side in sides for part in (side.codes, side.scales) if part is not None)
+    return total / max(rows, 1)

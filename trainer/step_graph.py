@@ -1,0 +1,136 @@
+"""A training step replayed as one CUDA graph.
+
+LightGCN's step on a GPU is bound by the host: its kernels (three sparse propagations forward and back, the
+BPR loss, Adam) take less time on the device than Python takes to launch them, and under data parallelism every
+rank also waits at each all-reduce for the other rank's host jitter (benchmarks/ddp_step_probe.py). Captured once,
+a step is a single graph launch: the GPU runs back to back and ranks meet only on the device. Steps whose batch is
+not the captured size (an epoch's last, partial batch), and steps before the capture (warm-up: lazy allocations,
+cuBLAS/cuSPARSE handles, NCCL's communicator), run eagerly; the graph is captured again when a host value baked
+into it changes: the learning rate (a Python float in Adam's kernels) or a quantizer's constant (HQ's δ after a
+refresh).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from trainer.config import RuntimeConfig
+from trainer.distributed import World
+from trainer.quantization import Quantizer
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+WARMUP_STEPS = 3  # PyTorch's guidance: a few eager iterations on a side stream before capturing
+
+
+class GraphedStep:
+    """Runs ``step(users, positives, negatives) -> loss`` eagerly or by replaying its captured graph.
+
+    ``step`` must zero the gradients with ``set_to_none=True`` first, run forward, backward, any gradient
+    all-reduce and the optimizer step, and have no host synchronisation or data-dependent shapes; the
+    optimizer must be built with ``capturable=True``. Results equal the eager steps' (same kernels).
+    """
+
+    def __init__(
+        self,
+        step: Step,
+        optimizer: torch.optim.Optimizer,
+        batch_size: int,
+        device: torch.device,
+        constants: Callable[[], tuple[float, ...]] = tuple,
+    ) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+        self.step = step
+        self.optimizer = optimizer
+        self.constants = constants
+        self.batch_size = batch_size
+        self.device = device
+        self.inputs = tuple(torch.zeros(batch_size, dtype=torch.long, device=device) for _ in range(3))
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None
+        self.captured_for: tuple[float, ...] | None = None  # the host values baked into the graph
+        self.warm = 0
+        self.replays = 0
+        self.failed = False  # a capture failed: every step runs eagerly
+
+    def _hyperparameters(self) -> tuple[float, ...]:
+        return (*(float(group["lr"]) for group in self.optimizer.param_groups), *self.constants())
+
+    def __call__(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        if users.numel() != self.batch_size or self.failed:
+            return self.step(users, positives, negatives)
+        if self.warm < WARMUP_STEPS:
+            return self._warm_up(users, positives, negatives)
+        if (self.graph is None or self.captured_for != self._hyperparameters()) and not self._capture():
+            return self.step(users, positives, negatives)
+        for static, batch in zip(self.inputs, (users, positives, negatives), strict=True):
+            static.copy_(batch, non_blocking=True)
+        assert self.graph is not None and self.loss is not None
+        self.graph.replay()
+        self.replays += 1
+        return self.loss
+
+    def _warm_up(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            loss = self.step(users, positives, negatives)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.warm += 1
+        return loss
+
+    def _capture(self) -> bool:
+        """Capture the step; False (and eager steps from then on) when an operation in it cannot be captured."""
+        self.graph = None
+        self.loss = None
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
+        # Our own capture stream, entered outside the graph's context: when capture fails, torch.cuda.graph
+        # raises from capture_end before restoring the stream, and the outer context still restores it (the
+        # failed stream, whose allocations may still go to the graph's pool, is never used again).
+        capture = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        capture.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            with torch.cuda.stream(capture):
+                # thread_local: NCCL's watchdog thread may query its events while this thread captures.
+                with torch.cuda.graph(graph, stream=capture, capture_error_mode="thread_local"):
+                    self.loss = self.step(*self.inputs).detach()
+        except RuntimeError as error:  # e.g. a kernel that waits on the host (nothing captured ran)
+            self.failed = True
+            self.optimizer.zero_grad(set_to_none=True)
+            log.warning("training steps run eagerly: the step could not be captured as a CUDA graph (%s)",
+                        str(error).splitlines()[0] if str(error) else type(error).__name__)  # fmt: skip
+            return False
+        self.graph = graph
+        self.captured_for = self._hyperparameters()
+        log.debug("captured the training step (batch %d, lr %s)", self.batch_size, self.captured_for)
+        return True
+
+
+def step_graph_applies(runtime: RuntimeConfig, quantizer: Quantizer, device: torch.device, world: World) -> bool:
+    """CUDA-graph steps need a CUDA device, a quantizer without host syncs, and no DDP (its hooks run on the host)."""
+    return (
+        runtime.cuda_graph
+        and device.type == "cuda"
+        and quantizer.capturable
+        and not (world.distributed and runtime.grad_sync == "ddp")
+    )
+
+
+def match_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Set Adam's ``capturable`` after loading a state saved by another kind of run; its step counters move to
+    where that mode keeps them (the parameter's device when capturable, the host otherwise)."""
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if isinstance(state.get("step"), torch.Tensor):
+                where = parameter.device if capturable else torch.device("cpu")
+                state["step"] = state["step"].to(device=where, dtype=torch.float32)
