@@ -11,14 +11,15 @@ are unique across sections, so a run can also be written flat, as tests and benc
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict, Unpack
+from typing import Any, Literal
 
 from trainer.distillation import DistillationConfig
 from trainer.distributed import GradCompression, GradSync
 from trainer.objectives import LossKind
-from trainer.options import option
+from trainer.options import check_option, option
 from trainer.quantization import METHODS
 from trainer.sampling import Sampling
 from trainer.warm_start import Stage
@@ -158,54 +159,6 @@ class CheckpointConfig:
     resume: bool = option(False, "resume from --checkpoint-dir/last.pt")
 
 
-class TrainOptions(TypedDict, total=False):
-    """Every field of every section by its option name: what ``TrainConfig.of`` and ``with_options`` take."""
-
-    method: str
-    bits: int | None
-    user_bits: int | None
-    item_scales: bool
-    dim: int
-    layers: int
-    input_layer: InputLayer
-    hash_bits: int
-    hash_groups: int
-    hash_hidden: int
-    hash_depth: int
-    hash_residual: int
-    hash_hops: tuple[int, ...]
-    warm_start: bool
-    warm_start_from: Path | None
-    pretrain_epochs: int
-    warm_start_stage: Stage
-    pretrain_lr_milestones: tuple[int, ...]
-    batch_size: int
-    lr: float
-    reg: float
-    loss: LossKind
-    temperature: float
-    softmax_negatives: int
-    sampling: Sampling
-    seed: int
-    epochs: int
-    eval_every: int
-    patience: int
-    lr_decay_patience: int
-    lr_decay_factor: float
-    lr_decays: int
-    max_minutes: float | None
-    stop_at_metric: float | None
-    select_metric: str
-    lr_milestones: tuple[int, ...]
-    grad_sync: GradSync
-    grad_compression: GradCompression
-    cuda_graph: bool
-    device: str
-    checkpoint_dir: Path | None
-    resume: bool
-    distillation: DistillationConfig | None
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. Sections are built from the CLI's option groups (trainer.cli) or flat with ``of``."""
@@ -220,21 +173,30 @@ class TrainConfig:
     distillation: DistillationConfig | None = None  # rank like an fp teacher too (trainer.distillation)
 
     @classmethod
-    def of(cls, **options: Unpack[TrainOptions]) -> TrainConfig:
+    def of(cls, **options: object) -> TrainConfig:
         """The defaults, with these options (by option name) in whichever section holds them."""
         return cls().with_options(**options)
 
-    def with_options(self, **options: Unpack[TrainOptions]) -> TrainConfig:
-        """A copy with these options replaced, each in the section that holds it."""
+    def with_options(self, **options: object) -> TrainConfig:
+        """A copy with these options replaced, each in the section that holds it.
+
+        Each value is checked against its field's annotation here, since the fields are the only list of
+        options: a misspelt name or a value of the wrong type is a TypeError naming the option.
+        """
         changes: dict[str, Any] = dict(options)
         replaced: dict[str, Any] = {}
         for name in SECTIONS:
             section = getattr(self, name)
+            hints = typing.get_type_hints(type(section))
             mine = {f.name: changes.pop(f.name) for f in dataclasses.fields(section) if f.name in changes}
+            for given, value in mine.items():
+                check_option(given, hints[given], value)
             if mine:
                 replaced[name] = dataclasses.replace(section, **mine)
         if "distillation" in changes:
-            replaced["distillation"] = changes.pop("distillation")
+            teacher = changes.pop("distillation")
+            check_option("distillation", typing.get_type_hints(TrainConfig)["distillation"], teacher)
+            replaced["distillation"] = teacher
         if changes:
             raise TypeError(f"TrainConfig has no option {', '.join(sorted(changes))}")
         return dataclasses.replace(self, **replaced)

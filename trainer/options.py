@@ -87,6 +87,35 @@ def add_options(group: argparse._ArgumentGroup | argparse.ArgumentParser, sectio
         )
 
 
+def check_option(name: str, annotation: Any, value: object) -> None:
+    """Raise TypeError unless ``value`` is of the field's annotated type (an int passes for a float, a bool for
+    neither): the fields are the one list of options, so a flat ``TrainConfig.of(...)`` is checked against them
+    when it runs rather than by a second, hand-kept list for the type checker."""
+    if not _conforms(value, annotation):
+        raise TypeError(f"option {name} takes {_describe(annotation)}, got {value!r}")
+
+
+def _conforms(value: object, annotation: Any) -> bool:
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, argument) for argument in arguments)
+    if annotation is type(None):
+        return value is None
+    if origin is Literal:
+        return any(value == choice and type(value) is type(choice) for choice in arguments)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_conforms(item, arguments[0]) for item in value)
+    if annotation in (int, float):
+        return isinstance(value, int | float if annotation is float else int) and not isinstance(value, bool)
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " or ".join(repr(choice) for choice in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) or str(annotation)
+
+
 def from_args(section: type[Section], args: argparse.Namespace) -> Section:
     """The section from parsed arguments, field by field name; fields that are not options keep their defaults."""
     hints = typing.get_type_hints(section)

@@ -4,26 +4,58 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from pathlib import Path
 
 import pytest
 
 from trainer.cli import build_parser, train_config
-from trainer.config import SECTIONS, OptimConfig, TrainConfig, TrainOptions
+from trainer.config import SECTIONS, OptimConfig, TrainConfig
 from trainer.distillation import DistillationConfig
 from trainer.quantization import check_options
 
 
-def test_flat_options_name_every_section_field_with_its_type() -> None:
+def option_hints() -> dict[str, object]:
+    """Every option by name with its annotation, read from the sections' fields (names are unique across them)."""
     config = TrainConfig()
-    hints = {
-        name: kind
-        for section in SECTIONS
-        for name, kind in typing.get_type_hints(type(getattr(config, section))).items()
-    }
-    hints["distillation"] = typing.get_type_hints(TrainConfig)["distillation"]
-    assert typing.get_type_hints(TrainOptions) == hints  # names unique across sections, types as declared
+    hints = {"distillation": typing.get_type_hints(TrainConfig)["distillation"]}
+    for section in SECTIONS:
+        fields = typing.get_type_hints(type(getattr(config, section)))
+        assert not set(fields) & set(hints), f"{section} repeats an option name"
+        hints |= fields
+    return hints
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"dim": "64"}, "option dim takes int, got '64'"),
+        ({"dim": True}, "option dim takes int, got True"),
+        ({"lr": "fast"}, "option lr takes float, got 'fast'"),
+        ({"bits": 1.0}, "option bits takes"),
+        ({"input_layer": "dense"}, "option input_layer takes 'table' or 'hash', got 'dense'"),
+        ({"hash_hops": [0, 3]}, "option hash_hops takes"),
+        ({"hash_hops": (0, "3")}, "option hash_hops takes"),
+        ({"checkpoint_dir": "runs"}, "option checkpoint_dir takes"),
+        ({"distillation": "teacher.pt"}, "option distillation takes"),
+    ],
+)
+def test_a_flat_option_of_the_wrong_type_is_refused_by_name(options: dict[str, object], error: str) -> None:
+    with pytest.raises(TypeError, match=re.escape(error)):
+        TrainConfig.of(**options)
+    with pytest.raises(TypeError, match=re.escape(error)):
+        TrainConfig().with_options(**options)
+
+
+def test_flat_options_of_the_declared_types_are_taken() -> None:
+    config = TrainConfig.of(lr=1, bits=None, hash_hops=(0, 3), checkpoint_dir=None, max_minutes=2)  # int for float
+    assert (config.optim.lr, config.model.bits, config.input.hash_hops, config.schedule.max_minutes) == (
+        1,
+        None,
+        (0, 3),
+        2,
+    )
 
 
 def test_of_puts_each_option_in_its_section() -> None:
@@ -35,7 +67,7 @@ def test_of_puts_each_option_in_its_section() -> None:
     assert again.optim.lr == 1e-3 and again.schedule.epochs == 7 and again.model == config.model
     assert config.optim.lr == 5e-3  # sections are frozen: with_options copies
     with pytest.raises(TypeError, match="no option learning_rate"):
-        TrainConfig.of(learning_rate=1.0)  # type: ignore[call-arg]
+        TrainConfig.of(learning_rate=1.0)
 
 
 def test_cli_defaults_are_the_config_defaults_and_options_land_by_name(tmp_path: Path) -> None:
@@ -57,7 +89,7 @@ def test_cli_defaults_are_the_config_defaults_and_options_land_by_name(tmp_path:
 def test_json_is_flat_by_option_name_as_checkpoints_and_manifests_record_it(tmp_path: Path) -> None:
     config = TrainConfig.of(method="hq", bits=2, checkpoint_dir=tmp_path, distillation=DistillationConfig(tmp_path))
     recorded = json.loads(json.dumps(config.to_json()))
-    assert set(recorded) == set(TrainOptions.__annotations__)
+    assert set(recorded) == set(option_hints())
     assert recorded["method"] == "hq" and recorded["bits"] == 2 and recorded["checkpoint_dir"] == str(tmp_path)
     assert recorded["distillation"] == {"teacher": str(tmp_path), "weight": 1.0, "top": 20, "temperature": 1.0}
     assert TrainConfig.of(**config.flat()) == config  # the inverse of flat
