@@ -2,8 +2,9 @@
 # build`, or buildx):
 #
 #   docker build -t binrec-api .                        # default target: the service (faiss-cpu, no torch)
+#   docker build -t binrec-api-numpy --build-arg FAISS= .  # the service without FAISS (numpy search backend)
 #   docker build -t binrec-trainer --target trainer .   # trainer + indexer (CPU torch)
-#   docker build -t binrec-load --target load .         # locust only (the `load` extra)
+#   docker build -t binrec-load --target load .         # locust alone (the `load` extra)
 #   docker build -t binrec-api-gpu --target api-gpu .   # the service on NVIDIA GPUs (CUDA torch, Triton, faiss-gpu)
 #
 # Everything the build reads from outside is named here, so that a build behind a proxy or an air gap changes
@@ -73,13 +74,16 @@ RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
 
 # --- builders: the venv with the dependencies of each target --------------------------------------
 FROM pip AS builder-api
+# FAISS is one search backend, not a dependency of the service: `--build-arg FAISS=` (empty) leaves it out, and
+# the service then searches with the numpy backend (RECSYS_RETRIEVAL_BACKEND auto or numpy).
+ARG FAISS=cpu
 # One list per layer: COPY is cached by content, so a change to the `train` extra alone leaves this
 # layer (and torch below) cached.
-COPY --from=requirements /requirements/api.txt /requirements/
+COPY --from=requirements /requirements/api.txt /requirements/faiss-cpu.txt /requirements/
 RUN --mount=type=secret,id=ca_bundle,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=bind,source=wheelhouse,target=/wheelhouse \
     --mount=type=cache,target=/root/.cache/pip \
-    pip install -r /requirements/api.txt
+    pip install -r /requirements/api.txt ${FAISS:+-r "/requirements/faiss-$FAISS.txt"}
 
 FROM builder-api AS builder-trainer
 # From PyPI, torch for Linux pulls the CUDA build (several GB of nvidia-* wheels); the CPU wheel

@@ -12,11 +12,12 @@ from pathlib import Path
 
 
 def image_requirements(pyproject: Path) -> dict[str, list[str]]:
-    """Requirement lines per list: the api (core + cpu FAISS), what the trainer adds, locust alone, the GPU service."""
+    """Requirement lines per list: the api (core), FAISS for the CPU, what the trainer adds, locust alone, the GPU service."""
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     core, extras = project["dependencies"], project["optional-dependencies"]
     return {
-        "api": core + extras["cpu"],
+        "api": core,
+        "faiss-cpu": extras["cpu"],  # installed on top of the api list unless the build leaves FAISS out
         "train": extras["train"],  # installed on top of the api list
         "load": extras["load"],  # alone: the load test imports none of the project
         # faiss-gpu and Triton (the `gpu` extra); Triton's kernels take torch CUDA tensors.
