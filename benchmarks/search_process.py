@@ -34,7 +34,7 @@ from index.bundle import Bundle
 from index.codes import CodeLayout
 from index.item_index import ItemIndex
 from index.retrieval.faiss_backend import set_cpu_threads
-from service.recommender import ServingModel
+from service.model import ServingModel
 
 K = 20
 

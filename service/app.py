@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from importlib import metadata
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,11 +26,11 @@ from service.hot_path import RecommendHotPath
 from service.limits import LimitRequestBody
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
+from service.model import SWITCH_INTERVAL_S, ModelLoader, ModelLoadError, ServingModel
 from service.observe import ObserveRequests
-from service.recommender import Recommender, ServingModel, describe
+from service.recommender import Recommender
 from service.routes import admin, health, recommend
 from service.search_client import RemoteBackend, SearchUnavailable
-from service.search_process import SWITCH_INTERVAL_S
 from service.settings import ServiceSettings, get_settings
 from service.user_codes import UserCodeCache
 from service.workers import WorkerVersions
@@ -44,18 +45,16 @@ async def internal_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"detail": "internal error"})
 
 
-def load_or_exit(settings: ServiceSettings, metrics: ServiceMetrics) -> ServingModel:
+def load_or_exit(loader: ModelLoader, *, workers: int) -> ServingModel:
     """The worker's model. A worker of several that cannot load it (its search process gone, the bundle refused since
     the server verified it) says why in one line and exits as uvicorn's startup failures do, which stops the server:
     a lifespan error would log a traceback instead."""
     try:
-        return ServingModel.for_settings(
-            settings, warm_batch=settings.batch_max_size, observe_search=metrics.observe_owner_search
-        )
-    except Exception as error:
-        if settings.workers == 1:
+        return loader.load()
+    except ModelLoadError as error:
+        if workers == 1:
             raise
-        log.error("worker %d could not load its model, stopping: %s", os.getpid(), describe(error))
+        log.error("worker %d could not load its model, stopping: %s", os.getpid(), error)
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(STARTUP_FAILURE)
@@ -67,13 +66,14 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
     if settings.workers > 1:  # a worker process of `recsys-serve --workers N`: nobody configured its logging
         configure_logging(settings.log_level, settings.log_format)
     metrics = ServiceMetrics()
+    loader = ModelLoader.for_worker(settings, observe_search=metrics.observe_owner_search)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The event loop shares the GIL with the index's search thread and with model loads; the interpreter's
         # default slice would let either hold the loop's requests for 5 ms each time the loop wants the GIL back.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        serving = model or load_or_exit(settings, metrics)
+        serving = model or load_or_exit(loader, workers=settings.workers)
         redis = Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,
@@ -96,7 +96,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
         )
         batcher.start()
         versions = WorkerVersions.from_environment()
-        recommender = Recommender(serving, codes, batcher, metrics, settings=settings, versions=versions)
+        recommender = Recommender(serving, codes, batcher, metrics, loader=loader, versions=versions)
         watcher = None
         if settings.watch_interval_s > 0:
             watcher = asyncio.create_task(recommender.watch(settings.bundle_root, settings.watch_interval_s))
@@ -122,7 +122,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
     app = FastAPI(
         title="binrec",
         summary="Top-K recommendations from binary / 2-bit GNN codes by exact Hamming search",
-        version="0.2.0",
+        version=metadata.version("binrec"),  # the package's, as pyproject.toml sets it
         lifespan=lifespan,
     )
     app.state.metrics = metrics

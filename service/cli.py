@@ -8,16 +8,17 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import uvicorn
 from pydantic import ValidationError
 
+from index.retrieval import DevicePreference
 from service.app import create_app
 from service.http_limits import BoundedHeadProtocol
 from service.logs import configure_logging
 from service.metrics import MULTIPROCESS_ENV
-from service.recommender import ServingModel, describe
+from service.model import ModelLoader, ModelLoadError, ServingModel
 from service.search_process import SearchProcessHandle, as_environment
 from service.settings import ServiceSettings
 from service.workers import RUNTIME_DIR_ENV
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None, help="port to bind (RECSYS_PORT, default 8000)")
     parser.add_argument("--redis-url", default=None, help="Redis for user codes (RECSYS_REDIS_URL)")
     parser.add_argument(
-        "--device", choices=["auto", "cpu", "gpu"], default=None, help="where the index runs (RECSYS_DEVICE)"
+        "--device", choices=get_args(DevicePreference), default=None, help="where the index runs (RECSYS_DEVICE)"
     )
     parser.add_argument(
         "--workers",
@@ -67,12 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides["search_socket"] = search.socket_path
             settings = settings.model_copy(update={"search_socket": search.socket_path})
         try:
-            # One worker serves this very model: warm it at every batch shape. Several load and warm their own; this
-            # process only verifies, and its GPU index searches nothing more.
-            warm_batch = settings.batch_max_size if settings.workers == 1 else 0
-            model = ServingModel.for_settings(settings, warm_batch=warm_batch)
-        except Exception as error:  # a bundle that cannot serve, whatever the reason: one line, not a traceback
-            print(f"recsys-serve: error: {describe(error)}", file=sys.stderr)
+            model = ModelLoader.for_check(settings).load()
+        except ModelLoadError as error:  # a bundle that cannot serve, whatever the reason: one line, not a traceback
+            print(f"recsys-serve: error: {error}", file=sys.stderr)
             return 2
         serve(settings, overrides, model, search)
         if search is not None and search.failed:

@@ -1,4 +1,4 @@
-"""The serving model (a verified bundle and its index) and the recommender that answers from it.
+"""The recommender: answers from the serving model, and swaps in a new one.
 
 Searches go through the micro-batcher, the single owner of the index. A new model is loaded, checked
 and warmed on a worker thread while the old one keeps answering, then swapped in by one assignment;
@@ -12,104 +12,21 @@ import asyncio
 import gc
 import logging
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from index.bundle import MANIFEST, Bundle, BundleError, resolve_bundle_path
-from index.item_index import DevicePreference, ItemIndex, Reranker
+from index.bundle import MANIFEST, resolve_bundle_path
 from service.batcher import NO_ITEMS, MicroBatcher
-from service.cold_start import ColdStart
 from service.metrics import ServiceMetrics
+from service.model import ModelLoader, ModelLoadError, ServingModel, describe
 from service.schemas import Answer, Source
-from service.search_client import RemoteBackend, SearchObserver
-from service.settings import ServiceSettings
 from service.user_codes import UserCodeCache
 from service.workers import WorkerVersions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServingModel:
-    bundle: Bundle
-    index: ItemIndex
-
-    @cached_property
-    def cold_start(self) -> ColdStart | None:
-        """Codes for unknown users from their items, when the bundle carries what that needs."""
-        section = self.bundle.cold_start
-        return ColdStart(section) if section is not None else None
-
-    @property
-    def version(self) -> str:
-        return self.bundle.manifest.model_version
-
-    @classmethod
-    def load(
-        cls,
-        root: Path,
-        *,
-        device: DevicePreference = "auto",
-        backend: str = "auto",
-        warm_batch: int = 1,
-        search_socket: Path | None = None,
-        search_timeout_s: float = 5.0,
-        observe_search: SearchObserver | None = None,
-    ) -> ServingModel:
-        """Load and verify the CURRENT bundle, load (or build) its index, self-check and warm it (on a GPU at every
-        batch shape up to ``warm_batch`` queries, the micro-batcher's largest). With ``search_socket`` the search
-        process holds the index's backend (loaded, checked and warmed there) and searches through it answer within
-        ``search_timeout_s`` or raise ``SearchUnavailable``."""
-        bundle = Bundle.load(root)  # which checks the cold-start section too
-        if search_socket is not None:
-            index = cls.remote_index(bundle, search_socket, search_timeout_s, observe_search)
-        else:
-            index = ItemIndex.for_bundle(bundle, device=device, backend=backend)
-            index.warm(warm_batch)
-        if bundle.manifest.n_users and index.n_items:  # warm-up: the first real request pays no first-call cost
-            scales = bundle.user_scales[:1] if bundle.user_scales is not None else None
-            index.search(np.asarray(bundle.user_codes[:1]), min(10, index.n_items), query_scales=scales)
-        log.info(
-            "loaded model %s from %s (search backend %s)", bundle.manifest.model_version, bundle.path, index.backend
-        )
-        return cls(bundle=bundle, index=index)
-
-    @classmethod
-    def for_settings(
-        cls,
-        settings: ServiceSettings,
-        root: Path | None = None,
-        *,
-        warm_batch: int,
-        observe_search: SearchObserver | None = None,
-    ) -> ServingModel:
-        """``load`` as the service's settings say (``root``: a bundle other than the one they name)."""
-        return cls.load(
-            root if root is not None else settings.bundle_root, device=settings.device,
-            backend=settings.retrieval_backend, warm_batch=warm_batch, search_socket=settings.search_socket,
-            search_timeout_s=settings.search_timeout_s, observe_search=observe_search,
-        )  # fmt: skip
-
-    @staticmethod
-    def remote_index(
-        bundle: Bundle, search_socket: Path, timeout_s: float, observe: SearchObserver | None
-    ) -> ItemIndex:
-        """An ``ItemIndex`` of the bundle whose backend is the search process's: everything but the backend's
-        search runs here, so the answers are those of the in-process index."""
-        remote = RemoteBackend.open(search_socket, bundle.path, timeout_s=timeout_s, observe=observe)
-        if remote.n_items != bundle.manifest.n_items:
-            raise ValueError(f"the search process's index of {bundle.path} has {remote.n_items} items")
-        index = ItemIndex(
-            remote if remote.n_items else None, n_items=remote.n_items, layout=bundle.layout, dim=bundle.dim,
-            rerank=Reranker.of_bundle(bundle),
-            user_layout=bundle.user_layout,
-        )  # fmt: skip
-        index.self_check(bundle.item_codes)  # one round trip: this worker and the search process agree
-        return index
 
 
 @dataclass(frozen=True)
@@ -122,10 +39,6 @@ class Plan:
     scales: npt.NDArray[np.floating] | None = None
 
 
-class ModelRefused(Exception):
-    """A new bundle failed to load; the old model keeps serving."""
-
-
 class Recommender:
     def __init__(
         self,
@@ -134,11 +47,11 @@ class Recommender:
         batcher: MicroBatcher,
         metrics: ServiceMetrics,
         *,
-        settings: ServiceSettings,
+        loader: ModelLoader,
         versions: WorkerVersions | None = None,
     ) -> None:
         self.model = model
-        self.settings = settings  # how a new model is loaded
+        self.loader = loader  # how a new model is loaded
         self.versions = versions  # several workers: where each says which version it serves
         self.codes = codes
         self.batcher = batcher
@@ -224,21 +137,16 @@ class Recommender:
         return [(found.ids[row], found.scores[row]) for row in range(len(plans))]
 
     async def reload(self, root: Path) -> tuple[str, str]:
-        """Load the bundle ``root`` names and swap it in; (previous version, serving version) or ModelRefused."""
+        """Load the bundle ``root`` names and swap it in: (previous version, serving version), or
+        ``ModelLoadError`` with the old model serving on."""
         async with self._reload_lock:
             previous = self.model
             try:
-                loaded = await asyncio.to_thread(
-                    ServingModel.for_settings,
-                    self.settings,
-                    root,
-                    warm_batch=self.batcher.max_batch,
-                    observe_search=self.metrics.observe_owner_search,
-                )
-            except Exception as error:  # whatever failed, the candidate is refused and the old model serves on
+                loaded = await asyncio.to_thread(self.loader.load, root)
+            except ModelLoadError as error:
                 self.metrics.model_loads.labels(outcome="refused").inc()
-                log.error("refused bundle under %s, still serving %s: %s", root, previous.version, describe(error))
-                raise ModelRefused(describe(error)) from error
+                log.error("refused bundle under %s, still serving %s: %s", root, previous.version, error)
+                raise
             self.model = loaded
             self.metrics.model_loads.labels(outcome="loaded").inc()
             self._serving(loaded.version)
@@ -261,19 +169,12 @@ class Recommender:
                 try:
                     await self.reload(target)
                     refused = None
-                except ModelRefused:
+                except ModelLoadError:
                     refused = seen
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a watcher that died would leave this worker on its version for good
                 log.warning("watching %s: %s", root, describe(error))
-
-
-def describe(error: BaseException) -> str:
-    """One line for a failure: its message, and its type where the message alone does not say what happened."""
-    if isinstance(error, BundleError | ValueError | ModelRefused) and str(error):
-        return str(error)
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def manifest_signature(bundle: Path) -> tuple[int, ...]:

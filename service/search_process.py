@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from index.bundle import Bundle, BundleError
-from index.item_index import IndexSelfCheckError, ItemIndex
+from index.item_index import ItemIndex
 from index.retrieval.faiss_backend import set_cpu_threads
 from service.logs import configure_logging
+from service.model import SWITCH_INTERVAL_S, ModelLoader, ModelLoadError
 from service.search_wire import (
     Failed,
     Found,
@@ -59,11 +59,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
 KEPT_MODELS = 2  # the serving bundle and the one workers are swapping to (or from)
-REFUSALS = (BundleError, IndexSelfCheckError, ValueError)
 READ_BYTES = 1 << 20
-# A thread loading a bundle holds the GIL in slices; the interpreter's default 5 ms slice would be a 5 ms stall of
-# the serving loop each time it wants the GIL back.
-SWITCH_INTERVAL_S = 0.0005
 
 
 def describe(index: ItemIndex) -> Opened:
@@ -120,13 +116,15 @@ class Pending:
 class SearchOwner:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
-        # One worker sends up to batch_max_size queries at once; one search merges one batch from each.
-        self.max_batch = settings.batch_max_size * settings.workers
+        self.loader = ModelLoader.for_search_process(settings)
+        # One worker sends up to batch_max_size queries at once; one search merges one batch from each, the largest
+        # search the index is warmed for.
+        self.max_batch = self.loader.warm_batch
         self.indexes: OrderedDict[str, ItemIndex] = OrderedDict()
         self.loading: dict[str, Future[ItemIndex]] = {}
         self.waiting: dict[str, list[tuple[Connection, Message, float]]] = {}  # requests for bundles being loaded
         self.searches: list[Pending] = []
-        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-load")
+        self.load_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-load")
         self.selector = selectors.DefaultSelector()
         self.wake_read, self.wake_write = socket.socketpair()
         self.stopping = False
@@ -197,16 +195,14 @@ class SearchOwner:
             return self.indexes[bundle]
         self.waiting.setdefault(bundle, []).append((connection, message, arrived))
         if bundle not in self.loading:  # concurrent opens of one bundle share one load
-            loading = self.loader.submit(self.load, bundle)
+            loading = self.load_thread.submit(self.load, bundle)
             loading.add_done_callback(lambda _: self.wake())
             self.loading[bundle] = loading
         return None
 
-    def load(self, bundle_path: str) -> ItemIndex:
-        loaded = Bundle.load(Path(bundle_path))
-        index = ItemIndex.for_bundle(loaded, device=self.settings.device, backend=self.settings.retrieval_backend)
-        index.warm(self.max_batch)
-        log.info("search process loaded %s (backend %s)", loaded.path, index.backend)
+    def load(self, bundle: str) -> ItemIndex:
+        index = self.loader.index(Path(bundle))
+        log.info("search process loaded %s (backend %s)", bundle, index.backend)
         return index
 
     def finish_loads(self) -> None:
@@ -216,14 +212,12 @@ class SearchOwner:
             waiting = self.waiting.pop(bundle, [])
             try:
                 self.indexes[bundle] = loading.result()
-            except REFUSALS as error:
+            except ModelLoadError as error:  # fails its requests, not the process; the next open retries
+                if not error.refused:
+                    log.exception("search process could not load %s", bundle)
+                answer = Refused(str(error)) if error.refused else Failed(str(error))
                 for connection, _, _ in waiting:
-                    connection.send(Refused(str(error)))
-                continue
-            except Exception as error:  # a failed load fails its requests, not the process; the next open retries
-                log.exception("search process could not load %s", bundle)
-                for connection, _, _ in waiting:
-                    connection.send(Failed(f"{type(error).__name__}: {error}"))
+                    connection.send(answer)
                 continue
             while len(self.indexes) > KEPT_MODELS:
                 dropped, _ = self.indexes.popitem(last=False)
@@ -322,7 +316,7 @@ class SearchOwner:
                         log.error("recsys-serve (pid %d) is gone: the search process stops", parent)
                         break
         finally:
-            self.loader.shutdown(wait=False, cancel_futures=True)
+            self.load_thread.shutdown(wait=False, cancel_futures=True)
             for key in list(self.selector.get_map().values()):
                 key.fileobj.close()  # type: ignore[union-attr]
             self.selector.close()

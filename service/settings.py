@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from index.retrieval import MAX_K, BackendName
+from index.retrieval import MAX_K, BackendName, DevicePreference
 
 
 class ServiceSettings(BaseSettings):
@@ -47,7 +47,7 @@ class ServiceSettings(BaseSettings):
         description="with search_process: how long a worker waits for the search process to answer one search; "
         "past it the requests get 503 and the worker reconnects",
     )
-    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="where the item index runs")
+    device: DevicePreference = Field("auto", description="where the item index runs")
     retrieval_backend: BackendName = Field(
         "auto", description="Hamming search backend; 'auto' = the fastest exact one available on the device"
     )

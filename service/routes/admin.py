@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from service.deps import RecommenderDep, SettingsDep
-from service.recommender import ModelRefused
+from service.model import ModelLoadError
 
 router = APIRouter()
 
@@ -47,7 +47,7 @@ async def reload(
         raise HTTPException(401, "missing or wrong X-API-Key header")
     try:
         previous, current = await recommender.reload(settings.bundle_root)
-    except ModelRefused as error:
+    except ModelLoadError as error:
         raise HTTPException(409, f"bundle refused, still serving {recommender.model.version}: {error}") from error
     workers = 1
     if recommender.versions is not None:  # the others follow CURRENT with their watchers: acknowledge once they do

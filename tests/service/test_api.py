@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +196,17 @@ def test_openapi_documents_the_recommend_parameters(service: str) -> None:
     spec = httpx.get(f"{service}/openapi.json").json()
     names = {p["name"] for p in spec["paths"]["/recommend"]["get"]["parameters"]}
     assert names == {"user_id", "k", "exclude_seen"}
+
+
+def test_the_api_reports_the_packages_version(service: str) -> None:
+    """One version: pyproject.toml's, which the app reads from the installed package's metadata."""
+    installed = metadata.distribution("binrec")
+    assert httpx.get(f"{service}/openapi.json").json()["info"]["version"] == installed.version
+    checkout = Path(__file__).resolve().parents[2]
+    declared = tomllib.loads((checkout / "pyproject.toml").read_text())["project"]["version"]
+    source = json.loads(installed.read_text("direct_url.json") or "{}").get("url")
+    if source == checkout.as_uri():  # installed from this checkout (a shared environment may hold another's)
+        assert installed.version == declared, "the installed metadata is stale: pip install -e . again"
 
 
 def test_served_bundle_is_the_one_in_current(indexed_bundle: TrainedBundle) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from index.bundle import MANIFEST, Bundle, sha256_of
-from service.recommender import ServingModel
+from service.model import ModelLoader, ModelLoadError
 from service.settings import ServiceSettings
 from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_api import local_settings, running_service
@@ -179,9 +179,9 @@ def test_a_bundle_whose_cold_start_arrays_are_incomplete_is_refused(
     hq2_bundle: TrainedBundle, tmp_path: Path, drop: str
 ) -> None:
     broken = corrupt_cold_start(hq2_bundle.root, tmp_path, drop)
-    with pytest.raises(Exception, match=f"cold_start.npz.*{drop}") as refused:
-        ServingModel.load(broken, device="cpu")
-    assert type(refused.value).__name__ == "BundleError"
+    with pytest.raises(ModelLoadError, match=f"cold_start.npz.*{drop}") as refused:
+        ModelLoader(bundle_root=broken, device="cpu").load()
+    assert refused.value.refused and type(refused.value.__cause__).__name__ == "BundleError"
 
 
 def largest_request(kind: str, bundle: Bundle, settings: ServiceSettings) -> dict[str, object]:

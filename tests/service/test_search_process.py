@@ -21,7 +21,7 @@ import pytest
 
 from index.bundle import Bundle
 from index.item_index import ItemIndex, SearchResult
-from service.recommender import ServingModel
+from service.model import ServingModel
 from service.search_client import RemoteBackend, SearchUnavailable
 from service.search_wire import SIZES, Found, Refused, Search, WireError, decode, pack, receive, unpack
 from tests.conftest import RedisServer, TrainedBundle, free_port
