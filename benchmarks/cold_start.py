@@ -25,7 +25,6 @@ import scipy.sparse as sp
 
 from benchmarks.harness import RESULTS, append_records, benchmark_parser, markdown_table
 from index.bundle import Bundle
-from index.cold_start import METHODS
 from index.item_index import ItemIndex
 from service.cold_start import ColdStart
 from trainer.cli import build_parser, train_config
@@ -33,6 +32,7 @@ from trainer.config import TrainConfig
 from trainer.data import Dataset, load_dataset
 from trainer.export import export_bundle
 from trainer.metrics import ranking_metrics
+from trainer.quantization import METHODS
 from trainer.train import refit, train
 
 
@@ -58,7 +58,8 @@ def main() -> int:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--method", default="hq", choices=METHODS)
+    coded = [name for name, method in METHODS.items() if method.encoder is not None]  # those that code new users
+    parser.add_argument("--method", default="hq", choices=coded)
     parser.add_argument("--bits", type=int, default=None)
     parser.add_argument("--input-layer", default="hash", choices=["hash", "table"])
     parser.add_argument("--fraction", type=float, default=0.1, help="share of users held out")

@@ -1,11 +1,11 @@
-"""The bundle's cold-start section, and the one encoder that codes a user the model never saw.
+"""The bundle's cold-start section: what codes a user the model never saw, from the items it gives.
 
 LightGCN's user representation is the mean of its layers, and layer k + 1 of a user is the degree-normalised sum
 of its items' layer k: e_u^(k+1) = Σ_i e_i^(k) / √(|I_u| · deg_i). With the items' layers 0..K−1 in the bundle, a
 new user's representation needs no retraining, only its ego embedding e_u^(0): zero, or (for a model with a hashed
 input layer, Yeh et al.) the decoder's output for the hash code the user's items give (``index.hash_codes``: the
-same projection as in training). The representation is then coded as the trainer codes users: the float vector,
-its signs, or HQ's odd levels of a global step (``odd_levels``) packed in the users' layout.
+same projection as in training). The representation is then coded by the encoder the trainer's export coded users
+with (``index.encoders``), which the section names and carries the parameters of.
 
 The trainer's export builds a ``ColdStartSection`` and ``publish_bundle`` checks it; ``Bundle.load`` reads it back
 and checks it again, so that a section a request would trip on is refused when the bundle loads. The service only
@@ -17,7 +17,6 @@ layers), which format 2 always writes.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,41 +24,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from index.codes import CodeLayout, code_width, encode_planes2, encode_sign1
+from index.codes import CodeLayout, code_width
+from index.encoders import ENCODERS, Arrays, Encoder, array_named, integer_named
 from index.hash_codes import PROPAGATION, cold_user_bits, group_indices, hop_parts
 
-# The one list of methods whose user code is a function of the user's representation alone. Other methods
-# (per-layer scales, per-node level tables) export no section: the service answers their new users with popular items.
-METHODS = ("fp", "ste", "hq")
 # What format 1 left out and meant: raw-row hash codes and a decoder of two linear layers.
 FORMAT1_DEFAULTS: dict[str, npt.NDArray[Any]] = {"hash_hops": np.array([0]), "hash_mlp_layers": np.array(2)}
 
 # Arrays that only a hashed model's section has: any of them makes the decoder's every array required.
 HASHED_MARKS = ("codebook", "offsets", "user_medians", "hash_seed", "hash_bits", "hash_groups")
-
-Arrays = Mapping[str, npt.NDArray[Any]]
-
-
-def odd_levels(values: npt.NDArray[np.floating], step: float, max_level: int) -> npt.NDArray[np.floating]:
-    """HQ's rounding (trainer.quantization.hq.odd_levels): the nearest odd level in [−m, m] of values / step."""
-    q = np.clip(np.round((values / step + max_level) / 2), 0, max_level)
-    out: npt.NDArray[np.floating] = q * 2 - max_level
-    return out
-
-
-def pack_odd_levels(levels: npt.NDArray[np.floating], max_level: int) -> npt.NDArray[np.uint8]:
-    """Odd levels ±1 as sign codes, ±1/±3 as 2-bit planes (q = (l + 3) / 2), as HQ's export packs them."""
-    if max_level == 1:
-        return encode_sign1(levels)
-    return encode_planes2(((levels + 3) / 2).astype(np.int64))
-
-
-@dataclass(frozen=True)
-class HQRounding:
-    """HQ's users' quantizer: a global step and the top odd level (1: sign codes, 3: 2-bit planes)."""
-
-    step: float
-    max_level: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,27 +85,27 @@ class HashedDecoder:
 
     @classmethod
     def from_arrays(cls, arrays: Arrays, dim: int) -> HashedDecoder:
-        n_layers = _integer(arrays, "hash_mlp_layers")
+        n_layers = integer_named(arrays, "hash_mlp_layers")
         if n_layers < 1:
             raise ValueError(f"'hash_mlp_layers' must be at least 1, got {n_layers}")
-        bits, groups = _integer(arrays, "hash_bits"), _integer(arrays, "hash_groups")
-        hops = tuple(int(h) for h in _array(arrays, "hash_hops", "i", 1))
+        bits, groups = integer_named(arrays, "hash_bits"), integer_named(arrays, "hash_groups")
+        hops = tuple(int(h) for h in array_named(arrays, "hash_hops", "i", 1))
         try:
             hop_parts(bits, hops)
         except ValueError as error:
             raise ValueError(f"'hash_hops' {hops}: {error}") from error
         if groups < 1 or bits % groups or bits // groups > 16:
             raise ValueError(f"'hash_bits' {bits} must split into 'hash_groups' {groups} groups of at most 16 bits")
-        codebook = _array(arrays, "codebook", "f", 2)
+        codebook = array_named(arrays, "codebook", "f", 2)
         if codebook.shape != (groups << (bits // groups), dim):
             raise ValueError(f"'codebook' must be [{groups << (bits // groups)}, {dim}], got {list(codebook.shape)}")
-        offsets = _array(arrays, "offsets", "iu", 1)
+        offsets = array_named(arrays, "offsets", "iu", 1)
         if offsets.shape != (groups,) or offsets.min() < 0 or offsets.max() + (1 << (bits // groups)) > len(codebook):
             raise ValueError(f"'offsets' must be {groups} first rows of the codebook's groups, got {offsets}")
         weights, biases = [], []
         width = dim
         for number in range(1, n_layers + 1):
-            weight, bias = _array(arrays, f"w{number}", "f", 2), _array(arrays, f"b{number}", "f", 1)
+            weight, bias = array_named(arrays, f"w{number}", "f", 2), array_named(arrays, f"b{number}", "f", 1)
             out_width = dim if number == n_layers else weight.shape[0]
             if weight.shape != (out_width, width) or bias.shape != (out_width,):
                 raise ValueError(
@@ -142,13 +115,13 @@ class HashedDecoder:
             weights.append(weight)
             biases.append(bias)
             width = out_width
-        medians = _array(arrays, "user_medians", "f", 1)
+        medians = array_named(arrays, "user_medians", "f", 1)
         if medians.shape != (bits,):
             raise ValueError(f"'user_medians' must be [{bits}], got {list(medians.shape)}")
         needed = [*PROPAGATION[:3], *(PROPAGATION[3:] if max(hops) >= 2 else [])] if max(hops) >= 1 else []
-        propagation = {name: _array(arrays, f"hash_{name}", "fiu") for name in needed}
+        propagation = {name: array_named(arrays, f"hash_{name}", "fiu") for name in needed}
         return cls(
-            seed=_integer(arrays, "hash_seed"),
+            seed=integer_named(arrays, "hash_seed"),
             bits=bits,
             groups=groups,
             hops=hops,
@@ -179,7 +152,7 @@ class HashedDecoder:
 
 @dataclass(frozen=True, eq=False)
 class ColdStartSection:
-    """What a bundle holds to code a new user from its items, typed; ``code`` is the encoder.
+    """What a bundle holds to code a new user from its items, typed; ``code`` gives the user's code.
 
     Example::
 
@@ -188,18 +161,15 @@ class ColdStartSection:
         code = section.code(np.array([3, 17, 42]))  # a row in the bundle's user layout
     """
 
-    method: str
+    encoder: Encoder  # the one the export coded users with
     item_layers: npt.NDArray[np.float32]  # [K, n_items, dim]: the items' layers 0..K−1
     item_degree: npt.NDArray[np.floating]  # [n_items]: interactions per item, those served as seen
-    hq: HQRounding | None = None  # the users' quantizer when ``method`` is hq
     hashed: HashedDecoder | None = None  # a hashed input layer's decoder, for ``hashed_ego``
 
     @property
     def user_layout(self) -> CodeLayout:
         """The layout ``code`` writes: it must be the bundle's user layout."""
-        if self.method == "fp":
-            return CodeLayout.FLOAT32
-        return CodeLayout.PLANES2 if self.hq is not None and self.hq.max_level == 3 else CodeLayout.SIGN1
+        return self.encoder.layout
 
     def ego(self, items: npt.NDArray[np.int64], *, hashed_ego: bool = False) -> npt.NDArray[np.float32]:
         """The new user's layer 0: decoded from its hash code with ``hashed_ego`` and a hashed model, else zero."""
@@ -216,22 +186,16 @@ class ColdStartSection:
         out: npt.NDArray[np.float32] = np.mean(stack, axis=0).astype(np.float32)
         return out
 
-    def quantize(self, vectors: npt.NDArray[np.floating]) -> npt.NDArray[Any]:
-        """Users' codes [n, width] of representations [n, dim], as the trainer's export codes users."""
-        if self.method == "fp":
-            return np.asarray(vectors)
-        if self.hq is None:
-            return encode_sign1(vectors)
-        return pack_odd_levels(odd_levels(vectors, self.hq.step, self.hq.max_level), self.hq.max_level)
-
     def code(self, items: npt.NDArray[np.int64], *, hashed_ego: bool = False) -> npt.NDArray[Any]:
         """The code row of a user with these item rows (at least one), in ``user_layout``."""
-        codes = self.quantize(self.representation(items, hashed_ego=hashed_ego)[None, :])
+        codes = self.encoder.encode(self.representation(items, hashed_ego=hashed_ego)[None, :])
         return np.asarray(codes[0])
 
     def check(self, *, n_items: int, dim: int, layout: CodeLayout) -> None:
         """Raise ValueError, naming the array, unless the section fits a bundle of these items, dim and user layout:
         so that a bundle is refused when it loads, not by every request that gives a history."""
+        if ENCODERS.get(self.encoder.name) is not type(self.encoder):
+            raise ValueError(f"codes new users with {self.encoder.name!r}, which index.encoders does not list")
         layers = self.item_layers
         if layers.ndim != 3 or layers.shape[0] < 1 or layers.shape[1:] != (n_items, dim):
             raise ValueError(f"'item_layers' must be float [layers, {n_items}, {dim}], got {list(layers.shape)}")
@@ -256,13 +220,11 @@ class ColdStartSection:
     def to_arrays(self) -> dict[str, npt.NDArray[Any]]:
         """The arrays of the section's file, by the names ``from_arrays`` reads."""
         arrays: dict[str, npt.NDArray[Any]] = {
-            "method": np.array(self.method),
+            "method": np.array(self.encoder.name),
             "item_layers": np.ascontiguousarray(self.item_layers, dtype=np.float32),
             "item_degree": self.item_degree,
+            **self.encoder.to_arrays(),
         }
-        if self.hq is not None:
-            arrays["hq_step"] = np.array(self.hq.step, dtype=np.float64)
-            arrays["hq_max_level"] = np.array(self.hq.max_level)
         if self.hashed is not None:
             arrays.update(self.hashed.to_arrays())
         return arrays
@@ -270,24 +232,17 @@ class ColdStartSection:
     @classmethod
     def from_arrays(cls, arrays: Arrays, *, format_version: int) -> ColdStartSection:
         """The section of a file's arrays; ValueError names the array that is missing or ill-formed."""
-        method = str(_array(arrays, "method", "U", 0))
-        if method not in METHODS:
-            raise ValueError(f"'method' must be one of {', '.join(METHODS)}, got {method!r}")
-        item_layers = _array(arrays, "item_layers", "f", 3)
-        hq = None
-        if method == "hq":
-            step, max_level = _array(arrays, "hq_step", "f", 0), _integer(arrays, "hq_max_level")
-            if not np.isfinite(step) or float(step) <= 0:
-                raise ValueError(f"'hq_step' must be one positive number, got {float(step)}")
-            if max_level not in (1, 3):
-                raise ValueError(f"'hq_max_level' must be 1 or 3, got {max_level}")
-            hq = HQRounding(float(step), max_level)
+        name = str(array_named(arrays, "method", "U", 0))
+        if name not in ENCODERS:
+            raise ValueError(f"'method' must be one of {', '.join(ENCODERS)}, got {name!r}")
+        item_layers = array_named(arrays, "item_layers", "f", 3)
+        encoder = ENCODERS[name].from_arrays(arrays)
         hashed = None
         if any(name in arrays for name in HASHED_MARKS):  # then all of the decoder, not a silent zero ego
             if format_version == 1:
                 arrays = {**FORMAT1_DEFAULTS, **arrays}
             hashed = HashedDecoder.from_arrays(arrays, item_layers.shape[2])
-        return cls(method, item_layers, _array(arrays, "item_degree", "fiu", 1), hq, hashed)
+        return cls(encoder, item_layers, array_named(arrays, "item_degree", "fiu", 1), hashed)
 
     def save(self, path: Path) -> None:
         with path.open("wb") as handle:
@@ -302,19 +257,3 @@ class ColdStartSection:
         except (OSError, ValueError, zipfile.BadZipFile) as error:
             raise ValueError(f"not a readable .npz archive ({error})") from error
         return cls.from_arrays(arrays, format_version=format_version)
-
-
-def _array(arrays: Arrays, name: str, kinds: str, ndim: int | None = None) -> npt.NDArray[Any]:
-    """``arrays[name]``, refused unless its dtype kind is one of ``kinds`` and it has ``ndim`` dimensions."""
-    if name not in arrays:
-        raise ValueError(f"no array {name!r}")
-    array = np.asarray(arrays[name])
-    if array.dtype.kind not in kinds or (ndim is not None and array.ndim != ndim):
-        kind = {"f": "float", "i": "integer", "iu": "integer", "fiu": "number", "U": "string"}[kinds]
-        shape = "one" if ndim == 0 else f"{ndim}-d" if ndim is not None else "any"
-        raise ValueError(f"{name!r} must be {shape} {kind}, got {array.dtype} {list(array.shape)}")
-    return array
-
-
-def _integer(arrays: Arrays, name: str) -> int:
-    return int(_array(arrays, name, "iu", 0))

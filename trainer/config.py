@@ -20,7 +20,7 @@ from trainer.distillation import DistillationConfig
 from trainer.distributed import GradCompression, GradSync
 from trainer.objectives import LossKind
 from trainer.options import check_option, option
-from trainer.quantization import METHODS
+from trainer.quantization import METHODS, bit_choices, method_choices, offering
 from trainer.sampling import Sampling
 from trainer.warm_start import Stage
 
@@ -31,18 +31,22 @@ InputLayer = Literal["table", "hash"]
 class ModelConfig:
     """The LightGCN and the quantizer whose codes it serves."""
 
-    method: str = option("fp", "; ".join(f"{name}: {text}" for name, text in METHODS.items()), choices=list(METHODS))
-    bits: int | None = option(None, "code bits per dimension (hq only)", choices=[1, 2])
+    method: str = option(
+        "fp", "; ".join(f"{m.name}: {m.description}" for m in METHODS.values()), choices=method_choices()
+    )
+    bits: int | None = option(
+        None, f"code bits per dimension ({offering(lambda m: m.chooses_bits)} only)", choices=bit_choices()
+    )
     user_bits: int | None = option(
         None,
-        "hq only: users' code bits when above --bits (asymmetric codes: 2-bit users score 1-bit items exactly; "
-        "the index keeps the items' bits)",
-        choices=[1, 2],
+        f"{offering(lambda m: m.user_bits)} only: users' code bits when above --bits (asymmetric codes: 2-bit users "
+        "score 1-bit items exactly; the index keeps the items' bits)",
+        choices=bit_choices(),
     )
     item_scales: bool = option(
         False,
-        "hq only: each item's levels times its own magnitude (one float per item beside its code; served by "
-        "Hamming candidates re-ranked exactly with it)",
+        f"{offering(lambda m: m.item_scales)} only: each item's levels times its own magnitude (one float per item "
+        "beside its code; served by Hamming candidates re-ranked exactly with it)",
     )
     dim: int = option(64, "embedding size (a multiple of 8 for binary codes)")
     layers: int = option(3, "LightGCN propagation layers K")

@@ -15,20 +15,16 @@ import numpy.typing as npt
 import torch
 
 from index.bundle import BundleContent, publish_bundle
-from index.cold_start import METHODS, ColdStartSection, HashedDecoder, HQRounding
+from index.cold_start import ColdStartSection, HashedDecoder
 from trainer.config import TrainConfig
 from trainer.data import Dataset
 from trainer.evaluate import device_metrics, served_path_metrics
 from trainer.hashing import HashedInput
 from trainer.model import LightGCN
 from trainer.quantization import ExportedCodes, Quantizer
-from trainer.quantization.base import as_numpy
-from trainer.quantization.hq import HessianAwareQuantizer
 from trainer.train import TrainResult, integer_ranking
 
 log = logging.getLogger(__name__)
-
-VERIFIED_USERS = 65_536  # how many trained users' codes the export re-codes with the served cold-start quantizer
 
 
 @dataclass(frozen=True)
@@ -55,21 +51,19 @@ def new_model_version(dataset: str, method: str, bits: int) -> str:
 
 
 @torch.no_grad()
-def cold_start_section(model: LightGCN, quantizer: Quantizer, data: Dataset, method: str) -> ColdStartSection | None:
-    """What serving needs to code a user the model never saw (index.cold_start), or None for methods whose user
-    codes depend on more than the user's representation (per-layer scales, per-node level tables)."""
-    if method not in METHODS:
+def cold_start_section(model: LightGCN, quantizer: Quantizer, data: Dataset) -> ColdStartSection | None:
+    """What serving needs to code a user the model never saw (index.cold_start): the items' layers and the encoder
+    the users' codes came from; None where the quantizer has no such encoder (a user's code needs more than its
+    representation: per-layer scales, per-node level tables)."""
+    encoder = quantizer.encoder("user")
+    if encoder is None:
         return None
     item_layers = model()[: model.layers, model.n_users :].float().cpu().numpy()  # items' layers 0..K-1
-    hq = None
-    if isinstance(quantizer, HessianAwareQuantizer):  # a new user's code is a user's code: the users' step and top
-        hq = HQRounding(float(quantizer._step("user")), quantizer.user_max_level)
     inputs = model.inputs
     return ColdStartSection(
-        method=method,
+        encoder=encoder,
         item_layers=np.ascontiguousarray(item_layers, dtype=np.float32),
         item_degree=np.diff(data.seen().tocsc().indptr).astype(np.float32),
-        hq=hq,
         hashed=hashed_decoder(inputs) if isinstance(inputs, HashedInput) else None,
     )
 
@@ -89,18 +83,6 @@ def hashed_decoder(inputs: HashedInput) -> HashedDecoder:
         biases=tuple(linear.bias.detach().cpu().numpy() for linear in mlp),
         propagation=dict(inputs.propagation),
     )
-
-
-def check_cold_start_codes(section: ColdStartSection, user_rep: torch.Tensor, user_codes: npt.NDArray[Any]) -> int:
-    """Code trained users' representations with the section's numpy quantizer (the one serving codes new users
-    with) and count the users whose code differs from the exported one; warn when any does. The first
-    ``VERIFIED_USERS`` users are checked: the step is the same for all of them."""
-    rows = min(len(user_codes), VERIFIED_USERS)
-    served = section.quantize(as_numpy(user_rep[:rows]))
-    differ = int(np.count_nonzero(np.any(served != user_codes[:rows], axis=1)))
-    if differ:
-        log.warning("cold start codes %d of %d trained users unlike the export: served codes may differ", differ, rows)
-    return differ
 
 
 def export_bundle(
@@ -139,9 +121,7 @@ def export_bundle(
     for name, value in test_served.items():
         if abs(value - test_device[name]) > 1e-6:
             log.warning("served-path %s %.6f differs from device-path %.6f", name, value, test_device[name])
-    cold_start = cold_start_section(model, quantizer, data, config.model.method)
-    if cold_start is not None:
-        check_cold_start_codes(cold_start, user_rep, users.codes)
+    cold_start = cold_start_section(model, quantizer, data)
     bytes_per_node = _bytes_per_node(users, items)
     version = new_model_version(data.name, config.model.method, quantizer.bits)
     training: dict[str, Any] = {

@@ -14,7 +14,8 @@ import pytest
 import scipy.sparse as sp
 
 from index.bundle import COLD_START_FILE, MANIFEST, Bundle, BundleError, publish_bundle, sha256_of
-from index.cold_start import ColdStartSection, HashedDecoder, HQRounding
+from index.cold_start import ColdStartSection, HashedDecoder
+from index.encoders import OddLevelEncoder
 from index.hash_codes import graph_codes
 from tests.index.test_bundle import asymmetric, content
 
@@ -40,10 +41,9 @@ def section(*, hops: tuple[int, ...] = (0, 1, 3), mlp_layers: int = 2, max_level
         propagation={k: v for k, v in arrays.items() if k not in ("user", "item")},
     )
     return ColdStartSection(
-        method="hq",
+        encoder=OddLevelEncoder(0.05, max_level),
         item_layers=rng.standard_normal((3, N_ITEMS, DIM)).astype(np.float32),
         item_degree=np.diff(train.tocsc().indptr).astype(np.float32),
-        hq=HQRounding(0.05, max_level),
         hashed=hashed,
     )
 

@@ -108,7 +108,7 @@ def test_serving_codes_a_known_users_items_as_training_coded_the_user(
     result = train(tiny_data, config)
     inputs = result.model.inputs
     assert isinstance(inputs, HashedInput)
-    section = cold_start_section(result.model, result.quantizer, tiny_data, "fp")
+    section = cold_start_section(result.model, result.quantizer, tiny_data)
     assert section is not None and section.hashed is not None
     assert ("item_basis" in section.hashed.propagation) == (max(hops) >= 2)
     train_rows = tiny_data.train
@@ -124,7 +124,7 @@ def test_a_wider_deeper_decoder_decodes_the_same_in_serving(tiny_data: Dataset) 
     result = train(tiny_data, config)
     inputs = result.model.inputs
     assert isinstance(inputs, HashedInput) and len([m for m in inputs.mlp if isinstance(m, torch.nn.Linear)]) == 3
-    section = cold_start_section(result.model, result.quantizer, tiny_data, "fp")
+    section = cold_start_section(result.model, result.quantizer, tiny_data)
     assert section is not None and section.hashed is not None and len(section.hashed.weights) == 3
     assert int(section.to_arrays()["hash_mlp_layers"]) == 3
     items = np.array([0, 3, 5], np.int64)

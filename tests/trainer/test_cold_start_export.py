@@ -13,7 +13,7 @@ import torch
 from index.codes import CodeLayout
 from trainer.config import TrainConfig
 from trainer.data import Dataset
-from trainer.export import check_cold_start_codes, cold_start_section
+from trainer.export import cold_start_section
 from trainer.train import train
 
 
@@ -30,14 +30,13 @@ def test_the_numpy_encoder_codes_trained_users_as_the_torch_model(
     model, quantizer = result.model, result.quantizer
     # The section's item degrees are the served ones (train + validation); the model propagated train's alone.
     train_only = dataclasses.replace(tiny_data, valid=sp.csr_matrix(tiny_data.valid.shape, dtype=np.float32))
-    section = cold_start_section(model, quantizer, train_only, method)
+    section = cold_start_section(model, quantizer, train_only)
     assert section is not None and section.hashed is not None and section.user_layout is layout
     with torch.no_grad():
         user_rep, _ = quantizer.node_representations(model)
     exported = quantizer.export(user_rep, "user").codes
-    # The quantize step is exact: every trained user's representation gets its exported code.
-    np.testing.assert_array_equal(section.quantize(user_rep.numpy()), exported)
-    assert check_cold_start_codes(section, user_rep, exported) == 0
+    # The encoder is exact: every trained user's representation gets its exported code.
+    np.testing.assert_array_equal(section.encoder.encode(user_rep.numpy()), exported)
     # The representation from the user's training items, its ego decoded from the hash code they give.
     rows = tiny_data.train
     for user in range(0, tiny_data.n_users, 7):

@@ -20,12 +20,13 @@ from torch import nn
 import trainer.quantization.hq as hq
 from index.bundle import Bundle
 from index.codes import CodeLayout, dequantize
+from index.encoders import OddLevelEncoder, odd_levels
 from tests.conftest import TrainedBundle
 from trainer.config import TrainConfig
 from trainer.data import Dataset
 from trainer.export import export_bundle
-from trainer.quantization.base import RefreshContext
-from trainer.quantization.hq import _EWGS, HessianAwareQuantizer, delta_from, odd_levels
+from trainer.quantization.base import RefreshContext, Side
+from trainer.quantization.hq import _EWGS, HessianAwareQuantizer, delta_from
 from trainer.sampling import BPRSampler
 from trainer.train import TrainResult, train
 
@@ -241,6 +242,27 @@ def test_exported_codes_dequantize_to_the_odd_levels(bits: int, layout: CodeLayo
     np.testing.assert_allclose(quantizer(x, "item").detach().numpy(), 0.25 * levels, rtol=1e-6)
 
 
+@pytest.mark.parametrize(("bits", "user_bits"), [(1, None), (2, None), (1, 2)])
+def test_the_numpy_encoder_codes_what_the_torch_quantizer_serves(bits: int, user_bits: int | None) -> None:
+    """One rounding: the encoder's codes (the export's, and a new user's at serving time) dequantize to the levels
+    the torch quantizer ranks by, bit for bit, ties and clipped values included."""
+    quantizer = HessianAwareQuantizer(16, 3, bits=bits, user_bits=user_bits)
+    generator = torch.Generator().manual_seed(4)
+    users, items = torch.randn(200, 16, generator=generator), torch.randn(300, 16, generator=generator)
+    quantizer.initialise_range(users, items)
+    with torch.no_grad():  # values on the rounding boundaries (x / step odd: (x / step + m) / 2 halfway) and far out
+        users[:, :8] = torch.randint(-9, 10, (200, 8), generator=generator) * quantizer._step("user")
+        items[:, :8] = torch.randint(-9, 10, (300, 8), generator=generator) * quantizer._step("item")
+    sides: list[tuple[Side, torch.Tensor]] = [("user", users), ("item", items)]
+    for side, x in sides:
+        encoder = quantizer.encoder(side)
+        codes = encoder.encode(x.numpy())
+        assert encoder.layout is (quantizer.user_layout if side == "user" else quantizer.layout)
+        served = quantizer.served(x, side).numpy()
+        np.testing.assert_array_equal(dequantize(codes, encoder.layout, 16), served)
+        np.testing.assert_array_equal(codes, quantizer.export(x, side).codes)
+
+
 def test_trained_hq2_bundle_holds_plain_two_bit_codes(hq2_bundle: TrainedBundle) -> None:
     bundle = Bundle.load(hq2_bundle.root)
     assert bundle.layout is CodeLayout.PLANES2 and bundle.manifest.bits == 2 and bundle.dim == 32
@@ -324,4 +346,5 @@ def test_trained_asymmetric_bundle_is_served_as_it_was_selected(asymmetric_bundl
     for name, value in asymmetric_bundle.report.test_device.items():
         assert asymmetric_bundle.report.test_served[name] == pytest.approx(value, abs=1e-12)
     assert bundle.manifest.metrics["recall@20"] > 0.1
-    assert bundle.cold_start is not None and bundle.cold_start.hq is not None and bundle.cold_start.hq.max_level == 3
+    assert bundle.cold_start is not None and isinstance(bundle.cold_start.encoder, OddLevelEncoder)
+    assert bundle.cold_start.encoder.max_level == 3

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from index.codes import CodeLayout, ScaleMode, encode_sign1
-from trainer.quantization.base import ExportedCodes, Quantizer, Side, as_numpy
+from trainer.quantization.base import ExportedCodes, Method, Quantizer, Side, as_numpy
 
 
 class _SignGaussian(torch.autograd.Function):
@@ -61,6 +61,17 @@ class BiGeaRQuantizer(Quantizer):
         signs = sign_gaussian(segments.reshape(-1, self.dim)).reshape(segments.shape)
         return (scales * signs).reshape(x.shape)
 
+    def encoder(self, side: Side) -> None:
+        return None  # a code's scales are per layer and node: no encoder of the representation alone
+
     def export(self, x: torch.Tensor, side: Side) -> ExportedCodes:
         scales = self._segments(x.detach()).abs().mean(dim=2)
         return ExportedCodes(encode_sign1(as_numpy(x)), as_numpy(scales))
+
+
+BIGEAR = Method(
+    "bigear",
+    "1-bit codes per layer with per-node scales, Gaussian-delta gradients",
+    BiGeaRQuantizer,
+    encoder=None,
+)

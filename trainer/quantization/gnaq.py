@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from index.codes import CodeLayout, ScaleMode, encode_planes2
-from trainer.quantization.base import ExportedCodes, Quantizer, Side, as_numpy
+from trainer.quantization.base import ExportedCodes, Method, Quantizer, Side, as_numpy
 
 LEVELS = 4
 
@@ -87,6 +87,9 @@ class NodeAwareQuantizer(Quantizer):
         codes = quartile_bins(x)
         return bin_means(x, codes).gather(1, codes)
 
+    def encoder(self, side: Side) -> None:
+        return None  # a code's levels are the node's own table: no encoder of the representation alone
+
     def export(self, x: torch.Tensor, side: Side) -> ExportedCodes:
         with torch.no_grad():
             codes = quartile_bins(x)
@@ -98,3 +101,11 @@ class NodeAwareQuantizer(Quantizer):
         inputs = model.inputs
         if isinstance(inputs, NodeCodebookInput):
             inputs.rebin(self.represent(model()))
+
+
+GNAQ = Method(
+    "gnaq",
+    "GNAQ: 2-bit per-node codebooks, re-binned from propagation (needs fp pre-training)",
+    NodeAwareQuantizer,
+    encoder=None,
+)

@@ -10,7 +10,9 @@ and δ = max(0, (Tr(H)/N) / (3·std(g_q))), with Tr(H) of the loss w.r.t. the qu
 Hutchinson's method on a few batches, re-estimated every few epochs (δ = 0 at the start).
 
 A global step per side scales every score by the same factor, so the bundle's plain 1-bit (``sign1``)
-or 2-bit (``planes2``) codes rank exactly as the trained model does.
+or 2-bit (``planes2``) codes rank exactly as the trained model does. The rounding to odd levels is
+``index.encoders.odd_levels``, the one the bundle's encoder (``OddLevelEncoder``) codes with: training, the
+exported codes and a new user's code at serving time round alike.
 
 With ``item_scales`` each item's levels are also multiplied by its own magnitude, α_i = mean |x_i|, in training
 as in serving: low-bit codes keep the direction of an item but lose its norm, which in LightGCN carries much of its
@@ -20,24 +22,19 @@ with it (as for BiGeaR's scales); users need none, a user's scale does not chang
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
-import numpy as np
 import torch
 from torch import nn
 
-from index.codes import CodeLayout, ScaleMode, encode_planes2, encode_sign1
+from index.codes import CodeLayout, ScaleMode
+from index.encoders import OddLevelEncoder, odd_levels
 from trainer.hessian import hutchinson_trace
 from trainer.loss import bpr
-from trainer.quantization.base import ExportedCodes, Quantizer, RefreshContext, Side, as_numpy
-
-
-def odd_levels(x: torch.Tensor, step: torch.Tensor, max_level: int) -> torch.Tensor:
-    """Nearest odd integer level in [−m, m] of x / step."""
-    q = torch.round((x / step + max_level) / 2).clamp(0, max_level)
-    return q * 2 - max_level
+from trainer.quantization.base import ExportedCodes, Method, Quantizer, RefreshContext, Side, as_numpy
 
 
 class _EWGS(torch.autograd.Function):
@@ -84,13 +81,13 @@ class HessianAwareQuantizer(Quantizer):
         delta_probes: int = 16,
     ) -> None:
         super().__init__(dim, layers)
-        check_bits(bits, user_bits, item_scales)
+        HQ.check(bits=bits, user_bits=user_bits, item_scales=item_scales)
         user_bits = user_bits or bits
         self.bits = bits
         self.user_bits = user_bits
         self.item_scales = item_scales
         self.scale_mode = ScaleMode.SEGMENT if item_scales else None  # one segment: one scale per item
-        self.layout = layout_of(bits)
+        self.layout = HQ.widths[bits]
         self.max_level: int = 2**bits - 1  # the items' top level (and the users', unless user_bits says more)
         self.user_max_level: int = 2**user_bits - 1
         self.delta_every = delta_every
@@ -105,6 +102,10 @@ class HessianAwareQuantizer(Quantizer):
         self._delta_value: float | None = None
         self._range_ready = False
 
+    @classmethod
+    def build(cls, dim: int, layers: int, *, bits: int, user_bits: int, item_scales: bool) -> Self:
+        return cls(dim, layers, bits=bits, user_bits=user_bits, item_scales=item_scales)
+
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         self._delta_value, self._range_ready = None, False
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -117,7 +118,7 @@ class HessianAwareQuantizer(Quantizer):
 
     @property
     def user_layout(self) -> CodeLayout:
-        return layout_of(self.user_bits)
+        return HQ.widths[self.user_bits]
 
     def _step(self, side: Side) -> torch.Tensor:
         return (self.user_step if side == "user" else self.item_step).abs() + 1e-8
@@ -153,13 +154,17 @@ class HessianAwareQuantizer(Quantizer):
         level = odd_levels(x, self._step(side), self._top(side))
         return level * magnitude(x) if self.item_scales and side == "item" else level
 
+    def encoder(self, side: Side) -> OddLevelEncoder:
+        """This side's step and top level, as the bundle's encoder codes with them."""
+        return OddLevelEncoder(float(self._step(side).detach()), self._top(side))
+
     def export(self, x: torch.Tensor, side: Side) -> ExportedCodes:
+        """The encoder's codes, and with ``item_scales`` each item's magnitude."""
+        codes = super().export(x, side)
+        if not (self.item_scales and side == "item"):
+            return codes
         with torch.no_grad():
-            level = odd_levels(x, self._step(side), self._top(side))
-            scales = as_numpy(magnitude(x)) if self.item_scales and side == "item" else None
-        if self._top(side) == 1:
-            return ExportedCodes(encode_sign1(as_numpy(level)), scales)
-        return ExportedCodes(encode_planes2(((as_numpy(level) + 3) / 2).astype(np.int64)), scales)
+            return dataclasses.replace(codes, scales=as_numpy(magnitude(x)))
 
     def refresh(self, context: RefreshContext) -> dict[str, float]:
         if (context.epoch + 1) % self.delta_every:
@@ -195,22 +200,6 @@ class HessianAwareQuantizer(Quantizer):
         return delta_from(traces / count, torch.cat(grads))
 
 
-def check_bits(bits: int, user_bits: int | None, item_scales: bool) -> None:
-    """Refuse bit widths hq has no codes for (``user_bits`` None: the items' ``bits``)."""
-    user_bits = user_bits or bits
-    if bits not in (1, 2) or user_bits not in (1, 2):
-        raise ValueError(f"hq supports 1 or 2 bits, got {bits} (items) and {user_bits} (users)")
-    if user_bits < bits:
-        raise ValueError(f"users need at least the items' bits, got {user_bits} < {bits}")
-    if item_scales and user_bits != bits:
-        raise ValueError("--item-scales does not combine with --user-bits above --bits")
-
-
-def layout_of(bits: int) -> CodeLayout:
-    """How codes of ``bits`` per dimension are stored: signs, or two bit planes."""
-    return CodeLayout.SIGN1 if bits == 1 else CodeLayout.PLANES2
-
-
 def magnitude(x: torch.Tensor) -> torch.Tensor:
     """Each row's mean absolute value, ``[n, 1]``: the scale ``item_scales`` keeps per item."""
     return x.abs().mean(dim=1, keepdim=True)
@@ -222,3 +211,14 @@ def delta_from(mean_curvature: float, grad: torch.Tensor) -> float:
     if not math.isfinite(mean_curvature) or spread == 0.0:
         return 0.0
     return max(0.0, mean_curvature / (3 * spread))
+
+
+HQ = Method(
+    "hq",
+    "HQ-GNN: b-bit (1 or 2) uniform codes, Hessian-aware generalised STE",
+    HessianAwareQuantizer,
+    layouts={1: CodeLayout.SIGN1, 2: CodeLayout.PLANES2},
+    user_bits=True,
+    item_scales=True,
+    encoder=OddLevelEncoder,
+)

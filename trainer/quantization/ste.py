@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from index.codes import CodeLayout, encode_sign1
-from trainer.quantization.base import ExportedCodes, Quantizer, Side, as_numpy
+from index.codes import CodeLayout
+from index.encoders import SignEncoder
+from trainer.quantization.base import Method, Quantizer, Side
 
 
 class _SignSTE(torch.autograd.Function):
@@ -44,5 +45,8 @@ class SignSTEQuantizer(Quantizer):
     def forward(self, x: torch.Tensor, side: Side) -> torch.Tensor:
         return sign_ste(x)
 
-    def export(self, x: torch.Tensor, side: Side) -> ExportedCodes:
-        return ExportedCodes(encode_sign1(as_numpy(x)))
+    def encoder(self, side: Side) -> SignEncoder:
+        return SignEncoder()
+
+
+STE = Method("ste", "1-bit sign codes, straight-through gradients", SignSTEQuantizer, encoder=SignEncoder)
