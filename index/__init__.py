@@ -1,4 +1,4 @@
-"""Bundles of low-bit codes and the FAISS index that serves Top-K by exact Hamming scoring."""
+"""Bundles of low-bit codes and the exact Top-K Hamming search over them (FAISS among its backends, optional)."""
 
 from index.bundle import Bundle, BundleContent, BundleError, Manifest, publish_bundle, resolve_bundle_path
 from index.codes import CodeLayout, dequantize

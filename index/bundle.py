@@ -263,6 +263,12 @@ def _load_npy(path: Path) -> npt.NDArray[Any]:
     return array
 
 
+def _map_npy(path: Path) -> npt.NDArray[Any]:
+    """The array of a ``.npy`` file, memory-mapped read-only: the processes that load one bundle (the service's
+    workers) share its pages through the page cache instead of each holding a copy."""
+    return np.asarray(np.lib.format.open_memmap(path, mode="r"))  # a plain array viewing the map, which it keeps
+
+
 def _load_seen(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     with path.open("rb") as handle, np.load(handle, allow_pickle=False) as seen:
         if set(seen.files) != {"indptr", "indices"}:
@@ -311,6 +317,10 @@ def distinct(ids: list[str]) -> bool:
 @dataclass(frozen=True, eq=False)
 class Bundle:
     """A verified, loaded bundle.
+
+    ``item_codes`` is memory-mapped read-only (the bundle's files are never rewritten in place): what every search
+    backend starts from, shared by the processes that load the bundle; a backend that needs the codes elsewhere
+    copies them itself.
 
     Example::
 
@@ -398,7 +408,7 @@ class Bundle:
             path=path,
             manifest=manifest,
             user_codes=read_part(path / "user_codes.npy", _load_npy),
-            item_codes=read_part(path / "item_codes.npy", _load_npy),
+            item_codes=read_part(path / "item_codes.npy", _map_npy),
             user_ids=read_part(path / "user_ids.txt", _read_lines),
             item_ids=read_part(path / "item_ids.txt", _read_lines),
             seen_indptr=indptr,

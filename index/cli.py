@@ -1,4 +1,10 @@
-"""`recsys-index`: build a bundle's FAISS index (and store it in the bundle), or check a bundle."""
+"""`recsys-index`: build a bundle's FAISS index (and store it in the bundle), or check a bundle.
+
+`build` needs FAISS (the `cpu` or `gpu` extra): without it, it refuses in one line (exit 2) rather than succeed
+without writing the file it is run for. A bundle without `index.faiss` serves as it is: every backend searches its
+item codes, and a FAISS backend builds its index from them. `check` runs anywhere; where FAISS is not installed it
+cannot read a stored index, and says so (`stored_index_checked`).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,15 @@ from pathlib import Path
 from typing import cast, get_args
 
 from index.bundle import INDEX_FILE, Bundle, BundleError, add_file_to_bundle
+from index.codes import item_search_form
 from index.item_index import IndexSelfCheckError, ItemIndex
-from index.retrieval import BACKENDS, DevicePreference
+from index.retrieval import BACKENDS, DevicePreference, has_faiss, import_faiss, stored_index
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsys-index", description="FAISS binary indexes for bundles.")
+    parser = argparse.ArgumentParser(
+        prog="recsys-index", description="FAISS indexes for bundles (build needs the `cpu` or `gpu` extra)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("build", "build the item index of a bundle, self-check it and add it to the bundle"),
@@ -39,12 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build(bundle_root: Path, device: DevicePreference, backend: str = "auto") -> dict[str, object]:
+    import_faiss("recsys-index build (index.faiss is FAISS's index of the items)")
     bundle = Bundle.load(bundle_root)
     started = time.perf_counter()
+    stored = stored_index(item_search_form(bundle.item_codes, bundle.layout, bundle.dim, bundle.user_layout))
     index = ItemIndex.build(
-        bundle.item_codes, bundle.layout, bundle.dim, device=device, backend=backend, user_layout=bundle.user_layout
-    )
-    index.self_check(bundle.item_codes)
+        bundle.item_codes, bundle.layout, bundle.dim, device=device, backend=backend, user_layout=bundle.user_layout,
+        stored=stored,
+    )  # fmt: skip
+    index.self_check()
     add_file_to_bundle(bundle.path, INDEX_FILE, index.serialize())
     Bundle.load(bundle.path)  # re-verify what readers will now see
     return {
@@ -64,6 +76,7 @@ def check(bundle_root: Path, device: DevicePreference, backend: str = "auto") ->
         "bundle": str(bundle.path),
         "model_version": bundle.manifest.model_version,
         "stored_index": bundle.index_path is not None,
+        "stored_index_checked": bundle.index_path is not None and has_faiss(),
         "metrics": bundle.manifest.metrics,
     }
 

@@ -1,10 +1,11 @@
 """Exact Top-K over item codes: Hamming search for low-bit codes, inner product for floats.
 
-An ``index.retrieval`` backend searches the items' search forms (our Triton kernel on a GPU, FAISS or a
-counting pass on a CPU for codes; FAISS ``IndexFlatIP`` for floats); the FAISS index over those forms is what
-a bundle stores. Backends answer in exact order (score desc, item id asc) but do not filter seen items, so
-``ItemIndex`` over-fetches, filters, and widens the fetch for queries left with fewer than k items; with item
-scales it re-ranks candidates exactly. Results are exact and deterministic whichever backend runs.
+An ``index.retrieval`` backend searches the items' search forms, computed from the item codes the index holds
+(our Triton kernel on a GPU, FAISS or a counting pass on a CPU for codes; FAISS ``IndexFlatIP`` for floats); a
+bundle may also store the FAISS index over those forms, which the FAISS backends then search. Backends answer in
+exact order (score desc, item id asc) but do not filter seen items, so ``ItemIndex`` over-fetches, filters, and
+widens the fetch for queries left with fewer than k items; with item scales it re-ranks candidates exactly.
+Results are exact and deterministic whichever backend runs.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ from index.retrieval import (
     SearchBackend,
     TopK,
     backend_for_index,
+    backend_for_items,
+    has_faiss,
     read_stored_index,
     serialize_stored_index,
     stored_forms,
     stored_index,
+    uses_faiss,
 )
 from index.retrieval import DevicePreference as DevicePreference  # the service and CLI name it here
 
@@ -150,8 +154,27 @@ def check_stored_items(bundle: Bundle, stored: Any) -> None:
             raise BundleError(f"{path}: its items {start}… differ from the bundle's item codes")
 
 
+def checked_stored_index(bundle: Bundle) -> Any | None:
+    """The bundle's stored FAISS index, checked to hold exactly its items; None where it stores none, or where
+    FAISS, which alone reads it, is not installed (the backends then search the bundle's codes)."""
+    if bundle.index_path is None:
+        return None
+    if not has_faiss():
+        log.info("%s not read: FAISS is not installed, the bundle's item codes are searched", bundle.index_path)
+        return None
+    stored = read_part(bundle.index_path, partial(read_stored_index, binary=bundle.layout.is_binary))
+    check_stored_items(bundle, stored)
+    return stored
+
+
 class ItemIndex:
     """Top-K search over one bundle's items.
+
+    The index holds the items' codes (a bundle's are memory-mapped, ``Bundle.load``) and its backend searches their
+    search forms where they lie: several worker processes loading one bundle then share its codes through the page
+    cache instead of each holding a copy. A backend that needs them elsewhere copies them itself: FAISS into its
+    own index (or searches the one a bundle stores), Triton or torch onto a device, and the 2-bit or asymmetric
+    search forms are computed once from the codes.
 
     Example::
 
@@ -163,21 +186,29 @@ class ItemIndex:
         self,
         retrieval: SearchBackend | None,
         *,
-        n_items: int,
         layout: CodeLayout,
         dim: int,
+        item_codes: npt.NDArray[Any] | None = None,
+        n_items: int | None = None,
         rerank: Reranker | None = None,
         user_layout: CodeLayout | None = None,
         stored: Any | None = None,
     ) -> None:
-        """``retrieval`` searches the items' search forms (None: there are no items); ``stored`` is the FAISS index
-        a bundle stores, when this index was read from or built as one (``serialize`` writes it)."""
+        """``retrieval`` searches the items' search forms (None: there are no items); ``item_codes`` are the items'
+        codes, ``n_items`` their count where this process holds no codes (a stored index read alone, a search
+        process's backend); ``stored`` is the FAISS index a bundle stores, when this index was read from one or its
+        backend searches one (``serialize`` writes it)."""
+        if item_codes is None and n_items is None:
+            raise ValueError("an item index needs its items' codes or their count")
+        if item_codes is not None and n_items is not None and n_items != item_codes.shape[0]:
+            raise ValueError(f"n_items={n_items} but {item_codes.shape[0]} item codes")
         self.layout = layout
         self.user_layout = user_layout or layout  # queries' layout: more bits than the items' for asymmetric codes
         check_pairing(self.user_layout, layout, scaled=rerank is not None)
         self.dim = dim
         self.rerank = rerank
-        self.n_items = n_items
+        self.item_codes = item_codes
+        self.n_items = int(item_codes.shape[0]) if item_codes is not None else int(n_items or 0)
         self._stored = stored
         self.retrieval = retrieval
         self.backend = retrieval.name if retrieval is not None else "none"  # none: no items to search
@@ -195,7 +226,7 @@ class ItemIndex:
         backend: str = "auto",
         user_layout: CodeLayout | None = None,
     ) -> ItemIndex:
-        """An index searching a stored FAISS index's items with ``backend`` on ``device``."""
+        """An index searching a stored FAISS index's items, without their codes, with ``backend`` on ``device``."""
         retrieval = backend_for_index(stored, backend, device=device)
         return cls(
             retrieval, n_items=int(stored.ntotal), layout=layout, dim=dim, rerank=rerank, user_layout=user_layout,
@@ -220,15 +251,20 @@ class ItemIndex:
         heavy_items: int = DEFAULT_HEAVY_ITEMS,
         backend: str = "auto",
         user_layout: CodeLayout | None = None,
+        stored: Any | None = None,
     ) -> ItemIndex:
+        """An index over ``item_codes`` searched by ``backend`` on ``device``. ``stored``: a FAISS index holding
+        exactly these items' search forms (``check_stored_items``), searched in place of the codes' own forms."""
         expected = code_width(layout, dim)
         if item_codes.ndim != 2 or item_codes.shape[1] != expected:
             raise ValueError(f"item codes must have {expected} columns for {layout} d={dim}, got {item_codes.shape}")
-        cpu_index = stored_index(item_search_form(item_codes, layout, dim, user_layout))
+        forms = stored_forms(stored) if stored is not None else item_search_form(item_codes, layout, dim, user_layout)
+        retrieval = backend_for_items(forms, backend, device=device, stored=stored)
         rerank = Reranker.of(item_codes, item_scales, scale_mode, layout, dim, rerank_factor, heavy_items)
-        return cls.over_stored(
-            cpu_index, layout=layout, dim=dim, device=device, rerank=rerank, backend=backend, user_layout=user_layout
-        )
+        return cls(
+            retrieval, item_codes=item_codes, layout=layout, dim=dim, rerank=rerank, user_layout=user_layout,
+            stored=stored,
+        )  # fmt: skip
 
     @classmethod
     def load(
@@ -242,6 +278,7 @@ class ItemIndex:
         backend: str = "auto",
         user_layout: CodeLayout | None = None,
     ) -> ItemIndex:
+        """An index over the items of a FAISS index file alone (``index.faiss``)."""
         cpu_index = read_stored_index(path, binary=layout.is_binary)
         expected_d = search_dim(layout, dim, user_layout)
         if cpu_index.d != expected_d:
@@ -252,39 +289,46 @@ class ItemIndex:
 
     @classmethod
     def for_bundle(cls, bundle: Bundle, *, device: DevicePreference = "auto", backend: str = "auto") -> ItemIndex:
-        """The bundle's stored index (or one built from its codes when none is stored), self-checked."""
+        """The index of a bundle's item codes, searched by ``backend`` on ``device`` and self-checked.
+
+        A FAISS backend searches the bundle's stored index when it has one (else builds its own); every other
+        backend searches the codes. Where FAISS is installed a stored index is checked against the codes whichever
+        backend runs, so every backend refuses the same bundles; without FAISS nothing here can read it."""
         layout, dim, user_layout = bundle.layout, bundle.dim, bundle.user_layout
-        if bundle.index_path is not None:
-            stored = read_part(bundle.index_path, partial(read_stored_index, binary=layout.is_binary))
-            check_stored_items(bundle, stored)
-            index = cls.over_stored(
-                stored, layout=layout, dim=dim, device=device, rerank=Reranker.of_bundle(bundle), backend=backend,
-                user_layout=user_layout,
-            )  # fmt: skip
-        else:
-            index = cls.build(
-                bundle.item_codes,
-                layout,
-                dim,
-                device=device,
-                item_scales=bundle.item_scales,
-                scale_mode=bundle.manifest.scale_mode,
-                backend=backend,
-                user_layout=user_layout,
-            )
-        index.self_check(bundle.item_codes)
+        forms_shape = (bundle.manifest.n_items, search_dim(layout, dim, user_layout) // (8 if layout.is_binary else 1))
+        # First: a FAISS backend named where FAISS is not installed is refused before anything is read.
+        searches_stored = uses_faiss(backend, device, forms_shape, binary=layout.is_binary)
+        stored = checked_stored_index(bundle)  # None without one, or without FAISS to read it
+        if not searches_stored:
+            stored = None  # checked, not searched: this backend searches the (mapped) codes
+        index = cls.build(
+            bundle.item_codes, layout, dim, device=device, item_scales=bundle.item_scales,
+            scale_mode=bundle.manifest.scale_mode, backend=backend, user_layout=user_layout, stored=stored,
+        )  # fmt: skip
+        index.self_check()
         return index
 
     def serialize(self) -> bytes:
-        """The CPU form of the index as bytes (GPU placement is a runtime choice, not a file format)."""
-        if self._stored is None:
+        """The FAISS index of the items as a bundle stores it (``index.faiss``), CPU form (GPU placement is a runtime
+        choice, not a file format): the one this index read or searches, else one built from the codes (which needs
+        FAISS)."""
+        if self._stored is not None:
+            return serialize_stored_index(self._stored)
+        if self.item_codes is None:
             raise ValueError("this index searches through another process's backend: it holds nothing to write")
-        return serialize_stored_index(self._stored)
+        return serialize_stored_index(
+            stored_index(item_search_form(self.item_codes, self.layout, self.dim, self.user_layout))
+        )
 
-    def self_check(self, item_codes: npt.NDArray[Any], *, samples: int = 4, k: int = 10) -> None:
-        """Search a few items' own codes and compare with numpy's exact scores; raise if they differ."""
+    def self_check(self, item_codes: npt.NDArray[Any] | None = None, *, samples: int = 4, k: int = 10) -> None:
+        """Search a few items' own codes (``item_codes``, by default the ones this index holds) and compare with
+        numpy's exact scores; raise if they differ."""
         if self.retrieval is None:
             return
+        if item_codes is None:
+            item_codes = self.item_codes
+        if item_codes is None:
+            raise ValueError("this index holds no item codes: pass the ones to check against")
         rows = np.unique(np.linspace(0, self.n_items - 1, num=min(samples, self.n_items)).astype(np.int64))
         k = min(k, self.n_items)
         if self.layout.is_binary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def without_faiss(directory: Path) -> dict[str, str]:
+    """Environment for a subprocess in which ``import faiss`` fails as it does where neither the `cpu` nor the `gpu`
+    extra is installed: a ``faiss`` package that raises ImportError, first on the path."""
+    (directory / "faiss").mkdir(parents=True, exist_ok=True)
+    (directory / "faiss" / "__init__.py").write_text("raise ImportError(\"No module named 'faiss'\")\n")
+    paths = [str(directory), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,12 @@ for larger ones) up to 4M items of ≤ 64-bit codes; ``faiss-cpu`` beyond.
 Float vectors (inner product) have one backend, FAISS's ``IndexFlatIP`` on the device asked for
 (``faiss-float-cpu`` or ``faiss-float-gpu``): the choice among code backends does not apply to them.
 
-``backend_for_index`` is what ``ItemIndex`` searches a stored FAISS index with; ``make_backend`` builds one over
-codes alone (benchmarks, GPU-generated catalogues).
+FAISS is an extra (``cpu`` or ``gpu``): without it this package imports, ``auto`` leaves the FAISS backends out
+(``numpy`` on a CPU), and naming one is refused with the extra to install (``faiss_backend.FaissMissing``).
+
+``backend_for_items`` is what ``ItemIndex`` searches its items' search forms with (over a bundle's stored FAISS
+index where one is searched, ``backend_for_index``); ``make_backend`` builds one over codes alone (benchmarks,
+GPU-generated catalogues).
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from index.retrieval.counting_backend import SMALL_BATCH, CountingBackend, cpu_c
 from index.retrieval.faiss_backend import (
     FaissBinaryBackend,
     FaissFloatBackend,
+    FaissMissing,
     faiss_gpu_count,
-    is_binary,
+    has_faiss,
+    import_faiss,
     read_stored_index,
     serialize_stored_index,
     stored_forms,
@@ -46,6 +52,7 @@ BackendName = Literal["auto", CpuBackendName, GpuBackendName, "torch"]
 BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
 GPU_BACKENDS: tuple[GpuBackendName, ...] = get_args(GpuBackendName)
 CPU_BACKENDS: tuple[CpuBackendName, ...] = get_args(CpuBackendName)
+FAISS_BACKENDS: tuple[BackendName, ...] = ("numpy+faiss-cpu", "faiss-cpu", "faiss-gpu")  # need the cpu/gpu extra
 DevicePreference = Literal["auto", "cpu", "gpu"]
 
 __all__ = [
@@ -54,11 +61,15 @@ __all__ = [
     "MAX_K",
     "BackendName",
     "DevicePreference",
+    "FaissMissing",
     "HammingBackend",
     "SearchBackend",
     "TopK",
     "available_backends",
     "backend_for_index",
+    "backend_for_items",
+    "has_faiss",
+    "import_faiss",
     "make_backend",
     "read_stored_index",
     "reference_topk",
@@ -66,6 +77,7 @@ __all__ = [
     "serialize_stored_index",
     "stored_forms",
     "stored_index",
+    "uses_faiss",
 ]
 
 
@@ -100,7 +112,7 @@ def _gpus(name: BackendName) -> int:
 def available_backends() -> list[BackendName]:
     """Backends that can run here, GPU ones first, fastest first (the order ``auto`` follows on a GPU)."""
     found: list[BackendName] = [name for name in GPU_BACKENDS if _gpus(name)]
-    found += CPU_BACKENDS
+    found += [name for name in CPU_BACKENDS if name not in FAISS_BACKENDS or has_faiss()]
     if _has_torch():
         found.append("torch")
     return found
@@ -121,9 +133,10 @@ def _single(
             return CountingBackend(codes)
         case "faiss-cpu":
             return FaissBinaryBackend(codes, cpu_index=cpu_index)
-        case "numpy+faiss-cpu":
-            faiss_cpu = FaissBinaryBackend(codes, cpu_index=cpu_index)  # with ``cpu_index``, ``codes`` view its memory
-            return ByBatchBackend(CountingBackend(codes), faiss_cpu, SMALL_BATCH, shared_codes=cpu_index is not None)
+        case "numpy+faiss-cpu":  # the counting pass views FAISS's copy of the codes: one copy for both
+            faiss_cpu = FaissBinaryBackend(codes, cpu_index=cpu_index)
+            counting = CountingBackend(stored_forms(faiss_cpu.cpu_index))
+            return ByBatchBackend(counting, faiss_cpu, SMALL_BATCH, shared_codes=True)
         case "faiss-gpu":
             return FaissBinaryBackend(codes, gpu=True, device=device)
         case "triton":
@@ -147,12 +160,17 @@ def resolve_backend(
 
     On a CPU that depends on the catalogue (``shape`` = items × code bytes): ``numpy`` (one counting pass)
     for small catalogues of narrow codes, ``numpy+faiss-cpu`` (by batch size) for millions of 64-bit codes,
-    ``faiss-cpu`` beyond (``cpu_choice``).
+    ``faiss-cpu`` beyond (``cpu_choice``); ``numpy`` wherever FAISS is not installed. A FAISS backend named where
+    FAISS is not installed is refused (``FaissMissing``).
     """
     name = _check_name(backend)
+    if name in FAISS_BACKENDS:
+        import_faiss(f"the {name} retrieval backend")  # refused here, naming the extra to install, without FAISS
     if name != "auto":
         return name
     on_cpu = _check_name(cpu_choice(shape[0], 8 * shape[1]) if shape is not None else "faiss-cpu")
+    if on_cpu in FAISS_BACKENDS and not has_faiss():
+        on_cpu = "numpy"
     if device == "cpu":
         return on_cpu
     found = available_backends()
@@ -162,6 +180,12 @@ def resolve_backend(
             raise RuntimeError("device=gpu asked for, but neither Triton with CUDA nor faiss-gpu is usable here")
         return gpu[0]
     return found[0] if found[0] in GPU_BACKENDS else on_cpu
+
+
+def uses_faiss(backend: str, device: DevicePreference, shape: tuple[int, int], *, binary: bool = True) -> bool:
+    """Whether the backend ``backend_for_items`` builds over search forms of ``shape`` (items × bytes of packed
+    codes, or × floats) searches a FAISS index: a FAISS code backend, or any backend over float vectors."""
+    return not binary or resolve_backend(backend, device, shape) in FAISS_BACKENDS
 
 
 def make_backend(
@@ -188,26 +212,37 @@ def make_backend(
     return ShardedBackend(codes, count, lambda part, i: _single(part, name, i % max(1, gpus)))
 
 
-def backend_for_index(
-    cpu_index: Any, backend: str = "auto", *, device: DevicePreference = "auto"
+def backend_for_items(
+    forms: npt.NDArray[Any], backend: str = "auto", *, device: DevicePreference = "auto", stored: Any | None = None
 ) -> SearchBackend | None:
-    """The backend that searches a stored FAISS index's items (``faiss_backend.stored_index``); None when it holds
-    none. Packed codes get ``backend`` (``make_backend``), float vectors FAISS's inner product on ``device``.
-    Searches for more results than the backend takes (``max_k``) go to FAISS on the CPU over the same index."""
-    forms = stored_forms(cpu_index)  # a view of the index's memory: no second copy (GPU backends copy to the device)
+    """The backend that searches items' search forms (``codes.item_search_form``); None when there are none.
+
+    Packed codes get ``backend`` (``make_backend``), float vectors FAISS's inner product on ``device``. The
+    backend searches ``forms`` where they lie (a bundle's memory-mapped codes stay shared between the processes
+    that map them); a backend that needs them elsewhere copies them itself (into a FAISS index, onto a GPU).
+    ``stored``: a FAISS index holding exactly ``forms`` (``forms`` then view its memory), which FAISS backends
+    search instead of a copy of their own. Searches for more results than the backend takes (``max_k``) go to the
+    counting pass over the same forms, which ranks any k."""
     found: SearchBackend
-    if not is_binary(cpu_index):
+    if forms.dtype != np.uint8:
         if device == "gpu" and faiss_gpu_count() == 0:
             raise RuntimeError("device=gpu asked for, but FAISS sees no GPU (is faiss-gpu installed?)")
         if forms.shape[0] == 0:
             return None
         gpu = device == "gpu" or (device == "auto" and faiss_gpu_count() > 0)
-        found = FaissFloatBackend(forms, gpu=gpu, cpu_index=cpu_index)
+        found = FaissFloatBackend(forms, gpu=gpu, cpu_index=stored)
     elif forms.shape[0] == 0:
         return None
     else:
-        found = make_backend(forms, backend, device=device, cpu_index=cpu_index)
+        found = make_backend(forms, backend, device=device, cpu_index=stored)
         if found.max_k < found.n_items:
-            found = ByKBackend(found, FaissBinaryBackend(forms, cpu_index=cpu_index))
-    found.viewed = cpu_index
+            found = ByKBackend(found, CountingBackend(forms))
+    found.viewed = stored
     return found
+
+
+def backend_for_index(
+    cpu_index: Any, backend: str = "auto", *, device: DevicePreference = "auto"
+) -> SearchBackend | None:
+    """``backend_for_items`` over a stored FAISS index's items (``faiss_backend.stored_index``), viewed in place."""
+    return backend_for_items(stored_forms(cpu_index), backend, device=device, stored=cpu_index)

@@ -5,8 +5,9 @@ XOR + popcount pass gives a query's distances, a binary search over 0…bits cou
 finds the threshold t where that count reaches k, and the items at distance ≤ t (already in id order)
 hold the answer; only those few are sorted (stably, so ties stay in id order). FAISS's
 ``IndexBinaryFlat`` keeps a heap of k and, to get ties in id order, has to fetch past every item at the
-k-th distance: on 64-bit codes hundreds tie there, and its cost grows with k, where counting's does not. Memory
-is the codes themselves (as 64-bit words when they divide).
+k-th distance: on 64-bit codes hundreds tie there, and its cost grows with k, where counting's does not, so it
+ranks any number of items (the fallback of backends with a largest k). Memory is the codes themselves, viewed
+as 64-bit words when they divide: a bundle's memory-mapped codes are searched where they lie, not copied.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from index.retrieval.base import HammingBackend, TopK
+from index.retrieval.base import MAX_K, HammingBackend, TopK
 
 # Queries × items held at once: a 64-bit XOR word, a popcount byte and a distance each (~40 MB at most).
 DISTANCE_BUDGET = 1 << 22
@@ -55,6 +56,10 @@ class CountingBackend(HammingBackend):
         self.word: type[np.unsignedinteger[Any]] = np.uint64 if self.n_bytes % 8 == 0 else np.uint8
         self.words: npt.NDArray[np.unsignedinteger[Any]] = codes.view(self.word)  # [n_items, words per code]
         self.distance_dtype = np.uint8 if self.bits < 256 else np.uint16
+
+    @property
+    def max_k(self) -> int:
+        return max(MAX_K, self.n_items)  # one pass whatever k: no buffers sized for a largest k
 
     @property
     def memory_bytes(self) -> int:

@@ -5,13 +5,18 @@ its GPU copy) float vectors by inner product. FAISS returns the k nearest but, a
 distance, an arbitrary subset in an arbitrary order. A query's answer is settled once the fetched list reaches
 past that distance (every tie is then inside it) or holds every item; otherwise the fetch doubles for that query.
 
-The CPU index is also what a bundle stores (``stored_index``): the backends search it in place, no copy.
+The CPU index is also what a bundle stores (``stored_index``): a FAISS backend searches it in place, no copy.
+
+FAISS is an extra (``cpu`` or ``gpu``), not a core dependency: this module imports it on first use
+(``import_faiss``), so the package, and every backend but these, work where it is not installed.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -19,34 +24,66 @@ import numpy.typing as npt
 
 from index.retrieval.base import MAX_K, HammingBackend, SearchBackend, TopK, select_topk
 
-try:
-    import faiss
-except ImportError as error:  # pragma: no cover - exercised only on a broken install
-    raise ImportError("FAISS is not installed: install the project with the `cpu` or `gpu` extra") from error
-
 # FAISS's GPU selection refuses a larger k: searches past it run on the CPU index, which the GPU copy came from.
 FAISS_GPU_MAX_K = 2048
 
 RawSearch = Callable[[npt.NDArray[Any], int], tuple[npt.NDArray[np.number[Any]], npt.NDArray[np.int64]]]
 
 
+class FaissMissing(RuntimeError):
+    """Something that needs FAISS was asked for where it is not installed."""
+
+
+def import_faiss(needed_by: str = "this") -> ModuleType:
+    """The ``faiss`` module; ``FaissMissing`` naming ``needed_by`` and the extra to install when it cannot be
+    imported.
+
+    FAISS's loader logs at INFO which instruction set it loaded; imported on first use, after the service or the
+    CLI configured logging, those lines would land among the request logs, so they are kept to warnings unless
+    someone set that logger's level."""
+    loader = logging.getLogger("faiss.loader")
+    if loader.level == logging.NOTSET:
+        loader.setLevel(logging.WARNING)
+    try:
+        import faiss
+    except ImportError as error:
+        raise FaissMissing(
+            f"{needed_by} needs FAISS, which is not installed here: install the project with the `cpu` or `gpu` extra"
+        ) from error
+    return faiss
+
+
+def has_faiss() -> bool:
+    """Whether FAISS can be imported here (tried, not looked up: an installed FAISS may still fail to load)."""
+    try:
+        import_faiss()
+    except FaissMissing:
+        return False
+    return True
+
+
 def set_cpu_threads(threads: int) -> None:
     """OpenMP threads FAISS uses per CPU search (0 leaves its default: every core).
 
     A service runs one search at a time per worker beside its event loop: extra threads only spin-wait
-    on the cores the event loop and the other workers need.
+    on the cores the event loop and the other workers need. Without FAISS there is nothing to set: the other
+    CPU backends search on the calling thread alone.
     """
-    if threads > 0:
-        faiss.omp_set_num_threads(threads)
+    if threads > 0 and has_faiss():
+        import_faiss().omp_set_num_threads(threads)
 
 
 def faiss_gpu_count() -> int:
-    get = getattr(faiss, "get_num_gpus", None)
+    """GPUs FAISS can use here: none without FAISS, or with the CPU build."""
+    if not has_faiss():
+        return 0
+    get = getattr(import_faiss(), "get_num_gpus", None)
     return int(get()) if get is not None else 0
 
 
 def stored_index(forms: npt.NDArray[Any]) -> Any:
     """The FAISS index over items' search forms: ``IndexBinaryFlat`` for packed codes, ``IndexFlatIP`` for floats."""
+    faiss = import_faiss("FAISS's index of the items")
     index: Any
     if forms.dtype == np.uint8:
         index = faiss.IndexBinaryFlat(8 * forms.shape[1])
@@ -58,25 +95,31 @@ def stored_index(forms: npt.NDArray[Any]) -> Any:
 
 
 def is_binary(index: Any) -> bool:
-    return isinstance(index, faiss.IndexBinary)
+    return isinstance(index, import_faiss().IndexBinary)
 
 
 def read_stored_index(path: Path, *, binary: bool) -> Any:
+    faiss = import_faiss(f"reading {path}")
     return (faiss.read_index_binary if binary else faiss.read_index)(str(path))
 
 
 def serialize_stored_index(index: Any) -> bytes:
     """The index as bytes, CPU form (GPU placement is a runtime choice, not a file format)."""
+    faiss = import_faiss()
     serialize = faiss.serialize_index_binary if is_binary(index) else faiss.serialize_index
     return bytes(serialize(index).tobytes())
 
 
 def stored_forms(index: Any) -> npt.NDArray[Any]:
     """A view of the items' search forms inside ``index`` (no copy): ``uint8`` codes or ``float32`` vectors."""
+    faiss = import_faiss()
+    forms: npt.NDArray[Any]
     if is_binary(index):
         size = index.ntotal * index.code_size
-        return faiss.rev_swig_ptr(index.xb.data(), size).reshape(index.ntotal, index.code_size)
-    return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+        forms = faiss.rev_swig_ptr(index.xb.data(), size).reshape(index.ntotal, index.code_size)
+    else:
+        forms = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+    return forms
 
 
 def settled_topk(raw: RawSearch, queries: npt.NDArray[Any], k: int, n_items: int, first_fetch: int) -> TopK:
@@ -123,6 +166,7 @@ class FaissBinaryBackend(FlatIndexPair, HammingBackend):
         self, codes: npt.NDArray[np.uint8], *, gpu: bool = False, device: int = 0, cpu_index: Any | None = None
     ) -> None:
         """``cpu_index``: an ``IndexBinaryFlat`` already holding exactly ``codes``, used instead of a copy."""
+        faiss = import_faiss(f"the {'faiss-gpu' if gpu else 'faiss-cpu'} backend")
         super().__init__(codes)
         self.cpu_index = cpu_index if cpu_index is not None else stored_index(np.asarray(codes, np.uint8))
         self.gpu_index: Any | None = None
@@ -165,6 +209,7 @@ class FaissFloatBackend(FlatIndexPair, SearchBackend):
         self, vectors: npt.NDArray[np.floating], *, gpu: bool = False, device: int = 0, cpu_index: Any | None = None
     ) -> None:
         """``cpu_index``: an ``IndexFlatIP`` already holding exactly ``vectors``, used instead of a copy."""
+        faiss = import_faiss("searching float32 item vectors (FAISS's inner product is their one backend)")
         if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
             raise ValueError(f"item vectors must be a non-empty 2-d array, got shape {vectors.shape}")
         self.n_items, self.dim = int(vectors.shape[0]), int(vectors.shape[1])

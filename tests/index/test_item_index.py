@@ -13,6 +13,8 @@ from index.cli import main as index_main
 from index.codes import CodeLayout, dequantize, encode_planes2, encode_sign1
 from index.item_index import IndexSelfCheckError, ItemIndex
 from index.retrieval import MAX_K
+from index.retrieval.counting_backend import CountingBackend
+from index.retrieval.faiss_backend import FaissBinaryBackend
 from tests.conftest import TrainedBundle
 from tests.index.test_bundle import forge
 
@@ -207,3 +209,20 @@ def test_a_stored_index_that_does_not_hold_the_bundles_items_is_refused(
     forge(path, INDEX_FILE, b"not a faiss index" if forged == "garbage" else forged_index)
     with pytest.raises(BundleError, match=INDEX_FILE):
         ItemIndex.for_bundle(Bundle.load(path), device="cpu")
+
+
+def test_a_bundles_item_codes_are_mapped_and_searched_where_they_lie(tmp_path: Path, ste_bundle: TrainedBundle) -> None:
+    """Workers loading one bundle share its item codes through the page cache: the codes are a read-only map of the
+    file, the numpy backend counts over them without a copy, and FAISS searches the stored index it checked."""
+    path = tmp_path / "copy"
+    shutil.copytree(Bundle.load(ste_bundle.root).path, path)
+    assert index_main(["build", "--bundle-root", str(path), "--device", "cpu"]) == 0
+    bundle = Bundle.load(path)
+    assert isinstance(bundle.item_codes.base, np.memmap) and not bundle.item_codes.flags.writeable
+    counting = ItemIndex.for_bundle(bundle, device="cpu", backend="numpy")
+    assert isinstance(counting.retrieval, CountingBackend) and counting.item_codes is bundle.item_codes
+    assert np.shares_memory(counting.retrieval.words, bundle.item_codes)
+    faiss_cpu = ItemIndex.for_bundle(bundle, device="cpu", backend="faiss-cpu")
+    assert isinstance(faiss_cpu.retrieval, FaissBinaryBackend) and faiss_cpu.retrieval.cpu_index is faiss_cpu._stored
+    stored = (path / INDEX_FILE).read_bytes()
+    assert counting.serialize() == faiss_cpu.serialize() == stored  # built from the codes, or the one read

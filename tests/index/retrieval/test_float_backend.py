@@ -19,6 +19,7 @@ from index.retrieval import (
 from index.retrieval.by_k import ByKBackend
 from index.retrieval.counting_backend import CountingBackend
 from index.retrieval.faiss_backend import FaissBinaryBackend, FaissFloatBackend
+from index.retrieval.torch_backend import TorchBackend
 
 
 def vectors(n: int, dim: int, seed: int = 0) -> npt.NDArray[np.float32]:
@@ -70,30 +71,32 @@ def test_float_backend_pads_past_the_catalogue_and_refuses_bad_requests() -> Non
         FaissFloatBackend(np.zeros((0, 8), np.float32))
 
 
-def test_a_bounded_backend_refuses_k_past_its_largest_and_by_k_routes_those_to_faiss() -> None:
+def test_a_bounded_backend_refuses_k_past_its_largest_and_by_k_routes_those_to_the_counting_pass() -> None:
     items = np.random.default_rng(0).integers(0, 256, (MAX_K + 500, 2), dtype=np.uint8)
     queries = items[:3]
-    counting = CountingBackend(items)
-    with pytest.raises(ValueError, match=rf"k must be in 1..{MAX_K} \(the largest k the numpy backend"):
-        counting.search(queries, MAX_K + 1)
-    both = ByKBackend(counting, FaissBinaryBackend(items))
-    assert (both.name, both.max_k, both.on_gpu) == ("numpy", MAX_K + 500, False)
+    bounded = TorchBackend(items)
+    with pytest.raises(ValueError, match=rf"k must be in 1..{MAX_K} \(the largest k the torch-cpu backend"):
+        bounded.search(queries, MAX_K + 1)
+    assert CountingBackend(items).max_k == MAX_K + 500  # one pass whatever k: it ranks every item
+    both = ByKBackend(bounded, CountingBackend(items))
+    assert (both.name, both.max_k, both.on_gpu) == ("torch-cpu", MAX_K + 500, False)
     for k in (20, MAX_K + 200):
         found = both.search(queries, k)
         want = reference_topk(queries, items, k)
         assert np.array_equal(found.ids, want.ids) and np.array_equal(found.distances, want.distances)
     with pytest.raises(ValueError, match="same catalogue"):
-        ByKBackend(counting, FaissBinaryBackend(items[:10]))
+        ByKBackend(bounded, FaissBinaryBackend(items[:10]))
 
 
 def test_backend_for_index_gives_floats_faiss_and_codes_the_named_backend() -> None:
     floats = backend_for_index(stored_index(vectors(100, 8)), "triton", device="cpu")  # code backends: not for floats
     assert isinstance(floats, FaissFloatBackend) and floats.name == "faiss-float-cpu"
     codes = np.random.default_rng(0).integers(0, 256, (MAX_K + 1, 4), dtype=np.uint8)
-    small = backend_for_index(stored_index(codes[:100]), "numpy", device="cpu")
-    assert isinstance(small, CountingBackend)  # no search can ask for more than its 100 items
-    large = backend_for_index(stored_index(codes), "numpy", device="cpu")
-    assert isinstance(large, ByKBackend) and large.name == "numpy" and large.max_k >= large.n_items
+    counting = backend_for_index(stored_index(codes), "numpy", device="cpu")
+    assert isinstance(counting, CountingBackend) and counting.max_k >= counting.n_items  # ranks any k itself
+    bounded = backend_for_index(stored_index(codes), "torch", device="cpu")
+    assert isinstance(bounded, ByKBackend) and bounded.name == "torch-cpu"
+    assert isinstance(bounded.any_k, CountingBackend)  # past the torch backend's largest k: the counting pass
     faiss_cpu = backend_for_index(stored_index(codes), "faiss-cpu", device="cpu")
     assert isinstance(faiss_cpu, FaissBinaryBackend)  # ranks any k itself
     assert backend_for_index(stored_index(np.zeros((0, 4), np.uint8)), device="cpu") is None
