@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 def image_requirements(pyproject: Path) -> dict[str, list[str]]:
-    """Requirement lines per list: the api (core), FAISS for the CPU, what the trainer adds, locust alone, the GPU service."""
+    """Requirement lines per list: the api (core), FAISS for the CPU, what the trainer adds, locust alone, the GPU
+    service."""
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     core, extras = project["dependencies"], project["optional-dependencies"]
     return {

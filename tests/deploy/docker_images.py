@@ -75,6 +75,7 @@ class StackImages:
     api: str
     trainer: str
     load: str
+    api_numpy: str  # the api built with FAISS= (no FAISS: the numpy search backend)
     builds: list[Build]
     secret_marker: bytes  # a line only the CA bundle secret holds: found in a layer, the secret leaked
 
@@ -240,14 +241,22 @@ def ca_secret(path: Path) -> bytes:
 
 
 def build_target(
-    engine: Engine, target: str, build_args: dict[str, str], secret: Path, workdir: Path, progress: Progress
+    engine: Engine,
+    target: str,
+    build_args: dict[str, str],
+    secret: Path,
+    workdir: Path,
+    progress: Progress,
+    name: str | None = None,
 ) -> Build:
-    """``docker build --target TARGET`` of the repository, as docs/deployment.md tells a user to."""
-    tag = f"binrec-{target}:{TAG}"
+    """``docker build --target TARGET`` of the repository, as docs/deployment.md tells a user to; ``name`` tags a
+    variant of the target (other build arguments) apart from it."""
+    name = name or target
+    tag = f"binrec-{name}:{TAG}"
     progress(f"building {tag}")
     arguments = [f"--build-arg={name}={value}" for name, value in build_args.items()]
     options = ["--target", target, "--secret", f"id=ca_bundle,src={secret}", *arguments]
-    return timed_build(engine, target, tag, [*options, str(ROOT)], workdir, progress, timeout=1200)
+    return timed_build(engine, name, tag, [*options, str(ROOT)], workdir, progress, timeout=1200)
 
 
 def build_stack_images(engine: Engine, workdir: Path, progress: Progress) -> StackImages:
@@ -265,10 +274,14 @@ def build_stack_images(engine: Engine, workdir: Path, progress: Progress) -> Sta
         targets = [
             build_target(engine, name, build_args, secret, workdir, progress) for name in ("api", "trainer", "load")
         ]
+        without_faiss = {**build_args, "FAISS": ""}
+        targets.append(build_target(engine, "api", without_faiss, secret, workdir, progress, name="api-numpy"))
     finally:
         secret.unlink(missing_ok=True)
-    api, trainer, load = targets
-    return StackImages(redis.tag, api.tag, trainer.tag, load.tag, [debian, python, redis, *targets], marker)
+    api, trainer, load, api_numpy = targets
+    return StackImages(
+        redis.tag, api.tag, trainer.tag, load.tag, api_numpy.tag, [debian, python, redis, *targets], marker
+    )
 
 
 def files_containing(engine: Engine, tag: str, needle: bytes, largest: int = 16 << 20) -> list[str]:

@@ -71,7 +71,7 @@ def test_the_images_hold_no_build_secret_and_only_what_they_run(engine: Engine, 
     for tag in (stack_images.api, stack_images.trainer):
         leaked = files_containing(engine, tag, stack_images.secret_marker)
         assert not leaked, f"the ca_bundle secret was written into a layer of {tag}: {leaked}"
-    modules = ("torch", "index", "service", "trainer", "locust")
+    modules = ("torch", "faiss", "index", "service", "trainer", "locust")
     probe = (
         "import importlib.util as u\n"
         "def found(name):\n"
@@ -82,15 +82,20 @@ def test_the_images_hold_no_build_secret_and_only_what_they_run(engine: Engine, 
         f"print(' '.join(name for name in {modules!r} if found(name)))"
     )
     expected = {
-        stack_images.api: "index service",
-        stack_images.trainer: "torch index trainer",
+        stack_images.api: "faiss index service",
+        stack_images.api_numpy: "index service",
+        stack_images.trainer: "torch faiss index trainer",
         stack_images.load: "locust",
     }
     for tag, modules_present in expected.items():
         found = engine("run", "--rm", "--entrypoint", "python", tag, "-c", probe).stdout.strip()
         assert found == modules_present, f"{tag} holds {found!r}, expected {modules_present!r}"
     scripts = "ls /opt/project/bin 2>/dev/null | tr '\\n' ' '"
-    console_scripts = {stack_images.api: "recsys-index recsys-serve", stack_images.trainer: "recsys-index recsys-train"}
+    console_scripts = {
+        stack_images.api: "recsys-index recsys-serve",
+        stack_images.api_numpy: "recsys-index recsys-serve",
+        stack_images.trainer: "recsys-index recsys-train",
+    }
     for tag, listed in console_scripts.items():
         found = engine("run", "--rm", "--entrypoint", "sh", tag, "-c", scripts).stdout.strip()
         assert found == listed, f"{tag}: console scripts {found!r}"
@@ -134,6 +139,42 @@ def test_two_replicas_answer_alike_and_share_user_codes_through_redis(stack: Run
     assert status == 200, again
     assert again["items"] == body["items"]  # one bundle, one answer, whichever replica is asked
     assert metric(second.port, "recsys_user_code_lookups_total", '{source="redis"}') == from_redis + 1
+
+
+def test_an_api_image_without_faiss_serves_the_stack_bundle_with_numpy(
+    engine: Engine, stack: RunningStack, stack_images: StackImages
+) -> None:
+    """FAISS is one search backend, not the floor under the index: the image built with ``FAISS=`` answers alike."""
+    compose = stack.compose
+    manifest, users, _ = served_bundle(compose)
+    replica = compose.replicas()[0]
+    container = f"{compose.project}-api-numpy"
+    engine("rm", "-f", container, check=False)
+    engine(
+        "run", "-d", "--name", container, "--network", f"{compose.project}_default",
+        "--volume", f"{compose.project}_bundles:/bundles:ro", "--env", "RECSYS_REDIS_URL=redis://redis:6379/0",
+        "--publish", "127.0.0.1::8000", stack_images.api_numpy,
+    )  # fmt: skip
+    try:
+        port = int(engine("port", container, "8000/tcp").stdout.split(":")[-1])
+
+        def answering() -> bool:
+            try:
+                return http(port, "/readyz", timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(answering, 90, "the api without FAISS answering /readyz")
+        ready = readiness(Replica(container, 0, port))
+        assert ready["status"] == "ready" and ready["search_backend"] == "numpy", ready
+        for user in users[:5]:
+            status, body, _ = http(port, f"/recommend?user_id={user}&k=10")
+            assert status == 200, body
+            _, expected, _ = http(replica.port, f"/recommend?user_id={user}&k=10")
+            assert body["model_version"] == manifest["model_version"]
+            assert body["items"] == expected["items"], f"user {user}: numpy and FAISS answer differently"
+    finally:
+        engine("rm", "-f", container, check=False)
 
 
 class SwapWatcher:
