@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -398,3 +400,16 @@ def test_the_store_caps_the_window_and_never_keeps_a_stale_code(redis_server: Re
             await redis.aclose()
 
     asyncio.run(race())
+
+
+def test_schemathesis_finds_no_server_error_in_events(replicas: tuple[str, str]) -> None:
+    """Generated bodies, with the key: every answer a documented status and body, schema-invalid ones refused."""
+    st = shutil.which("st", path=str(Path(sys.executable).parent)) or shutil.which("st")
+    if st is None:
+        pytest.fail("schemathesis is not installed: run the README's test command, which installs the dev extra")
+    result = subprocess.run(
+        [st, "run", f"{replicas[0]}/openapi.json", "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+         "--max-examples", "60", "--seed", "7", "--include-path", "/events", "-H", f"X-API-Key: {KEY}"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
