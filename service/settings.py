@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from index.retrieval import MAX_K, BackendName, DevicePreference
@@ -112,6 +112,13 @@ class ServiceSettings(BaseSettings):
     )
     log_level: str = Field("info", description="uvicorn and application log level")
     log_format: Literal["json", "text"] = Field("json", description="one JSON object per log line, or plain text")
+
+    @field_validator("admin_api_key", "events_api_key", mode="before")
+    @classmethod
+    def empty_key_is_unset(cls, key: object) -> object:
+        """``RECSYS_EVENTS_API_KEY=`` (compose passes an unset variable so) disables the endpoint: an empty key
+        would let any request with an empty X-API-Key header in."""
+        return None if key == "" else key
 
 
 @lru_cache

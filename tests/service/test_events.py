@@ -238,9 +238,11 @@ def test_the_key_is_required_and_an_unset_key_disables_the_endpoint(
     assert post_events(replicas[0], event, headers={}).status_code == 401
     assert post_events(replicas[0], event, headers={"X-API-Key": "wrong"}).status_code == 401
     assert post_events(replicas[0], [{"bad": 1}], headers={}).status_code == 401  # checked before the body
-    with running_service(local_settings(ste_bundle.root, redis_server.url)) as url:
-        disabled = post_events(url, event)
-        assert disabled.status_code == 403 and "RECSYS_EVENTS_API_KEY" in disabled.json()["detail"]
+    # Empty is unset (compose passes an unset variable as empty): else an empty X-API-Key header would get in.
+    with running_service(local_settings(ste_bundle.root, redis_server.url, events_api_key="")) as url:
+        for headers in ({}, {"X-API-Key": ""}):
+            disabled = post_events(url, event, headers=headers)
+            assert disabled.status_code == 403 and "RECSYS_EVENTS_API_KEY" in disabled.json()["detail"]
 
 
 def test_concurrent_posts_for_one_user_from_two_replicas_lose_no_event(
