@@ -85,9 +85,9 @@ class UserActivity:
     @staticmethod
     def items(bundle: Bundle, row: int | None, history: RecentHistory) -> npt.NDArray[np.int64]:
         """The item rows a user's fresh code is derived from: the trained history (if the model knows the user) and
-        the recent items the model knows."""
+        the recent items the model knows; none when it knows none of those (the user's code is then the bundle's)."""
         recent = bundle.item_rows(list(history.item_ids))
-        return recent if row is None else np.union1d(bundle.seen_items(row), recent)
+        return recent if row is None or recent.size == 0 else np.union1d(bundle.seen_items(row), recent)
 
     def remember(self, model_version: str, fresh: list[FreshCode]) -> None:
         """Store codes derived on a request, in the background: the answer does not wait for them."""

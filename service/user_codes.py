@@ -1,7 +1,8 @@
 """User codes: a small in-process LRU, then Redis (keyed by model version), then the bundle itself.
 
-Redis is a cache, never the source of truth: every failure (down, slow, evicted) falls back to the
-bundle's own row, so a Redis outage degrades latency, not answers. A batch of users costs one MGET and
+For user codes Redis is a cache, never the source of truth: every failure (down, slow, evicted) falls back to the
+bundle's own row, so a Redis outage degrades latency, not answers. What else a request reads from Redis (its users'
+recent events, ``service.activity``) rides in the same MGET (``lookup``). A batch of users costs one MGET and
 one pipelined write of the misses, and concurrent requests share MGETs: while one is out, the keys wanted
 meanwhile wait and go out together in the next, so under load a worker pays one round trip for many requests.
 redis-py drops a connection whose call was cancelled or timed out (``socket_timeout``) and reconnects on the

@@ -161,6 +161,27 @@ def test_a_code_of_an_older_history_is_never_used(
     assert item_ids(answer) == expected_items(bundle, ColdStart(bundle.cold_start).code(items), items)
 
 
+def test_recent_items_the_model_does_not_know_leave_the_bundle_code(
+    replicas: tuple[str, str], ste_bundle: TrainedBundle, redis_server: RedisServer
+) -> None:
+    """A history of items the serving model does not have (recorded under another model) codes nothing: a known
+    user keeps their bundle code rather than one of their trained items alone."""
+    bundle = Bundle.load(ste_bundle.root)
+    user, _ = known_user(bundle, 4)
+    before = recommend(replicas[0], user)
+
+    async def record_items_of_another_model() -> None:
+        redis = Redis.from_url(redis_server.url)
+        try:
+            store = EventStore(redis, recent_items=500, ttl_s=60, remembered_ids=10)
+            await store.record({user: [Event("an-item-of-another-model", time.time())]}, now=time.time())
+        finally:
+            await redis.aclose()
+
+    asyncio.run(record_items_of_another_model())
+    assert recommend(replicas[0], user) == before
+
+
 def test_a_retried_batch_changes_nothing(replicas: tuple[str, str], redis_server: RedisServer) -> None:
     first, second = replicas
     user = new_user()
