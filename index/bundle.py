@@ -369,6 +369,9 @@ class Bundle:
     def _item_rows(self) -> dict[str, int]:
         return {item: row for row, item in enumerate(self.item_ids)}
 
+    def item_row(self, item_id: str) -> int | None:
+        return self._item_rows.get(item_id)
+
     def item_rows(self, item_ids: list[str]) -> npt.NDArray[np.int64]:
         """Rows of the known ones among ``item_ids`` (unknown ids are skipped), without repeats.
 

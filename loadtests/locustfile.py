@@ -13,6 +13,10 @@ Why this shape and not a loop over one user id:
 - New users who have just interacted with a few items come with their history (cold start): the
   service derives their code from those items; they are answered with ``source = "history"`` when
   the bundle carries the cold-start arrays, and from popularity otherwise.
+- With ``RECSYS_EVENTS_API_KEY`` set, known users also buy: they are shown their items, post the
+  purchase of one to ``/events`` and ask again. The second answer must come from their events
+  (``source = "events"`` when the bundle can code them) and must not show the item again; known users'
+  other answers may then come from their events too. Unset, no events are sent.
 - Every response is checked against the API contract, so a fast but wrong answer (an error body,
   too many items, the wrong source) counts as a failure, and ``--exit-code-on-error`` can gate CI.
 
@@ -54,6 +58,9 @@ FALLBACK_USER_IDS = [f"u{i}" for i in range(1000)]
 FALLBACK_ITEM_IDS = [f"i{i}" for i in range(500)]
 
 SOURCES = {"codes", "popular"}
+
+EVENTS_API_KEY = os.environ.get("RECSYS_EVENTS_API_KEY") or None
+"""The X-API-Key of POST /events; unset or empty: the load test sends no events."""
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +169,11 @@ def describe_status(response: CheckedResponse) -> str:
     return f"status {response.status_code}: {(response.text or '')[:200]}"
 
 
-def check_recommendation(response: CheckedResponse, *, expected_sources: set[str]) -> None:
-    """Mark the response failed unless it is a 200 with at most ``K`` items from an expected source."""
+def check_recommendation(
+    response: CheckedResponse, *, expected_sources: set[str], excluded: frozenset[str] = frozenset()
+) -> None:
+    """Mark the response failed unless it is a 200 with at most ``K`` items from an expected source, none of them
+    ``excluded``."""
     if response.status_code != 200:
         response.failure(describe_status(response))
         return
@@ -180,6 +190,34 @@ def check_recommendation(response: CheckedResponse, *, expected_sources: set[str
         response.failure(f"{len(items)} items for k={K}")
     elif source not in expected_sources:
         response.failure(f"source {source!r}, expected one of {sorted(expected_sources)}")
+    elif excluded & {item.get("item_id") for item in items if isinstance(item, dict)}:
+        response.failure(f"shows {sorted(excluded)}, which the user just bought")
+    else:
+        response.success()
+
+
+def shown_items(response: CheckedResponse) -> list[str]:
+    """The item ids of a recommendation (none if it is not one)."""
+    try:
+        items = response.json()["items"] if response.status_code == 200 else []
+        return [item["item_id"] for item in items]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+def check_events(response: CheckedResponse, *, expected_statuses: set[str]) -> None:
+    """Mark the response failed unless it is a 200 reporting one event with an expected status."""
+    if response.status_code != 200:
+        response.failure(describe_status(response))
+        return
+    try:
+        results = response.json().get("results")
+    except (ValueError, AttributeError):
+        response.failure(f"body is not a JSON object: {(response.text or '')[:200]}")
+        return
+    statuses = [r.get("status") for r in results] if isinstance(results, list) else None
+    if statuses is None or len(statuses) != 1 or statuses[0] not in expected_statuses:
+        response.failure(f"statuses {statuses!r}, expected one of {sorted(expected_statuses)}")
     else:
         response.success()
 
@@ -236,9 +274,14 @@ class RecommendUser(FastHttpUser):
     def on_start(self) -> None:
         self.population = user_population()
         self.rng = random.Random()
-        # Ids read from the bundle must be ranked by their codes; the fallback ids may be unknown to
-        # whatever bundle is served, so there either source is a valid answer.
+        # Ids read from the bundle must be ranked by their codes (or, once users buy, by their events' codes); the
+        # fallback ids may be unknown to whatever bundle is served, so there any source is a valid answer.
+        self.after_buying = {"events"} if self.population.cold_start else {"codes"}
+        if not self.population.from_bundle:
+            self.after_buying = SOURCES | {"events"}
         self.known_sources = {"codes"} if self.population.from_bundle else SOURCES
+        if EVENTS_API_KEY:
+            self.known_sources = self.known_sources | self.after_buying
 
     @task(95)
     def recommend_known_user(self) -> None:
@@ -274,6 +317,30 @@ class RecommendUser(FastHttpUser):
             catch_response=True,
         ) as response:
             check_recommendation(response, expected_sources={"popular"})
+
+    @task(5 if EVENTS_API_KEY else 0)
+    def buy_then_ask_again(self) -> None:
+        """A known user is shown their items, buys one and asks again: the purchase must reach the next answer."""
+        user_id = self.population.pick(self.rng)
+        params = {"user_id": user_id, "k": str(K)}
+        with self.client.get(
+            "/recommend", params=params, name="/recommend [before buying]", catch_response=True
+        ) as response:
+            check_recommendation(response, expected_sources=self.known_sources)
+            shown = shown_items(response)
+        bought = self.rng.choice(shown) if shown else self.rng.choice(self.population.item_ids)
+        event = {"user_id": user_id, "item_id": bought, "event_id": f"loadtest-{secrets.token_hex(8)}"}
+        with self.client.post(
+            "/events", json={"events": [event]}, headers={"X-API-Key": EVENTS_API_KEY or ""}, name="/events",
+            catch_response=True,
+        ) as response:  # fmt: skip
+            # Fallback ids may name items the served bundle does not have.
+            check_events(response, expected_statuses={"accepted"} if self.population.from_bundle else
+                         {"accepted", "unknown_item"})  # fmt: skip
+        with self.client.get(
+            "/recommend", params=params, name="/recommend [after buying]", catch_response=True
+        ) as response:
+            check_recommendation(response, expected_sources=self.after_buying, excluded=frozenset({bought}))
 
     @task(1)
     def readiness(self) -> None:

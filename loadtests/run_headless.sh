@@ -13,11 +13,12 @@
 #                       latency.png (p50/p95/p99 against the request rate, when matplotlib is installed)
 #   PYTHON              interpreter for the plot (default: the one next to $LOCUST, else python3)
 #   RECSYS_BUNDLE_ROOT  bundle (root) whose user ids are requested; see loadtests/locustfile.py
+#   RECSYS_EVENTS_API_KEY  the service's POST /events key: known users then also buy and ask again
 #
 # Exits non-zero when any request failed, so it can gate CI.
 set -euo pipefail
 
-usage() { sed -n '2,16s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,17s/^# \{0,1\}//p' "$0"; }
 if [[ $# -ge 1 && ($1 == -h || $1 == --help) ]]; then
     usage
     exit 0

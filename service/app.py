@@ -20,8 +20,10 @@ from starlette.exceptions import HTTPException
 from uvicorn.config import STARTUP_FAILURE
 
 from index.retrieval.faiss_backend import set_cpu_threads
+from service.activity import UserActivity
 from service.batcher import MicroBatcher
 from service.errors import http_error, search_unavailable, validation_error
+from service.event_store import EventStore
 from service.hot_path import RecommendHotPath
 from service.limits import LimitRequestBody
 from service.logs import configure_logging
@@ -29,7 +31,7 @@ from service.metrics import ServiceMetrics
 from service.model import SWITCH_INTERVAL_S, ModelLoader, ModelLoadError, ServingModel
 from service.observe import ObserveRequests
 from service.recommender import Recommender
-from service.routes import admin, health, recommend
+from service.routes import admin, events, health, recommend
 from service.search_client import RemoteBackend, SearchUnavailable
 from service.settings import ServiceSettings, get_settings
 from service.user_codes import UserCodeCache
@@ -58,6 +60,23 @@ def load_or_exit(loader: ModelLoader, *, workers: int) -> ServingModel:
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(STARTUP_FAILURE)
+
+
+def user_activity(redis: Redis, settings: ServiceSettings, metrics: ServiceMetrics) -> UserActivity | None:
+    """Users' recent events, when POST /events is enabled (its key set)."""
+    if settings.events_api_key is None:
+        return None
+    store = EventStore(
+        redis,
+        recent_items=settings.events_recent_items,
+        ttl_s=settings.events_ttl_s,
+        remembered_ids=settings.events_remembered_ids,
+    )
+    return UserActivity(
+        store,
+        on_event=lambda status, count: metrics.events.labels(outcome=status).inc(count),
+        on_error=metrics.redis_errors.inc,
+    )
 
 
 def create_app(settings: ServiceSettings | None = None, *, model: ServingModel | None = None) -> FastAPI:
@@ -96,7 +115,15 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
         )
         batcher.start()
         versions = WorkerVersions.from_environment()
-        recommender = Recommender(serving, codes, batcher, metrics, loader=loader, versions=versions)
+        recommender = Recommender(
+            serving,
+            codes,
+            batcher,
+            metrics,
+            loader=loader,
+            versions=versions,
+            activity=user_activity(redis, settings, metrics),
+        )
         watcher = None
         if settings.watch_interval_s > 0:
             watcher = asyncio.create_task(recommender.watch(settings.bundle_root, settings.watch_interval_s))
@@ -137,5 +164,6 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
     app.add_exception_handler(SearchUnavailable, search_unavailable)
     app.include_router(health.router)
     app.include_router(recommend.build_router(settings))
+    app.include_router(events.build_router(settings))
     app.include_router(admin.router)
     return app

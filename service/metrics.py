@@ -44,8 +44,14 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.user_code_lookups = Counter(
-            "recsys_user_code_lookups", "user-code lookups by where the code came from (lru, redis, bundle)",
+            "recsys_user_code_lookups",
+            "user-code lookups by where the code came from (lru, redis, bundle; events: derived from the user's "
+            "recent events and read from Redis, events_recoded: derived on the request)",
             ["source"], registry=self.registry,
+        )  # fmt: skip
+        self.events = Counter(
+            "recsys_events", "events posted to /events by outcome (accepted, duplicate, unknown_item)", ["outcome"],
+            registry=self.registry,
         )  # fmt: skip
         self.redis_errors = Counter(
             "recsys_redis_errors", "Redis calls that failed or timed out", registry=self.registry

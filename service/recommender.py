@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from index.bundle import MANIFEST, resolve_bundle_path
+from service.activity import FreshCode, Recent, UserActivity
 from service.batcher import NO_ITEMS, MicroBatcher
 from service.metrics import ServiceMetrics
 from service.model import ModelLoader, ModelLoadError, ServingModel, describe
@@ -49,8 +50,10 @@ class Recommender:
         *,
         loader: ModelLoader,
         versions: WorkerVersions | None = None,
+        activity: UserActivity | None = None,
     ) -> None:
         self.model = model
+        self.activity = activity  # users' recent events (POST /events); None: not enabled
         self.loader = loader  # how a new model is loaded
         self.versions = versions  # several workers: where each says which version it serves
         self.codes = codes
@@ -69,10 +72,17 @@ class Recommender:
         if self.versions is not None:
             self.versions.publish(version)
 
-    def popular(self, model: ServingModel, user_id: str, k: int) -> Answer:
+    def popular(
+        self, model: ServingModel, user_id: str, k: int, exclude: npt.NDArray[np.int64] | None = None
+    ) -> Answer:
+        """The most popular items the user has not interacted with (``exclude``), without scores."""
         self.metrics.fallbacks.inc()
+        rows = model.bundle.popular
+        if exclude is not None and exclude.size:
+            head = rows[: k + exclude.size]
+            rows = head[~np.isin(head, exclude)]
         ids = model.bundle.item_ids
-        return Answer(user_id, model.version, "popular", [ids[r] for r in model.bundle.popular[:k].tolist()], None)
+        return Answer(user_id, model.version, "popular", [ids[r] for r in rows[:k].tolist()], None)
 
     async def recommend(self, user_id: str, k: int, *, exclude_seen: bool) -> Answer:
         return (await self.recommend_many([user_id], k, exclude_seen=exclude_seen))[0]
@@ -88,32 +98,74 @@ class Recommender:
         bundle = model.bundle
         rows = [bundle.user_row(user_id) for user_id in user_ids]
         known = [(user_id, row) for user_id, row in zip(user_ids, rows, strict=True) if row is not None]
-        codes = iter(await self.codes.get_many(bundle, known))
+        recents: list[Recent | None] = [None] * len(user_ids)
+        if self.activity is None:
+            codes = iter(await self.codes.get_many(bundle, known))
+        else:  # the users' recent events come in the MGET of their codes
+            keys = self.activity.lookup_keys(model.version, user_ids)
+            found, values = await self.codes.lookup(bundle, known, keys)
+            codes, recents = iter(found), self.activity.read(bundle, values)
         plans: list[Plan] = []
-        for user_id, row in zip(user_ids, rows, strict=True):
-            if row is not None:
-                scales = bundle.user_scales[row] if bundle.user_scales is not None else None
-                plans.append(Plan("codes", next(codes), bundle.seen_items(row), scales))
-                continue
-            history = bundle.item_rows((histories or {}).get(user_id, []))
-            if model.cold_start is None or history.size == 0:
-                plans.append(Plan("popular"))
-            else:
-                plans.append(Plan("history", model.cold_start.code(history), history))
+        fresh: list[FreshCode] = []
+        for user_id, row, recent in zip(user_ids, rows, recents, strict=True):
+            code = next(codes) if row is not None else None
+            given = bundle.item_rows((histories or {}).get(user_id, [])) if row is None else NO_ITEMS
+            plans.append(self._plan(model, user_id, row, code, given, recent, fresh))
+            if plans[-1].source in ("history", "events"):
                 # Coding a long history takes the loop for a while: a request of many lets the worker's other
                 # requests in between its users rather than after all of them.
                 await asyncio.sleep(0)
+        if self.activity is not None:
+            self.activity.remember(model.version, fresh)
         answers = iter(await self._search(model, [plan for plan in plans if plan.code is not None], k, exclude_seen))
         out = []
         for user_id, plan in zip(user_ids, plans, strict=True):
             if plan.code is None:
-                out.append(self.popular(model, user_id, k))
+                out.append(self.popular(model, user_id, k, plan.excluded if exclude_seen else None))
                 continue
             ids, scores = next(answers)
-            found = ids >= 0
-            item_ids = [bundle.item_ids[i] for i in ids[found].tolist()]
-            out.append(Answer(user_id, model.version, plan.source, item_ids, scores[found].astype(float).tolist()))
+            found_items = ids >= 0
+            item_ids = [bundle.item_ids[i] for i in ids[found_items].tolist()]
+            scores_found = scores[found_items].astype(float).tolist()
+            out.append(Answer(user_id, model.version, plan.source, item_ids, scores_found))
         return out
+
+    def _plan(
+        self,
+        model: ServingModel,
+        user_id: str,
+        row: int | None,
+        code: npt.NDArray[Any] | None,
+        given: npt.NDArray[np.int64],
+        recent: Recent | None,
+        fresh: list[FreshCode],
+    ) -> Plan:
+        """How one user is answered: the code of their recent events when they have some (and the model an
+        encoder), else their bundle code, else the code of the history given in the request, else the popular
+        items; their recent items are excluded whichever it is."""
+        bundle = model.bundle
+        excluded = bundle.seen_items(row) if row is not None else given
+        if recent is not None:
+            items = UserActivity.items(bundle, row, recent.history)
+            if items.size:
+                excluded = np.union1d(excluded, items)
+                # The stored code is of the trained and recent items; a history given now needs one of its own.
+                events_code = recent.code if given.size == 0 else None
+                if events_code is not None:
+                    self.metrics.user_code_lookups.labels(source="events").inc()
+                elif model.cold_start is not None:
+                    events_code = model.cold_start.code(excluded)
+                    self.metrics.user_code_lookups.labels(source="events_recoded").inc()
+                    if given.size == 0:
+                        fresh.append((user_id, recent.history.revision, events_code))
+                if events_code is not None:
+                    return Plan("events", events_code, excluded)
+        if row is not None:
+            scales = bundle.user_scales[row] if bundle.user_scales is not None else None
+            return Plan("codes", code, excluded, scales)
+        if model.cold_start is not None and given.size:
+            return Plan("history", model.cold_start.code(given), excluded)
+        return Plan("popular", excluded=excluded)
 
     async def _search(
         self, model: ServingModel, plans: list[Plan], k: int, exclude_seen: bool

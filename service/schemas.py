@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Source = Literal["codes", "history", "popular"]
+Source = Literal["codes", "history", "events", "popular"]
+EventStatus = Literal["accepted", "duplicate", "unknown_item"]
 
 
 class RecommendedItem(BaseModel):
@@ -24,7 +25,8 @@ class Recommendation(BaseModel):
     model_version: str = Field(description="bundle that produced the answer")
     source: Source = Field(
         description="'codes': ranked by the user's code; 'history': an unknown user coded from the items given "
-        "in the request (cold start); 'popular': the user is unknown to the model and no usable history was given"
+        "in the request (cold start); 'events': coded from the user's recent events (POST /events) with their "
+        "trained history; 'popular': the user is unknown to the model and no usable history was given"
     )
     items: list[RecommendedItem]
 
@@ -82,6 +84,26 @@ async def answers_json_yielding(answers: list[Answer], *, batch: bool) -> bytes:
         parts.extend(map(answer_json, answers[start : start + ANSWERS_PER_TURN]))
         await asyncio.sleep(0)
     return ('{"results":[' + ",".join(parts) + "]}").encode()
+
+
+class EventResult(BaseModel):
+    status: EventStatus = Field(
+        description="'accepted': recorded; 'duplicate': an event with this event_id was recorded for the user "
+        "already, nothing changed; 'unknown_item': the model does not know the item, not recorded"
+    )
+
+
+class EventsRecorded(BaseModel):
+    model_version: str = Field(description="the model that checked the items and coded the users")
+    recoded: bool = Field(
+        description="the users' codes were derived afresh from their events; false when the bundle has no "
+        "cold-start encoder (bigear, gnaq): the events are recorded and exclude their items, the codes stay the "
+        "bundle's"
+    )
+    accepted: int
+    duplicates: int
+    unknown_items: int
+    results: list[EventResult] = Field(description="one per event, in request order")
 
 
 class Health(BaseModel):

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from index.retrieval import MAX_K, BackendName, DevicePreference
@@ -83,6 +83,24 @@ class ServiceSettings(BaseSettings):
     admin_api_key: SecretStr | None = Field(
         None, description="key for POST /admin/reload (header X-API-Key); unset: the endpoint is disabled"
     )
+    events_api_key: SecretStr | None = Field(
+        None,
+        description="key for POST /events (header X-API-Key); unset: the endpoint is disabled (403) and /recommend "
+        "does not look for recent events",
+    )
+    events_max_batch: int = Field(1000, ge=1, description="most events one POST /events may carry")
+    events_recent_items: int = Field(
+        50, ge=1, description="recent items kept per user in Redis (the most recent, one entry per item)"
+    )
+    events_ttl_s: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        description="how long a user's recent history (and the codes derived from it) lives after their last event; "
+        "longer than the time between training runs, which take the events in",
+    )
+    events_remembered_ids: int = Field(
+        1000, ge=1, description="event ids remembered per user (within events_ttl_s): a retry of any is a no-op"
+    )
     watch_interval_s: float = Field(
         0.0,
         ge=0,
@@ -94,6 +112,13 @@ class ServiceSettings(BaseSettings):
     )
     log_level: str = Field("info", description="uvicorn and application log level")
     log_format: Literal["json", "text"] = Field("json", description="one JSON object per log line, or plain text")
+
+    @field_validator("admin_api_key", "events_api_key", mode="before")
+    @classmethod
+    def empty_key_is_unset(cls, key: object) -> object:
+        """``RECSYS_EVENTS_API_KEY=`` (compose passes an unset variable so) disables the endpoint: an empty key
+        would let any request with an empty X-API-Key header in."""
+        return None if key == "" else key
 
 
 @lru_cache

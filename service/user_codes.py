@@ -1,7 +1,8 @@
 """User codes: a small in-process LRU, then Redis (keyed by model version), then the bundle itself.
 
-Redis is a cache, never the source of truth: every failure (down, slow, evicted) falls back to the
-bundle's own row, so a Redis outage degrades latency, not answers. A batch of users costs one MGET and
+For user codes Redis is a cache, never the source of truth: every failure (down, slow, evicted) falls back to the
+bundle's own row, so a Redis outage degrades latency, not answers. What else a request reads from Redis (its users'
+recent events, ``service.activity``) rides in the same MGET (``lookup``). A batch of users costs one MGET and
 one pipelined write of the misses, and concurrent requests share MGETs: while one is out, the keys wanted
 meanwhile wait and go out together in the next, so under load a worker pays one round trip for many requests.
 redis-py drops a connection whose call was cancelled or timed out (``socket_timeout``) and reconnects on the
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -60,10 +61,10 @@ class SharedGets:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._waiting: list[tuple[list[str], asyncio.Future[list[bytes | str | None]]]] = []
+        self._waiting: list[tuple[list[str | bytes], asyncio.Future[list[bytes | str | None]]]] = []
         self._sender: asyncio.Task[None] | None = None
 
-    async def get(self, keys: list[str]) -> list[bytes | str | None]:
+    async def get(self, keys: list[str | bytes]) -> list[bytes | str | None]:
         """The values of ``keys`` (None where missing; bytes unless the client decodes); Redis's error if the MGET
         that carried them failed."""
         future: asyncio.Future[list[bytes | str | None]] = asyncio.get_running_loop().create_future()
@@ -120,20 +121,29 @@ class UserCodeCache:
 
     async def get_many(self, bundle: Bundle, users: list[tuple[str, int]]) -> list[Code]:
         """Codes of (user id, bundle row) pairs, in order."""
+        return (await self.lookup(bundle, users))[0]
+
+    async def lookup(
+        self, bundle: Bundle, users: list[tuple[str, int]], also: Sequence[bytes] = ()
+    ) -> tuple[list[Code], list[bytes | None]]:
+        """Codes of (user id, bundle row) pairs, in order, and the values of the keys ``also`` read by the same MGET
+        (None where missing, or for all of them when Redis failed): what else a request needs from Redis costs no
+        round trip of its own."""
         version, codes = bundle.manifest.model_version, bundle.user_codes
         found: list[Code | None] = [self.lru.get((version, user_id)) for user_id, _ in users]
         missing = [i for i, code in enumerate(found) if code is None]
         self.on_lookup("lru", len(users) - len(missing))
-        if not missing:
-            return [code for code in found if code is not None]
+        if not missing and not also:
+            return [code for code in found if code is not None], []
         keys = [user_code_key(version, users[i][0]) for i in missing]
         try:
-            cached = await self.gets.get(keys)
+            values = await self.gets.get([*keys, *also])
             reachable = True
         except REDIS_FAILURES as error:
             self.on_error()
             log.warning("redis mget failed, answering from the bundle: %s", error)
-            cached, reachable = [None] * len(keys), False
+            values, reachable = [None] * (len(keys) + len(also)), False
+        cached = values[: len(keys)]
         width = codes.shape[1] * codes.dtype.itemsize
         writes: list[tuple[str, bytes]] = []
         for i, key, value in zip(missing, keys, cached, strict=True):
@@ -151,7 +161,8 @@ class UserCodeCache:
             task = asyncio.create_task(self._store(writes))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-        return [code for code in found if code is not None]
+        extra = [value if isinstance(value, bytes) else None for value in values[len(keys) :]]
+        return [code for code in found if code is not None], extra
 
     async def _store(self, writes: list[tuple[str, bytes]]) -> None:
         try:

@@ -46,7 +46,9 @@ def build_router(settings: ServiceSettings) -> APIRouter:
             ),
         ],
         k: Annotated[int, Query(ge=1, le=settings.max_k, description="number of items")] = settings.default_k,
-        exclude_seen: Annotated[bool, Query(description="leave out items the user was trained on")] = True,
+        exclude_seen: Annotated[
+            bool, Query(description="leave out items the user was trained on or posted as recent events")
+        ] = True,
     ) -> Response:
         answer = await recommender.recommend(user_id, k, exclude_seen=exclude_seen)
         return await json_response([answer], batch=False)
@@ -73,7 +75,9 @@ def build_router(settings: ServiceSettings) -> APIRouter:
             description=f"number of items per user; users × k may not pass {settings.max_request_items} (a 422 on "
             "k, however valid each field is alone)",
         )
-        exclude_seen: bool = Field(True, description="leave out items each user was trained on (or gave in histories)")
+        exclude_seen: bool = Field(
+            True, description="leave out items each user was trained on, posted as recent events or gave in histories"
+        )
         histories: dict[
             Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=USER_ID_PATTERN)],
             Annotated[
