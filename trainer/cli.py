@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import torch
-
 from index.bundle import BundleError
 from trainer.config import (
     CheckpointConfig,
@@ -32,8 +30,9 @@ from trainer.distributed import World, main_first, start, stop
 from trainer.export import ExportReport, export_bundle
 from trainer.options import add_options, from_args, option
 from trainer.quantization import check_options
-from trainer.train import TrainResult, refit, train
-from trainer.warm_start import SavedStage, Stage, save_stages
+from trainer.recipe import AUTO, RecipeOptions, check_recipe, fit, fp_stages, student_options
+from trainer.train import TrainResult
+from trainer.warm_start import save_stages
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -108,6 +107,7 @@ OPTION_GROUPS: tuple[tuple[str, type[DataclassInstance]], ...] = (
     ("devices and distribution", RuntimeConfig),
     ("checkpoints", CheckpointConfig),
     ("output", OutputOptions),
+    ("one-command recipe (--teacher auto)", RecipeOptions),
 )
 
 
@@ -157,11 +157,12 @@ def _append_record(path: Path, record: dict[str, object]) -> None:
         tmp.replace(path)
 
 
-def _saved(result: TrainResult, seconds: float) -> SavedStage:
-    """A full-precision model's ego embeddings and what they cost, for --save-warm-start."""
-    with torch.no_grad():
-        ego = result.model.inputs().detach()
-    return SavedStage(ego=ego, seconds=seconds, epochs=result.best_epoch + 1)
+def given_options(argv: list[str] | None) -> frozenset[str]:
+    """The options the command line set itself rather than left at their defaults: the recipe fills in the others."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return frozenset(vars(parser.parse_args(argv)))
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -252,9 +253,14 @@ def result_record(
     }
 
 
-def run(args: argparse.Namespace, world: World) -> int:
+def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozenset()) -> int:
+    recipe = args.teacher == AUTO
+    if recipe:
+        args = argparse.Namespace(**(vars(args) | {"teacher": None}))  # the student's own options, stages aside
     run_config = RunConfig.from_args(args)
     check_run(run_config)
+    if recipe:
+        check_recipe(run_config.train, distributed=world.distributed)
     options, config, output = run_config.data, run_config.train, run_config.output
     synthetic = SyntheticConfig(
         n_users=options.synthetic_users, n_items=options.synthetic_items, seed=config.optim.seed
@@ -269,19 +275,28 @@ def run(args: argparse.Namespace, world: World) -> int:
             synthetic=synthetic,
         )
     logging.getLogger(__name__).info(data.summary())
-    result = train(data, config)
-    stages: dict[Stage, SavedStage] = {"select": _saved(result, result.train_seconds)}
-    if output.refit:
-        selected_seconds = result.train_seconds
-        result = refit(data, config, result)
-        stages["refit"] = _saved(result, result.train_seconds - selected_seconds)  # the refit's own time
+    stage_records: list[dict[str, object]] = []
+    if recipe:
+        identity = {k: v for k, v in vars(options).items() if k not in ("data_dir", "dataset_url", "sha256")}
+        stages = fp_stages(
+            data, config, with_refit=output.refit, cache=from_args(RecipeOptions, args).stage_cache, identity=identity
+        )
+        stage_records = [stage.record(data.name) for stage in stages]
+        args = argparse.Namespace(**(vars(args) | student_options(config, *stages, given)))
+        config = RunConfig.from_args(args).train
+    result, saved = fit(data, config, with_refit=output.refit)
     if not world.main:
         return 0  # rank 0 writes the warm start, the bundle and the record
     if output.save_warm_start is not None:
-        save_stages(output.save_warm_start, data.name, stages)
-    report = export_bundle(result, data, config, output.bundle_root, make_current=not output.no_make_current)
+        save_stages(output.save_warm_start, data.name, saved)
+    report = export_bundle(
+        result, data, config, output.bundle_root, make_current=not output.no_make_current, stages=stage_records
+    )
     if output.results_json is not None:
-        _append_record(output.results_json, result_record(config, result, data, report, output))
+        record = result_record(config, result, data, report, output)
+        for stage_record in stage_records:
+            _append_record(output.results_json, stage_record)
+        _append_record(output.results_json, {"stage": "student", **record} if recipe else record)
     print(f"\nbundle: {report.bundle_path}")
     print(f"{'metric':<12} {'test (served path)':>18}")
     for name, value in report.test_served.items():
@@ -293,6 +308,7 @@ def run(args: argparse.Namespace, world: World) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    given = given_options(argv)
     try:
         world = start(args.device)
     except (ValueError, RuntimeError) as error:
@@ -305,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_level == "debug":
         logging.getLogger("trainer").setLevel(logging.DEBUG)  # the trainer's own lines, on every rank
     try:
-        return run(args, world)
+        return run(args, world, given)
     except (DatasetError, BundleError, ValueError) as error:
         print(f"recsys-train: error: {error}", file=sys.stderr)
         return 2

@@ -55,7 +55,9 @@ class DistillationOptions:
     teacher: Path | None = option(
         None,
         "an fp run's --save-warm-start file (any --dim, same --layers): add KL(teacher || student) over each "
-        "user's list of the teacher's top unseen items and the batch's negatives",
+        "user's list of the teacher's top unseen items and the batch's negatives; 'auto': train (or reuse from "
+        "--stage-cache) an fp warm start of this --dim and an fp teacher of twice it first, then the student "
+        "with the best measured distillation settings (trainer.recipe)",
     )
     distill_weight: float = option(1.0, "weight of the distillation term")
     distill_top: int = option(20, "teacher's top unseen items per user in the list")

@@ -92,8 +92,11 @@ def export_bundle(
     bundle_root: Path,
     *,
     make_current: bool = True,
+    stages: list[dict[str, object]] | None = None,
 ) -> ExportReport:
-    """Encode users and items, evaluate the test set through the index, publish the bundle atomically."""
+    """Encode users and items, evaluate the test set through the index, publish the bundle atomically.
+
+    ``stages``: the fp stages this model was trained from (``--teacher auto``), recorded in the manifest."""
     model, quantizer = result.model, result.quantizer
     model.eval()
     user_rep, item_rep = quantizer.node_representations(model)
@@ -134,6 +137,7 @@ def export_bundle(
         "device": result.device,
         "bytes_per_node": bytes_per_node,
         "test_device_path": test_device,
+        **({"stages": stages} if stages else {}),
     }
     content = BundleContent(
         model_version=version,

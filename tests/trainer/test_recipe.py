@@ -1,0 +1,95 @@
+"""`recsys-train --teacher auto`: one command trains the warm start, the wider teacher and the student."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from index.bundle import Bundle
+from trainer.cli import given_options
+
+TINY = ["--synthetic-users", "300", "--synthetic-items", "400", "--dim", "16", "--epochs", "2", "--eval-every", "1"]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_one_command_trains_the_stages_once_and_publishes_only_the_student(tmp_path: Path) -> None:
+    results, cache = tmp_path / "r.json", tmp_path / "stages"
+    common = [*TINY, "--refit", "--teacher", "auto", "--stage-cache", str(cache), "--results-json", str(results)]
+    first = run_cli(*common, "--method", "hq", "--bits", "2", "--bundle-root", str(tmp_path / "a"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "stage 1/3: fp d=16 warm start: training" in first.stderr
+    assert "stage 2/3: fp d=32 teacher: training" in first.stderr and "stage 3/3: hq d=16 student" in first.stderr
+    assert "(refit stage)" in first.stderr  # the student's refit starts from and distils the fp stages' refits
+
+    published = [p for p in (tmp_path / "a").iterdir() if p.name != "CURRENT"]
+    assert len(published) == 1  # the fp stages publish nothing
+    bundle = Bundle.load(tmp_path / "a")
+    assert bundle.manifest.method == "hq" and bundle.manifest.bits == 2 and bundle.manifest.dim == 16
+    warm, teacher, student = json.loads(results.read_text())
+    assert [r["stage"] for r in (warm, teacher, student)] == ["warm_start", "teacher", "student"]
+    assert (warm["dim"], teacher["dim"], warm["cached"], teacher["cached"]) == (16, 32, False, False)
+    assert bundle.manifest.training["stages"] == [warm, teacher]
+    assert bundle.manifest.training["config"]["warm_start_from"] == warm["stage_file"]
+    assert bundle.manifest.training["config"]["distillation"]["teacher"] == student["teacher"] == teacher["stage_file"]
+    assert (student["distill_weight"], student["softmax_negatives"]) == (3.0, 1024)  # the best 2-bit recipe
+    files = sorted(cache.iterdir())
+    assert len(files) == 2 and not list(cache.glob(".*"))  # no temporary file left behind
+    written = {f: f.stat().st_mtime_ns for f in files}
+
+    # A second student of the same width on the same data trains only itself; what it sets itself stays.
+    second = run_cli(
+        *common, "--method", "hq", "--bits", "1", "--distill-weight", "2", "--bundle-root", str(tmp_path / "b"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert "warm start: cached" in second.stderr and "teacher: cached" in second.stderr
+    assert "train fp" not in second.stderr
+    assert {f: f.stat().st_mtime_ns for f in cache.iterdir()} == written
+    records = json.loads(results.read_text())[3:]
+    assert [(r["stage"], r.get("cached")) for r in records] == [
+        ("warm_start", True),
+        ("teacher", True),
+        ("student", None),
+    ]
+    assert (records[2]["distill_weight"], records[2]["softmax_negatives"]) == (2.0, 0)  # 1-bit: no 2-bit defaults
+
+
+def test_without_the_flag_the_run_is_the_plain_one(tmp_path: Path) -> None:
+    results, cache = tmp_path / "r.json", tmp_path / "stages"
+    plain = run_cli(
+        *TINY, "--method", "hq", "--bits", "2", "--stage-cache", str(cache), "--results-json", str(results),
+        "--bundle-root", str(tmp_path / "b"), cwd=tmp_path,
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stderr
+    (record,) = json.loads(results.read_text())
+    assert "stage" not in record and "teacher" not in record and record["warm_start"] is False
+    assert not cache.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--method", "fp"], "use it with a --method other than fp"),
+        (["--method", "hq", "--bits", "2", "--warm-start-from", "x.pt"], "drop --warm-start-from"),
+        (["--method", "hq", "--bits", "2", "--input-layer", "hash"], "use it with --input-layer table"),
+    ],
+)
+def test_combinations_that_make_no_sense_are_one_line(tmp_path: Path, options: list[str], message: str) -> None:
+    (tmp_path / "x.pt").write_bytes(b"")
+    result = run_cli(*options, "--teacher", "auto", "--bundle-root", str(tmp_path / "b"), cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "b").exists() and not (tmp_path / "var").exists()
+
+
+def test_given_options_are_those_on_the_command_line() -> None:
+    given = given_options(["--method", "hq", "--bits", "2", "--softmax-negatives", "0", "--refit"])
+    assert given == {"method", "bits", "softmax_negatives", "refit"}

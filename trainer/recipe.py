@@ -1,0 +1,179 @@
+"""`--teacher auto`: the best measured code for a width in one command, its fp stages trained once and cached.
+
+The best codes start from the `fp` model of their own width (the warm start) and are distilled by an `fp` model
+twice as wide (the teacher; docs/training.md). With ``--teacher auto`` one run trains the three in turn:
+
+1. ``fp`` at the student's ``--dim``, saved as the warm start;
+2. ``fp`` at 2 × ``--dim``, saved as the teacher;
+3. the student, with ``--warm-start-from`` (1), ``--teacher`` (2) and the distillation settings of the best
+   measured recipe where the command line did not set them.
+
+The fp stages take the run's own options (data, schedule, optimiser, device, seed, ``--refit``), with the method
+and width replaced. Each is saved under ``--stage-cache`` by a hash of the dataset (its options and a fingerprint
+of its interactions) and the stage's training configuration, so the next student on the same data reuses them;
+only the student publishes a bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.options import option
+from trainer.train import TrainResult, refit, train
+from trainer.warm_start import SavedStage, Stage, load_stage, save_stages
+
+log = logging.getLogger(__name__)
+
+AUTO = Path("auto")  # --teacher auto
+
+# The best measured distillation of 2-bit codes (docs/training.md); 1-bit codes were best at the defaults.
+TWO_BIT_DEFAULTS: dict[str, object] = {"distill_weight": 3.0, "softmax_negatives": 1024}
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """Where ``--teacher auto`` keeps the fp stages it trains."""
+
+    stage_cache: Path = option(
+        Path("var/stages"),
+        "--teacher auto: the fp warm start and teacher are saved here, keyed by dataset and configuration, and "
+        "reused by the next run that needs them",
+    )
+
+
+@dataclass(frozen=True)
+class FittedStage:
+    """One fp stage of the recipe: its saved file and what it cost (when it was trained, not when reused)."""
+
+    name: str  # "warm_start" | "teacher"
+    dim: int
+    path: Path
+    cached: bool
+    seconds: float
+    epochs: int
+
+    def record(self, dataset: str) -> dict[str, object]:
+        """The stage's line in --results-json."""
+        return {
+            "stage": self.name,
+            "dataset": dataset,
+            "method": "fp",
+            "dim": self.dim,
+            "cached": self.cached,
+            "stage_file": str(self.path),
+            "train_seconds": round(self.seconds, 1),
+            "epochs": self.epochs,
+        }
+
+
+def check_recipe(config: TrainConfig, *, distributed: bool) -> None:
+    """Refuse what ``--teacher auto`` cannot combine with, before any data is loaded."""
+    if config.model.method == "fp":
+        raise ValueError("--teacher auto distils a quantized code: use it with a --method other than fp")
+    if config.pretraining.warm_start_from is not None:
+        raise ValueError("--teacher auto trains its own warm start: drop --warm-start-from (or name a --teacher FILE)")
+    if config.input.input_layer != "table":
+        raise ValueError("--teacher auto warm-starts from an embedding table: use it with --input-layer table")
+    if distributed:
+        raise ValueError("--teacher auto runs in one process: train its stages without torchrun")
+
+
+def fingerprint(data: Dataset) -> str:
+    """A hash of the loaded interactions and ids: a changed file gives another key (cheap next to training)."""
+    digest = hashlib.sha256()
+    for matrix in (data.train, data.valid, data.test):
+        digest.update(np.asarray(matrix.shape, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(matrix.indptr, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(matrix.indices, dtype=np.int64).tobytes())
+    digest.update("\n".join(data.user_ids).encode())
+    digest.update("\n".join(data.item_ids).encode())
+    return digest.hexdigest()
+
+
+def stage_config(config: TrainConfig, dim: int) -> TrainConfig:
+    """The run's own schedule and data options, training ``fp`` at ``dim`` with nothing to start from or distil."""
+    return config.with_options(
+        method="fp",
+        bits=None,
+        user_bits=None,
+        item_scales=False,
+        dim=dim,
+        warm_start=False,
+        warm_start_from=None,
+        distillation=None,
+        checkpoint_dir=None,
+        resume=False,
+    )
+
+
+def fit(data: Dataset, config: TrainConfig, *, with_refit: bool) -> tuple[TrainResult, dict[Stage, SavedStage]]:
+    """Train (and refit) one model; also its ego embeddings per stage, for a warm-start file."""
+    result = train(data, config)
+    stages: dict[Stage, SavedStage] = {"select": _saved(result, result.train_seconds)}
+    if with_refit:
+        selected_seconds = result.train_seconds
+        result = refit(data, config, result)
+        stages["refit"] = _saved(result, result.train_seconds - selected_seconds)  # the refit's own time
+    return result, stages
+
+
+def _saved(result: TrainResult, seconds: float) -> SavedStage:
+    with torch.no_grad():
+        ego = result.model.inputs().detach()
+    return SavedStage(ego=ego, seconds=seconds, epochs=result.best_epoch + 1)
+
+
+def fp_stages(
+    data: Dataset, config: TrainConfig, *, with_refit: bool, cache: Path, identity: Mapping[str, object]
+) -> tuple[FittedStage, FittedStage]:
+    """Stages 1 and 2: the warm start at the student's width and the teacher at twice it, trained or reused."""
+    dim = config.model.dim
+    warm = _fp_stage("warm_start", 1, data, stage_config(config, dim), with_refit, cache, identity)
+    teacher = _fp_stage("teacher", 2, data, stage_config(config, 2 * dim), with_refit, cache, identity)
+    return warm, teacher
+
+
+def _fp_stage(
+    name: str,
+    number: int,
+    data: Dataset,
+    config: TrainConfig,
+    with_refit: bool,
+    cache: Path,
+    identity: Mapping[str, object],
+) -> FittedStage:
+    key = {"dataset": dict(identity), "fingerprint": fingerprint(data), "refit": with_refit, "train": config.to_json()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache / f"{data.name}-fp-d{config.model.dim}-{digest}.pt"
+    dim = config.model.dim
+    title = f"stage {number}/3: fp d={dim} {name.replace('_', ' ')}"
+    if path.is_file():
+        saved = load_stage(path, "select", dataset=data.name, n_nodes=data.n_users + data.n_items, dim=dim)
+        log.info("%s: cached %s", title, path)
+        return FittedStage(name, dim, path, cached=True, seconds=saved.seconds, epochs=saved.epochs)
+    log.info("%s: training, saved to %s", title, path)
+    result, stages = fit(data, config, with_refit=with_refit)
+    save_stages(path, data.name, stages)  # atomic: an interrupted run leaves no half file to reuse
+    return FittedStage(name, dim, path, cached=False, seconds=result.train_seconds, epochs=result.best_epoch + 1)
+
+
+def student_options(
+    config: TrainConfig, warm: FittedStage, teacher: FittedStage, given: frozenset[str]
+) -> dict[str, object]:
+    """Stage 3's options over the command line's: the stage files, and the best recipe's settings not ``given``."""
+    options: dict[str, object] = {"warm_start_from": warm.path, "teacher": teacher.path}
+    if config.model.bits == 2:
+        options |= {name: value for name, value in TWO_BIT_DEFAULTS.items() if name not in given}
+    log.info("stage 3/3: %s d=%d student, warm start %s, teacher %s", config.model.method, config.model.dim,
+             warm.path.name, teacher.path.name)  # fmt: skip
+    return options
