@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -259,8 +260,9 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
         args = argparse.Namespace(**(vars(args) | {"teacher": None}))  # the student's own options, stages aside
     run_config = RunConfig.from_args(args)
     check_run(run_config)
+    stage_argv = shlex.split(from_args(RecipeOptions, args).stage_options)
     if recipe:
-        check_recipe(run_config.train, distributed=world.distributed)
+        check_recipe(run_config.train, distributed=world.distributed, stage_options=given_options(stage_argv))
     options, config, output = run_config.data, run_config.train, run_config.output
     synthetic = SyntheticConfig(
         n_users=options.synthetic_users, n_items=options.synthetic_items, seed=config.optim.seed
@@ -278,8 +280,14 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
     stage_records: list[dict[str, object]] = []
     if recipe:
         identity = {k: v for k, v in vars(options).items() if k not in ("data_dir", "dataset_url", "sha256")}
+        stage_args = build_parser().parse_args(stage_argv, namespace=argparse.Namespace(**vars(args)))
         stages = fp_stages(
-            data, config, with_refit=output.refit, cache=from_args(RecipeOptions, args).stage_cache, identity=identity
+            data,
+            RunConfig.from_args(stage_args).train,
+            dim=config.model.dim,
+            with_refit=output.refit,
+            cache=from_args(RecipeOptions, args).stage_cache,
+            identity=identity,
         )
         stage_records = [stage.record(data.name) for stage in stages]
         args = argparse.Namespace(**(vars(args) | student_options(config, *stages, given)))

@@ -9,9 +9,9 @@ twice as wide (the teacher; docs/training.md). With ``--teacher auto`` one run t
    measured recipe where the command line did not set them.
 
 The fp stages take the run's own options (data, schedule, optimiser, device, seed, ``--refit``), with the method
-and width replaced. Each is saved under ``--stage-cache`` by a hash of the dataset (its options and a fingerprint
-of its interactions) and the stage's training configuration, so the next student on the same data reuses them;
-only the student publishes a bundle.
+and width replaced and ``--stage-options`` applied. Each is saved under ``--stage-cache`` by a hash of the dataset
+(its options and a fingerprint of its interactions) and the stage's training configuration, so the next student on
+the same data reuses them; only the student publishes a bundle.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.config import TrainConfig
+from trainer.config import OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 from trainer.data import Dataset
-from trainer.options import option
+from trainer.options import option, options_of
 from trainer.train import TrainResult, refit, train
 from trainer.warm_start import SavedStage, Stage, load_stage, save_stages
 
@@ -49,6 +49,17 @@ class RecipeOptions:
         "--teacher auto: the fp warm start and teacher are saved here, keyed by dataset and configuration, and "
         "reused by the next run that needs them",
     )
+    stage_options: str = option(
+        "",
+        "--teacher auto: optimisation, schedule and device options the fp stages take over this run's own, as on "
+        'the command line (e.g. "--loss softmax --temperature 0.2 --lr 1e-3 --reg 0.2")',
+    )
+
+
+# What --stage-options may change: how the fp stages are optimised, how long and where they run.
+STAGE_OPTIONS = frozenset(
+    f.name for section in (OptimConfig, ScheduleConfig, RuntimeConfig) for f in options_of(section)
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,7 @@ class FittedStage:
     """One fp stage of the recipe: its saved file and what it cost (when it was trained, not when reused)."""
 
     name: str  # "warm_start" | "teacher"
-    dim: int
+    config: TrainConfig
     path: Path
     cached: bool
     seconds: float
@@ -68,7 +79,8 @@ class FittedStage:
             "stage": self.name,
             "dataset": dataset,
             "method": "fp",
-            "dim": self.dim,
+            "dim": self.config.model.dim,
+            **{name: getattr(self.config.optim, name) for name in ("loss", "temperature", "lr", "reg")},
             "cached": self.cached,
             "stage_file": str(self.path),
             "train_seconds": round(self.seconds, 1),
@@ -76,8 +88,9 @@ class FittedStage:
         }
 
 
-def check_recipe(config: TrainConfig, *, distributed: bool) -> None:
-    """Refuse what ``--teacher auto`` cannot combine with, before any data is loaded."""
+def check_recipe(config: TrainConfig, *, distributed: bool, stage_options: frozenset[str]) -> None:
+    """Refuse what ``--teacher auto`` cannot combine with, before any data is loaded; ``stage_options``: the names
+    --stage-options sets."""
     if config.model.method == "fp":
         raise ValueError("--teacher auto distils a quantized code: use it with a --method other than fp")
     if config.pretraining.warm_start_from is not None:
@@ -86,6 +99,9 @@ def check_recipe(config: TrainConfig, *, distributed: bool) -> None:
         raise ValueError("--teacher auto warm-starts from an embedding table: use it with --input-layer table")
     if distributed:
         raise ValueError("--teacher auto runs in one process: train its stages without torchrun")
+    if stage_options - STAGE_OPTIONS:
+        named = ", ".join("--" + name.replace("_", "-") for name in sorted(stage_options - STAGE_OPTIONS))
+        raise ValueError(f"--stage-options sets {named}: only optimisation, schedule and device options")
 
 
 def fingerprint(data: Dataset) -> str:
@@ -134,10 +150,10 @@ def _saved(result: TrainResult, seconds: float) -> SavedStage:
 
 
 def fp_stages(
-    data: Dataset, config: TrainConfig, *, with_refit: bool, cache: Path, identity: Mapping[str, object]
+    data: Dataset, config: TrainConfig, *, dim: int, with_refit: bool, cache: Path, identity: Mapping[str, object]
 ) -> tuple[FittedStage, FittedStage]:
-    """Stages 1 and 2: the warm start at the student's width and the teacher at twice it, trained or reused."""
-    dim = config.model.dim
+    """Stages 1 and 2, trained with ``config`` (the run's, with --stage-options) or reused: the warm start at the
+    student's width ``dim`` and the teacher at twice it."""
     warm = _fp_stage("warm_start", 1, data, stage_config(config, dim), with_refit, cache, identity)
     teacher = _fp_stage("teacher", 2, data, stage_config(config, 2 * dim), with_refit, cache, identity)
     return warm, teacher
@@ -154,17 +170,17 @@ def _fp_stage(
 ) -> FittedStage:
     key = {"dataset": dict(identity), "fingerprint": fingerprint(data), "refit": with_refit, "train": config.to_json()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = cache / f"{data.name}-fp-d{config.model.dim}-{digest}.pt"
     dim = config.model.dim
+    path = cache / f"{data.name}-fp-d{dim}-{digest}.pt"
     title = f"stage {number}/3: fp d={dim} {name.replace('_', ' ')}"
     if path.is_file():
         saved = load_stage(path, "select", dataset=data.name, n_nodes=data.n_users + data.n_items, dim=dim)
         log.info("%s: cached %s", title, path)
-        return FittedStage(name, dim, path, cached=True, seconds=saved.seconds, epochs=saved.epochs)
+        return FittedStage(name, config, path, cached=True, seconds=saved.seconds, epochs=saved.epochs)
     log.info("%s: training, saved to %s", title, path)
     result, stages = fit(data, config, with_refit=with_refit)
     save_stages(path, data.name, stages)  # atomic: an interrupted run leaves no half file to reuse
-    return FittedStage(name, dim, path, cached=False, seconds=result.train_seconds, epochs=result.best_epoch + 1)
+    return FittedStage(name, config, path, cached=False, seconds=result.train_seconds, epochs=result.best_epoch + 1)
 
 
 def student_options(

@@ -63,6 +63,20 @@ def test_one_command_trains_the_stages_once_and_publishes_only_the_student(tmp_p
     assert (records[2]["distill_weight"], records[2]["softmax_negatives"]) == (2.0, 0)  # 1-bit: no 2-bit defaults
 
 
+def test_stage_options_steer_the_fp_stages_only(tmp_path: Path) -> None:
+    results = tmp_path / "r.json"
+    run = run_cli(
+        *TINY, "--method", "hq", "--bits", "1", "--teacher", "auto", "--stage-cache", str(tmp_path / "stages"),
+        "--stage-options", "--loss softmax --temperature 0.2 --lr 2e-3 --reg 0.2", "--results-json", str(results),
+        "--bundle-root", str(tmp_path / "b"), cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    warm, teacher, student = json.loads(results.read_text())
+    for stage in (warm, teacher):
+        assert (stage["loss"], stage["temperature"], stage["lr"], stage["reg"]) == ("softmax", 0.2, 2e-3, 0.2)
+    assert (student["loss"], student["lr"]) == ("bpr", 1e-3)  # the student keeps the run's own
+
+
 def test_without_the_flag_the_run_is_the_plain_one(tmp_path: Path) -> None:
     results, cache = tmp_path / "r.json", tmp_path / "stages"
     plain = run_cli(
@@ -81,6 +95,7 @@ def test_without_the_flag_the_run_is_the_plain_one(tmp_path: Path) -> None:
         (["--method", "fp"], "use it with a --method other than fp"),
         (["--method", "hq", "--bits", "2", "--warm-start-from", "x.pt"], "drop --warm-start-from"),
         (["--method", "hq", "--bits", "2", "--input-layer", "hash"], "use it with --input-layer table"),
+        (["--method", "hq", "--bits", "2", "--stage-options", "--dim 8 --lr 1e-3"], "--stage-options sets --dim:"),
     ],
 )
 def test_combinations_that_make_no_sense_are_one_line(tmp_path: Path, options: list[str], message: str) -> None:
