@@ -230,6 +230,16 @@ def summarise(answers: Iterable[Answer]) -> dict[str, Any]:
         "consumed_rate": round(float(np.mean([a.consumed > 0 for a in rows])), 4),
         "consumed_per_answer": round(float(np.mean([a.consumed for a in rows])), 3),
         "consumed_any_rate": round(float(np.mean([a.consumed_any > 0 for a in rows])), 4),
+        # what the plot draws: [fewest, most earlier stream events of the user, hits, events] per bucket
+        "hits_by_earlier": [
+            [
+                low,
+                high,
+                sum(a.hit for a in rows if low <= a.earlier <= high),
+                sum(low <= a.earlier <= high for a in rows),
+            ]
+            for low, high in BUCKETS
+        ],
     }
 
 
@@ -345,9 +355,10 @@ def plot(results: dict[str, list[Answer]], dataset: str, path: Path) -> None:
     labels = [f"{low}" if low == high else (f"{low}–{high}" if high < 10**9 else f"{low}+") for low, high in BUCKETS]
     panels = [known for known in (True, False) if any(a.user_known == known for rows in results.values() for a in rows)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True, squeeze=False)
-    markers = ["--s", "-o", ":^", "-.d", "-v"]
+    markers = ["--s", "-o", ":^", "-.d", "-v", ":x", "--*"]
     for ax, known in zip(axes[0], panels, strict=True):
-        for (mode, answers), style in zip(results.items(), markers, strict=False):
+        for number, (mode, answers) in enumerate(results.items()):
+            style = markers[number % len(markers)]
             curve = hit_curve(answers, known)
             xs = [i for i, v in enumerate(curve) if v is not None]
             ax.plot(xs, [curve[i] for i in xs], style, label=f"events {mode}")
