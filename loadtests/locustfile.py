@@ -205,15 +205,26 @@ def shown_items(response: CheckedResponse) -> list[str]:
         return []
 
 
-def check_events(response: CheckedResponse, *, expected_statuses: set[str]) -> None:
-    """Mark the response failed unless it is a 200 reporting one event with an expected status."""
+FAILED = object()  # what ``results_of`` returns once it has marked the response failed
+
+
+def results_of(response: CheckedResponse) -> object:
+    """The ``results`` of a 200 JSON object (None where it has none); ``FAILED``, with the response marked failed,
+    for a status other than 200 or a body that is not a JSON object."""
     if response.status_code != 200:
         response.failure(describe_status(response))
-        return
+        return FAILED
     try:
-        results = response.json().get("results")
+        return response.json().get("results")
     except (ValueError, AttributeError):
         response.failure(f"body is not a JSON object: {(response.text or '')[:200]}")
+        return FAILED
+
+
+def check_events(response: CheckedResponse, *, expected_statuses: set[str]) -> None:
+    """Mark the response failed unless it is a 200 reporting one event with an expected status."""
+    results = results_of(response)
+    if results is FAILED:
         return
     statuses = [r.get("status") for r in results] if isinstance(results, list) else None
     if statuses is None or len(statuses) != 1 or statuses[0] not in expected_statuses:
@@ -224,13 +235,8 @@ def check_events(response: CheckedResponse, *, expected_statuses: set[str]) -> N
 
 def check_batch(response: CheckedResponse, users: list[str], *, expected_sources: set[str]) -> None:
     """Mark the response failed unless it answers every user, in order, each with at most ``K`` items."""
-    if response.status_code != 200:
-        response.failure(describe_status(response))
-        return
-    try:
-        results = response.json().get("results")
-    except (ValueError, AttributeError):
-        response.failure(f"body is not a JSON object: {(response.text or '')[:200]}")
+    results = results_of(response)
+    if results is FAILED:
         return
     if not isinstance(results, list) or [r.get("user_id") for r in results] != users:
         response.failure(f"results do not answer {users} in order: {str(results)[:200]}")

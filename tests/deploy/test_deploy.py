@@ -146,9 +146,11 @@ def test_the_locust_run_script_reports_zero_failures_against_a_real_service(
     if not locust.exists():
         pytest.skip("locust is not installed (the `load` extra)")
     out = tmp_path / "report"
+    key = "load-test-events-key"  # with it, the scenario's users also buy, post the event and ask again
     env = {**os.environ, "LOCUST": str(locust), "LOAD_OUT": str(out), "RECSYS_BUNDLE_ROOT": str(ste_bundle.root)}
+    env |= {"RECSYS_EVENTS_API_KEY": key}
     env.pop("RECSYS_LOAD_RPS_PER_USER", None)
-    with running_service(local_settings(ste_bundle.root, redis_server.url)) as url:
+    with running_service(local_settings(ste_bundle.root, redis_server.url, events_api_key=key)) as url:
         run = subprocess.run(
             ["bash", str(ROOT / "loadtests/run_headless.sh"), url, "4", "4", "6s"],
             env=env, capture_output=True, text=True, timeout=120, check=False,
@@ -157,7 +159,7 @@ def test_the_locust_run_script_reports_zero_failures_against_a_real_service(
     with (out / "locust_stats.csv").open(newline="") as handle:
         rows = {row["Name"]: row for row in csv.DictReader(handle)}
     assert int(rows["Aggregated"]["Failure Count"]) == 0 and int(rows["Aggregated"]["Request Count"]) > 20
-    assert {"/recommend", "/recommend [batch]", "/recommend [cold start]"} <= rows.keys()
+    assert {"/recommend", "/recommend [batch]", "/recommend [cold start]", "/events"} <= rows.keys()
     assert (out / "report.html").is_file() and (out / "latency.png").is_file()
 
 
