@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
-from service.deps import RecommenderDep, SettingsDep
+from service.deps import RecommenderDep, SettingsDep, check_api_key
 from service.model import ModelLoadError
 
 router = APIRouter()
@@ -38,13 +37,7 @@ async def reload(
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Header(description="the admin API key")] = None,
 ) -> Reloaded:
-    if settings.admin_api_key is None:
-        raise HTTPException(403, "admin endpoint disabled: set RECSYS_ADMIN_API_KEY to enable it")
-    expected = settings.admin_api_key.get_secret_value().encode()
-    # Header values arrive as latin-1 text; compared as bytes, any byte a client sends is just a wrong key
-    # (compare_digest refuses non-ASCII str).
-    if x_api_key is None or not hmac.compare_digest(x_api_key.encode("latin-1", errors="replace"), expected):
-        raise HTTPException(401, "missing or wrong X-API-Key header")
+    check_api_key(settings.admin_api_key, x_api_key, endpoint="admin", variable="RECSYS_ADMIN_API_KEY")
     try:
         previous, current = await recommender.reload(settings.bundle_root)
     except ModelLoadError as error:

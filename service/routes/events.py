@@ -4,7 +4,6 @@ No `from __future__ import annotations` here: FastAPI must evaluate the body mod
 settings given to `build_router`.
 """
 
-import hmac
 import time
 from typing import Annotated
 
@@ -12,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.activity import UserEvent
-from service.deps import RecommenderDep, SettingsDep
+from service.deps import RecommenderDep, SettingsDep, check_api_key
 from service.routes.recommend import USER_ID_PATTERN
 from service.schemas import EventResult, EventsRecorded
 from service.settings import ServiceSettings
@@ -29,12 +28,7 @@ async def events_key(
     settings: SettingsDep, x_api_key: Annotated[str | None, Header(description="the events API key")] = None
 ) -> None:
     """The endpoint's key, checked before the body is validated: a client without it learns nothing of the API."""
-    if settings.events_api_key is None:
-        raise HTTPException(403, "events endpoint disabled: set RECSYS_EVENTS_API_KEY to enable it")
-    expected = settings.events_api_key.get_secret_value().encode()
-    # Header values arrive as latin-1 text; compared as bytes, any byte a client sends is just a wrong key.
-    if x_api_key is None or not hmac.compare_digest(x_api_key.encode("latin-1", errors="replace"), expected):
-        raise HTTPException(401, "missing or wrong X-API-Key header")
+    check_api_key(settings.events_api_key, x_api_key, endpoint="events", variable="RECSYS_EVENTS_API_KEY")
 
 
 def build_router(settings: ServiceSettings) -> APIRouter:
