@@ -148,7 +148,8 @@ class Recommender:
         if recent is not None:
             items = UserActivity.items(bundle, row, recent.history)
             if items.size:
-                excluded = np.union1d(excluded, items)
+                # A known user's items hold their trained history already; a new user's, the recent items only.
+                excluded = items if row is not None else np.union1d(given, items)
                 # The stored code is of the trained and recent items; a history given now needs one of its own.
                 events_code = recent.code if given.size == 0 else None
                 if events_code is not None:
