@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from index.bundle import CURRENT, Bundle
 from trainer.config import TrainConfig
 from trainer.data import Dataset, SyntheticConfig, load_dataset
 from trainer.export import ExportReport, export_bundle
@@ -135,3 +136,13 @@ def asymmetric_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Datas
 @pytest.fixture(scope="session")
 def bigear_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset) -> TrainedBundle:
     return train_bundle(tiny_data, tmp_path_factory.mktemp("bundles-bigear"), "bigear")
+
+
+@pytest.fixture
+def two_models(tmp_path: Path, ste_bundle: TrainedBundle, fp_bundle: TrainedBundle) -> tuple[Path, Bundle, Bundle]:
+    """A root serving the ste bundle, with the fp bundle published beside it (not current)."""
+    old, new = Bundle.load(ste_bundle.root), Bundle.load(fp_bundle.root)
+    shutil.copytree(old.path, tmp_path / old.path.name)
+    shutil.copytree(new.path, tmp_path / new.path.name)
+    (tmp_path / CURRENT).write_text(old.path.name + "\n")
+    return tmp_path, old, new

@@ -317,16 +317,6 @@ def test_a_dead_redis_refuses_events_with_503_while_recommend_answers(ste_bundle
         process.wait(timeout=10)
 
 
-@pytest.fixture
-def two_models(tmp_path: Path, ste_bundle: TrainedBundle, fp_bundle: TrainedBundle) -> tuple[Path, Bundle, Bundle]:
-    """A root serving the ste bundle, with the fp bundle published beside it (not current)."""
-    old, new = Bundle.load(ste_bundle.root), Bundle.load(fp_bundle.root)
-    shutil.copytree(old.path, tmp_path / old.path.name)
-    shutil.copytree(new.path, tmp_path / new.path.name)
-    (tmp_path / CURRENT).write_text(old.path.name + "\n")
-    return tmp_path, old, new
-
-
 def test_a_model_swap_keeps_recent_histories_and_recodes_them_on_first_use(
     two_models: tuple[Path, Bundle, Bundle], redis_server: RedisServer
 ) -> None:

@@ -22,13 +22,10 @@ KEY = "s3cret"
 
 
 @pytest.fixture
-def two_bundles(tmp_path: Path, ste_bundle: TrainedBundle, fp_bundle: TrainedBundle) -> tuple[Path, str, str]:
-    """A root serving the ste bundle, with the fp bundle published beside it (not current)."""
-    old, new = Bundle.load(ste_bundle.root), Bundle.load(fp_bundle.root)
-    shutil.copytree(old.path, tmp_path / old.path.name)
-    shutil.copytree(new.path, tmp_path / new.path.name)
-    (tmp_path / CURRENT).write_text(old.path.name + "\n")
-    return tmp_path, old.manifest.model_version, new.manifest.model_version
+def two_bundles(two_models: tuple[Path, Bundle, Bundle]) -> tuple[Path, str, str]:
+    """``two_models`` by model version."""
+    root, old, new = two_models
+    return root, old.manifest.model_version, new.manifest.model_version
 
 
 @contextmanager
