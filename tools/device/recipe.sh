@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The one-command recipe (`recsys-train --teacher auto`) for every code width of issue #32, on a lent GPU, in the
+# background across as many device calls as it needs (the machine is kept between calls of one lease).
+#
+#   bash tools/device/recipe.sh WAIT_SECONDS
+#
+# Per dataset, side by side, all sharing one --stage-cache:
+#   hq2_d64   16 B: trains fp d=64 (warm start) and fp d=128 (teacher), then the student (its wall time is the
+#             recipe's, on a GPU shared with the other runs: an upper bound on a solo run);
+#   hq2_d128  32 B: trains fp d=128 (the 16 B run's teacher, reused there once saved) and fp d=256;
+#   hq1_d64, hq1u2_d64  8 B (1-bit items; 1-bit or 2-bit users): start once both d=64 stages are cached.
+# The fp stages take the #32 full-precision recipe (STAGE_OPTIONS_<dataset>). The first call starts the runs in
+# their own process session; every call waits up to WAIT_SECONDS and copies what is there to $OUT/recipe.tgz.
+# Needs, carried with the call: .whl/ and .carry/data/{gowalla,yelp2018}.
+set -euo pipefail
+source tools/device/setup.sh
+wait_seconds=$1
+work=${RECIPE_WORK:-/tmp/recipe}
+PROTOCOL=${PROTOCOL:-"--epochs 1000 --eval-every 5 --patience 6 --lr-decay-patience 3 --batch-size 8192 --lr 5e-3 --refit"}
+STUDENT_CAP="--max-minutes ${STUDENT_MINUTES:-4}"
+SOFTMAX="--loss softmax --softmax-negatives 0 --temperature 0.2 --lr 1e-3 --max-minutes ${STAGE_MINUTES:-3}"
+declare -A STAGE_OPTIONS=([gowalla]="$SOFTMAX --reg 2e-1" [yelp2018]="$SOFTMAX --reg 5e-2" [ml-100k]="$SOFTMAX --reg 5e-2")
+DATASETS=${DATASETS:-gowalla yelp2018}
+DATA_DIR=${DATA_DIR:-.carry/data}
+
+run() {  # dataset name options...: one recipe run, its log and record under $work
+  local dataset=$1 name=$2
+  shift 2
+  local start rc=0
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  python3 -m trainer.cli --dataset "$dataset" --data-dir "$DATA_DIR" --bundle-root "$work/bundles/${dataset}_$name" \
+    --results-json "$work/records/${dataset}_$name.json" $PROTOCOL $STUDENT_CAP --teacher auto \
+    --stage-cache "$work/stages" --stage-options "${STAGE_OPTIONS[$dataset]}" "$@" >"$work/logs/${dataset}_$name.log" 2>&1 || rc=$?
+  echo "$dataset $name exit $rc wall $(($(date +%s) - start)) s" >>"$work/walls.txt"
+}
+
+after_stages() {  # dataset dims...: wait until every named fp stage of the dataset is cached
+  local dataset=$1 dim
+  shift
+  for dim in "$@"; do
+    until compgen -G "$work/stages/${dataset}-fp-d${dim}-*.pt" >/dev/null; do sleep 10; done
+  done
+}
+
+if [ ! -f "$work/started" ]; then
+  mkdir -p "$work/logs" "$work/records" "$work/stages"
+  touch "$work/started"
+  export OMP_NUM_THREADS=2
+  for dataset in $DATASETS; do
+    setsid nohup bash -c "$(declare -f run after_stages); $(declare -p PROTOCOL STUDENT_CAP STAGE_OPTIONS work DATA_DIR);
+      run $dataset hq2_d64 --method hq --bits 2 --dim 64 &
+      run $dataset hq2_d128 --method hq --bits 2 --dim 128 &
+      (after_stages $dataset 64 128; run $dataset hq1_d64 --method hq --bits 1 --dim 64) &
+      (after_stages $dataset 64 128; run $dataset hq1u2_d64 --method hq --bits 1 --user-bits 2 --dim 64) &
+      wait; touch $work/done_$dataset" >"$work/logs/${dataset}_chain.log" 2>&1 </dev/null &
+  done
+fi
+deadline=$((SECONDS + wait_seconds))
+all_done() { local d; for d in $DATASETS; do [ -f "$work/done_$d" ] || return 1; done; }
+while ! all_done && [ "$SECONDS" -lt "$deadline" ]; do sleep 5; done
+cat "$work/walls.txt" 2>/dev/null || true
+ls -la "$work/stages"
+for log in "$work"/logs/*.log; do
+  echo "== $(basename "$log"): $(grep -c '"event": "valid"' "$log" || true) validations"
+  { grep -h 'stage\|refit\|stopping\|recall@20\|rror' "$log" || true; } | tail -n 6 | cut -c1-220
+done
+(cd "$work" && tar czf "$OUT/recipe.tgz" --ignore-failed-read logs records walls.txt 2>/dev/null || true)
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+if all_done; then echo "all done"; else echo "still running"; fi
