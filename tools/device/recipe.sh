@@ -8,7 +8,7 @@
 #   hq2_d64   16 B: trains fp d=64 (warm start) and fp d=128 (teacher), then the student (its wall time is the
 #             recipe's, on a GPU shared with the other runs: an upper bound on a solo run);
 #   hq2_d128  32 B: trains fp d=128 (the 16 B run's teacher, reused there once saved) and fp d=256;
-#   hq1_d64, hq1u2_d64  8 B (1-bit items; 1-bit or 2-bit users): start once both d=64 stages are cached.
+#   hq1u2_d64 8 B (1-bit items, 2-bit users): starts once both d=64 stages are cached.
 # The fp stages take the #32 full-precision recipe (STAGE_OPTIONS_<dataset>). The first call starts the runs in
 # their own process session; every call waits up to WAIT_SECONDS and copies what is there to $OUT/recipe.tgz.
 # Needs, carried with the call: .whl/ and .carry/data/{gowalla,yelp2018}.
@@ -17,8 +17,8 @@ source tools/device/setup.sh
 wait_seconds=$1
 work=${RECIPE_WORK:-/tmp/recipe}
 PROTOCOL=${PROTOCOL:-"--epochs 1000 --eval-every 5 --patience 6 --lr-decay-patience 3 --batch-size 8192 --lr 5e-3 --refit"}
-STUDENT_CAP="--max-minutes ${STUDENT_MINUTES:-4}"
-SOFTMAX="--loss softmax --softmax-negatives 0 --temperature 0.2 --lr 1e-3 --max-minutes ${STAGE_MINUTES:-3}"
+STUDENT_CAP="--max-minutes ${STUDENT_MINUTES:-3.5}"
+SOFTMAX="--loss softmax --softmax-negatives 0 --temperature 0.2 --lr 1e-3 --max-minutes ${STAGE_MINUTES:-2.5}"
 declare -A STAGE_OPTIONS=([gowalla]="$SOFTMAX --reg 2e-1" [yelp2018]="$SOFTMAX --reg 5e-2" [ml-100k]="$SOFTMAX --reg 5e-2")
 DATASETS=${DATASETS:-gowalla yelp2018}
 DATA_DIR=${DATA_DIR:-.carry/data}
@@ -51,7 +51,6 @@ if [ ! -f "$work/started" ]; then
     setsid nohup bash -c "$(declare -f run after_stages); $(declare -p PROTOCOL STUDENT_CAP STAGE_OPTIONS work DATA_DIR);
       run $dataset hq2_d64 --method hq --bits 2 --dim 64 &
       run $dataset hq2_d128 --method hq --bits 2 --dim 128 &
-      (after_stages $dataset 64 128; run $dataset hq1_d64 --method hq --bits 1 --dim 64) &
       (after_stages $dataset 64 128; run $dataset hq1u2_d64 --method hq --bits 1 --user-bits 2 --dim 64) &
       wait; touch $work/done_$dataset" >"$work/logs/${dataset}_chain.log" 2>&1 </dev/null &
   done
