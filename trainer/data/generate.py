@@ -18,10 +18,9 @@ import argparse
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from trainer.data.int_text import format_rows
 from trainer.data.synthetic import SyntheticConfig, SyntheticDraw
+from trainer.data.threads import in_order, usable_cores
 
 USERS_PER_BLOCK = 1 << 16  # fixed, not per machine: a block's random stream is its index, so this shapes the data
 HEADERS = {".csv": ("user_id,item_id\n", ","), ".inter": ("user_id:token\titem_id:token\n", "\t")}
@@ -59,41 +59,29 @@ def write_synthetic(config: SyntheticConfig, out: Path, *, threads: int | None =
     started = time.perf_counter()
     draw = SyntheticDraw.build(config)
     n_blocks = -(-config.n_users // USERS_PER_BLOCK)
-    workers = threads or os.cpu_count() or 1
+    workers = threads or usable_cores()
 
     def block_text(index: int) -> tuple[int, bytes]:
         users, items = np.divmod(draw.block(index, USERS_PER_BLOCK), config.n_items)
         return users.shape[0], format_rows([users, items], sep)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    unfinished = out.with_name(f".{out.name}.{os.getpid()}.partial")
     interactions = 0
     try:
-        with ThreadPoolExecutor(workers) as pool, partial.open("wb") as file:
+        with ThreadPoolExecutor(workers) as pool, unfinished.open("wb") as file:
             file.write(header.encode())
             bar = tqdm(total=config.n_users, unit="user", unit_scale=True, desc=out.name, disable=None)
             with bar:
-                for index, (rows, text) in enumerate(_in_order(pool, block_text, n_blocks, window=2 * workers)):
+                blocks = (partial(block_text, index) for index in range(n_blocks))
+                for index, (rows, text) in enumerate(in_order(pool, blocks, window=2 * workers)):
                     file.write(text)
                     interactions += rows
                     bar.update(min(USERS_PER_BLOCK, config.n_users - index * USERS_PER_BLOCK))
-        os.replace(partial, out)
+        os.replace(unfinished, out)
     finally:
-        partial.unlink(missing_ok=True)
+        unfinished.unlink(missing_ok=True)
     return Written(out, interactions, out.stat().st_size, time.perf_counter() - started)
-
-
-def _in_order(
-    pool: ThreadPoolExecutor, work: Callable[[int], tuple[int, bytes]], n: int, *, window: int
-) -> Iterator[tuple[int, bytes]]:
-    """``work(0..n-1)``'s results in order, with at most ``window`` blocks drawn but not yet written."""
-    pending: deque[Future[tuple[int, bytes]]] = deque()
-    for index in range(n):
-        pending.append(pool.submit(work, index))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from trainer.data.threads import usable_cores
+
 _NEWLINE = ord("\n")
 _ZERO = ord("0")
 MAX_DIGITS = 18  # 10**18 - 1 < 2**63 - 1: any 18-digit number fits an int64
@@ -100,7 +102,7 @@ def read_table(
     one block's work per thread, never the whole text nor a second copy of the columns.
     """
     size = path.stat().st_size
-    with path.open("rb") as file, ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+    with path.open("rb") as file, ThreadPoolExecutor(threads or usable_cores()) as pool:
         bounds = _line_block_bounds(file.fileno(), skip, size)
 
         def read(block: int) -> bytes:

@@ -339,11 +339,20 @@ def _dedupe_keys(
         sorted_keys = keys[order]
         first = order[np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]] if keys.size else order
         return keys[first] // n_items, keys[first] % n_items, timestamps[first]
-    keys.sort()
+    if not _is_sorted(keys):  # files written in (user, item) order, such as recsys-generate's, skip the sort
+        keys.sort()
     keys = _keep(keys, np.r_[True, keys[1:] != keys[:-1]])
     users = keys // n_items
     np.remainder(keys, n_items, out=keys)
     return users, keys, None
+
+
+def _is_sorted(keys: Ids) -> bool:
+    for start in range(0, keys.shape[0] - 1, _BLOCK):
+        end = min(start + _BLOCK, keys.shape[0] - 1)
+        if (keys[start + 1 : end + 1] < keys[start:end]).any():
+            return False
+    return True
 
 
 def _keep(array: Ids, mask: npt.NDArray[np.bool_]) -> Ids:

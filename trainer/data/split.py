@@ -14,10 +14,15 @@ the model can learn from, and forcing it would skew both splits towards cold use
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from trainer.data.threads import in_order, usable_cores
 
 _BLOCK_INTERACTIONS = 1 << 20
 _TIEBREAK_BITS = 53  # rng.random() gives multiples of 2**-53: scaled, an exact 53-bit integer
@@ -85,12 +90,32 @@ def _holdout_sorted(
 
     The canonical order is then the input order, so the tie-breaks are drawn block after block from
     the one stream and each block sorts only its own users: the same result as sorting everything at
-    once, in memory proportional to a block. Without timestamps a block sorts one integer key, user
-    above the tie-break's 53 bits, which is many times faster than ``lexsort``.
+    once, in memory proportional to the blocks in flight, and the blocks run in threads. Without
+    timestamps a block sorts one integer key, user above the tie-break's 53 bits, which is many times
+    faster than ``lexsort``.
     """
-    n = users.shape[0]
-    held = np.empty(n, dtype=bool)
-    start = 0
+    held = np.empty(users.shape[0], dtype=bool)
+
+    def mark(start: int, end: int, tiebreak: npt.NDArray[np.float64]) -> None:
+        block = users[start:end]
+        if timestamps is None:
+            local = (block - block[0]).astype(np.uint64) << np.uint64(_TIEBREAK_BITS)
+            order = np.argsort(local | (tiebreak * 2.0**_TIEBREAK_BITS).astype(np.uint64), kind="stable")
+        else:
+            order = np.lexsort((tiebreak, -timestamps[start:end].astype(np.float64), block))
+        held[start + order] = _first_of_each_user(block[order], fraction)
+
+    workers = usable_cores()
+    with ThreadPoolExecutor(workers) as pool:
+        blocks = (partial(mark, start, end, rng.random(end - start)) for start, end in _user_blocks(users))
+        for _ in in_order(pool, blocks, window=4 * workers):
+            pass
+    return held
+
+
+def _user_blocks(users: npt.NDArray[np.integer[Any]]) -> Iterator[tuple[int, int]]:
+    """Consecutive ``(start, end)`` ranges of sorted ``users``, each of whole users that fit the key's user bits."""
+    n, start = users.shape[0], 0
     while start < n:
         end = min(start + _BLOCK_INTERACTIONS, n)
         end = int(np.searchsorted(users[start:end], users[start] + _BLOCK_USERS)) + start
@@ -98,16 +123,8 @@ def _holdout_sorted(
             end = int(np.searchsorted(users[start:end], users[end], side="left")) + start
         if end == start:  # one user longer than a block
             end = int(np.searchsorted(users, users[start], side="right"))
-        block = users[start:end]
-        tiebreak = rng.random(end - start)
-        if timestamps is None:
-            local = (block - block[0]).astype(np.uint64) << np.uint64(_TIEBREAK_BITS)
-            order = np.argsort(local | (tiebreak * 2.0**_TIEBREAK_BITS).astype(np.uint64), kind="stable")
-        else:
-            order = np.lexsort((tiebreak, -timestamps[start:end].astype(np.float64), block))
-        held[start + order] = _first_of_each_user(block[order], fraction)
+        yield start, end
         start = end
-    return held
 
 
 def _first_of_each_user(sorted_users: npt.NDArray[np.integer[Any]], fraction: float) -> npt.NDArray[np.bool_]:
