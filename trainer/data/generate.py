@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cap on one user's items (default 10000; at most half the items are used)")  # fmt: skip
     parser.add_argument("--activity", choices=["power-law", "geometric"], default="power-law",
                         help="distribution of items per user (default power-law, like real logs)")  # fmt: skip
-    parser.add_argument("--communities", type=int, default=100, help="latent communities of users and items")
+    parser.add_argument("--communities", type=int, default=100, help="latent user-item communities (default 100)")
     parser.add_argument("--community-affinity", type=float, default=defaults.community_affinity,
                         help="share of a user's draws from their own community (default 0.8)")  # fmt: skip
     parser.add_argument("--popularity-exponent", type=float, default=defaults.popularity_exponent,
