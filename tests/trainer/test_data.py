@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from trainer.data import Dataset, DatasetError, SyntheticConfig, load_dataset, make_synthetic
+from trainer.data import Dataset, DatasetError, SyntheticConfig, load_dataset, make_synthetic, split
 from trainer.data.split import holdout, holdout_counts
 from trainer.data.synthetic import latent_structure
 
@@ -100,6 +100,13 @@ def test_csv_with_or_without_header(tmp_path: Path, header: str) -> None:
     assert dense(ds.train) == [[0, 0, 0, 1, 0], [0, 1, 1, 1, 1]]
 
 
+@pytest.mark.parametrize("ids", ["{}", "x{}"])  # the integer fast path and the string path
+def test_repeated_pairs_count_once(tmp_path: Path, ids: str) -> None:
+    rows = [f"{ids.format(7)},{ids.format(item)}\n" for item in [1, 2, 3, 4, 5] * 3]
+    ds = load_dataset(str(write(tmp_path / "r.csv", "".join(rows))), val_fraction=0.0)
+    assert (ds.train.nnz, ds.test.nnz) == (4, 1)  # 5 distinct items: one to test (3 of 15 if repeats counted)
+
+
 def test_csv_numeric_ids_sort_numerically(tmp_path: Path) -> None:
     ds = load_dataset(str(write(tmp_path / "n.csv", "10,2\n9,2\n2,10\n")), val_fraction=0.0)
     assert ds.user_ids == ["2", "9", "10"]
@@ -118,6 +125,10 @@ MALFORMED = [
     pytest.param("data.inter", "item_id:token\trating:float\n1\t2\n", 1, "'item_id:token", id="inter-no-user"),
     pytest.param("data.inter", "user_id:token\titem_id:token\n1\t2\n1\n", 3, "'1'", id="inter-short-row"),
     pytest.param("data.inter", "", 1, "''", id="inter-empty"),
+    pytest.param("data.csv", "1,2\n3,4\n5\n6,7\n", 3, "'5'", id="csv-numeric-missing-column"),
+    pytest.param("data.csv", "user,item\n1,2\n3,4,5\n", 3, "'3,4,5'", id="csv-numeric-extra-column"),
+    pytest.param("data.csv", "1,2,3\n4,5,x\n", 2, "'x'", id="csv-numeric-timestamp"),
+    pytest.param("data.inter", "user_id:token\titem_id:token\n1\t2\n3\n", 3, "'3'", id="inter-numeric-short-row"),
 ]
 
 
@@ -132,6 +143,40 @@ def test_malformed_file_names_file_and_line(tmp_path: Path, name: str, text: str
     assert message.startswith(f"{path}:{line}: expected ")
     assert shown in message
     assert "\n" not in message and len(message) < len(str(path)) + 160
+
+
+def exact_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the loader read every file line by line, as it did before the integer fast path."""
+    monkeypatch.setattr("trainer.data.formats.read_table", lambda *args, **kwargs: None)
+
+
+def same_dataset(a: Dataset, b: Dataset) -> bool:
+    matrices = [(a.train, b.train), (a.valid, b.valid), (a.test, b.test)]
+    return (a.user_ids, a.item_ids) == (b.user_ids, b.item_ids) and all(
+        x.shape == y.shape and x.indices.dtype == y.indices.dtype and (x != y).nnz == 0 for x, y in matrices
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "header", "row"),
+    [
+        ("log.csv", "", "{u},{i}"),
+        ("log.csv", "userId,movieId,timestamp\n", "{u},{i},{t}"),
+        ("log.inter", "item_id:token\trating:float\tuser_id:token\ttimestamp:float\n", "{i}\t5\t{u}\t{t}"),
+    ],
+)
+def test_integer_files_load_as_the_exact_parser_loads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, header: str, row: str
+) -> None:
+    rng = np.random.default_rng(9)  # shuffled rows, repeated pairs, sparse ids, repeated timestamps
+    users, items = rng.integers(0, 400, size=6000) * 7 + 3, rng.integers(0, 300, size=6000) * 11
+    stamps = rng.integers(0, 50, size=6000)
+    lines = [row.format(u=u, i=i, t=t) for u, i, t in zip(users, items, stamps, strict=True)]
+    path = write(tmp_path / name, header + "\n".join(lines) + "\n")
+    fast = load_dataset(str(path))
+    exact_only(monkeypatch)
+    assert same_dataset(fast, load_dataset(str(path)))
+    assert fast.user_ids[0] == "3" and fast.test.nnz > 0
 
 
 def test_missing_test_file_is_named(tmp_path: Path) -> None:
@@ -225,6 +270,43 @@ def test_holdout_is_per_user_reproducible_and_order_free() -> None:
 
     shuffle = np.random.default_rng(5).permutation(users.size)
     np.testing.assert_array_equal(held[shuffle], holdout(users[shuffle], items[shuffle], fraction=0.1, seed=2024))
+
+
+def reference_holdout(
+    users: np.ndarray, items: np.ndarray, fraction: float, seed: int, stamps: np.ndarray | None
+) -> np.ndarray:
+    """The split as first written: whole-array lexsorts, the definition the blockwise one must match."""
+    n = users.shape[0]
+    canonical = np.lexsort((items, users))
+    tiebreak = np.empty(n)
+    tiebreak[canonical] = np.random.default_rng(seed).random(n)
+    keys = (tiebreak, users) if stamps is None else (tiebreak, -stamps, users)
+    order = np.lexsort(keys)
+    sorted_users = users[order]
+    group_start = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    sizes = np.diff(np.r_[group_start, n])
+    rank = np.arange(n) - np.repeat(group_start, sizes)
+    held = np.zeros(n, dtype=bool)
+    held[order] = rank < np.repeat(holdout_counts(sizes, fraction), sizes)
+    return held
+
+
+@pytest.mark.parametrize("with_stamps", [False, True])
+def test_holdout_in_blocks_matches_the_whole_array_split(monkeypatch: pytest.MonkeyPatch, with_stamps: bool) -> None:
+    monkeypatch.setattr(split, "_BLOCK_INTERACTIONS", 64)  # many blocks, and users longer than one
+    rng = np.random.default_rng(4)
+    users = np.sort(np.r_[np.zeros(300, dtype=np.int64), rng.integers(0, 5000, size=20_000)])
+    keys = np.unique(users * 10_000 + rng.integers(0, 10_000, size=users.size))
+    users, items = keys // 10_000, keys % 10_000  # sorted, distinct: the blockwise path
+    stamps = rng.integers(0, 3, size=users.size).astype(np.float64) if with_stamps else None
+    for fraction, seed in [(0.2, 0), (0.1, 2024)]:
+        held = holdout(users, items, fraction=fraction, seed=seed, timestamps=stamps)
+        np.testing.assert_array_equal(held, reference_holdout(users, items, fraction, seed, stamps))
+    shuffle = rng.permutation(users.size)  # the general path gives the same split of the same pairs
+    held = holdout(
+        users[shuffle], items[shuffle], fraction=0.2, seed=0, timestamps=None if stamps is None else stamps[shuffle]
+    )
+    np.testing.assert_array_equal(held, reference_holdout(users, items, 0.2, 0, stamps)[shuffle])
 
 
 def test_holdout_with_timestamps_takes_each_users_latest() -> None:

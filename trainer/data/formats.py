@@ -3,6 +3,10 @@
 Each parser returns the pairs exactly as written (external ids, optional timestamps) and turns any
 malformed input into one ``DatasetError`` line, ``<path>:<line>: expected <what>, got <text>``, so a
 bad download or a hand-edited file is fixed in one look instead of from a NumPy traceback.
+
+CSV and ``.inter`` files whose every field is a plain non-negative integer (generated logs, most
+exports) are read by ``trainer.data.int_text`` in parallel blocks, into the ``int64`` ids the exact
+parsers' ids would be numbered as; any other file, or one with a fault, is read line by line.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 from trainer.data.dataset import DatasetError
+from trainer.data.int_text import read_table
 
 _EXCERPT_CHARS = 60
+_HEADER_BYTES = 1 << 16
 _INT64_MAX = 2**63 - 1
 
 
@@ -170,6 +176,9 @@ def read_inter(path: Path) -> RawInteractions:
     The ``user_id``, ``item_id`` and optional ``timestamp`` columns are found by name; other
     columns (ratings, labels) are ignored, since we train on implicit feedback.
     """
+    fast = _read_integer_inter(path)
+    if fast is not None:
+        return fast
     text = _read_text(path, "a RecBole .inter file")
     lines = text.splitlines()
     if not lines or not lines[0].strip():
@@ -196,6 +205,9 @@ def read_csv(path: Path) -> RawInteractions:
 
     The column count is fixed by the first row (2 or 3); every other row must match it.
     """
+    fast = _read_integer_csv(path)
+    if fast is not None:
+        return fast
     text = _read_text(path, "a CSV file with rows 'user,item[,timestamp]'")
     reader = csv.reader(text.splitlines())
     numbered = ((reader.line_num, fields) for fields in reader if any(field.strip() for field in fields))
@@ -205,8 +217,7 @@ def read_csv(path: Path) -> RawInteractions:
     number, fields = first
     if len(fields) not in (2, 3):
         raise malformed(path, number, "2 or 3 columns 'user,item[,timestamp]'", ",".join(fields))
-    # `user`, `user_id`, `userId`, `user id`…: a first field naming the user column is a header.
-    has_header = fields[0].strip().lower().replace("_", "").replace(" ", "") in ("user", "userid")
+    has_header = _names_user_column(fields[0])
 
     def rows() -> Iterator[tuple[int, list[str]]]:
         if not has_header:
@@ -215,3 +226,54 @@ def read_csv(path: Path) -> RawInteractions:
 
     timestamp = 2 if len(fields) == 3 else None
     return _table_rows(path, rows(), sep=",", user=0, item=1, timestamp=timestamp, width=len(fields))
+
+
+def _names_user_column(field: str) -> bool:
+    """`user`, `user_id`, `userId`, `user id`…: a CSV whose first field names the user column has a header row."""
+    return field.strip().lower().replace("_", "").replace(" ", "") in ("user", "userid")
+
+
+def _first_line(path: Path) -> str | None:
+    """The first line with its ``\n``, if the file has one within its first bytes and it is UTF-8."""
+    if not path.is_file():
+        return None
+    with path.open("rb") as file:
+        head = file.read(_HEADER_BYTES)
+    end = head.find(b"\n")
+    try:
+        return head[: end + 1].decode("utf-8") if end >= 0 else None
+    except UnicodeDecodeError:
+        return None
+
+
+def _read_integer_csv(path: Path) -> RawInteractions | None:
+    """``read_csv``'s result for a CSV of integers only, read in parallel blocks; ``None`` for any other file."""
+    first = _first_line(path)
+    if first is None:
+        return None
+    fields = first[:-1].split(",")
+    if len(fields) not in (2, 3):
+        return None
+    skip = len(first.encode()) if _names_user_column(fields[0]) else 0
+    columns = read_table(path, n_columns=len(fields), sep=",", skip=skip)
+    if columns is None:
+        return None
+    stamps = columns[2].astype(np.float64) if len(fields) == 3 else None
+    return RawInteractions(users=columns[0], items=columns[1], timestamps=stamps)
+
+
+def _read_integer_inter(path: Path) -> RawInteractions | None:
+    """``read_inter``'s result for a ``.inter`` file of integers only, read in parallel blocks; else ``None``."""
+    first = _first_line(path)
+    if first is None:
+        return None
+    header = [field.split(":", 1)[0].strip() for field in first[:-1].split("\t")]
+    if "user_id" not in header or "item_id" not in header:
+        return None
+    columns = read_table(path, n_columns=len(header), sep="\t", skip=len(first.encode()))
+    if columns is None:
+        return None
+    stamps = columns[header.index("timestamp")].astype(np.float64) if "timestamp" in header else None
+    return RawInteractions(
+        users=columns[header.index("user_id")], items=columns[header.index("item_id")], timestamps=stamps
+    )

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from trainer.data.dataset import Dataset, DatasetError
 from trainer.data.formats import RawInteractions, read_csv, read_inter, read_lightgcn
-from trainer.data.split import holdout
+from trainer.data.split import holdout, is_sorted_pairs
 from trainer.data.synthetic import SyntheticConfig, make_synthetic
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ TEST_FRACTION = 0.2
 # seed or fraction never changes what a model is finally scored on.
 TEST_SPLIT_SEED = 0
 _DOWNLOAD_CHUNK = 1 << 20
+_BLOCK = 1 << 22  # elements per step of the loops that spare a full-size temporary
 
 Ids = npt.NDArray[np.int64]
 
@@ -131,9 +133,28 @@ def _load_file(path: Path, name: str, *, val_fraction: float, seed: int) -> Data
         raw = read_csv(path)
     else:
         raise DatasetError(f"{path}: expected a .inter or .csv file, got suffix {path.suffix!r}")
-    (users,), user_ids = _encode(raw.users)
-    (items,), item_ids = _encode(raw.items)
-    return _from_pairs(name, users, items, raw.timestamps, user_ids, item_ids, val_fraction, seed)
+    keys, timestamps, user_ids, item_ids = _numbered(raw)
+    del raw  # the file's id columns: the keys now say everything they did
+    return _from_keys(name, keys, timestamps, user_ids, item_ids, val_fraction, seed)
+
+
+def _numbered(raw: RawInteractions) -> tuple[Ids, npt.NDArray[np.float64] | None, list[str], list[str]]:
+    """Each pair as one key ``user * n_items + item`` of internal ids, with the external ids.
+
+    Integer ids are looked up block by block, so no column of internal ids is made beside the keys.
+    """
+    user_lookup, user_ids = _integer_ids(raw.users)
+    item_lookup, item_ids = _integer_ids(raw.items)
+    if user_lookup is None or item_lookup is None:
+        (user_codes,), user_ids = _encode(raw.users)
+        (item_codes,), item_ids = _encode(raw.items)
+        return user_codes * len(item_ids) + item_codes, raw.timestamps, user_ids, item_ids
+    keys = np.empty(len(raw), dtype=np.int64)
+    for start in range(0, len(raw), _BLOCK):
+        block = slice(start, start + _BLOCK)
+        np.multiply(user_lookup(raw.users[block]), len(item_ids), out=keys[block])
+        keys[block] += item_lookup(raw.items[block])
+    return keys, raw.timestamps, user_ids, item_ids
 
 
 def _synthetic(config: SyntheticConfig, *, val_fraction: float, seed: int) -> Dataset:
@@ -169,11 +190,27 @@ def _from_pairs(
     val_fraction: float,
     seed: int,
 ) -> Dataset:
+    keys = users * len(item_ids) + items
+    return _from_keys(name, keys, timestamps, user_ids, item_ids, val_fraction, seed)
+
+
+def _from_keys(
+    name: str,
+    keys: Ids,
+    timestamps: npt.NDArray[np.float64] | None,
+    user_ids: list[str],
+    item_ids: list[str],
+    val_fraction: float,
+    seed: int,
+) -> Dataset:
+    """Split pairs given as keys ``user * n_items + item``, which are consumed: sorted and overwritten in place."""
     shape = (len(user_ids), len(item_ids))
-    users, items, timestamps = _dedupe(users, items, timestamps, shape[1])
+    users, items, timestamps = _dedupe_keys(keys, timestamps, shape[1])
     in_test = holdout(users, items, fraction=TEST_FRACTION, seed=TEST_SPLIT_SEED, timestamps=timestamps)
-    test = _matrix(users[in_test], items[in_test], shape)
-    return _with_validation(name, user_ids, item_ids, users[~in_test], items[~in_test], test, val_fraction, seed)
+    test = _matrix(users, items, shape, where=in_test)
+    np.logical_not(in_test, out=in_test)
+    users, items = _keep(users, in_test), _keep(items, in_test)  # the training pairs, in place
+    return _with_validation(name, user_ids, item_ids, users, items, test, val_fraction, seed)
 
 
 def _with_validation(
@@ -193,8 +230,8 @@ def _with_validation(
         name=name,
         user_ids=user_ids,
         item_ids=item_ids,
-        train=_matrix(users[~in_valid], items[~in_valid], shape),
-        valid=_matrix(users[in_valid], items[in_valid], shape),
+        train=_matrix(users, items, shape, where=~in_valid),
+        valid=_matrix(users, items, shape, where=in_valid),
         test=test,
     )
 
@@ -209,6 +246,8 @@ def _encode(*columns: npt.NDArray[Any]) -> tuple[list[Ids], list[str]]:
     numerically, so ids contiguous from 0 keep their value as internal id; anything else sorts as
     strings. Returns the internal ids of each column and the external id of each internal id.
     """
+    if all(column.dtype.kind in "iu" for column in columns):
+        return _encode_integers(columns)
     joined = np.concatenate(columns)
     unique, inverse = np.unique(joined, return_inverse=True)
     order = _numeric_order(unique)
@@ -224,10 +263,53 @@ def _encode(*columns: npt.NDArray[Any]) -> tuple[list[Ids], list[str]]:
     return list(np.split(codes.reshape(-1), bounds)), names
 
 
+def _encode_integers(columns: tuple[npt.NDArray[Any], ...]) -> tuple[list[Ids], list[str]]:
+    """``_encode`` for integer ids: ids already ``0..n-1`` come back as they are, without a copy."""
+    lookup, names = _integer_ids(*columns)
+    if lookup is None:
+        joined = np.concatenate(columns).astype(np.int64)
+        unique, inverse = np.unique(joined, return_inverse=True)
+        bounds = np.cumsum([c.shape[0] for c in columns])[:-1]
+        return list(np.split(inverse.reshape(-1).astype(np.int64), bounds)), list(map(str, unique.tolist()))
+    return [lookup(column) for column in columns], names
+
+
+def _integer_ids(*columns: npt.NDArray[Any]) -> tuple[Callable[[npt.NDArray[Any]], Ids] | None, list[str]]:
+    """How integer ids map to internal ids, and the external ids; ``None`` where a lookup table does not pay.
+
+    A table with one flag per possible id marks those present, and their running count is the
+    internal id: no sort, as long as the ids' range is not much larger than the data. Ids that are
+    already ``0..n-1`` map to themselves.
+    """
+    if not all(column.dtype.kind in "iu" for column in columns):
+        return None, []
+    filled = [column for column in columns if column.size]
+    total = sum(column.shape[0] for column in columns)
+    low = min((int(column.min()) for column in filled), default=0)
+    high = max((int(column.max()) for column in filled), default=-1)
+    if low < 0 or high >= max(2 * total, 1 << 20):
+        return None, []
+    present = np.zeros(high + 1, dtype=bool)
+    for column in filled:
+        present[column] = True
+    unique = np.flatnonzero(present)
+    names = _names(unique)
+    if unique.shape[0] == high + 1:
+        return lambda column: column.astype(np.int64, copy=False), names
+    rank = np.cumsum(present, dtype=np.int64) - 1
+    return lambda column: rank[column], names
+
+
+def _names(ids: Ids) -> list[str]:
+    """The external ids as text, converted a block at a time: ``tolist()`` of them all would hold every int at once."""
+    names: list[str] = []
+    for start in range(0, ids.shape[0], _BLOCK):
+        names.extend(map(str, ids[start : start + _BLOCK].tolist()))
+    return names
+
+
 def _numeric_order(unique: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
     """The permutation sorting string ids by integer value, if they are distinct integers."""
-    if unique.dtype.kind in "iu":
-        return None  # np.unique already sorted them numerically
     try:
         values = unique.astype(np.int64)
     except (ValueError, OverflowError):
@@ -241,18 +323,68 @@ def _dedupe(
     users: Ids, items: Ids, timestamps: npt.NDArray[np.float64] | None, n_items: int
 ) -> tuple[Ids, Ids, npt.NDArray[np.float64] | None]:
     """Drop repeated pairs, keeping the earliest timestamp: when the user first met the item."""
-    keys = users * n_items + items
-    order = np.lexsort((timestamps, keys)) if timestamps is not None else np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    first = order[np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]] if keys.size else order
-    return users[first], items[first], timestamps[first] if timestamps is not None else None
+    return _dedupe_keys(users * n_items + items, timestamps, n_items)
 
 
-def _matrix(users: Ids, items: Ids, shape: tuple[int, int]) -> sp.csr_matrix:
-    matrix = sp.csr_matrix((np.ones(users.shape[0], dtype=np.float32), (users, items)), shape=shape)
-    matrix.sum_duplicates()
-    matrix.data[:] = 1.0
-    return matrix
+def _dedupe_keys(
+    keys: Ids, timestamps: npt.NDArray[np.float64] | None, n_items: int
+) -> tuple[Ids, Ids, npt.NDArray[np.float64] | None]:
+    """The distinct pairs of ``keys`` (consumed) in ``(user, item)`` order, each with its earliest timestamp.
+
+    Without timestamps the keys are sorted and compacted in place and the items are computed into
+    the same buffer, so the pairs cost one array besides the keys.
+    """
+    if timestamps is not None:
+        order = np.lexsort((timestamps, keys))
+        sorted_keys = keys[order]
+        first = order[np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]] if keys.size else order
+        return keys[first] // n_items, keys[first] % n_items, timestamps[first]
+    if not _is_sorted(keys):  # files written in (user, item) order, such as recsys-generate's, skip the sort
+        keys.sort()
+    keys = _keep(keys, np.r_[True, keys[1:] != keys[:-1]])
+    users = keys // n_items
+    np.remainder(keys, n_items, out=keys)
+    return users, keys, None
+
+
+def _is_sorted(keys: Ids) -> bool:
+    for start in range(0, keys.shape[0] - 1, _BLOCK):
+        end = min(start + _BLOCK, keys.shape[0] - 1)
+        if (keys[start + 1 : end + 1] < keys[start:end]).any():
+            return False
+    return True
+
+
+def _keep(array: Ids, mask: npt.NDArray[np.bool_]) -> Ids:
+    """``array[mask]`` without a second array: written over ``array``'s front, block by block, and returned as a view.
+
+    Going forward, a block's kept values never land beyond the block, so nothing unread is overwritten.
+    """
+    kept = 0
+    for start in range(0, array.shape[0], _BLOCK):
+        chosen = array[start : start + _BLOCK][mask[start : start + _BLOCK]]
+        array[kept : kept + chosen.shape[0]] = chosen
+        kept += chosen.shape[0]
+    return array[:kept]
+
+
+def _matrix(
+    users: Ids, items: Ids, shape: tuple[int, int], *, where: npt.NDArray[np.bool_] | None = None
+) -> sp.csr_matrix:
+    """The binary matrix of the pairs (those ``where`` marks); sorted, distinct pairs go straight to CSR."""
+    if not is_sorted_pairs(users, items):
+        if where is not None:
+            users, items = users[where], items[where]
+        matrix = sp.csr_matrix((np.ones(users.shape[0], dtype=np.float32), (users, items)), shape=shape)
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return matrix
+    index = np.int32 if max(users.shape[0], *shape) < 2**31 else np.int64
+    columns = (items if where is None else items[where]).astype(index)
+    per_user = np.bincount(users if where is None else users[where], minlength=shape[0])
+    indptr = np.zeros(shape[0] + 1, dtype=index)
+    np.cumsum(per_user, out=indptr[1:])
+    return sp.csr_matrix((np.ones(columns.shape[0], dtype=np.float32), columns, indptr), shape=shape)
 
 
 # ------------------------------------------------------------------------------------------ download

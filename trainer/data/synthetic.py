@@ -3,14 +3,19 @@
 Real benchmarks are large, licensed and not shippable, so the demo and the scale tests run on this
 instead. It reproduces the two properties that matter for ranking: a long-tailed (Zipf) item
 popularity, which a popularity baseline already captures, and latent communities (users mostly
-consume items of their own community), which only a model of user-item structure can learn. Sizes
-from thousands to tens of millions of interactions are drawn with a handful of NumPy calls.
+consume items of their own community), which only a model of user-item structure can learn. User
+activity is either geometric (the small default) or power-law, as in real logs, where a few users
+have thousands of interactions. Sizes from thousands to tens of millions of interactions are drawn
+with a handful of NumPy calls; ``draw_block`` draws users a block at a time, so a file of hundreds
+of millions of interactions is written in bounded memory (``trainer.data.generate``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cache
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -32,8 +37,11 @@ class SyntheticConfig:
 
     ``community_affinity`` is the probability that one of a user's draws comes from their own
     community (weighted by popularity within it) rather than from global popularity; at 0 the data
-    is pure popularity, at 1 communities are disjoint. Per-user counts are ``3 + Geometric`` with mean
-    ``mean_items_per_user`` (a little lower in the result, as counts are capped at half the items).
+    is pure popularity, at 1 communities are disjoint. Per-user counts have mean
+    ``mean_items_per_user`` and are at least 3 and at most ``max_items_per_user`` (default: half the
+    items). With ``activity="geometric"`` they are ``3 + Geometric`` (the cap lowers the mean a
+    little); with ``"power-law"`` they are a discrete Pareto, ``P(count >= k) = (3 / k) ** alpha`` up
+    to the cap, with ``alpha`` solved so the capped mean is the one asked for.
 
     Example::
 
@@ -47,6 +55,14 @@ class SyntheticConfig:
     community_affinity: float = 0.8
     popularity_exponent: float = 1.0
     seed: int = 0
+    activity: Literal["geometric", "power-law"] = "geometric"
+    max_items_per_user: int | None = None
+
+    @property
+    def most_items_per_user(self) -> int:
+        """The cap on a user's count: never more than half the catalogue, so every user can be filled."""
+        half = max(MIN_ITEMS_PER_USER, self.n_items // 2)
+        return min(self.n_items, half, self.max_items_per_user or half)
 
     def __post_init__(self) -> None:
         if self.n_users < 1:
@@ -61,6 +77,15 @@ class SyntheticConfig:
             raise ValueError(f"community_affinity must be in [0, 1], got {self.community_affinity}")
         if self.popularity_exponent < 0.0:
             raise ValueError(f"popularity_exponent must be >= 0, got {self.popularity_exponent}")
+        if self.activity not in ("geometric", "power-law"):
+            raise ValueError(f"activity must be 'geometric' or 'power-law', got {self.activity!r}")
+        if self.max_items_per_user is not None and self.max_items_per_user < MIN_ITEMS_PER_USER:
+            raise ValueError(f"max_items_per_user must be >= {MIN_ITEMS_PER_USER}, got {self.max_items_per_user}")
+        if self.activity == "power-law" and self.mean_items_per_user >= self.most_items_per_user:
+            raise ValueError(
+                f"mean_items_per_user must be below the per-user cap {self.most_items_per_user} "
+                f"for power-law activity, got {self.mean_items_per_user}"
+            )
 
 
 @dataclass(frozen=True)
@@ -101,14 +126,23 @@ class _Sampler:
         n = int(communities.shape[0])
         uniform = rng.random(n)
         own = (rng.random(n) < affinity) & (self.mass[communities] > 0)
-        anywhere = np.searchsorted(self.global_cumulative, uniform * self.global_cumulative[-1], side="right")
-        items: npt.NDArray[np.int64] = np.minimum(anywhere, self.global_cumulative.shape[0] - 1).astype(np.int64)
+        items = np.empty(n, dtype=np.int64)
+        anywhere = _search(self.global_cumulative, uniform[~own] * self.global_cumulative[-1])
+        items[~own] = np.minimum(anywhere, self.global_cumulative.shape[0] - 1)
         c = communities[own]
-        target = self.mass_start[c] + uniform[own] * self.mass[c]
-        position = np.searchsorted(self.cumulative, target, side="right")
+        position = _search(self.cumulative, self.mass_start[c] + uniform[own] * self.mass[c])
         position = np.clip(position, self.slice_start[c], self.slice_end[c] - 1)  # guard float round-off
         items[own] = self.items_by_community[position]
         return items
+
+
+def _search(cumulative: npt.NDArray[np.float64], targets: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """``searchsorted(side="right")`` of targets sorted first: in order, the binary searches of a large
+    catalogue stay in cache (many times faster than random targets); the result is the same."""
+    order = np.argsort(targets)
+    position = np.empty(targets.shape[0], dtype=np.int64)
+    position[order] = np.searchsorted(cumulative, targets[order], side="right")
+    return position
 
 
 @dataclass(frozen=True)
@@ -142,50 +176,12 @@ def make_synthetic(config: SyntheticConfig) -> RawInteractions:
 
     Users and items are returned as ``int64`` indices ``0..n_users-1`` / ``0..n_items-1``, sorted by
     ``(user, item)``; their external ids are ``u<index>`` and ``i<index>``. Each user gets their
-    drawn number of *distinct* items (at least 3, at most half the catalogue). Item popularity is Zipf
-    with ``popularity_exponent`` over a random ranking of the items.
+    drawn number of *distinct* items (at least 3, at most ``most_items_per_user``). Item popularity
+    is Zipf with ``popularity_exponent`` over a random ranking of the items.
     """
-    latent = latent_structure(config)
-    user_community = latent.user_community
-    sampler = _Sampler.build(latent.popularity, latent.item_community, config.n_communities)
-    rng = np.random.default_rng([config.seed, _DRAW_STREAM])
-    n_items = config.n_items
-
-    extra_mean = config.mean_items_per_user - MIN_ITEMS_PER_USER
-    extra = rng.geometric(1.0 / (extra_mean + 1.0), size=config.n_users) - 1
-    most = min(n_items, max(MIN_ITEMS_PER_USER, n_items // 2))
-    wanted = np.minimum(MIN_ITEMS_PER_USER + extra, most).astype(np.int64)
-
-    # Draw, drop duplicate pairs, and draw again for the users still short of their count. Only the
-    # short users' pairs are re-sorted each round. After a few rounds from the popularity mixture,
-    # draws become uniform: a user who exhausted a small community still fills up quickly.
-    done: list[npt.NDArray[np.int64]] = []
-    pending = np.empty(0, dtype=np.int64)  # keys user * n_items + item of users still short
-    short = np.arange(config.n_users, dtype=np.int64)
-    deficit = wanted
-    finished = np.zeros(config.n_users, dtype=bool)
-    for round_ in range(_MAX_ROUNDS):
-        users = np.repeat(short, deficit)
-        if round_ < _MIXTURE_ROUNDS:
-            items = sampler.draw(rng, user_community[users], config.community_affinity)
-        else:
-            items = rng.integers(n_items, size=users.shape[0], dtype=np.int64)
-        pending = _sorted_unique(np.r_[pending, users * n_items + items])
-        pending_users = pending // n_items
-        have = np.bincount(pending_users, minlength=config.n_users)
-        complete = have >= wanted  # only users with pending keys can be newly complete
-        done.append(pending[complete[pending_users]])
-        pending = pending[~complete[pending_users]]
-        finished |= complete
-        short = np.flatnonzero(~finished)
-        if short.size == 0:
-            break
-        deficit = wanted[short] - have[short]
-    else:
-        raise RuntimeError(f"synthetic generator did not converge in {_MAX_ROUNDS} rounds: {config}")
-    keys = np.sort(np.concatenate(done))
-    users, items = keys // n_items, keys % n_items
-
+    draw = SyntheticDraw.build(config)
+    keys = draw.users(0, config.n_users, np.random.default_rng([config.seed, _DRAW_STREAM]))
+    users, items = np.divmod(keys, config.n_items)
     log.info(
         "synthetic data: %d users, %d items, %d interactions (seed %d)",
         config.n_users,
@@ -194,3 +190,102 @@ def make_synthetic(config: SyntheticConfig) -> RawInteractions:
         config.seed,
     )
     return RawInteractions(users=users, items=items)
+
+
+@dataclass(frozen=True)
+class SyntheticDraw:
+    """The latent structure and item sampler of one config, shared by every block of users drawn from it.
+
+    Blocks are independent given their random stream, so a large set is drawn block by block, in
+    threads, and gives the same pairs whatever the number of threads.
+
+    Example::
+
+        draw = SyntheticDraw.build(config)
+        keys = draw.block(3, users_per_block=65_536)  # sorted user * n_items + item of users 196608..
+    """
+
+    config: SyntheticConfig
+    latent: LatentStructure
+    sampler: _Sampler
+
+    @classmethod
+    def build(cls, config: SyntheticConfig) -> SyntheticDraw:
+        latent = latent_structure(config)
+        return cls(config, latent, _Sampler.build(latent.popularity, latent.item_community, config.n_communities))
+
+    def block(self, index: int, users_per_block: int) -> npt.NDArray[np.int64]:
+        """Sorted keys ``user * n_items + item`` of block ``index``, drawn from its own random stream."""
+        first = index * users_per_block
+        count = min(users_per_block, self.config.n_users - first)
+        return self.users(first, count, np.random.default_rng([self.config.seed, _DRAW_STREAM, index]))
+
+    def users(self, first: int, count: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        """Sorted keys ``user * n_items + item`` of users ``first..first+count-1``.
+
+        Draw, drop duplicate pairs, and draw again for the users still short of their count. Only
+        the short users' pairs are re-sorted each round. After a few rounds from the popularity
+        mixture, draws become uniform: a user who exhausted a small community still fills up quickly.
+        """
+        config, n_items = self.config, self.config.n_items
+        wanted = items_per_user(config, rng, count)
+        user_community = self.latent.user_community[first : first + count]
+        done: list[npt.NDArray[np.int64]] = []
+        pending = np.empty(0, dtype=np.int64)  # keys user * n_items + item of users still short
+        short = np.arange(count, dtype=np.int64)  # users relative to ``first``
+        deficit = wanted
+        finished = np.zeros(count, dtype=bool)
+        for round_ in range(_MAX_ROUNDS):
+            users = np.repeat(short, deficit)
+            if round_ < _MIXTURE_ROUNDS:
+                items = self.sampler.draw(rng, user_community[users], config.community_affinity)
+            else:
+                items = rng.integers(n_items, size=users.shape[0], dtype=np.int64)
+            pending = _sorted_unique(np.r_[pending, (users + first) * n_items + items])
+            pending_users = pending // n_items - first
+            have = np.bincount(pending_users, minlength=count)
+            complete = have >= wanted  # only users with pending keys can be newly complete
+            done.append(pending[complete[pending_users]])
+            pending = pending[~complete[pending_users]]
+            finished |= complete
+            short = np.flatnonzero(~finished)
+            if short.size == 0:
+                break
+            deficit = wanted[short] - have[short]
+        else:
+            raise RuntimeError(f"synthetic generator did not converge in {_MAX_ROUNDS} rounds: {config}")
+        return np.sort(np.concatenate(done))
+
+
+def items_per_user(config: SyntheticConfig, rng: np.random.Generator, n_users: int) -> npt.NDArray[np.int64]:
+    """How many distinct items each of ``n_users`` users gets, drawn as ``config.activity`` says."""
+    most = config.most_items_per_user
+    if config.activity == "geometric":
+        extra_mean = config.mean_items_per_user - MIN_ITEMS_PER_USER
+        extra = rng.geometric(1.0 / (extra_mean + 1.0), size=n_users) - 1
+        return np.minimum(MIN_ITEMS_PER_USER + extra, most).astype(np.int64)
+    alpha = pareto_exponent(config.mean_items_per_user, most)
+    # 1 - U lies in (0, 1]: the power never divides by zero, and the largest counts are capped below.
+    counts = np.floor(MIN_ITEMS_PER_USER * (1.0 - rng.random(n_users)) ** (-1.0 / alpha))
+    return np.minimum(counts, most).astype(np.int64)
+
+
+@cache
+def pareto_exponent(mean: float, most: int) -> float:
+    """The ``alpha`` whose capped discrete Pareto ``min(floor(3 * U ** (-1 / alpha)), most)`` has this mean.
+
+    ``P(count >= k) = (3 / k) ** alpha`` for ``3 <= k <= most``, so the mean is ``3 + sum`` of those
+    tails over ``k = 4..most``: it falls from ``most`` to 3 as ``alpha`` grows, and bisection finds it.
+    """
+    if not MIN_ITEMS_PER_USER < mean < most:
+        raise ValueError(f"a mean of {mean} items per user needs a cap above it and above 3, got {most}")
+    k = np.arange(MIN_ITEMS_PER_USER + 1, most + 1, dtype=np.float64)
+    log_ratio = np.log(MIN_ITEMS_PER_USER / k)
+    low, high = 1e-3, 1e3
+    for _ in range(80):
+        alpha = float(np.sqrt(low * high))
+        if MIN_ITEMS_PER_USER + float(np.exp(alpha * log_ratio).sum()) > mean:
+            low = alpha
+        else:
+            high = alpha
+    return float(np.sqrt(low * high))
