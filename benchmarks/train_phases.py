@@ -61,6 +61,8 @@ class Phases:
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
         peak, current = resident_mb()
+        if isinstance(out, dict):  # an evaluation: its Recall@20 and, on a sample, the standard error
+            extra |= {k: round(v, 5) for k, v in out.items() if k in ("recall@20", "recall@20_se")}
         gpu = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else 0.0
         self.rows.append({"phase": name, "seconds": round(seconds, 3), "peak_rss_mb": round(peak),
                           "rss_mb": round(current), "peak_gpu_mb": round(gpu), **extra})  # fmt: skip
@@ -112,7 +114,7 @@ def main() -> None:
     integer = integer_ranking(quantizer)
     sample = evaluation_users(data.test, args.eval_users, config.optim.seed)
     phases.run("test, device path", lambda: device_metrics(users, items, data.test, seen, integer_scores=integer,
-                                                           users=sample))  # fmt: skip
+                                                           users=sample, spread=True))  # fmt: skip
     if args.served:
         user_rep, item_rep = quantizer.node_representations(model)
         codes = quantizer.export(user_rep, "user"), quantizer.export(item_rep, "item")
