@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import logging
@@ -13,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+import numpy as np
 
 from index.bundle import BundleError
 from trainer.config import (
@@ -28,11 +31,12 @@ from trainer.config import (
 from trainer.data import Dataset, DatasetError, SyntheticConfig, load_dataset
 from trainer.distillation import DistillationOptions
 from trainer.distributed import World, main_first, start, stop
+from trainer.evaluate import device_metrics, evaluation_users, held_out_of
 from trainer.export import ExportReport, export_bundle
 from trainer.options import add_options, from_args, option
 from trainer.quantization import check_options
 from trainer.recipe import AUTO, RecipeOptions, check_recipe, fit, fp_stages, student_options
-from trainer.train import TrainResult
+from trainer.train import TrainResult, integer_ranking, served_vectors
 from trainer.warm_start import save_stages
 
 if TYPE_CHECKING:
@@ -254,6 +258,23 @@ def result_record(
     }
 
 
+def sampled_test(data: Dataset, config: TrainConfig, result: TrainResult) -> tuple[Dataset, dict[str, object]]:
+    """With ``--eval-users``, the data whose test set holds only a seeded sample of its users (what the export
+    ranks, on both paths) and that sample's size and standard errors for the record; otherwise the data as it is.
+
+    Only the test matrix changes: the bundle's ids, seen items and cold-start graph are the whole data's."""
+    count = config.schedule.eval_users
+    users = evaluation_users(data.test, count, config.optim.seed)
+    if count <= 0 or users.size == np.count_nonzero(np.diff(data.test.indptr)):
+        return data, {}
+    user_vectors, item_vectors = served_vectors(result.model, result.quantizer)
+    metrics = device_metrics(user_vectors, item_vectors, data.test, data.seen(), users=users, spread=True,
+                             integer_scores=integer_ranking(result.quantizer))  # fmt: skip
+    spread = {k: round(v, 5) for k, v in metrics.items() if k.endswith("_se")}
+    tested = dataclasses.replace(data, test=held_out_of(data.test, users))
+    return tested, {"eval_users": count, "test_users": int(users.size), **spread}
+
+
 def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozenset()) -> int:
     recipe = args.teacher == AUTO
     if recipe:
@@ -297,11 +318,12 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
         return 0  # rank 0 writes the warm start, the bundle and the record
     if output.save_warm_start is not None:
         save_stages(output.save_warm_start, data.name, saved)
+    tested, spread = sampled_test(data, config, result)
     report = export_bundle(
-        result, data, config, output.bundle_root, make_current=not output.no_make_current, stages=stage_records
+        result, tested, config, output.bundle_root, make_current=not output.no_make_current, stages=stage_records
     )
     if output.results_json is not None:
-        record = result_record(config, result, data, report, output)
+        record = result_record(config, result, data, report, output) | spread
         for stage_record in stage_records:
             _append_record(output.results_json, stage_record)
         _append_record(output.results_json, {"stage": "student", **record} if recipe else record)

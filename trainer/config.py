@@ -130,6 +130,11 @@ class ScheduleConfig:
     lr_decay_factor: float = option(0.2, "learning-rate decay")
     lr_decays: int = option(2, "most learning-rate decays")
     max_minutes: float | None = option(None, "stop training after this wall time")
+    eval_users: int = option(
+        0,
+        "rank a seeded uniform sample of this many users (the same at every validation; test ranks a sample of "
+        "its own users) and record Recall/NDCG's standard error across them; 0: every user with held-out items",
+    )
     stop_at_metric: float | None = option(
         None, "stop once validation Recall@20 reaches this (records target_seconds: time-to-quality benchmarks)"
     )

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 from tqdm import tqdm
@@ -36,7 +37,7 @@ from trainer.distributed import (
     rank_device,
     rank_share,
 )
-from trainer.evaluate import device_metrics
+from trainer.evaluate import device_metrics, evaluation_users
 from trainer.graph import normalized_adjacency, to_torch_sparse
 from trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count
 from trainer.metering import Throughput, peak_memory_mb, reset_peak_memory
@@ -100,11 +101,12 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
 
     # Without validation data (a refit on all training data) the loop runs its epochs and keeps the last.
     validating = schedule.eval_every > 0 and data.valid.nnz > 0
+    ranked = evaluation_users(data.valid, schedule.eval_users, config.optim.seed) if validating else None
     reset_peak_memory(device)
     started = time.perf_counter()
     budget = TimeBudget(schedule.max_minutes, world, device)
     if validating and stage.ego is not None:  # the warm start itself is a candidate: fine-tuning that only loses
-        stopping.started(evaluate_valid(model, quantizer, data, world), snapshot(model, quantizer))
+        stopping.started(evaluate_valid(model, quantizer, data, world, ranked), snapshot(model, quantizer))
     step = training_step(data, config, model, quantizer, optimizer, world, graphed)
     feed = EpochFeed(BPRSampler(data.train, device, mode=config.optim.sampling), generator, config, world, first)
     meter = Throughput()
@@ -119,7 +121,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             stopping.best.epoch = epoch
         elif (epoch + 1) % schedule.eval_every == 0 or last_epoch:
             assert_in_step([model, quantizer], world)
-            valid = evaluate_valid(model, quantizer, data, world)
+            valid = evaluate_valid(model, quantizer, data, world, ranked)
             seconds = time.perf_counter() - started
             stopping.validated(epoch, mean_loss, seconds, valid, lambda: snapshot(model, quantizer), optimizer)
             score = f"{valid[schedule.select_metric]:.4f}"
@@ -442,10 +444,17 @@ def integer_ranking(quantizer: Quantizer) -> bool:
 
 
 def evaluate_valid(
-    model: LightGCN, quantizer: Quantizer, data: Dataset, world: World = SINGLE_PROCESS
+    model: LightGCN,
+    quantizer: Quantizer,
+    data: Dataset,
+    world: World = SINGLE_PROCESS,
+    users: npt.NDArray[np.int64] | None = None,
 ) -> dict[str, float]:
-    users, items = served_vectors(model, quantizer)
-    return device_metrics(users, items, data.valid, data.train, integer_scores=integer_ranking(quantizer), world=world)
+    """Validation metrics over ``users`` (default: all with validation items; a sample adds standard errors)."""
+    user_vectors, items = served_vectors(model, quantizer)
+    sampled = users is not None and bool(users.size < np.count_nonzero(np.diff(data.valid.indptr)))
+    return device_metrics(user_vectors, items, data.valid, data.train, integer_scores=integer_ranking(quantizer),
+                          world=world, users=users, spread=sampled)  # fmt: skip
 
 
 def snapshot(model: LightGCN, quantizer: Quantizer) -> Weights:

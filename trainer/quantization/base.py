@@ -25,6 +25,7 @@ from torch import nn
 
 from index.codes import CodeLayout, ScaleMode
 from index.encoders import Encoder, FloatEncoder
+from trainer.model import LightGCN
 
 Side = Literal["user", "item"]
 
@@ -85,7 +86,13 @@ class Quantizer(nn.Module):
         return layers.mean(dim=0)
 
     def node_representations(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        rep = self.represent(model())
+        """Users' and items' representations. Where it is the plain layer mean, as a running sum: the stack of
+        K + 1 layers, and the gradient the mean expands back over it, are the largest buffers of a full-graph
+        step (each (K + 1) · n × d floats), and the running sum's values and gradients are the same."""
+        if type(self).represent is Quantizer.represent and isinstance(model, LightGCN):
+            rep = model.layer_mean()
+        else:
+            rep = self.represent(model())
         n_users: int = model.n_users  # type: ignore[assignment]
         return rep[:n_users], rep[n_users:]
 
