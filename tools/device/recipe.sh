@@ -21,6 +21,7 @@ STUDENT_CAP="--max-minutes ${STUDENT_MINUTES:-3.5}"
 SOFTMAX="--loss softmax --softmax-negatives 0 --temperature 0.2 --lr 1e-3 --max-minutes ${STAGE_MINUTES:-2.5}"
 declare -A STAGE_OPTIONS=([gowalla]="$SOFTMAX --reg 2e-1" [yelp2018]="$SOFTMAX --reg 5e-2" [ml-100k]="$SOFTMAX --reg 5e-2")
 DATASETS=${DATASETS:-gowalla yelp2018}
+RUNS=${RUNS:-hq2_d64 hq2_d128 hq1u2_d64}  # which of the runs above
 DATA_DIR=${DATA_DIR:-.carry/data}
 
 run() {  # dataset name options...: one recipe run, its log and record under $work
@@ -48,10 +49,12 @@ if [ ! -f "$work/started" ]; then
   touch "$work/started"
   export OMP_NUM_THREADS=2
   for dataset in $DATASETS; do
-    setsid nohup bash -c "$(declare -f run after_stages); $(declare -p PROTOCOL STUDENT_CAP STAGE_OPTIONS work DATA_DIR);
-      run $dataset hq2_d64 --method hq --bits 2 --dim 64 &
-      run $dataset hq2_d128 --method hq --bits 2 --dim 128 &
-      (after_stages $dataset 64 128; run $dataset hq1u2_d64 --method hq --bits 1 --user-bits 2 --dim 64) &
+    setsid nohup bash -c "$(declare -f run after_stages); $(declare -p PROTOCOL STUDENT_CAP STAGE_OPTIONS work DATA_DIR RUNS);
+      if [[ \" $RUNS \" == *\" hq2_d64 \"* ]]; then run $dataset hq2_d64 --method hq --bits 2 --dim 64 & fi
+      if [[ \" $RUNS \" == *\" hq2_d128 \"* ]]; then run $dataset hq2_d128 --method hq --bits 2 --dim 128 & fi
+      if [[ \" $RUNS \" == *\" hq1u2_d64 \"* ]]; then
+        (after_stages $dataset 64 128; run $dataset hq1u2_d64 --method hq --bits 1 --user-bits 2 --dim 64) &
+      fi
       wait; touch $work/done_$dataset" >"$work/logs/${dataset}_chain.log" 2>&1 </dev/null &
   done
 fi
