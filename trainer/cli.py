@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -258,6 +259,19 @@ def result_record(
     }
 
 
+class PhaseClock:
+    """Wall seconds of each phase of a run, for its record: where the time of a large run goes."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._since = time.perf_counter()
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = round(now - self._since, 1)
+        self._since = now
+
+
 def sampled_test(data: Dataset, config: TrainConfig, result: TrainResult) -> tuple[Dataset, dict[str, object]]:
     """With ``--eval-users``, the data whose test set holds only a seeded sample of its users (what the export
     ranks, on both paths) and that sample's size and standard errors for the record; otherwise the data as it is.
@@ -288,6 +302,7 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
     synthetic = SyntheticConfig(
         n_users=options.synthetic_users, n_items=options.synthetic_items, seed=config.optim.seed
     )
+    clock = PhaseClock()
     with main_first(world):  # one rank downloads and splits; the others then read its files
         data = load_dataset(
             options.dataset,
@@ -297,6 +312,7 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
             val_fraction=options.val_fraction,
             synthetic=synthetic,
         )
+    clock.done("load")
     logging.getLogger(__name__).info(data.summary())
     stage_records: list[dict[str, object]] = []
     if recipe:
@@ -313,17 +329,21 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
         stage_records = [stage.record(data.name) for stage in stages]
         args = argparse.Namespace(**(vars(args) | student_options(config, *stages, given)))
         config = RunConfig.from_args(args).train
+        clock.done("stages")
     result, saved = fit(data, config, with_refit=output.refit)
+    clock.done("train")
     if not world.main:
         return 0  # rank 0 writes the warm start, the bundle and the record
     if output.save_warm_start is not None:
         save_stages(output.save_warm_start, data.name, saved)
     tested, spread = sampled_test(data, config, result)
+    clock.done("sampled_test")
     report = export_bundle(
         result, tested, config, output.bundle_root, make_current=not output.no_make_current, stages=stage_records
     )
+    clock.done("export")  # test on the served path, codes, cold-start section, checksums, publish
     if output.results_json is not None:
-        record = result_record(config, result, data, report, output) | spread
+        record = result_record(config, result, data, report, output) | spread | {"phase_seconds": clock.phases}
         for stage_record in stage_records:
             _append_record(output.results_json, stage_record)
         _append_record(output.results_json, {"stage": "student", **record} if recipe else record)

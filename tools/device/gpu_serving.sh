@@ -26,18 +26,7 @@ TEST_S=${TEST_S:-75}  # kept for the GPU test after the benchmark
 source tools/device/setup.sh || echo "tools/device/setup.sh: its last step failed (above); going on"
 exec > >(tee -a "$OUT/run.log") 2>&1
 
-# Debian bookworm's builds need glibc >= 2.34; the libraries they bring are used by these two programs only.
-mkdir -p /tmp/debs/bin
-for deb in .carry/debs/*.deb; do dpkg -x "$deb" /tmp/debs || exit 1; done
-LIBS=/tmp/debs/usr/lib/x86_64-linux-gnu:/tmp/debs/lib/x86_64-linux-gnu
-for tool in redis-server wrk; do
-  printf '#!/bin/bash\nLD_LIBRARY_PATH=%s exec /tmp/debs/usr/bin/%s "$@"\n' "$LIBS" "$tool" > "/tmp/debs/bin/$tool"
-  chmod +x "/tmp/debs/bin/$tool"
-done
-export PATH="/tmp/debs/bin:/tmp/site/bin:$PATH"
-WRK_VERSION=$(wrk --version 2>&1 | head -n 1)  # wrk --version exits 1 after printing its version
-redis-server --version && [[ $WRK_VERSION == wrk* ]] || { echo "carried redis-server / wrk do not run: $WRK_VERSION"; exit 1; }
-echo "$WRK_VERSION"
+source tools/device/carried_tools.sh || exit 1
 ldd --version | head -n 1
 
 KIT=()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Issue #33 on one lent GPU: benchmarks.industrial_scale (generate → load + split → train + export + publish → index
+# build → serve, every stage the command a user types) at each scale of SCALES in turn, in the background across as
+# many device calls of one lease as it needs.
+#
+#   bash tools/device/industrial.sh WAIT_SECONDS
+#
+# SCALES (default "1000000:3 10000000:10"): users=items : minutes of training. INDUSTRIAL_ARGS adds options of
+# benchmarks.industrial_scale (e.g. "--batch-size 2097152"). The first call starts the runs in their own process
+# session; every call waits up to WAIT_SECONDS, then copies the records (industrial_scale.json) and each stage's log
+# to $OUT. Exit 0 while it runs, then the runs' exit code. Set RECSYS_COMMIT (no .git travels).
+# Needs, carried with the call: .whl/ (the service's wheels, faiss-cpu) and .carry/debs/ (redis-server and wrk:
+# tools/device/gpu_serving_carry.sh). Nothing else: the data is generated there.
+set -euo pipefail
+source tools/device/setup.sh
+source tools/device/carried_tools.sh
+wait_seconds=$1
+work=/tmp/industrial
+if [ ! -f "$work/started" ]; then
+  mkdir -p "$work"
+  touch "$work/started"
+  setsid nohup bash -c "status=0
+    for scale in ${SCALES:-1000000:3 10000000:10}; do
+      n=\${scale%%:*}; minutes=\${scale#*:}
+      python3 -m benchmarks.industrial_scale --users \$n --items \$n --device cuda --train-minutes \$minutes \
+        --work-dir $work/\$n --out $work/industrial_scale.json --note 'lent GPU, one stage at a time' \
+        ${INDUSTRIAL_ARGS:-} || status=\$?
+    done
+    echo \$status >$work/exit" >"$work/run.log" 2>&1 </dev/null &
+fi
+deadline=$((SECONDS + wait_seconds))
+while [ ! -f "$work/exit" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 5; done
+grep -v '^\s*$' "$work/run.log" | grep -v 'it/s\]\|s/it\]' | tail -n 30 | cut -c1-400
+for log in "$work"/*/train.log; do
+  [ -f "$log" ] && { grep -h '"event": "valid"' "$log" || true; } | tail -n 3 | cut -c1-200 | sed "s|^|$log: |"
+done
+cp "$work/industrial_scale.json" "$OUT/" 2>/dev/null || true
+(cd "$work" && tar czf "$OUT/industrial_logs.tgz" --ignore-failed-read run.log ./*/*.log ./*/*.json 2>/dev/null || true)
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+free -g | head -n 2
+if [ -f "$work/exit" ]; then exit "$(cat "$work/exit")"; fi
+echo "still running"
