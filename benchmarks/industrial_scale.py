@@ -63,8 +63,9 @@ class GpuMemory:
         while not self._stop.is_set():
             query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "--id=0"]
             done = subprocess.run(query, capture_output=True, text=True, check=False)
-            if done.returncode == 0 and done.stdout.strip():
-                used = float(done.stdout.split()[0])
+            reading = done.stdout.split()[:1] if done.returncode == 0 else []
+            if reading and reading[0].replace(".", "", 1).isdigit():  # "[N/A]" and the like are no reading
+                used = float(reading[0])
                 self.peak_mb = used if self.peak_mb is None else max(self.peak_mb, used)
             self._stop.wait(self.interval)
 
