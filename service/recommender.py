@@ -63,8 +63,8 @@ class Recommender:
         self._serving(model.version)
 
     def _serving(self, version: str) -> None:
-        # A model holds millions of Python objects (id lists, the user-id map) that live as long as it serves. Left
-        # to the cyclic garbage collector, every full collection walks them all: a stall of tens of milliseconds for
+        # Whatever long-lived Python objects a model holds live as long as it serves. Left to the cyclic garbage
+        # collector, every full collection walks them all: a stall of tens of milliseconds for
         # whichever requests are in flight. Frozen, collections skip them; reference counting still frees them once
         # the model is swapped out.
         gc.freeze()
@@ -81,8 +81,7 @@ class Recommender:
         if exclude is not None and exclude.size:
             head = rows[: k + exclude.size]
             rows = head[~np.isin(head, exclude)]
-        ids = model.bundle.item_ids
-        return Answer(user_id, model.version, "popular", [ids[r] for r in rows[:k].tolist()], None)
+        return Answer(user_id, model.version, "popular", model.bundle.item_ids.take(rows[:k]), None)
 
     async def recommend(self, user_id: str, k: int, *, exclude_seen: bool) -> Answer:
         return (await self.recommend_many([user_id], k, exclude_seen=exclude_seen))[0]
@@ -125,7 +124,7 @@ class Recommender:
                 continue
             ids, scores = next(answers)
             found_items = ids >= 0
-            item_ids = [bundle.item_ids[i] for i in ids[found_items].tolist()]
+            item_ids = bundle.item_ids.take(ids[found_items])
             scores_found = scores[found_items].astype(float).tolist()
             out.append(Answer(user_id, model.version, plan.source, item_ids, scores_found))
         return out

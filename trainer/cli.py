@@ -28,7 +28,7 @@ from trainer.config import (
 from trainer.data import Dataset, DatasetError, SyntheticConfig, load_dataset
 from trainer.distillation import DistillationOptions
 from trainer.distributed import World, main_first, start, stop
-from trainer.export import ExportReport, export_bundle
+from trainer.export import EXPORT_EVAL_USERS, ExportReport, export_bundle
 from trainer.options import add_options, from_args, option
 from trainer.quantization import check_options
 from trainer.recipe import AUTO, RecipeOptions, check_recipe, fit, fp_stages, student_options
@@ -63,6 +63,9 @@ class OutputOptions:
     )
     bundle_root: Path = option(Path("var/bundles"), "bundles are published here")
     no_make_current: bool = option(False, "publish without pointing CURRENT at the bundle")
+    export_eval_users: int = option(
+        EXPORT_EVAL_USERS, "the bundle's test metrics rank at most this many test users (a seeded sample)"
+    )
     log_level: Literal["debug", "info", "warning"] = option(
         "info", "debug adds a line per epoch (step time, host time to queue it) from every rank"
     )
@@ -298,7 +301,13 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
     if output.save_warm_start is not None:
         save_stages(output.save_warm_start, data.name, saved)
     report = export_bundle(
-        result, data, config, output.bundle_root, make_current=not output.no_make_current, stages=stage_records
+        result,
+        data,
+        config,
+        output.bundle_root,
+        make_current=not output.no_make_current,
+        stages=stage_records,
+        eval_users=output.export_eval_users,
     )
     if output.results_json is not None:
         record = result_record(config, result, data, report, output)
