@@ -65,6 +65,7 @@ class IdMap(Sequence[str]):
         """``data``: the file's bytes, one id per ``\\n``-terminated line; ``starts[i]`` where line i starts, and
         ``starts[-1]`` the end of the last line's newline."""
         self._data = data
+        self._view = data.data  # a memoryview: slicing it costs a fraction of slicing the array
         self._starts = starts
         hashes = line_hashes(data, starts)
         order = np.argsort(hashes, kind="stable")
@@ -79,9 +80,9 @@ class IdMap(Sequence[str]):
             data = np.zeros(0, dtype=np.uint8)
         else:
             data = np.asarray(np.memmap(path, dtype=np.uint8, mode="r"))
+        if data.size and data[-1] != ord("\n"):  # a last line without its newline: read, and given one
+            data = np.append(data, np.uint8(ord("\n")))
         ends = np.flatnonzero(data == ord("\n"))
-        if data.size and data[-1] != ord("\n"):  # a last line without its newline ends with the file
-            ends = np.append(ends, data.size)
         starts = np.concatenate([[0], ends + 1]).astype(np.int64)
         ids = cls(data, starts)
         ids._check_utf8()
@@ -107,7 +108,7 @@ class IdMap(Sequence[str]):
         return int(self._starts.size - 1)
 
     def _bytes(self, row: int) -> bytes:
-        return bytes(self._data[self._starts[row] : self._starts[row + 1] - 1])
+        return self._view[int(self._starts[row]) : int(self._starts[row + 1]) - 1].tobytes()
 
     @overload
     def __getitem__(self, row: int) -> str: ...
@@ -136,8 +137,19 @@ class IdMap(Sequence[str]):
     __hash__ = None  # type: ignore[assignment]  # mutable-looking sequence semantics: compared, never hashed
 
     def take(self, rows: npt.NDArray[np.integer[Any]] | Sequence[int]) -> list[str]:
-        """The ids of ``rows``, in order."""
-        return [self._bytes(int(row)).decode("utf-8") for row in rows]
+        """The ids of ``rows``, in order: their lines gathered into one buffer by numpy and decoded at once, since
+        an answer of 20,000 items decoded one slice at a time holds the event loop for milliseconds."""
+        at = np.asarray(rows, dtype=np.int64)
+        if at.size == 0:
+            return []
+        if at.min() < 0 or at.max() >= len(self):
+            raise IndexError(f"rows outside the {len(self)} ids")
+        starts = self._starts[at]
+        lengths = self._starts[at + 1] - starts  # each line with its newline
+        ends = np.cumsum(lengths)
+        positions = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
+        text: str = self._data[positions].tobytes().decode("utf-8")
+        return text.split("\n")[:-1]
 
     def row(self, external_id: str) -> int | None:
         """The row of ``external_id``; None when the bundle does not hold it."""

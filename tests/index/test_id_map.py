@@ -17,6 +17,10 @@ def test_it_reads_like_the_list_of_ids() -> None:
     assert len(ids) == len(IDS) and list(ids) == IDS and ids == IDS and ids != IDS[:-1]
     assert ids[-1] == "u1" and ids[1:3] == IDS[1:3] and ids.take(np.array([4, 0])) == ["u10", "u0"]
     assert ids.index("u10") == 4 and "u0" in ids
+    rows = np.random.default_rng(0).integers(0, len(IDS), 50)
+    assert ids.take(rows) == [IDS[r] for r in rows] and ids.take([]) == []
+    with pytest.raises(IndexError):
+        ids.take([len(IDS)])
     with pytest.raises(IndexError):
         ids[len(IDS)]
 
@@ -46,7 +50,7 @@ def test_a_file_reads_as_the_lines_it_holds(tmp_path) -> None:  # type: ignore[n
     path.write_text("".join(f"{i}\n" for i in IDS), encoding="utf-8")
     assert IdMap.open(path) == IDS and IdMap.open(path).row("u1") == 6
     path.write_bytes(b"a\nb")  # no newline after the last id: it ends with the file
-    assert IdMap.open(path) == ["a", "b"]
+    assert IdMap.open(path) == ["a", "b"] and IdMap.open(path).take([1, 0]) == ["b", "a"]
     path.write_bytes(b"")
     assert len(IdMap.open(path)) == 0
     path.write_bytes(b"a\n\xff\n")
