@@ -54,15 +54,27 @@ class PeakRss:
 
 
 def timed_stages(rss: PeakRss, records: list[dict[str, Any]]) -> Callable[[str, Callable[..., Any]], Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+
     def wrap(name: str, function: Callable[..., Any]) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
             rss.reset()
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
             started = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
+                if cuda:
+                    torch.cuda.synchronize()
                 seconds = time.perf_counter() - started
-                records.append({"stage": name, "seconds": round(seconds, 2), "peak_rss_mb": rss.peak >> 20})
+                record = {"stage": name, "seconds": round(seconds, 2), "peak_rss_mb": rss.peak >> 20}
+                if cuda:
+                    record["peak_gpu_mb"] = torch.cuda.max_memory_allocated() >> 20
+                records.append(record)
 
         return timed
 
@@ -79,7 +91,9 @@ def patched(module: Any, name: str, value: Any) -> Iterator[None]:
         setattr(module, name, original)
 
 
-def export(users: int, items: int, eval_users: int, bundle_root: Path, records: list[dict[str, Any]]) -> Path:
+def export(
+    users: int, items: int, eval_users: int, bundle_root: Path, records: list[dict[str, Any]], device: str = "cpu"
+) -> Path:
     import dataclasses
 
     import numpy as np
@@ -96,7 +110,7 @@ def export(users: int, items: int, eval_users: int, bundle_root: Path, records: 
     rss = PeakRss()
     wrap = timed_stages(rss, records)
     argv = ["--synthetic-users", str(users), "--synthetic-items", str(items), "--input-layer", "hash",
-            "--method", "hq", "--bits", "2", "--dim", "64", "--device", "cpu"]  # fmt: skip
+            "--method", "hq", "--bits", "2", "--dim", "64", "--device", device]  # fmt: skip
     config = train_config(build_parser().parse_args(argv))
     synthetic = SyntheticConfig(n_users=users, n_items=items, seed=config.optim.seed)
     data = wrap("data (synthetic, split)", load_dataset)("synthetic", synthetic=synthetic)
@@ -105,7 +119,7 @@ def export(users: int, items: int, eval_users: int, bundle_root: Path, records: 
         kept = np.random.default_rng(config.optim.seed).choice(tested, size=eval_users, replace=False)
         rows = sp.csr_matrix((np.ones(kept.size), (kept, kept)), shape=(data.n_users, data.n_users))
         data = dataclasses.replace(data, test=(rows @ data.test).tocsr())
-    model, quantizer = wrap("build model", build_model)(data, config, torch.device("cpu"))
+    model, quantizer = wrap("build model", build_model)(data, config, torch.device(device))
     result = TrainResult(model=model, quantizer=quantizer, best_epoch=0, best_valid={})
     q = type(quantizer)
     stages = [
@@ -171,27 +185,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--bundle-root", type=Path, required=True)
+    parser.add_argument("--device", default="cpu", help="where the model is built and propagated (cuda on a GPU host)")
     parser.add_argument("--eval-users", type=int, default=2000, help="test users the export ranks (a seeded sample)")
+    parser.add_argument("--index-device", default="cpu", help="recsys-index's --device")
     parser.add_argument("--skip-export", action="store_true", help="measure the bundle CURRENT names already")
     parser.add_argument("--out", type=Path, default=RESULTS / "bundle_scale.json")
     parser.add_argument("--label", default="", help="what this run measures (e.g. before, after)")
     args = parser.parse_args(argv)
     records: list[dict[str, Any]] = []
     if not args.skip_export:
-        export(args.users, args.items, args.eval_users, args.bundle_root, records)
+        export(args.users, args.items, args.eval_users, args.bundle_root, records, args.device)
         records = merge_sha_calls(records)
     python = sys.executable
-    records.append(in_fresh_process("recsys-index build", [python, "-m", "index.cli", "build", "--bundle-root",
-                                                          str(args.bundle_root), "--device", "cpu"]))  # fmt: skip
-    records.append(in_fresh_process("recsys-index check", [python, "-m", "index.cli", "check", "--bundle-root",
-                                                          str(args.bundle_root), "--device", "cpu"]))  # fmt: skip
+    index_args = ["--bundle-root", str(args.bundle_root), "--device", args.index_device]
+    records.append(in_fresh_process("recsys-index build", [python, "-m", "index.cli", "build", *index_args]))
+    index_args = ["--bundle-root", str(args.bundle_root), "--device", args.index_device]
+    records.append(in_fresh_process("recsys-index check", [python, "-m", "index.cli", "check", *index_args]))
     load = in_fresh_process("Bundle.load + user_row (a worker)", [python, "-c", LOAD_ONE, str(args.bundle_root), "1"])
     loaded_s, _, peak = load.pop("stdout").split()
     load |= {"seconds": round(float(loaded_s), 2), "peak_rss_mb": int(peak)}
     records.append(load)
-    print(f"\n{'stage':<44} {'seconds':>8} {'peak RSS MiB':>13}")
+    print(f"\n{'stage':<44} {'seconds':>8} {'peak RSS MiB':>13} {'peak GPU MiB':>13}")
     for record in records:
-        print(f"{record['stage']:<44} {record['seconds']:>8} {record['peak_rss_mb']:>13}")
+        gpu = record.get("peak_gpu_mb", "-")
+        print(f"{record['stage']:<44} {record['seconds']:>8} {record['peak_rss_mb']:>13} {gpu:>13}")
     sizes = {p.name: p.stat().st_size for p in sorted(resolve(args.bundle_root).iterdir())}
     print("\n" + "\n".join(f"{name:<24} {size / 2**20:>10.1f} MiB" for name, size in sizes.items()))
     with args.out.open("a") as handle:
