@@ -18,9 +18,10 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property, partial
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from index.codes import CodeLayout, ScaleMode, check_pairing, check_scales, code_dtype, code_width
 from index.cold_start import ColdStartSection
+from index.id_map import IdMap
+from index.npz_map import read_npz
 
 FORMAT_VERSION = 2  # what publish_bundle writes
 READABLE_FORMATS = (1, 2)  # what Bundle.load reads
@@ -92,6 +95,23 @@ class BundleContent:
     user_code_layout: CodeLayout | None = None  # users' layout, where it differs from code_layout (asymmetric codes)
 
 
+def verify_checksums(bundle: Path, files: dict[str, str], manifest_path: Path) -> None:
+    """Every listed file present and matching its sha256; ``BundleError`` names the first that does not. The files
+    are hashed in threads (hashlib lets go of the GIL on large blocks), so a bundle of one large file and several
+    smaller ones takes about the time of its largest."""
+    for name in files:
+        if Path(name).name != name:
+            raise BundleError(f"{manifest_path}: file name {name!r} is not a plain name")
+        if not (bundle / name).is_file():
+            raise BundleError(f"{bundle / name}: missing")
+    with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1) or 1) as pool:
+        actual = dict(zip(files, pool.map(lambda name: read_part(bundle / name, sha256_of), files), strict=True))
+    for name, digest in files.items():
+        if actual[name] != digest:
+            file = bundle / name
+            raise BundleError(f"{file}: checksum mismatch (manifest {digest[:12]}…, file {actual[name][:12]}…)")
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -108,13 +128,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Write beside the target, fsync, then rename: readers see the old file or the new one."""
+def write_file_atomically(path: Path, data: bytes | Callable[[Path], None]) -> None:
+    """Write beside the target (``data``, or what ``data`` writes to the path it is given), fsync, then rename:
+    readers see the old file or the new one."""
     tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
     try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            data(tmp)
+        with tmp.open("rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
@@ -183,7 +206,9 @@ def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = T
         _save_npy(tmp / "popular.npy", np.asarray(content.popular, dtype=np.int64))
         if content.cold_start is not None:
             content.cold_start.save(tmp / COLD_START_FILE)
-        files = {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}
+        written = sorted(tmp.iterdir())
+        with ThreadPoolExecutor(max_workers=min(len(written), os.cpu_count() or 1)) as pool:
+            files = dict(zip((p.name for p in written), pool.map(sha256_of, written), strict=True))
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             model_version=content.model_version,
@@ -251,12 +276,6 @@ def resolve_bundle_path(path: Path) -> Path:
 T = TypeVar("T")
 
 
-def _read_lines(path: Path) -> list[str]:
-    # split("\n"), not splitlines(): ids may hold other line-break characters (\x0c, \u2028…).
-    lines = path.read_text(encoding="utf-8").split("\n")
-    return lines[:-1] if lines and lines[-1] == "" else lines
-
-
 def _load_npy(path: Path) -> npt.NDArray[Any]:
     with path.open("rb") as handle:  # opened here: np.load leaves its own handle open when the file is not an array
         array: npt.NDArray[Any] = np.load(handle, allow_pickle=False)
@@ -270,10 +289,10 @@ def _map_npy(path: Path) -> npt.NDArray[Any]:
 
 
 def _load_seen(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
-    with path.open("rb") as handle, np.load(handle, allow_pickle=False) as seen:
-        if set(seen.files) != {"indptr", "indices"}:
-            raise ValueError(f"expected arrays indptr and indices, got {sorted(seen.files)}")
-        return seen["indptr"], seen["indices"]
+    seen = read_npz(path)  # mapped: 200M interactions are 1.6 GB, which every worker would otherwise hold
+    if set(seen) != {"indptr", "indices"}:
+        raise ValueError(f"expected arrays indptr and indices, got {sorted(seen)}")
+    return seen["indptr"], seen["indices"]
 
 
 def read_part(file: Path, read: Callable[[Path], T], refusals: tuple[type[Exception], ...] = ()) -> T:
@@ -306,14 +325,6 @@ def check_array(file: Path, name: str, array: npt.NDArray[Any], kinds: str) -> N
                 raise BundleError(f"{file}: NaN or infinite values in {name}")
 
 
-def distinct(ids: list[str]) -> bool:
-    """Whether no id repeats: by the ids' hashes first, since numpy sorts 10M of them in a fraction of what a set of
-    the strings costs (every worker checks its bundle on load); only a repeated hash is settled by the strings."""
-    hashes = np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
-    hashes.sort()
-    return not bool(np.any(hashes[1:] == hashes[:-1])) or len(set(ids)) == len(ids)
-
-
 @dataclass(frozen=True, eq=False)
 class Bundle:
     """A verified, loaded bundle.
@@ -332,8 +343,8 @@ class Bundle:
     manifest: Manifest
     user_codes: npt.NDArray[Any]
     item_codes: npt.NDArray[Any]
-    user_ids: list[str]
-    item_ids: list[str]
+    user_ids: IdMap
+    item_ids: IdMap
     seen_indptr: npt.NDArray[np.int64]
     seen_indices: npt.NDArray[np.int64]
     popular: npt.NDArray[np.int64]
@@ -358,28 +369,15 @@ class Bundle:
     def index_path(self) -> Path | None:
         return self.path / INDEX_FILE if INDEX_FILE in self.manifest.files else None
 
-    @cached_property
-    def _user_rows(self) -> dict[str, int]:
-        return {user: row for row, user in enumerate(self.user_ids)}
-
     def user_row(self, user_id: str) -> int | None:
-        return self._user_rows.get(user_id)
-
-    @cached_property
-    def _item_rows(self) -> dict[str, int]:
-        return {item: row for row, item in enumerate(self.item_ids)}
+        return self.user_ids.row(user_id)
 
     def item_row(self, item_id: str) -> int | None:
-        return self._item_rows.get(item_id)
+        return self.item_ids.row(item_id)
 
     def item_rows(self, item_ids: list[str]) -> npt.NDArray[np.int64]:
-        """Rows of the known ones among ``item_ids`` (unknown ids are skipped), without repeats.
-
-        No ids asks nothing of the id map: every unknown user without a history comes through here, and building
-        the map of a 10M-item catalogue holds a worker for seconds and a gigabyte."""
-        if not item_ids:
-            return np.empty(0, dtype=np.int64)
-        rows = {self._item_rows[i] for i in item_ids if i in self._item_rows}
+        """Rows of the known ones among ``item_ids`` (unknown ids are skipped), without repeats."""
+        rows = {row for row in map(self.item_ids.row, item_ids) if row is not None}
         return np.array(sorted(rows), dtype=np.int64)
 
     def seen_items(self, row: int) -> npt.NDArray[np.int64]:
@@ -395,25 +393,17 @@ class Bundle:
         missing = sorted(required - manifest.files.keys())
         if missing:
             raise BundleError(f"{manifest_path}: manifest lists no {', '.join(missing)}")
-        for name, digest in manifest.files.items():
-            file = path / name
-            if Path(name).name != name:
-                raise BundleError(f"{manifest_path}: file name {name!r} is not a plain name")
-            if not file.is_file():
-                raise BundleError(f"{file}: missing")
-            actual = read_part(file, sha256_of)
-            if actual != digest:
-                raise BundleError(f"{file}: checksum mismatch (manifest {digest[:12]}…, file {actual[:12]}…)")
+        verify_checksums(path, manifest.files, manifest_path)
         optional = {name: read_part(path / name, _load_npy) if name in manifest.files else None
                     for name in ("user_scales.npy", "item_scales.npy")}  # fmt: skip
         indptr, indices = read_part(path / "seen.npz", _load_seen)
         bundle = cls(
             path=path,
             manifest=manifest,
-            user_codes=read_part(path / "user_codes.npy", _load_npy),
+            user_codes=read_part(path / "user_codes.npy", _map_npy),
             item_codes=read_part(path / "item_codes.npy", _map_npy),
-            user_ids=read_part(path / "user_ids.txt", _read_lines),
-            item_ids=read_part(path / "item_ids.txt", _read_lines),
+            user_ids=read_part(path / "user_ids.txt", IdMap.open),
+            item_ids=read_part(path / "item_ids.txt", IdMap.open),
             seen_indptr=indptr,
             seen_indices=indices,
             popular=read_part(path / "popular.npy", _load_npy),
@@ -468,7 +458,7 @@ class Bundle:
                     f"got {array.dtype} {list(array.shape)}"
                 )
         for name, ids, rows in (("user_ids.txt", self.user_ids, m.n_users), ("item_ids.txt", self.item_ids, m.n_items)):
-            if len(ids) != rows or not distinct(ids):
+            if len(ids) != rows or not ids.distinct():
                 raise BundleError(f"{self.path / name}: expected {rows} distinct ids, got {len(ids)}")
         for name, scales, rows in (
             ("user_scales.npy", self.user_scales, m.n_users),
@@ -520,11 +510,13 @@ def read_manifest(path: Path) -> Manifest:
         raise BundleError(f"{path}: invalid manifest at {where!r}: {first['msg']}") from error
 
 
-def add_file_to_bundle(bundle_path: Path, name: str, data: bytes) -> None:
+def add_file_to_bundle(bundle_path: Path, name: str, data: bytes | Callable[[Path], None]) -> None:
     """Add a derived artifact (the FAISS index) to a published bundle without breaking readers.
 
-    The file is renamed into place first and the manifest second, each atomically: a reader sees
-    either the old manifest (and ignores the new file) or the new one with a matching checksum.
+    ``data``: the file's bytes, or what writes it to the path it is given (a catalogue's index written by FAISS
+    itself, never held as bytes). The file is renamed into place first and the manifest second, each atomically:
+    a reader sees either the old manifest (and ignores the new file) or the new one with a matching checksum.
+    Afterwards the manifest is read back and the file checked against its checksum, as ``Bundle.load`` will.
     """
     check_plain_name(name, "bundle file name")
     if name == MANIFEST:
@@ -533,6 +525,7 @@ def add_file_to_bundle(bundle_path: Path, name: str, data: bytes) -> None:
     manifest = Manifest.model_validate_json(manifest_path.read_bytes())
     write_file_atomically(bundle_path / name, data)
     files = dict(manifest.files)
-    files[name] = hashlib.sha256(data).hexdigest()
+    files[name] = sha256_of(bundle_path / name)
     updated = manifest.model_copy(update={"files": files})
     write_file_atomically(manifest_path, updated.model_dump_json(indent=2).encode())
+    verify_checksums(bundle_path, {name: read_manifest(manifest_path).files[name]}, manifest_path)

@@ -13,13 +13,23 @@ import json
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
-from typing import cast, get_args
+from typing import Any, cast, get_args
+
+import numpy as np
 
 from index.bundle import INDEX_FILE, Bundle, BundleError, add_file_to_bundle
 from index.codes import item_search_form
 from index.item_index import IndexSelfCheckError, ItemIndex
-from index.retrieval import BACKENDS, DevicePreference, has_faiss, import_faiss, stored_index
+from index.retrieval import (
+    BACKENDS,
+    DevicePreference,
+    has_faiss,
+    import_faiss,
+    stored_index,
+    write_stored_index,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,14 +61,13 @@ def build(bundle_root: Path, device: DevicePreference, backend: str = "auto") ->
     import_faiss("recsys-index build (index.faiss is FAISS's index of the items)")
     bundle = Bundle.load(bundle_root)
     started = time.perf_counter()
-    stored = stored_index(item_search_form(bundle.item_codes, bundle.layout, bundle.dim, bundle.user_layout))
+    stored = stored_index_of(bundle)
     index = ItemIndex.build(
         bundle.item_codes, bundle.layout, bundle.dim, device=device, backend=backend, user_layout=bundle.user_layout,
         stored=stored,
     )  # fmt: skip
     index.self_check()
-    add_file_to_bundle(bundle.path, INDEX_FILE, index.serialize())
-    Bundle.load(bundle.path)  # re-verify what readers will now see
+    add_file_to_bundle(bundle.path, INDEX_FILE, partial(write_stored_index, stored))  # `check` reads it back
     return {
         "bundle": str(bundle.path),
         "items": index.n_items,
@@ -67,6 +76,22 @@ def build(bundle_root: Path, device: DevicePreference, backend: str = "auto") ->
         "backend": index.backend,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+BUILD_CHUNK = 1 << 20  # items whose search forms are computed at once: the index holds the only copy of them all
+
+
+def stored_index_of(bundle: Bundle) -> Any:
+    """FAISS's index of the bundle's items, their search forms added a chunk at a time."""
+    n_items = bundle.manifest.n_items
+    forms = (
+        item_search_form(bundle.item_codes[start : start + BUILD_CHUNK], bundle.layout, bundle.dim, bundle.user_layout)
+        for start in range(0, max(n_items, 1), BUILD_CHUNK)
+    )
+    index = stored_index(next(forms))
+    for chunk in forms:
+        index.add(np.ascontiguousarray(chunk))
+    return index
 
 
 def check(bundle_root: Path, device: DevicePreference, backend: str = "auto") -> dict[str, object]:

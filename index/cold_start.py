@@ -27,6 +27,7 @@ import numpy.typing as npt
 from index.codes import CodeLayout, code_width
 from index.encoders import ENCODERS, Arrays, Encoder, array_named, integer_named
 from index.hash_codes import PROPAGATION, cold_user_bits, group_indices, hop_parts
+from index.npz_map import read_npz
 
 # What format 1 left out and meant: raw-row hash codes and a decoder of two linear layers.
 FORMAT1_DEFAULTS: dict[str, npt.NDArray[Any]] = {"hash_hops": np.array([0]), "hash_mlp_layers": np.array(2)}
@@ -251,9 +252,8 @@ class ColdStartSection:
     @classmethod
     def load(cls, path: Path, *, format_version: int) -> ColdStartSection:
         """Read a section file; ValueError (not yet naming the file) when it is unreadable or incomplete."""
-        try:  # the file opened here: np.load leaves its own handle open when the file is not an archive
-            with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
-                arrays = {name: archive[name] for name in archive.files}
+        try:  # mapped: the items' layers are n_items × dim floats per layer, which no worker should hold a copy of
+            arrays = read_npz(path)
         except (OSError, ValueError, zipfile.BadZipFile) as error:
             raise ValueError(f"not a readable .npz archive ({error})") from error
         return cls.from_arrays(arrays, format_version=format_version)

@@ -68,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             overrides["search_socket"] = search.socket_path
             settings = settings.model_copy(update={"search_socket": search.socket_path})
         try:
-            model = ModelLoader.for_check(settings).load()
+            model: ServingModel | None = ModelLoader.for_check(settings).load()
         except ModelLoadError as error:  # a bundle that cannot serve, whatever the reason: one line, not a traceback
             print(f"recsys-serve: error: {error}", file=sys.stderr)
             return 2
+        if settings.workers > 1:  # verified; each worker loads its own, and this process only supervises them
+            model = None
         serve(settings, overrides, model, search)
         if search is not None and search.failed:
             print("recsys-serve: error: the search process exited; the service stopped with it", file=sys.stderr)
@@ -80,15 +82,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(
-    settings: ServiceSettings, overrides: dict[str, Any], model: ServingModel, search: SearchProcessHandle | None
+    settings: ServiceSettings,
+    overrides: dict[str, Any],
+    model: ServingModel | None,
+    search: SearchProcessHandle | None,
 ) -> None:
-    """Run uvicorn: this process serves ``model`` itself, or its workers each load their own."""
+    """Run uvicorn: this process serves ``model`` itself (one worker), or its workers each load their own (several:
+    ``model`` is None, so that the supervising process holds no copy of the bundle while they serve)."""
     common = {
         "host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
         "http": BoundedHeadProtocol.configured(max_header_bytes=settings.max_header_bytes,
                                                max_headers=settings.max_headers),
     }  # fmt: skip
     if settings.workers == 1:  # log_config=None: uvicorn's own lines go through the same formatter
+        assert model is not None, "one worker serves the model recsys-serve loaded"
         config = uvicorn.Config(create_app(settings, model=model), log_config=None, **common)  # type: ignore[arg-type]
         server = uvicorn.Server(config)
         if search is not None:  # drain and return, so that main says why and removes the socket's folder
@@ -96,7 +103,6 @@ def serve(
         server.run()
         return
     # Several processes: each worker builds the app from the environment, so command-line values go there.
-    del model  # verified above; every worker loads its own copy
     os.environ.update(as_environment(overrides))
     if settings.watch_interval_s == 0:  # how every worker follows a reload that reached one of them
         os.environ["RECSYS_WATCH_INTERVAL_S"] = "1"

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 import torch
 
 from index.bundle import BundleContent, publish_bundle
@@ -37,10 +38,16 @@ class ExportReport:
     item_bytes: float = 0.0  # what the index keeps per item: its code and any scales or level table
 
 
-def popularity_order(data: Dataset) -> npt.NDArray[np.int64]:
-    """Items by number of training interactions, most popular first, ties by item id."""
-    counts = np.bincount(data.seen().indices, minlength=data.n_items)
+def popularity_order(data: Dataset, seen: sp.csr_matrix | None = None) -> npt.NDArray[np.int64]:
+    """Items by number of training interactions, most popular first, ties by item id. ``seen``: ``data.seen()``
+    where the caller has it already (at catalogue scale each call builds a matrix of gigabytes)."""
+    counts = item_degree(data.seen() if seen is None else seen)
     return np.lexsort((np.arange(data.n_items), -counts)).astype(np.int64)
+
+
+def item_degree(seen: sp.csr_matrix) -> npt.NDArray[np.int64]:
+    """Interactions per item: the stored entries of each column, counted without a CSC copy of the matrix."""
+    return np.bincount(seen.indices, minlength=seen.shape[1]).astype(np.int64)
 
 
 def new_model_version(dataset: str, method: str, bits: int) -> str:
@@ -51,7 +58,9 @@ def new_model_version(dataset: str, method: str, bits: int) -> str:
 
 
 @torch.no_grad()
-def cold_start_section(model: LightGCN, quantizer: Quantizer, data: Dataset) -> ColdStartSection | None:
+def cold_start_section(
+    model: LightGCN, quantizer: Quantizer, data: Dataset, seen: sp.csr_matrix | None = None
+) -> ColdStartSection | None:
     """What serving needs to code a user the model never saw (index.cold_start): the items' layers and the encoder
     the users' codes came from; None where the quantizer has no such encoder (a user's code needs more than its
     representation: per-layer scales, per-node level tables)."""
@@ -63,7 +72,7 @@ def cold_start_section(model: LightGCN, quantizer: Quantizer, data: Dataset) -> 
     return ColdStartSection(
         encoder=encoder,
         item_layers=np.ascontiguousarray(item_layers, dtype=np.float32),
-        item_degree=np.diff(data.seen().tocsc().indptr).astype(np.float32),
+        item_degree=item_degree(data.seen() if seen is None else seen).astype(np.float32),
         hashed=hashed_decoder(inputs) if isinstance(inputs, HashedInput) else None,
     )
 
@@ -96,16 +105,19 @@ def export_bundle(
 ) -> ExportReport:
     """Encode users and items, evaluate the test set through the index, publish the bundle atomically.
 
-    ``stages``: the fp stages this model was trained from (``--teacher auto``), recorded in the manifest."""
+    ``stages``: the fp stages this model was trained from (``--teacher auto``), recorded in the manifest. The test
+    metrics rank ``data.test``'s users: with ``--eval-users`` the caller passes a sample of them
+    (trainer.cli.sampled_test)."""
     model, quantizer = result.model, result.quantizer
     model.eval()
     user_rep, item_rep = quantizer.node_representations(model)
     users, items = quantizer.export(user_rep, "user"), quantizer.export(item_rep, "item")
     seen = data.seen()
+    test = data.test
     test_device = device_metrics(
         quantizer.served(user_rep, "user"),
         quantizer.served(item_rep, "item"),
-        data.test,
+        test,
         seen,
         integer_scores=integer_ranking(quantizer),
     )
@@ -114,7 +126,7 @@ def export_bundle(
         items.codes,
         quantizer.layout,
         quantizer.code_dim,
-        data.test,
+        test,
         seen,
         user_layout=quantizer.user_layout,
         user_scales=users.scales,
@@ -124,7 +136,7 @@ def export_bundle(
     for name, value in test_served.items():
         if abs(value - test_device[name]) > 1e-6:
             log.warning("served-path %s %.6f differs from device-path %.6f", name, value, test_device[name])
-    cold_start = cold_start_section(model, quantizer, data)
+    cold_start = cold_start_section(model, quantizer, data, seen)
     bytes_per_node = _bytes_per_node(users, items)
     version = new_model_version(data.name, config.model.method, quantizer.bits)
     training: dict[str, Any] = {
@@ -137,6 +149,7 @@ def export_bundle(
         "device": result.device,
         "bytes_per_node": bytes_per_node,
         "test_device_path": test_device,
+        "test_users_ranked": int(np.count_nonzero(np.diff(test.indptr))),
         **({"stages": stages} if stages else {}),
     }
     content = BundleContent(
@@ -155,7 +168,7 @@ def export_bundle(
         user_ids=list(data.user_ids),
         item_ids=list(data.item_ids),
         seen=seen,
-        popular=popularity_order(data),
+        popular=popularity_order(data, seen),
         metrics=test_served,
         training=training,
         cold_start=cold_start,

@@ -42,6 +42,7 @@ from index.retrieval.faiss_backend import (
     serialize_stored_index,
     stored_forms,
     stored_index,
+    write_stored_index,
 )
 from index.retrieval.sharded import ShardedBackend
 
@@ -75,6 +76,7 @@ __all__ = [
     "reference_topk",
     "resolve_backend",
     "serialize_stored_index",
+    "write_stored_index",
     "stored_forms",
     "stored_index",
     "uses_faiss",

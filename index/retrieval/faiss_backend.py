@@ -103,6 +103,12 @@ def read_stored_index(path: Path, *, binary: bool) -> Any:
     return (faiss.read_index_binary if binary else faiss.read_index)(str(path))
 
 
+def write_stored_index(index: Any, path: Path) -> None:
+    """The index written to ``path`` by FAISS itself, CPU form: no copy of it in this process's memory."""
+    faiss = import_faiss()
+    (faiss.write_index_binary if is_binary(index) else faiss.write_index)(index, str(path))
+
+
 def serialize_stored_index(index: Any) -> bytes:
     """The index as bytes, CPU form (GPU placement is a runtime choice, not a file format)."""
     faiss = import_faiss()

@@ -23,7 +23,6 @@ from index.bundle import (
     BundleContent,
     BundleError,
     add_file_to_bundle,
-    distinct,
     publish_bundle,
     set_current,
 )
@@ -177,8 +176,20 @@ def test_repeated_ids_are_refused(tmp_path: Path, side: str) -> None:
         Bundle.load(tmp_path)
 
 
-def test_distinct_settles_equal_hashes_by_the_strings() -> None:
-    assert distinct(["a", "b", "c"]) and not distinct(["a", "b", "a"]) and distinct([])
+def test_id_lookup_gives_the_rows_a_dict_of_the_ids_gives(tmp_path: Path) -> None:
+    original = content()
+    publish_bundle(tmp_path, original)
+    bundle = Bundle.load(tmp_path)
+    for side, lookup in (("user", bundle.user_row), ("item", bundle.item_row)):
+        ids: list[str] = getattr(original, f"{side}_ids")
+        rows = {external: row for row, external in enumerate(ids)}
+        assert [lookup(external) for external in ids] == [rows[external] for external in ids]
+        assert lookup("nobody") is None and lookup("") is None and lookup(ids[0] + "x") is None
+    assert bundle.item_rows([original.item_ids[5], "nobody", original.item_ids[2], original.item_ids[5]]).tolist() == [
+        2,
+        5,
+    ]
+    assert bundle.item_rows([]).tolist() == []
 
 
 def asymmetric(original: BundleContent) -> BundleContent:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import RedisServer, TrainedBundle, free_port
 
@@ -113,3 +114,17 @@ def test_two_workers_serve(ste_bundle: TrainedBundle, redis_server: RedisServer)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
         process.communicate()
+
+
+def test_with_several_workers_the_supervisor_keeps_no_model(
+    ste_bundle: TrainedBundle, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It verifies the bundle, then drops it: each worker loads its own, and a copy held by the process that only
+    supervises them would be a whole bundle's memory for nothing."""
+    from service import cli
+
+    given: list[object] = []
+    monkeypatch.setattr(cli, "serve", lambda settings, overrides, model, search: given.append(model))
+    argv = ["--bundle-root", str(ste_bundle.root), "--redis-url", redis_server.url, "--device", "cpu"]
+    assert cli.main([*argv, "--workers", "2"]) == 0 and given == [None]
+    assert cli.main([*argv, "--workers", "1"]) == 0 and given[-1] is not None

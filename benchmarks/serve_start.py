@@ -1,0 +1,106 @@
+"""`recsys-serve` on a large bundle: time to ready, resident memory of each process, and a short /recommend load.
+
+    python -m benchmarks.serve_start --bundle-root /tmp/scale/b1m --workers 2 --requests 2000 --concurrency 16
+
+Starts a fresh redis-server and `recsys-serve` (index on the CPU), waits for /readyz, reads every process's RSS
+and PSS (PSS splits pages shared through the page cache, such as a mapped bundle, among the processes that map
+them), then sends --requests GET /recommend for known users drawn uniformly (5 % unknown ones) from
+--concurrency connections and reports p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.serving import free_port, wait_ready
+from index.bundle import resolve_bundle_path
+
+
+def memory_of(pid: int) -> dict[str, int]:
+    """RSS and PSS in MiB of a process and its children (uvicorn's workers)."""
+    pids = [pid, *map(int, subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split())]
+    out = {}
+    for one in pids:
+        try:
+            rollup = Path(f"/proc/{one}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            continue
+        fields = {line.split()[0].rstrip(":"): int(line.split()[1]) for line in rollup[1:]}
+        out[str(one)] = {"rss_mb": fields["Rss"] >> 10, "pss_mb": fields["Pss"] >> 10}
+    return out  # type: ignore[return-value]
+
+
+async def load(url: str, users: list[str], requests: int, concurrency: int) -> list[float]:
+    latencies: list[float] = []
+    rng = random.Random(0)
+    queue = [rng.choice(users) if rng.random() > 0.05 else f"unknown-{i}" for i in range(requests)]
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while queue:
+            user = queue.pop()
+            started = time.perf_counter()
+            response = await client.get(f"{url}/recommend", params={"user_id": user, "k": 20})
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+    return latencies
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle-root", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args(argv)
+    redis_port, port = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "", "--dir", folder],
+                                 stdout=subprocess.DEVNULL)  # fmt: skip
+        env = {**os.environ, "RECSYS_LOG_LEVEL": "warning"}
+        started = time.perf_counter()
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "--bundle-root", str(args.bundle_root), "--port", str(port),
+             "--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--device", "cpu", "--workers", str(args.workers)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, 600)
+            ready_s = time.perf_counter() - started
+            memory = memory_of(serve.pid)
+            ids = (resolve_bundle_path(args.bundle_root) / "user_ids.txt").read_text().split("\n")[:-1]
+            users = random.Random(1).sample(ids, min(100_000, len(ids)))
+            del ids
+            latencies = sorted(asyncio.run(load(url, users, args.requests, args.concurrency)))
+            record = {
+                "bundle": str(args.bundle_root), "workers": args.workers, "ready_s": round(ready_s, 1),
+                "memory": memory, "requests": len(latencies),
+                "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
+                "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1),
+                "memory_after_load": memory_of(serve.pid),
+            }  # fmt: skip
+            print(json.dumps(record))
+        finally:
+            serve.terminate()
+            serve.wait(60)
+            redis.terminate()
+            redis.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
