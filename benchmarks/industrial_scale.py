@@ -117,8 +117,8 @@ def train_command(args: Any, data: Path, bundles: Path, records: Path) -> list[s
     return [
         sys.executable, "-m", "trainer.cli", "--dataset", str(data), "--input-layer", "hash", "--method", "hq",
         "--bits", "2", "--dim", str(args.dim), "--device", args.device, "--batch-size", str(args.batch_size),
-        "--lr", str(args.lr), "--eval-users", str(args.eval_users), "--eval-every", "1", "--patience", "5",
-        "--epochs", "1000", "--max-minutes", str(args.train_minutes), "--bundle-root", str(bundles),
+        "--lr", str(args.lr), "--eval-users", str(args.eval_users), "--eval-every", "1", "--epochs", "1000",
+        "--patience", str(args.patience), "--max-minutes", str(args.train_minutes), "--bundle-root", str(bundles),
         "--results-json", str(records), *args.train_options.split(),
     ]  # fmt: skip
 
@@ -150,6 +150,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--eval-users", type=int, default=10_000, help="users validated (and tested) per ranking")
     parser.add_argument("--train-minutes", type=float, default=10.0, help="recsys-train --max-minutes")
+    parser.add_argument("--patience", type=int, default=20, help="validations without a gain before stopping")
     parser.add_argument("--train-options", default="", help="more recsys-train options")
     parser.add_argument("--serve-options", default="--requests 2000 --concurrency 16",
                         help="benchmarks.serve_start options")  # fmt: skip
@@ -191,11 +192,12 @@ def main() -> int:
             run = measured(command, work / "index.log", args.timeout)
             row("index", run.wall_s, run.peak_host_gb, run.peak_gpu_gb)
         else:
-            report = work / "serve.json"
-            command = [sys.executable, "-m", "benchmarks.serve_start", "--bundle-root", str(bundles),
-                       "--json", str(report), *args.serve_options.split()]  # fmt: skip
+            device = "gpu" if args.device.startswith("cuda") else "cpu"
+            command = [sys.executable, "-m", "benchmarks.serve_start", "--bundle-root", str(bundles), "--device",
+                       device, *args.serve_options.split()]  # fmt: skip
             run = measured(command, work / "serve.log", args.timeout)
-            row("serve", run.wall_s, run.peak_host_gb, run.peak_gpu_gb, **json.loads(report.read_text()))
+            report = [line for line in run.log.read_text().splitlines() if line.startswith("{")][-1]
+            row("serve", run.wall_s, run.peak_host_gb, run.peak_gpu_gb, **json.loads(report))
     append_records(args.out, rows)
     header = ["stage", "users", "items", "interactions", "wall s", "peak host GB", "peak GPU GB"]
     print(markdown_table(header, [[r["stage"], r["users"], r["items"], r["interactions"], r["wall_s"],

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="cpu", help="recsys-serve --device")
     args = parser.parse_args(argv)
     redis_port, port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as folder:
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         serve = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "--bundle-root", str(args.bundle_root), "--port", str(port),
-             "--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--device", "cpu", "--workers", str(args.workers)],
+             "--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--device", args.device,
+             "--workers", str(args.workers)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             del ids
             latencies = sorted(asyncio.run(load(url, users, args.requests, args.concurrency)))
             record = {
-                "bundle": str(args.bundle_root), "workers": args.workers, "ready_s": round(ready_s, 1),
+                "bundle": str(args.bundle_root), "device": args.device, "workers": args.workers,
+                "ready_s": round(ready_s, 1),
                 "memory": memory, "requests": len(latencies),
                 "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
                 "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1),
