@@ -13,7 +13,6 @@ each service worker does at start). Ends with a table and one JSON record per st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import RESULTS
+from benchmarks.harness import RESULTS, append_records, commit
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -211,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{record['stage']:<44} {record['seconds']:>8} {record['peak_rss_mb']:>13} {gpu:>13}")
     sizes = {p.name: p.stat().st_size for p in sorted(resolve(args.bundle_root).iterdir())}
     print("\n" + "\n".join(f"{name:<24} {size / 2**20:>10.1f} MiB" for name, size in sizes.items()))
-    with args.out.open("a") as handle:
-        meta = {"users": args.users, "items": args.items, "label": args.label, "cpus": os.cpu_count()}
-        handle.write(json.dumps({**meta, "stages": records, "file_bytes": sizes}) + "\n")
+    meta = {"users": args.users, "items": args.items, "label": args.label, "cpus": os.cpu_count(), "commit": commit()}
+    append_records(args.out, [{**meta, "stages": records, "file_bytes": sizes}])
     return 0
 
 
