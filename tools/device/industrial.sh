@@ -14,6 +14,7 @@
 set -euo pipefail
 source tools/device/setup.sh
 source tools/device/carried_tools.sh
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # 10M: less reserved beside what is used
 wait_seconds=$1
 work=/tmp/industrial
 if [ ! -f "$work/started" ]; then
