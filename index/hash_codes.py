@@ -111,19 +111,11 @@ def product(matrix: sp.csr_matrix, dense: npt.NDArray[np.float32], pool: Executo
     """matrix @ dense as float32, blocks of the matrix's rows in the pool: each output row sums its own nonzeros
     in their stored order, whichever block it is in, so the result is the unsplit product's."""
     out = np.empty((matrix.shape[0], dense.shape[1]), np.float32)
-    indptr = matrix.indptr
 
     def fill(block: tuple[int, int]) -> None:
-        start, stop = block
-        nonzeros = slice(int(indptr[start]), int(indptr[stop]))
-        rows = sp.csr_matrix(
-            (matrix.data[nonzeros], matrix.indices[nonzeros], indptr[start : stop + 1] - indptr[start]),
-            shape=(stop - start, matrix.shape[1]),
-            copy=False,
-        )
-        out[start:stop] = rows @ dense
+        out[block[0] : block[1]] = _rows(matrix, *block) @ dense
 
-    run_all(pool, fill, nonzero_blocks(indptr, PRODUCT_BLOCKS))
+    run_all(pool, fill, nonzero_blocks(matrix.indptr, PRODUCT_BLOCKS))
     return out
 
 
@@ -198,19 +190,17 @@ def hop_parts(bits: int, hops: tuple[int, ...]) -> list[tuple[int, int, int]]:
 
 
 class _Graph:
-    """The normalised adjacency, its transpose and its trivial item direction, made once for every block of bits.
+    """The normalised adjacency, its transpose and its trivial item direction, made once for every block of bits
+    (the transposes only where the hop counts need them)."""
 
-    The transposes (scipy's, one thread each) are made in the pool while the first blocks of R are generated.
-    """
-
-    def __init__(self, train: sp.csr_matrix, pool: Executor, *, raw: bool, propagated: bool) -> None:
+    def __init__(self, train: sp.csr_matrix, pool: Executor, *, threads: int, raw: bool, propagated: bool) -> None:
         self.train = sp.csr_matrix(train, dtype=np.float32)
         self.user_degree = np.asarray(self.train.sum(axis=1), np.float32).ravel()
         self.item_degree = np.asarray(self.train.sum(axis=0), np.float32).ravel()
         self.trivial = trivial_direction(self.item_degree)
         self._normalized = _normalized(self.train, self.user_degree, self.item_degree, pool) if propagated else None
-        self._transposed = pool.submit(_transpose, self._normalized) if self._normalized is not None else None
-        self._train_t = pool.submit(_transpose, self.train) if raw else None
+        self._transposed = transpose(self._normalized, pool, parts=threads) if self._normalized is not None else None
+        self._train_t = transpose(self.train, pool, parts=threads) if raw else None
 
     @property
     def normalized(self) -> sp.csr_matrix:
@@ -218,12 +208,12 @@ class _Graph:
 
     @property
     def transposed(self) -> sp.csr_matrix:
-        return _made(self._transposed).result()
+        return _made(self._transposed)
 
     @property
     def train_t(self) -> sp.csr_matrix:
         """Items' rows, for raw-row (0-hop) parts."""
-        return _made(self._train_t).result()
+        return _made(self._train_t)
 
 
 def _made(matrix: T | None) -> T:
@@ -232,8 +222,40 @@ def _made(matrix: T | None) -> T:
     return matrix
 
 
-def _transpose(matrix: sp.csr_matrix) -> sp.csr_matrix:
-    return sp.csr_matrix(matrix.T)
+def transpose(matrix: sp.csr_matrix, pool: Executor | None = None, *, parts: int = 1) -> sp.csr_matrix:
+    """matrix.T as CSR, as scipy makes it (each row's entries in the order of the rows they came from), from
+    ``parts`` blocks of rows transposed by scipy in the pool and then placed side by side: row c of the result is
+    block 0's row c, then block 1's, and so on."""
+    blocks = nonzero_blocks(matrix.indptr, parts)
+    pieces = run_all(pool, lambda block: sp.csr_matrix(_rows(matrix, *block).T), blocks)
+    counts = [np.diff(piece.indptr) for piece in pieces]
+    indptr = np.zeros(matrix.shape[1] + 1, np.int64)
+    np.cumsum(sum(counts, np.zeros(matrix.shape[1], np.int64)), out=indptr[1:])
+    data, indices = np.empty(matrix.nnz, matrix.data.dtype), np.empty(matrix.nnz, matrix.indices.dtype)
+    offsets, start = [], indptr[:-1].copy()  # where each piece's part of row c goes
+    for piece, count in zip(pieces, counts, strict=True):
+        offsets.append(start - piece.indptr[:-1])
+        start += count
+
+    def place(number: int) -> None:
+        piece, first_row = pieces[number], blocks[number][0]
+        positions = np.repeat(offsets[number], counts[number]) + np.arange(piece.nnz)
+        data[positions] = piece.data
+        indices[positions] = piece.indices + first_row
+
+    run_all(pool, place, range(len(pieces)))
+    return sp.csr_matrix((data, indices, indptr), shape=(matrix.shape[1], matrix.shape[0]))
+
+
+def _rows(matrix: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
+    """Rows [start, stop) of a CSR matrix, sharing its arrays."""
+    indptr = matrix.indptr
+    nonzeros = slice(int(indptr[start]), int(indptr[stop]))
+    return sp.csr_matrix(
+        (matrix.data[nonzeros], matrix.indices[nonzeros], indptr[start : stop + 1] - indptr[start]),
+        shape=(stop - start, matrix.shape[1]),
+        copy=False,
+    )
 
 
 def _normalized(
@@ -361,8 +383,9 @@ def graph_codes(
     the items' ``item_basis`` of those bits. ``threads`` (default: every usable core) changes no bit of either.
     """
     parts = hop_parts(bits, hops)
-    with ThreadPoolExecutor(threads or usable_cores()) as pool:
-        graph = _Graph(train, pool, raw=min(hops) == 0, propagated=max(hops) > 0)
+    threads = threads or usable_cores()
+    with ThreadPoolExecutor(threads) as pool:
+        graph = _Graph(train, pool, threads=threads, raw=min(hops) == 0, propagated=max(hops) > 0)
         n_users, n_items = graph.train.shape
         codes = np.empty((n_users + n_items, bits), bool)
         medians = {"user": np.empty(bits, np.float32), "item": np.empty(bits, np.float32)}

@@ -3,6 +3,8 @@ gives: one product per matrix, the whole of R at once, a full sort per column.""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -15,6 +17,7 @@ from index.hash_codes import (
     projection,
     projection_rows,
     split_points,
+    transpose,
     trivial_direction,
 )
 from index.threads import nonzero_blocks, row_blocks
@@ -171,6 +174,19 @@ def test_split_points_equal_a_full_sort_with_ties(n: int) -> None:
     ]
     values = np.stack(columns, axis=1).astype(np.float32)
     assert split_points(values).tobytes() == reference_split_points(values).tobytes()
+
+
+@pytest.mark.parametrize("kind", ["canonical", "unsorted", "duplicates"])
+@pytest.mark.parametrize("parts", [1, 2, 5, 64])
+def test_transpose_by_blocks_is_scipys(kind: str, parts: int) -> None:
+    graph = random_graph(kind)
+    graph.data = np.random.default_rng(3).random(graph.nnz).astype(np.float32)  # entries told apart by value
+    expected = sp.csr_matrix(graph.T)
+    with ThreadPoolExecutor(3) as pool:
+        got = transpose(graph, pool, parts=parts)
+    assert got.shape == expected.shape
+    for name in ("indptr", "indices", "data"):
+        assert np.array_equal(getattr(got, name), getattr(expected, name)), name
 
 
 def test_row_blocks_cover_every_row_once() -> None:
