@@ -22,20 +22,47 @@ for h ≥ 2 the items' z ships with the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TypeVar
+
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from index.threads import nonzero_blocks, row_blocks, run_all, usable_cores
+
+T = TypeVar("T")
+
 # What graph_codes returns beside the medians and cold_user_bits reads for propagated parts ("item_basis": 2+ hops).
 PROPAGATION = ("item_degree", "item_degree_total", "trivial_along", "item_basis")
 
+# Rows one task of elementwise work takes: R's float64 temporaries stay in cache, and a multiple of 1024 keeps every
+# block's first element where the unsplit array's SIMD lanes put it, so vectorised log1p/cos round each value alike.
+ROW_BLOCK = 16384
+# Blocks of rows (of about equal nonzeros) a sparse product splits into: several per thread, so that none waits.
+PRODUCT_BLOCKS = 64
+
 
 def _splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's finaliser, in place on ``x`` (a fresh array of counters)."""
     with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+        x += np.uint64(0x9E3779B97F4A7C15)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+        return x
+
+
+def _uniform(counter: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
+    """A uniform in [0, 1) from each counter's hash: its top 53 bits."""
+    hashed = _splitmix64(counter.copy())
+    hashed >>= np.uint64(11)
+    out: npt.NDArray[np.float64] = hashed.astype(np.float64)
+    out /= 2.0**53
+    return out
 
 
 def projection_rows(
@@ -47,57 +74,109 @@ def projection_rows(
     with np.errstate(over="ignore"):
         key = np.uint64(seed) * np.uint64(0x100000001B3) ^ np.uint64(side) << np.uint64(62)
         counter = key ^ (j * np.uint64(1 << 20) + b) * np.uint64(2)
-    u1 = (_splitmix64(counter) >> np.uint64(11)).astype(np.float64) / 2.0**53
-    u2 = (_splitmix64(counter + np.uint64(1)) >> np.uint64(11)).astype(np.float64) / 2.0**53
-    gauss = np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
-    return gauss.astype(np.float32)
+    radius = _uniform(counter)  # √(−2 ln(1 − u1)), in place
+    np.negative(radius, out=radius)
+    np.log1p(radius, out=radius)
+    radius *= -2.0
+    np.sqrt(radius, out=radius)
+    counter += np.uint64(1)
+    angle = _uniform(counter)  # cos(2π u2), in place
+    angle *= 2.0 * np.pi
+    np.cos(angle, out=angle)
+    radius *= angle
+    return radius.astype(np.float32)
 
 
-def projected(adjacency: sp.csr_matrix, bit_start: int, width: int, *, seed: int, side: int) -> npt.NDArray[np.float32]:
-    """A·R for a block of bits: [rows of adjacency, width]."""
-    r = projection_rows(np.arange(adjacency.shape[1]), bit_start, width, seed=seed, side=side)
-    out: npt.NDArray[np.float32] = np.asarray(adjacency @ r, dtype=np.float32)
+def projection(n: int, bit_start: int, width: int, *, seed: int, side: int, pool: Executor | None = None) -> (
+    npt.NDArray[np.float32]
+):  # fmt: skip
+    """R[:n, bit_start : bit_start + width], its blocks of rows generated in the pool."""
+    out = np.empty((n, width), np.float32)
+
+    def fill(block: tuple[int, int]) -> None:
+        out[block[0] : block[1]] = projection_rows(np.arange(*block), bit_start, width, seed=seed, side=side)
+
+    run_all(pool, fill, row_blocks(n, rows=ROW_BLOCK))
     return out
 
 
+def by_rows(pool: Executor | None, n: int, work: Callable[[slice], object]) -> None:
+    """``work`` on every block of ``n`` rows, in the pool: for elementwise steps, whose rows are independent."""
+    run_all(pool, lambda block: work(slice(*block)), row_blocks(n, rows=ROW_BLOCK))
+
+
+def product(matrix: sp.csr_matrix, dense: npt.NDArray[np.float32], pool: Executor | None = None) -> (
+    npt.NDArray[np.float32]
+):  # fmt: skip
+    """matrix @ dense as float32, blocks of the matrix's rows in the pool: each output row sums its own nonzeros
+    in their stored order, whichever block it is in, so the result is the unsplit product's."""
+    out = np.empty((matrix.shape[0], dense.shape[1]), np.float32)
+
+    def fill(block: tuple[int, int]) -> None:
+        out[block[0] : block[1]] = _rows(matrix, *block) @ dense
+
+    run_all(pool, fill, nonzero_blocks(matrix.indptr, PRODUCT_BLOCKS))
+    return out
+
+
+def projected(
+    adjacency: sp.csr_matrix, bit_start: int, width: int, *, seed: int, side: int, pool: Executor | None = None
+) -> npt.NDArray[np.float32]:
+    """A·R for a block of bits: [rows of adjacency, width]."""
+    r = projection(adjacency.shape[1], bit_start, width, seed=seed, side=side, pool=pool)
+    return product(adjacency, r, pool)
+
+
 def side_codes(
-    adjacency: sp.csr_matrix, bits: int, *, seed: int, side: int, chunk: int = 32
+    adjacency: sp.csr_matrix, bits: int, *, seed: int, side: int, chunk: int = 32, threads: int | None = None
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
     """Bits [n, bits] of one side's nodes and the per-bit medians (kept to code new nodes alike)."""
     adjacency = sp.csr_matrix(adjacency, dtype=np.float32)
     out = np.empty((adjacency.shape[0], bits), dtype=bool)
     medians = np.empty(bits, dtype=np.float32)
-    for start in range(0, bits, chunk):
-        width = min(chunk, bits - start)
-        values = projected(adjacency, start, width, seed=seed, side=side)
-        medians[start : start + width] = split_points(values)
-        out[:, start : start + width] = values > medians[start : start + width]
+    with ThreadPoolExecutor(threads or usable_cores()) as pool:
+        for start in range(0, bits, chunk):
+            width = min(chunk, bits - start)
+            values = projected(adjacency, start, width, seed=seed, side=side, pool=pool)
+            medians[start : start + width] = split_points(values, pool)
+            out[:, start : start + width] = values > medians[start : start + width]
     return out, medians
 
 
-def split_points(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def split_points(values: npt.NDArray[np.float32], pool: Executor | None = None) -> npt.NDArray[np.float32]:
     """Per column, a threshold that splits the nodes' values in half and equals none of them.
 
     ``np.median`` of an odd count *is* one node's value: that node's bit then rests on how its value was rounded,
     and a new node with the same items, summed in another order, can land an ulp off and get the other bit. The
     threshold here sits midway in the gap between distinct values nearest the middle rank.
     """
-    n, width = values.shape
-    out = np.zeros(width, np.float32)
-    if n == 0:
+    out = np.zeros(values.shape[1], np.float32)
+    if values.shape[0] == 0:
         return out
-    ordered = np.sort(values, axis=0)
-    for column in range(width):
-        col = ordered[:, column]
-        gaps = np.flatnonzero(col[1:] > col[:-1]) + 1  # col[g - 1] < col[g]
-        if gaps.size == 0:  # one value for every node: every bit 0, and the threshold just above it
-            out[column] = np.nextafter(col[0], np.float32(np.inf))
-            continue
-        gap = gaps[np.abs(2 * gaps - n).argmin()]  # the most even split: n − gap nodes above, gap below
-        low, high = col[gap - 1], col[gap]
-        middle = np.float32(low + (high - low) / np.float32(2))
-        out[column] = middle if low < middle < high else low  # adjacent floats: no value strictly between
+    out[:] = run_all(pool, lambda column: _split_point(values[:, column]), range(values.shape[1]))
     return out
+
+
+def _split_point(column: npt.NDArray[np.float32]) -> np.float32:
+    """split_points for one column, by selection rather than a sort: only the values next to the middle rank
+    matter, so the middle value, the largest below it and the smallest above it decide it."""
+    n = len(column)
+    middle = n // 2
+    part = np.partition(column, middle)  # [:middle] ≤ part[middle] ≤ [middle + 1:]
+    value = part[middle]
+    below, above = part[:middle], part[middle + 1 :]
+    below, above = below[below < value], above[above > value]
+    # In sorted order the middle value's run of equals is [len(below), n − len(above)); the gaps between distinct
+    # values nearest the middle rank are the run's two ends: the most even split, the lower one on a tie.
+    start, stop = len(below), n - len(above)
+    if start == 0 and stop == n:  # one value for every node: every bit 0, and the threshold just above it
+        return np.float32(np.nextafter(value, np.float32(np.inf)))
+    if start > 0 and (stop == n or abs(2 * start - n) <= abs(2 * stop - n)):
+        low, high = below.max(), value
+    else:
+        low, high = value, above.min()
+    threshold = np.float32(low + (high - low) / np.float32(2))
+    return threshold if low < threshold < high else low  # adjacent floats: no value strictly between
 
 
 def hop_parts(bits: int, hops: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -111,19 +190,95 @@ def hop_parts(bits: int, hops: tuple[int, ...]) -> list[tuple[int, int, int]]:
 
 
 class _Graph:
-    """The normalised adjacency and its trivial item direction, made once for every block of bits."""
+    """The normalised adjacency, its transpose and its trivial item direction, made once for every block of bits
+    (the transposes only where the hop counts need them)."""
 
-    def __init__(self, train: sp.csr_matrix) -> None:
+    def __init__(self, train: sp.csr_matrix, pool: Executor, *, threads: int, raw: bool, propagated: bool) -> None:
         self.train = sp.csr_matrix(train, dtype=np.float32)
         self.user_degree = np.asarray(self.train.sum(axis=1), np.float32).ravel()
         self.item_degree = np.asarray(self.train.sum(axis=0), np.float32).ravel()
-        self.normalized = sp.csr_matrix(
-            sp.diags(_inverse_sqrt(self.user_degree)) @ self.train @ sp.diags(_inverse_sqrt(self.item_degree)),
-            dtype=np.float32,
-        )
-        self.transposed = sp.csr_matrix(self.normalized.T)
-        self.train_t = sp.csr_matrix(self.train.T)  # items' rows, for raw-row (0-hop) parts
         self.trivial = trivial_direction(self.item_degree)
+        self._normalized = _normalized(self.train, self.user_degree, self.item_degree, pool) if propagated else None
+        self._transposed = transpose(self._normalized, pool, parts=threads) if self._normalized is not None else None
+        self._train_t = transpose(self.train, pool, parts=threads) if raw else None
+
+    @property
+    def normalized(self) -> sp.csr_matrix:
+        return _made(self._normalized)
+
+    @property
+    def transposed(self) -> sp.csr_matrix:
+        return _made(self._transposed)
+
+    @property
+    def train_t(self) -> sp.csr_matrix:
+        """Items' rows, for raw-row (0-hop) parts."""
+        return _made(self._train_t)
+
+
+def _made(matrix: T | None) -> T:
+    if matrix is None:
+        raise ValueError("this matrix was not made: the hop counts did not need it")
+    return matrix
+
+
+def transpose(matrix: sp.csr_matrix, pool: Executor | None = None, *, parts: int = 1) -> sp.csr_matrix:
+    """matrix.T as CSR, as scipy makes it (each row's entries in the order of the rows they came from), from
+    ``parts`` blocks of rows transposed by scipy in the pool and then placed side by side: row c of the result is
+    block 0's row c, then block 1's, and so on."""
+    blocks = nonzero_blocks(matrix.indptr, parts)
+    pieces = run_all(pool, lambda block: sp.csr_matrix(_rows(matrix, *block).T), blocks)
+    counts = [np.diff(piece.indptr) for piece in pieces]
+    indptr = np.zeros(matrix.shape[1] + 1, np.int64)
+    np.cumsum(sum(counts, np.zeros(matrix.shape[1], np.int64)), out=indptr[1:])
+    data, indices = np.empty(matrix.nnz, matrix.data.dtype), np.empty(matrix.nnz, matrix.indices.dtype)
+    offsets, start = [], indptr[:-1].copy()  # where each piece's part of row c goes
+    for piece, count in zip(pieces, counts, strict=True):
+        offsets.append(start - piece.indptr[:-1])
+        start += count
+
+    def place(number: int) -> None:
+        piece, first_row = pieces[number], blocks[number][0]
+        positions = np.repeat(offsets[number], counts[number]) + np.arange(piece.nnz)
+        data[positions] = piece.data
+        indices[positions] = piece.indices + first_row
+
+    run_all(pool, place, range(len(pieces)))
+    return sp.csr_matrix((data, indices, indptr), shape=(matrix.shape[1], matrix.shape[0]))
+
+
+def _rows(matrix: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
+    """Rows [start, stop) of a CSR matrix, sharing its arrays."""
+    indptr = matrix.indptr
+    nonzeros = slice(int(indptr[start]), int(indptr[stop]))
+    return sp.csr_matrix(
+        (matrix.data[nonzeros], matrix.indices[nonzeros], indptr[start : stop + 1] - indptr[start]),
+        shape=(stop - start, matrix.shape[1]),
+        copy=False,
+    )
+
+
+def _normalized(
+    train: sp.csr_matrix, user_degree: npt.NDArray[np.float32], item_degree: npt.NDArray[np.float32], pool: Executor
+) -> sp.csr_matrix:
+    """D_u^-½ A D_i^-½, scaled entry by entry in A's order: what the product of the diagonals with A gives (A's rows
+    in their stored order, zeros dropped) without its two single-threaded sparse products, when A has no duplicate
+    entries for them to merge."""
+    user_scale, item_scale = _inverse_sqrt(user_degree), _inverse_sqrt(item_degree)
+    if not train.has_canonical_format:
+        return sp.csr_matrix(sp.diags(user_scale) @ train @ sp.diags(item_scale), dtype=np.float32)
+    indptr, data = train.indptr, np.empty_like(train.data)
+
+    def scale(block: tuple[int, int]) -> None:
+        start, stop = block
+        nonzeros = slice(int(indptr[start]), int(indptr[stop]))
+        data[nonzeros] = np.repeat(user_scale[start:stop], np.diff(indptr[start : stop + 1])) * train.data[nonzeros]
+        data[nonzeros] *= item_scale[train.indices[nonzeros]]
+
+    run_all(pool, scale, nonzero_blocks(indptr, PRODUCT_BLOCKS))
+    out = sp.csr_matrix((data, train.indices.copy(), indptr.copy()), shape=train.shape)
+    out.eliminate_zeros()
+    return out
 
 
 def _inverse_sqrt(degree: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -140,22 +295,84 @@ def trivial_direction(item_degree: npt.NDArray[np.float32], total: float | None 
     return out
 
 
-def _item_basis(graph: _Graph, bit_start: int, width: int, *, seed: int, hops: int) -> tuple[
+def _item_basis(graph: _Graph, bit_start: int, width: int, *, seed: int, hops: int, pool: Executor) -> tuple[
     npt.NDArray[np.float32], npt.NDArray[np.float32]
 ]:  # fmt: skip
-    """z = (ÂᵀÂ)^(hops−1) R for a block of bits, the trivial direction projected out, and trivialᵀR."""
-    r = projection_rows(np.arange(graph.train.shape[1]), bit_start, width, seed=seed, side=1)
-    along = (graph.trivial @ r).astype(np.float32)
-    z = (r - graph.trivial[:, None] * along[None, :]).astype(np.float32)
+    """z = (ÂᵀÂ)^(hops−1) R for a block of bits, the trivial direction projected out, and trivialᵀR.
+
+    Elementwise steps go by rows in the pool; the reductions over rows (trivialᵀz, the mean square) stay whole,
+    as their order of summation is part of the result.
+    """
+    n, trivial, normalized = graph.train.shape[1], graph.trivial, graph.normalized
+    z = projection(n, bit_start, width, seed=seed, side=1, pool=pool)
+    along = (trivial @ z).astype(np.float32)
+    _remove(z, trivial, along, pool)
     for _ in range(hops - 1):
-        z = np.asarray(graph.transposed @ (graph.normalized @ z), np.float32)
-        z -= graph.trivial[:, None] * (graph.trivial @ z)[None, :]
-        z /= np.maximum(np.sqrt((z**2).mean(axis=0)), 1e-12)[None, :]  # keep float32 in range over many steps
+        z = product(graph.transposed, product(normalized, z, pool), pool)
+        _remove(z, trivial, trivial @ z, pool)
+        _unit_rms(z, pool)  # keep float32 in range over many steps
     return z, along
 
 
+def _remove(z: npt.NDArray[np.float32], trivial: npt.NDArray[np.float32], along: npt.NDArray[np.float32],
+            pool: Executor) -> None:  # fmt: skip
+    """z −= trivial alongᵀ, in place."""
+
+    def remove(rows: slice) -> None:
+        z[rows] -= trivial[rows, None] * along[None, :]
+
+    by_rows(pool, len(z), remove)
+
+
+def _unit_rms(z: npt.NDArray[np.float32], pool: Executor) -> None:
+    """Each column of z divided by its root mean square, in place."""
+    squares = np.empty_like(z)
+
+    def square(rows: slice) -> None:
+        np.square(z[rows], out=squares[rows])
+
+    by_rows(pool, len(z), square)
+    scale = np.maximum(np.sqrt(squares.mean(axis=0)), 1e-12)
+
+    def divide(rows: slice) -> None:
+        z[rows] /= scale[None, :]
+
+    by_rows(pool, len(z), divide)
+
+
+def _threshold(values: npt.NDArray[np.float32], medians: npt.NDArray[np.float32], out: npt.NDArray[np.bool_],
+               pool: Executor) -> None:  # fmt: skip
+    """out = values > medians (per column), by rows."""
+
+    def compare(rows: slice) -> None:
+        np.greater(values[rows], medians[None, :], out=out[rows])
+
+    by_rows(pool, len(values), compare)
+
+
+def _copy(source: npt.NDArray[np.float32], target: npt.NDArray[np.float32], pool: Executor) -> None:
+    def copy(rows: slice) -> None:
+        target[rows] = source[rows]
+
+    by_rows(pool, len(source), copy)
+
+
+def _part_values(graph: _Graph, block: int, width: int, *, seed: int, hops: int, pool: Executor) -> tuple[
+    npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32] | None, npt.NDArray[np.float32]
+]:  # fmt: skip
+    """Users' and items' values for a block of bits of one part, and (propagated parts) its z and trivialᵀR."""
+    if hops == 0:
+        user_values = projected(graph.train, block, width, seed=seed, side=1, pool=pool)
+        item_values = projected(graph.train_t, block, width, seed=seed, side=0, pool=pool)
+        return user_values, item_values, None, np.zeros(width, np.float32)
+    z, along = _item_basis(graph, block, width, seed=seed, hops=hops, pool=pool)
+    user_values = product(graph.normalized, z, pool)
+    item_values = product(graph.transposed, user_values, pool)
+    return user_values, item_values, z, along
+
+
 def graph_codes(
-    train: sp.csr_matrix, bits: int, *, seed: int, hops: tuple[int, ...] = (0,)
+    train: sp.csr_matrix, bits: int, *, seed: int, hops: tuple[int, ...] = (0,), threads: int | None = None
 ) -> tuple[npt.NDArray[np.bool_], dict[str, npt.NDArray[np.float32]]]:
     """Codes of users then items, and what coding a new user needs (``cold_user_bits``).
 
@@ -163,36 +380,40 @@ def graph_codes(
     user-side R. Several hop counts split the bits evenly, one part each. The dict holds the per-bit medians
     (``user``, ``item``: split_points); with propagated parts also the training graph's ``item_degree`` and its
     ``item_degree_total``, ``trivial_along`` (trivialᵀR per bit, 0 in raw parts) and, for parts of 2 or more hops,
-    the items' ``item_basis`` of those bits.
+    the items' ``item_basis`` of those bits. ``threads`` (default: every usable core) changes no bit of either.
     """
-    graph = _Graph(train)
-    users = np.empty((graph.train.shape[0], bits), bool)
-    items = np.empty((graph.train.shape[1], bits), bool)
-    medians = {"user": np.empty(bits, np.float32), "item": np.empty(bits, np.float32)}
-    along = np.zeros(bits, np.float32)
-    bases = []
-    for start, width, hops_here in hop_parts(bits, hops):
-        for block in range(start, start + width, 32):
-            block_width = min(32, start + width - block)
-            bits_here = slice(block, block + block_width)
-            if hops_here == 0:
-                user_values = projected(graph.train, block, block_width, seed=seed, side=1)
-                item_values = projected(graph.train_t, block, block_width, seed=seed, side=0)
-            else:
-                z, along[bits_here] = _item_basis(graph, block, block_width, seed=seed, hops=hops_here)
-                user_values = np.asarray(graph.normalized @ z, np.float32)
-                item_values = np.asarray(graph.transposed @ user_values, np.float32)
-                if hops_here >= 2:
-                    bases.append(z)
-            for side, values, out in (("user", user_values, users), ("item", item_values, items)):
-                medians[side][bits_here] = split_points(values)
-                out[:, bits_here] = values > medians[side][bits_here]
-    if any(h for h in hops):
+    parts = hop_parts(bits, hops)
+    threads = threads or usable_cores()
+    with ThreadPoolExecutor(threads) as pool:
+        graph = _Graph(train, pool, threads=threads, raw=min(hops) == 0, propagated=max(hops) > 0)
+        n_users, n_items = graph.train.shape
+        codes = np.empty((n_users + n_items, bits), bool)
+        medians = {"user": np.empty(bits, np.float32), "item": np.empty(bits, np.float32)}
+        along = np.zeros(bits, np.float32)
+        basis = np.empty((n_items, sum(width for _, width, h in parts if h >= 2)), np.float32)
+        basis_column = 0
+        for start, width, hops_here in parts:
+            for block in range(start, start + width, 32):
+                block_width = min(32, start + width - block)
+                bits_here = slice(block, block + block_width)
+                user_values, item_values, z, along[bits_here] = _part_values(
+                    graph, block, block_width, seed=seed, hops=hops_here, pool=pool
+                )
+                if hops_here >= 2 and z is not None:
+                    _copy(z, basis[:, basis_column : basis_column + block_width], pool)
+                    basis_column += block_width
+                for side, values, out in (
+                    ("user", user_values, codes[:n_users]),
+                    ("item", item_values, codes[n_users:]),
+                ):
+                    medians[side][bits_here] = split_points(values, pool)
+                    _threshold(values, medians[side][bits_here], out[:, bits_here], pool)
+    if max(hops) > 0:
         medians["item_degree"], medians["trivial_along"] = graph.item_degree, along
         medians["item_degree_total"] = np.array(graph.item_degree.astype(np.float64).sum())
-    if bases:
-        medians["item_basis"] = np.concatenate(bases, axis=1)
-    return np.concatenate([users, items]), medians
+    if basis.shape[1]:
+        medians["item_basis"] = basis
+    return codes, medians
 
 
 def cold_user_bits(
