@@ -1,15 +1,16 @@
 """Threads for the index side's numpy and scipy work: how many to start, and how to split rows between them.
 
 NumPy's ufuncs and sorts and scipy's sparse × dense products release the GIL, so threads over blocks of rows use
-every core without copying arrays between processes. (trainer.data.threads has the same core count; index must
-not import trainer, so this is its own.)
+every core without copying arrays between processes. The trainer's data pipeline (which may import index, not the
+other way round) uses the same helpers.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -22,6 +23,21 @@ R = TypeVar("R")
 def usable_cores() -> int:
     """The cores this process may run on: in a container or under ``taskset`` fewer than ``os.cpu_count()``."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def in_order(pool: ThreadPoolExecutor, calls: Iterable[Callable[[], T]], *, window: int) -> Iterator[T]:
+    """The results of ``calls`` in order, with at most ``window`` of them submitted but not yet consumed.
+
+    ``calls`` is iterated in the caller's thread, so whatever builds each call (a draw from a shared
+    random stream, say) happens in order; only the calls themselves run in the pool.
+    """
+    pending: deque[Future[T]] = deque()
+    for call in calls:
+        pending.append(pool.submit(call))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def run_all(pool: Executor | None, call: Callable[[T], R], args: Iterable[T]) -> list[R]:

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from index.threads import in_order, usable_cores
 from trainer.data.int_text import format_rows
 from trainer.data.synthetic import SyntheticConfig, SyntheticDraw
-from trainer.data.threads import in_order, usable_cores
 
 USERS_PER_BLOCK = 1 << 16  # fixed, not per machine: a block's random stream is its index, so this shapes the data
 HEADERS = {".csv": ("user_id,item_id\n", ","), ".inter": ("user_id:token\titem_id:token\n", "\t")}

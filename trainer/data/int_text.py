@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from trainer.data.threads import usable_cores
+from index.threads import usable_cores
 
 _NEWLINE = ord("\n")
 _ZERO = ord("0")

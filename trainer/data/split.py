@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from trainer.data.threads import in_order, usable_cores
+from index.threads import in_order, usable_cores
 
 _BLOCK_INTERACTIONS = 1 << 20
 _TIEBREAK_BITS = 53  # rng.random() gives multiples of 2**-53: scaled, an exact 53-bit integer

@@ -6,7 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from trainer.data.threads import in_order, usable_cores
+from index.threads import in_order, usable_cores
 
 
 def test_in_order_keeps_order_and_bounds_what_is_in_flight() -> None:
