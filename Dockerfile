@@ -118,9 +118,9 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --no-deps --target /opt/project /wheels/*.whl
 
 # Each image holds only the part it runs: the service never imports the trainer and the trainer never the
-# service (index is the floor both stand on), so each image drops the other's package and console script.
+# service (index is the floor both stand on), so each image drops the other's package and console scripts.
 FROM project AS project-api
-RUN rm -r /opt/project/trainer /opt/project/bin/recsys-train
+RUN rm -r /opt/project/trainer /opt/project/bin/recsys-train /opt/project/bin/recsys-generate
 
 FROM project AS project-trainer
 RUN rm -r /opt/project/service /opt/project/bin/recsys-serve

@@ -46,7 +46,12 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.database(0)
+
+    def database(self, number: int) -> str:
+        """The URL of one of the server's databases: a test whose service writes users' state (events) that other
+        modules' tests read for the same users keeps it apart in its own."""
+        return f"redis://127.0.0.1:{self.port}/{number}"
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)

@@ -150,7 +150,10 @@ def test_the_locust_run_script_reports_zero_failures_against_a_real_service(
     env = {**os.environ, "LOCUST": str(locust), "LOAD_OUT": str(out), "RECSYS_BUNDLE_ROOT": str(ste_bundle.root)}
     env |= {"RECSYS_EVENTS_API_KEY": key}
     env.pop("RECSYS_LOAD_RPS_PER_USER", None)
-    with running_service(local_settings(ste_bundle.root, redis_server.url, events_api_key=key)) as url:
+    # Its users' purchases stay in a database of their own: tests/service/test_events reads the same bundle's users'
+    # histories from database 0, and a purchase of one of its users there would change what that test expects.
+    redis_url = redis_server.database(1)
+    with running_service(local_settings(ste_bundle.root, redis_url, events_api_key=key)) as url:
         run = subprocess.run(
             ["bash", str(ROOT / "loadtests/run_headless.sh"), url, "4", "4", "6s"],
             env=env, capture_output=True, text=True, timeout=120, check=False,

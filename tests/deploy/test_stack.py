@@ -94,7 +94,7 @@ def test_the_images_hold_no_build_secret_and_only_what_they_run(engine: Engine, 
     console_scripts = {
         stack_images.api: "recsys-index recsys-serve",
         stack_images.api_numpy: "recsys-index recsys-serve",
-        stack_images.trainer: "recsys-index recsys-train",
+        stack_images.trainer: "recsys-generate recsys-index recsys-train",
     }
     for tag, listed in console_scripts.items():
         found = engine("run", "--rm", "--entrypoint", "sh", tag, "-c", scripts).stdout.strip()
