@@ -32,12 +32,12 @@ from trainer.config import (
 from trainer.data import Dataset, DatasetError, SyntheticConfig, load_dataset
 from trainer.distillation import DistillationOptions
 from trainer.distributed import World, main_first, start, stop
-from trainer.evaluate import device_metrics, evaluation_users, held_out_of
+from trainer.evaluate import evaluation_users, held_out_of
 from trainer.export import ExportReport, export_bundle
 from trainer.options import add_options, from_args, option
 from trainer.quantization import check_options
 from trainer.recipe import AUTO, RecipeOptions, check_recipe, fit, fp_stages, student_options
-from trainer.train import TrainResult, integer_ranking, served_vectors
+from trainer.train import TrainResult
 from trainer.warm_start import save_stages
 
 if TYPE_CHECKING:
@@ -272,21 +272,18 @@ class PhaseClock:
         self._since = now
 
 
-def sampled_test(data: Dataset, config: TrainConfig, result: TrainResult) -> tuple[Dataset, dict[str, object]]:
+def sampled_test(data: Dataset, config: TrainConfig) -> tuple[Dataset, dict[str, object]]:
     """With ``--eval-users``, the data whose test set holds only a seeded sample of its users (what the export
-    ranks, on both paths) and that sample's size and standard errors for the record; otherwise the data as it is.
+    ranks, on both paths, with standard errors) and the sample's size for the record; otherwise the data as it is
+    and no record fields.
 
     Only the test matrix changes: the bundle's ids, seen items and cold-start graph are the whole data's."""
     count = config.schedule.eval_users
     users = evaluation_users(data.test, count, config.optim.seed)
     if count <= 0 or users.size == np.count_nonzero(np.diff(data.test.indptr)):
         return data, {}
-    user_vectors, item_vectors = served_vectors(result.model, result.quantizer)
-    metrics = device_metrics(user_vectors, item_vectors, data.test, data.seen(), users=users, spread=True,
-                             integer_scores=integer_ranking(result.quantizer))  # fmt: skip
-    spread = {k: round(v, 5) for k, v in metrics.items() if k.endswith("_se")}
     tested = dataclasses.replace(data, test=held_out_of(data.test, users))
-    return tested, {"eval_users": count, "test_users": int(users.size), **spread}
+    return tested, {"eval_users": count, "test_users": int(users.size)}
 
 
 def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozenset()) -> int:
@@ -336,14 +333,21 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
         return 0  # rank 0 writes the warm start, the bundle and the record
     if output.save_warm_start is not None:
         save_stages(output.save_warm_start, data.name, saved)
-    tested, spread = sampled_test(data, config, result)
-    clock.done("sampled_test")
+    tested, sample = sampled_test(data, config)
     report = export_bundle(
-        result, tested, config, output.bundle_root, make_current=not output.no_make_current, stages=stage_records
+        result,
+        tested,
+        config,
+        output.bundle_root,
+        make_current=not output.no_make_current,
+        stages=stage_records,
+        spread=bool(sample),
     )
-    clock.done("export")  # test on the served path, codes, cold-start section, checksums, publish
+    clock.done("export")  # the test on both paths, codes, cold-start section, checksums, publish
     if output.results_json is not None:
-        record = result_record(config, result, data, report, output) | spread | {"phase_seconds": clock.phases}
+        spread = {name: round(value, 5) for name, value in report.test_spread.items()}
+        record = result_record(config, result, data, report, output) | sample | spread
+        record["phase_seconds"] = clock.phases
         for stage_record in stage_records:
             _append_record(output.results_json, stage_record)
         _append_record(output.results_json, {"stage": "student", **record} if recipe else record)

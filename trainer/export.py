@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ class ExportReport:
     test_device: dict[str, float]
     bytes_per_node: float
     item_bytes: float = 0.0  # what the index keeps per item: its code and any scales or level table
+    test_spread: dict[str, float] = field(default_factory=dict)  # with ``spread``: each test metric's standard error
 
 
 def popularity_order(data: Dataset, seen: sp.csr_matrix | None = None) -> npt.NDArray[np.int64]:
@@ -102,31 +103,34 @@ def export_bundle(
     *,
     make_current: bool = True,
     stages: list[dict[str, object]] | None = None,
+    spread: bool = False,
 ) -> ExportReport:
     """Encode users and items, evaluate the test set through the index, publish the bundle atomically.
 
     ``stages``: the fp stages this model was trained from (``--teacher auto``), recorded in the manifest. The test
     metrics rank ``data.test``'s users: with ``--eval-users`` the caller passes a sample of them
-    (trainer.cli.sampled_test)."""
+    (trainer.cli.sampled_test) and asks for ``spread``, the metrics' standard errors across that sample."""
     model, quantizer = result.model, result.quantizer
     model.eval()
     user_rep, item_rep = quantizer.node_representations(model)
     users, items = quantizer.export(user_rep, "user"), quantizer.export(item_rep, "item")
     seen = data.seen()
-    test = data.test
     test_device = device_metrics(
         quantizer.served(user_rep, "user"),
         quantizer.served(item_rep, "item"),
-        test,
+        data.test,
         seen,
         integer_scores=integer_ranking(quantizer),
+        spread=spread,
     )
+    test_spread = {name: test_device.pop(name) for name in list(test_device) if name.endswith("_se")}
+    test_device.pop("users", None)  # what spread also counts: the manifest has test_users_ranked
     test_served = served_path_metrics(
         users.codes,
         items.codes,
         quantizer.layout,
         quantizer.code_dim,
-        test,
+        data.test,
         seen,
         user_layout=quantizer.user_layout,
         user_scales=users.scales,
@@ -149,7 +153,7 @@ def export_bundle(
         "device": result.device,
         "bytes_per_node": bytes_per_node,
         "test_device_path": test_device,
-        "test_users_ranked": int(np.count_nonzero(np.diff(test.indptr))),
+        "test_users_ranked": int(np.count_nonzero(np.diff(data.test.indptr))),
         **({"stages": stages} if stages else {}),
     }
     content = BundleContent(
@@ -175,7 +179,7 @@ def export_bundle(
     )
     path = publish_bundle(bundle_root, content, make_current=make_current)
     log.info("published bundle %s", path)
-    return ExportReport(path, version, test_served, test_device, bytes_per_node, _bytes_per_node(items))
+    return ExportReport(path, version, test_served, test_device, bytes_per_node, _bytes_per_node(items), test_spread)
 
 
 def _bytes_per_node(*sides: ExportedCodes) -> float:
