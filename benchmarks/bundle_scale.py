@@ -13,8 +13,8 @@ each service worker does at start). Ends with a table and one JSON record per st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import RESULTS, append_records, commit
+from benchmarks.harness import RESULTS, append_records, commit, run_measured
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -95,14 +95,13 @@ def export(
 ) -> Path:
     import dataclasses
 
-    import numpy as np
-    import scipy.sparse as sp
     import torch
 
     import index.bundle
     import trainer.export
     from trainer.cli import build_parser, train_config
     from trainer.data import SyntheticConfig, load_dataset
+    from trainer.evaluate import evaluation_users, held_out_of
     from trainer.train import TrainResult, build_model
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -113,11 +112,9 @@ def export(
     config = train_config(build_parser().parse_args(argv))
     synthetic = SyntheticConfig(n_users=users, n_items=items, seed=config.optim.seed)
     data = wrap("data (synthetic, split)", load_dataset)("synthetic", synthetic=synthetic)
-    tested = np.flatnonzero(np.diff(data.test.indptr) > 0)
-    if tested.size > eval_users:  # the same users for every version of the export, whether it samples or not
-        kept = np.random.default_rng(config.optim.seed).choice(tested, size=eval_users, replace=False)
-        rows = sp.csr_matrix((np.ones(kept.size), (kept, kept)), shape=(data.n_users, data.n_users))
-        data = dataclasses.replace(data, test=(rows @ data.test).tocsr())
+    # The same users for every version of the export, whether it samples or not: recsys-train --eval-users's sample.
+    tested = evaluation_users(data.test, eval_users, config.optim.seed)
+    data = dataclasses.replace(data, test=held_out_of(data.test, tested))
     model, quantizer = wrap("build model", build_model)(data, config, torch.device(device))
     result = TrainResult(model=model, quantizer=quantizer, best_epoch=0, best_valid={})
     q = type(quantizer)
@@ -131,17 +128,11 @@ def export(
         (index.bundle, "sha256_of", "publish: sha256 (all calls)"),
         (trainer.export, "publish_bundle", "publish (write, checksum, fsync)"),
     ]
-    with contextlib_exitstack() as stack:
+    with contextlib.ExitStack() as stack:
         for owner, attr, label in stages:
             stack.enter_context(patched(owner, attr, wrap(label, getattr(owner, attr))))
         report = wrap("export_bundle (total)", trainer.export.export_bundle)(result, data, config, bundle_root)
     return report.bundle_path
-
-
-def contextlib_exitstack() -> Any:
-    import contextlib
-
-    return contextlib.ExitStack()
 
 
 def merge_sha_calls(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -156,15 +147,16 @@ def merge_sha_calls(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def in_fresh_process(label: str, argv: list[str]) -> dict[str, Any]:
-    """Wall time and peak RSS of a command (GNU time's maximum resident set of that process alone)."""
-    with tempfile.NamedTemporaryFile("r") as usage:
-        started = time.perf_counter()
-        done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", usage.name, *argv], capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        peak = int(usage.read().split()[-1]) >> 10
+    """Wall time and peak RSS of a command (wait4's maximum resident set of that process alone)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        done = run_measured(argv, timeout=3600, stdout=out, stderr=err)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if done.returncode:
-        raise RuntimeError(f"{label} failed: {done.stderr[-2000:]}")
-    return {"stage": label, "seconds": round(seconds, 2), "peak_rss_mb": peak, "stdout": done.stdout.strip()[-300:]}
+        raise RuntimeError(f"{label} failed: {stderr[-2000:]}")
+    peak = done.peak_rss_bytes >> 20
+    return {"stage": label, "seconds": round(done.seconds, 2), "peak_rss_mb": peak, "stdout": stdout.strip()[-300:]}
 
 
 LOAD_ONE = """
@@ -198,7 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     python = sys.executable
     index_args = ["--bundle-root", str(args.bundle_root), "--device", args.index_device]
     records.append(in_fresh_process("recsys-index build", [python, "-m", "index.cli", "build", *index_args]))
-    index_args = ["--bundle-root", str(args.bundle_root), "--device", args.index_device]
     records.append(in_fresh_process("recsys-index check", [python, "-m", "index.cli", "check", *index_args]))
     load = in_fresh_process("Bundle.load + user_row (a worker)", [python, "-c", LOAD_ONE, str(args.bundle_root), "1"])
     loaded_s, _, peak = load.pop("stdout").split()

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, Any, TypeVar
 
 from tqdm import tqdm
 
@@ -27,6 +32,7 @@ __all__ = [
     "commit",
     "markdown_table",
     "progress",
+    "run_measured",
     "setup_faiss_gpu_kit",
 ]
 
@@ -60,6 +66,56 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A command run to its end by ``run_measured``."""
+
+    returncode: int  # negative: killed by that signal (the timeout kills)
+    seconds: float
+    peak_rss_bytes: int
+
+
+# Runs the measured command as its own child and reports that child's peak RSS, as GNU time does. Asked of the
+# benchmark's process directly, wait4 would report at least the benchmark's own RSS: a spawned child keeps the
+# high-water mark of the memory it was spawned from across exec, and a benchmark may hold gigabytes by then.
+_MEASURE = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
+def run_measured(
+    command: Sequence[str],
+    *,
+    timeout: float,
+    cwd: Path = ROOT,
+    env: Mapping[str, str] | None = None,
+    stdout: IO[Any] | None = None,
+    stderr: IO[Any] | int | None = None,
+) -> Finished:
+    """Run ``command`` in a fresh process to its end (killed, with its children, after ``timeout`` seconds): its
+    wall time and peak resident set (``wait4``'s: the process's own, or that of the largest child it waited for).
+    Output goes to files, not pipes, so nothing blocks on a full pipe."""
+    with tempfile.NamedTemporaryFile("r") as report:
+        started = time.perf_counter()
+        launcher = subprocess.Popen([sys.executable, "-c", _MEASURE, report.name, *command], cwd=cwd, env=env,
+                                    stdout=stdout, stderr=stderr, start_new_session=True)  # fmt: skip
+        timer = threading.Timer(timeout, os.killpg, (launcher.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            launcher.wait()
+        finally:
+            timer.cancel()
+        seconds = time.perf_counter() - started
+        reported = report.read().split()
+    if not reported:  # the launcher itself was killed: by the timeout
+        return Finished(launcher.returncode, seconds, 0)
+    return Finished(int(reported[0]), seconds, int(reported[1]) * 1024)  # ru_maxrss is in KiB on Linux
 
 
 def progress(items: Iterable[T], desc: str, unit: str) -> Iterator[T]:

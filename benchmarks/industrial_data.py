@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import RESULTS, ROOT, append_records, benchmark_parser, commit, markdown_table
+from benchmarks.harness import RESULTS, ROOT, append_records, benchmark_parser, commit, markdown_table, run_measured
 
 BYTES_PER_INTERACTION = 16  # the interaction arrays: int64 user + int64 item
 
@@ -46,19 +45,15 @@ def run_stage(args: list[str], code_root: Path | None, timeout: float) -> dict[s
     env["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     command = [sys.executable, "-m", "benchmarks.industrial_data", *args]
     # ``-m`` puts the working directory first on sys.path: the old packages' folder, when one is given.
-    process = subprocess.Popen(command, cwd=code_root or ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    timer = threading.Timer(timeout, process.kill)
-    timer.start()
-    assert process.stdout is not None
-    output = process.stdout.readlines()  # stderr (logs, progress bars) passes through
-    _, status, usage = os.wait4(process.pid, 0)  # not process.wait(): wait4 also gives the child's peak RSS
-    timer.cancel()
-    code = os.waitstatus_to_exitcode(status)
-    process.returncode = code
-    if code != 0:
+    with tempfile.TemporaryFile("w+") as output:  # stderr (logs, progress bars) passes through
+        run = run_measured(command, timeout=timeout, cwd=code_root or ROOT, env=env, stdout=output)
+        output.seek(0)
+        lines = output.readlines()
+    if run.returncode != 0:
+        code = run.returncode
         raise RuntimeError(f"stage {args[1]} failed with exit code {code} (killed after {timeout} s if negative)")
-    figures: dict[str, Any] = json.loads(output[-1])
-    figures["peak_host_gb"] = round(usage.ru_maxrss * 1024 / 1e9, 3)  # ru_maxrss is in KiB on Linux
+    figures: dict[str, Any] = json.loads(lines[-1])
+    figures["peak_host_gb"] = round(run.peak_rss_bytes / 1e9, 3)
     return figures
 
 

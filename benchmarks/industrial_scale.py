@@ -29,12 +29,11 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import RESULTS, ROOT, append_records, benchmark_parser, commit, markdown_table
+from benchmarks.harness import RESULTS, ROOT, append_records, benchmark_parser, commit, markdown_table, run_measured
 from benchmarks.industrial_data import BYTES_PER_INTERACTION, run_stage
 
 STAGES = ("generate", "load", "train", "index", "serve")
@@ -78,28 +77,20 @@ class Measured:
     peak_host_gb: float
     peak_gpu_gb: float | None
     log: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def measured(command: list[str], log: Path, timeout: float, env: dict[str, str] | None = None) -> Measured:
+def measured(command: list[str], log: Path, timeout: float) -> Measured:
     """Run one stage's command to its end, its output to ``log``: wall time, peak RSS (wait4) and peak GPU memory."""
-    environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    environment = dict(os.environ, PYTHONUNBUFFERED="1")
     environment["PYTHONPATH"] = os.pathsep.join([str(ROOT), environment.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     print(f"$ {' '.join(command)}  > {log}", flush=True)
     with GpuMemory() as gpu, log.open("w") as handle:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=handle, stderr=subprocess.STDOUT)
-        timer = threading.Timer(timeout, process.kill)
-        timer.start()
-        _, status, usage = os.wait4(process.pid, 0)  # RUSAGE of the child: its peak RSS, which wait() would not give
-        timer.cancel()
-        wall = time.perf_counter() - started
-    process.returncode = code = os.waitstatus_to_exitcode(status)
-    if code != 0:
+        run = run_measured(command, timeout=timeout, env=environment, stdout=handle, stderr=subprocess.STDOUT)
+    if run.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-5:]
-        raise RuntimeError(f"{command[2]} failed with exit code {code}: " + " / ".join(tail))
+        raise RuntimeError(f"{command[2]} failed with exit code {run.returncode}: " + " / ".join(tail))
     peak_gpu = None if gpu.peak_mb is None else round(gpu.peak_mb / 1024, 2)
-    return Measured(round(wall, 1), round(usage.ru_maxrss * 1024 / 1e9, 3), peak_gpu, log)
+    return Measured(round(run.seconds, 1), round(run.peak_rss_bytes / 1e9, 3), peak_gpu, log)
 
 
 def valid_curve(log: Path) -> list[dict[str, Any]]:
@@ -163,6 +154,7 @@ def main() -> int:
     data = work / f"synthetic-{args.users}x{args.items}-after.csv"  # benchmarks.industrial_data's name for it
     bundles, records = work / "bundles", work / "train.json"
     shape = {"users": args.users, "items": args.items}
+    device = "gpu" if args.device.startswith("cuda") else "cpu"  # recsys-index's and recsys-serve's name for it
     rows: list[dict[str, Any]] = []
     interactions: int | None = None
 
@@ -187,12 +179,10 @@ def main() -> int:
             run = measured(train_command(args, data, bundles, records), work / "train.log", args.timeout)
             row("train", run.wall_s, run.peak_host_gb, run.peak_gpu_gb, **train_figures(records, run.log))
         elif stage == "index":
-            device = "gpu" if args.device.startswith("cuda") else "cpu"
             command = [sys.executable, "-m", "index.cli", "build", "--bundle-root", str(bundles), "--device", device]
             run = measured(command, work / "index.log", args.timeout)
             row("index", run.wall_s, run.peak_host_gb, run.peak_gpu_gb)
         else:
-            device = "gpu" if args.device.startswith("cuda") else "cpu"
             command = [sys.executable, "-m", "benchmarks.serve_start", "--bundle-root", str(bundles), "--device",
                        device, *args.serve_options.split()]  # fmt: skip
             run = measured(command, work / "serve.log", args.timeout)
