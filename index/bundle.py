@@ -34,6 +34,7 @@ from index.codes import CodeLayout, ScaleMode, check_pairing, check_scales, code
 from index.cold_start import ColdStartSection
 from index.id_map import IdMap
 from index.npz_map import read_npz
+from index.threads import usable_cores
 
 FORMAT_VERSION = 2  # what publish_bundle writes
 READABLE_FORMATS = (1, 2)  # what Bundle.load reads
@@ -96,20 +97,27 @@ class BundleContent:
 
 
 def verify_checksums(bundle: Path, files: dict[str, str], manifest_path: Path) -> None:
-    """Every listed file present and matching its sha256; ``BundleError`` names the first that does not. The files
-    are hashed in threads (hashlib lets go of the GIL on large blocks), so a bundle of one large file and several
-    smaller ones takes about the time of its largest."""
+    """Every listed file present and matching its sha256; ``BundleError`` names the first that does not."""
     for name in files:
         if Path(name).name != name:
             raise BundleError(f"{manifest_path}: file name {name!r} is not a plain name")
         if not (bundle / name).is_file():
             raise BundleError(f"{bundle / name}: missing")
-    with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1) or 1) as pool:
-        actual = dict(zip(files, pool.map(lambda name: read_part(bundle / name, sha256_of), files), strict=True))
+    hashed = checksums([bundle / name for name in files], partial(read_part, read=sha256_of))  # BundleError naming it
+    actual = dict(zip(files, hashed, strict=True))
     for name, digest in files.items():
         if actual[name] != digest:
             file = bundle / name
             raise BundleError(f"{file}: checksum mismatch (manifest {digest[:12]}…, file {actual[name][:12]}…)")
+
+
+def checksums(paths: list[Path], hash_one: Callable[[Path], str] | None = None) -> list[str]:
+    """``hash_one`` (default ``sha256_of``) of each path, in threads: hashlib lets go of the GIL on large blocks, so a
+    bundle of one large file and several smaller ones takes about the time of its largest."""
+    if not paths:
+        return []
+    with ThreadPoolExecutor(max_workers=min(len(paths), usable_cores())) as pool:
+        return list(pool.map(hash_one or sha256_of, paths))
 
 
 def sha256_of(path: Path) -> str:
@@ -207,8 +215,7 @@ def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = T
         if content.cold_start is not None:
             content.cold_start.save(tmp / COLD_START_FILE)
         written = sorted(tmp.iterdir())
-        with ThreadPoolExecutor(max_workers=min(len(written), os.cpu_count() or 1)) as pool:
-            files = dict(zip((p.name for p in written), pool.map(sha256_of, written), strict=True))
+        files = dict(zip((p.name for p in written), checksums(written), strict=True))
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             model_version=content.model_version,
