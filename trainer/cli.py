@@ -37,7 +37,7 @@ from trainer.export import ExportReport, export_bundle
 from trainer.options import add_options, from_args, option
 from trainer.quantization import check_options
 from trainer.recipe import AUTO, RecipeOptions, check_recipe, fit, fp_stages, student_options
-from trainer.train import TrainResult
+from trainer.train import TrainResult, pick_device
 from trainer.warm_start import save_stages
 
 if TYPE_CHECKING:
@@ -315,13 +315,16 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
     if recipe:
         identity = {k: v for k, v in vars(options).items() if k not in ("data_dir", "dataset_url", "sha256")}
         stage_args = build_parser().parse_args(stage_argv, namespace=argparse.Namespace(**vars(args)))
+        stage_train = RunConfig.from_args(stage_args).train
+        recipe_options = from_args(RecipeOptions, args)
         stages = fp_stages(
             data,
-            RunConfig.from_args(stage_args).train,
+            stage_train,
             dim=config.model.dim,
             with_refit=output.refit,
-            cache=from_args(RecipeOptions, args).stage_cache,
+            cache=recipe_options.stage_cache,
             identity=identity,
+            side_by_side=recipe_options.stages_side_by_side and pick_device(stage_train.runtime.device).type == "cuda",
         )
         stage_records = [stage.record(data.name) for stage in stages]
         args = argparse.Namespace(**(vars(args) | student_options(config, *stages, given)))

@@ -16,11 +16,15 @@ the same data reuses them; only the student publishes a bundle.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +57,12 @@ class RecipeOptions:
         "",
         "--teacher auto: optimisation, schedule and device options the fp stages take over this run's own, as on "
         'the command line (e.g. "--loss softmax --temperature 0.2 --lr 1e-3 --reg 0.2")',
+    )
+    stages_side_by_side: bool = option(
+        True,
+        "--teacher auto on a GPU: train the fp warm start and teacher one after the other, not side by side in two "
+        "processes (on a CPU they always take turns)",
+        flag="--stages-in-turn",
     )
 
 
@@ -150,37 +160,116 @@ def _saved(result: TrainResult, seconds: float) -> SavedStage:
 
 
 def fp_stages(
-    data: Dataset, config: TrainConfig, *, dim: int, with_refit: bool, cache: Path, identity: Mapping[str, object]
-) -> tuple[FittedStage, FittedStage]:
-    """Stages 1 and 2, trained with ``config`` (the run's, with --stage-options) or reused: the warm start at the
-    student's width ``dim`` and the teacher at twice it."""
-    warm = _fp_stage("warm_start", 1, data, stage_config(config, dim), with_refit, cache, identity)
-    teacher = _fp_stage("teacher", 2, data, stage_config(config, 2 * dim), with_refit, cache, identity)
-    return warm, teacher
-
-
-def _fp_stage(
-    name: str,
-    number: int,
     data: Dataset,
     config: TrainConfig,
+    *,
+    dim: int,
     with_refit: bool,
     cache: Path,
     identity: Mapping[str, object],
+    side_by_side: bool = False,
+) -> tuple[FittedStage, FittedStage]:
+    """Stages 1 and 2, trained with ``config`` (the run's, with --stage-options) or reused: the warm start at the
+    student's width ``dim`` and the teacher at twice it.
+
+    Neither needs the other, so with ``side_by_side`` the teacher trains in a second process while this one trains
+    the warm start: one small model leaves most of a GPU idle. A stage that another run is training (it holds the
+    stage's lock) is waited for and reused rather than trained twice."""
+    key = {"dataset": dict(identity), "fingerprint": fingerprint(data), "refit": with_refit}
+    warm = _plan("warm_start", 1, stage_config(config, dim), data, cache, key)
+    teacher = _plan("teacher", 2, stage_config(config, 2 * dim), data, cache, key)
+    trained: dict[str, tuple[float, int]] = {}
+    with ExitStack() as cleanup:  # each stage's lock is let go once it is saved; a second process is waited for
+        claimed = [(plan, cleanup.enter_context(lock)) for plan in (warm, teacher) if (lock := _claim(plan))]
+        here, beside = (claimed[:1], claimed[1:]) if side_by_side else (claimed, [])
+        pool = cleanup.enter_context(ProcessPoolExecutor(1, mp_context=get_context("spawn")))  # starts on submit
+        futures = [(plan, pool.submit(_train_stage, data, plan, with_refit)) for plan, _ in beside]
+        for plan, lock in here:
+            trained[plan.name] = _train_stage(data, plan, with_refit)
+            lock.close()
+        for plan, future in futures:
+            trained[plan.name] = future.result()
+    return _resolved(data, warm, trained, with_refit), _resolved(data, teacher, trained, with_refit)
+
+
+@dataclass(frozen=True)
+class _StagePlan:
+    """One fp stage to train or reuse: its configuration and its cache file."""
+
+    name: str  # "warm_start" | "teacher"
+    number: int
+    config: TrainConfig
+    path: Path
+
+    @property
+    def title(self) -> str:
+        return f"stage {self.number}/3: fp d={self.config.model.dim} {self.name.replace('_', ' ')}"
+
+    @contextmanager
+    def lock(self, *, wait: bool) -> Iterator[bool]:
+        """Held while the stage trains, so that runs sharing a cache train it once; yields whether it was taken.
+        The lock files stay (removing one races with a run about to take it)."""
+        locks = self.path.parent / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with (locks / f"{self.path.name}.lock").open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
+
+def _plan(
+    name: str, number: int, config: TrainConfig, data: Dataset, cache: Path, key: Mapping[str, object]
+) -> _StagePlan:
+    """The stage's cache file is named by a hash of the data and the stage's training configuration."""
+    text = json.dumps(dict(key) | {"train": config.to_json()}, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return _StagePlan(name, number, config, cache / f"{data.name}-fp-d{config.model.dim}-{digest}.pt")
+
+
+def _claim(plan: _StagePlan) -> ExitStack | None:
+    """The stage's lock, held, when this run is to train it: not saved yet and nobody else training it."""
+    if plan.path.is_file():
+        return None
+    held = ExitStack()
+    if held.enter_context(plan.lock(wait=False)) and not plan.path.is_file():  # another run may save it meanwhile
+        return held
+    held.close()
+    return None
+
+
+def _train_stage(data: Dataset, plan: _StagePlan, with_refit: bool) -> tuple[float, int]:
+    """Train and save atomically (an interrupted run leaves no half file to reuse); the seconds and epochs it
+    took. Also the entry point of the second process of ``side_by_side``, which logs like the first."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("%s: training, saved to %s", plan.title, plan.path)
+    result, stages = fit(data, plan.config, with_refit=with_refit)
+    save_stages(plan.path, data.name, stages)
+    return result.train_seconds, result.best_epoch + 1
+
+
+def _resolved(
+    data: Dataset, plan: _StagePlan, trained: Mapping[str, tuple[float, int]], with_refit: bool
 ) -> FittedStage:
-    key = {"dataset": dict(identity), "fingerprint": fingerprint(data), "refit": with_refit, "train": config.to_json()}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    dim = config.model.dim
-    path = cache / f"{data.name}-fp-d{dim}-{digest}.pt"
-    title = f"stage {number}/3: fp d={dim} {name.replace('_', ' ')}"
-    if path.is_file():
-        saved = load_stage(path, "select", dataset=data.name, n_nodes=data.n_users + data.n_items, dim=dim)
-        log.info("%s: cached %s", title, path)
-        return FittedStage(name, config, path, cached=True, seconds=saved.seconds, epochs=saved.epochs)
-    log.info("%s: training, saved to %s", title, path)
-    result, stages = fit(data, config, with_refit=with_refit)
-    save_stages(path, data.name, stages)  # atomic: an interrupted run leaves no half file to reuse
-    return FittedStage(name, config, path, cached=False, seconds=result.train_seconds, epochs=result.best_epoch + 1)
+    """The stage as this run trained it, or the saved one: waited for while another run trains it, trained here
+    if that run failed."""
+    if plan.name in trained:
+        seconds, epochs = trained[plan.name]
+        return FittedStage(plan.name, plan.config, plan.path, cached=False, seconds=seconds, epochs=epochs)
+    with plan.lock(wait=False) as free:
+        if not free:
+            log.info("%s: another run is training it; waiting for %s", plan.title, plan.path)
+    with plan.lock(wait=True):
+        if not plan.path.is_file():
+            seconds, epochs = _train_stage(data, plan, with_refit)
+            return FittedStage(plan.name, plan.config, plan.path, cached=False, seconds=seconds, epochs=epochs)
+    dim = plan.config.model.dim
+    saved = load_stage(plan.path, "select", dataset=data.name, n_nodes=data.n_users + data.n_items, dim=dim)
+    log.info("%s: cached %s", plan.title, plan.path)
+    return FittedStage(plan.name, plan.config, plan.path, cached=True, seconds=saved.seconds, epochs=saved.epochs)
 
 
 def student_options(

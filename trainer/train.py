@@ -110,7 +110,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     step = training_step(data, config, model, quantizer, optimizer, world, graphed)
     feed = EpochFeed(BPRSampler(data.train, device, mode=config.optim.sampling), generator, config, world, first)
     meter = Throughput()
-    bar = tqdm(range(first, schedule.epochs), desc=f"train {config.model.method}", unit="epoch",
+    bar = tqdm(range(first, schedule.epochs), desc=f"train {config.model.method} d={config.model.dim}", unit="epoch",
                dynamic_ncols=True, disable=not world.main)  # fmt: skip
     for epoch in bar:
         epochs_trained = epoch + 1

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from index.bundle import Bundle
 from trainer.cli import given_options
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.recipe import FittedStage, fp_stages
 
 TINY = ["--synthetic-users", "300", "--synthetic-items", "400", "--dim", "16", "--epochs", "2", "--eval-every", "1"]
 
@@ -41,8 +50,9 @@ def test_one_command_trains_the_stages_once_and_publishes_only_the_student(tmp_p
     assert bundle.manifest.training["config"]["warm_start_from"] == warm["stage_file"]
     assert bundle.manifest.training["config"]["distillation"]["teacher"] == student["teacher"] == teacher["stage_file"]
     assert (student["distill_weight"], student["softmax_negatives"]) == (3.0, 1024)  # the best 2-bit recipe
-    files = sorted(cache.iterdir())
+    files = sorted(cache.glob("*.pt"))
     assert len(files) == 2 and not list(cache.glob(".*"))  # no temporary file left behind
+    assert sorted(p.name for p in (cache / "locks").iterdir()) == [f"{f.name}.lock" for f in files]
     written = {f: f.stat().st_mtime_ns for f in files}
 
     # A second student of the same width on the same data trains only itself; what it sets itself stays.
@@ -53,7 +63,7 @@ def test_one_command_trains_the_stages_once_and_publishes_only_the_student(tmp_p
     assert second.returncode == 0, second.stderr
     assert "warm start: cached" in second.stderr and "teacher: cached" in second.stderr
     assert "train fp" not in second.stderr
-    assert {f: f.stat().st_mtime_ns for f in cache.iterdir()} == written
+    assert {f: f.stat().st_mtime_ns for f in cache.glob("*.pt")} == written
     records = json.loads(results.read_text())[3:]
     assert [(r["stage"], r.get("cached")) for r in records] == [
         ("warm_start", True),
@@ -108,3 +118,63 @@ def test_combinations_that_make_no_sense_are_one_line(tmp_path: Path, options: l
 def test_given_options_are_those_on_the_command_line() -> None:
     given = given_options(["--method", "hq", "--bits", "2", "--softmax-negatives", "0", "--refit"])
     assert given == {"method", "bits", "softmax_negatives", "refit"}
+
+
+STAGES = TrainConfig.of(method="fp", dim=8, epochs=2, eval_every=1, batch_size=2048, device="cpu")
+IDENTITY = {"dataset": "synthetic"}
+
+
+def stages_in(cache: Path, data: Dataset, *, side_by_side: bool = False) -> tuple[FittedStage, FittedStage]:
+    return fp_stages(data, STAGES, dim=8, with_refit=False, cache=cache, identity=IDENTITY, side_by_side=side_by_side)
+
+
+def ego_of(path: Path) -> torch.Tensor:
+    return torch.load(path, weights_only=True)["stages"]["select"]["ego"]
+
+
+def test_side_by_side_the_teacher_trains_in_a_second_process_to_the_same_model(
+    tmp_path: Path, tiny_data: Dataset
+) -> None:
+    in_turn = stages_in(tmp_path / "a", tiny_data)
+    beside = stages_in(tmp_path / "b", tiny_data, side_by_side=True)
+    for one, other in zip(in_turn, beside, strict=True):
+        assert (one.name, one.cached, other.cached, one.path.name) == (other.name, False, False, other.path.name)
+        assert one.epochs == other.epochs
+        # Same seed and steps in another process: equal up to the order of float sums across threads.
+        torch.testing.assert_close(ego_of(one.path), ego_of(other.path), rtol=0, atol=1e-6)
+    again = stages_in(tmp_path / "b", tiny_data, side_by_side=True)
+    assert [stage.cached for stage in again] == [True, True]
+
+
+def hold_lock(path: Path) -> object:
+    """What another run training the stage holds: the stage's lock file, locked."""
+    handle = (path.parent / "locks" / f"{path.name}.lock").open("w")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+@pytest.mark.parametrize("other_run_saves_it", [True, False])
+def test_a_stage_another_run_holds_is_waited_for(
+    tmp_path: Path, tiny_data: Dataset, caplog: pytest.LogCaptureFixture, other_run_saves_it: bool
+) -> None:
+    """Reused once the other run saves it; trained here if that run stopped without saving it."""
+    _, teacher = stages_in(tmp_path / "first", tiny_data)
+    cache = tmp_path / "cache"
+    (cache / "locks").mkdir(parents=True)
+    held = hold_lock(cache / teacher.path.name)
+    found: list[tuple[FittedStage, FittedStage]] = []
+    caplog.set_level(logging.INFO, logger="trainer.recipe")
+    worker = threading.Thread(target=lambda: found.append(stages_in(cache, tiny_data)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while "another run is training it; waiting" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert worker.is_alive() and "another run is training it; waiting" in caplog.text  # the teacher waited for
+    if other_run_saves_it:
+        shutil.copy(teacher.path, cache / teacher.path.name)
+    held.close()  # type: ignore[attr-defined]
+    worker.join(timeout=120)
+    warm_here, teacher_here = found[0]
+    assert not warm_here.cached and teacher_here.cached == other_run_saves_it
+    torch.testing.assert_close(ego_of(teacher_here.path), ego_of(teacher.path), rtol=0, atol=1e-6)

@@ -4,11 +4,13 @@
 #
 #   bash tools/device/recipe.sh WAIT_SECONDS
 #
-# Per dataset, side by side, all sharing one --stage-cache:
-#   hq2_d64   16 B: trains fp d=64 (warm start) and fp d=128 (teacher), then the student (its wall time is the
-#             recipe's, on a GPU shared with the other runs: an upper bound on a solo run);
-#   hq2_d128  32 B: trains fp d=128 (the 16 B run's teacher, reused there once saved) and fp d=256;
-#   hq1u2_d64 8 B (1-bit items, 2-bit users): starts once both d=64 stages are cached.
+# Per dataset, all started at once and sharing one --stage-cache, so each fp stage (d = 64, 128, 256) is trained
+# once, by whichever run claims it first (each run trains its two stages side by side), and waited for by the others:
+#   hq2_d64    16 B: fp d=64 warm start, fp d=128 teacher, 2-bit student. Its wall time is the recipe's on a GPU
+#              shared with the other runs (the caps are wall minutes; the refits are slower than alone);
+#   hq1u2_d128 16 B the other way: 1-bit items at d=128, 2-bit users (fp d=128 and d=256);
+#   hq2_d128   32 B: fp d=128 and d=256;
+#   hq1u2_d64  8 B: 1-bit items at d=64, 2-bit users (fp d=64 and d=128).
 # The fp stages take the #32 full-precision recipe (STAGE_OPTIONS_<dataset>). The first call starts the runs in
 # their own process session; every call waits up to WAIT_SECONDS and copies what is there to $OUT/recipe.tgz.
 # Needs, carried with the call: .whl/ and .carry/data/{gowalla,yelp2018}.
@@ -21,7 +23,7 @@ STUDENT_CAP="--max-minutes ${STUDENT_MINUTES:-3.5}"
 SOFTMAX="--loss softmax --softmax-negatives 0 --temperature 0.2 --lr 1e-3 --max-minutes ${STAGE_MINUTES:-2.5}"
 declare -A STAGE_OPTIONS=([gowalla]="$SOFTMAX --reg 2e-1" [yelp2018]="$SOFTMAX --reg 5e-2" [ml-100k]="$SOFTMAX --reg 5e-2")
 DATASETS=${DATASETS:-gowalla yelp2018}
-RUNS=${RUNS:-hq2_d64 hq2_d128 hq1u2_d64}  # which of the runs above
+RUNS=${RUNS:-hq2_d64 hq1u2_d128 hq2_d128 hq1u2_d64}  # which of the runs above
 DATA_DIR=${DATA_DIR:-.carry/data}
 
 run() {  # dataset name options...: one recipe run, its log and record under $work
@@ -36,25 +38,15 @@ run() {  # dataset name options...: one recipe run, its log and record under $wo
   echo "$dataset $name exit $rc wall $(($(date +%s) - start)) s" >>"$work/walls.txt"
 }
 
-after_stages() {  # dataset dims...: wait until every named fp stage of the dataset is cached
-  local dataset=$1 dim
-  shift
-  for dim in "$@"; do
-    until compgen -G "$work/stages/${dataset}-fp-d${dim}-*.pt" >/dev/null; do sleep 10; done
-  done
-}
-
 if [ ! -f "$work/started" ]; then
   mkdir -p "$work/logs" "$work/records" "$work/stages"
   touch "$work/started"
   export OMP_NUM_THREADS=2
   for dataset in $DATASETS; do
-    setsid nohup bash -c "$(declare -f run after_stages); $(declare -p PROTOCOL STUDENT_CAP STAGE_OPTIONS work DATA_DIR RUNS);
-      if [[ \" $RUNS \" == *\" hq2_d64 \"* ]]; then run $dataset hq2_d64 --method hq --bits 2 --dim 64 & fi
-      if [[ \" $RUNS \" == *\" hq2_d128 \"* ]]; then run $dataset hq2_d128 --method hq --bits 2 --dim 128 & fi
-      if [[ \" $RUNS \" == *\" hq1u2_d64 \"* ]]; then
-        (after_stages $dataset 64 128; run $dataset hq1u2_d64 --method hq --bits 1 --user-bits 2 --dim 64) &
-      fi
+    setsid nohup bash -c "$(declare -f run); $(declare -p PROTOCOL STUDENT_CAP STAGE_OPTIONS work DATA_DIR RUNS);
+      declare -A OPTIONS=([hq2_d64]='--bits 2 --dim 64' [hq1u2_d128]='--bits 1 --user-bits 2 --dim 128'
+        [hq2_d128]='--bits 2 --dim 128' [hq1u2_d64]='--bits 1 --user-bits 2 --dim 64')
+      for name in \$RUNS; do run $dataset \$name --method hq \${OPTIONS[\$name]} & sleep 2; done
       wait; touch $work/done_$dataset" >"$work/logs/${dataset}_chain.log" 2>&1 </dev/null &
   done
 fi
