@@ -11,7 +11,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -34,6 +33,7 @@ from trainer.distillation import DistillationOptions
 from trainer.distributed import World, main_first, start, stop
 from trainer.evaluate import evaluation_users, held_out_of
 from trainer.export import ExportReport, export_bundle
+from trainer.metering import PhaseClock
 from trainer.options import add_options, from_args, option
 from trainer.quantization import check_options
 from trainer.recipe import AUTO, RecipeOptions, check_recipe, fit, fp_stages, student_options
@@ -259,19 +259,6 @@ def result_record(
     }
 
 
-class PhaseClock:
-    """Wall seconds of each phase of a run, for its record: where the time of a large run goes."""
-
-    def __init__(self) -> None:
-        self.phases: dict[str, float] = {}
-        self._since = time.perf_counter()
-
-    def done(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.phases[phase] = round(now - self._since, 1)
-        self._since = now
-
-
 def sampled_test(data: Dataset, config: TrainConfig) -> tuple[Dataset, dict[str, object]]:
     """With ``--eval-users``, the data whose test set holds only a seeded sample of its users (what the export
     ranks, on both paths, with standard errors) and the sample's size for the record; otherwise the data as it is
@@ -351,6 +338,7 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
         spread = {name: round(value, 5) for name, value in report.test_spread.items()}
         record = result_record(config, result, data, report, output) | sample | spread
         record["phase_seconds"] = clock.phases
+        record["export_seconds"] = report.phase_seconds
         for stage_record in stage_records:
             _append_record(output.results_json, stage_record)
         _append_record(output.results_json, {"stage": "student", **record} if recipe else record)

@@ -21,6 +21,7 @@ from trainer.config import TrainConfig
 from trainer.data import Dataset
 from trainer.evaluate import device_metrics, served_path_metrics
 from trainer.hashing import HashedInput
+from trainer.metering import PhaseClock
 from trainer.model import LightGCN
 from trainer.quantization import ExportedCodes, Quantizer
 from trainer.train import TrainResult, integer_ranking
@@ -37,6 +38,7 @@ class ExportReport:
     bytes_per_node: float
     item_bytes: float = 0.0  # what the index keeps per item: its code and any scales or level table
     test_spread: dict[str, float] = field(default_factory=dict)  # with ``spread``: each test metric's standard error
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall seconds of each part of the export
 
 
 def popularity_order(data: Dataset, seen: sp.csr_matrix | None = None) -> npt.NDArray[np.int64]:
@@ -110,11 +112,13 @@ def export_bundle(
     ``stages``: the fp stages this model was trained from (``--teacher auto``), recorded in the manifest. The test
     metrics rank ``data.test``'s users: with ``--eval-users`` the caller passes a sample of them
     (trainer.cli.sampled_test) and asks for ``spread``, the metrics' standard errors across that sample."""
+    clock = PhaseClock()
     model, quantizer = result.model, result.quantizer
     model.eval()
     user_rep, item_rep = quantizer.node_representations(model)
     users, items = quantizer.export(user_rep, "user"), quantizer.export(item_rep, "item")
     seen = data.seen()
+    clock.done("codes")
     test_device = device_metrics(
         quantizer.served(user_rep, "user"),
         quantizer.served(item_rep, "item"),
@@ -125,6 +129,7 @@ def export_bundle(
     )
     test_spread = {name: test_device.pop(name) for name in list(test_device) if name.endswith("_se")}
     test_device.pop("users", None)  # what spread also counts: the manifest has test_users_ranked
+    clock.done("test_device")
     test_served = served_path_metrics(
         users.codes,
         items.codes,
@@ -140,7 +145,9 @@ def export_bundle(
     for name, value in test_served.items():
         if abs(value - test_device[name]) > 1e-6:
             log.warning("served-path %s %.6f differs from device-path %.6f", name, value, test_device[name])
+    clock.done("test_served")
     cold_start = cold_start_section(model, quantizer, data, seen)
+    clock.done("cold_start")
     bytes_per_node = _bytes_per_node(users, items)
     version = new_model_version(data.name, config.model.method, quantizer.bits)
     training: dict[str, Any] = {
@@ -178,8 +185,11 @@ def export_bundle(
         cold_start=cold_start,
     )
     path = publish_bundle(bundle_root, content, make_current=make_current)
-    log.info("published bundle %s", path)
-    return ExportReport(path, version, test_served, test_device, bytes_per_node, _bytes_per_node(items), test_spread)
+    clock.done("publish")
+    log.info("published bundle %s (export seconds: %s)", path, clock.phases)
+    return ExportReport(
+        path, version, test_served, test_device, bytes_per_node, _bytes_per_node(items), test_spread, clock.phases
+    )
 
 
 def _bytes_per_node(*sides: ExportedCodes) -> float:

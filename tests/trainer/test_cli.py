@@ -55,6 +55,9 @@ def test_trains_and_publishes_a_bundle(tmp_path: Path) -> None:
     (record,) = json.loads(results.read_text())
     assert record["lr"] == OptimConfig.lr and record["dim"] == 16 and record["layers"] == ModelConfig.layers
     assert record["table_parameters"] == record["input_parameters"] == 500 * 16  # the table is the input layer
+    assert list(record["phase_seconds"]) == ["load", "train", "export"]  # where a large run's time goes
+    assert list(record["export_seconds"]) == ["codes", "test_device", "test_served", "cold_start", "publish"]
+    assert abs(sum(record["export_seconds"].values()) - record["phase_seconds"]["export"]) < 0.5
 
 
 def test_fp_saves_a_warm_start_that_a_quantized_run_uses(tmp_path: Path) -> None:
