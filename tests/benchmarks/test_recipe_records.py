@@ -18,8 +18,9 @@ def add(tar: tarfile.TarFile, name: str, text: str) -> None:
 
 
 def student(dataset: str, recall: float, **more: object) -> dict[str, object]:
-    return {"stage": "student", "dataset": dataset, "method": "hq", "dim": 64, "bits": 2, "item_bytes": 16.0, "bytes_per_node": 16.0,
-            "valid_recall@20": recall + 0.02, "recall@20": recall, "ndcg@20": recall / 2, **more}  # fmt: skip
+    return {"stage": "student", "dataset": dataset, "method": "hq", "dim": 64, "bits": 2, "item_bytes": 16.0,
+            "bytes_per_node": 16.0, "valid_recall@20": recall + 0.02, "recall@20": recall, "ndcg@20": recall / 2,
+            **more}  # fmt: skip
 
 
 def test_students_join_the_quality_records_with_their_wall_time(tmp_path: Path, capsys: object) -> None:
