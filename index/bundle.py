@@ -5,9 +5,11 @@ A bundle is a directory that is written under a temporary name and published wit
 format version, every file's sha256 and every shape, and refuses a bad bundle with a message that
 names the file and the problem, so a broken export can never replace a model that serves.
 
-Format versions: 2 writes the cold-start section complete (``index.cold_start``); 1 is read too, its section's
-missing hash parameters taken as what they meant then (``cold_start.FORMAT1_DEFAULTS``). Any other version is
-refused in one line that names it, before the rest of the manifest is read.
+Format versions: 3 writes the cold-start section (``index.cold_start``) with the sum of the items' layers, all a new
+user's representation needs. 1 and 2 are read too: their sections' layers are summed on load
+(``cold_start.summed_layers``), and format 1's missing hash parameters are taken as what they meant then
+(``cold_start.FORMAT1_DEFAULTS``). Any other version is refused in one line that names it, before the rest of the
+manifest is read.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from index.id_map import IdMap
 from index.npz_map import read_npz
 from index.threads import usable_cores
 
-FORMAT_VERSION = 2  # what publish_bundle writes
-READABLE_FORMATS = (1, 2)  # what Bundle.load reads
+FORMAT_VERSION = 3  # what publish_bundle writes
+READABLE_FORMATS = (1, 2, 3)  # what Bundle.load reads
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 COLD_START_FILE = "cold_start.npz"
@@ -507,7 +509,7 @@ def read_manifest(path: Path) -> Manifest:
     except (ValueError, AttributeError):
         version = None  # not a JSON object: pydantic names the problem below
     if version is not None and version not in READABLE_FORMATS:
-        readable = " and ".join(str(v) for v in READABLE_FORMATS)
+        readable = f"{', '.join(str(v) for v in READABLE_FORMATS[:-1])} and {READABLE_FORMATS[-1]}"
         raise BundleError(f"{path}: bundle format version {version!r}, this build reads format versions {readable}")
     try:
         return Manifest.model_validate_json(raw)

@@ -1,17 +1,20 @@
 """The bundle's cold-start section: what codes a user the model never saw, from the items it gives.
 
 LightGCN's user representation is the mean of its layers, and layer k + 1 of a user is the degree-normalised sum
-of its items' layer k: e_u^(k+1) = Σ_i e_i^(k) / √(|I_u| · deg_i). With the items' layers 0..K−1 in the bundle, a
-new user's representation needs no retraining, only its ego embedding e_u^(0): zero, or (for a model with a hashed
-input layer, Yeh et al.) the decoder's output for the hash code the user's items give (``index.hash_codes``: the
-same projection as in training). The representation is then coded by the encoder the trainer's export coded users
-with (``index.encoders``), which the section names and carries the parameters of.
+of its items' layer k: e_u^(k+1) = Σ_i e_i^(k) / √(|I_u| · deg_i). The mean is linear in the items' layers and
+weighs each alike, so it needs only their sum S = Σ_{k<K} e^(k) and K: (e_u^(0) + Σ_i S_i / √(|I_u| · deg_i)) /
+(K + 1). With S in the bundle (n_items × dim floats, not K times that), a new user's representation needs no
+retraining, only its ego embedding e_u^(0): zero, or (for a model with a hashed input layer, Yeh et al.) the
+decoder's output for the hash code the user's items give (``index.hash_codes``: the same projection as in
+training). The representation is then coded by the encoder the trainer's export coded users with
+(``index.encoders``), which the section names and carries the parameters of.
 
 The trainer's export builds a ``ColdStartSection`` and ``publish_bundle`` checks it; ``Bundle.load`` reads it back
 and checks it again, so that a section a request would trip on is refused when the bundle loads. The service only
 chooses the ego (``service.cold_start``). On disk the section is one ``.npz`` whose array names are the contract
-(``to_arrays``); format version 1 bundles may lack ``hash_hops`` (raw-row codes) and ``hash_mlp_layers`` (two
-layers), which format 2 always writes.
+(``to_arrays``). Format 3 stores ``item_layer_sum`` and ``layers``; formats 1 and 2 store the layers themselves,
+``item_layers`` [K, n_items, dim], which a reader sums (``summed_layers``). Format 1 bundles may also lack
+``hash_hops`` (raw-row codes) and ``hash_mlp_layers`` (two layers), which formats 2 and 3 always write.
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ FORMAT1_DEFAULTS: dict[str, npt.NDArray[Any]] = {"hash_hops": np.array([0]), "ha
 
 # Arrays that only a hashed model's section has: any of them makes the decoder's every array required.
 HASHED_MARKS = ("codebook", "offsets", "user_medians", "hash_seed", "hash_bits", "hash_groups")
+
+
+def summed_layers(arrays: Arrays) -> dict[str, npt.NDArray[Any]]:
+    """What formats 1 and 2 stored as the items' layers, as format 3 stores it: their sum and how many there are.
+    The layers stay mapped; the sum is one n_items × dim array per reader."""
+    layers = array_named(arrays, "item_layers", "f", 3)
+    if layers.shape[0] < 1:
+        raise ValueError(f"'item_layers' must hold at least one layer, got {list(layers.shape)}")
+    return {"item_layer_sum": layers.sum(axis=0, dtype=np.float32), "layers": np.array(layers.shape[0])}
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,13 +169,14 @@ class ColdStartSection:
 
     Example::
 
-        section = ColdStartSection.load(bundle_dir / COLD_START_FILE, format_version=2)
+        section = ColdStartSection.load(bundle_dir / COLD_START_FILE, format_version=3)
         section.check(n_items=..., dim=..., layout=bundle.user_layout)
         code = section.code(np.array([3, 17, 42]))  # a row in the bundle's user layout
     """
 
     encoder: Encoder  # the one the export coded users with
-    item_layers: npt.NDArray[np.float32]  # [K, n_items, dim]: the items' layers 0..K−1
+    item_layer_sum: npt.NDArray[np.float32]  # [n_items, dim]: Σ of the items' layers 0..K−1
+    layers: int  # K, the layers that sum covers: the mean divides by K + 1
     item_degree: npt.NDArray[np.floating]  # [n_items]: interactions per item, those served as seen
     hashed: HashedDecoder | None = None  # a hashed input layer's decoder, for ``hashed_ego``
 
@@ -175,17 +188,16 @@ class ColdStartSection:
     def ego(self, items: npt.NDArray[np.int64], *, hashed_ego: bool = False) -> npt.NDArray[np.float32]:
         """The new user's layer 0: decoded from its hash code with ``hashed_ego`` and a hashed model, else zero."""
         if self.hashed is None or not hashed_ego:
-            return np.zeros(self.item_layers.shape[2], np.float32)
+            return np.zeros(self.item_layer_sum.shape[1], np.float32)
         return self.hashed.decode(items)
 
     def representation(self, items: npt.NDArray[np.int64], *, hashed_ego: bool = False) -> npt.NDArray[np.float32]:
-        """The mean of the user's layers, as LightGCN propagates a user with these items."""
-        layers, degree = self.item_layers, self.item_degree
-        weights = 1.0 / np.sqrt(len(items) * np.maximum(degree[items], 1.0))
-        stack = [self.ego(items, hashed_ego=hashed_ego)]
-        stack += [(weights[:, None] * layers[k][items]).sum(axis=0) for k in range(layers.shape[0])]
-        out: npt.NDArray[np.float32] = np.mean(stack, axis=0).astype(np.float32)
-        return out
+        """The mean of the user's layers, as LightGCN propagates a user with these items: each of its layers 1..K
+        weighs the items alike, so together they are one weighted sum of the items' layer sum."""
+        weights = 1.0 / np.sqrt(len(items) * np.maximum(self.item_degree[items], 1.0))
+        propagated = (weights[:, None] * self.item_layer_sum[items]).sum(axis=0)
+        out: npt.NDArray[np.float32] = (self.ego(items, hashed_ego=hashed_ego) + propagated) / (self.layers + 1)
+        return out.astype(np.float32, copy=False)
 
     def code(self, items: npt.NDArray[np.int64], *, hashed_ego: bool = False) -> npt.NDArray[Any]:
         """The code row of a user with these item rows (at least one), in ``user_layout``."""
@@ -197,9 +209,11 @@ class ColdStartSection:
         so that a bundle is refused when it loads, not by every request that gives a history."""
         if ENCODERS.get(self.encoder.name) is not type(self.encoder):
             raise ValueError(f"codes new users with {self.encoder.name!r}, which index.encoders does not list")
-        layers = self.item_layers
-        if layers.ndim != 3 or layers.shape[0] < 1 or layers.shape[1:] != (n_items, dim):
-            raise ValueError(f"'item_layers' must be float [layers, {n_items}, {dim}], got {list(layers.shape)}")
+        total = self.item_layer_sum
+        if total.shape != (n_items, dim):
+            raise ValueError(f"'item_layer_sum' must be float [{n_items}, {dim}], got {list(total.shape)}")
+        if self.layers < 1:
+            raise ValueError(f"'layers' must be at least 1, got {self.layers}")
         if self.item_degree.shape != (n_items,):
             raise ValueError(f"'item_degree' must be numbers [{n_items}], got {list(self.item_degree.shape)}")
         if self.user_layout is not layout:
@@ -222,7 +236,8 @@ class ColdStartSection:
         """The arrays of the section's file, by the names ``from_arrays`` reads."""
         arrays: dict[str, npt.NDArray[Any]] = {
             "method": np.array(self.encoder.name),
-            "item_layers": np.ascontiguousarray(self.item_layers, dtype=np.float32),
+            "item_layer_sum": np.ascontiguousarray(self.item_layer_sum, dtype=np.float32),
+            "layers": np.array(self.layers),
             "item_degree": self.item_degree,
             **self.encoder.to_arrays(),
         }
@@ -236,14 +251,17 @@ class ColdStartSection:
         name = str(array_named(arrays, "method", "U", 0))
         if name not in ENCODERS:
             raise ValueError(f"'method' must be one of {', '.join(ENCODERS)}, got {name!r}")
-        item_layers = array_named(arrays, "item_layers", "f", 3)
+        if format_version < 3:
+            arrays = {**arrays, **summed_layers(arrays)}
+        item_layer_sum = array_named(arrays, "item_layer_sum", "f", 2)
+        layers = integer_named(arrays, "layers")
         encoder = ENCODERS[name].from_arrays(arrays)
         hashed = None
         if any(name in arrays for name in HASHED_MARKS):  # then all of the decoder, not a silent zero ego
             if format_version == 1:
                 arrays = {**FORMAT1_DEFAULTS, **arrays}
-            hashed = HashedDecoder.from_arrays(arrays, item_layers.shape[2])
-        return cls(encoder, item_layers, array_named(arrays, "item_degree", "fiu", 1), hashed)
+            hashed = HashedDecoder.from_arrays(arrays, item_layer_sum.shape[1])
+        return cls(encoder, item_layer_sum, layers, array_named(arrays, "item_degree", "fiu", 1), hashed)
 
     def save(self, path: Path) -> None:
         with path.open("wb") as handle:
@@ -252,7 +270,7 @@ class ColdStartSection:
     @classmethod
     def load(cls, path: Path, *, format_version: int) -> ColdStartSection:
         """Read a section file; ValueError (not yet naming the file) when it is unreadable or incomplete."""
-        try:  # mapped: the items' layers are n_items × dim floats per layer, which no worker should hold a copy of
+        try:  # mapped: the items' layer sum is n_items × dim floats, which no worker should hold a copy of
             arrays = read_npz(path)
         except (OSError, ValueError, zipfile.BadZipFile) as error:
             raise ValueError(f"not a readable .npz archive ({error})") from error

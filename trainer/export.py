@@ -20,6 +20,7 @@ from index.cold_start import ColdStartSection, HashedDecoder
 from trainer.config import TrainConfig
 from trainer.data import Dataset
 from trainer.evaluate import device_metrics, served_path_metrics
+from trainer.graph import propagate
 from trainer.hashing import HashedInput
 from trainer.metering import PhaseClock
 from trainer.model import LightGCN
@@ -64,20 +65,32 @@ def new_model_version(dataset: str, method: str, bits: int) -> str:
 def cold_start_section(
     model: LightGCN, quantizer: Quantizer, data: Dataset, seen: sp.csr_matrix | None = None
 ) -> ColdStartSection | None:
-    """What serving needs to code a user the model never saw (index.cold_start): the items' layers and the encoder
-    the users' codes came from; None where the quantizer has no such encoder (a user's code needs more than its
-    representation: per-layer scales, per-node level tables)."""
+    """What serving needs to code a user the model never saw (index.cold_start): the sum of the items' layers and the
+    encoder the users' codes came from; None where the quantizer has no such encoder (a user's code needs more than
+    its representation: per-layer scales, per-node level tables)."""
     encoder = quantizer.encoder("user")
     if encoder is None:
         return None
-    item_layers = model()[: model.layers, model.n_users :].float().cpu().numpy()  # items' layers 0..K-1
     inputs = model.inputs
     return ColdStartSection(
         encoder=encoder,
-        item_layers=np.ascontiguousarray(item_layers, dtype=np.float32),
+        item_layer_sum=item_layer_sum(model),
+        layers=model.layers,
         item_degree=item_degree(data.seen() if seen is None else seen).astype(np.float32),
         hashed=hashed_decoder(inputs) if isinstance(inputs, HashedInput) else None,
     )
+
+
+@torch.no_grad()
+def item_layer_sum(model: LightGCN) -> npt.NDArray[np.float32]:
+    """Σ of the items' layers 0..K−1, propagated a layer at a time: the stack of every node's K + 1 layers
+    (``model()``, 20 GB at 10M items) is never built, and of the sum only the items' rows are kept."""
+    layer = model.inputs()
+    total = layer[model.n_users :].float().clone()  # a copy: layer 0 may be the embedding table itself
+    for _ in range(model.layers - 1):
+        layer = propagate(model.adjacency, layer)
+        total += layer[model.n_users :]
+    return np.ascontiguousarray(total.cpu().numpy(), dtype=np.float32)
 
 
 def hashed_decoder(inputs: HashedInput) -> HashedDecoder:

@@ -294,7 +294,7 @@ def test_float_codes_with_nan_or_infinity_are_refused(tmp_path: Path, name: str,
 
 @pytest.mark.parametrize(
     ("kind", "name", "array"),
-    [("bigear_bundle", "item_scales.npy", None), ("ste_bundle", COLD_START_FILE, "item_layers")],
+    [("bigear_bundle", "item_scales.npy", None), ("ste_bundle", COLD_START_FILE, "item_layer_sum")],
 )
 def test_nan_in_scales_or_cold_start_weights_is_refused(
     tmp_path: Path, request: pytest.FixtureRequest, kind: str, name: str, array: str | None

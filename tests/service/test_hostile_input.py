@@ -174,7 +174,7 @@ def corrupt_cold_start(source: Path, target: Path, drop: str) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("drop", ["item_degree", "item_layers", "hq_step"])
+@pytest.mark.parametrize("drop", ["item_degree", "item_layer_sum", "layers", "hq_step"])
 def test_a_bundle_whose_cold_start_arrays_are_incomplete_is_refused(
     hq2_bundle: TrainedBundle, tmp_path: Path, drop: str
 ) -> None:
