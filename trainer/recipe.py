@@ -207,16 +207,20 @@ class _StagePlan:
 
     @contextmanager
     def lock(self, *, wait: bool) -> Iterator[bool]:
-        """Held while the stage trains, so that runs sharing a cache train it once; yields whether it was taken.
-        The lock files stay (removing one races with a run about to take it)."""
+        """Held while the stage trains, so that runs sharing a cache train it once; yields whether it was taken
+        (with ``wait``, always, once the run holding it lets go). The lock files stay (removing one races with a
+        run about to take it)."""
         locks = self.path.parent / "locks"
         locks.mkdir(parents=True, exist_ok=True)
         with (locks / f"{self.path.name}.lock").open("w") as handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                yield False
-                return
+                if not wait:
+                    yield False
+                    return
+                log.info("%s: another run is training it; waiting for %s", self.title, self.path)
+                fcntl.flock(handle, fcntl.LOCK_EX)
             yield True
 
 
@@ -259,9 +263,6 @@ def _resolved(
     if plan.name in trained:
         seconds, epochs = trained[plan.name]
         return FittedStage(plan.name, plan.config, plan.path, cached=False, seconds=seconds, epochs=epochs)
-    with plan.lock(wait=False) as free:
-        if not free:
-            log.info("%s: another run is training it; waiting for %s", plan.title, plan.path)
     with plan.lock(wait=True):
         if not plan.path.is_file():
             seconds, epochs = _train_stage(data, plan, with_refit)
