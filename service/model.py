@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +22,7 @@ from index.bundle import Bundle, BundleError
 from index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex, Reranker
 from index.retrieval import BackendName
 from service.cold_start import ColdStart
-from service.search_client import RemoteBackend, SearchObserver
+from service.search_client import OPEN_TIMEOUT_S, RemoteBackend, SearchObserver
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,13 @@ def load_failures() -> Iterator[None]:
         raise ModelLoadError.of(error) from error
 
 
+def loading(index: ItemIndex) -> AbstractContextManager[None]:
+    """The searches of a model being loaded wait for the search process as long as opening the bundle there may
+    (``RemoteBackend.waiting``); an index of this process's own searches as it always does."""
+    retrieval = index.retrieval
+    return retrieval.waiting(OPEN_TIMEOUT_S) if isinstance(retrieval, RemoteBackend) else nullcontext()
+
+
 @dataclass(frozen=True)
 class ServingModel:
     bundle: Bundle
@@ -96,7 +103,8 @@ class ServingModel:
             rerank=Reranker.of_bundle(bundle),
             user_layout=bundle.user_layout,
         )  # fmt: skip
-        index.self_check(bundle.item_codes)  # one round trip: this worker and the search process agree
+        with remote.waiting(OPEN_TIMEOUT_S):
+            index.self_check(bundle.item_codes)  # one round trip: this worker and the search process agree
         return index
 
 
@@ -160,7 +168,8 @@ class ModelLoader:
                 )
             if bundle.manifest.n_users and index.n_items:  # warm-up: the first real request pays no first-call cost
                 scales = bundle.user_scales[:1] if bundle.user_scales is not None else None
-                index.search(np.asarray(bundle.user_codes[:1]), min(10, index.n_items), query_scales=scales)
+                with loading(index):
+                    index.search(np.asarray(bundle.user_codes[:1]), min(10, index.n_items), query_scales=scales)
         log.info(
             "loaded model %s from %s (search backend %s)", bundle.manifest.model_version, bundle.path, index.backend
         )

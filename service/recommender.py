@@ -201,8 +201,10 @@ class Recommender:
             try:
                 loaded = await asyncio.to_thread(self.loader.load, root)
             except ModelLoadError as error:
-                self.metrics.model_loads.labels(outcome="refused").inc()
-                log.error("refused bundle under %s, still serving %s: %s", root, previous.version, error)
+                outcome = "refused" if error.refused else "failed"
+                self.metrics.model_loads.labels(outcome=outcome).inc()
+                said = "refused the bundle" if error.refused else "could not load the bundle"
+                log.error("%s under %s, still serving %s: %s", said, root, previous.version, error)
                 raise
             self.model = loaded
             self.metrics.model_loads.labels(outcome="loaded").inc()
@@ -226,8 +228,8 @@ class Recommender:
                 try:
                     await self.reload(target)
                     refused = None
-                except ModelLoadError:
-                    refused = seen
+                except ModelLoadError as error:  # a bundle at fault waits for a change; anything else is tried again
+                    refused = seen if error.refused else None
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a watcher that died would leave this worker on its version for good

@@ -16,7 +16,8 @@ import asyncio
 import socket
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -93,7 +94,7 @@ class RemoteBackend(SearchBackend):
         cls, socket_path: Path, bundle_path: Path, *, timeout_s: float, observe: SearchObserver | None = None
     ) -> RemoteBackend:
         """Have the search process load (or reuse) the bundle's index; ``ValueError`` if it refuses the bundle."""
-        connection = _connect(socket_path)
+        connection = _connect(socket_path, OPEN_TIMEOUT_S)
         try:
             opened = _exchange(connection, Open(str(bundle_path)), OPEN_TIMEOUT_S)
         except BaseException:
@@ -131,6 +132,19 @@ class RemoteBackend(SearchBackend):
         except (SearchUnavailable, ValueError):
             return False
 
+    @contextmanager
+    def waiting(self, timeout_s: float) -> Iterator[None]:
+        """Searches made inside wait up to ``timeout_s`` for their answers instead of the serving timeout. A model
+        still loading (a worker starting, a reload) serves nobody yet: a search process busy or paused for a moment
+        then delays the load instead of failing it, which would stop a starting worker's whole server or leave a
+        reloading worker on its old version."""
+        serving = self.timeout_s
+        self.timeout_s = timeout_s
+        try:
+            yield
+        finally:
+            self.timeout_s = serving
+
     def close(self) -> None:
         """Close the idle connections (a worker stopping: its event loop's go before the loop ends)."""
         with self._lock:  # emptied in place: the finalizer holds these very lists
@@ -145,7 +159,11 @@ class RemoteBackend(SearchBackend):
         loop = asyncio.get_running_loop()
         while self._idle_channels and self._idle_channels[-1].loop is not loop:  # left by a loop that has ended
             self._idle_channels.pop().close_soon()
-        channel = self._idle_channels.pop() if self._idle_channels else await SearchChannel.connect(self.socket_path)
+        channel = (
+            self._idle_channels.pop()
+            if self._idle_channels
+            else await SearchChannel.connect(self.socket_path, self.timeout_s)
+        )
         try:
             found = await channel.exchange(Search(self.bundle_path, k, queries), self.timeout_s)
         except BaseException:  # a reply may still come on this connection: never read it as another's
@@ -167,7 +185,7 @@ class RemoteBackend(SearchBackend):
         with self._lock:
             connection = self._idle.pop() if self._idle else None
         if connection is None:
-            connection = _connect(self.socket_path)
+            connection = _connect(self.socket_path, timeout_s)
         try:
             answer = _exchange(connection, request, timeout_s)
         except BaseException:  # a reply may still come on this connection: never read it as another's
@@ -197,9 +215,15 @@ class SearchChannel(asyncio.Protocol):
         self.lost: Exception | None = None
 
     @classmethod
-    async def connect(cls, socket_path: Path) -> SearchChannel:
+    async def connect(cls, socket_path: Path, timeout_s: float) -> SearchChannel:
+        """A new connection within ``timeout_s``: a search process that stopped accepting fills its backlog with
+        the connections of the requests that gave up on it, and a connect past that may wait as long as it stays
+        stopped (a blocking one does)."""
         try:
-            _, channel = await asyncio.get_running_loop().create_unix_connection(cls, str(socket_path))
+            async with asyncio.timeout(timeout_s):
+                _, channel = await asyncio.get_running_loop().create_unix_connection(cls, str(socket_path))
+        except TimeoutError as error:
+            raise SearchUnavailable(f"search process at {socket_path}: no connection within {timeout_s:g} s") from error
         except OSError as error:
             raise SearchUnavailable(f"search process at {socket_path}: {error}") from error
         return channel
@@ -264,10 +288,15 @@ class SearchChannel(asyncio.Protocol):
         return checked_answer(answer)
 
 
-def _connect(socket_path: Path) -> socket.socket:
+def _connect(socket_path: Path, timeout_s: float) -> socket.socket:
+    """``SearchChannel.connect``'s contract, blocking."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        connection.settimeout(timeout_s)
         connection.connect(str(socket_path))
+    except TimeoutError as error:
+        connection.close()
+        raise SearchUnavailable(f"search process at {socket_path}: no connection within {timeout_s:g} s") from error
     except OSError as error:
         connection.close()
         raise SearchUnavailable(f"search process at {socket_path}: {error}") from error

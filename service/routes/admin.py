@@ -29,6 +29,10 @@ class Reloaded(BaseModel):
         401: {"description": "missing or wrong X-API-Key"},
         403: {"description": "the endpoint is disabled (RECSYS_ADMIN_API_KEY is not set)"},
         409: {"description": "the bundle was refused (corrupt, half-written, wrong shapes); the old model serves on"},
+        503: {
+            "description": "the load failed for a reason that may pass (the search process unreachable, a device "
+            "out of memory); the old model serves on"
+        },
         504: {"description": "several workers: not all of them serve the new model after RECSYS_RELOAD_TIMEOUT_S"},
     },
 )
@@ -41,7 +45,12 @@ async def reload(
     try:
         previous, current = await recommender.reload(settings.bundle_root)
     except ModelLoadError as error:
-        raise HTTPException(409, f"bundle refused, still serving {recommender.model.version}: {error}") from error
+        if error.refused:
+            raise HTTPException(409, f"bundle refused, still serving {recommender.model.version}: {error}") from error
+        raise HTTPException(
+            503, f"bundle not loaded (may pass), still serving {recommender.model.version}: {error}",
+            headers={"Retry-After": "1"},
+        ) from error  # fmt: skip
     workers = 1
     if recommender.versions is not None:  # the others follow CURRENT with their watchers: acknowledge once they do
         serving = await recommender.versions.wait_for(current, settings.workers, settings.reload_timeout_s)

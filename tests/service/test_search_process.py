@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,13 +20,15 @@ import httpx
 import numpy as np
 import pytest
 
-from index.bundle import Bundle
+from index.bundle import CURRENT, Bundle
 from index.item_index import ItemIndex, SearchResult
-from service.model import ServingModel
+from service.model import ModelLoader, ServingModel
 from service.search_client import RemoteBackend, SearchUnavailable
 from service.search_wire import SIZES, Found, Refused, Search, WireError, decode, pack, receive, unpack
 from tests.conftest import RedisServer, TrainedBundle, free_port
+from tests.service.test_api import local_settings, running_service
 from tests.service.test_cli import serve
+from tests.service.test_lifecycle import KEY, reload, wait_for
 from tests.service.test_workers import children_running, wait_for_workers
 
 
@@ -271,6 +274,7 @@ def test_requests_get_503_while_the_search_process_does_not_answer_and_200_once_
         ("POST", "/recommend", {"user_ids": [user, "someone-new"], "k": 5}),
     ]
     try:
+        wait_for_workers(url, 2)  # a worker still loading waits for the search process: it would answer nothing
         (owner,) = children_running(process.pid, "service.search_process")
         os.kill(owner, signal.SIGSTOP)
         try:
@@ -296,6 +300,124 @@ def test_requests_get_503_while_the_search_process_does_not_answer_and_200_once_
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
     assert "Traceback" not in stderr, stderr
+
+
+@contextlib.contextmanager
+def answering_late(upstream: Path, path: Path, delay_s: float) -> Iterator[Path]:
+    """A Unix socket at ``path`` that hands each frame sent to it on to ``upstream`` ``delay_s`` late, so the real
+    search process behind it answers as one busy (or paused) for that long does."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    connections: list[socket.socket] = []
+
+    def pump(source: socket.socket, target: socket.socket, delay: float) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                time.sleep(delay)
+                target.sendall(data)
+        for end in (source, target):
+            end.close()
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                server.connect(str(upstream))
+                connections.extend((client, server))
+                threading.Thread(target=pump, args=(client, server, delay_s), daemon=True).start()
+                threading.Thread(target=pump, args=(server, client, 0.0), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield path
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        listener.close()
+        for connection in connections:
+            connection.close()
+
+
+def test_a_model_loads_while_the_search_process_answers_later_than_the_search_timeout(
+    search_socket: Path, ste_bundle: TrainedBundle, tmp_path: Path
+) -> None:
+    """A worker starting or reloading while the search process is busy or paused for longer than the search timeout
+    (its self-check and warm-up wait as the bundle's open does) loads, where failing would stop a starting worker's
+    whole server or leave a reloading one on its old version; once loaded, its searches give up within the search
+    timeout again."""
+    with answering_late(search_socket, tmp_path / "late.sock", delay_s=1.0) as late:
+        loader = ModelLoader(bundle_root=ste_bundle.root, device="cpu", search_socket=late, search_timeout_s=0.3)
+        model = loader.load()
+        assert model.version == Bundle.load(ste_bundle.root).manifest.model_version
+        codes = np.asarray(model.bundle.user_codes[:2])
+        for search in SEARCHES:
+            started = time.monotonic()
+            with pytest.raises(SearchUnavailable, match="no answer within 0.3 s"):
+                search(model.index, codes, 5)
+            assert time.monotonic() - started < 0.9
+
+
+@pytest.mark.parametrize("search", SEARCHES, ids=["blocking", "on-a-loop"])
+def test_a_search_process_that_stopped_accepting_fails_searches_within_the_search_timeout(
+    search: Callable[..., SearchResult], ste_bundle: TrainedBundle, tmp_path: Path
+) -> None:
+    """Each request that gives up on a stopped search process leaves a connection in its backlog; once that is full
+    a new connection waits as long as the process stays stopped, so connecting too must give up in time."""
+    with running_search_process(tmp_path / "search.sock", device="cpu") as path:
+        bundle = Bundle.load(ste_bundle.root)
+        index = ServingModel.remote_index(bundle, path, 0.3, None)
+        codes = np.asarray(bundle.user_codes[:2])
+        (owner,) = children_running(os.getpid(), "service.search_process")
+        backlog: list[socket.socket] = []
+        pool = ThreadPoolExecutor(1)
+        os.kill(owner, signal.SIGSTOP)
+        try:
+            while len(backlog) < 10_000:  # more than any listen() backlog
+                waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                waiting.setblocking(False)
+                try:
+                    waiting.connect(str(path))
+                except BlockingIOError:
+                    waiting.close()
+                    break
+                backlog.append(waiting)
+            assert 0 < len(backlog) < 10_000
+            for _ in range(2):  # the pooled connection first (no answer), then a new one (the backlog is full)
+                started = time.monotonic()
+                with pytest.raises(SearchUnavailable, match="search process"):  # no answer, or no room to connect
+                    pool.submit(search, index, codes, 5).result(timeout=10)
+                assert time.monotonic() - started < 3
+        finally:
+            os.kill(owner, signal.SIGCONT)  # a connect that never gave up gets through now
+            pool.shutdown()
+            for waiting in backlog:
+                waiting.close()
+
+
+def test_a_reload_that_cannot_reach_the_search_process_answers_503_and_is_tried_again(
+    two_models: tuple[Path, Bundle, Bundle], redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A failure that may pass is not a refusal: POST /admin/reload answers 503 (409 is for bundles at fault), the
+    old model serves on, and the watcher loads the bundle once the search process can be reached again, where a
+    refused bundle would wait until its manifest changes."""
+    root, old, new = two_models
+    sockets = tmp_path_factory.mktemp("sockets")
+    with running_search_process(sockets / "search.sock", device="cpu") as path:
+        settings = local_settings(root, redis_server.url, search_socket=path, admin_api_key=KEY, watch_interval_s=0.1)
+        with running_service(settings) as url:
+            path.rename(sockets / "away.sock")  # new connections fail; the one serving stays
+            (root / CURRENT).write_text(new.path.name + "\n")
+            answer = reload(url)
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
+            assert f"not loaded (may pass), still serving {old.manifest.model_version}" in answer.json()["detail"]
+            time.sleep(0.5)  # the watcher meets the same failure
+            assert httpx.get(f"{url}/readyz").json()["model_version"] == old.manifest.model_version
+            metrics = httpx.get(f"{url}/metrics").text
+            assert 'recsys_model_loads_total{outcome="failed"}' in metrics
+            assert 'recsys_model_loads_total{outcome="refused"}' not in metrics
+            (sockets / "away.sock").rename(path)
+            wait_for(lambda: httpx.get(f"{url}/readyz").json()["model_version"] == new.manifest.model_version)
 
 
 def test_searches_of_many_workers_are_merged_and_each_gets_its_own_rows(
