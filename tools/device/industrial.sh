@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue #33 on one lent GPU: benchmarks.industrial_scale (generate → load + split → train + export + publish → index
 # build → serve, every stage the command a user types) at each scale of SCALES in turn, in the background across as
-# many device calls of one lease as it needs.
+# many device calls of one lease as it needs. Before each scale, benchmarks.propagation_bandwidth times one
+# propagation of that scale's graph against the device's copy bandwidth (about a minute at 10M).
 #
 #   bash tools/device/industrial.sh WAIT_SECONDS
 #
@@ -23,6 +24,8 @@ if [ ! -f "$work/started" ]; then
   setsid nohup bash -c "status=0
     for scale in ${SCALES:-1000000:3 10000000:10}; do
       n=\${scale%%:*}; minutes=\${scale#*:}
+      python3 -m benchmarks.propagation_bandwidth --users \$n --items \$n --device cuda \
+        --out $work/propagation_bandwidth.json || status=\$?
       python3 -m benchmarks.industrial_scale --users \$n --items \$n --device cuda --train-minutes \$minutes \
         --work-dir $work/\$n --out $work/industrial_scale.json --note 'lent GPU, one stage at a time' \
         ${INDUSTRIAL_ARGS:-} || status=\$?
@@ -35,7 +38,7 @@ grep -v '^\s*$' "$work/run.log" | grep -v 'it/s\]\|s/it\]' | tail -n 30 | cut -c
 for log in "$work"/*/train.log; do
   [ -f "$log" ] && { grep -h '"event": "valid"' "$log" || true; } | tail -n 3 | cut -c1-200 | sed "s|^|$log: |"
 done
-cp "$work/industrial_scale.json" "$OUT/" 2>/dev/null || true
+cp "$work/industrial_scale.json" "$work/propagation_bandwidth.json" "$OUT/" 2>/dev/null || true
 (cd "$work" && tar czf "$OUT/industrial_logs.tgz" --ignore-failed-read run.log ./*/*.log ./*/*.json 2>/dev/null || true)
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
 free -g | head -n 2
