@@ -177,7 +177,8 @@ def main() -> int:
             if records.exists():
                 records.unlink()
             run = measured(train_command(args, data, bundles, records), work / "train.log", args.timeout)
-            row("train", run.wall_s, run.peak_host_gb, run.peak_gpu_gb, **train_figures(records, run.log))
+            figures = train_figures(records, run.log)
+            row("train", run.wall_s, run.peak_host_gb, run.peak_gpu_gb, train_options=args.train_options, **figures)
         elif stage == "index":
             command = [sys.executable, "-m", "index.cli", "build", "--bundle-root", str(bundles), "--device", device]
             run = measured(command, work / "index.log", args.timeout)

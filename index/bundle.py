@@ -188,6 +188,14 @@ def _validate_content(content: BundleContent) -> None:
         content.cold_start.check(n_items=len(content.item_ids), dim=content.dim, layout=user_layout)
     if content.seen.shape != (len(content.user_ids), len(content.item_ids)):
         raise ValueError(f"seen matrix has shape {content.seen.shape}, expected (n_users, n_items)")
+    # What a loader refuses is never written: a model whose training diverged is not published, nor made CURRENT.
+    floats = {"user codes": content.user_codes, "item codes": content.item_codes,
+              "user scales": content.user_scales, "item scales": content.item_scales}  # fmt: skip
+    if content.cold_start is not None:
+        floats |= {f"cold-start {name!r}": array for name, array in content.cold_start.to_arrays().items()}
+    for name, array in floats.items():
+        if array is not None and not all_finite(np.asarray(array)):
+            raise ValueError(f"the {name} hold NaN or infinite values (the training diverged?): nothing was published")
 
 
 def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = True) -> Path:
@@ -327,11 +335,17 @@ def check_array(file: Path, name: str, array: npt.NDArray[Any], kinds: str) -> N
     code scores nothing and a NaN scale every item alike, so either would be served as empty or arbitrary answers."""
     if array.dtype.kind not in kinds:
         raise BundleError(f"{file}: {name} must be {KIND_NAMES[kinds]}, got {array.dtype}")
-    if array.dtype.kind == "f":
-        flat = array.reshape(-1)
-        for start in range(0, flat.size, 1 << 24):  # chunked: no boolean copy of a catalogue
-            if not np.isfinite(flat[start : start + (1 << 24)]).all():
-                raise BundleError(f"{file}: NaN or infinite values in {name}")
+    if not all_finite(array):
+        raise BundleError(f"{file}: NaN or infinite values in {name}")
+
+
+def all_finite(array: npt.NDArray[Any]) -> bool:
+    """False when a float array holds NaN or infinity (other kinds always pass); chunked, so that no boolean copy of
+    a catalogue is made."""
+    if array.dtype.kind != "f":
+        return True
+    flat = array.reshape(-1)
+    return all(np.isfinite(flat[start : start + (1 << 24)]).all() for start in range(0, flat.size, 1 << 24))
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,6 +22,7 @@ import numpy as np
 from index.bundle import INDEX_FILE, Bundle, BundleError, add_file_to_bundle
 from index.codes import item_search_form
 from index.item_index import IndexSelfCheckError, ItemIndex
+from index.out_of_memory import out_of_memory
 from index.retrieval import (
     BACKENDS,
     DevicePreference,
@@ -112,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     action = build if args.command == "build" else check
     try:
         print(json.dumps(action(args.bundle_root, cast(DevicePreference, args.device), args.backend)))
-    except (BundleError, IndexSelfCheckError, ValueError, RuntimeError) as error:
-        print(f"recsys-index: error: {error}", file=sys.stderr)
+    except (BundleError, IndexSelfCheckError, ValueError, RuntimeError, MemoryError) as error:
+        if (allocation := out_of_memory(error)) is not None:
+            print(f"recsys-index: error: out of memory ({allocation}); --device cpu holds the codes in host "
+                  "memory instead", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"recsys-index: error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from index.codes import CodeLayout, code_width
 from index.encoders import ENCODERS, Arrays, Encoder, array_named, integer_named
-from index.hash_codes import PROPAGATION, cold_user_bits, group_indices, hop_parts
+from index.hash_codes import PROPAGATION, check_grouping, cold_user_bits, group_indices, hop_parts
 from index.npz_map import read_npz
 
 # What format 1 left out and meant: raw-row hash codes and a decoder of two linear layers.
@@ -107,8 +107,7 @@ class HashedDecoder:
             hop_parts(bits, hops)
         except ValueError as error:
             raise ValueError(f"'hash_hops' {hops}: {error}") from error
-        if groups < 1 or bits % groups or bits // groups > 16:
-            raise ValueError(f"'hash_bits' {bits} must split into 'hash_groups' {groups} groups of at most 16 bits")
+        check_grouping(bits, groups, ("'hash_bits'", "'hash_groups'"))
         codebook = array_named(arrays, "codebook", "f", 2)
         if codebook.shape != (groups << (bits // groups), dim):
             raise ValueError(f"'codebook' must be [{groups << (bits // groups)}, {dim}], got {list(codebook.shape)}")

@@ -452,11 +452,16 @@ def cold_user_bits(
     return out
 
 
+def check_grouping(bits: int, groups: int, names: tuple[str, str] = ("hash bits", "groups")) -> None:
+    """ValueError unless ``bits`` split into ``groups`` equal groups of at most 16 bits (a codebook of 2^16 rows)."""
+    if groups < 1 or bits % groups or bits // groups > 16:
+        raise ValueError(f"{names[0]} {bits} must split into {names[1]} {groups} groups of at most 16 bits")
+
+
 def group_indices(code_bits: npt.NDArray[np.bool_], groups: int) -> npt.NDArray[np.int64]:
     """[n, bits] → [n, groups]: each group's bits read as an integer."""
     n, bits = code_bits.shape
-    if bits % groups or bits // groups > 16:
-        raise ValueError(f"hash bits ({bits}) must split into {groups} groups of at most 16 bits")
+    check_grouping(bits, groups)
     width = bits // groups
     weights = (1 << np.arange(width, dtype=np.int64))[None, None, :]
     out: npt.NDArray[np.int64] = (code_bits.reshape(n, groups, width).astype(np.int64) * weights).sum(axis=2)

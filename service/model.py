@@ -20,6 +20,7 @@ import numpy as np
 
 from index.bundle import Bundle, BundleError
 from index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex, Reranker
+from index.out_of_memory import out_of_memory
 from index.retrieval import BackendName
 from service.cold_start import ColdStart
 from service.search_client import OPEN_TIMEOUT_S, RemoteBackend, SearchObserver
@@ -54,6 +55,8 @@ def describe(error: BaseException) -> str:
     """One line for a failure: its message, and its type where the message alone does not say what happened."""
     if isinstance(error, BundleError | ValueError | ModelLoadError) and str(error):
         return str(error)
+    if (allocation := out_of_memory(error)) is not None:
+        return f"out of memory ({allocation})"
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from index.bundle import BundleError
+from index.hash_codes import check_grouping
+from index.out_of_memory import out_of_memory
 from trainer.config import (
     CheckpointConfig,
     InputLayerConfig,
@@ -43,6 +45,11 @@ from trainer.warm_start import save_stages
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+SMALLER_RUN = (
+    "make the run smaller (--batch-size, --eval-users, --dim; for a large graph --input-layer hash, with "
+    "--decode-chunk on a GPU) or give it a larger device"
+)
+
 
 @dataclass(frozen=True)
 class DataOptions:
@@ -54,9 +61,9 @@ class DataOptions:
     data_dir: Path | None = option(None, "where named datasets live (env RECSYS_DATA_DIR, else ./data)")
     dataset_url: str | None = option(None, "download the named dataset from here if it is not local")
     sha256: str | None = option(None, "expected sha256 of the download (required with --dataset-url)")
-    val_fraction: float = option(0.1, "share of each user's train items held out for validation")
-    synthetic_users: int = option(SyntheticConfig.n_users, "synthetic dataset: users")
-    synthetic_items: int = option(SyntheticConfig.n_items, "synthetic dataset: items")
+    val_fraction: float = option(0.1, "share of each user's train items held out for validation", at_least=0, below=1)
+    synthetic_users: int = option(SyntheticConfig.n_users, "synthetic dataset: users", at_least=1)
+    synthetic_items: int = option(SyntheticConfig.n_items, "synthetic dataset: items", at_least=3)
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,11 @@ def check_run(config: RunConfig) -> None:
     if pretraining.warm_start_from is not None and not pretraining.warm_start_from.is_file():
         raise ValueError(f"--warm-start-from: no such file: {pretraining.warm_start_from}")
     check_options(model.method, model.dim, bits=model.bits, user_bits=model.user_bits, item_scales=model.item_scales)
+    hashing = config.train.input
+    if hashing.input_layer == "hash":
+        check_grouping(hashing.hash_bits, hashing.hash_groups, ("--hash-bits", "--hash-groups"))
+    elif hashing.decode_chunk:
+        raise ValueError("--decode-chunk decodes the hashed input layer: use it with --input-layer hash")
 
 
 def result_record(
@@ -209,6 +221,7 @@ def result_record(
                 "hash_hidden": hashing.hash_hidden,
                 "hash_depth": hashing.hash_depth,
                 "hash_residual": hashing.hash_residual,
+                "decode_chunk": hashing.decode_chunk,
             }
             if hashing.input_layer == "hash"
             else {}
@@ -369,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, world, given)
     except (DatasetError, BundleError, ValueError) as error:
         print(f"recsys-train: error: {error}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as error:
+        if (allocation := out_of_memory(error)) is None:
+            raise
+        print(f"recsys-train: error: out of memory ({allocation}); {SMALLER_RUN}", file=sys.stderr)
         return 2
     finally:
         stop()

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from trainer.distillation import DistillationConfig
 from trainer.distributed import GradCompression, GradSync
 from trainer.objectives import LossKind
-from trainer.options import check_option, option
+from trainer.options import check_bounds, check_option, option
 from trainer.quantization import METHODS, bit_choices, method_choices, offering
 from trainer.sampling import Sampling
 from trainer.warm_start import Stage
@@ -48,8 +48,8 @@ class ModelConfig:
         f"{offering(lambda m: m.item_scales)} only: each item's levels times its own magnitude (one float per item "
         "beside its code; served by Hamming candidates re-ranked exactly with it)",
     )
-    dim: int = option(64, "embedding size (a multiple of 8 for binary codes)")
-    layers: int = option(3, "LightGCN propagation layers K")
+    dim: int = option(64, "embedding size (a multiple of 8 for binary codes)", at_least=1)
+    layers: int = option(3, "LightGCN propagation layers K", at_least=1)
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,22 @@ class InputLayerConfig:
         "table",
         "ego embeddings from an n × d table, or decoded from fixed adjacency hash codes (Yeh et al. KDD'22)",
     )
-    hash_bits: int = option(64, "hash code bits per node")
-    hash_groups: int = option(8, "codebooks the code splits into")
-    hash_hidden: int = option(0, "width of the hashed decoder's MLP (0: the embedding size)")
-    hash_depth: int = option(1, "hidden layers of that MLP")
-    hash_residual: int = option(0, "per-node residual dimensions beside the decoded code (0: none)")
+    hash_bits: int = option(64, "hash code bits per node", at_least=1)
+    hash_groups: int = option(8, "codebooks the code splits into", at_least=1)
+    hash_hidden: int = option(0, "width of the hashed decoder's MLP (0: the embedding size)", at_least=0)
+    hash_depth: int = option(1, "hidden layers of that MLP", at_least=1)
+    hash_residual: int = option(0, "per-node residual dimensions beside the decoded code (0: none)", at_least=0)
+    decode_chunk: int = option(
+        0,
+        "decode the hashed input this many nodes at a time, each chunk again in the backward: the decoder then "
+        "holds one chunk's activations, not a few n × d floats (0: all nodes at once)",
+        at_least=0,
+    )
     hash_hops: tuple[int, ...] = option(
         (3,),
         "message-passing steps the hash code sketches: 0 the raw adjacency row, h >= 1 the row of the "
         "normalised adjacency smoothed h times (users and items share one projection); several split the bits",
+        at_least=0,
     )
 
 
@@ -84,7 +91,7 @@ class PretrainingConfig:
         "start a quantized method from the file an fp run wrote with --save-warm-start (implies --warm-start)",
     )
     pretrain_epochs: int = option(
-        200, "most epochs of the full-precision stage (gnaq, --warm-start); it stops early on validation"
+        200, "most epochs of the full-precision stage (gnaq, --warm-start); it stops early on validation", at_least=1
     )
     warm_start_stage: Stage = "select"  # which of a saved file's stages: a refit starts from the fp run's refit
     pretrain_lr_milestones: tuple[int, ...] = ()  # the stage's learning-rate decays to replay (a refit's)
@@ -95,48 +102,57 @@ class OptimConfig:
     """The objective and the steps that minimise it."""
 
     batch_size: int = option(
-        2048, "BPR triples per step and process (under torchrun a step trains world size × this many)"
+        2048, "BPR triples per step and process (under torchrun a step trains world size × this many)", at_least=1
     )
-    lr: float = option(1e-3, "Adam learning rate")
-    reg: float = option(1e-4, "L2 weight on the batch's ego embeddings")
+    lr: float = option(1e-3, "Adam learning rate", above=0)
+    reg: float = option(1e-4, "L2 weight on the batch's ego embeddings", at_least=0)
     loss: LossKind = option(
         "bpr", "'bpr': each positive against its one negative; 'softmax': against all of the batch's negatives"
     )
     temperature: float = option(
-        1.0, "divides the softmax's logits (smaller: harder negatives weigh more); also the distilled student's"
+        1.0,
+        "divides the softmax's logits (smaller: harder negatives weigh more); also the distilled student's",
+        above=0,
     )
     softmax_negatives: int = option(
         0,
         "negatives each user is compared with in the softmax and the distillation: the first N of the "
         "batch's (0: all --batch-size of them)",
+        at_least=0,
     )
     sampling: Sampling = option(
         "user",
         "BPR positives: 'user' draws users uniformly (LightGCN), 'interaction' visits every pair once per epoch",
     )
-    seed: int = option(2024, "seed for init, sampling and the split")
+    seed: int = option(2024, "seed for init, sampling and the split", at_least=0, at_most=2**32 - 1)
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
     """How long to train: validation, early stopping, learning-rate decay on a plateau, budgets."""
 
-    epochs: int = option(400, "maximum epochs")
-    eval_every: int = option(5, "epochs between validations")
-    patience: int = option(5, "validations without gain before stopping")
+    epochs: int = option(400, "maximum epochs (0: none, the starting point is exported: a warm start)", at_least=0)
+    eval_every: int = option(5, "epochs between validations (0: never)", at_least=0)
+    patience: int = option(5, "validations without gain before stopping", at_least=1)
     lr_decay_patience: int = option(
-        0, "validations without gain before the learning rate is multiplied by --lr-decay-factor (0: never)"
+        0,
+        "validations without gain before the learning rate is multiplied by --lr-decay-factor (0: never)",
+        at_least=0,
     )
-    lr_decay_factor: float = option(0.2, "learning-rate decay")
-    lr_decays: int = option(2, "most learning-rate decays")
-    max_minutes: float | None = option(None, "stop training after this wall time")
+    lr_decay_factor: float = option(0.2, "learning-rate decay", above=0, below=1)
+    lr_decays: int = option(2, "most learning-rate decays", at_least=0)
+    max_minutes: float | None = option(None, "stop training after this wall time", above=0)
     eval_users: int = option(
         0,
         "rank a seeded uniform sample of this many users (the same at every validation; test ranks a sample of "
         "its own users) and record Recall/NDCG's standard error across them; 0: every user with held-out items",
+        at_least=0,
     )
     stop_at_metric: float | None = option(
-        None, "stop once validation Recall@20 reaches this (records target_seconds: time-to-quality benchmarks)"
+        None,
+        "stop once validation Recall@20 reaches this (records target_seconds: time-to-quality benchmarks)",
+        above=0,
+        at_most=1,
     )
     select_metric: str = "recall@20"  # the validation metric that selects the epoch
     lr_milestones: tuple[int, ...] = ()  # decay after these epochs too: a refit replays the selection run's
@@ -197,9 +213,11 @@ class TrainConfig:
         for name in SECTIONS:
             section = getattr(self, name)
             hints = typing.get_type_hints(type(section))
-            mine = {f.name: changes.pop(f.name) for f in dataclasses.fields(section) if f.name in changes}
+            fields = {f.name: f for f in dataclasses.fields(section) if f.name in changes}
+            mine = {name: changes.pop(name) for name in fields}
             for given, value in mine.items():
                 check_option(given, hints[given], value)
+                check_bounds(fields[given], value)
             if mine:
                 replaced[name] = dataclasses.replace(section, **mine)
         if "distillation" in changes:

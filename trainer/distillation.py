@@ -59,10 +59,10 @@ class DistillationOptions:
         "--stage-cache) an fp warm start of this --dim and an fp teacher of twice it first, then the student "
         "with the best measured distillation settings (trainer.recipe)",
     )
-    distill_weight: float = option(1.0, "weight of the distillation term")
-    distill_top: int = option(20, "teacher's top unseen items per user in the list")
+    distill_weight: float = option(1.0, "weight of the distillation term", above=0)
+    distill_top: int = option(20, "teacher's top unseen items per user in the list", at_least=1)
     distill_temperature: float | None = option(
-        None, "divides the teacher's inner products (default: --temperature with the softmax loss, else 1)"
+        None, "divides the teacher's inner products (default: --temperature with the softmax loss, else 1)", above=0
     )
 
     def config(self, loss: str, temperature: float) -> DistillationConfig | None:

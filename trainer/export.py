@@ -129,6 +129,11 @@ def export_bundle(
     model, quantizer = result.model, result.quantizer
     model.eval()
     user_rep, item_rep = quantizer.node_representations(model)
+    if not (torch.isfinite(user_rep).all() and torch.isfinite(item_rep).all()):  # before hours of test ranking
+        raise ValueError(
+            f"the training diverged: after {result.epochs_trained} epochs the model holds NaN or infinite embeddings "
+            "and no earlier validated epoch was kept, so nothing was published; try a smaller --lr"
+        )
     users, items = quantizer.export(user_rep, "user"), quantizer.export(item_rep, "item")
     seen = data.seen()
     clock.done("codes")

@@ -172,7 +172,10 @@ class HashedInput(nn.Module):
         """Every node's embedding, ``decode_chunk`` nodes at a time, each chunk recomputed in the backward."""
         if not torch.is_grad_enabled():
             return torch.cat([self._trained(chunk) for chunk in self._chunks()])
-        parts = [checkpoint(self._trained, chunk, use_reentrant=False) for chunk in self._chunks()]
+        # The decoder draws nothing at random: no RNG state to save, which a CUDA graph's capture could not read.
+        parts = [
+            checkpoint(self._trained, chunk, use_reentrant=False, preserve_rng_state=False) for chunk in self._chunks()
+        ]
         return torch.cat(parts)  # type: ignore[arg-type]
 
     def _chunks(self) -> list[torch.Tensor]:

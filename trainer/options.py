@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import operator
 import types
 import typing
 from collections.abc import Sequence
@@ -32,17 +34,74 @@ OPTION = "option"  # the metadata key a field's Option is kept under
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The numbers a numeric option takes: finite, and inside these limits (None: no limit on that side)."""
+
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    below: float | None = None
+
+    def refusal(self, value: float) -> str | None:
+        """Why ``value`` is refused ("must be > 0, got -1"), or None when it is taken."""
+        limits = [(self.at_least, ">=", operator.ge), (self.above, ">", operator.gt),
+                  (self.at_most, "<=", operator.le), (self.below, "<", operator.lt)]  # fmt: skip
+        given = [(limit, sign, holds) for limit, sign, holds in limits if limit is not None]
+        if math.isfinite(value) and all(holds(value, limit) for limit, _, holds in given):
+            return None
+        wanted = " and ".join(f"{sign} {_number(limit)}" for limit, sign, _ in given) or "a finite number"
+        return f"must be {wanted}, got {_number(value)}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if isinstance(value, int) or value.is_integer() and abs(value) < 1e16 else f"{value:g}"
+
+
+@dataclass(frozen=True)
 class Option:
     """How a configuration field appears on the command line."""
 
     help: str
     flag: str | None = None  # default: --the-field-name (a True default's store_false flag must be named)
     choices: Sequence[object] | None = None  # default: a Literal annotation's values
+    bounds: Bounds = Bounds()  # numbers only; every float must also be finite
 
 
-def option(default: T, help: str, *, flag: str | None = None, choices: Sequence[object] | None = None) -> T:
-    """A dataclass field with this default that is also the command-line option ``flag``."""
-    return dataclasses.field(default=default, metadata={OPTION: Option(help, flag, choices)})
+def option(
+    default: T,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: Sequence[object] | None = None,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
+) -> T:
+    """A dataclass field with this default that is also the command-line option ``flag``; a number outside the
+    bounds given (or a float that is not finite) is refused, naming the flag, whether typed or set in code."""
+    bounds = Bounds(at_least, above, at_most, below)
+    return dataclasses.field(default=default, metadata={OPTION: Option(help, flag, choices, bounds)})
+
+
+def flag_of(field: dataclasses.Field[Any]) -> str:
+    spec: Option = field.metadata[OPTION]
+    return spec.flag or "--" + field.name.replace("_", "-")
+
+
+def check_bounds(field: dataclasses.Field[Any], value: object) -> None:
+    """ValueError naming the option's flag when a number in ``value`` (one, or each of a tuple's) is out of bounds.
+
+    Checked where options become a configuration, not where a run uses them: a batch of -1 or a learning rate of
+    inf would otherwise train without complaint and publish what it got.
+    """
+    spec: Option | None = field.metadata.get(OPTION)
+    if spec is None:
+        return
+    for number in value if isinstance(value, tuple) else (value,):
+        if isinstance(number, int | float) and not isinstance(number, bool):
+            if (reason := spec.bounds.refusal(number)) is not None:
+                raise ValueError(f"{flag_of(field)} {reason}")
 
 
 def options_of(section: type[DataclassInstance]) -> list[dataclasses.Field[Any]]:
@@ -69,7 +128,7 @@ def add_options(group: argparse._ArgumentGroup | argparse.ArgumentParser, sectio
     hints = typing.get_type_hints(section)
     for field in options_of(section):
         spec: Option = field.metadata[OPTION]
-        flag = spec.flag or "--" + field.name.replace("_", "-")
+        flag = flag_of(field)
         if hints[field.name] is bool:
             action = "store_false" if field.default else "store_true"
             group.add_argument(flag, dest=field.name, action=action, help=spec.help)
@@ -124,4 +183,5 @@ def from_args(section: type[Section], args: argparse.Namespace) -> Section:
         value = getattr(args, field.name)
         several = typing.get_origin(hints[field.name]) is tuple
         given[field.name] = tuple(value) if several else value
+        check_bounds(field, given[field.name])
     return section(**given)

@@ -49,7 +49,14 @@ class EarlyStopping:
 
     @property
     def stopped(self) -> bool:
-        return self.stale >= self.schedule.patience
+        return self.stale >= self.schedule.patience or self.diverged
+
+    @property
+    def diverged(self) -> bool:
+        """A validated epoch's training loss was NaN or infinite: its weights are past saving, so it is never
+        selected and the run stops, keeping the best epoch before it (read from the history, so a resumed run
+        knows it too)."""
+        return any(point["epoch"] >= 0 and not math.isfinite(point["loss"]) for point in self.history)
 
     def started(self, valid: dict[str, float], weights: Weights) -> None:
         """The starting point (a warm start) validated as epoch -1: the best until an epoch beats it."""
@@ -70,6 +77,8 @@ class EarlyStopping:
         count it and decay the learning rate on a plateau."""
         self.history.append({"epoch": epoch, "loss": loss, "seconds": seconds, **valid})
         log.info(json.dumps({"event": "valid", "epoch": epoch, "loss": round(loss, 5), **valid}))
+        if not math.isfinite(loss):
+            return
         schedule = self.schedule
         score = valid[schedule.select_metric]
         if schedule.stop_at_metric is not None and score >= schedule.stop_at_metric and self.target_seconds is None:
@@ -86,6 +95,9 @@ class EarlyStopping:
     def stop_reason(self, epoch: int) -> str | None:
         """Why the run stops after this validation, if it does."""
         metric = self.schedule.select_metric
+        if self.diverged:
+            kept = f"keeping epoch {self.best.epoch}" if self.best.weights is not None else "no earlier epoch to keep"
+            return f"stopping at epoch {epoch}: the training loss is not finite (diverged); {kept}"
         if self.stopped:
             return f"early stop at epoch {epoch}: no {metric} gain in {self.stale} evaluations"
         if self.target_seconds is not None:

@@ -245,6 +245,8 @@ def hashed_input(data: Dataset, config: TrainConfig) -> HashedInput:
         depth=hashing.hash_depth,
         residual_dim=hashing.hash_residual,
         hops=hashing.hash_hops,
+        codebook_backward="bag" if hashing.decode_chunk else "lookup",
+        decode_chunk=hashing.decode_chunk,
         propagation={k: v for k, v in medians.items() if k not in ("user", "item")},
     )
     log.info("hashed input layer: %d-bit codes of %s hops in %d groups, %d parameters", hashing.hash_bits,

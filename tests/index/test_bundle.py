@@ -314,3 +314,27 @@ def test_nan_in_scales_or_cold_start_weights_is_refused(
         forge(path, name, npz(**arrays))
     with pytest.raises(BundleError, match=f"{name}: NaN or infinite values"):
         Bundle.load(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("part", ["user codes", "item codes", "item scales"])
+def test_non_finite_floats_are_never_published_nor_made_current(tmp_path: Path, part: str, bad: float) -> None:
+    """What the loader refuses is not written: a diverged model would otherwise become CURRENT and stop the
+    service's next start."""
+    publish_bundle(tmp_path, content("v1"))
+    rng = np.random.default_rng(1)
+    floats = dataclasses.replace(
+        content("v2"),
+        code_layout=CodeLayout.FLOAT32,
+        user_codes=rng.standard_normal((5, 16)).astype(np.float32),
+        item_codes=rng.standard_normal((7, 16)).astype(np.float32),
+    )
+    if part == "item scales":
+        floats = dataclasses.replace(content("v2"), item_scales=np.ones((7, 1), np.float32), scale_mode="segment")
+    array = {"user codes": floats.user_codes, "item codes": floats.item_codes, "item scales": floats.item_scales}[part]
+    assert array is not None
+    array.reshape(-1)[3] = bad
+    with pytest.raises(ValueError, match=f"the {part} hold NaN or infinite values"):
+        publish_bundle(tmp_path, floats)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CURRENT, "v1"]
+    assert (tmp_path / CURRENT).read_text().strip() == "v1"

@@ -102,3 +102,29 @@ def test_a_results_file_that_is_not_a_list_is_refused_before_training(tmp_path: 
     result = run_cli("--results-json", str(results), "--bundle-root", str(tmp_path / "b"), cwd=tmp_path)
     assert result.returncode == 2 and "not a list" in result.stderr and "Traceback" not in result.stderr
     assert results.read_text() == '{"not": "a list"}' and not (tmp_path / "b").exists()
+
+
+def test_a_run_sized_past_the_machine_is_one_line_naming_what_to_shrink(tmp_path: Path) -> None:
+    # A 1 TB embedding table (500 nodes × 5·10⁸ dimensions): the host cannot allocate it, and the user is told so
+    result = run_cli(
+        "--synthetic-users", "200", "--synthetic-items", "300", "--dim", str(5 * 10**8), "--epochs", "1",
+        "--bundle-root", str(tmp_path / "b"), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if " INFO " not in line]  # the data's summary aside
+    assert line.startswith("recsys-train: error: out of memory (")
+    assert "1000.0 GB" in line and "--batch-size" in line
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_diverging_run_publishes_nothing_and_says_so_in_one_line(tmp_path: Path) -> None:
+    # Adam at lr 1e30 takes the embeddings to infinity in its first step: every validation sees a NaN loss
+    result = run_cli(
+        "--synthetic-users", "200", "--synthetic-items", "300", "--dim", "16", "--epochs", "3", "--eval-every", "1",
+        "--lr", "1e30", "--bundle-root", str(tmp_path / "b"), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "the training loss is not finite (diverged); no earlier epoch to keep" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("recsys-train: error: the training diverged: after 1 epochs the model holds NaN")
+    assert not (tmp_path / "b").exists()

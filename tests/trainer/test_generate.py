@@ -89,10 +89,15 @@ def test_cli_writes_the_file_and_prints_one_line(tmp_path: Path, capsys: pytest.
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--users", "0", "--items", "10"], "n_users must be >= 1"),
-        (["--users", "10", "--items", "10", "--interactions-per-user", "2"], "mean_items_per_user must be >= 3"),
+        (["--users", "0", "--items", "10"], "--users must be >= 1, got 0"),
+        (["--users", "10", "--items", "10", "--interactions-per-user", "2"], "--interactions-per-user must be >= 3"),
+        (["--users", "10", "--items", "10", "--interactions-per-user", "nan"], "--interactions-per-user must be"),
+        (["--users", "10", "--items", "10", "--popularity-exponent", "inf"], "--popularity-exponent must be >= 0"),
+        (["--users", "10", "--items", "10", "--seed", "-1"], "--seed must be >= 0, got -1"),
         (["--users", "10", "--items", "100", "--interactions-per-user", "60"], "below the per-user cap"),
         (["--users", "10", "--items", "10", "--threads", "0"], "--threads must be >= 1"),
+        # A draw sized past the host (745 GiB of community ids): the allocation it could not make, not a traceback
+        (["--users", "100", "--items", "100", "--communities", str(10**11)], "out of memory (Unable to allocate"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_code_2(

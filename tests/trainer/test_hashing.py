@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from index.hash_codes import hop_parts, split_points
+from trainer.cli import main as cli_main
 from trainer.config import TrainConfig
 from trainer.data import Dataset
 from trainer.hashing import (
@@ -246,3 +247,26 @@ def test_a_chunked_decode_refuses_the_lookup_backward_and_negative_chunks() -> N
         HashedInput(np.zeros((10, 8), np.int64), 8, 64, decode_chunk=4)
     with pytest.raises(ValueError, match="decode_chunk"):
         HashedInput(np.zeros((10, 8), np.int64), 8, 64, codebook_backward="bag", decode_chunk=-1)
+
+
+def test_decode_chunk_trains_the_model_a_whole_decode_trains(tiny_data: Dataset) -> None:
+    base = TrainConfig.of(method="hq", bits=2, dim=16, epochs=3, eval_every=1, batch_size=1024, lr=5e-3,
+                          device="cpu", input_layer="hash", hash_bits=32, hash_groups=4)  # fmt: skip
+    whole = train(tiny_data, base)
+    chunked = train(tiny_data, base.with_options(decode_chunk=100))
+    inputs = chunked.model.inputs
+    assert isinstance(inputs, HashedInput) and inputs.decode_chunk == 100 and inputs.lookup_t is None
+    assert [h["epoch"] for h in chunked.history] == [h["epoch"] for h in whole.history]
+    for ours, theirs in zip(chunked.history, whole.history, strict=True):  # the same steps, up to summation order
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked.model.inputs(), whole.model.inputs(), rtol=1e-3, atol=1e-4)
+
+
+def test_decode_chunk_is_refused_without_the_hashed_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["--decode-chunk", "1000", "--bundle-root", str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "recsys-train: error: --decode-chunk decodes the hashed input layer: use it with --input-layer hash"
+    )
+    assert cli_main(["--input-layer", "hash", "--hash-bits", "12", "--bundle-root", str(tmp_path / "b")]) == 2
+    assert "--hash-bits 12 must split into --hash-groups 8 groups" in capsys.readouterr().err  # before any data

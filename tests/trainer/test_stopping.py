@@ -64,3 +64,24 @@ def test_throughput_leaves_the_first_epoch_out_unless_it_is_the_only_one() -> No
     meter.add(1.0, 100)
     meter.add(1.0, 300)
     assert meter.samples_per_second == 200.0 and meter.first_epoch_seconds == 2.0
+
+
+def test_a_diverged_epoch_is_never_selected_and_stops_the_run_keeping_the_best_before_it() -> None:
+    stopping = EarlyStopping(ScheduleConfig(patience=5))
+    for epoch, (loss, score) in enumerate([(0.5, 0.1), (0.4, 0.2), (math.nan, 0.9)]):
+        assert stopping.stop_reason(epoch - 1) is None
+        stopping.validated(epoch, loss, float(epoch), {"recall@20": score}, dict, sgd())
+    assert stopping.best.epoch == 1 and stopping.best.score == 0.2  # NaN weights that rank 0.9 by chance: not kept
+    assert stopping.diverged and stopping.stopped
+    assert stopping.stop_reason(2) == "stopping at epoch 2: the training loss is not finite (diverged); keeping epoch 1"
+    resumed = EarlyStopping(ScheduleConfig(patience=5), history=list(stopping.history))  # as a checkpoint restores it
+    assert resumed.stopped
+
+
+def test_a_warm_start_without_a_loss_is_not_a_divergence() -> None:
+    stopping = EarlyStopping(ScheduleConfig())
+    stopping.started({"recall@20": 0.1}, {"model": {}, "quantizer": {}})  # epoch -1's loss is NaN: nothing trained
+    stopping.validated(0, math.inf, 1.0, {"recall@20": 0.5}, dict, sgd())
+    assert stopping.best.epoch == -1 and stopping.diverged
+    assert stopping.stop_reason(0).endswith("the training loss is not finite (diverged); keeping epoch -1")  # type: ignore[union-attr]
+    assert not EarlyStopping(ScheduleConfig(), history=stopping.history[:1]).diverged

@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from index.out_of_memory import out_of_memory
 from index.threads import in_order, usable_cores
 from trainer.data.int_text import format_rows
-from trainer.data.synthetic import SyntheticConfig, SyntheticDraw
+from trainer.data.synthetic import MIN_ITEMS_PER_USER, SyntheticConfig, SyntheticDraw
+from trainer.options import Bounds
 
 USERS_PER_BLOCK = 1 << 16  # fixed, not per machine: a block's random stream is its index, so this shapes the data
 HEADERS = {".csv": ("user_id,item_id\n", ","), ".inter": ("user_id:token\titem_id:token\n", "\t")}
@@ -110,11 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What each number may be, checked by flag before anything is drawn (the config's own checks name its fields).
+BOUNDS = {
+    "--users": Bounds(at_least=1),
+    "--items": Bounds(at_least=MIN_ITEMS_PER_USER),
+    "--interactions-per-user": Bounds(at_least=MIN_ITEMS_PER_USER),
+    "--max-items-per-user": Bounds(at_least=MIN_ITEMS_PER_USER),
+    "--communities": Bounds(at_least=1),
+    "--community-affinity": Bounds(at_least=0, at_most=1),
+    "--popularity-exponent": Bounds(at_least=0),
+    "--seed": Bounds(at_least=0),
+    "--threads": Bounds(at_least=1),
+}
+
+
+def check_bounds(args: argparse.Namespace) -> None:
+    for flag, bounds in BOUNDS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and (reason := bounds.refusal(value)) is not None:
+            raise ValueError(f"{flag} {reason}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.threads is not None and args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        check_bounds(args)
         config = SyntheticConfig(
             n_users=args.users,
             n_items=args.items,
@@ -129,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         written = write_synthetic(config, args.out, threads=args.threads)
     except (ValueError, OSError) as error:
         print(f"recsys-generate: error: {error}", file=sys.stderr)
+        return 2
+    except MemoryError as error:
+        print(f"recsys-generate: error: out of memory ({out_of_memory(error)}); fewer --users, --items or "
+              "--communities, or a machine with more memory", file=sys.stderr)  # fmt: skip
         return 2
     print(
         f"{written.path}: {args.users} users, {args.items} items, {written.interactions} interactions, "

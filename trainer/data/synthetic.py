@@ -13,6 +13,7 @@ of millions of interactions is written in bounded memory (``trainer.data.generat
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -65,17 +66,17 @@ class SyntheticConfig:
         return min(self.n_items, half, self.max_items_per_user or half)
 
     def __post_init__(self) -> None:
-        if self.n_users < 1:
+        if not self.n_users >= 1:
             raise ValueError(f"n_users must be >= 1, got {self.n_users}")
-        if self.n_items < MIN_ITEMS_PER_USER:
+        if not self.n_items >= MIN_ITEMS_PER_USER:
             raise ValueError(f"n_items must be >= {MIN_ITEMS_PER_USER}, got {self.n_items}")
-        if self.mean_items_per_user < MIN_ITEMS_PER_USER:
+        if not MIN_ITEMS_PER_USER <= self.mean_items_per_user < math.inf:
             raise ValueError(f"mean_items_per_user must be >= {MIN_ITEMS_PER_USER}, got {self.mean_items_per_user}")
-        if self.n_communities < 1:
+        if not self.n_communities >= 1:
             raise ValueError(f"n_communities must be >= 1, got {self.n_communities}")
         if not 0.0 <= self.community_affinity <= 1.0:
             raise ValueError(f"community_affinity must be in [0, 1], got {self.community_affinity}")
-        if self.popularity_exponent < 0.0:
+        if not 0.0 <= self.popularity_exponent < math.inf:
             raise ValueError(f"popularity_exponent must be >= 0, got {self.popularity_exponent}")
         if self.activity not in ("geometric", "power-law"):
             raise ValueError(f"activity must be 'geometric' or 'power-law', got {self.activity!r}")
