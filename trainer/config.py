@@ -104,7 +104,7 @@ class OptimConfig:
     batch_size: int = option(
         2048, "BPR triples per step and process (under torchrun a step trains world size × this many)", at_least=1
     )
-    lr: float = option(1e-3, "Adam learning rate", above=0)
+    lr: float = option(1e-3, "Adam learning rate (0: the weights stay as they start)", at_least=0)
     reg: float = option(1e-4, "L2 weight on the batch's ego embeddings", at_least=0)
     loss: LossKind = option(
         "bpr", "'bpr': each positive against its one negative; 'softmax': against all of the batch's negatives"
@@ -151,7 +151,7 @@ class ScheduleConfig:
     stop_at_metric: float | None = option(
         None,
         "stop once validation Recall@20 reaches this (records target_seconds: time-to-quality benchmarks)",
-        above=0,
+        at_least=0,
         at_most=1,
     )
     select_metric: str = "recall@20"  # the validation metric that selects the epoch
