@@ -11,17 +11,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from index.retrieval import MAX_K, BackendName, DevicePreference
 
+TEN_YEARS_S = 10 * 365 * 24 * 3600
+
 
 class ServiceSettings(BaseSettings):
     """Every knob of the service; ``RECSYS_BUNDLE_ROOT=/bundles`` sets ``bundle_root`` and so on."""
 
-    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="ignore")
+    # No NaN or infinite number anywhere, and every duration bounded: a socket's timeout past about 1e9 s, or a
+    # Redis expiry past 2^63 ms, is an overflow at the first request, not a long wait.
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="ignore", allow_inf_nan=False)
 
     bundle_root: Path = Field(Path("var/bundles"), description="directory holding bundles and CURRENT")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="where user codes are cached")
-    redis_timeout_s: float = Field(0.1, gt=0, description="per-call Redis timeout; past it the bundle answers")
+    redis_timeout_s: float = Field(0.1, gt=0, le=60, description="per-call Redis timeout; past it the bundle answers")
     redis_max_connections: int = Field(64, ge=1, description="upper bound of the Redis connection pool")
-    user_code_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="lifetime of a cached user code")
+    user_code_ttl_s: int = Field(7 * 24 * 3600, ge=1, le=TEN_YEARS_S, description="lifetime of a cached user code")
     host: str = Field("127.0.0.1", description="interface uvicorn binds")
     port: int = Field(8000, ge=1, le=65535, description="port uvicorn binds")
     workers: int = Field(
@@ -44,6 +48,7 @@ class ServiceSettings(BaseSettings):
     search_timeout_s: float = Field(
         5.0,
         gt=0,
+        le=3600,
         description="with search_process: how long a worker waits for the search process to answer one search; "
         "past it the requests get 503 and the worker reconnects",
     )
@@ -72,7 +77,10 @@ class ServiceSettings(BaseSettings):
     max_headers: int = Field(100, ge=1, description="most header fields a request may send; more is a 431")
     batch_max_size: int = Field(64, ge=1, description="most queries merged into one index search")
     batch_max_wait_ms: float = Field(
-        0.0, ge=0, description="extra wait for more queries; 0: queries that arrive during a search share the next"
+        0.0,
+        ge=0,
+        le=1000,
+        description="extra wait for more queries; 0: queries that arrive during a search share the next",
     )
     hot_path: bool = Field(
         True,
@@ -95,6 +103,7 @@ class ServiceSettings(BaseSettings):
     events_ttl_s: int = Field(
         7 * 24 * 3600,
         ge=1,
+        le=TEN_YEARS_S,
         description="how long a user's recent history (and the codes derived from it) lives after their last event; "
         "longer than the time between training runs, which take the events in",
     )
@@ -104,11 +113,15 @@ class ServiceSettings(BaseSettings):
     watch_interval_s: float = Field(
         0.0,
         ge=0,
+        le=24 * 3600,
         description="poll CURRENT this often and load a new bundle it names (0: do not watch; with several workers "
         "1 s unless set, since that is how every worker follows a reload)",
     )
     reload_timeout_s: float = Field(
-        120.0, gt=0, description="with several workers: how long POST /admin/reload waits for all to serve the model"
+        120.0,
+        gt=0,
+        le=24 * 3600,
+        description="with several workers: how long POST /admin/reload waits for all to serve the model",
     )
     log_level: str = Field("info", description="uvicorn and application log level")
     log_format: Literal["json", "text"] = Field("json", description="one JSON object per log line, or plain text")

@@ -1,0 +1,53 @@
+"""Every setting that is a number is a finite one, and every duration is bounded: none overflows at first use."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import annotated_types
+import pytest
+from pydantic import ValidationError
+
+from service.settings import ServiceSettings
+
+FLOATS = [name for name, field in ServiceSettings.model_fields.items() if field.annotation is float]
+DURATIONS = [name for name in ServiceSettings.model_fields if name.endswith(("_s", "_ms"))]
+
+
+def upper_bound(name: str) -> float | None:
+    limits = [m.le for m in ServiceSettings.model_fields[name].metadata if isinstance(m, annotated_types.Le)]
+    return float(limits[0]) if limits else None
+
+
+def test_the_lists_are_read_from_the_settings() -> None:
+    assert {"redis_timeout_s", "search_timeout_s", "batch_max_wait_ms"} <= set(FLOATS)
+    assert {"user_code_ttl_s", "events_ttl_s", "watch_interval_s", "reload_timeout_s"} <= set(DURATIONS)
+
+
+@pytest.mark.parametrize("name", FLOATS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_no_float_setting_takes_a_non_finite_number(name: str, value: str) -> None:
+    with pytest.raises(ValidationError, match="finite number"):
+        ServiceSettings(**{name: value})
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+def test_every_duration_is_bounded_where_a_socket_timeout_still_fits(name: str) -> None:
+    bound = upper_bound(name)
+    assert bound is not None, f"{name} takes any duration"
+    seconds = bound / 1000 if name.endswith("_ms") else bound
+    with socket.socket() as probe:
+        probe.settimeout(seconds)  # the largest allowed is still a timeout the platform can hold
+    with pytest.raises(ValidationError, match="less than or equal"):
+        ServiceSettings(**{name: bound * 2})
+
+
+def test_an_infinite_timeout_from_the_environment_is_one_line_before_anything_starts() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "--port", "1"],
+        capture_output=True, text=True, timeout=60, env={"RECSYS_SEARCH_TIMEOUT_S": "inf", "PATH": ""},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == "recsys-serve: error: setting search_timeout_s: Input should be a finite number"
