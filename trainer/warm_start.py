@@ -32,7 +32,11 @@ class SavedStage:
 
 
 def save_stages(path: Path, dataset: str, stages: dict[Stage, SavedStage]) -> None:
-    """Write atomically: a half-written file must never be picked up by a concurrent run."""
+    """Write atomically: a half-written file must never be picked up by a concurrent run. A stage whose training
+    diverged is refused, not saved: every run that warm-starts from the file would start from NaN."""
+    for name, stage in stages.items():
+        if not torch.isfinite(stage.ego).all():
+            raise WarmStartError(f"{path}: the {name!r} stage holds NaN or infinite embeddings (diverged): not saved")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "dataset": dataset,
@@ -62,4 +66,6 @@ def load_stage(path: Path, stage: Stage, *, dataset: str, n_nodes: int, dim: int
     if ego.ndim != 2 or ego.shape[0] != n_nodes or (dim is not None and ego.shape[1] != dim):
         wanted = (n_nodes, dim if dim is not None else "any")
         raise WarmStartError(f"{path}: embeddings of shape {tuple(ego.shape)}, this model needs {wanted}")
+    if not torch.isfinite(ego).all():
+        raise WarmStartError(f"{path}: the {stage!r} stage holds NaN or infinite embeddings")
     return SavedStage(ego=ego.float(), seconds=float(entry["seconds"]), epochs=int(entry["epochs"]))

@@ -52,3 +52,18 @@ def test_quantized_run_starts_from_the_saved_stage_and_counts_its_time(tmp_path:
     lr_zero = train(tiny_data, config.with_options(lr=0.0))
     assert lr_zero.best_epoch == -1  # nothing beat the starting point, so the starting point is kept
     assert torch.equal(lr_zero.model.inputs.weight, stage.ego)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_diverged_stage_is_neither_saved_nor_loaded(tmp_path: Path, tiny_data: Dataset, bad: float) -> None:
+    path, stage = tmp_path / "fp.pt", fp_stage(tiny_data)
+    diverged = dataclasses.replace(stage, ego=stage.ego.clone().index_fill_(0, torch.tensor([3]), bad))
+    with pytest.raises(WarmStartError, match="'refit' stage holds NaN or infinite embeddings"):
+        save_stages(path, tiny_data.name, {"select": stage, "refit": diverged})
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
+    # a file written by a writer that did not check (an older version, another tool) is refused as it is read
+    torch.save({"dataset": tiny_data.name, "stages": {"select": {"ego": diverged.ego, "seconds": 1.0, "epochs": 2}}},
+               path)  # fmt: skip
+    n_nodes = tiny_data.n_users + tiny_data.n_items
+    with pytest.raises(WarmStartError, match="'select' stage holds NaN or infinite embeddings"):
+        load_stage(path, "select", dataset=tiny_data.name, n_nodes=n_nodes, dim=16)
