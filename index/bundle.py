@@ -189,13 +189,9 @@ def _validate_content(content: BundleContent) -> None:
     if content.seen.shape != (len(content.user_ids), len(content.item_ids)):
         raise ValueError(f"seen matrix has shape {content.seen.shape}, expected (n_users, n_items)")
     # What a loader refuses is never written: a model whose training diverged is not published, nor made CURRENT.
-    floats = {"user codes": content.user_codes, "item codes": content.item_codes,
-              "user scales": content.user_scales, "item scales": content.item_scales}  # fmt: skip
-    if content.cold_start is not None:
-        floats |= {f"cold-start {name!r}": array for name, array in content.cold_start.to_arrays().items()}
-    for name, array in floats.items():
+    for _, name, array, _ in value_parts(content, user_layout, item_layout):
         if array is not None and not all_finite(np.asarray(array)):
-            raise ValueError(f"the {name} hold NaN or infinite values (the training diverged?): nothing was published")
+            raise ValueError(f"{name} hold NaN or infinite values (the training diverged?): nothing was published")
 
 
 def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = True) -> Path:
@@ -339,6 +335,23 @@ def check_array(file: Path, name: str, array: npt.NDArray[Any], kinds: str) -> N
         raise BundleError(f"{file}: NaN or infinite values in {name}")
 
 
+def value_parts(
+    holder: Bundle | BundleContent, user_layout: CodeLayout, item_layout: CodeLayout
+) -> list[tuple[str, str, npt.NDArray[Any] | None, str]]:
+    """The parts whose values a reader trusts, as (file, name, array or None, dtype kinds): the codes, the scales,
+    the cold-start arrays. One list for both sides: the loader checks them, the publisher refuses non-finite ones."""
+    parts: list[tuple[str, str, npt.NDArray[Any] | None, str]] = [
+        ("user_codes.npy", "the user codes", holder.user_codes, np.dtype(code_dtype(user_layout)).kind),
+        ("item_codes.npy", "the item codes", holder.item_codes, np.dtype(code_dtype(item_layout)).kind),
+        ("user_scales.npy", "the user scales", holder.user_scales, "f"),
+        ("item_scales.npy", "the item scales", holder.item_scales, "f"),
+    ]
+    if holder.cold_start is not None:
+        parts += [(COLD_START_FILE, f"the cold-start {name!r}", array, array.dtype.kind)
+                  for name, array in holder.cold_start.to_arrays().items()]  # fmt: skip
+    return parts
+
+
 def all_finite(array: npt.NDArray[Any]) -> bool:
     """False when a float array holds NaN or infinity (other kinds always pass); chunked, so that no boolean copy of
     a catalogue is made."""
@@ -448,17 +461,11 @@ class Bundle:
         """Every array of every file: integers where rows are, floats only finite (NaN codes, scales or cold-start
         weights would serve empty or arbitrary answers, not fail)."""
         parts: list[tuple[str, str, npt.NDArray[Any] | None, str]] = [
-            ("user_codes.npy", "the user codes", self.user_codes, np.dtype(code_dtype(self.user_layout)).kind),
-            ("item_codes.npy", "the item codes", self.item_codes, np.dtype(code_dtype(self.layout)).kind),
             ("seen.npz", "indptr", self.seen_indptr, "iu"),
             ("seen.npz", "indices", self.seen_indices, "iu"),
             ("popular.npy", "the popular items", self.popular, "iu"),
-            ("user_scales.npy", "the user scales", self.user_scales, "f"),
-            ("item_scales.npy", "the item scales", self.item_scales, "f"),
+            *value_parts(self, self.user_layout, self.layout),
         ]
-        if self.cold_start is not None:
-            parts += [(COLD_START_FILE, f"{name!r}", array, array.dtype.kind)
-                      for name, array in self.cold_start.to_arrays().items()]  # fmt: skip
         for file, name, array, kinds in parts:
             if array is not None:
                 check_array(self.path / file, name, array, kinds)
