@@ -106,7 +106,7 @@ class ServingModel:
             rerank=Reranker.of_bundle(bundle),
             user_layout=bundle.user_layout,
         )  # fmt: skip
-        with remote.waiting(OPEN_TIMEOUT_S):
+        with loading(index):
             index.self_check(bundle.item_codes)  # one round trip: this worker and the search process agree
         return index
 
