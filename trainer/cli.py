@@ -31,6 +31,7 @@ from trainer.config import (
     TrainConfig,
 )
 from trainer.data import Dataset, DatasetError, SyntheticConfig, load_dataset
+from trainer.data.synthetic import MIN_ITEMS_PER_USER
 from trainer.distillation import DistillationOptions
 from trainer.distributed import World, main_first, start, stop
 from trainer.evaluate import evaluation_users, held_out_of
@@ -63,7 +64,7 @@ class DataOptions:
     sha256: str | None = option(None, "expected sha256 of the download (required with --dataset-url)")
     val_fraction: float = option(0.1, "share of each user's train items held out for validation", at_least=0, below=1)
     synthetic_users: int = option(SyntheticConfig.n_users, "synthetic dataset: users", at_least=1)
-    synthetic_items: int = option(SyntheticConfig.n_items, "synthetic dataset: items", at_least=3)
+    synthetic_items: int = option(SyntheticConfig.n_items, "synthetic dataset: items", at_least=MIN_ITEMS_PER_USER)
 
 
 @dataclass(frozen=True)
