@@ -18,12 +18,9 @@ source tools/device/carried_tools.sh
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # 10M: less reserved beside what is used
 wait_seconds=$1
 work=/tmp/industrial
-# 10M training is estimated at 60–70 GB (docs/benchmarks/industrial.md): on a card under 100 GiB the hashed decoder
-# is decoded in chunks (--decode-chunk), about 10 GB less, unless INDUSTRIAL_ARGS says otherwise.
-gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
-if [ -z "${INDUSTRIAL_ARGS:-}" ] && [ "${gpu_mib:-0}" -lt 102400 ]; then
-  INDUSTRIAL_ARGS="--train-options '--decode-chunk 4194304'"
-fi
+# Unless INDUSTRIAL_ARGS says otherwise, training takes this card's options (small_card_train_options, setup.sh).
+card_options=$(small_card_train_options)
+if [ -z "${INDUSTRIAL_ARGS:-}" ] && [ -n "$card_options" ]; then INDUSTRIAL_ARGS="--train-options '$card_options'"; fi
 if [ ! -f "$work/started" ]; then
   mkdir -p "$work"
   touch "$work/started"

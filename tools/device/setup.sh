@@ -7,3 +7,10 @@ export RECSYS_COMMIT=${RECSYS_COMMIT:-unknown}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+# 10M training is estimated at 60–70 GB (docs/benchmarks/industrial.md): on a card under 100 GiB the hashed decoder
+# is decoded in chunks, about 10 GB less. Prints the recsys-train options for this card (nothing on a larger one).
+small_card_train_options() {
+  local mib
+  mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
+  if [ "${mib:-0}" -lt 102400 ]; then echo "--decode-chunk 4194304"; fi
+}

@@ -8,7 +8,7 @@
 #
 #   N=10000000 MINUTES=1.5 TRAIN_TIMEOUT=330 RECSYS_COMMIT=<sha> bash tools/device/train_probe.sh
 #
-# A card under 100 GiB decodes the hashed input in chunks (--decode-chunk), as industrial.sh does.
+# A card under 100 GiB decodes the hashed input in chunks (small_card_train_options, setup.sh), as industrial.sh does.
 # Needs, carried with the call: .whl/ (the service's wheels; the trainer needs none beyond the machine's torch).
 set -euo pipefail
 source tools/device/setup.sh
@@ -18,9 +18,7 @@ mkdir -p "$work"
 python3 -m benchmarks.propagation_bandwidth --users "$n" --items "$n" --device "${DEVICE:-cuda}" --out "$OUT/propagation_bandwidth.json"
 python3 -m trainer.data.generate --users "$n" --items "$n" --interactions-per-user 20.1 --out "$work/synthetic.csv" \
   | tee "$OUT/generate.log"
-chunk=()
-gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
-if [ "${gpu_mib:-0}" -lt 102400 ]; then chunk=(--decode-chunk 4194304); fi
+read -ra card_options <<<"$(small_card_train_options)"
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 >"$OUT/gpu_memory_mib.txt" &
 sampler=$!
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -28,7 +26,7 @@ status=0
 timeout "${TRAIN_TIMEOUT:-330}" python3 -m trainer.cli --dataset "$work/synthetic.csv" --input-layer hash --method hq \
   --bits 2 --dim 64 --device "${DEVICE:-cuda}" --batch-size "${BATCH:-1048576}" --lr 5e-3 --eval-users 10000 --eval-every 1 --epochs 1000 \
   --patience 20 --max-minutes "${MINUTES:-1.5}" --bundle-root "$work/bundles" --results-json "$OUT/train.json" \
-  --log-level debug "${chunk[@]}" >"$OUT/train.log" 2>&1 || status=$?
+  --log-level debug "${card_options[@]}" >"$OUT/train.log" 2>&1 || status=$?
 kill "$sampler" 2>/dev/null || true
 echo "recsys-train exit $status (124: stopped by TRAIN_TIMEOUT)"
 grep -v 'it/s\]\|s/epoch\]\|epoch/s\]' "$OUT/train.log" | grep -i 'loaded\|hash\|epoch\|valid\|stopping\|error' | tail -n 25 | cut -c1-300
