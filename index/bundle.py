@@ -42,6 +42,8 @@ FORMAT_VERSION = 3  # what publish_bundle writes
 READABLE_FORMATS = (1, 2, 3)  # what Bundle.load reads
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+MAX_NAME_BYTES = 200  # a bundle's or a file's name: with a staging suffix, within a file system's 255 bytes
+MAX_CURRENT_BYTES = 4096  # CURRENT holds one plain name: what is read of it, whatever it holds
 COLD_START_FILE = "cold_start.npz"
 INDEX_FILE = "index.faiss"
 
@@ -259,9 +261,21 @@ def publish_bundle(root: Path, content: BundleContent, *, make_current: bool = T
 
 
 def check_plain_name(name: str, what: str) -> None:
-    """Bundle and file names are single path components that readers accept (no '/', no leading '.')."""
-    if not name or "/" in name or "\\" in name or name.startswith(".") or ".tmp-" in name:
-        raise BundleError(f"{what} must be a plain name (no '/', no leading '.', no '.tmp-'), got {name!r}")
+    """Bundle and file names are single path components that readers accept (no '/', no leading '.'), that fit a
+    file system's 255 bytes with a staging suffix, and that ``CURRENT``'s one line can hold (no control characters)."""
+    if (
+        not name
+        or "/" in name
+        or "\\" in name
+        or name.startswith(".")
+        or ".tmp-" in name
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or len(name.encode("utf-8", errors="surrogatepass")) > MAX_NAME_BYTES
+    ):
+        raise BundleError(
+            f"{what} must be a plain name (no '/', no leading '.', no '.tmp-', no control characters, at most "
+            f"{MAX_NAME_BYTES} bytes), got {name[:300]!r}"
+        )
 
 
 def set_current(root: Path, model_version: str) -> None:
@@ -277,11 +291,14 @@ def resolve_bundle_path(path: Path) -> Path:
         return path
     current = path / CURRENT
     if current.is_file():
-        name = current.read_text(encoding="utf-8").strip()
+        raw = current.read_bytes()[:MAX_CURRENT_BYTES]
         try:
+            name = raw.decode("utf-8").strip()
             check_plain_name(name, "bundle name")
-        except BundleError as error:
-            raise BundleError(f"{current}: expected a bundle name, got {name!r}") from error
+        except (UnicodeDecodeError, BundleError) as error:
+            raise BundleError(f"{current}: expected a bundle name, got {raw[:200]!r}") from error
+        if not (path / name).is_dir():
+            raise BundleError(f"{current}: names {name!r}, which is not a bundle directory of {path}")
         return path / name
     raise BundleError(f"{path}: neither a bundle (no {MANIFEST}) nor a bundle root (no {CURRENT})")
 
@@ -523,12 +540,14 @@ def read_manifest(path: Path) -> Manifest:
     the fields (which that version may name otherwise) are checked."""
     try:
         raw = path.read_bytes()
-    except FileNotFoundError as error:
+    except (FileNotFoundError, NotADirectoryError) as error:
         raise BundleError(f"{path}: missing") from error
+    except IsADirectoryError as error:
+        raise BundleError(f"{path}: a directory, not a manifest") from error
     try:
         version = json.loads(raw).get("format_version")
-    except (ValueError, AttributeError):
-        version = None  # not a JSON object: pydantic names the problem below
+    except (ValueError, AttributeError, RecursionError):
+        version = None  # not a JSON object, or nested past what json decodes: pydantic names the problem below
     if version is not None and version not in READABLE_FORMATS:
         readable = f"{', '.join(str(v) for v in READABLE_FORMATS[:-1])} and {READABLE_FORMATS[-1]}"
         raise BundleError(f"{path}: bundle format version {version!r}, this build reads format versions {readable}")

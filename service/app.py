@@ -32,6 +32,7 @@ from service.model import SWITCH_INTERVAL_S, ModelLoader, ModelLoadError, Servin
 from service.observe import ObserveRequests
 from service.recommender import Recommender
 from service.routes import admin, events, health, recommend
+from service.routing import HeadAsGet
 from service.search_client import RemoteBackend, SearchUnavailable
 from service.settings import ServiceSettings, get_settings
 from service.user_codes import UserCodeCache
@@ -154,7 +155,8 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
     )
     app.state.metrics = metrics
 
-    if settings.hot_path:  # innermost: metrics, request ids and body limits apply to it as to every route
+    app.add_middleware(HeadAsGet)  # innermost: the others see the request's own method
+    if settings.hot_path:  # within them: metrics, request ids and body limits apply to it as to every route
         app.add_middleware(RecommendHotPath, settings=settings)
     app.add_middleware(LimitRequestBody, max_bytes=settings.max_request_bytes)
     app.add_middleware(ObserveRequests, metrics=metrics)  # added last, so outermost: it sees the 413s too

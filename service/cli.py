@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from index.retrieval import DevicePreference
 from service.app import create_app
-from service.http_limits import BoundedHeadProtocol
+from service.http_limits import BoundedRequestProtocol
 from service.logs import configure_logging
 from service.metrics import MULTIPROCESS_ENV
 from service.model import ModelLoader, ModelLoadError, ServingModel
@@ -91,8 +91,7 @@ def serve(
     ``model`` is None, so that the supervising process holds no copy of the bundle while they serve)."""
     common = {
         "host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
-        "http": BoundedHeadProtocol.configured(max_header_bytes=settings.max_header_bytes,
-                                               max_headers=settings.max_headers),
+        "http": BoundedRequestProtocol.configured(settings),
     }  # fmt: skip
     if settings.workers == 1:  # log_config=None: uvicorn's own lines go through the same formatter
         assert model is not None, "one worker serves the model recsys-serve loaded"

@@ -43,12 +43,13 @@ async def validation_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": writable(jsonable_encoder(writable(error.errors())))})
 
 
-BODY_PARSE_FAILURE = "There was an error parsing the body"  # FastAPI's 400 for a body json.loads cannot decode
+BODY_PARSE_FAILURE = "There was an error parsing the body"  # FastAPI's 400 for a body it could not read
 
 
 async def http_error(request: Request, error: Exception) -> JSONResponse:
-    """Starlette's HTTP errors as JSON, except FastAPI's 400 for an undecodable body (bytes that are no text,
-    e.g. a bad byte order mark), which is answered as every other invalid body is: a 422 on ``body``."""
+    """Starlette's HTTP errors as JSON, except FastAPI's 400 for a body it could not read, which is answered as
+    every other invalid body is: a 422 on ``body``. (``service.routing`` decodes JSON bodies, reporting each way
+    they fail as a JSON decoding error; this is for whatever else may fail.)"""
     assert isinstance(error, StarletteHTTPException)
     if error.status_code == 400 and error.detail == BODY_PARSE_FAILURE:
         detail = [{"type": "json_invalid", "loc": ["body"], "msg": "the body is not JSON text", "input": None}]

@@ -98,7 +98,8 @@ class ServiceMetrics:
     def serving(self, version: str) -> None:
         if self._version is not None:  # its multiprocess file keeps the value a clear() only forgets here
             self.model_info.labels(model_version=self._version).set(0)
-        self.model_info.clear()
+        if not self.multiprocess():  # there, clear() cannot reach the files: the 0 above is what a scrape reads
+            self.model_info.clear()
         self.model_info.labels(model_version=version).set(1)
         self._version = version
 

@@ -216,24 +216,26 @@ class Recommender:
         """Reload whenever ``root``'s CURRENT names another bundle. Nothing stops it: a refused bundle is tried again
         once its manifest changes (a publisher that fixed it in place), and any error is logged and waited out."""
         refused: tuple[Path, tuple[int, ...]] | None = None
+        warned = ""  # the last problem logged: one that persists is logged once, not at every interval
         while True:
             await asyncio.sleep(interval_s)
             try:
                 target = resolve_bundle_path(root)
-                if target == self.model.bundle.path:
-                    continue
-                seen = (target, manifest_signature(target))
-                if seen == refused:
-                    continue
-                try:
-                    await self.reload(target)
-                    refused = None
-                except ModelLoadError as error:  # a bundle at fault waits for a change; anything else is tried again
-                    refused = seen if error.refused else None
+                seen = (target, manifest_signature(target)) if target != self.model.bundle.path else None
+                if seen is not None and seen != refused:
+                    try:
+                        await self.reload(target)
+                        refused = None
+                    except ModelLoadError as error:  # a bundle at fault waits for a change; else tried again
+                        refused = seen if error.refused else None
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a watcher that died would leave this worker on its version for good
-                log.warning("watching %s: %s", root, describe(error))
+                if describe(error) != warned:
+                    warned = describe(error)
+                    log.warning("watching %s: %s", root, warned)
+            else:
+                warned = ""
 
 
 def manifest_signature(bundle: Path) -> tuple[int, ...]:

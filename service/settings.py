@@ -75,6 +75,13 @@ class ServiceSettings(BaseSettings):
         description="largest request line and headers; a larger head is refused with 431 as it arrives",
     )
     max_headers: int = Field(100, ge=1, description="most header fields a request may send; more is a 431")
+    request_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="time a client has to send a whole request (head and body), from its first byte or from "
+        "connecting; past it the answer is 408 and the connection closes",
+    )
     batch_max_size: int = Field(64, ge=1, description="most queries merged into one index search")
     batch_max_wait_ms: float = Field(
         0.0,

@@ -10,8 +10,9 @@ from pydantic import BaseModel, Field
 
 from service.deps import RecommenderDep, SettingsDep, check_api_key
 from service.model import ModelLoadError
+from service.routing import ServiceRoute
 
-router = APIRouter()
+router = APIRouter(route_class=ServiceRoute)
 
 
 class Reloaded(BaseModel):

@@ -7,12 +7,13 @@ settings given to `build_router`.
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.activity import UserEvent
 from service.deps import RecommenderDep, SettingsDep, check_api_key
 from service.routes.recommend import USER_ID_PATTERN
+from service.routing import checked_first
 from service.schemas import EventResult, EventsRecorded
 from service.settings import ServiceSettings
 from service.user_codes import REDIS_FAILURES
@@ -24,16 +25,26 @@ MAX_TIMESTAMP = 1e11
 UNAVAILABLE = "Redis did not answer, the events may not be recorded: retry (an event_id is never recorded twice)"
 
 
+def check_events_key(settings: ServiceSettings, x_api_key: str | None) -> None:
+    check_api_key(settings.events_api_key, x_api_key, endpoint="events", variable="RECSYS_EVENTS_API_KEY")
+
+
+def events_key_first(request: Request) -> None:
+    """The endpoint's key, checked before the body is read (``checked_first``): a client without it learns nothing
+    of the API, not even that its body is no JSON."""
+    check_events_key(request.app.state.settings, request.headers.get("x-api-key"))
+
+
 async def events_key(
     settings: SettingsDep, x_api_key: Annotated[str | None, Header(description="the events API key")] = None
 ) -> None:
-    """The endpoint's key, checked before the body is validated: a client without it learns nothing of the API."""
-    check_api_key(settings.events_api_key, x_api_key, endpoint="events", variable="RECSYS_EVENTS_API_KEY")
+    """The key as the OpenAPI schema documents it (a header parameter); checked first by the route class."""
+    check_events_key(settings, x_api_key)
 
 
 def build_router(settings: ServiceSettings) -> APIRouter:
     """Routes whose validation bounds come from settings (events per request ≤ ``events_max_batch``)."""
-    router = APIRouter(tags=["events"])
+    router = APIRouter(tags=["events"], route_class=checked_first(events_key_first))
 
     class Event(BaseModel):
         """Strict: JSON types are taken as they are (``"17"`` is no timestamp, ``17`` no item id)."""

@@ -8,10 +8,11 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.deps import RecommenderDep, SettingsDep
+from service.routing import ServiceRoute
 from service.schemas import Health, Readiness
 from service.search_client import RemoteBackend
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=ServiceRoute)
 PING_TIMEOUT_S = 1.0  # how long /readyz waits for the search process (at most the search timeout)
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from pydantic_core import PydanticCustomError
 
 from service.deps import RecommenderDep
+from service.routing import ServiceRoute
 from service.schemas import Answer, BatchRecommendation, Recommendation, answers_json_yielding
 from service.settings import ServiceSettings
 
@@ -26,7 +27,7 @@ def integral(value: object) -> object:
 
 def build_router(settings: ServiceSettings) -> APIRouter:
     """Routes whose validation bounds come from settings (``k`` ≤ ``max_k``)."""
-    router = APIRouter(tags=["recommend"])
+    router = APIRouter(tags=["recommend"], route_class=ServiceRoute)
 
     @router.get(
         "/recommend",

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,37 @@ def test_current_must_name_a_published_bundle(tmp_path: Path) -> None:
         Bundle.load(tmp_path / "missing")
 
 
+BROKEN_ROOTS = {  # what a careless publisher or operator leaves under a bundle root, and what the refusal names
+    "CURRENT not UTF-8": (lambda root: (root / CURRENT).write_bytes(b"\xff\xfe\x00v1\n"), "CURRENT: expected a"),
+    "CURRENT names a file": (lambda root: (root / CURRENT).write_text("MANIFEST.txt\n"), "not a bundle directory"),
+    "CURRENT names nothing": (lambda root: (root / CURRENT).write_text("v9\n"), "'v9', which is not a bundle"),
+    "CURRENT is huge": (lambda root: (root / CURRENT).write_bytes(b"v" * 10_000_000), "CURRENT: expected a"),
+    "CURRENT has a NUL": (lambda root: (root / CURRENT).write_bytes(b"v1\x00\n"), "CURRENT: expected a"),
+    "manifest nested deep": (
+        lambda root: (root / "v1" / MANIFEST).write_bytes(b'{"a":' * 100_000 + b"1" + b"}" * 100_000),
+        "manifest.json: invalid manifest",
+    ),
+    "manifest a directory": (
+        lambda root: ((root / "v1" / MANIFEST).unlink(), (root / "v1" / MANIFEST).mkdir()),
+        "manifest.json: a directory",
+    ),
+}
+
+
+@pytest.mark.parametrize("break_root", BROKEN_ROOTS.values(), ids=BROKEN_ROOTS.keys())
+def test_a_broken_root_or_manifest_is_a_bundle_error_naming_it(
+    tmp_path: Path, break_root: tuple[Callable[[Path], object], str]
+) -> None:
+    """A BundleError, not whatever the file system or the JSON decoder raised: the service refuses such a bundle
+    (409) rather than retrying it as a failure that may pass."""
+    publish_bundle(tmp_path, content())
+    (tmp_path / "MANIFEST.txt").write_text("a file beside the bundles")
+    breaking, named = break_root
+    breaking(tmp_path)
+    with pytest.raises(BundleError, match=re.escape(named)):
+        Bundle.load(tmp_path)
+
+
 def test_ids_with_unusual_line_breaks_round_trip(tmp_path: Path) -> None:
     original = content()
     odd = BundleContent(**{**original.__dict__, "item_ids": ["a\u2028b", "c\x0cd", *original.item_ids[2:]]})
@@ -142,7 +174,9 @@ def test_ids_with_unusual_line_breaks_round_trip(tmp_path: Path) -> None:
     assert Bundle.load(tmp_path).item_ids == odd.item_ids
 
 
-@pytest.mark.parametrize("version", ["../escaped", ".hidden", "a/b", "v.tmp-1234"])
+@pytest.mark.parametrize(
+    "version", ["../escaped", ".hidden", "a/b", "v.tmp-1234", "v\n1", "v\x001", "v" * 201, "é" * 101]
+)
 def test_model_versions_must_be_plain_names(tmp_path: Path, version: str) -> None:
     with pytest.raises(BundleError, match="plain name"):
         publish_bundle(tmp_path / "root", content(version))

@@ -27,7 +27,7 @@ from index.bundle import Bundle
 from index.cli import main as index_main
 from index.codes import dequantize
 from service.app import create_app
-from service.http_limits import BoundedHeadProtocol
+from service.http_limits import BoundedRequestProtocol
 from service.settings import ServiceSettings
 from service.user_codes import user_code_key
 from tests.conftest import RedisServer, TrainedBundle, free_port
@@ -41,10 +41,8 @@ def local_settings(bundle_root: Path, redis_url: str, **overrides: Any) -> Servi
 @contextmanager
 def running_service(settings: ServiceSettings) -> Iterator[str]:
     """Serve the app with uvicorn in a thread; yield its base URL once it accepts requests."""
-    limits = BoundedHeadProtocol.configured(
-        max_header_bytes=settings.max_header_bytes, max_headers=settings.max_headers
-    )
-    server = uvicorn.Server(  # with the head limits recsys-serve runs
+    limits = BoundedRequestProtocol.configured(settings)
+    server = uvicorn.Server(  # with the request limits recsys-serve runs
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning", http=limits)
     )
     thread = threading.Thread(target=server.run, daemon=True)

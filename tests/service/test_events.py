@@ -259,6 +259,9 @@ def test_the_key_is_required_and_an_unset_key_disables_the_endpoint(
     assert post_events(replicas[0], event, headers={}).status_code == 401
     assert post_events(replicas[0], event, headers={"X-API-Key": "wrong"}).status_code == 401
     assert post_events(replicas[0], [{"bad": 1}], headers={}).status_code == 401  # checked before the body
+    for body in (b'{"events": [', b"\xff\xfe\x00", b"[" * 100_000):  # even before it is decoded
+        no_key = httpx.post(f"{replicas[0]}/events", content=body, headers={"content-type": "application/json"})
+        assert no_key.status_code == 401 and no_key.headers["content-type"] == "application/json", no_key.text
     # Empty is unset (compose passes an unset variable as empty): else an empty X-API-Key header would get in.
     with running_service(local_settings(ste_bundle.root, redis_server.url, events_api_key="")) as url:
         for headers in ({}, {"X-API-Key": ""}):

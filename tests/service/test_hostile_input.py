@@ -34,6 +34,13 @@ def strict_service(hq2_bundle: TrainedBundle, redis_server: RedisServer) -> Iter
         yield url
 
 
+@pytest.fixture(scope="module")
+def roomy_service(hq2_bundle: TrainedBundle, redis_server: RedisServer) -> Iterator[str]:
+    """A service with the default body limit (1 MiB): room for valid JSON that cannot be decoded."""
+    with running_service(local_settings(hq2_bundle.root, redis_server.url)) as url:
+        yield url
+
+
 def post_raw(url: str, body: bytes, **headers: str) -> httpx.Response:
     return httpx.post(f"{url}/recommend", content=body, headers={"content-type": "application/json", **headers})
 
@@ -92,6 +99,37 @@ def test_no_silent_type_coercion_in_the_body(strict_service: str, body: dict[str
     response = httpx.post(f"{strict_service}/recommend", json=body)
     assert response.status_code == 422
     assert any(field in error["loc"] for error in response.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"user_ids": ["4"], "k": ' + b"9" * 5000 + b"}", "k"),
+        (b'{"user_ids": ["4"], "k": -' + b"9" * 5000 + b"}", "k"),
+        (b'{"user_ids": [' + b"1" * 4301 + b"]}", "user_ids"),
+        (b'{"user_ids": ["4"], "exclude_seen": ' + b"1" * 5000 + b"}", "exclude_seen"),
+        (b'{"user_ids": ["4"], "histories": {"4": [' + b"7" * 5000 + b"]}}", "histories"),
+    ],
+    ids=["k", "-k", "user id", "flag", "history item"],
+)
+def test_integers_too_long_to_convert_are_a_422_naming_the_field(roomy_service: str, body: bytes, field: str) -> None:
+    """Valid JSON, past Python's 4,300 digits: out of every field's range, so the field is named."""
+    assert_422_naming(roomy_service, body, field)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"user_ids": ["4"], "histories": {"4": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}", "nested too deeply"),
+        (b'{"user_ids": ["4"], "k": 5, "x": "\xff"}', "not UTF-8"),
+    ],
+    ids=["nesting", "bytes"],
+)
+def test_json_that_cannot_be_decoded_says_why(roomy_service: str, body: bytes, reason: str) -> None:
+    response = post_raw(roomy_service, body)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["type"] == "json_invalid" and error["loc"][0] == "body" and reason in error["ctx"]["error"]
 
 
 @pytest.mark.parametrize("body", [b'{"user_ids": ["4"', b"", b"\xff\xfe", b"[1, 2]", b'"just a string"'])
@@ -245,3 +283,18 @@ def test_an_integral_float_is_an_integer_as_json_schema_says(strict_service: str
 def test_a_wrong_method_names_every_method_of_the_path(strict_service: str) -> None:
     response = httpx.request("OPTIONS", f"{strict_service}/recommend")
     assert response.status_code == 405 and set(response.headers["allow"].split(", ")) == {"GET", "POST", "HEAD"}
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/recommend?user_id=4&k=3", "/recommend?k=0"])
+def test_head_is_answered_as_get_without_a_body(strict_service: str, path: str) -> None:
+    """Every method an ``Allow`` header names is answered: HEAD gets the GET's status and head, and no body."""
+    head, get = httpx.head(f"{strict_service}{path}"), httpx.get(f"{strict_service}{path}")
+    assert head.status_code == get.status_code and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    if "metrics" not in path:  # a scrape's size changes from one to the next
+        assert head.headers["content-length"] == get.headers["content-length"]
+
+
+def test_head_on_a_path_without_get_is_a_405(strict_service: str) -> None:
+    response = httpx.head(f"{strict_service}/admin/reload")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"

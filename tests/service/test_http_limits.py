@@ -1,5 +1,7 @@
-"""Request heads are bounded: a head over the byte or field limit is a 431 with a JSON body as soon as it passes the
-limit (never read in full), and heads within the limits are served, request after request on one connection."""
+"""How a request arrives is bounded: a head over the byte or field limit is a 431 with a JSON body as soon as it passes
+the limit (never read in full), and heads within the limits are served, request after request on one connection; a
+request that does not arrive whole in time is a 408 and its connection is closed; bytes that are not HTTP are a 400
+with a JSON body saying why. Each against a real uvicorn server."""
 
 from __future__ import annotations
 
@@ -17,11 +19,15 @@ from tests.conftest import RedisServer, TrainedBundle
 from tests.service.test_api import local_settings, running_service
 from tests.service.test_cli import serve
 
+READ_S = 1.5  # the test service's request read timeout
+
 
 @pytest.fixture(scope="module")
 def service(ste_bundle: TrainedBundle, redis_server: RedisServer) -> Iterator[str]:
     with running_service(
-        local_settings(ste_bundle.root, redis_server.url, max_header_bytes=8192, max_headers=20)
+        local_settings(
+            ste_bundle.root, redis_server.url, max_header_bytes=8192, max_headers=20, request_read_timeout_s=READ_S
+        )
     ) as url:
         yield url
 
@@ -89,11 +95,90 @@ def test_heads_within_the_limits_are_served_one_after_another_on_a_connection(se
                            headers={"content-type": "application/json"}).status_code == 200  # fmt: skip
 
 
-def test_recsys_serve_workers_refuse_a_huge_header(ste_bundle: TrainedBundle, redis_server: RedisServer) -> None:
-    process, url = serve(ste_bundle.root, redis_server, "--workers", "2", env={"RECSYS_LOG_LEVEL": "warning"})
+def stalled(url: str, sent: bytes) -> socket.socket:
+    """A connection that sent ``sent`` and then nothing more (the caller closes it)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)), timeout=30)
+    connection.sendall(sent)
+    return connection
+
+
+def answer_of(connection: socket.socket) -> tuple[bytes, float]:
+    """What the server sends on ``connection`` until it closes it, and how long that took."""
+    started, answer = time.monotonic(), b""
+    with connection:
+        while block := connection.recv(65536):
+            answer += block
+    return answer, time.monotonic() - started
+
+
+STALLS = {
+    "nothing sent": b"",
+    "half a request line": b"GET /recommend?user_id=",
+    "head without its end": b"GET /healthz HTTP/1.1\r\nhost: x\r\n",
+    "body shorter than declared": b"POST /recommend HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    b'content-length: 100\r\n\r\n{"user_ids"',
+    "second request stalled": b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /healthz HTTP/1.1\r\n",
+}
+
+
+@pytest.mark.parametrize("sent", STALLS.values(), ids=STALLS.keys())
+def test_a_request_that_does_not_arrive_in_time_is_a_408_and_its_connection_closed(service: str, sent: bytes) -> None:
+    answer, waited = answer_of(stalled(service, sent))
+    status, body = status_and_body(answer.rpartition(b"HTTP/1.1 ")[1] + answer.rpartition(b"HTTP/1.1 ")[2])
+    assert status == 408 and f"{READ_S:g} s" in str(body["detail"]), answer
+    assert READ_S * 0.9 < waited < READ_S + 5
+
+
+def test_stalled_connections_do_not_keep_others_waiting_and_are_all_closed(service: str) -> None:
+    connections = [stalled(service, sent) for sent in list(STALLS.values()) * 20]
+    try:
+        for _ in range(5):  # served while a hundred connections hang
+            assert httpx.get(f"{service}/healthz", timeout=5).status_code == 200
+    finally:
+        answers = [answer_of(connection) for connection in connections]
+    assert all(b" 408 " in answer for answer, _ in answers)
+
+
+def test_a_slow_request_that_arrives_in_time_is_served(service: str) -> None:
+    pieces = [b"GET /healthz HTT", b"P/1.1\r\nhost: x\r\n", b"connection: close\r\n\r\n"]
+    host, port = service.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        for piece in pieces:  # READ_S * 0.6 in all
+            connection.sendall(piece)
+            time.sleep(READ_S * 0.2)
+        answer = b""
+        while block := connection.recv(65536):
+            answer += block
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [
+        (b"FOO / HTTP/1.1\r\nhost: x\r\n\r\n", "method"),
+        (b"GET /\xff HTTP/1.1\r\nhost: x\r\n\r\n", "url"),
+        (b"GET / HTTP/1.1\r\nhost: x\r\nx-a: a\x00b\r\n\r\n", "header value"),
+        (b"GET / HTTP/1.1\r\nhost: x\r\nx y: z\r\n\r\n", "header token"),
+        (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n", "Content-Length"),
+        (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: " + b"9" * 30 + b"\r\n\r\n", "Content-Length"),
+        (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", "Content-Length"),
+    ],
+    ids=["method", "url byte", "NUL in a header", "space in a name", "negative length", "huge length", "two framings"],
+)
+def test_bytes_that_are_not_http_are_a_400_saying_why(service: str, head: bytes, reason: str) -> None:
+    status, body = status_and_body(exchange(service, iter([head]))[0])
+    assert status == 400 and reason.lower() in str(body["detail"]).lower(), body
+
+
+def test_recsys_serve_workers_bound_how_requests_arrive(ste_bundle: TrainedBundle, redis_server: RedisServer) -> None:
+    env = {"RECSYS_LOG_LEVEL": "warning", "RECSYS_REQUEST_READ_TIMEOUT_S": "1"}
+    process, url = serve(ste_bundle.root, redis_server, "--workers", "2", env=env)
     try:
         status, body = status_and_body(exchange(url, iter([b"GET /healthz HTTP/1.1\r\nx-big: " + b"b" * 100_000]))[0])
         assert status == 431 and "32768 bytes" in str(body["detail"])
+        assert status_and_body(answer_of(stalled(url, b"GET /healthz HTTP/1.1\r\n"))[0])[0] == 408
+        assert status_and_body(exchange(url, iter([b"FOO / HTTP/1.1\r\n\r\n"]))[0])[0] == 400
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)

@@ -72,13 +72,15 @@ def test_swaps_under_traffic_refuse_bad_bundles_and_never_fail_a_request(
         assert reload(url, key="wrong").status_code == 401
         unchanged = reload(url)
         assert unchanged.status_code == 200 and unchanged.json()["changed"] is False
-        # A corrupted bundle (truncated codes) and a half-written one (CURRENT names a missing folder).
+        # A corrupted bundle (truncated codes), a half-written one (CURRENT names a missing folder), CURRENT naming
+        # a file, and a CURRENT that is not text: each the bundle's fault (409), none a failure that may pass (503).
         broken = root / "broken-bundle"
         shutil.copytree(root / old, broken)
         codes = broken / "item_codes.npy"
         codes.write_bytes(codes.read_bytes()[: len(codes.read_bytes()) // 2])
-        for name in ("broken-bundle", "not-there-yet"):
-            (root / CURRENT).write_text(name + "\n")
+        (root / "a-file").write_text("not a bundle")
+        for current in (b"broken-bundle\n", b"not-there-yet\n", b"a-file\n", b"\xff\xfe\x00\n"):
+            (root / CURRENT).write_bytes(current)
             refused = reload(url)
             assert refused.status_code == 409 and old in refused.json()["detail"]
             assert httpx.get(f"{url}/readyz").json()["model_version"] == old
@@ -93,7 +95,7 @@ def test_swaps_under_traffic_refuse_bad_bundles_and_never_fail_a_request(
     versions = {version for _, version in seen}
     assert statuses == {200}, statuses
     assert versions == {old, new}
-    assert 'recsys_model_loads_total{outcome="refused"} 2.0' in metrics
+    assert 'recsys_model_loads_total{outcome="refused"} 4.0' in metrics
     assert f'recsys_model_info{{model_version="{new}"}} 1.0' in metrics
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -91,6 +92,8 @@ def test_one_reload_moves_every_worker_and_metrics_cover_all(
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
         _, stderr = process.communicate()
     assert "Traceback" not in stderr, stderr
+    for line in stderr.splitlines():  # every line a JSON object, as a log shipper reads them: no library's warning
+        assert isinstance(json.loads(line), dict), line
 
 
 @pytest.mark.parametrize("search_process", [False, True], ids=["own-indexes", "search-process"])
