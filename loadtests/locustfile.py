@@ -288,6 +288,15 @@ class RecommendUser(FastHttpUser):
         self.known_sources = {"codes"} if self.population.from_bundle else SOURCES
         if EVENTS_API_KEY:
             self.known_sources = self.known_sources | self.after_buying
+        if os.environ.get("RECSYS_LOAD_RPS_PER_USER"):
+            return  # a benchmark's fixed rate: the weights alone, from the first request
+        # Browsing: one request of every kind first, so that even a run of seconds checks each kind the service
+        # answers; from then on the weights below draw them.
+        for kind in (self.recommend_known_user, self.recommend_batch, self.recommend_cold_start,
+                     self.recommend_unknown_user, self.readiness):  # fmt: skip
+            kind()
+        if EVENTS_API_KEY:
+            self.buy_then_ask_again()
 
     @task(95)
     def recommend_known_user(self) -> None:
