@@ -14,6 +14,7 @@ manifest is read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -153,7 +154,8 @@ def write_file_atomically(path: Path, data: bytes | Callable[[Path], None]) -> N
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only mount: the write's own error is the one to report
+            tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
 
 
@@ -539,6 +541,8 @@ def read_manifest(path: Path) -> Manifest:
     """The manifest at ``path``; a format version this build does not read is refused in one line naming it, before
     the fields (which that version may name otherwise) are checked."""
     try:
+        if path.exists() and not path.is_file():  # a FIFO would block the read for good
+            raise BundleError(f"{path}: not a regular file")
         raw = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError) as error:
         raise BundleError(f"{path}: missing") from error

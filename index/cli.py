@@ -21,6 +21,7 @@ import numpy as np
 
 from index.bundle import INDEX_FILE, Bundle, BundleError, add_file_to_bundle
 from index.codes import item_search_form
+from index.command_line import Terminated, os_error, raise_on_sigterm
 from index.item_index import IndexSelfCheckError, ItemIndex
 from index.out_of_memory import out_of_memory
 from index.retrieval import (
@@ -108,6 +109,7 @@ def check(bundle_root: Path, device: DevicePreference, backend: str = "auto") ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    raise_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     action = build if args.command == "build" else check
@@ -120,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"recsys-index: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"recsys-index: error: {os_error(error)}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Terminated):
+        print("recsys-index: interrupted; the bundle is as it was", file=sys.stderr)
+        return 130
     return 0
 
 

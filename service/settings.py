@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.connection import parse_url
 
 from index.retrieval import MAX_K, BackendName, DevicePreference
 
@@ -130,8 +131,22 @@ class ServiceSettings(BaseSettings):
         le=24 * 3600,
         description="with several workers: how long POST /admin/reload waits for all to serve the model",
     )
-    log_level: str = Field("info", description="uvicorn and application log level")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="uvicorn and application log level"
+    )
     log_format: Literal["json", "text"] = Field("json", description="one JSON object per log line, or plain text")
+
+    @field_validator("redis_url")
+    @classmethod
+    def redis_url_parses(cls, url: str) -> str:
+        """Refused at start, in one line, rather than by the first worker's connection pool."""
+        parse_url(url)  # type: ignore[no-untyped-call]  # ValueError: the scheme, the port's range
+        return url
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def any_case_log_level(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level
 
     @field_validator("admin_api_key", "events_api_key", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ The config is kept as its flat JSON (``TrainConfig.to_json``).
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,15 @@ def save_checkpoint(
     tmp.replace(path)
 
 
+CHECKPOINT_KEYS = frozenset({"model", "quantizer", "optimizer", "epoch", "generator", "history"})
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line, trimmed: torch's load errors run to paragraphs."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
 def load_checkpoint(
     path: Path,
     config: TrainConfig,
@@ -79,11 +89,22 @@ def load_checkpoint(
 ) -> Progress:
     """Load the states saved at ``path`` into the run's modules, optimizer (made ``capturable`` or not, as this
     run steps) and batch generator; return where its loop continues."""
-    checkpoint = torch.load(path, map_location=model.adjacency.device, weights_only=False)
+    try:  # tensors, numbers and containers only: a file that would run code when unpickled is refused
+        checkpoint = torch.load(path, map_location=model.adjacency.device, weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
+        raise ValueError(f"--resume: {path} is not a checkpoint this build can read ({first_line(error)})") from error
+    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+        missing = ", ".join(sorted(CHECKPOINT_KEYS))
+        raise ValueError(f"--resume: {path} is not a checkpoint of recsys-train (it needs {missing})")
     refuse_other_input_layer(checkpoint.get("config", {}), config, path)
-    model.load_state_dict(checkpoint["model"])
-    quantizer.load_state_dict(checkpoint["quantizer"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+        quantizer.load_state_dict(checkpoint["quantizer"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise ValueError(
+            f"--resume: {path} was saved by another run (another --dim, --method or graph?): {first_line(error)}"
+        ) from error
     match_capturable(optimizer, capturable)  # the checkpoint's run may have stepped with(out) graphs
     generator.set_state(checkpoint["generator"].to(generator.get_state().device))
     best = Best(checkpoint["best_epoch"], checkpoint["best_score"], checkpoint["best_valid"], checkpoint["best_state"])

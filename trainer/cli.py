@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from index.bundle import BundleError
+from index.command_line import Terminated, check_output_directory, check_output_file, os_error, raise_on_sigterm
 from index.hash_codes import check_grouping
 from index.out_of_memory import out_of_memory
 from trainer.config import (
@@ -187,6 +188,13 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def check_run(config: RunConfig) -> None:
     """Refuse options that cannot work together before any data is loaded or trained on."""
     model, pretraining, output = config.train.model, config.train.pretraining, config.output
+    pick_device(config.train.runtime.device)
+    check_output_directory(output.bundle_root, "--bundle-root")  # every output before training, not after it
+    if config.train.checkpoint.checkpoint_dir is not None:
+        check_output_directory(config.train.checkpoint.checkpoint_dir, "--checkpoint-dir")
+    for flag, file in (("--results-json", output.results_json), ("--save-warm-start", output.save_warm_start)):
+        if file is not None:
+            check_output_file(file, flag)
     if output.results_json is not None:
         _read_records(output.results_json)  # refuse a file we could not append to before training, not after
     if output.save_warm_start is not None and model.method != "fp":
@@ -295,6 +303,7 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
     check_run(run_config)
     stage_argv = shlex.split(from_args(RecipeOptions, args).stage_options)
     if recipe:
+        check_output_directory(from_args(RecipeOptions, args).stage_cache, "--stage-cache")
         check_recipe(run_config.train, distributed=world.distributed, stage_options=given_options(stage_argv))
     options, config, output = run_config.data, run_config.train, run_config.output
     synthetic = SyntheticConfig(
@@ -366,6 +375,7 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
 
 
 def main(argv: list[str] | None = None) -> int:
+    raise_on_sigterm()
     args = build_parser().parse_args(argv)
     given = given_options(argv)
     try:
@@ -389,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"recsys-train: error: out of memory ({allocation}); {SMALLER_RUN}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"recsys-train: error: {os_error(error)}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Terminated):
+        print("recsys-train: interrupted; nothing half-written is left under --bundle-root", file=sys.stderr)
+        return 130
     finally:
         stop()
 

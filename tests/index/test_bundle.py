@@ -146,9 +146,13 @@ BROKEN_ROOTS = {  # what a careless publisher or operator leaves under a bundle 
         lambda root: (root / "v1" / MANIFEST).write_bytes(b'{"a":' * 100_000 + b"1" + b"}" * 100_000),
         "manifest.json: invalid manifest",
     ),
+    "manifest a FIFO": (
+        lambda root: ((root / "v1" / MANIFEST).unlink(), os.mkfifo(root / "v1" / MANIFEST)),
+        "manifest.json: not a regular file",
+    ),
     "manifest a directory": (
         lambda root: ((root / "v1" / MANIFEST).unlink(), (root / "v1" / MANIFEST).mkdir()),
-        "manifest.json: a directory",
+        "manifest.json: not a regular file",
     ),
 }
 

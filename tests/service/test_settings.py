@@ -51,3 +51,33 @@ def test_an_infinite_timeout_from_the_environment_is_one_line_before_anything_st
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip() == "recsys-serve: error: setting search_timeout_s: Input should be a finite number"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("RECSYS_REDIS_URL", "garbage", "setting redis_url: Value error, Redis URL must specify one of"),
+        ("RECSYS_REDIS_URL", "", "setting redis_url"),
+        ("RECSYS_REDIS_URL", "http://127.0.0.1:6379/0", "setting redis_url"),
+        ("RECSYS_REDIS_URL", "redis://127.0.0.1:99999/0", "Port out of range"),
+        ("RECSYS_LOG_LEVEL", "nonsense", "setting log_level: Input should be 'critical', 'error'"),
+        ("RECSYS_LOG_LEVEL", "", "setting log_level"),
+    ],
+)
+def test_a_setting_the_service_could_not_use_is_one_line_before_anything_starts(
+    variable: str, value: str, words: str
+) -> None:
+    """Refused in settings, not by the first worker's connection pool or logger (a traceback, or with several
+    workers an exit code of 0)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "--port", "1"],
+        capture_output=True, text=True, timeout=60, env={variable: value, "PATH": ""},
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("recsys-serve: error: ") and words in result.stderr
+
+
+def test_usable_spellings_are_taken() -> None:
+    for url in ("redis://127.0.0.1:6379/0", "rediss://cache:6380/2", "unix:///run/redis.sock"):
+        assert ServiceSettings(redis_url=url).redis_url == url
+    assert ServiceSettings(log_level="WARNING").log_level == "warning"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +130,58 @@ def test_a_diverging_run_publishes_nothing_and_says_so_in_one_line(tmp_path: Pat
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("recsys-train: error: the training diverged: after 1 epochs the model holds NaN")
     assert not (tmp_path / "b").exists()
+
+
+def unusable_outputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """Each output option given a place it cannot write, and the words of its refusal."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    fifo = tmp_path / "a-fifo"
+    os.mkfifo(fifo)
+    long = str(tmp_path / ("n" * 300))
+    return {
+        "bundle root a file": (["--bundle-root", str(a_file)], "--bundle-root"),
+        "bundle root under a file": (["--bundle-root", str(a_file / "sub")], "is not a directory"),
+        "bundle root a fifo": (["--bundle-root", str(fifo)], "is not a directory"),
+        "results a directory": (["--results-json", str(tmp_path)], "not a regular file"),
+        "results a fifo": (["--results-json", str(fifo)], "not a regular file"),
+        "results under a file": (["--results-json", str(a_file / "r.json")], "is not a directory"),
+        "results name too long": (["--results-json", long], "--results-json"),
+        "checkpoints a file": (["--checkpoint-dir", str(a_file), "--eval-every", "1"], "--checkpoint-dir"),
+        "stage cache a file": (
+            ["--method", "hq", "--bits", "2", "--teacher", "auto", "--stage-cache", str(a_file)],
+            "--stage-cache",
+        ),  # fmt: skip
+        "dataset name too long": (["--dataset", long], "File name too long"),
+        "device unknown": (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        "device not for training": (["--device", "meta"], "--device must be"),
+    }
+
+
+def test_an_output_that_cannot_be_written_is_refused_in_one_line_before_training(tmp_path: Path) -> None:
+    for name, (options, words) in unusable_outputs(tmp_path).items():
+        result = run_cli("--synthetic-users", "200", "--synthetic-items", "300", "--dim", "16", "--epochs", "1",
+                         *options, cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+        lines = [line for line in result.stderr.splitlines() if " INFO " not in line]
+        assert len(lines) == 1 and lines[0].startswith("recsys-train: error: ") and words in lines[0], (name, lines)
+        assert "train fp" not in result.stderr and "train ste" not in result.stderr, name  # refused before training
+
+
+def test_sigterm_stops_a_run_in_one_line_and_leaves_nothing_half_written(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli", "--synthetic-users", "300", "--synthetic-items", "400", "--dim", "16",
+         "--epochs", "100000", "--eval-every", "1", "--bundle-root", str(tmp_path / "b")],
+        stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    ) as process:  # fmt: skip
+        assert process.stderr is not None
+        seen = ""
+        while "recall@20" not in seen:  # training: a validation has been written
+            line = process.stderr.readline()
+            assert line, f"recsys-train ended before training: {seen[-2000:]}"
+            seen += line
+        process.send_signal(signal.SIGTERM)
+        rest = process.stderr.read()
+        assert process.wait(timeout=60) == 130 and "Traceback" not in rest, rest[-2000:]
+    assert rest.strip().splitlines()[-1].startswith("recsys-train: interrupted")
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())

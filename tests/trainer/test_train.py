@@ -67,6 +67,52 @@ def test_checkpoint_resume_continues_where_it_stopped(tmp_path: Path, tiny_data:
     assert resumed.epochs_trained == 6
 
 
+class RunsCode:
+    """Unpickled, it would run ``touch`` on the path it holds: what a crafted checkpoint does with a full unpickler."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.path}",)
+
+
+def unreadable_checkpoints(tmp_path: Path) -> dict[str, bytes]:
+    payload = tmp_path / "code-ran"
+    other = tmp_path / "other.pt"
+    torch.save({"model": {}, "something": 1}, other)
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"model": RunsCode(payload)}, crafted)
+    return {
+        "random bytes": np.random.default_rng(0).bytes(4096),
+        "empty": b"",
+        "truncated": crafted.read_bytes()[:100],
+        "code when unpickled": crafted.read_bytes(),
+        "another kind of file": other.read_bytes(),
+    }
+
+
+def test_a_checkpoint_that_cannot_be_resumed_is_one_error_naming_it_and_runs_no_code(
+    tmp_path: Path, tiny_data: Dataset
+) -> None:
+    base = TrainConfig.of(method="ste", dim=16, batch_size=2048, eval_every=2, device="cpu", epochs=2)
+    for name, content in unreadable_checkpoints(tmp_path).items():
+        directory = tmp_path / name.replace(" ", "_")
+        directory.mkdir()
+        (directory / "last.pt").write_bytes(content)
+        with pytest.raises(ValueError, match=r"--resume: .*last\.pt") as refused:
+            train(tiny_data, base.with_options(checkpoint_dir=directory, resume=True))
+        assert "\n" not in str(refused.value), name
+    assert not (tmp_path / "code-ran").exists()
+    # A checkpoint of another width is a run's own file, but not this run's.
+    wide = tmp_path / "wide"
+    train(tiny_data, base.with_options(checkpoint_dir=wide, dim=32))
+    with pytest.raises(ValueError, match="saved by another run"):
+        train(tiny_data, base.with_options(checkpoint_dir=wide, resume=True))
+
+
 def test_refit_trains_the_selected_number_of_epochs_on_all_training_data(tiny_data: Dataset) -> None:
     config = TrainConfig.of(method="fp", dim=16, epochs=4, eval_every=2, batch_size=2048, device="cpu")
     selected = train(tiny_data, config)

@@ -210,7 +210,14 @@ def read_csv(path: Path) -> RawInteractions:
         return fast
     text = _read_text(path, "a CSV file with rows 'user,item[,timestamp]'")
     reader = csv.reader(text.splitlines())
-    numbered = ((reader.line_num, fields) for fields in reader if any(field.strip() for field in fields))
+
+    def parsed() -> Iterator[tuple[int, list[str]]]:
+        try:  # the csv module's own refusals (a field over its size limit): the line, not a traceback
+            yield from ((reader.line_num, fields) for fields in reader if any(field.strip() for field in fields))
+        except csv.Error as error:
+            raise malformed(path, reader.line_num, "rows 'user,item[,timestamp]'", f"({error})") from error
+
+    numbered = parsed()
     first = next(numbered, None)
     if first is None:
         raise malformed(path, 1, "rows 'user,item[,timestamp]'", text.splitlines()[0] if text else "")
