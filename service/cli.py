@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -47,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why uvicorn could not bind ``host:port`` (a port in use, an address of no interface), said in one line before
+    the workers start, or None. uvicorn binds it again right after: it sets SO_REUSEADDR, as this check does."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            return None
+    except (OSError, UnicodeError) as error:
+        return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
@@ -74,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if settings.workers > 1:  # verified; each worker loads its own, and this process only supervises them
             model = None
+        if (unbindable := cannot_listen(settings.host, settings.port)) is not None:
+            print(f"recsys-serve: error: cannot listen on {settings.host}:{settings.port}: {unbindable}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         serve(settings, overrides, model, search)
         if search is not None and search.failed:
             print("recsys-serve: error: the search process exited; the service stopped with it", file=sys.stderr)

@@ -27,7 +27,7 @@ class ServiceSettings(BaseSettings):
     redis_timeout_s: float = Field(0.1, gt=0, le=60, description="per-call Redis timeout; past it the bundle answers")
     redis_max_connections: int = Field(64, ge=1, description="upper bound of the Redis connection pool")
     user_code_ttl_s: int = Field(7 * 24 * 3600, ge=1, le=TEN_YEARS_S, description="lifetime of a cached user code")
-    host: str = Field("127.0.0.1", description="interface uvicorn binds")
+    host: str = Field("127.0.0.1", min_length=1, description="interface uvicorn binds (0.0.0.0: every one)")
     port: int = Field(8000, ge=1, le=65535, description="port uvicorn binds")
     workers: int = Field(
         1, ge=1, description="uvicorn worker processes; each loads its own model and (without search_process) index"

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -128,3 +129,20 @@ def test_with_several_workers_the_supervisor_keeps_no_model(
     argv = ["--bundle-root", str(ste_bundle.root), "--redis-url", redis_server.url, "--device", "cpu"]
     assert cli.main([*argv, "--workers", "2"]) == 0 and given == [None]
     assert cli.main([*argv, "--workers", "1"]) == 0 and given[-1] is not None
+
+
+def test_an_address_the_service_cannot_listen_on_is_one_line(ste_bundle: TrainedBundle) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        for options, words in (
+            (["--port", port], "Address already in use"),
+            (["--host", "999.1.1.1"], "cannot listen on 999.1.1.1:"),
+            (["--host", "10.255.255.1"], "Cannot assign requested address"),
+        ):
+            result = subprocess.run(
+                [sys.executable, "-m", "service.cli", "--bundle-root", str(ste_bundle.root), *options],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+            (line,) = [line for line in result.stderr.splitlines() if line.startswith("recsys-serve: error: ")]
+            assert words in line and result.stderr.strip().endswith(line)
