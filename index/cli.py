@@ -21,7 +21,7 @@ import numpy as np
 
 from index.bundle import INDEX_FILE, Bundle, BundleError, add_file_to_bundle
 from index.codes import item_search_form
-from index.command_line import Terminated, os_error, raise_on_sigterm
+from index.command_line import ENDINGS, raise_on_sigterm, say_ending
 from index.item_index import IndexSelfCheckError, ItemIndex
 from index.out_of_memory import out_of_memory
 from index.retrieval import (
@@ -122,12 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"recsys-index: error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:
-        print(f"recsys-index: error: {os_error(error)}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, Terminated):
-        print("recsys-index: interrupted; the bundle is as it was", file=sys.stderr)
-        return 130
+    except ENDINGS as error:
+        return say_ending("recsys-index", error, interrupted="the bundle is as it was")
     return 0
 
 

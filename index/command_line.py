@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 from types import FrameType
 
@@ -31,6 +32,18 @@ def os_error(error: OSError) -> str:
     reason = error.strerror or str(error) or type(error).__name__
     paths = [os.fsdecode(p) for p in (error.filename, error.filename2) if p is not None]
     return f"{' -> '.join(repr(p)[:300] for p in paths)}: {reason}" if paths else reason
+
+
+ENDINGS = (OSError, KeyboardInterrupt, Terminated)  # what every command's main says in one line this way
+
+
+def say_ending(program: str, error: BaseException, *, interrupted: str) -> int:
+    """Say one of ``ENDINGS`` in one line on stderr; the exit code: 2 for an OSError, 130 for an interrupt."""
+    if isinstance(error, OSError):
+        print(f"{program}: error: {os_error(error)}", file=sys.stderr)
+        return 2
+    print(f"{program}: interrupted; {interrupted}", file=sys.stderr)
+    return 130
 
 
 def check_output_directory(path: Path, flag: str) -> None:

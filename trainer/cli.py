@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from index.bundle import BundleError
-from index.command_line import Terminated, check_output_directory, check_output_file, os_error, raise_on_sigterm
+from index.command_line import ENDINGS, check_output_directory, check_output_file, raise_on_sigterm, say_ending
 from index.hash_codes import check_grouping
 from index.out_of_memory import out_of_memory
 from trainer.config import (
@@ -399,12 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"recsys-train: error: out of memory ({allocation}); {SMALLER_RUN}", file=sys.stderr)
         return 2
-    except OSError as error:
-        print(f"recsys-train: error: {os_error(error)}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, Terminated):
-        print("recsys-train: interrupted; nothing half-written is left under --bundle-root", file=sys.stderr)
-        return 130
+    except ENDINGS as error:
+        return say_ending("recsys-train", error, interrupted="nothing half-written is left under --bundle-root")
     finally:
         stop()
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from index.command_line import Terminated, raise_on_sigterm
+from index.command_line import Terminated, raise_on_sigterm, say_ending
 from index.out_of_memory import out_of_memory
 from index.threads import in_order, usable_cores
 from trainer.data.int_text import format_rows
@@ -158,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recsys-generate: error: out of memory ({out_of_memory(error)}); fewer --users, --items or "
               "--communities, or a machine with more memory", file=sys.stderr)  # fmt: skip
         return 2
-    except (KeyboardInterrupt, Terminated):
-        print("recsys-generate: interrupted; no partial file is left at --out", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as error:
+        return say_ending("recsys-generate", error, interrupted="no partial file is left at --out")
     print(
         f"{written.path}: {args.users} users, {args.items} items, {written.interactions} interactions, "
         f"{written.bytes / 1e6:.1f} MB in {written.seconds:.1f} s"
