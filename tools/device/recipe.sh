@@ -11,7 +11,8 @@
 #   hq1u2_d128 16 B the other way: 1-bit items at d=128, 2-bit users (fp d=128 and d=256);
 #   hq2_d128   32 B: fp d=128 and d=256;
 #   hq1u2_d64  8 B: 1-bit items at d=64, 2-bit users (fp d=64 and d=128).
-# The fp stages take the #32 full-precision recipe (STAGE_OPTIONS_<dataset>). The first call starts the runs in
+# The fp stages take the #32 full-precision recipe (STAGE_OPTIONS_<dataset>), or with STAGES=bpr the run's own
+# BPR options (as in #19, whose 16-byte students kept 97.9 %: docs/benchmarks/quality.md says why to compare). The first call starts the runs in
 # their own process session; every call waits up to WAIT_SECONDS and copies what is there to $OUT/recipe.tgz.
 # Needs, carried with the call: .whl/ and .carry/data/{gowalla,yelp2018}.
 set -euo pipefail
@@ -22,6 +23,10 @@ PROTOCOL=${PROTOCOL:-"--epochs 1000 --eval-every 5 --patience 6 --lr-decay-patie
 STUDENT_CAP="--max-minutes ${STUDENT_MINUTES:-3.5}"
 SOFTMAX="--loss softmax --softmax-negatives 0 --temperature 0.2 --lr 1e-3 --max-minutes ${STAGE_MINUTES:-2.5}"
 declare -A STAGE_OPTIONS=([gowalla]="$SOFTMAX --reg 2e-1" [yelp2018]="$SOFTMAX --reg 5e-2" [ml-100k]="$SOFTMAX --reg 5e-2")
+if [ "${STAGES:-softmax}" = bpr ]; then  # the #19 stages (the run's own BPR options), the students' 97.9 % there
+  STAGE_OPTIONS=([gowalla]="--max-minutes ${STAGE_MINUTES:-2.5}" [yelp2018]="--max-minutes ${STAGE_MINUTES:-2.5}"
+    [ml-100k]="--max-minutes ${STAGE_MINUTES:-2.5}")
+fi
 DATASETS=${DATASETS:-gowalla yelp2018}
 RUNS=${RUNS:-hq2_d64 hq1u2_d128 hq2_d128 hq1u2_d64}  # which of the runs above
 DATA_DIR=${DATA_DIR:-.carry/data}
