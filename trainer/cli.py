@@ -345,7 +345,7 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
     if not world.main:
         return 0  # rank 0 writes the warm start, the bundle and the record
     if output.save_warm_start is not None:
-        save_stages(output.save_warm_start, data.name, saved)
+        save_stages(output.save_warm_start, data.name, saved, layers=config.model.layers)
     tested, sample = sampled_test(data, config)
     report = export_bundle(
         result,

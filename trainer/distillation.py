@@ -145,7 +145,7 @@ def load_teacher(
 ) -> RankingDistillation:
     """The teacher of ``config.teacher`` (its ``stage``: the selected model, or the refit one for a refit),
     propagated over ``adjacency`` with ``layers`` layers, its top lists over the items not in ``seen``."""
-    saved = load_stage(config.teacher, stage, dataset=dataset, n_nodes=adjacency.shape[0], dim=None)
+    saved = load_stage(config.teacher, stage, dataset=dataset, n_nodes=adjacency.shape[0], dim=None, layers=layers)
     with torch.no_grad():
         represented = layer_mean(saved.ego.to(adjacency.device), adjacency, layers)
     users, items = represented[:n_users].contiguous(), represented[n_users:].contiguous()

@@ -251,7 +251,7 @@ def _train_stage(data: Dataset, plan: _StagePlan, with_refit: bool) -> tuple[flo
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("%s: training, saved to %s", plan.title, plan.path)
     result, stages = fit(data, plan.config, with_refit=with_refit)
-    save_stages(plan.path, data.name, stages)
+    save_stages(plan.path, data.name, stages, layers=plan.config.model.layers)
     return result.train_seconds, result.best_epoch + 1
 
 

@@ -31,15 +31,17 @@ class SavedStage:
     epochs: int
 
 
-def save_stages(path: Path, dataset: str, stages: dict[Stage, SavedStage]) -> None:
+def save_stages(path: Path, dataset: str, stages: dict[Stage, SavedStage], *, layers: int | None = None) -> None:
     """Write atomically: a half-written file must never be picked up by a concurrent run. A stage whose training
-    diverged is refused, not saved: every run that warm-starts from the file would start from NaN."""
+    diverged is refused, not saved: every run that warm-starts from the file would start from NaN. ``layers``, the
+    propagation the embeddings were trained under, is kept for a teacher's check (``load_stage``)."""
     for name, stage in stages.items():
         if not torch.isfinite(stage.ego).all():
             raise WarmStartError(f"{path}: the {name!r} stage holds NaN or infinite embeddings (diverged): not saved")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "dataset": dataset,
+        **({"layers": layers} if layers is not None else {}),
         "stages": {
             name: {"ego": s.ego.detach().cpu(), "seconds": s.seconds, "epochs": s.epochs} for name, s in stages.items()
         },
@@ -49,8 +51,11 @@ def save_stages(path: Path, dataset: str, stages: dict[Stage, SavedStage]) -> No
     tmp.replace(path)
 
 
-def load_stage(path: Path, stage: Stage, *, dataset: str, n_nodes: int, dim: int | None) -> SavedStage:
-    """The saved ``stage``; ``dim`` None accepts any width (a distillation teacher need not match its student)."""
+def load_stage(
+    path: Path, stage: Stage, *, dataset: str, n_nodes: int, dim: int | None, layers: int | None = None
+) -> SavedStage:
+    """The saved ``stage``; ``dim`` None accepts any width (a distillation teacher need not match its student).
+    With ``layers``, a file that says it was trained under other layers is refused (older files say nothing)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         saved = payload["stages"]
@@ -61,6 +66,11 @@ def load_stage(path: Path, stage: Stage, *, dataset: str, n_nodes: int, dim: int
         raise WarmStartError(f"{path}: saved for dataset {found!r}, this run trains {dataset!r}")
     if stage not in saved:
         raise WarmStartError(f"{path}: has no {stage!r} stage (save it from an fp run with --refit)")
+    if layers is not None and payload.get("layers", layers) != layers:
+        raise WarmStartError(
+            f"{path}: trained with --layers {payload['layers']}, this run propagates {layers}: its ranking, "
+            "propagated here, would not be the one it learned"
+        )
     entry = saved[stage]
     ego = entry["ego"]
     if ego.ndim != 2 or ego.shape[0] != n_nodes or (dim is not None and ego.shape[1] != dim):

@@ -166,6 +166,10 @@ def resolve_backend(
     FAISS is not installed is refused (``FaissMissing``).
     """
     name = _check_name(backend)
+    if device == "gpu" and name in CPU_BACKENDS or device == "cpu" and name in GPU_BACKENDS:
+        fitting = ", ".join((*GPU_BACKENDS, "torch") if device == "gpu" else (*CPU_BACKENDS, "torch"))
+        raise ValueError(f"the {name} backend cannot search on the {device.upper()}: with device {device}, choose "
+                         f"auto, {fitting}")  # fmt: skip
     if name in FAISS_BACKENDS:
         import_faiss(f"the {name} retrieval backend")  # refused here, naming the extra to install, without FAISS
     if name != "auto":

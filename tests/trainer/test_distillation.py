@@ -12,7 +12,7 @@ from trainer.data import Dataset
 from trainer.distillation import DistillationConfig, RankingDistillation, load_teacher
 from trainer.graph import normalized_adjacency, to_torch_sparse
 from trainer.train import train
-from trainer.warm_start import SavedStage, save_stages
+from trainer.warm_start import SavedStage, WarmStartError, save_stages
 
 
 def test_teacher_lists_are_its_best_unseen_items(tmp_path: Path, tiny_data: Dataset) -> None:
@@ -69,3 +69,24 @@ def test_distillation_lifts_a_binary_student_towards_its_teacher(tmp_path: Path,
     alone = train(tiny_data, student)
     taught = train(tiny_data, student.with_options(distillation=DistillationConfig(path, weight=2.0, top=10)))
     assert taught.best_valid["recall@20"] > alone.best_valid["recall@20"]
+
+
+def test_a_teacher_trained_under_other_layers_is_refused(tmp_path: Path, tiny_data: Dataset) -> None:
+    """Its ego embeddings propagated under this run's layers would rank otherwise than the teacher it was."""
+    stage = SavedStage(ego=torch.randn(tiny_data.n_users + tiny_data.n_items, 8), seconds=1.0, epochs=1)
+    adjacency = to_torch_sparse(normalized_adjacency(tiny_data.train), torch.device("cpu"))
+    for saved_layers, refused in ((2, True), (3, False), (None, False)):  # None: a file from before the check
+        path = tmp_path / f"fp-{saved_layers}.pt"
+        save_stages(path, tiny_data.name, {"select": stage}, layers=saved_layers)
+
+        def load(path: Path = path) -> object:
+            return load_teacher(
+                DistillationConfig(path, top=5), "select", dataset=tiny_data.name, n_users=tiny_data.n_users,
+                adjacency=adjacency, layers=3, seen=tiny_data.train,
+            )  # fmt: skip
+
+        if refused:
+            with pytest.raises(WarmStartError, match="trained with --layers 2, this run propagates 3"):
+                load()
+        else:
+            load()

@@ -345,3 +345,14 @@ def test_every_backend_knows_its_name_device_and_largest_k(backend: str) -> None
     message = re.escape(f"k must be in 1..{index.max_k} (the largest k the {index.name} backend answers)")
     with pytest.raises(ValueError, match=message):
         index.search(codes(2, 8), index.max_k + 1)
+
+
+@pytest.mark.parametrize(
+    ("device", "backend"),
+    [("gpu", "numpy"), ("gpu", "faiss-cpu"), ("gpu", "numpy+faiss-cpu"), ("cpu", "triton"), ("cpu", "faiss-gpu")],
+)
+def test_a_backend_that_cannot_search_on_the_device_asked_for_is_refused(device: str, backend: str) -> None:
+    """Not silently searched elsewhere: a GPU asked for and a CPU backend named (or the other way) is a ValueError
+    naming the backends that fit, before any index is built."""
+    with pytest.raises(ValueError, match=re.escape(f"the {backend} backend cannot search on the {device.upper()}")):
+        resolve_backend(backend, device)  # type: ignore[arg-type]
