@@ -130,6 +130,7 @@ MALFORMED = [
     pytest.param("data.csv", "1,2,3\n4,5,x\n", 2, "'x'", id="csv-numeric-timestamp"),
     pytest.param("data.inter", "user_id:token\titem_id:token\n1\t2\n3\n", 3, "'3'", id="inter-numeric-short-row"),
     pytest.param("data.csv", 'a,b\nc,"' + "x" * 200_000 + '"\n', 2, "larger than field limit", id="csv-huge-field"),
+    pytest.param("data.csv", 'a,b\n"c\nd",e\n', 3, "without line breaks", id="csv-quoted-line-break"),
 ]
 
 

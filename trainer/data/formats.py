@@ -12,6 +12,7 @@ parsers' ids would be numbered as; any other file, or one with a fault, is read 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,11 +210,15 @@ def read_csv(path: Path) -> RawInteractions:
     if fast is not None:
         return fast
     text = _read_text(path, "a CSV file with rows 'user,item[,timestamp]'")
-    reader = csv.reader(text.splitlines())
+    reader = csv.reader(io.StringIO(text, newline=""))  # a quoted line break stays in its field, to be refused
 
     def parsed() -> Iterator[tuple[int, list[str]]]:
         try:  # the csv module's own refusals (a field over its size limit): the line, not a traceback
-            yield from ((reader.line_num, fields) for fields in reader if any(field.strip() for field in fields))
+            for fields in reader:
+                if any("\n" in field or "\r" in field for field in fields):  # an id the bundle's id files cannot hold
+                    raise malformed(path, reader.line_num, "fields without line breaks", ",".join(fields))
+                if any(field.strip() for field in fields):
+                    yield reader.line_num, fields
         except csv.Error as error:
             raise malformed(path, reader.line_num, "rows 'user,item[,timestamp]'", f"({error})") from error
 
