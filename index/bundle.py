@@ -541,13 +541,11 @@ def read_manifest(path: Path) -> Manifest:
     """The manifest at ``path``; a format version this build does not read is refused in one line naming it, before
     the fields (which that version may name otherwise) are checked."""
     try:
-        if path.exists() and not path.is_file():  # a FIFO would block the read for good
+        if path.exists() and not path.is_file():  # a directory; a FIFO would block the read for good
             raise BundleError(f"{path}: not a regular file")
         raw = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError) as error:
         raise BundleError(f"{path}: missing") from error
-    except IsADirectoryError as error:
-        raise BundleError(f"{path}: a directory, not a manifest") from error
     try:
         version = json.loads(raw).get("format_version")
     except (ValueError, AttributeError, RecursionError):

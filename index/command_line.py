@@ -34,6 +34,12 @@ def os_error(error: OSError) -> str:
     return f"{' -> '.join(repr(p)[:300] for p in paths)}: {reason}" if paths else reason
 
 
+def first_line(error: BaseException) -> str:
+    """An error's first line, trimmed, for a one-line message: torch's load errors run to paragraphs."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
 ENDINGS = (OSError, KeyboardInterrupt, Terminated)  # what every command's main says in one line this way
 
 

@@ -231,8 +231,8 @@ class Recommender:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a watcher that died would leave this worker on its version for good
-                if describe(error) != warned:
-                    warned = describe(error)
+                if (said := describe(error)) != warned:
+                    warned = said
                     log.warning("watching %s: %s", root, warned)
             else:
                 warned = ""

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from index.command_line import first_line
 from trainer.config import TrainConfig
 from trainer.model import LightGCN
 from trainer.quantization import Quantizer
@@ -69,12 +70,6 @@ def save_checkpoint(
 
 
 CHECKPOINT_KEYS = frozenset({"model", "quantizer", "optimizer", "epoch", "generator", "history"})
-
-
-def first_line(error: BaseException) -> str:
-    """An error's first line, trimmed: torch's load errors run to paragraphs."""
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 def load_checkpoint(

@@ -17,6 +17,8 @@ from typing import Literal
 
 import torch
 
+from index.command_line import first_line
+
 Stage = Literal["select", "refit"]
 
 
@@ -61,7 +63,7 @@ def load_stage(
         saved = payload["stages"]
         found = payload["dataset"]
     except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as error:
-        raise WarmStartError(f"{path}: not a warm-start file ({error})") from error
+        raise WarmStartError(f"{path}: not a warm-start file ({first_line(error)})") from error
     if found != dataset:
         raise WarmStartError(f"{path}: saved for dataset {found!r}, this run trains {dataset!r}")
     if stage not in saved:

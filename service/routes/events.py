@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.activity import UserEvent
-from service.deps import RecommenderDep, SettingsDep, check_api_key
+from service.deps import RecommenderDep, check_api_key
 from service.routes.recommend import USER_ID_PATTERN
 from service.routing import checked_first
 from service.schemas import EventResult, EventsRecorded
@@ -25,21 +25,17 @@ MAX_TIMESTAMP = 1e11
 UNAVAILABLE = "Redis did not answer, the events may not be recorded: retry (an event_id is never recorded twice)"
 
 
-def check_events_key(settings: ServiceSettings, x_api_key: str | None) -> None:
-    check_api_key(settings.events_api_key, x_api_key, endpoint="events", variable="RECSYS_EVENTS_API_KEY")
-
-
 def events_key_first(request: Request) -> None:
     """The endpoint's key, checked before the body is read (``checked_first``): a client without it learns nothing
     of the API, not even that its body is no JSON."""
-    check_events_key(request.app.state.settings, request.headers.get("x-api-key"))
+    settings: ServiceSettings = request.app.state.settings
+    check_api_key(settings.events_api_key, request.headers.get("x-api-key"), endpoint="events",
+                  variable="RECSYS_EVENTS_API_KEY")  # fmt: skip
 
 
-async def events_key(
-    settings: SettingsDep, x_api_key: Annotated[str | None, Header(description="the events API key")] = None
-) -> None:
-    """The key as the OpenAPI schema documents it (a header parameter); checked first by the route class."""
-    check_events_key(settings, x_api_key)
+async def events_key(x_api_key: Annotated[str | None, Header(description="the events API key")] = None) -> None:
+    """The key's header as the OpenAPI schema documents it; ``events_key_first`` has checked it already, before
+    FastAPI read the body (a dependency runs after)."""
 
 
 def build_router(settings: ServiceSettings) -> APIRouter:

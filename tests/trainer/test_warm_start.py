@@ -34,8 +34,9 @@ def test_round_trip_and_refusals(tmp_path: Path, tiny_data: Dataset) -> None:
     with pytest.raises(WarmStartError, match="no 'refit' stage"):
         load_stage(path, "refit", dataset=tiny_data.name, n_nodes=n_nodes, dim=16)
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(WarmStartError, match="not a warm-start file"):
+    with pytest.raises(WarmStartError, match="not a warm-start file") as junk:
         load_stage(tmp_path / "junk.pt", "select", dataset=tiny_data.name, n_nodes=n_nodes, dim=16)
+    assert "\n" not in str(junk.value)  # torch's paragraph, cut to its first line
 
 
 def test_quantized_run_starts_from_the_saved_stage_and_counts_its_time(tmp_path: Path, tiny_data: Dataset) -> None:
