@@ -2,7 +2,7 @@
 # Issue #33 on one lent GPU: benchmarks.industrial_scale (generate → load + split → train + export + publish → index
 # build → serve, every stage the command a user types) at each scale of SCALES in turn, in the background across as
 # many device calls of one lease as it needs. Before each scale, benchmarks.propagation_bandwidth times one
-# propagation of that scale's graph against the device's copy bandwidth (about a minute at 10M).
+# propagation of that scale's graph against the device's copy bandwidth (about a minute at 10M; BANDWIDTH=0 skips it).
 #
 #   bash tools/device/industrial.sh WAIT_SECONDS
 #
@@ -27,8 +27,8 @@ if [ ! -f "$work/started" ]; then
   setsid nohup bash -c "status=0
     for scale in ${SCALES:-1000000:3 10000000:10}; do
       n=\${scale%%:*}; minutes=\${scale#*:}
-      python3 -m benchmarks.propagation_bandwidth --users \$n --items \$n --device cuda \
-        --out $work/propagation_bandwidth.json || status=\$?
+      if [ ${BANDWIDTH:-1} != 0 ]; then python3 -m benchmarks.propagation_bandwidth --users \$n --items \$n \
+        --device cuda --out $work/propagation_bandwidth.json || status=\$?; fi
       python3 -m benchmarks.industrial_scale --users \$n --items \$n --device cuda --train-minutes \$minutes \
         --work-dir $work/\$n --out $work/industrial_scale.json --note 'lent GPU, one stage at a time' \
         ${INDUSTRIAL_ARGS:-} || status=\$?
