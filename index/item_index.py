@@ -42,6 +42,7 @@ from index.retrieval import (
     TopK,
     backend_for_index,
     backend_for_items,
+    fetch_groups,
     has_faiss,
     read_stored_index,
     serialize_stored_index,
@@ -453,21 +454,22 @@ class ItemIndex:
         fetch_per_query = np.minimum(k + n_excluded, self.n_items)
         pending = np.arange(n_queries)
         while pending.size and self.n_items:
-            fetch = int(fetch_per_query[pending].max())
-            ids, scores = yield queries[pending], fetch
             unresolved = []
-            for row, query in enumerate(pending):
-                done = self._finish_row(
-                    ids[row],
-                    scores[row],
-                    exclude[query] if exclude is not None else None,
-                    k,
-                    complete=fetch >= self.n_items,
-                    out_ids=out_ids[query],
-                    out_scores=out_scores[query],
-                )
-                if not done:
-                    unresolved.append(query)
+            for group in self._fetch_groups(pending, fetch_per_query[pending]):
+                fetch = int(fetch_per_query[group].max())
+                ids, scores = yield queries[group], fetch
+                for row, query in enumerate(group):
+                    done = self._finish_row(
+                        ids[row],
+                        scores[row],
+                        exclude[query] if exclude is not None else None,
+                        k,
+                        complete=fetch >= self.n_items,
+                        out_ids=out_ids[query],
+                        out_scores=out_scores[query],
+                    )
+                    if not done:
+                        unresolved.append(query)
             pending = np.asarray(unresolved, dtype=np.int64)
             fetch_per_query[pending] = np.minimum(fetch_per_query[pending] * 2, self.n_items)
         return SearchResult(ids=out_ids, scores=out_scores)
@@ -482,9 +484,15 @@ class ItemIndex:
     ) -> Steps:
         assert self.rerank is not None
         n_queries = queries.shape[0]
-        n_excluded = [len(e) for e in exclude] if exclude is not None else [0] * n_queries
-        fetch = min(self.n_items, k * self.rerank.factor + max(n_excluded, default=0))
-        candidates, _ = yield queries, fetch
+        n_excluded = np.array([len(e) for e in exclude] if exclude is not None else [0] * n_queries, dtype=np.int64)
+        fetches = np.minimum(self.n_items, k * self.rerank.factor + n_excluded)
+        # Each query's own fetch of Hamming candidates, whichever queries it was searched with: its answer does not
+        # depend on its neighbours'.
+        candidates: list[npt.NDArray[np.int64]] = [np.empty(0, np.int64)] * n_queries
+        for group in self._fetch_groups(np.arange(n_queries), fetches):
+            found, _ = yield queries[group], int(fetches[group].max())
+            for query, ids in zip(group, found, strict=True):
+                candidates[query] = ids[: fetches[query]]
         users = dequantize(query_codes, self.layout, self.dim, query_scales, self.rerank.mode)
         out_ids = np.full((n_queries, k), -1, dtype=np.int64)
         out_scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
@@ -497,6 +505,13 @@ class ItemIndex:
             out_ids[row, : order.size] = ids[order]
             out_scores[row, : order.size] = scores[order]
         return SearchResult(ids=out_ids, scores=out_scores)
+
+    def _fetch_groups(
+        self, queries: npt.NDArray[np.int64], fetches: npt.NDArray[np.int64]
+    ) -> list[npt.NDArray[np.int64]]:
+        """``queries`` in the groups one backend call each searches (``fetch_groups``)."""
+        fast_k = self.retrieval.fast_k if self.retrieval is not None else self.n_items
+        return [queries[group] for group in fetch_groups(fetches, fast_k)]
 
     @staticmethod
     def _finish_row(

@@ -114,6 +114,10 @@ class RemoteBackend(SearchBackend):
         return self.opened.max_k
 
     @property
+    def fast_k(self) -> int:
+        return self.opened.fast_k
+
+    @property
     def on_gpu(self) -> bool:
         return self.opened.on_gpu
 

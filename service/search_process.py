@@ -66,11 +66,11 @@ def describe(index: ItemIndex) -> Opened:
     """What a worker's ``RemoteBackend`` mirrors of the index's backend."""
     backend = index.retrieval
     if backend is None:  # no items: the worker searches nothing
-        return Opened(0, "none", False, 0, "uint8", "int32", 0.0, 0)
+        return Opened(0, "none", False, 0, "uint8", "int32", 0.0, 0, 0)
     return Opened(
         n_items=backend.n_items, backend=backend.name, on_gpu=backend.on_gpu, width=backend.width,
         query_dtype=np.dtype(backend.query_dtype).name, distance_dtype=np.dtype(backend.distance_dtype).name,
-        padding_distance=float(backend.padding_distance), max_k=backend.max_k,
+        padding_distance=float(backend.padding_distance), max_k=backend.max_k, fast_k=backend.fast_k,
     )  # fmt: skip
 
 
@@ -111,6 +111,31 @@ class Pending:
     index: ItemIndex
     search: Search
     arrived: float
+
+
+def merged_batches(pending: list[Pending], max_batch: int) -> list[list[Pending]]:
+    """Searches merged per index into backend calls of at most ``max_batch`` queries (a larger search alone). A
+    search past the backend's fast path (``SearchBackend.fast_k``: a user skipping thousands of seen items) is merged
+    only with others like it: one call searches every query at its largest fetch, and would take the ordinary
+    searches of every worker onto the slow path with it."""
+    groups: dict[tuple[int, bool], list[Pending]] = {}
+    for request in pending:
+        backend = request.index.retrieval
+        slow = backend is not None and request.search.fetch > backend.fast_k
+        groups.setdefault((id(request.index), slow), []).append(request)
+    batches: list[list[Pending]] = []
+    for group in groups.values():
+        batch: list[Pending] = []
+        rows = 0
+        for request in group:
+            size = len(request.search.queries)
+            if batch and rows + size > max_batch:
+                batches.append(batch)
+                batch, rows = [], 0
+            batch.append(request)
+            rows += size
+        batches.append(batch)
+    return batches
 
 
 class SearchOwner:
@@ -230,21 +255,9 @@ class SearchOwner:
     # --- searches -------------------------------------------------------------------------------------------------
 
     def search(self) -> None:
-        """Every accepted search, merged per index into backend calls of at most ``max_batch`` queries."""
+        """Every accepted search, in the backend calls ``merged_batches`` makes of them."""
         pending, self.searches = self.searches, []
-        groups: dict[int, list[Pending]] = {}
-        for request in pending:
-            groups.setdefault(id(request.index), []).append(request)
-        for group in groups.values():
-            batch: list[Pending] = []
-            rows = 0
-            for request in group:
-                size = len(request.search.queries)
-                if batch and rows + size > self.max_batch:
-                    self.answer(batch)
-                    batch, rows = [], 0
-                batch.append(request)
-                rows += size
+        for batch in merged_batches(pending, self.max_batch):
             self.answer(batch)
 
     def answer(self, batch: list[Pending]) -> None:

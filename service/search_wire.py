@@ -67,6 +67,7 @@ class Opened(Message):
     distance_dtype: str
     padding_distance: float
     max_k: int
+    fast_k: int  # the largest fetch on the backend's fast path (SearchBackend.fast_k): workers group by it too
 
 
 @dataclass(frozen=True)

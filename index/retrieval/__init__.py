@@ -27,7 +27,7 @@ from typing import Any, Literal, assert_never, get_args
 import numpy as np
 import numpy.typing as npt
 
-from index.retrieval.base import MAX_K, HammingBackend, SearchBackend, TopK, reference_topk
+from index.retrieval.base import MAX_K, HammingBackend, SearchBackend, TopK, fetch_groups, reference_topk
 from index.retrieval.by_batch import ByBatchBackend
 from index.retrieval.by_k import ByKBackend
 from index.retrieval.counting_backend import SMALL_BATCH, CountingBackend, cpu_choice
@@ -69,6 +69,7 @@ __all__ = [
     "available_backends",
     "backend_for_index",
     "backend_for_items",
+    "fetch_groups",
     "has_faiss",
     "import_faiss",
     "make_backend",

@@ -53,6 +53,13 @@ class SearchBackend(ABC):
         return MAX_K
 
     @property
+    def fast_k(self) -> int:
+        """The largest k this backend answers on its fast path; up to ``max_k`` it still answers, but by a slower
+        pass (a host one behind a GPU kernel), so a caller merging queries keeps those past it apart
+        (``fetch_groups``)."""
+        return self.max_k
+
+    @property
     def on_gpu(self) -> bool:
         """Whether the items are searched on a GPU (what /readyz reports): each backend knows its own device."""
         return False
@@ -103,6 +110,14 @@ class SearchBackend(ABC):
         if queries.shape[0] == 0:
             return empty_topk(0, k, self.padding_distance, self.distance_dtype)
         return queries
+
+
+def fetch_groups(fetches: npt.NDArray[np.integer[Any]], fast_k: int) -> list[npt.NDArray[np.int64]]:
+    """Positions of ``fetches`` grouped into backend calls: the fetches a backend answers on its fast path
+    (``SearchBackend.fast_k``) together, the larger ones apart. One call searches every query at its largest fetch,
+    so a query skipping thousands of seen items would otherwise take its whole batch onto the slow path."""
+    past = np.asarray(fetches) > fast_k
+    return [group for group in (np.flatnonzero(~past), np.flatnonzero(past)) if group.size]
 
 
 class HammingBackend(SearchBackend):

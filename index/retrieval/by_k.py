@@ -34,6 +34,10 @@ class ByKBackend(SearchBackend):
         return self.any_k.max_k
 
     @property
+    def fast_k(self) -> int:
+        return self.bounded.fast_k
+
+    @property
     def on_gpu(self) -> bool:
         return self.bounded.on_gpu
 

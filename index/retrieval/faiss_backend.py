@@ -161,6 +161,10 @@ class FlatIndexPair:
     def max_k(self) -> int:
         return max(MAX_K, self.n_items)
 
+    @property
+    def fast_k(self) -> int:
+        return FAISS_GPU_MAX_K if self.gpu_index is not None else self.max_k
+
     def index_for(self, fetch: int) -> Any:
         return self.gpu_index if self.gpu_index is not None and fetch <= FAISS_GPU_MAX_K else self.cpu_index
 

@@ -58,6 +58,10 @@ class ShardedBackend(HammingBackend):
     def on_gpu(self) -> bool:
         return any(shard.on_gpu for shard in self.shards)
 
+    @property
+    def fast_k(self) -> int:
+        return min(shard.fast_k for shard in self.shards)
+
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
         # Shards after the first run in the pool's threads (FAISS and CUDA work release the GIL, so GPUs
         # overlap); the first runs in this thread, which would only wait otherwise (one thread hop fewer).

@@ -10,7 +10,7 @@ import pytest
 
 from index.bundle import INDEX_FILE, Bundle, BundleError
 from index.cli import main as index_main
-from index.codes import CodeLayout, dequantize, encode_planes2, encode_sign1
+from index.codes import CodeLayout, ScaleMode, dequantize, encode_planes2, encode_sign1
 from index.item_index import IndexSelfCheckError, ItemIndex
 from index.retrieval import MAX_K
 from index.retrieval.counting_backend import CountingBackend
@@ -226,3 +226,52 @@ def test_a_bundles_item_codes_are_mapped_and_searched_where_they_lie(tmp_path: P
     assert isinstance(faiss_cpu.retrieval, FaissBinaryBackend) and faiss_cpu.retrieval.cpu_index is faiss_cpu._stored
     stored = (path / INDEX_FILE).read_bytes()
     assert counting.serialize() == faiss_cpu.serialize() == stored  # built from the codes, or the one read
+
+
+def search_calls(index: ItemIndex, users: np.ndarray, k: int, exclude: list[np.ndarray], **options) -> list:
+    """The backend calls one ``index.search`` makes, as (queries, fetch), and its answer."""
+    calls = []
+    steps = index._steps(users, k, exclude, options.get("query_scales"))
+    try:
+        fetch = next(steps)
+        while True:
+            calls.append((fetch[0].shape[0], fetch[1]))
+            fetch = steps.send(index._search(*fetch))
+    except StopIteration as done:
+        return [calls, done.value]
+
+
+def test_a_user_past_the_fast_path_is_searched_apart_from_the_rest_of_its_batch() -> None:
+    """One call searches every query at its largest fetch: a user who saw more items than the GPU kernel's largest k
+    would take every query of the batch onto the host's counting pass (minutes at 10M items). Such users get a call
+    of their own; the others keep the fast path, and every answer stays exact."""
+    rng = np.random.default_rng(12)
+    dim, n_items = 16, MAX_K + 1500
+    items, users = encode_sign1(rng.standard_normal((n_items, dim))), encode_sign1(rng.standard_normal((6, dim)))
+    index = ItemIndex.build(items, CodeLayout.SIGN1, dim, device="cpu", backend="torch")
+    assert index.retrieval is not None and index.retrieval.fast_k == MAX_K < index.retrieval.max_k
+    sizes = [5, MAX_K + 100, 0, 40, MAX_K + 7, 3]
+    exclude = [rng.choice(n_items, size=size, replace=False).astype(np.int64) for size in sizes]
+    calls, result = search_calls(index, users, 20, exclude)
+    assert calls == [(4, 20 + 40), (2, 20 + MAX_K + 100)]
+    for row, expected in enumerate(brute_force(users, items, CodeLayout.SIGN1, dim, 20, exclude)):
+        np.testing.assert_array_equal(result.ids[row], expected)
+
+
+def test_a_reranked_answer_does_not_depend_on_the_queries_searched_with_it() -> None:
+    """With item scales each query re-ranks its own fetch of Hamming candidates (k × factor plus its seen items),
+    not the largest fetch of its batch: searched alone or beside a user with many seen items, the same answer."""
+    from tests.index.test_scales import scaled_codes
+
+    rng = np.random.default_rng(13)
+    items, item_scales, layout = scaled_codes(ScaleMode.LEVELS, 400, rng)
+    users, user_scales, _ = scaled_codes(ScaleMode.LEVELS, 2, rng)
+    index = ItemIndex.build(
+        items, layout, 16, device="cpu", item_scales=item_scales, scale_mode=ScaleMode.LEVELS, rerank_factor=2,
+        heavy_items=0,
+    )  # fmt: skip
+    exclude = [np.arange(3, dtype=np.int64), rng.choice(400, size=300, replace=False).astype(np.int64)]
+    together = index.search(users, 5, exclude=exclude, query_scales=user_scales)
+    alone = index.search(users[:1], 5, exclude=exclude[:1], query_scales=user_scales[:1])
+    np.testing.assert_array_equal(together.ids[0], alone.ids[0])
+    np.testing.assert_array_equal(together.scores[0], alone.scores[0])

@@ -21,9 +21,12 @@ import numpy as np
 import pytest
 
 from index.bundle import CURRENT, Bundle
+from index.codes import CodeLayout, encode_sign1
 from index.item_index import ItemIndex, SearchResult
+from index.retrieval import MAX_K
 from service.model import ModelLoader, ServingModel
 from service.search_client import RemoteBackend, SearchUnavailable
+from service.search_process import Connection, Pending, merged_batches
 from service.search_wire import SIZES, Found, Refused, Search, WireError, decode, pack, receive, unpack
 from tests.conftest import RedisServer, TrainedBundle, free_port
 from tests.service.test_api import local_settings, running_service
@@ -450,6 +453,35 @@ def test_searches_of_many_workers_are_merged_and_each_gets_its_own_rows(
             expected = local.search(codes, ids.shape[1], exclude=[bundle.seen_items(int(row)) for row in rows])
             assert np.array_equal(ids, expected.ids) and np.array_equal(scores, expected.scores)
     assert max(merged) > 3  # more queries in one backend call than any single worker sends
+
+
+def test_a_search_past_the_fast_path_is_never_merged_with_ordinary_ones() -> None:
+    """A worker's user with thousands of seen items asks for more than the GPU kernel's largest k: merged, every
+    worker's queries would be searched at that fetch on the host's counting pass. It gets backend calls with its
+    own kind only; the ordinary searches of every worker still merge, up to the batch limit."""
+    rng = np.random.default_rng(4)
+    items = encode_sign1(rng.standard_normal((MAX_K + 600, 16)))
+    index = ItemIndex.build(items, CodeLayout.SIGN1, 16, device="cpu", backend="torch")
+    assert index.retrieval is not None and index.retrieval.fast_k == MAX_K
+    ends = socket.socketpair()
+    try:
+        connection = Connection(ends[0])
+
+        def request(rows: int, fetch: int) -> Pending:
+            return Pending(connection, index, Search("b", fetch, encode_sign1(rng.standard_normal((rows, 16)))), 0.0)
+
+        light, heavy, more, heavier, last = (
+            request(3, 30),
+            request(1, MAX_K + 1),
+            request(2, 500),
+            request(1, MAX_K + 90),
+            request(4, 25),
+        )
+        batches = merged_batches([light, heavy, more, heavier, last], max_batch=8)
+        assert batches == [[light, more], [last], [heavy, heavier]]
+    finally:
+        for end in ends:
+            end.close()
 
 
 def kill_its_search_process(process: subprocess.Popen[str]) -> None:
