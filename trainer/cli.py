@@ -13,7 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from trainer.distributed import World, main_first, start, stop
 from trainer.evaluate import evaluation_users, held_out_of
 from trainer.export import ExportReport, export_bundle
 from trainer.metering import PhaseClock
-from trainer.options import add_options, from_args, option
+from trainer.options import add_options, flag_of, from_args, option, options_of
 from trainer.quantization import check_options
 from trainer.recipe import AUTO, RecipeOptions, check_recipe, fit, fp_stages, student_options
 from trainer.train import TrainResult, pick_device
@@ -180,6 +180,31 @@ def given_options(argv: list[str] | None) -> frozenset[str]:
     return frozenset(vars(parser.parse_args(argv)))
 
 
+def inner_options(flag: str, text: str) -> list[str]:
+    """The words of an option that carries other options (``--stage-options "--lr 1e-3"``), or one line naming it
+    where they do not parse (argparse alone would print its usage and blame an option the user never typed)."""
+    try:
+        words = shlex.split(text)
+    except ValueError as error:  # an unclosed quote
+        raise ValueError(f"{flag} {text!r}: {error}") from None
+    parser = build_parser()
+
+    def refuse(message: str) -> NoReturn:
+        raise ValueError(f"{flag} {text!r}: {message}")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    parser.parse_args(words)
+    return words
+
+
+def inner_config(flag: str, args: argparse.Namespace, argv: list[str]) -> TrainConfig:
+    """The run's options with ``argv`` (from ``flag``) over them, as a training configuration."""
+    try:
+        return RunConfig.from_args(build_parser().parse_args(argv, namespace=argparse.Namespace(**vars(args)))).train
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The training run the parsed options describe."""
     return RunConfig.from_args(args).train
@@ -301,10 +326,23 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
         args = argparse.Namespace(**(vars(args) | {"teacher": None}))  # the student's own options, stages aside
     run_config = RunConfig.from_args(args)
     check_run(run_config)
-    stage_argv = shlex.split(from_args(RecipeOptions, args).stage_options)
+    recipe_options = from_args(RecipeOptions, args)
+    # What steers the fp stages means nothing to a plain run: refused, not ignored (--stage-cache, a place, is
+    # harmless there).
+    steering = [f for f in options_of(RecipeOptions) if f.name != "stage_cache"]
+    if not recipe and (stray := [flag_of(f) for f in steering if f.name in given]):
+        raise ValueError(f"{', '.join(stray)}: only with --teacher auto, which trains the fp stages they steer")
     if recipe:
-        check_output_directory(from_args(RecipeOptions, args).stage_cache, "--stage-cache")
-        check_recipe(run_config.train, distributed=world.distributed, stage_options=given_options(stage_argv))
+        check_output_directory(recipe_options.stage_cache, "--stage-cache")
+        stage_argv = inner_options("--stage-options", recipe_options.stage_options)
+        teacher_argv = inner_options("--teacher-options", recipe_options.teacher_options)
+        check_recipe(
+            run_config.train, distributed=world.distributed, stage_options=given_options(stage_argv),
+            teacher_options=given_options(teacher_argv),
+        )  # fmt: skip
+        # Both stages' configurations, their bounds checked before any data is read.
+        stage_train = inner_config("--stage-options", args, stage_argv)
+        teacher_train = inner_config("--teacher-options", args, stage_argv + teacher_argv)
     options, config, output = run_config.data, run_config.train, run_config.output
     synthetic = SyntheticConfig(
         n_users=options.synthetic_users, n_items=options.synthetic_items, seed=config.optim.seed
@@ -324,9 +362,6 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
     stage_records: list[dict[str, object]] = []
     if recipe:
         identity = {k: v for k, v in vars(options).items() if k not in ("data_dir", "dataset_url", "sha256")}
-        stage_args = build_parser().parse_args(stage_argv, namespace=argparse.Namespace(**vars(args)))
-        stage_train = RunConfig.from_args(stage_args).train
-        recipe_options = from_args(RecipeOptions, args)
         stages = fp_stages(
             data,
             stage_train,
@@ -335,6 +370,7 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
             cache=recipe_options.stage_cache,
             identity=identity,
             side_by_side=recipe_options.stages_side_by_side and pick_device(stage_train.runtime.device).type == "cuda",
+            teacher_config=teacher_train,
         )
         stage_records = [stage.record(data.name) for stage in stages]
         args = argparse.Namespace(**(vars(args) | student_options(config, *stages, given)))

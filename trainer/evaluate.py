@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 import torch
+from tqdm import tqdm
 
 from index.codes import CodeLayout, ScaleMode
 from index.item_index import ItemIndex
@@ -154,7 +155,8 @@ def served_path_metrics(
     users = users[np.argsort(np.diff(seen.indptr)[users], kind="stable")]
     k = max(ks)
     topk = np.empty((users.size, k), dtype=np.int64)
-    for start in range(0, users.size, batch):
+    # Minutes at catalogue scale (users with long histories fetch far past k): shown as it goes.
+    for start in tqdm(range(0, users.size, batch), desc="served-path test", unit="batch", leave=False):
         rows = users[start : start + batch]
         exclude = [seen.indices[seen.indptr[u] : seen.indptr[u + 1]].astype(np.int64) for u in rows]
         query_scales = user_scales[rows] if user_scales is not None else None

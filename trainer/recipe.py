@@ -58,6 +58,11 @@ class RecipeOptions:
         "--teacher auto: optimisation, schedule and device options the fp stages take over this run's own, as on "
         'the command line (e.g. "--loss softmax --temperature 0.2 --lr 1e-3 --reg 0.2")',
     )
+    teacher_options: str = option(
+        "",
+        "--teacher auto: options the fp teacher (stage 2) alone takes over --stage-options, the same kinds (e.g. a "
+        'softmax-trained teacher beside a BPR warm start: "--loss softmax --temperature 0.2 --lr 1e-3")',
+    )
     stages_side_by_side: bool = option(
         True,
         "--teacher auto on a GPU: train the fp warm start and teacher one after the other, not side by side in two "
@@ -98,9 +103,11 @@ class FittedStage:
         }
 
 
-def check_recipe(config: TrainConfig, *, distributed: bool, stage_options: frozenset[str]) -> None:
-    """Refuse what ``--teacher auto`` cannot combine with, before any data is loaded; ``stage_options``: the names
-    --stage-options sets."""
+def check_recipe(
+    config: TrainConfig, *, distributed: bool, stage_options: frozenset[str], teacher_options: frozenset[str]
+) -> None:
+    """Refuse what ``--teacher auto`` cannot combine with, before any data is loaded; ``stage_options`` and
+    ``teacher_options``: the names --stage-options and --teacher-options set."""
     if config.model.method == "fp":
         raise ValueError("--teacher auto distils a quantized code: use it with a --method other than fp")
     if config.pretraining.warm_start_from is not None:
@@ -109,9 +116,10 @@ def check_recipe(config: TrainConfig, *, distributed: bool, stage_options: froze
         raise ValueError("--teacher auto warm-starts from an embedding table: use it with --input-layer table")
     if distributed:
         raise ValueError("--teacher auto runs in one process: train its stages without torchrun")
-    if stage_options - STAGE_OPTIONS:
-        named = ", ".join("--" + name.replace("_", "-") for name in sorted(stage_options - STAGE_OPTIONS))
-        raise ValueError(f"--stage-options sets {named}: only optimisation, schedule and device options")
+    for flag, names in (("--stage-options", stage_options), ("--teacher-options", teacher_options)):
+        if names - STAGE_OPTIONS:
+            named = ", ".join("--" + name.replace("_", "-") for name in sorted(names - STAGE_OPTIONS))
+            raise ValueError(f"{flag} sets {named}: only optimisation, schedule and device options")
 
 
 def fingerprint(data: Dataset) -> str:
@@ -168,16 +176,17 @@ def fp_stages(
     cache: Path,
     identity: Mapping[str, object],
     side_by_side: bool = False,
+    teacher_config: TrainConfig | None = None,
 ) -> tuple[FittedStage, FittedStage]:
     """Stages 1 and 2, trained with ``config`` (the run's, with --stage-options) or reused: the warm start at the
-    student's width ``dim`` and the teacher at twice it.
+    student's width ``dim`` and the teacher at twice it, with ``teacher_config`` where given (--teacher-options).
 
     Neither needs the other, so with ``side_by_side`` the teacher trains in a second process while this one trains
     the warm start: one small model leaves most of a GPU idle. A stage that another run is training (it holds the
     stage's lock) is waited for and reused rather than trained twice."""
     key = {"dataset": dict(identity), "fingerprint": fingerprint(data), "refit": with_refit}
     warm = _plan("warm_start", 1, stage_config(config, dim), data, cache, key)
-    teacher = _plan("teacher", 2, stage_config(config, 2 * dim), data, cache, key)
+    teacher = _plan("teacher", 2, stage_config(teacher_config or config, 2 * dim), data, cache, key)
     trained: dict[str, tuple[float, int]] = {}
     with ExitStack() as cleanup:  # each stage's lock is let go once it is saved; a second process is waited for
         claimed = [(plan, cleanup.enter_context(lock)) for plan in (warm, teacher) if (lock := _claim(plan))]

@@ -87,6 +87,21 @@ def test_stage_options_steer_the_fp_stages_only(tmp_path: Path) -> None:
     assert (student["loss"], student["lr"]) == ("bpr", 1e-3)  # the student keeps the run's own
 
 
+def test_teacher_options_steer_the_teacher_alone(tmp_path: Path) -> None:
+    """A softmax-trained teacher beside a BPR warm start: --teacher-options go over --stage-options for stage 2."""
+    results = tmp_path / "r.json"
+    run = run_cli(
+        *TINY, "--method", "hq", "--bits", "1", "--teacher", "auto", "--stage-cache", str(tmp_path / "stages"),
+        "--stage-options", "--lr 2e-3", "--teacher-options", "--loss softmax --temperature 0.2",
+        "--results-json", str(results), "--bundle-root", str(tmp_path / "b"), cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    warm, teacher, student = json.loads(results.read_text())
+    assert (warm["loss"], warm["temperature"], warm["lr"]) == ("bpr", 1.0, 2e-3)
+    assert (teacher["loss"], teacher["temperature"], teacher["lr"]) == ("softmax", 0.2, 2e-3)
+    assert (student["loss"], student["lr"]) == ("bpr", 1e-3)
+
+
 def test_without_the_flag_the_run_is_the_plain_one(tmp_path: Path) -> None:
     results, cache = tmp_path / "r.json", tmp_path / "stages"
     plain = run_cli(
@@ -106,6 +121,15 @@ def test_without_the_flag_the_run_is_the_plain_one(tmp_path: Path) -> None:
         (["--method", "hq", "--bits", "2", "--warm-start-from", "x.pt"], "drop --warm-start-from"),
         (["--method", "hq", "--bits", "2", "--input-layer", "hash"], "use it with --input-layer table"),
         (["--method", "hq", "--bits", "2", "--stage-options", "--dim 8 --lr 1e-3"], "--stage-options sets --dim:"),
+        (["--method", "hq", "--bits", "2", "--teacher-options", "--bits 1"], "--teacher-options sets --bits:"),
+        (["--method", "hq", "--bits", "2", "--stage-options", '"--lr 1'], "--stage-options '\"--lr 1': No closing"),
+        (["--method", "hq", "--bits", "2", "--teacher-options", "--lr x"], "--teacher-options '--lr x': argument --lr"),
+        (["--method", "hq", "--bits", "2", "--teacher-options", "--nope 1"], "unrecognized arguments: --nope 1"),
+        (["--method", "hq", "--bits", "2", "--stage-options", "--lr -1"], "--stage-options: --lr must be >= 0, got -1"),
+        (
+            ["--method", "hq", "--bits", "2", "--teacher-options", "--lr nan"],
+            "--teacher-options: --lr must be >= 0, got nan",
+        ),
     ],
 )
 def test_combinations_that_make_no_sense_are_one_line(tmp_path: Path, options: list[str], message: str) -> None:
@@ -113,6 +137,16 @@ def test_combinations_that_make_no_sense_are_one_line(tmp_path: Path, options: l
     result = run_cli(*options, "--teacher", "auto", "--bundle-root", str(tmp_path / "b"), cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "b").exists() and not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("options", [["--stage-options", "--lr 1e-3"], ["--teacher-options", "--lr 1e-3"],
+                                     ["--stages-in-turn"]])  # fmt: skip
+def test_what_steers_the_stages_is_refused_in_a_plain_run(tmp_path: Path, options: list[str]) -> None:
+    result = run_cli(
+        *TINY, "--method", "hq", "--bits", "2", *options, "--bundle-root", str(tmp_path / "b"), cwd=tmp_path
+    )
+    assert result.returncode == 2 and f"{options[0]}: only with --teacher auto" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "b").exists()
 
 
 def test_given_options_are_those_on_the_command_line() -> None:

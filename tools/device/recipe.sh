@@ -12,7 +12,8 @@
 #   hq2_d128   32 B: fp d=128 and d=256;
 #   hq1u2_d64  8 B: 1-bit items at d=64, 2-bit users (fp d=64 and d=128).
 # The fp stages take the run's own BPR options, as the product's default does (#19's 16-byte students kept 97.9 %),
-# or with STAGES=softmax the #32 full-precision recipe (docs/experiments/fp_quality.md: its students fell short).
+# or with STAGES=softmax the #32 full-precision recipe (docs/experiments/fp_quality.md: its students fell short), or
+# with STAGES=mixed a BPR warm start and a softmax-trained teacher (--teacher-options).
 # The first call starts the runs in their own process session; every call waits up to WAIT_SECONDS and copies what
 # is there to $OUT/recipe.tgz.
 # Needs, carried with the call: .whl/ and .carry/data/{gowalla,yelp2018}.
@@ -26,9 +27,15 @@ SOFTMAX="--loss softmax --softmax-negatives 0 --temperature 0.2 --lr 1e-3 --max-
 # The stages as `recsys-train --teacher auto` trains them by default: the run's own (BPR) options, as in #19.
 BPR_STAGE="--max-minutes ${STAGE_MINUTES:-2.5}"
 declare -A STAGE_OPTIONS=([gowalla]="$BPR_STAGE" [yelp2018]="$BPR_STAGE" [ml-100k]="$BPR_STAGE")
-if [ "${STAGES:-bpr}" = softmax ]; then  # the #32 fp recipe as stages: its students kept 68-82 % in one short run
-  STAGE_OPTIONS=([gowalla]="$SOFTMAX --reg 2e-1" [yelp2018]="$SOFTMAX --reg 5e-2" [ml-100k]="$SOFTMAX --reg 5e-2")
-fi
+declare -A TEACHER_OPTIONS=([gowalla]="" [yelp2018]="" [ml-100k]="")
+# The #32 fp recipe (sampled softmax, strong L2) per dataset.
+declare -A SOFTMAX_FP=([gowalla]="$SOFTMAX --reg 2e-1" [yelp2018]="$SOFTMAX --reg 5e-2" [ml-100k]="$SOFTMAX --reg 5e-2")
+case "${STAGES:-bpr}" in
+  bpr) ;;
+  softmax) for d in "${!SOFTMAX_FP[@]}"; do STAGE_OPTIONS[$d]=${SOFTMAX_FP[$d]}; done ;;  # students kept 68-82 %
+  mixed) for d in "${!SOFTMAX_FP[@]}"; do TEACHER_OPTIONS[$d]=${SOFTMAX_FP[$d]}; done ;;
+  *) echo "recipe.sh: STAGES must be bpr, softmax or mixed, got ${STAGES}" >&2; exit 2 ;;
+esac
 DATASETS=${DATASETS:-gowalla yelp2018}
 RUNS=${RUNS:-hq2_d64 hq1u2_d128 hq2_d128 hq1u2_d64}  # which of the runs above
 DATA_DIR=${DATA_DIR:-.carry/data}
@@ -41,7 +48,8 @@ run() {  # dataset name options...: one recipe run, its log and record under $wo
   # shellcheck disable=SC2086
   python3 -m trainer.cli --dataset "$dataset" --data-dir "$DATA_DIR" --bundle-root "$work/bundles/${dataset}_$name" \
     --results-json "$work/records/${dataset}_$name.json" $PROTOCOL $STUDENT_CAP --teacher auto \
-    --stage-cache "$work/stages" --stage-options "${STAGE_OPTIONS[$dataset]}" "$@" >"$work/logs/${dataset}_$name.log" 2>&1 || rc=$?
+    --stage-cache "$work/stages" --stage-options "${STAGE_OPTIONS[$dataset]}" \
+    --teacher-options "${TEACHER_OPTIONS[$dataset]}" "$@" >"$work/logs/${dataset}_$name.log" 2>&1 || rc=$?
   echo "$dataset $name exit $rc wall $(($(date +%s) - start)) s" >>"$work/walls.txt"
 }
 
@@ -50,7 +58,7 @@ if [ ! -f "$work/started" ]; then
   touch "$work/started"
   export OMP_NUM_THREADS=2
   for dataset in $DATASETS; do
-    setsid nohup bash -c "$(declare -f run); $(declare -p PROTOCOL STUDENT_CAP STAGE_OPTIONS work DATA_DIR RUNS);
+    setsid nohup bash -c "$(declare -f run); $(declare -p PROTOCOL STUDENT_CAP STAGE_OPTIONS TEACHER_OPTIONS work DATA_DIR RUNS);
       declare -A OPTIONS=([hq2_d64]='--bits 2 --dim 64' [hq1u2_d128]='--bits 1 --user-bits 2 --dim 128'
         [hq2_d128]='--bits 2 --dim 128' [hq1u2_d64]='--bits 1 --user-bits 2 --dim 64')
       for name in \$RUNS; do run $dataset \$name --method hq \${OPTIONS[\$name]} & sleep 2; done
