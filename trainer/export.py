@@ -125,7 +125,7 @@ def export_bundle(
     ``stages``: the fp stages this model was trained from (``--teacher auto``), recorded in the manifest. The test
     metrics rank ``data.test``'s users: with ``--eval-users`` the caller passes a sample of them
     (trainer.cli.sampled_test) and asks for ``spread``, the metrics' standard errors across that sample."""
-    clock = PhaseClock()
+    clock = PhaseClock("export")
     model, quantizer = result.model, result.quantizer
     model.eval()
     user_rep, item_rep = quantizer.node_representations(model)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,11 +53,15 @@ def peak_memory_mb(device: torch.device) -> float:
 class PhaseClock:
     """Wall seconds of each phase of a run, for its record: where the time of a large run goes."""
 
-    def __init__(self) -> None:
+    def __init__(self, logged_as: str | None = None) -> None:
+        """``logged_as``: log each phase as it ends under this name, so a run stopped midway shows where it was."""
         self.phases: dict[str, float] = {}
         self._since = time.perf_counter()
+        self._logged_as = logged_as
 
     def done(self, phase: str) -> None:
         now = time.perf_counter()
         self.phases[phase] = round(now - self._since, 1)
         self._since = now
+        if self._logged_as:
+            log.info("%s: %s took %.1f s", self._logged_as, phase, self.phases[phase])

@@ -60,6 +60,8 @@ def test_trains_and_publishes_a_bundle(tmp_path: Path) -> None:
     assert list(record["phase_seconds"]) == ["load", "train", "export"]  # where a large run's time goes
     assert list(record["export_seconds"]) == ["codes", "test_device", "test_served", "cold_start", "publish"]
     assert abs(sum(record["export_seconds"].values()) - record["phase_seconds"]["export"]) < 0.5
+    for phase in record["export_seconds"]:  # logged as each ends: a run stopped midway shows where it was
+        assert f"export: {phase} took" in result.stderr
 
 
 def test_fp_saves_a_warm_start_that_a_quantized_run_uses(tmp_path: Path) -> None:
