@@ -1,8 +1,9 @@
 """One catalogue behind two backends: a fast one for the k it is built for, one that ranks any k for larger ones.
 
-GPU kernels size their buffers for ``MAX_K``; a caller that skips many seen items (an evaluation user with
-thousands of training items) may still need a longer list. The counting pass (``numpy``) ranks any number of items
-in one pass over the codes on the host, which it views where they lie, so those rare searches cost no second copy.
+Some backends answer at most ``MAX_K`` (the torch pass, several shards merged); a caller that skips many seen items
+(an evaluation user with thousands of training items) may still need a longer list. The counting pass (``numpy``)
+ranks any number of items in one pass over the codes on the host, which it views where they lie, so those rare
+searches cost no second copy. (The Triton backend answers such a k itself, on the device.)
 """
 
 from __future__ import annotations

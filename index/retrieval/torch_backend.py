@@ -6,6 +6,8 @@ Distances come from a SWAR popcount over 64-bit words (torch has no popcount op)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -37,6 +39,23 @@ def merge_keys(best: torch.Tensor | None, keys: torch.Tensor, k: int) -> torch.T
     return torch.topk(keys, min(k, keys.shape[1]), dim=1, largest=False, sorted=True).values
 
 
+def nearest_keys(
+    distances: Callable[[int, int], torch.Tensor], n_queries: int, n_items: int, k: int, tile_elements: int
+) -> torch.Tensor:
+    """The k smallest keys ``distance << 32 | id`` of each query, in exact order, over items scored a slice at a
+    time: ``distances(start, stop)`` gives the ``[queries, stop - start]`` int64 distances to those items. Any k:
+    the running top-k is merged with each slice's keys."""
+    chunk = max(1024, tile_elements // max(1, n_queries))
+    best: torch.Tensor | None = None
+    for start in range(0, n_items, chunk):
+        stop = min(start + chunk, n_items)
+        found = distances(start, stop)
+        ids = torch.arange(start, stop, device=found.device)
+        best = merge_keys(best, (found << ID_BITS) | ids, k)
+    assert best is not None
+    return best
+
+
 def split_keys(keys: torch.Tensor) -> TopK:
     keys = keys.cpu()
     return TopK((keys >> ID_BITS).to(torch.int32).numpy(), (keys & ((1 << ID_BITS) - 1)).numpy())
@@ -66,14 +85,12 @@ class TorchBackend(HammingBackend):
 
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
         q = torch.from_numpy(to_words(queries)).to(self.device)
-        chunk = max(1024, self.tile_elements // max(1, q.shape[0]))
-        best: torch.Tensor | None = None
-        for start in range(0, self.n_items, chunk):
-            items = self.items[start : start + chunk]
-            distances = torch.zeros(q.shape[0], items.shape[0], dtype=torch.int64, device=self.device)
+
+        def distances(start: int, stop: int) -> torch.Tensor:
+            items = self.items[start:stop]
+            out = torch.zeros(q.shape[0], items.shape[0], dtype=torch.int64, device=self.device)
             for word in range(q.shape[1]):
-                distances += popcount64(q[:, word, None] ^ items[None, :, word])
-            ids = torch.arange(start, start + items.shape[0], device=self.device)
-            best = merge_keys(best, (distances << ID_BITS) | ids, k)
-        assert best is not None
-        return split_keys(best)
+                out += popcount64(q[:, word, None] ^ items[None, :, word])
+            return out
+
+        return split_keys(nearest_keys(distances, q.shape[0], self.n_items, k, self.tile_elements))

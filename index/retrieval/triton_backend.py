@@ -46,7 +46,7 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from index.retrieval.base import HammingBackend, TopK
+from index.retrieval.base import MAX_K, HammingBackend, TopK
 from index.retrieval.chunking import (
     FLAG_TILE,
     KEY_BUDGET,
@@ -59,7 +59,7 @@ from index.retrieval.chunking import (
     sample_group,
     tight_rank,
 )
-from index.retrieval.torch_backend import ID_BITS, NO_KEY, split_keys
+from index.retrieval.torch_backend import ID_BITS, NO_KEY, nearest_keys, popcount64, split_keys
 from index.retrieval.triton_kernels import _collect_kernel, _gather_kernel, _mma_scan_kernel, _sample_kernel
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter, used by the tests
@@ -117,6 +117,7 @@ def to_host(tensor: torch.Tensor) -> torch.Tensor:
 # milliseconds of GPU work a search is bound by its ~25 launches from Python, not by the work (1M items × 64
 # queries: 1.6–1.9 ms eager on an H200, most of it the GPU waiting for the host).
 GRAPH_MAX_QUERIES = 1024
+ANY_K_TILE = 1 << 23  # (query, item) distances per slice of a search past the kernel's k: 64 MiB of int64
 GRAPH_CACHE = 64  # (queries, k) shapes kept per backend: ``graph_queries`` has 22 batch shapes, k a power of two
 
 
@@ -343,6 +344,14 @@ class TritonBackend(HammingBackend):
     @property
     def memory_bytes(self) -> int:
         return int(self.codes.numel() * 4)
+
+    @property
+    def max_k(self) -> int:
+        return max(MAX_K, self.n_items)  # past the kernel's buffers, ``_search_any_k``
+
+    @property
+    def fast_k(self) -> int:
+        return MAX_K  # the kernel's buffers are sized for it
 
     @property
     def on_gpu(self) -> bool:
@@ -600,9 +609,25 @@ class TritonBackend(HammingBackend):
             host = torch.cat([chunk.found.flatten() for chunk in chunks]).cpu()
         return host[:size].view(-1, k)
 
+    def _search_any_k(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
+        """A k past the kernel's buffers (a user skipping thousands of seen items): a plain torch pass over the
+        codes this backend already holds on the device, slower than the kernel but far from the host's counting
+        pass, and with no second copy of the codes."""
+        q = torch.from_numpy(word_major(queries)).to(self.device)  # [words, queries] int32
+
+        def distances(start: int, stop: int) -> torch.Tensor:
+            out = torch.zeros(q.shape[1], stop - start, dtype=torch.int64, device=self.device)
+            for word in range(self.words):  # 32-bit words, widened so that popcount64's masks apply
+                out += popcount64((q[word, :, None] ^ self.codes[word, None, start:stop]).to(torch.int64) & 0xFFFFFFFF)
+            return out
+
+        return split_keys(nearest_keys(distances, q.shape[1], self.n_items, k, ANY_K_TILE))
+
     def _search(self, queries: npt.NDArray[np.uint8], k: int) -> TopK:
         with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
             # Triton launches on the current device: a shard on GPU 1 searched from any thread must set it.
+            if k > MAX_K:
+                return self._search_any_k(queries, k)
             if self.graphs and self._marks is None and queries.shape[0] <= GRAPH_MAX_QUERIES:
                 graphed = self._search_graphed(queries, k)
                 if graphed is not None:

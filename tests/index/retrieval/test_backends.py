@@ -271,6 +271,32 @@ def test_triton_kernels_match_the_reference_in_the_interpreter() -> None:
     assert "triton kernels agree" in run_interpreted(TRITON_CHECK)
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (the `gpu` extra)")
+def test_triton_answers_a_k_past_its_kernel_from_its_own_codes() -> None:
+    """A user with more seen items than the kernel's buffers take: the Triton backend answers that k itself, with
+    the codes it holds on the device (exact, ties by id), so no host pass over the catalogue sits behind it; callers
+    merging searches still keep such searches apart (``fast_k``)."""
+    script = """
+        import numpy as np
+        import index.retrieval.triton_backend as triton_backend
+        from index.retrieval import MAX_K, reference_topk
+        from index.retrieval.triton_backend import TritonBackend
+        triton_backend.ANY_K_TILE = 3000  # slices of 1,024 items: the running top-k is merged across them
+        rng = np.random.default_rng(5)
+        for n_bytes in (8, 6):  # whole 32-bit words, and a padded last word
+            items = rng.integers(0, 256, (MAX_K + 900, n_bytes), dtype=np.uint8)
+            items[MAX_K :] = items[0]  # ties across the slices the pass scores
+            queries = rng.integers(0, 256, (3, n_bytes), dtype=np.uint8)
+            backend = TritonBackend(items, device="cpu")
+            assert (backend.fast_k, backend.max_k) == (MAX_K, MAX_K + 900)
+            for k in (MAX_K + 1, MAX_K + 900):
+                got, want = backend.search(queries, k), reference_topk(queries, items, k)
+                assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), k
+        print("any k agrees")
+    """
+    assert "any k agrees" in run_interpreted(textwrap.dedent(script))
+
+
 def run_interpreted(script: str) -> str:
     """Run ``script`` in a fresh interpreter under Triton's CPU interpreter (it must be set before Triton is
     imported); fail on a non-zero exit, return its output."""
