@@ -116,8 +116,9 @@ def main() -> None:
     phases.run("test, device path", lambda: device_metrics(users, items, data.test, seen, integer_scores=integer,
                                                            users=sample, spread=True))  # fmt: skip
     if args.served:
-        user_rep, item_rep = quantizer.node_representations(model)
-        codes = quantizer.export(user_rep, "user"), quantizer.export(item_rep, "item")
+        with torch.no_grad():
+            user_rep, item_rep = quantizer.node_representations(model)
+            codes = quantizer.export(user_rep, "user"), quantizer.export(item_rep, "item")
         phases.run(
             "test, served path",
             lambda: served_path_metrics(

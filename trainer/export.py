@@ -110,6 +110,9 @@ def hashed_decoder(inputs: HashedInput) -> HashedDecoder:
     )
 
 
+# Inference only: with autograd on, the graph behind the representations (every node's decoder and layer
+# activations) would stay alive through the whole export, beside everything the export holds.
+@torch.no_grad()
 def export_bundle(
     result: TrainResult,
     data: Dataset,
