@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn
@@ -172,29 +173,30 @@ def _append_record(path: Path, record: dict[str, object]) -> None:
         tmp.replace(path)
 
 
-def given_options(argv: list[str] | None) -> frozenset[str]:
-    """The options the command line set itself rather than left at their defaults: the recipe fills in the others."""
+def given_options(argv: list[str] | None, refuse: Callable[[str], NoReturn] | None = None) -> frozenset[str]:
+    """The options the command line set itself rather than left at their defaults: the recipe fills in the others.
+    ``refuse``: what a parse error calls in place of argparse's usage and exit."""
     parser = build_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS
+    if refuse is not None:
+        parser.error = refuse  # type: ignore[method-assign,assignment]
     return frozenset(vars(parser.parse_args(argv)))
 
 
-def inner_options(flag: str, text: str) -> list[str]:
-    """The words of an option that carries other options (``--stage-options "--lr 1e-3"``), or one line naming it
-    where they do not parse (argparse alone would print its usage and blame an option the user never typed)."""
+def inner_options(flag: str, text: str) -> tuple[list[str], frozenset[str]]:
+    """The words of an option that carries other options (``--stage-options "--lr 1e-3"``) and the options they set,
+    or one line naming it where they do not parse (argparse alone would print its usage and blame an option the
+    user never typed)."""
     try:
         words = shlex.split(text)
     except ValueError as error:  # an unclosed quote
         raise ValueError(f"{flag} {text!r}: {error}") from None
-    parser = build_parser()
 
     def refuse(message: str) -> NoReturn:
         raise ValueError(f"{flag} {text!r}: {message}")
 
-    parser.error = refuse  # type: ignore[method-assign]
-    parser.parse_args(words)
-    return words
+    return words, given_options(words, refuse)
 
 
 def inner_config(flag: str, args: argparse.Namespace, argv: list[str]) -> TrainConfig:
@@ -334,12 +336,11 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
         raise ValueError(f"{', '.join(stray)}: only with --teacher auto, which trains the fp stages they steer")
     if recipe:
         check_output_directory(recipe_options.stage_cache, "--stage-cache")
-        stage_argv = inner_options("--stage-options", recipe_options.stage_options)
-        teacher_argv = inner_options("--teacher-options", recipe_options.teacher_options)
+        stage_argv, stage_given = inner_options("--stage-options", recipe_options.stage_options)
+        teacher_argv, teacher_given = inner_options("--teacher-options", recipe_options.teacher_options)
         check_recipe(
-            run_config.train, distributed=world.distributed, stage_options=given_options(stage_argv),
-            teacher_options=given_options(teacher_argv),
-        )  # fmt: skip
+            run_config.train, distributed=world.distributed, stage_options=stage_given, teacher_options=teacher_given
+        )
         # Both stages' configurations, their bounds checked before any data is read.
         stage_train = inner_config("--stage-options", args, stage_argv)
         teacher_train = inner_config("--teacher-options", args, stage_argv + teacher_argv)
