@@ -206,7 +206,7 @@ class Run:
             code = f"{m.code_layout} d={m.dim} ({m.method}, {m.bits}-bit)"
             fields = {"catalogue": "gowalla", "n_items": m.n_items, "n_users": m.n_users, "code": code,
                       "model_version": m.model_version}  # fmt: skip
-            label = f"Gowalla {m.method} {m.bits}-bit d={m.dim}: {m.n_items:,} items, {m.n_users:,} users"
+            label = f"{m.dataset} {m.method} {m.bits}-bit d={m.dim}: {m.n_items:,} items, {m.n_users:,} users"
             return Catalogue(
                 self.args.gowalla, label, fields, write_users_file(bundle.user_ids, self.work / "gowalla.users")
             )

@@ -13,7 +13,10 @@ Stages, in order (``--stages`` picks some; a later one reads what an earlier one
   publishing the bundle; the record carries the validation curve and the trainer's own phase times;
 * ``index``: ``recsys-index build`` on the published bundle;
 * ``serve``: ``benchmarks.serve_start``: redis-server and ``recsys-serve`` on the bundle, time to ready, memory per
-  process, a short ``/recommend`` load.
+  process, a short ``/recommend`` load;
+* ``capacity``: ``benchmarks.gpu_serving`` with this bundle as its main mode (every user's code in Redis, wrk's
+  mix of requests at rising connection counts): the rate and tail latency the serving targets are stated in, so
+  that they can be set beside the synthetic 10M catalogue's.
 
 Every stage is a subprocess: ``wall_s`` is its wall time, ``peak_host_gb`` its peak resident set (``wait4``; the
 largest of its process tree's members, as Linux reports it), ``peak_gpu_gb`` the most GPU memory in use while it ran
@@ -36,7 +39,9 @@ from typing import Any
 from benchmarks.harness import RESULTS, ROOT, append_records, benchmark_parser, commit, markdown_table, run_measured
 from benchmarks.industrial_data import BYTES_PER_INTERACTION, run_stage
 
-STAGES = ("generate", "load", "train", "index", "serve")
+STAGES = ("generate", "load", "train", "index", "serve", "capacity")
+# What the capacity row keeps of each of benchmarks.gpu_serving's steps.
+CAPACITY_FIGURES = ("phase", "workers", "connections", "backend", "rate", "p50_ms", "p99_ms", "p999_ms", "errors")
 
 
 class GpuMemory:
@@ -128,6 +133,21 @@ def train_figures(records: Path, log: Path) -> dict[str, Any]:
     return figures
 
 
+def capacity(args: Any, bundles: Path, work: Path) -> tuple[Measured, dict[str, Any]]:
+    """The ``capacity`` stage: ``benchmarks.gpu_serving`` serving only this bundle (its ``gowalla`` mode: any
+    trained bundle), its steps (rate, p50/p99/p99.9 at each connection count) returned as the row's figures."""
+    steps = work / "capacity.json"
+    on_cpu = [] if args.device.startswith("cuda") else ["--cpu"]
+    command = [sys.executable, "-m", "benchmarks.gpu_serving", *on_cpu, "--gowalla", str(bundles),
+               "--main", "gowalla:auto" if on_cpu else "gowalla:triton", "--peers", "--work", str(work / "serving"),
+               "--out", str(steps), *args.capacity_options.split()]  # fmt: skip
+    run = measured(command, work / "capacity.log", args.timeout)
+    report = json.loads(steps.read_text())
+    figures = {"steps": [{key: point.get(key) for key in CAPACITY_FIGURES} for point in report["points"]],
+               "skipped": report["skipped"]}
+    return run, figures
+
+
 def main() -> int:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -145,6 +165,8 @@ def main() -> int:
     parser.add_argument("--train-options", default="", help="more recsys-train options")
     parser.add_argument("--serve-options", default="--requests 2000 --concurrency 16",
                         help="benchmarks.serve_start options")  # fmt: skip
+    parser.add_argument("--capacity-options", default="--connections 16 64 128 256 --post-connections "
+                        "--scale-workers --budget-s 300", help="benchmarks.gpu_serving options")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600, help="seconds a stage may run")
     parser.add_argument("--note", default="", help="recorded with each row")
     parser.add_argument("--out", type=Path, default=RESULTS / "industrial_scale.json")
@@ -163,6 +185,7 @@ def main() -> int:
                      "peak_gpu_gb": gpu, **figures, "device": args.device, "cores": os.cpu_count(),
                      "note": args.note, "commit": commit()})  # fmt: skip
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "valid_curve"}), flush=True)
+        append_records(args.out, rows[-1:])  # as each stage ends: a run cut short keeps the stages it finished
 
     for stage in args.stages:
         if stage in ("generate", "load"):  # the data benchmark's own fresh-process stages, on the same file
@@ -183,13 +206,15 @@ def main() -> int:
             command = [sys.executable, "-m", "index.cli", "build", "--bundle-root", str(bundles), "--device", device]
             run = measured(command, work / "index.log", args.timeout)
             row("index", run.wall_s, run.peak_host_gb, run.peak_gpu_gb)
+        elif stage == "capacity":
+            run, figures = capacity(args, bundles, work)
+            row("capacity", run.wall_s, run.peak_host_gb, run.peak_gpu_gb, **figures)
         else:
             command = [sys.executable, "-m", "benchmarks.serve_start", "--bundle-root", str(bundles), "--device",
                        device, *args.serve_options.split()]  # fmt: skip
             run = measured(command, work / "serve.log", args.timeout)
             report = [line for line in run.log.read_text().splitlines() if line.startswith("{")][-1]
             row("serve", run.wall_s, run.peak_host_gb, run.peak_gpu_gb, **json.loads(report))
-    append_records(args.out, rows)
     header = ["stage", "users", "items", "interactions", "wall s", "peak host GB", "peak GPU GB"]
     print(markdown_table(header, [[r["stage"], r["users"], r["items"], r["interactions"], r["wall_s"],
                                    r["peak_host_gb"], r["peak_gpu_gb"]] for r in rows]))  # fmt: skip
