@@ -143,8 +143,10 @@ def capacity(args: Any, bundles: Path, work: Path) -> tuple[Measured, dict[str, 
                "--out", str(steps), *args.capacity_options.split()]  # fmt: skip
     run = measured(command, work / "capacity.log", args.timeout)
     report = json.loads(steps.read_text())
-    figures = {"steps": [{key: point.get(key) for key in CAPACITY_FIGURES} for point in report["points"]],
-               "skipped": report["skipped"]}
+    figures = {
+        "steps": [{key: point.get(key) for key in CAPACITY_FIGURES} for point in report["points"]],
+        "skipped": report["skipped"],
+    }
     return run, figures
 
 
