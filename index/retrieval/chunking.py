@@ -9,6 +9,9 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 SAMPLE_FRACTION = 16  # the threshold pass scores at most n_items / 16 items (at least 32 · k)
 KEY_BUDGET = 1 << 27  # int64 keys held at once (1 GiB: a 1,024-query chunk at 100M items, 256 at 1B)
 SAMPLE_BUDGET = 1 << 28  # int16 sampled distances held at once (512 MiB)
@@ -39,6 +42,28 @@ def poisson_quantile(mean: float, tail: float, most: int) -> int:
         below += math.exp(j * math.log(mean) - mean - math.lgamma(j + 1)) if mean > 0 else float(j == 0)
         j += 1
     return j
+
+
+def most_sampled(n_items: int, max_k: int) -> int:
+    """The most items any ``plan_chunks`` of a catalogue of ``n_items`` samples, for k up to ``max_k``."""
+    return min(n_items, max(32 * max_k, SAMPLE_PER_QUERY))
+
+
+def spread_sample(n_items: int, size: int, seed: int = 0) -> npt.NDArray[np.int64]:
+    """Which items the threshold pass scores: one drawn from each of ``size`` equal strata of the ids, in a
+    seeded random order.
+
+    The bounds' arithmetic (``tight_rank``, ``key_slots``) holds for a sample that is random with respect to the
+    codes. A catalogue's order often is not (items numbered by category, by cluster, by when they were added):
+    its first items, as a sample, lie far from a query of another cluster, the bound admits the whole cluster and
+    every search overflows into a redo. Strata cover every part of the order in proportion; the random order
+    keeps the sample kernel's groups of consecutive sampled items from sharing one stratum's neighbourhood.
+    """
+    size = min(size, n_items)
+    rng = np.random.default_rng(seed)
+    starts = np.arange(size, dtype=np.int64) * n_items // size
+    widths = np.diff(np.r_[starts, n_items])
+    return rng.permutation(starts + (rng.random(size) * widths).astype(np.int64))
 
 
 @functools.lru_cache(maxsize=1024)  # up to k Poisson terms: ~2 ms at k = 4,096, once per shape

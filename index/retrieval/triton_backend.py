@@ -5,9 +5,10 @@ or a small batch leaves the GPU idle. Here every thread block scores a tile of (
 XOR + popcount over 32-bit words held word-major (coalesced loads, no copy beyond the codes), and the
 top-k uses the small integer distance range instead of a heap:
 
-1. *Threshold.* Score the first ``n_sample`` items (keeping the nearest of each small group of them) and sort
-   each query's nearest of those. Their k-th distance bounds the answer from above (the *safe* bound); a
-   smaller rank of them (the *tight* bound) lets only a few times k items through, so that is the bound used.
+1. *Threshold.* Score ``n_sample`` items spread over the catalogue (``spread_sample``: its order may follow
+   its codes), keep the nearest of each small group of them and sort each query's nearest of those. Their k-th
+   distance bounds the answer from above (the *safe* bound); a smaller rank of them (the *tight* bound) lets
+   only a few times k items through, so that is the bound used.
 2. *Collect.* One pass over all items appends the key ``distance << 32 | id`` of every item within the
    bound to the query's buffer (an atomic counter per query hands out the slots).
 3. *Select.* An integer top-k over the buffer orders by distance, then id: the exact answer.
@@ -52,11 +53,13 @@ from index.retrieval.chunking import (
     KEY_BUDGET,
     MAX_CHUNK,
     ChunkPlan,
+    most_sampled,
     next_power_of_two,
     plan_chunks,
     power_of_two_at_most,
     safe_capacity,
     sample_group,
+    spread_sample,
     tight_rank,
 )
 from index.retrieval.torch_backend import ID_BITS, NO_KEY, nearest_keys, popcount64, split_keys
@@ -301,6 +304,10 @@ class TritonBackend(HammingBackend):
         if self.device.type != "cuda" and not INTERPRETED:
             raise RuntimeError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 for tests)")
         self.codes = words  # [words, n]: the code size, no more
+        # The items the threshold pass scores (``sample_rows``), gathered once so that its reads stay contiguous:
+        # [words, s], s ≤ 131,072 items, a few MB (a smaller catalogue is all sampled, in a shuffled order).
+        self.sample_rows = spread_sample(self.n_items, most_sampled(self.n_items, MAX_K))
+        self._sampled = words[:, torch.from_numpy(self.sample_rows).to(self.device)].contiguous()
         self.words = int(words.shape[0])
         self.tiles = tiles
         self.graphs = graphs and self.device.type == "cuda" and not INTERPRETED
@@ -343,7 +350,7 @@ class TritonBackend(HammingBackend):
 
     @property
     def memory_bytes(self) -> int:
-        return int(self.codes.numel() * 4)
+        return int((self.codes.numel() + self._sampled.numel()) * 4)
 
     @property
     def max_k(self) -> int:
@@ -388,7 +395,7 @@ class TritonBackend(HammingBackend):
         )  # fmt: skip
 
     def bounds(self, queries: torch.Tensor, k: int, n_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's (tight, safe) bounds from the distances of the first ``n_sample`` items.
+        """Each query's (tight, safe) bounds from the distances of ``n_sample`` items spread over the catalogue.
 
         Safe: the k-th smallest of the sampled group minima (``sample_group``): k distinct items are within it,
         so are the k nearest of all items, and about k · n / n_sample items in all. Tight: the j-th smallest
@@ -396,12 +403,13 @@ class TritonBackend(HammingBackend):
         keys. It can let fewer than k items through (rarely); such a query is redone with the safe bound.
         """
         n_queries = queries.shape[1]
+        assert n_sample <= self._sampled.shape[1], "plan_chunks samples at most most_sampled(n_items, MAX_K) items"
         group = min(sample_group(n_sample, k), self._popcount_tiles(n_queries).block_n)  # a tile holds whole groups
         n_groups = -(-n_sample // group)
         sample = torch.empty((n_queries, n_groups), dtype=torch.int16, device=self.device)
         self._launch(
             _sample_kernel, n_sample, n_queries,
-            queries, self.codes, sample, n_queries, self.n_items, n_sample, n_groups, GROUP=group,
+            queries, self._sampled, sample, n_queries, self._sampled.shape[1], n_sample, n_groups, GROUP=group,
         )  # fmt: skip
         self._mark("sample distances")
         # top-k's radix select, not kthvalue's sort.

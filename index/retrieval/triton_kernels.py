@@ -170,8 +170,8 @@ def _sample_kernel(
     queries_ptr, codes_ptr, out_ptr, n_queries, n_items, n_sample, n_groups,
     WORDS: tl.constexpr, USE_POPC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr,
 ):  # fmt: skip
-    """Distances of the first ``n_sample`` items, the nearest of each ``GROUP`` consecutive ones kept
-    (``sample_group``): ``[n_queries, n_groups]`` int16."""
+    """Distances of the first ``n_sample`` items of ``codes_ptr`` (the backend's spread sample, ``n_items`` of
+    them), the nearest of each ``GROUP`` consecutive ones kept (``sample_group``): ``[n_queries, n_groups]`` int16."""
     q_offs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     n_offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     q_mask, n_mask = q_offs < n_queries, n_offs < n_sample

@@ -184,7 +184,8 @@ TRITON_CHECK = textwrap.dedent(
     for k, group in ((1, 16), (2, 8)):
         n_sample = plan_chunks(9000, 4, k).n_sample
         assert n_sample == 562 and sample_group(n_sample, k) == group
-        sampled = np.unpackbits(queries[:, None, :] ^ items[None, :n_sample, :], axis=2).sum(axis=2)
+        sampled = items[backend.sample_rows[:n_sample]]
+        sampled = np.unpackbits(queries[:, None, :] ^ sampled[None, :, :], axis=2).sum(axis=2)
         minima = np.stack([sampled[:, s : s + group].min(axis=1) for s in range(0, n_sample, group)], axis=1)
         _, safe = backend.bounds(torch.from_numpy(word_major(queries)), k, n_sample)
         assert safe.tolist() == np.sort(minima, axis=1)[:, k - 1].tolist(), (k, group)
@@ -295,6 +296,33 @@ def test_triton_answers_a_k_past_its_kernel_from_its_own_codes() -> None:
         print("any k agrees")
     """
     assert "any k agrees" in run_interpreted(textwrap.dedent(script))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (the `gpu` extra)")
+def test_triton_bounds_stay_tight_on_a_catalogue_numbered_by_cluster() -> None:
+    """Items numbered cluster by cluster (by category, by when they were added): the threshold pass's sample
+    must not be the first cluster, whose distances would admit a whole catalogue's worth of keys into every query's
+    buffer and redo every search. Queries from the last cluster: no search is redone, and the answers are exact."""
+    script = """
+        import numpy as np
+        from index.retrieval import reference_topk
+        from index.retrieval.triton_backend import Tiles, TritonBackend
+        rng = np.random.default_rng(3)
+        centres = rng.integers(0, 2, (4, 64), dtype=np.uint8)
+        cluster = np.repeat(np.arange(4), 2000)  # ids in cluster order
+        items = np.packbits(centres[cluster] ^ (rng.random((8000, 64)) < 0.1), axis=1)
+        queries = np.packbits(centres[[3] * 3] ^ (rng.random((3, 64)) < 0.1), axis=1)
+        redone = []
+        redo = TritonBackend._redo
+        TritonBackend._redo = lambda self, chunk, k: redone.append(int(chunk.redo.sum())) or redo(self, chunk, k)
+        for tiles in (None, Tiles(16, 64, 4, mma=True)):
+            got = TritonBackend(items, device="cpu", tiles=tiles).search(queries, 5)
+            want = reference_topk(queries, items, 5)
+            assert np.array_equal(got.ids, want.ids) and np.array_equal(got.distances, want.distances), tiles
+        assert redone == [], redone
+        print("bounds stay tight")
+    """
+    assert "bounds stay tight" in run_interpreted(textwrap.dedent(script))
 
 
 def run_interpreted(script: str) -> str:

@@ -18,9 +18,11 @@ from index.retrieval.chunking import (
     TIGHT_MIN_RANK,
     TIGHT_TAIL,
     flag_bytes,
+    most_sampled,
     plan_chunks,
     poisson_quantile,
     sample_group,
+    spread_sample,
     tight_rank,
 )
 
@@ -87,6 +89,27 @@ def test_the_tight_bound_under_fills_at_most_tight_tail_of_queries(
 def test_the_sample_keeps_one_distance_per_group_while_32_k_groups_remain(n_sample: int, k: int, group: int) -> None:
     assert sample_group(n_sample, k) == group
     assert group <= SAMPLE_GROUP and (group == 1 or n_sample // group >= 32 * k)
+
+
+@pytest.mark.parametrize(("n_items", "size"), [(7, 7), (1_000, 1_000), (10_000, 625), (10_000_000, 131_072)])
+def test_the_sample_takes_one_item_from_every_stratum_of_the_ids_in_a_shuffled_order(n_items: int, size: int) -> None:
+    """A catalogue numbered by category or cluster: its first items would be a sample of one cluster. One item
+    from each equal stratum of the ids covers every part in proportion; the same catalogue gets the same sample."""
+    rows = spread_sample(n_items, size)
+    assert rows.shape == (size,) and rows.dtype == np.int64
+    starts = np.arange(size + 1, dtype=np.int64) * n_items // size
+    ordered = np.sort(rows)
+    assert np.all((ordered >= starts[:-1]) & (ordered < starts[1:]))  # one in each stratum, so all distinct
+    assert not np.array_equal(rows, ordered)  # groups of consecutive sampled items span the catalogue
+    assert np.array_equal(rows, spread_sample(n_items, size))
+    assert np.array_equal(np.sort(spread_sample(n_items, n_items + 1)), np.arange(n_items))  # a small catalogue: all
+
+
+@pytest.mark.parametrize("n_items", [1, 100, 5_000, 131_072, 10_000_000, 2**31 - 1])
+@pytest.mark.parametrize("n_queries", [1, 1024, 10_000])
+@pytest.mark.parametrize("k", [1, 20, 1000, 4096])
+def test_no_plan_samples_more_items_than_the_backend_gathers(n_items: int, n_queries: int, k: int) -> None:
+    assert plan_chunks(n_items, n_queries, min(k, n_items)).n_sample <= most_sampled(n_items, 4096)
 
 
 @pytest.mark.parametrize("bits", [256, 576])
