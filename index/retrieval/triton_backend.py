@@ -2,7 +2,7 @@
 
 FAISS's ``GpuIndexBinaryFlat`` gives one warp to each query and keeps a per-query heap, so a single query
 or a small batch leaves the GPU idle. Here every thread block scores a tile of (queries × items) with
-XOR + popcount over 32-bit words held word-major (coalesced loads, no copy beyond the codes), and the
+XOR + popcount over 32-bit words held word-major (coalesced loads, no copy beyond the codes and a sample), and the
 top-k uses the small integer distance range instead of a heap:
 
 1. *Threshold.* Score ``n_sample`` items spread over the catalogue (``spread_sample``: its order may follow
