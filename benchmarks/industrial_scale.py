@@ -182,14 +182,15 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     interactions: int | None = None
 
-    def row(stage: str, wall: float, host: float, gpu: float | None, **figures: Any) -> None:
+    def row(stage: str, wall: float | None, host: float | None, gpu: float | None, **figures: Any) -> None:
         rows.append({"stage": stage, **shape, "interactions": interactions, "wall_s": wall, "peak_host_gb": host,
                      "peak_gpu_gb": gpu, **figures, "device": args.device, "cores": os.cpu_count(),
                      "note": args.note, "commit": commit()})  # fmt: skip
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "valid_curve"}), flush=True)
         append_records(args.out, rows[-1:])  # as each stage ends: a run cut short keeps the stages it finished
 
-    for stage in args.stages:
+    def run(stage: str) -> None:
+        nonlocal interactions
         if stage in ("generate", "load"):  # the data benchmark's own fresh-process stages, on the same file
             forwarded = ["--stage", stage, "--users", str(args.users), "--items", str(args.items), "--work-dir",
                          str(work), "--interactions-per-user", str(args.interactions_per_user)]  # fmt: skip
@@ -213,14 +214,26 @@ def main() -> int:
             row("capacity", run.wall_s, run.peak_host_gb, run.peak_gpu_gb, **figures)
         else:
             command = [sys.executable, "-m", "benchmarks.serve_start", "--bundle-root", str(bundles), "--device",
-                       device, *args.serve_options.split()]  # fmt: skip
+                       device, "--log", str(work / "serve_server.log"), *args.serve_options.split()]  # fmt: skip
             run = measured(command, work / "serve.log", args.timeout)
             report = [line for line in run.log.read_text().splitlines() if line.startswith("{")][-1]
             row("serve", run.wall_s, run.peak_host_gb, run.peak_gpu_gb, **json.loads(report))
+
+    failed = False
+    for stage in args.stages:
+        try:
+            run(stage)
+        except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as error:
+            # Recorded, and the stages that do not need this one's output still run: a service that does not start
+            # says nothing about the index build before it or the capacity of the same bundle after it.
+            failed = True
+            row(stage, None, None, None, error=str(error).splitlines()[0][:2000])
+            if stage in ("generate", "load", "train"):
+                break
     header = ["stage", "users", "items", "interactions", "wall s", "peak host GB", "peak GPU GB"]
     print(markdown_table(header, [[r["stage"], r["users"], r["items"], r["interactions"], r["wall_s"],
                                    r["peak_host_gb"], r["peak_gpu_gb"]] for r in rows]))  # fmt: skip
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

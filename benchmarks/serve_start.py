@@ -2,7 +2,8 @@
 
     python -m benchmarks.serve_start --bundle-root /tmp/scale/b1m --workers 2 --requests 2000 --concurrency 16
 
-Starts a fresh redis-server and `recsys-serve` (index on the CPU), waits for /readyz, reads every process's RSS
+Starts a fresh redis-server and `recsys-serve` (index on --device, their output in --log), waits for /readyz (or
+fails with the log's tail as soon as the server exits), reads every process's RSS
 and PSS (PSS splits pages shared through the page cache, such as a mapped bundle, among the processes that map
 them), then sends --requests GET /recommend for known users drawn uniformly (5 % unknown ones) from
 --concurrency connections and reports p50/p99.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import subprocess
 import sys
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.serving import free_port, wait_ready
+from benchmarks.serving_stack import RedisProcess, ServiceProcess
 from index.bundle import resolve_bundle_path
 
 
@@ -66,42 +66,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="cpu", help="recsys-serve --device")
+    parser.add_argument("--ready-timeout", type=float, default=600, help="seconds the server may take to be ready")
+    parser.add_argument("--log", type=Path, default=None,
+                        help="where redis-server's and recsys-serve's output goes (info level: each loading step "
+                        "with its time); default a file in a temporary folder, named if the server fails")  # fmt: skip
     args = parser.parse_args(argv)
-    redis_port, port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as folder:
-        redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "", "--dir", folder],
-                                 stdout=subprocess.DEVNULL)  # fmt: skip
-        env = {**os.environ, "RECSYS_LOG_LEVEL": "warning"}
+        log = args.log or Path(folder) / "serve_start.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        redis = RedisProcess.start(log)
         started = time.perf_counter()
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "--bundle-root", str(args.bundle_root), "--port", str(port),
-             "--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--device", args.device,
-             "--workers", str(args.workers)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
         try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url, 600)
+            serve = ServiceProcess.start(
+                name="serve_start", bundle=args.bundle_root, redis_url=redis.url, device=args.device,
+                backend="auto", workers=args.workers, log=log, settings={"RECSYS_LOG_LEVEL": "info"}, extra_env={},
+                timeout_s=args.ready_timeout,
+            )  # fmt: skip
+        except BaseException:
+            redis.stop()
+            raise
+        try:
             ready_s = time.perf_counter() - started
-            memory = memory_of(serve.pid)
+            memory = memory_of(serve.process.pid)
             ids = (resolve_bundle_path(args.bundle_root) / "user_ids.txt").read_text().split("\n")[:-1]
             users = random.Random(1).sample(ids, min(100_000, len(ids)))
             del ids
-            latencies = sorted(asyncio.run(load(url, users, args.requests, args.concurrency)))
+            latencies = sorted(asyncio.run(load(serve.url, users, args.requests, args.concurrency)))
             record = {
                 "bundle": str(args.bundle_root), "device": args.device, "workers": args.workers,
-                "ready_s": round(ready_s, 1),
+                "ready_s": round(ready_s, 1), "readiness": serve.readiness,
                 "memory": memory, "requests": len(latencies),
                 "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
                 "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1),
-                "memory_after_load": memory_of(serve.pid),
+                "memory_after_load": memory_of(serve.process.pid),
             }  # fmt: skip
             print(json.dumps(record))
         finally:
-            serve.terminate()
-            serve.wait(60)
-            redis.terminate()
-            redis.wait()
+            serve.stop()
+            redis.stop()
     return 0
 
 

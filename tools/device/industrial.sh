@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue #33 on one lent GPU: benchmarks.industrial_scale (generate → load + split → train + export + publish → index
-# build → serve, every stage the command a user types) at each scale of SCALES in turn, in the background across as
+# build → serve → capacity, every stage the command a user types) at each scale of SCALES in turn, in the background across as
 # many device calls of one lease as it needs. Before each scale, benchmarks.propagation_bandwidth times one
 # propagation of that scale's graph against the device's copy bandwidth (about a minute at 10M; BANDWIDTH=0 skips it).
 #
@@ -42,7 +42,8 @@ for log in "$work"/*/train.log; do
   [ -f "$log" ] && { grep -h '"event": "valid"' "$log" || true; } | tail -n 3 | cut -c1-200 | sed "s|^|$log: |"
 done
 cp "$work/industrial_scale.json" "$work/propagation_bandwidth.json" "$OUT/" 2>/dev/null || true
-(cd "$work" && tar czf "$OUT/industrial_logs.tgz" --ignore-failed-read run.log ./*/*.log ./*/*.json 2>/dev/null || true)
+(cd "$work" && tar czf "$OUT/industrial_logs.tgz" --ignore-failed-read run.log ./*/*.log ./*/*.json ./*/serving/*.log \
+  2>/dev/null || true)
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
 free -g | head -n 2
 if [ -f "$work/exit" ]; then exit "$(cat "$work/exit")"; fi
