@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue #33 on one lent GPU: benchmarks.industrial_scale (generate → load + split → train + export + publish → index
-# build → serve → capacity, every stage the command a user types) at each scale of SCALES in turn, in the background across as
-# many device calls of one lease as it needs. Before each scale, benchmarks.propagation_bandwidth times one
+# build → serve → capacity, every stage the command a user types) at each scale of SCALES in turn, in the background
+# across as many device calls of one lease as it needs. Before each scale, benchmarks.propagation_bandwidth times one
 # propagation of that scale's graph against the device's copy bandwidth (about a minute at 10M; BANDWIDTH=0 skips it).
 #
 #   bash tools/device/industrial.sh WAIT_SECONDS
