@@ -398,6 +398,7 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
         spread = {name: round(value, 5) for name, value in report.test_spread.items()}
         record = result_record(config, result, data, report, output) | sample | spread
         record["phase_seconds"] = clock.phases
+        record["phase_host_peak_gib"] = clock.host_peaks
         record["export_seconds"] = report.phase_seconds
         for stage_record in stage_records:
             _append_record(output.results_json, stage_record)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from dataclasses import dataclass
 
@@ -50,18 +51,27 @@ def peak_memory_mb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
 
+def host_peak_gib() -> float:
+    """This process's largest resident set so far, GiB (Linux counts ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 class PhaseClock:
-    """Wall seconds of each phase of a run, for its record: where the time of a large run goes."""
+    """Wall seconds of each phase of a run, for its record: where the time of a large run goes; and the host
+    memory peak when each phase ended, which is where memory went (a peak that rose during a phase was that phase's)."""
 
     def __init__(self, logged_as: str | None = None) -> None:
         """``logged_as``: log each phase as it ends under this name, so a run stopped midway shows where it was."""
         self.phases: dict[str, float] = {}
+        self.host_peaks: dict[str, float] = {}  # GiB, host_peak_gib at each phase's end
         self._since = time.perf_counter()
         self._logged_as = logged_as
 
     def done(self, phase: str) -> None:
         now = time.perf_counter()
         self.phases[phase] = round(now - self._since, 1)
+        self.host_peaks[phase] = round(host_peak_gib(), 2)
         self._since = now
         if self._logged_as:
-            log.info("%s: %s took %.1f s", self._logged_as, phase, self.phases[phase])
+            log.info("%s: %s took %.1f s (host peak so far %.2f GiB)", self._logged_as, phase, self.phases[phase],
+                     self.host_peaks[phase])  # fmt: skip

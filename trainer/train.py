@@ -41,7 +41,7 @@ from trainer.distributed import (
 from trainer.evaluate import device_metrics, evaluation_users
 from trainer.graph import normalized_adjacency, to_torch_sparse
 from trainer.hashing import HashedInput, graph_codes, group_indices, parameter_count
-from trainer.metering import Throughput, peak_memory_mb, reset_peak_memory
+from trainer.metering import Throughput, host_peak_gib, peak_memory_mb, reset_peak_memory
 from trainer.model import EmbeddingTable, LightGCN
 from trainer.objectives import RankingLoss, parallel_objective
 from trainer.quantization import Quantizer, RefreshContext, make_quantizer
@@ -255,8 +255,9 @@ def hashed_input(data: Dataset, config: TrainConfig) -> HashedInput:
         decode_chunk=hashing.decode_chunk,
         propagation={k: v for k, v in medians.items() if k not in ("user", "item")},
     )
-    log.info("hashed input layer: %d-bit codes of %s hops in %d groups, %d parameters", hashing.hash_bits,
-             ",".join(map(str, hashing.hash_hops)), hashing.hash_groups, parameter_count(layer))  # fmt: skip
+    log.info("hashed input layer: %d-bit codes of %s hops in %d groups, %d parameters (host peak so far %.2f GiB)",
+             hashing.hash_bits, ",".join(map(str, hashing.hash_hops)), hashing.hash_groups, parameter_count(layer),
+             host_peak_gib())  # fmt: skip
     return layer
 
 

@@ -62,6 +62,9 @@ def test_trains_and_publishes_a_bundle(tmp_path: Path) -> None:
     assert abs(sum(record["export_seconds"].values()) - record["phase_seconds"]["export"]) < 0.5
     for phase in record["export_seconds"]:  # logged as each ends: a run stopped midway shows where it was
         assert f"export: {phase} took" in result.stderr
+    peaks = list(record["phase_host_peak_gib"].values())  # where host memory went: the peak so far, as each ended
+    assert list(record["phase_host_peak_gib"]) == ["load", "train", "export"] and peaks == sorted(peaks)
+    assert 0.05 < peaks[0] < 8  # this process's resident set, in GiB: a test run holds a few hundred MB
 
 
 def test_fp_saves_a_warm_start_that_a_quantized_run_uses(tmp_path: Path) -> None:
