@@ -1,0 +1,52 @@
+"""benchmarks.industrial_scale: every stage the command a user types, each recorded as it ends; a failed stage is
+recorded and the stages that do not need its output still run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.harness import ROOT
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None or shutil.which("wrk") is None, reason="needs redis-server and wrk"
+)
+
+
+def pipeline(work: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "benchmarks.industrial_scale", "--users", "3000", "--items", "3000",
+               "--device", "cpu", "--eval-users", "300", "--work-dir", str(work), "--out", str(work / "records.json"),
+               *options]  # fmt: skip
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_every_stage_runs_and_is_recorded(tmp_path: Path) -> None:
+    run = pipeline(
+        tmp_path, "--train-minutes", "0.1", "--serve-options", "--requests 40 --concurrency 4",
+        "--capacity-options", "--connections 4 --post-connections --scale-workers --workers 1 --seconds 2 "
+        "--warmup-s 1 --budget-s 120",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    rows = {row["stage"]: row for row in json.loads((tmp_path / "records.json").read_text())}
+    assert list(rows) == ["generate", "load", "train", "index", "serve", "capacity"]
+    assert all(row["wall_s"] > 0 and row["peak_host_gb"] > 0 and "error" not in row for row in rows.values())
+    assert rows["train"]["test_users"] == 300 and rows["train"]["export_seconds"]
+    assert rows["serve"]["readiness"]["status"] == "ready" and rows["serve"]["requests"] == 40
+    (step,) = rows["capacity"]["steps"]
+    assert step["connections"] == 4 and step["rate"] > 0 and step["errors"] == 0
+    assert "ready" in (tmp_path / "serve_server.log").read_text()  # the server's own log is kept
+
+
+def test_a_failed_stage_is_recorded_and_the_stages_after_it_still_run(tmp_path: Path) -> None:
+    """No bundle was trained: the index build fails, and so does the service, each recorded with why."""
+    run = pipeline(tmp_path, "--stages", "index", "serve", "--serve-options", "--ready-timeout 60")
+    assert run.returncode == 1
+    rows = json.loads((tmp_path / "records.json").read_text())
+    assert [row["stage"] for row in rows] == ["index", "serve"]
+    assert all(row["wall_s"] is None and row["error"] for row in rows)
+    assert "neither a bundle" in rows[1]["error"]  # the server's own reason, as soon as it exited
