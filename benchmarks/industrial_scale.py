@@ -189,7 +189,7 @@ def main() -> int:
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "valid_curve"}), flush=True)
         append_records(args.out, rows[-1:])  # as each stage ends: a run cut short keeps the stages it finished
 
-    def run(stage: str) -> None:
+    def measure(stage: str) -> None:
         nonlocal interactions
         if stage in ("generate", "load"):  # the data benchmark's own fresh-process stages, on the same file
             forwarded = ["--stage", stage, "--users", str(args.users), "--items", str(args.items), "--work-dir",
@@ -222,7 +222,7 @@ def main() -> int:
     failed = False
     for stage in args.stages:
         try:
-            run(stage)
+            measure(stage)
         except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as error:
             # Recorded, and the stages that do not need this one's output still run: a service that does not start
             # says nothing about the index build before it or the capacity of the same bundle after it.
