@@ -378,8 +378,7 @@ class ItemIndex:
         the searches made (none on a CPU, where there is nothing to capture)."""
         if max_batch < 1 or not self.on_gpu or self.n_items == 0:
             return 0
-        shape = (max_batch, code_width(self.user_layout, self.dim))
-        queries = self.prepare_queries(np.zeros(shape, dtype=code_dtype(self.user_layout)))
+        queries = self.prepare_queries(self.warm_queries(max_batch))
         fetches = [f for f in (16 << i for i in range(16)) if f <= min(max_fetch, self.n_items, MAX_K)]
         searches = 0
         batch = 1
@@ -389,6 +388,16 @@ class ItemIndex:
                 searches += 1
             batch *= 2
         return searches
+
+    def warm_queries(self, count: int) -> npt.NDArray[Any]:
+        """``count`` query codes for ``warm``: this index's items, spread over the catalogue, coded as queries, so
+        that warm-up searches meet the distances real queries meet. An all-zero code can tie with every item of one
+        popcount and overflow the key buffers of every warm-up search into a redo over the whole catalogue. Zeros
+        only where the index holds no item codes (it searches another process's backend or a stored index alone)."""
+        if self.item_codes is None or self.n_items == 0:
+            return np.zeros((count, code_width(self.user_layout, self.dim)), dtype=code_dtype(self.user_layout))
+        rows = np.linspace(0, self.n_items - 1, num=count).astype(np.int64)
+        return as_query(np.asarray(self.item_codes[rows]), self.layout, self.dim, self.user_layout)
 
     @property
     def waits_on_peer(self) -> bool:

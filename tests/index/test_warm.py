@@ -7,13 +7,28 @@ import importlib.util
 import numpy as np
 import pytest
 
-from index.codes import CodeLayout, encode_sign1
+from index.codes import CodeLayout, as_query, encode_sign1
 from index.item_index import ItemIndex
 
 
 def test_a_cpu_index_has_nothing_to_warm() -> None:
     items = encode_sign1(np.random.default_rng(0).standard_normal((500, 64)))
     assert ItemIndex.build(items, CodeLayout.SIGN1, 64, device="cpu").warm(64) == 0
+
+
+@pytest.mark.parametrize(("layout", "user_layout"), [(CodeLayout.SIGN1, None), (CodeLayout.SIGN1, CodeLayout.PLANES2)])
+def test_warm_up_searches_with_the_items_own_codes_spread_over_the_catalogue(
+    layout: CodeLayout, user_layout: CodeLayout | None
+) -> None:
+    """Not all-zero codes, which can tie with every item of one popcount: warm-up searches meet what real ones do,
+    and no key buffer overflows into a redo over the whole catalogue while a GPU server starts."""
+    items = encode_sign1(np.random.default_rng(1).standard_normal((500, 64)))
+    index = ItemIndex.build(items, layout, 64, device="cpu", user_layout=user_layout)
+    queries = index.warm_queries(8)
+    rows = np.linspace(0, 499, num=8).astype(np.int64)
+    np.testing.assert_array_equal(queries, as_query(items[rows], layout, 64, user_layout or layout))
+    top = index.search(queries, 1).ids[:, 0]
+    np.testing.assert_array_equal(top, rows)  # each warm-up query is its item's own code
 
 
 def cuda_and_triton() -> bool:
