@@ -22,20 +22,19 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from benchmarks.harness import RESULTS, append_records, benchmark_parser, commit, markdown_table
+from index.hamming import hamming_distances
 from index.retrieval.chunking import plan_chunks, sample_group, spread_sample, tight_rank
 
-POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1)
 
-
-def distances(query: npt.NDArray[np.uint8], codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
-    return POPCOUNT[np.bitwise_xor(query[None, :], codes)].sum(axis=1)
+def distances(query: npt.NDArray[np.uint8], codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
+    return hamming_distances(query[None, :], codes)[0]
 
 
 def tight_bound(query: npt.NDArray[np.uint8], sampled: npt.NDArray[np.uint8], k: int, n_items: int) -> int:
     """The backend's tight bound from ``sampled`` codes: the j-th smallest group minimum (``TritonBackend.bounds``)."""
     near = distances(query, sampled)
     group = sample_group(sampled.shape[0], k)
-    padded = np.r_[near, np.full(-near.size % group, np.iinfo(np.int64).max)]
+    padded = np.r_[near, np.full(-near.size % group, np.iinfo(np.int32).max, np.int32)]
     minima = np.sort(padded.reshape(-1, group).min(axis=1))
     return int(minima[tight_rank(n_items, sampled.shape[0], k) - 1])
 
