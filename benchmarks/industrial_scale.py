@@ -165,7 +165,7 @@ def main() -> int:
     parser.add_argument("--train-minutes", type=float, default=10.0, help="recsys-train --max-minutes")
     parser.add_argument("--patience", type=int, default=20, help="validations without a gain before stopping")
     parser.add_argument("--train-options", default="", help="more recsys-train options")
-    parser.add_argument("--serve-options", default="--requests 2000 --concurrency 16",
+    parser.add_argument("--serve-options", default="--requests 2000 --concurrency 16 --ready-timeout 300",
                         help="benchmarks.serve_start options")  # fmt: skip
     parser.add_argument("--capacity-options", default="--connections 16 64 128 256 --post-connections "
                         "--scale-workers --budget-s 300", help="benchmarks.gpu_serving options")  # fmt: skip

@@ -26,6 +26,7 @@ import numpy as np
 import redis
 
 from benchmarks.harness import ROOT
+from benchmarks.wrk_load import py_spy_binary
 from service.user_codes import user_code_key
 
 MSET_CHUNK = 20_000  # keys per MSET: one round trip each, small enough to keep Redis responsive
@@ -173,7 +174,24 @@ class ServiceProcess:
             except OSError:
                 pass
             time.sleep(0.25)
-        raise TimeoutError(f"recsys-serve was not ready in time (log: {log})")
+        self.dump_stacks(log)
+        raise TimeoutError(f"recsys-serve was not ready in time (log: {log}, which ends with each process's stack)")
+
+    def dump_stacks(self, log: Path) -> None:
+        """py-spy's stack of the server and of each process it started, appended to ``log``: what a start that
+        never turns ready is doing (where py-spy is installed)."""
+        binary = py_spy_binary()
+        with log.open("a") as out:
+            if binary is None:
+                out.write("\n=== no py-spy to show the processes' stacks (pip install py-spy)\n")
+                return
+            for pid in [self.process.pid, *self._children()]:
+                try:
+                    done = subprocess.run([binary, "dump", "--pid", str(pid)], capture_output=True, text=True,
+                                          timeout=30)  # fmt: skip
+                    out.write(f"\n=== py-spy dump --pid {pid} ({done.returncode})\n{done.stdout}{done.stderr}")
+                except subprocess.TimeoutExpired:
+                    out.write(f"\n=== py-spy dump --pid {pid}: no answer in 30 s\n")
 
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:

@@ -194,13 +194,18 @@ def run_wrk(
     }  # fmt: skip
 
 
+def py_spy_binary() -> str | None:
+    """py-spy on PATH, or beside this interpreter (a virtual environment's, not on PATH); None without one."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.is_file() else None)
+
+
 def profile_worker(pid: int, seconds: float, out: Path) -> dict[str, Any]:
     """py-spy on one worker for ``seconds`` (sampling without pausing it): where its threads spend their time.
 
     Returns the share of samples per thread and the functions most often on top of the stack ("self") and
     anywhere in it ("total"); the collapsed stacks stay in ``out``."""
-    beside = Path(sys.executable).parent / "py-spy"  # a virtual environment's, not on PATH
-    binary = shutil.which("py-spy") or (str(beside) if beside.is_file() else None)
+    binary = py_spy_binary()
     if binary is None:
         return {"skipped": "py-spy is not installed (pip install py-spy)"}
     command = [binary, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "200",

@@ -31,7 +31,11 @@ if [ ! -f "$work/started" ]; then
         --device cuda --out $work/propagation_bandwidth.json || status=\$?; fi
       python3 -m benchmarks.industrial_scale --users \$n --items \$n --device cuda --train-minutes \$minutes \
         --work-dir $work/\$n --out $work/industrial_scale.json --note 'lent GPU, one stage at a time' \
-        ${INDUSTRIAL_ARGS:-} || status=\$?
+        ${INDUSTRIAL_ARGS:-} || { status=\$?
+          # A stage failed: how long loading this bundle as a worker does holds the interpreter (uvicorn kills a
+          # worker that cannot answer its health check), whatever the failure was.
+          python3 -m benchmarks.load_stalls --bundle-root $work/\$n/bundles --device gpu \
+            --out $work/\$n/load_stalls.json || true; }
     done
     echo \$status >$work/exit" >"$work/run.log" 2>&1 </dev/null &
 fi
