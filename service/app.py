@@ -80,6 +80,15 @@ def user_activity(redis: Redis, settings: ServiceSettings, metrics: ServiceMetri
     )
 
 
+def package_version() -> str:
+    """The installed package's version (pyproject.toml's); "unknown" when the code runs from a source tree on
+    PYTHONPATH without being installed, which must still serve."""
+    try:
+        return metadata.version("binrec")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def create_app(settings: ServiceSettings | None = None, *, model: ServingModel | None = None) -> FastAPI:
     """Build the app; ``model`` may be pre-loaded (the CLI verifies the bundle before binding a port)."""
     settings = settings or get_settings()
@@ -150,7 +159,7 @@ def create_app(settings: ServiceSettings | None = None, *, model: ServingModel |
     app = FastAPI(
         title="binrec",
         summary="Top-K recommendations from binary / 2-bit GNN codes by exact Hamming search",
-        version=metadata.version("binrec"),  # the package's, as pyproject.toml sets it
+        version=package_version(),
         lifespan=lifespan,
     )
     app.state.metrics = metrics
