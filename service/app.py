@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib import metadata
+from typing import NoReturn
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +20,7 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
 from uvicorn.config import STARTUP_FAILURE
 
+from index.command_line import first_line
 from index.retrieval.faiss_backend import set_cpu_threads
 from service.activity import UserActivity
 from service.batcher import MicroBatcher
@@ -36,7 +38,7 @@ from service.routing import HeadAsGet
 from service.search_client import RemoteBackend, SearchUnavailable
 from service.settings import ServiceSettings, get_settings
 from service.user_codes import UserCodeCache
-from service.workers import WorkerVersions
+from service.workers import WorkerVersions, record_start_failure
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("service.access")
@@ -48,19 +50,27 @@ async def internal_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"detail": "internal error"})
 
 
+def stop_worker(what: str, error: BaseException) -> NoReturn:
+    """A worker of several that cannot start says why in one line, leaves the reason for `recsys-serve`, and exits
+    with uvicorn's startup-failure code, which stops the server. Any other exit (a traceback) and uvicorn starts the
+    worker again, forever: the server would never turn ready and never say why."""
+    reason = f"worker {os.getpid()} {what}: {first_line(error)}"
+    log.error("%s", reason)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    record_start_failure(reason)
+    os._exit(STARTUP_FAILURE)
+
+
 def load_or_exit(loader: ModelLoader, *, workers: int) -> ServingModel:
     """The worker's model. A worker of several that cannot load it (its search process gone, the bundle refused since
-    the server verified it) says why in one line and exits as uvicorn's startup failures do, which stops the server:
-    a lifespan error would log a traceback instead."""
+    the server verified it) stops the server (``stop_worker``): a lifespan error would log a traceback instead."""
     try:
         return loader.load()
     except ModelLoadError as error:
         if workers == 1:
             raise
-        log.error("worker %d could not load its model, stopping: %s", os.getpid(), error)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        os._exit(STARTUP_FAILURE)
+        stop_worker("could not load its model, stopping", error)
 
 
 def user_activity(redis: Redis, settings: ServiceSettings, metrics: ServiceMetrics) -> UserActivity | None:
@@ -80,13 +90,22 @@ def user_activity(redis: Redis, settings: ServiceSettings, metrics: ServiceMetri
     )
 
 
-def package_version() -> str:
-    """The installed package's version (pyproject.toml's); "unknown" when the code runs from a source tree on
-    PYTHONPATH without being installed, which must still serve."""
+def package_version(distribution: str = "binrec") -> str:
+    """The installed package's version (pyproject.toml's); "unknown" where the code runs from a source tree on
+    PYTHONPATH without being installed, which must serve all the same."""
     try:
-        return metadata.version("binrec")
+        return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one worker of `recsys-serve --workers N` (uvicorn's factory), built from the environment. Whatever
+    stops it from being built stops the server in one line (``stop_worker``), where uvicorn would restart it."""
+    try:
+        return create_app()
+    except Exception as error:  # every cause: each would restart the worker forever
+        stop_worker("could not build its app, stopping", error)
 
 
 def create_app(settings: ServiceSettings | None = None, *, model: ServingModel | None = None) -> FastAPI:

@@ -14,6 +14,7 @@ from typing import Any, get_args
 import uvicorn
 from pydantic import ValidationError
 
+from index.command_line import first_line
 from index.retrieval import DevicePreference
 from service.app import create_app
 from service.http_limits import BoundedRequestProtocol
@@ -22,7 +23,7 @@ from service.metrics import MULTIPROCESS_ENV
 from service.model import ModelLoader, ModelLoadError, ServingModel
 from service.search_process import SearchProcessHandle, as_environment
 from service.settings import ServiceSettings
-from service.workers import RUNTIME_DIR_ENV
+from service.workers import RUNTIME_DIR_ENV, start_failures
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,9 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recsys-serve: error: cannot listen on {settings.host}:{settings.port}: {unbindable}",
                   file=sys.stderr)  # fmt: skip
             return 2
-        serve(settings, overrides, model, search)
+        failures = serve(settings, overrides, model, search)
         if search is not None and search.failed:
             print("recsys-serve: error: the search process exited; the service stopped with it", file=sys.stderr)
+            return 1
+        if failures:  # each worker said why (and logged it); the first is the server's reason
+            print(f"recsys-serve: error: {failures[0]}", file=sys.stderr)
             return 1
     return 0
 
@@ -102,21 +106,27 @@ def serve(
     overrides: dict[str, Any],
     model: ServingModel | None,
     search: SearchProcessHandle | None,
-) -> None:
+) -> list[str]:
     """Run uvicorn: this process serves ``model`` itself (one worker), or its workers each load their own (several:
-    ``model`` is None, so that the supervising process holds no copy of the bundle while they serve)."""
+    ``model`` is None, so that the supervising process holds no copy of the bundle while they serve). Returns the
+    reasons the app (of this process, or of workers) could not start for: uvicorn stops the server on a worker's
+    first, and returns normally."""
     common = {
         "host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
         "http": BoundedRequestProtocol.configured(settings),
     }  # fmt: skip
     if settings.workers == 1:  # log_config=None: uvicorn's own lines go through the same formatter
         assert model is not None, "one worker serves the model recsys-serve loaded"
-        config = uvicorn.Config(create_app(settings, model=model), log_config=None, **common)  # type: ignore[arg-type]
+        try:
+            app = create_app(settings, model=model)
+        except Exception as error:  # any cause: one line, as a worker of several says it
+            return [f"the app could not be built: {first_line(error)}"]
+        config = uvicorn.Config(app, log_config=None, **common)  # type: ignore[arg-type]
         server = uvicorn.Server(config)
         if search is not None:  # drain and return, so that main says why and removes the socket's folder
             search.on_failure = lambda: setattr(server, "should_exit", True)
         server.run()
-        return
+        return []
     # Several processes: each worker builds the app from the environment, so command-line values go there.
     os.environ.update(as_environment(overrides))
     if settings.watch_interval_s == 0:  # how every worker follows a reload that reached one of them
@@ -127,12 +137,13 @@ def serve(
             (Path(runtime) / name).mkdir()
             os.environ[variable] = str(Path(runtime) / name)
         uvicorn.run(  # each worker's create_app sets up the JSON logging itself
-            "service.app:create_app",
+            "service.app:create_worker_app",
             factory=True,
             workers=settings.workers,
             log_config=None,
             **common,  # type: ignore[arg-type]
         )
+        return start_failures(Path(runtime) / "workers")
 
 
 if __name__ == "__main__":

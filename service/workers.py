@@ -16,6 +16,22 @@ import time
 from pathlib import Path
 
 RUNTIME_DIR_ENV = "RECSYS_RUNTIME_DIR"
+FAILED_PREFIX = "failed-"
+
+
+def record_start_failure(reason: str) -> None:
+    """A worker that cannot start leaves ``reason`` in the server's folder (when it is one of several workers):
+    uvicorn's supervisor stops the server when a worker exits with its startup-failure code, but returns normally,
+    so `recsys-serve` reads the reason here to exit with it."""
+    directory = os.environ.get(RUNTIME_DIR_ENV)
+    if directory:
+        (Path(directory) / f"{FAILED_PREFIX}{os.getpid()}.txt").write_text(reason)
+
+
+def start_failures(directory: Path) -> list[str]:
+    """The reasons the server's workers gave for not starting, oldest first."""
+    found = sorted(directory.glob(f"{FAILED_PREFIX}*.txt"), key=lambda path: path.stat().st_mtime)
+    return [path.read_text() for path in found]
 
 
 def process_alive(pid: int) -> bool:

@@ -26,7 +26,7 @@ import uvicorn
 from index.bundle import Bundle
 from index.cli import main as index_main
 from index.codes import dequantize
-from service.app import create_app
+from service.app import create_app, package_version
 from service.http_limits import BoundedRequestProtocol
 from service.settings import ServiceSettings
 from service.user_codes import user_code_key
@@ -205,6 +205,13 @@ def test_the_api_reports_the_packages_version(service: str) -> None:
     source = json.loads(installed.read_text("direct_url.json") or "{}").get("url")
     if source == checkout.as_uri():  # installed from this checkout (a shared environment may hold another's)
         assert installed.version == declared, "the installed metadata is stale: pip install -e . again"
+
+
+def test_a_source_tree_without_package_metadata_still_has_a_version() -> None:
+    """Code run from a checkout on PYTHONPATH, not installed (as on the lent GPU machines), has no metadata to read:
+    every worker of several raised there, and uvicorn restarted it forever."""
+    assert package_version() == metadata.version("binrec")
+    assert package_version("binrec-never-installed") == "unknown"
 
 
 def test_served_bundle_is_the_one_in_current(indexed_bundle: TrainedBundle) -> None:

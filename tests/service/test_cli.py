@@ -146,3 +146,33 @@ def test_an_address_the_service_cannot_listen_on_is_one_line(ste_bundle: Trained
             assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
             (line,) = [line for line in result.stderr.splitlines() if line.startswith("recsys-serve: error: ")]
             assert words in line and result.stderr.strip().endswith(line)
+
+
+APP_REFUSED = "no app today (injected by the test)"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_app_that_cannot_be_built_stops_the_server_in_one_line(
+    tmp_path: Path, ste_bundle: TrainedBundle, redis_server: RedisServer, workers: str
+) -> None:
+    """Whatever keeps the app from being built (here FastAPI itself refuses, in every process that builds one):
+    exit 1 with one line naming the cause. A worker of several that raised instead was started again by uvicorn,
+    forever: the server never turned ready and never said why (a 10M bundle served from a source tree did this)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import fastapi\n\n"
+        "def refuse(self, *args, **kwargs):\n"
+        f"    raise RuntimeError({APP_REFUSED!r})\n\n"
+        "fastapi.FastAPI.__init__ = refuse\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "RECSYS_LOG_LEVEL": "info"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "--bundle-root", str(ste_bundle.root), "--port", str(free_port()),
+         "--redis-url", redis_server.url, "--device", "cpu", "--workers", workers],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "died" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("recsys-serve: error: ") and last.endswith(APP_REFUSED), last
+    assert ("could not build its app" if workers == "2" else "the app could not be built") in last
