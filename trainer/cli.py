@@ -43,7 +43,7 @@ from trainer.options import add_options, flag_of, from_args, option, options_of
 from trainer.quantization import check_options
 from trainer.recipe import AUTO, RecipeOptions, check_recipe, fit, fp_stages, student_options
 from trainer.train import TrainResult, pick_device
-from trainer.warm_start import save_stages
+from trainer.warm_start import logit_temperature, save_stages
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -107,7 +107,7 @@ class RunConfig:
             schedule=from_args(ScheduleConfig, args),
             runtime=from_args(RuntimeConfig, args),
             checkpoint=from_args(CheckpointConfig, args),
-            distillation=from_args(DistillationOptions, args).config(optim.loss, optim.temperature),
+            distillation=from_args(DistillationOptions, args).config(),
         )
         return cls(data=from_args(DataOptions, args), train=train, output=from_args(OutputOptions, args))
 
@@ -382,7 +382,8 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
     if not world.main:
         return 0  # rank 0 writes the warm start, the bundle and the record
     if output.save_warm_start is not None:
-        save_stages(output.save_warm_start, data.name, saved, layers=config.model.layers)
+        save_stages(output.save_warm_start, data.name, saved, layers=config.model.layers,
+                    temperature=logit_temperature(config.optim.loss, config.optim.temperature))  # fmt: skip
     tested, sample = sampled_test(data, config)
     report = export_bundle(
         result,

@@ -26,7 +26,7 @@ from torch import nn
 from trainer.evaluate import rank_topk
 from trainer.model import layer_mean
 from trainer.options import option
-from trainer.warm_start import Stage, load_stage
+from trainer.warm_start import Stage, load_stage, saved_temperature
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +62,26 @@ class DistillationOptions:
     distill_weight: float = option(1.0, "weight of the distillation term", above=0)
     distill_top: int = option(20, "teacher's top unseen items per user in the list", at_least=1)
     distill_temperature: float | None = option(
-        None, "divides the teacher's inner products (default: --temperature with the softmax loss, else 1)", above=0
+        None,
+        "divides the teacher's inner products (default: the temperature the teacher trained under, which its file "
+        "records: its --temperature with the softmax loss, else 1)",
+        above=0,
     )
 
-    def config(self, loss: str, temperature: float) -> DistillationConfig | None:
-        """The distillation of this run, whose student trains with ``loss`` at ``temperature``."""
+    def config(self) -> DistillationConfig | None:
+        """The distillation of this run: the teacher read at the temperature it was trained under, unless
+        ``--distill-temperature`` says otherwise."""
         if self.teacher is None:
             return None
         if not self.teacher.is_file():
             raise ValueError(f"--teacher: no such file: {self.teacher}")
-        default_temperature = temperature if loss == "softmax" else 1.0
         return DistillationConfig(
             teacher=self.teacher,
             weight=self.distill_weight,
             top=self.distill_top,
-            temperature=self.distill_temperature if self.distill_temperature is not None else default_temperature,
+            temperature=self.distill_temperature
+            if self.distill_temperature is not None
+            else saved_temperature(self.teacher),
         )
 
 

@@ -34,7 +34,7 @@ from trainer.config import OptimConfig, RuntimeConfig, ScheduleConfig, TrainConf
 from trainer.data import Dataset
 from trainer.options import option, options_of
 from trainer.train import TrainResult, refit, train
-from trainer.warm_start import SavedStage, Stage, load_stage, save_stages
+from trainer.warm_start import SavedStage, Stage, load_stage, logit_temperature, save_stages
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,8 @@ def _train_stage(data: Dataset, plan: _StagePlan, with_refit: bool) -> tuple[flo
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("%s: training, saved to %s", plan.title, plan.path)
     result, stages = fit(data, plan.config, with_refit=with_refit)
-    save_stages(plan.path, data.name, stages, layers=plan.config.model.layers)
+    save_stages(plan.path, data.name, stages, layers=plan.config.model.layers,
+                temperature=logit_temperature(plan.config.optim.loss, plan.config.optim.temperature))  # fmt: skip
     return result.train_seconds, result.best_epoch + 1
 
 

@@ -33,10 +33,20 @@ class SavedStage:
     epochs: int
 
 
-def save_stages(path: Path, dataset: str, stages: dict[Stage, SavedStage], *, layers: int | None = None) -> None:
+def logit_temperature(loss: str, temperature: float) -> float:
+    """What a model's inner products were divided by in its loss: its ``--temperature`` with the softmax loss, 1
+    with BPR (whose logits are the inner products)."""
+    return temperature if loss == "softmax" else 1.0
+
+
+def save_stages(
+    path: Path, dataset: str, stages: dict[Stage, SavedStage], *, layers: int | None = None,
+    temperature: float | None = None,
+) -> None:  # fmt: skip
     """Write atomically: a half-written file must never be picked up by a concurrent run. A stage whose training
     diverged is refused, not saved: every run that warm-starts from the file would start from NaN. ``layers``, the
-    propagation the embeddings were trained under, is kept for a teacher's check (``load_stage``)."""
+    propagation the embeddings were trained under, is kept for a teacher's check (``load_stage``); ``temperature``
+    (``logit_temperature``) for a teacher's logits (``saved_temperature``)."""
     for name, stage in stages.items():
         if not torch.isfinite(stage.ego).all():
             raise WarmStartError(f"{path}: the {name!r} stage holds NaN or infinite embeddings (diverged): not saved")
@@ -44,6 +54,7 @@ def save_stages(path: Path, dataset: str, stages: dict[Stage, SavedStage], *, la
     payload = {
         "dataset": dataset,
         **({"layers": layers} if layers is not None else {}),
+        **({"temperature": temperature} if temperature is not None else {}),
         "stages": {
             name: {"ego": s.ego.detach().cpu(), "seconds": s.seconds, "epochs": s.epochs} for name, s in stages.items()
         },
@@ -81,3 +92,15 @@ def load_stage(
     if not torch.isfinite(ego).all():
         raise WarmStartError(f"{path}: the {stage!r} stage holds NaN or infinite embeddings")
     return SavedStage(ego=ego.float(), seconds=float(entry["seconds"]), epochs=int(entry["epochs"]))
+
+
+def saved_temperature(path: Path) -> float:
+    """The temperature the file's model was trained under (``save_stages``), 1 where the file does not say: a
+    teacher's logits are its inner products divided by it. A softmax model read at 1 instead of its 0.2 gives a
+    near-uniform ranking to distil, which flattens the student."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # no tensor is read
+        return float(payload.get("temperature", 1.0))
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError, EOFError,
+            pickle.UnpicklingError) as error:  # fmt: skip
+        raise WarmStartError(f"{path}: not a warm-start file ({first_line(error)})") from error

@@ -9,11 +9,13 @@ import typing
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainer.cli import build_parser, train_config
 from trainer.config import SECTIONS, OptimConfig, TrainConfig
 from trainer.distillation import DistillationConfig
 from trainer.quantization import check_options
+from trainer.warm_start import SavedStage, save_stages
 
 
 def option_hints() -> dict[str, object]:
@@ -74,16 +76,17 @@ def test_cli_defaults_are_the_config_defaults_and_options_land_by_name(tmp_path:
     parser = build_parser()
     assert train_config(parser.parse_args([])) == TrainConfig()
     teacher = tmp_path / "fp.pt"
-    teacher.write_bytes(b"")
+    stage = SavedStage(ego=torch.zeros(3, 2), seconds=1.0, epochs=1)
+    save_stages(teacher, "ml-100k", {"select": stage}, temperature=0.2)  # a softmax model's, at T = 0.2
     args = parser.parse_args(
         ["--method", "hq", "--bits", "2", "--hash-hops", "0", "3", "--no-cuda-graph", "--epochs", "9", "--loss",
          "softmax", "--temperature", "0.5", "--teacher", str(teacher), "--checkpoint-dir", str(tmp_path), "--resume"]
     )  # fmt: skip
     expected = TrainConfig.of(
         method="hq", bits=2, hash_hops=(0, 3), cuda_graph=False, epochs=9, loss="softmax", temperature=0.5,
-        checkpoint_dir=tmp_path, resume=True, distillation=DistillationConfig(teacher, temperature=0.5),
+        checkpoint_dir=tmp_path, resume=True, distillation=DistillationConfig(teacher, temperature=0.2),
     )  # fmt: skip
-    assert train_config(args) == expected  # the distilled temperature follows the softmax's
+    assert train_config(args) == expected  # the teacher is read at its own temperature, not the student's
 
 
 def test_json_is_flat_by_option_name_as_checkpoints_and_manifests_record_it(tmp_path: Path) -> None:

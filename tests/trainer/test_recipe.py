@@ -100,6 +100,7 @@ def test_teacher_options_steer_the_teacher_alone(tmp_path: Path) -> None:
     assert (warm["loss"], warm["temperature"], warm["lr"]) == ("bpr", 1.0, 2e-3)
     assert (teacher["loss"], teacher["temperature"], teacher["lr"]) == ("softmax", 0.2, 2e-3)
     assert (student["loss"], student["lr"]) == ("bpr", 1e-3)
+    assert student["distill_temperature"] == 0.2  # the teacher read at its own temperature, not the BPR student's 1
 
 
 def test_without_the_flag_the_run_is_the_plain_one(tmp_path: Path) -> None:

@@ -11,7 +11,14 @@ import torch
 from trainer.config import TrainConfig
 from trainer.data import Dataset
 from trainer.train import train
-from trainer.warm_start import SavedStage, WarmStartError, load_stage, save_stages
+from trainer.warm_start import (
+    SavedStage,
+    WarmStartError,
+    load_stage,
+    logit_temperature,
+    save_stages,
+    saved_temperature,
+)
 
 
 def fp_stage(data: Dataset) -> SavedStage:
@@ -68,3 +75,17 @@ def test_a_diverged_stage_is_neither_saved_nor_loaded(tmp_path: Path, tiny_data:
     n_nodes = tiny_data.n_users + tiny_data.n_items
     with pytest.raises(WarmStartError, match="'select' stage holds NaN or infinite embeddings"):
         load_stage(path, "select", dataset=tiny_data.name, n_nodes=n_nodes, dim=16)
+
+
+def test_a_file_keeps_the_temperature_its_logits_were_trained_under(tmp_path: Path) -> None:
+    """A teacher's logits are its inner products over that temperature: a softmax model saved at T = 0.2 and read
+    at 1 gives a near-uniform ranking to distil, which flattened the students it taught."""
+    stage = SavedStage(ego=torch.ones(4, 2), seconds=1.0, epochs=1)
+    assert logit_temperature("softmax", 0.2) == 0.2 and logit_temperature("bpr", 0.2) == 1.0
+    save_stages(tmp_path / "softmax.pt", "ml-100k", {"select": stage}, temperature=logit_temperature("softmax", 0.2))
+    save_stages(tmp_path / "older.pt", "ml-100k", {"select": stage})  # a file from before it was recorded
+    assert saved_temperature(tmp_path / "softmax.pt") == 0.2
+    assert saved_temperature(tmp_path / "older.pt") == 1.0
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(WarmStartError, match="not a warm-start file"):
+        saved_temperature(tmp_path / "junk.pt")
