@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,21 @@ import redis
 
 from benchmarks.harness import ROOT
 from benchmarks.wrk_load import py_spy_binary
+from index.id_map import IdMap
 from service.user_codes import user_code_key
 
 MSET_CHUNK = 20_000  # keys per MSET: one round trip each, small enough to keep Redis responsive
+
+
+def mset_command(prefix: bytes, user_ids: Sequence[str], raw: np.ndarray, width: int) -> bytes:
+    """``MSET prefix+id code ...`` in Redis's wire format (RESP): each key and ``width``-byte code as a bulk string."""
+    parts = [b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(user_ids) + 1)]
+    value_head, values = b"$%d\r\n" % width, raw.tobytes()
+    for row, user in enumerate(user_ids):
+        key = prefix + user.encode()
+        value = values[row * width : (row + 1) * width]
+        parts.append(b"$%d\r\n%s\r\n%s%s\r\n" % (len(key), key, value_head, value))
+    return b"".join(parts)
 
 
 def free_port() -> int:
@@ -52,10 +65,11 @@ class RedisProcess:
         if binary is None:
             raise RuntimeError("redis-server is not on PATH (Debian: apt-get install redis-server)")
         port = free_port()
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         client = redis.Redis(port=port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -71,20 +85,36 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def load_user_codes(self, version: str, user_ids: list[str], codes: np.ndarray) -> int:
-        """Every user's code under the key the service reads (model version + user id), pipelined MSETs."""
+    def load_user_codes(self, version: str, user_ids: Sequence[str], codes: np.ndarray) -> int:
+        """Every user's code under the key the service reads (model version + user id): MSETs of ``MSET_CHUNK`` keys
+        written as Redis's wire format here and pipelined, 8 in flight, since redis-py's per-argument packing held a
+        10M-user fill to minutes. A bundle's ids (``IdMap``) are decoded a chunk at a time."""
         client = redis.Redis(port=self.port)
         codes = np.ascontiguousarray(codes)
         width = codes.shape[1] * codes.dtype.itemsize
         raw = codes.view(np.uint8).reshape(-1)
-        pipe = client.pipeline(transaction=False)
-        for start in range(0, len(user_ids), MSET_CHUNK):
-            rows = range(start, min(start + MSET_CHUNK, len(user_ids)))
-            pipe.mset({user_code_key(version, user_ids[r]): raw[r * width : (r + 1) * width].tobytes() for r in rows})
-            if len(pipe) >= 8:
-                pipe.execute()
-        pipe.execute()
+        prefix = user_code_key(version, "").encode()
+        connection = client.connection_pool.get_connection()
+        in_flight = 0
+        try:
+            for start in range(0, len(user_ids), MSET_CHUNK):
+                stop = min(start + MSET_CHUNK, len(user_ids))
+                ids = user_ids.take(np.arange(start, stop)) if isinstance(user_ids, IdMap) else user_ids[start:stop]
+                connection.send_packed_command([mset_command(prefix, ids, raw[start * width : stop * width], width)])
+                in_flight += 1
+                if in_flight == 8:
+                    in_flight = self._confirm(connection, in_flight)
+            self._confirm(connection, in_flight)
+        finally:
+            client.connection_pool.release(connection)
         return len(user_ids)
+
+    @staticmethod
+    def _confirm(connection: Any, in_flight: int) -> int:
+        for _ in range(in_flight):
+            if connection.read_response() not in (b"OK", "OK", True):
+                raise RuntimeError("redis-server refused an MSET of user codes")
+        return 0
 
     def stop(self) -> None:
         self.process.terminate()
@@ -141,13 +171,13 @@ class ServiceProcess:
             "RECSYS_LOG_LEVEL": "warning", **settings,
         }  # fmt: skip
         started = time.monotonic()
-        with log.open("ab") as handle:
+        with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
             handle.write(f"\n=== {name}: {workers} workers, {bundle}\n".encode())
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli"], cwd=ROOT, env=env, stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its workers stop with it (the whole group is signalled)
-        )  # fmt: skip
+            handle.flush()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli"], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its workers stop with it (the whole group is signalled)
+            )  # fmt: skip
         service = cls(process, port, workers)
         try:
             service.readiness = service._wait_ready(started + timeout_s, log)
