@@ -37,6 +37,9 @@ from trainer.train import TrainResult, refit, train
 from trainer.warm_start import SavedStage, Stage, load_stage, logit_temperature, save_stages
 
 log = logging.getLogger(__name__)
+# In every cache file's key: files of an older format are not reused. 2: the file records its logits' temperature
+# (a teacher is read at it; an older softmax teacher would be read at 1).
+STAGE_FORMAT = 2
 
 AUTO = Path("auto")  # --teacher auto
 
@@ -184,7 +187,7 @@ def fp_stages(
     Neither needs the other, so with ``side_by_side`` the teacher trains in a second process while this one trains
     the warm start: one small model leaves most of a GPU idle. A stage that another run is training (it holds the
     stage's lock) is waited for and reused rather than trained twice."""
-    key = {"dataset": dict(identity), "fingerprint": fingerprint(data), "refit": with_refit}
+    key = {"dataset": dict(identity), "fingerprint": fingerprint(data), "refit": with_refit, "format": STAGE_FORMAT}
     warm = _plan("warm_start", 1, stage_config(config, dim), data, cache, key)
     teacher = _plan("teacher", 2, stage_config(teacher_config or config, 2 * dim), data, cache, key)
     trained: dict[str, tuple[float, int]] = {}
