@@ -65,6 +65,7 @@ from benchmarks.wrk_load import (
 )
 from index.bundle import Bundle, publish_bundle
 from index.codes import CodeLayout
+from index.item_index import WARM_MAX_FETCH
 
 GPU_BACKENDS = ("triton", "faiss-gpu", "torch")
 DESIGNS = ("process", "own", "own-mps")
@@ -167,7 +168,8 @@ class Run:
         self.meta: dict[str, Any] = {
             "device": self.device, "commit": commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "generator": "wrk (closed loop), benchmarks/gpu_serving.lua", "k": 20, "setup_s": {},
-            "settings": {"batch_max_size": args.batch_max_size, "batch_max_wait_ms": args.batch_max_wait_ms},
+            "settings": {"batch_max_size": args.batch_max_size, "batch_max_wait_ms": args.batch_max_wait_ms,
+                         "warm_max_fetch": args.warm_max_fetch},
             "designs": [design.name for design in args.designs],
             "argv": sys.argv[1:],
         }  # fmt: skip
@@ -260,6 +262,7 @@ class Run:
         assert self.redis is not None
         settings = {"RECSYS_BATCH_MAX_SIZE": str(self.args.batch_max_size),
                     "RECSYS_BATCH_MAX_WAIT_MS": str(self.args.batch_max_wait_ms),
+                    "RECSYS_WARM_MAX_FETCH": str(self.args.warm_max_fetch),
                     "RECSYS_SEARCH_PROCESS": str(design.search_process)}  # fmt: skip
         extra_env = dict(self.faiss_env) if mode.needs_faiss_gpu and self.faiss_env else {}
         if design.mps:
@@ -508,6 +511,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--wrk-threads", type=int, default=4, help="wrk threads (cores the generator may use)")
     add("--batch-max-size", type=int, default=64, help="RECSYS_BATCH_MAX_SIZE of the service")
     add("--batch-max-wait-ms", type=float, default=0.0, help="RECSYS_BATCH_MAX_WAIT_MS of the service")
+    add("--warm-max-fetch", type=int, default=WARM_MAX_FETCH, help="RECSYS_WARM_MAX_FETCH of the service")
     add("--designs", type=Design.parse, nargs="+", default=[Design("process")],
         help="how servers hold the index, each measured in the main phase (the first also in the others): process "
         "(RECSYS_SEARCH_PROCESS: one process owns it, for every worker), own (each worker its own), own-mps (each "

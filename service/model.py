@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from index.bundle import Bundle, BundleError
-from index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex, Reranker
+from index.item_index import WARM_MAX_FETCH, DevicePreference, IndexSelfCheckError, ItemIndex, Reranker
 from index.out_of_memory import out_of_memory
 from index.retrieval import BackendName
 from service.cold_start import ColdStart
@@ -126,6 +126,7 @@ class ModelLoader:
     device: DevicePreference = "auto"
     backend: BackendName = "auto"
     warm_batch: int = 1
+    warm_max_fetch: int = WARM_MAX_FETCH
     search_socket: Path | None = None
     search_timeout_s: float = 5.0
     observe_search: SearchObserver | None = None
@@ -136,7 +137,8 @@ class ModelLoader:
         its micro-batcher."""
         return cls(
             bundle_root=settings.bundle_root, device=settings.device, backend=settings.retrieval_backend,
-            warm_batch=settings.batch_max_size, search_socket=settings.search_socket,
+            warm_batch=settings.batch_max_size, warm_max_fetch=settings.warm_max_fetch,
+            search_socket=settings.search_socket,
             search_timeout_s=settings.search_timeout_s, observe_search=observe_search,
         )  # fmt: skip
 
@@ -186,5 +188,5 @@ class ModelLoader:
 
     def _own_index(self, bundle: Bundle) -> ItemIndex:
         index = ItemIndex.for_bundle(bundle, device=self.device, backend=self.backend)
-        index.warm(self.warm_batch)
+        index.warm(self.warm_batch, self.warm_max_fetch)
         return index

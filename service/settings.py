@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.connection import parse_url
 
+from index.item_index import WARM_MAX_FETCH
 from index.retrieval import MAX_K, BackendName, DevicePreference
 
 TEN_YEARS_S = 10 * 365 * 24 * 3600
@@ -84,6 +85,15 @@ class ServiceSettings(BaseSettings):
         "connecting; past it the answer is 408 and the connection closes",
     )
     batch_max_size: int = Field(64, ge=1, description="most queries merged into one index search")
+    warm_max_fetch: int = Field(
+        WARM_MAX_FETCH,
+        ge=16,
+        le=MAX_K,
+        description="on a GPU, the largest fetch (k plus the seen items a query skips) warmed up at start, for "
+        "every batch size up to batch_max_size; a batch needing a larger one compiles and captures it within its "
+        "first request in each worker. The Triton backend keeps 64 captured shapes: past 64 batch × fetch shapes, "
+        "warm-up evicts its own first ones",
+    )
     batch_max_wait_ms: float = Field(
         0.0,
         ge=0,

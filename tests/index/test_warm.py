@@ -55,3 +55,22 @@ def test_after_warm_up_serving_shapes_capture_nothing_new_and_answer_exactly() -
         got, want = gpu.search(users, 20, exclude=exclude), cpu.search(users, 20, exclude=exclude)
         np.testing.assert_array_equal(got.ids, want.ids)
     assert dict(gpu.retrieval._captured).keys() == captured.keys()  # type: ignore[union-attr]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_and_triton(), reason="needs CUDA and Triton")
+def test_warming_to_the_kernels_largest_fetch_covers_users_with_thousands_of_seen_items() -> None:
+    """RECSYS_WARM_MAX_FETCH=4096: a batch holding users who skip 1,000 and 2,500 seen items (searched at a fetch of
+    2,520, captured at 4,096) meets a shape the warm-up captured, and answers as the CPU does."""
+    rng = np.random.default_rng(5)
+    n_items, dim = 100_000, 128
+    items = encode_sign1(rng.standard_normal((n_items, dim)))
+    gpu = ItemIndex.build(items, CodeLayout.SIGN1, dim, device="gpu", backend="triton")
+    cpu = ItemIndex.build(items, CodeLayout.SIGN1, dim, device="cpu", backend="faiss-cpu")
+    assert gpu.warm(4, max_fetch=4096) == 3 * 9  # batches 1, 2, 4; fetches 16..4096
+    captured = dict(gpu.retrieval._captured)  # type: ignore[union-attr]
+    users = encode_sign1(rng.standard_normal((3, dim)))
+    exclude = [rng.choice(n_items, size=size, replace=False) for size in (1_000, 30, 2_500)]
+    got, want = gpu.search(users, 20, exclude=exclude), cpu.search(users, 20, exclude=exclude)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    assert dict(gpu.retrieval._captured).keys() == captured.keys()  # type: ignore[union-attr]

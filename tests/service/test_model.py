@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from service.model import ModelLoadError
+from index.item_index import WARM_MAX_FETCH
+from service.model import ModelLoader, ModelLoadError
+from service.settings import ServiceSettings
 
 
 def test_a_failed_allocation_is_one_line_and_may_pass() -> None:
@@ -14,3 +18,14 @@ def test_a_failed_allocation_is_one_line_and_may_pass() -> None:
     error = ModelLoadError.of(caught.value)
     assert str(error).startswith("out of memory (Unable to allocate") and "\n" not in str(error)
     assert not error.refused  # memory may be freed: a reload is retried, the bundle is not blamed
+
+
+def test_every_loader_warms_up_to_the_fetch_the_settings_name(tmp_path: Path) -> None:
+    """A worker's index and the search process's take RECSYS_WARM_MAX_FETCH (the search process at every worker's
+    batch size); the server's own check before binding warms nothing."""
+    settings = ServiceSettings(bundle_root=tmp_path, warm_max_fetch=4096, workers=4, batch_max_size=32)
+    worker, searcher = ModelLoader.for_worker(settings), ModelLoader.for_search_process(settings)
+    assert (worker.warm_batch, worker.warm_max_fetch) == (32, 4096)
+    assert (searcher.warm_batch, searcher.warm_max_fetch) == (128, 4096)
+    assert ModelLoader.for_check(settings).warm_batch == 0
+    assert ServiceSettings(bundle_root=tmp_path).warm_max_fetch == WARM_MAX_FETCH
