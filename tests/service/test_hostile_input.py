@@ -243,7 +243,7 @@ def test_heavy_requests_do_not_starve_cheap_ones(
 ) -> None:
     """A client (another process) looping on the largest request the defaults allow costs the single GETs beside it
     a small piece of its work at a time, not the heavy request's whole time (benchmarks/heavy_neighbours.py measures
-    it)."""
+    it): their p99 stays under a quarter of the heavy request's median time (and under 50 ms where that is less)."""
     settings = local_settings(hq2_bundle.root, redis_server.url)
     bundle = Bundle.load(hq2_bundle.root)
     body = tmp_path / "body.json"
@@ -252,12 +252,14 @@ def test_heavy_requests_do_not_starve_cheap_ones(
         """
         import sys, time, httpx
         url, body = sys.argv[1], open(sys.argv[2], "rb").read()
-        statuses, deadline = set(), time.monotonic() + 8
+        statuses, took, deadline = set(), [], time.monotonic() + 8
         json_type = {"content-type": "application/json"}
         with httpx.Client(base_url=url, timeout=30) as client:
             while time.monotonic() < deadline:
+                started = time.perf_counter()
                 statuses.add(client.post("/recommend", content=body, headers=json_type).status_code)
-        print(sorted(statuses))
+                took.append(time.perf_counter() - started)
+        print(sorted(statuses), sorted(took)[len(took) // 2])
         """
     )
     with running_service(settings) as url:
@@ -270,10 +272,16 @@ def test_heavy_requests_do_not_starve_cheap_ones(
                 started = time.perf_counter()
                 assert client.get("/recommend", params={"user_id": bundle.user_ids[0], "k": 10}).status_code == 200
                 latencies.append(time.perf_counter() - started)
-        statuses = heavy.communicate(timeout=30)[0].strip()
+        statuses, heavy_median = heavy.communicate(timeout=30)[0].strip().rsplit(" ", 1)
     assert statuses == "[200]"
     p99 = float(np.percentile(latencies, 99))
-    assert p99 < 0.050, f"GET p99 {1000 * p99:.0f} ms over {len(latencies)} requests"
+    # Starved, a GET would wait out whole heavy requests (histories: about 0.7 s each on the 2-core VM); a quarter of
+    # one, or 50 ms where a heavy request is short, leaves room for a loaded machine's noise and none for that.
+    bound = max(0.050, float(heavy_median) / 4)
+    assert p99 < bound, (
+        f"GET p99 {1000 * p99:.0f} ms over {len(latencies)} requests, beside heavy requests of "
+        f"{1000 * float(heavy_median):.0f} ms (median)"
+    )
 
 
 def test_an_integral_float_is_an_integer_as_json_schema_says(strict_service: str) -> None:
