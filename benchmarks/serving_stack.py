@@ -27,8 +27,7 @@ import numpy as np
 import redis
 
 from benchmarks.harness import ROOT
-from benchmarks.wrk_load import py_spy_binary
-from index.id_map import IdMap
+from benchmarks.wrk_load import ids_at, py_spy_binary
 from service.user_codes import user_code_key
 
 MSET_CHUNK = 20_000  # keys per MSET: one round trip each, small enough to keep Redis responsive
@@ -99,22 +98,23 @@ class RedisProcess:
         try:
             for start in range(0, len(user_ids), MSET_CHUNK):
                 stop = min(start + MSET_CHUNK, len(user_ids))
-                ids = user_ids.take(np.arange(start, stop)) if isinstance(user_ids, IdMap) else user_ids[start:stop]
+                ids = ids_at(user_ids, np.arange(start, stop))
                 connection.send_packed_command([mset_command(prefix, ids, raw[start * width : stop * width], width)])
                 in_flight += 1
                 if in_flight == 8:
-                    in_flight = self._confirm(connection, in_flight)
+                    self._confirm(connection, in_flight)
+                    in_flight = 0
             self._confirm(connection, in_flight)
         finally:
             client.connection_pool.release(connection)
         return len(user_ids)
 
     @staticmethod
-    def _confirm(connection: Any, in_flight: int) -> int:
+    def _confirm(connection: Any, in_flight: int) -> None:
+        """Read the replies of the ``in_flight`` MSETs sent on ``connection``."""
         for _ in range(in_flight):
             if connection.read_response() not in (b"OK", "OK", True):
                 raise RuntimeError("redis-server refused an MSET of user codes")
-        return 0
 
     def stop(self) -> None:
         self.process.terminate()

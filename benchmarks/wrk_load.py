@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from index.id_map import IdMap
 
@@ -37,11 +38,16 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9._~-]+$")  # needs no escaping in a URL or a J
 UNSAFE_LINE = re.compile(r"[^A-Za-z0-9._~\n-]|^$", re.MULTILINE)  # a character SAFE_ID refuses, or an empty id
 
 
+def ids_at(user_ids: Sequence[str], rows: npt.NDArray[np.int64]) -> list[str]:
+    """The ids of ``rows``: a bundle's (``IdMap``) gathered and decoded in one pass, any other sequence id by id."""
+    return user_ids.take(rows) if isinstance(user_ids, IdMap) else [user_ids[i] for i in rows]
+
+
 def write_users_file(user_ids: Sequence[str], path: Path, seed: int = 2024) -> Path:
     """The known users, heaviest first: a fixed-seed shuffle decides who is heavy (as the locustfile does). A
     bundle's ids (``IdMap``) are gathered in one pass and checked with one search, not id by id: 10M of them."""
     order = np.random.default_rng(seed).permutation(len(user_ids))
-    ordered = user_ids.take(order) if isinstance(user_ids, IdMap) else [user_ids[i] for i in order]
+    ordered = ids_at(user_ids, order)
     text = "\n".join(ordered)
     if ordered and UNSAFE_LINE.search(text):
         unsafe = next(u for u in ordered if not SAFE_ID.match(u))
