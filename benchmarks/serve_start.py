@@ -6,7 +6,9 @@ Starts a fresh redis-server and `recsys-serve` (index on --device, their output 
 fails with the log's tail as soon as the server exits), reads every process's RSS
 and PSS (PSS splits pages shared through the page cache, such as a mapped bundle, among the processes that map
 them), then sends --requests GET /recommend for known users drawn uniformly (5 % unknown ones) from
---concurrency connections and reports p50/p99.
+--concurrency connections and reports p50/p99/p99.9. The slowest 1 % are kept with when they were sent and how many
+items their user had seen (how far past k the search must fetch): whether a tail is the first requests' or heavy
+users' shows there.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from benchmarks.serving_stack import RedisProcess, ServiceProcess
 from index.bundle import resolve_bundle_path
+from index.item_index import WARM_MAX_FETCH
+from index.npz_map import read_npz
 
 
 def memory_of(pid: int) -> dict[str, int]:
@@ -41,10 +47,20 @@ def memory_of(pid: int) -> dict[str, int]:
     return out  # type: ignore[return-value]
 
 
-async def load(url: str, users: list[str], requests: int, concurrency: int) -> list[float]:
-    latencies: list[float] = []
+@dataclass(frozen=True)
+class Timed:
+    """One request: its user, when it was sent (seconds into the load) and how long its answer took."""
+
+    user: str
+    sent_s: float
+    latency_s: float
+
+
+async def load(url: str, users: list[str], requests: int, concurrency: int) -> list[Timed]:
+    timed: list[Timed] = []
     rng = random.Random(0)
     queue = [rng.choice(users) if rng.random() > 0.05 else f"unknown-{i}" for i in range(requests)]
+    begun = time.perf_counter()
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while queue:
@@ -52,11 +68,32 @@ async def load(url: str, users: list[str], requests: int, concurrency: int) -> l
             started = time.perf_counter()
             response = await client.get(f"{url}/recommend", params={"user_id": user, "k": 20})
             response.raise_for_status()
-            latencies.append(time.perf_counter() - started)
+            timed.append(Timed(user, started - begun, time.perf_counter() - started))
 
     async with httpx.AsyncClient(timeout=30) as client:
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-    return latencies
+    return timed
+
+
+def slowest(timed: list[Timed], bundle_root: Path, share: float = 0.01) -> list[dict[str, Any]]:
+    """The slowest ``share`` of the requests, each with its user's count of seen items (None: an unknown user)."""
+    bundle = resolve_bundle_path(bundle_root)
+    worst = sorted(timed, key=lambda one: one.latency_s, reverse=True)[: max(1, int(len(timed) * share))]
+    wanted = {one.user for one in worst}
+    rows: dict[str, int] = {}
+    with (bundle / "user_ids.txt").open() as ids:
+        for row, line in enumerate(ids):
+            if line.rstrip("\n") in wanted:
+                rows[line.rstrip("\n")] = row
+    indptr = read_npz(bundle / "seen.npz")["indptr"]
+    seen = {user: int(indptr[row + 1] - indptr[row]) for user, row in rows.items()}
+    return [{"ms": round(1000 * one.latency_s, 1), "sent_s": round(one.sent_s, 2), "seen": seen.get(one.user)}
+            for one in worst]  # fmt: skip
+
+
+def percentile_ms(latencies: list[float], share: float) -> float:
+    """The ``share`` quantile of sorted ``latencies`` (seconds), in milliseconds."""
+    return round(1000 * latencies[min(len(latencies) - 1, int(len(latencies) * share))], 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, default=None,
                         help="where redis-server's and recsys-serve's output goes (info level: each loading step "
                         "with its time); default a file in a temporary folder, named if the server fails")  # fmt: skip
+    parser.add_argument("--warm-max-fetch", type=int, default=WARM_MAX_FETCH,
+                        help="RECSYS_WARM_MAX_FETCH: the largest fetch a GPU index captures before ready")  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         log = args.log or Path(folder) / "serve_start.log"
@@ -79,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             serve = ServiceProcess.start(
                 name="serve_start", bundle=args.bundle_root, redis_url=redis.url, device=args.device,
-                backend="auto", workers=args.workers, log=log, settings={"RECSYS_LOG_LEVEL": "info"}, extra_env={},
-                timeout_s=args.ready_timeout,
+                backend="auto", workers=args.workers, log=log, extra_env={}, timeout_s=args.ready_timeout,
+                settings={"RECSYS_LOG_LEVEL": "info", "RECSYS_WARM_MAX_FETCH": str(args.warm_max_fetch)},
             )  # fmt: skip
         except BaseException:
             redis.stop()
@@ -91,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
             ids = (resolve_bundle_path(args.bundle_root) / "user_ids.txt").read_text().split("\n")[:-1]
             users = random.Random(1).sample(ids, min(100_000, len(ids)))
             del ids
-            latencies = sorted(asyncio.run(load(serve.url, users, args.requests, args.concurrency)))
+            timed = asyncio.run(load(serve.url, users, args.requests, args.concurrency))
+            latencies = sorted(one.latency_s for one in timed)
             record = {
                 "bundle": str(args.bundle_root), "device": args.device, "workers": args.workers,
-                "ready_s": round(ready_s, 1), "readiness": serve.readiness,
-                "memory": memory, "requests": len(latencies),
-                "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
-                "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1),
-                "memory_after_load": memory_of(serve.process.pid),
+                "warm_max_fetch": args.warm_max_fetch, "ready_s": round(ready_s, 1), "readiness": serve.readiness,
+                "memory": memory, "requests": len(latencies), "p50_ms": percentile_ms(latencies, 0.5),
+                "p99_ms": percentile_ms(latencies, 0.99), "p999_ms": percentile_ms(latencies, 0.999),
+                "slowest": slowest(timed, args.bundle_root), "memory_after_load": memory_of(serve.process.pid),
             }  # fmt: skip
             print(json.dumps(record))
         finally:

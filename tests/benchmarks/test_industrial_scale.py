@@ -37,6 +37,9 @@ def test_every_stage_runs_and_is_recorded(tmp_path: Path) -> None:
     assert all(row["wall_s"] > 0 and row["peak_host_gb"] > 0 and "error" not in row for row in rows.values())
     assert rows["train"]["test_users"] == 300 and rows["train"]["export_seconds"]
     assert rows["serve"]["readiness"]["status"] == "ready" and rows["serve"]["requests"] == 40
+    assert rows["serve"]["p50_ms"] <= rows["serve"]["p99_ms"] <= rows["serve"]["p999_ms"]
+    (worst,) = rows["serve"]["slowest"]  # 1 % of 40: the slowest request, with its user's seen count
+    assert worst["ms"] == rows["serve"]["p999_ms"] and (worst["seen"] is None or worst["seen"] > 0)
     (step,) = rows["capacity"]["steps"]
     assert step["connections"] == 4 and step["rate"] > 0 and step["errors"] == 0
     assert "ready" in (tmp_path / "serve_server.log").read_text()  # the server's own log is kept

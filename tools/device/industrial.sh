@@ -7,7 +7,8 @@
 #   bash tools/device/industrial.sh WAIT_SECONDS
 #
 # SCALES (default "1000000:3 10000000:10"): users=items : minutes of training. INDUSTRIAL_ARGS adds options of
-# benchmarks.industrial_scale (e.g. "--batch-size 2097152"). The first call starts the runs in their own process
+# benchmarks.industrial_scale (e.g. "--batch-size 2097152", or "--stages generate load train index" to leave the
+# serving stages to tools/device/industrial_serving.sh once the card is free). The first call starts the runs in their own process
 # session; every call waits up to WAIT_SECONDS, then copies the records (industrial_scale.json) and each stage's log
 # to $OUT. Exit 0 while it runs, then the runs' exit code. Set RECSYS_COMMIT (no .git travels).
 # Needs, carried with the call: .whl/ (the service's wheels, faiss-cpu) and .carry/debs/ (redis-server and wrk:
@@ -18,9 +19,11 @@ source tools/device/carried_tools.sh
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # 10M: less reserved beside what is used
 wait_seconds=$1
 work=/tmp/industrial
-# Unless INDUSTRIAL_ARGS says otherwise, training takes this card's options (small_card_train_options, setup.sh).
+# Unless INDUSTRIAL_ARGS gives --train-options, training takes this card's (small_card_train_options, setup.sh).
 card_options=$(small_card_train_options)
-if [ -z "${INDUSTRIAL_ARGS:-}" ] && [ -n "$card_options" ]; then INDUSTRIAL_ARGS="--train-options '$card_options'"; fi
+if [[ ${INDUSTRIAL_ARGS:-} != *--train-options* ]] && [ -n "$card_options" ]; then
+  INDUSTRIAL_ARGS="${INDUSTRIAL_ARGS:-} --train-options '$card_options'"
+fi
 if [ ! -f "$work/started" ]; then
   mkdir -p "$work"
   touch "$work/started"

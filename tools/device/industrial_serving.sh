@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue #33's serving stages on the bundle tools/device/industrial.sh trained (/tmp/industrial/N), with the card to
+# themselves, in the background across as many device calls of one lease as they need:
+#   1. once every file of AFTER exists (what other jobs write when they are done with the GPU, e.g. industrial.sh's
+#      /tmp/industrial/exit; none: at once),
+#   2. the serve stage once per warm-up reach in WARM_FETCHES (RECSYS_WARM_MAX_FETCH; default "256 4096"): time to
+#      ready, memory, and 2,000 requests whose slowest 1 % are kept with their users' seen counts;
+#   3. the GPU warm-up tests (tests/index/test_warm.py);
+#   4. the capacity stage (wrk, 8 workers and the search process) at the warm-up reach whose serve p99 was lowest.
+#
+#   bash tools/device/industrial_serving.sh WAIT_SECONDS
+#
+# N is SCALE (default 10000000). Records go to the same industrial_scale.json as industrial.sh's, copied to $OUT with
+# the stages' logs. Exit 0 while it runs, then its exit code. Needs .whl/ and .carry/debs/, as industrial.sh does.
+set -euo pipefail
+source tools/device/setup.sh
+source tools/device/carried_tools.sh
+wait_seconds=$1
+n=${SCALE:-10000000}
+work=/tmp/industrial
+scale="python3 -m benchmarks.industrial_scale --users $n --items $n --device cuda --work-dir $work/$n --out $work/industrial_scale.json"
+if [ ! -f "$work/serving_started" ]; then
+  touch "$work/serving_started"
+  setsid nohup bash -c "status=0
+    for file in ${AFTER:-}; do while [ ! -f \$file ]; do sleep 5; done; done
+    echo \"card free at \$(date +%T)\"
+    for fetch in ${WARM_FETCHES:-256 4096}; do
+      $scale --stages serve --note \"lent GPU, alone; RECSYS_WARM_MAX_FETCH \$fetch\" \
+        --serve-options \"--requests 2000 --concurrency 16 --ready-timeout 300 --warm-max-fetch \$fetch\" || status=\$?
+    done
+    python3 -m pytest -q -m gpu -p no:cacheprovider tests/index/test_warm.py || status=\$?
+    best=\$(python3 -c \"import json; rows = [r for r in json.load(open('$work/industrial_scale.json')) \\
+      if r['stage'] == 'serve' and r.get('p99_ms') and r.get('warm_max_fetch')]; \\
+      print(min(rows, key=lambda r: r['p99_ms'])['warm_max_fetch'] if rows else 256)\")
+    echo \"capacity at RECSYS_WARM_MAX_FETCH \$best\"
+    $scale --stages capacity --note \"lent GPU, alone; RECSYS_WARM_MAX_FETCH \$best, the lower serve p99\" \
+      --capacity-options \"--connections 16 64 128 256 --post-connections --scale-workers --budget-s 360 --warm-max-fetch \$best\" \
+      || status=\$?
+    echo \$status >$work/serving_exit" >"$work/serving.log" 2>&1 </dev/null &
+fi
+deadline=$((SECONDS + wait_seconds))
+while [ ! -f "$work/serving_exit" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 5; done
+{ grep -v "^\s*$" "$work/serving.log" || true; } | tail -n 30 | cut -c1-600
+cp "$work/industrial_scale.json" "$OUT/" 2>/dev/null || true
+(cd "$work" && tar czf "$OUT/industrial_serving_logs.tgz" --ignore-failed-read serving.log ./*/serve*.log \
+  ./*/capacity.* ./*/serving/*.log 2>/dev/null || true)
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+if [ -f "$work/serving_exit" ]; then exit "$(cat "$work/serving_exit")"; fi
+echo "still running"
