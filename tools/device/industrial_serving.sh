@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue #33's serving stages on the bundle tools/device/industrial.sh trained (/tmp/industrial/N), with the card to
 # themselves, in the background across as many device calls of one lease as they need:
-#   1. once every file of AFTER exists (what other jobs write when they are done with the GPU, e.g. industrial.sh's
-#      /tmp/industrial/exit; none: at once),
-#   2. the serve stage once per warm-up reach in WARM_FETCHES (RECSYS_WARM_MAX_FETCH; default "256 4096"): time to
-#      ready, memory, and 2,000 requests whose slowest 1 % are kept with their users' seen counts;
-#   3. the GPU warm-up tests (tests/index/test_warm.py);
-#   4. the capacity stage (wrk, 8 workers and the search process) at the warm-up reach whose serve p99 was lowest.
+#   1. at once, the GPU warm-up tests (tests/index/test_warm.py), which need no card of their own;
+#   2. once every file of AFTER exists (what other jobs write when they are done with the GPU, e.g. industrial.sh's
+#      /tmp/industrial/exit; none: at once), the serve stage once per warm-up reach in WARM_FETCHES
+#      (RECSYS_WARM_MAX_FETCH; default "256 4096"): time to ready, memory, and 2,000 requests whose slowest 1 % are
+#      kept with their users' seen counts;
+#   3. the capacity stage (wrk, 8 workers and the search process; CAPACITY_OPTIONS, default GETs at 16 to 256
+#      connections) at the warm-up reach whose serve p99 was lowest.
 #
 #   bash tools/device/industrial_serving.sh WAIT_SECONDS
 #
@@ -22,19 +23,19 @@ scale="python3 -m benchmarks.industrial_scale --users $n --items $n --device cud
 if [ ! -f "$work/serving_started" ]; then
   touch "$work/serving_started"
   setsid nohup bash -c "status=0
+    python3 -m pytest -q -m gpu -p no:cacheprovider tests/index/test_warm.py || status=\$?
     for file in ${AFTER:-}; do while [ ! -f \$file ]; do sleep 5; done; done
     echo \"card free at \$(date +%T)\"
     for fetch in ${WARM_FETCHES:-256 4096}; do
       $scale --stages serve --note \"lent GPU, alone; RECSYS_WARM_MAX_FETCH \$fetch\" \
         --serve-options \"--requests 2000 --concurrency 16 --ready-timeout 300 --warm-max-fetch \$fetch\" || status=\$?
     done
-    python3 -m pytest -q -m gpu -p no:cacheprovider tests/index/test_warm.py || status=\$?
     best=\$(python3 -c \"import json; rows = [r for r in json.load(open('$work/industrial_scale.json')) \\
       if r['stage'] == 'serve' and r.get('p99_ms') and r.get('warm_max_fetch')]; \\
       print(min(rows, key=lambda r: r['p99_ms'])['warm_max_fetch'] if rows else 256)\")
     echo \"capacity at RECSYS_WARM_MAX_FETCH \$best\"
     $scale --stages capacity --note \"lent GPU, alone; RECSYS_WARM_MAX_FETCH \$best, the lower serve p99\" \
-      --capacity-options \"--connections 16 64 128 256 --post-connections --scale-workers --budget-s 360 --warm-max-fetch \$best\" \
+      --capacity-options \"${CAPACITY_OPTIONS:---connections 16 64 128 256 --scale-workers --budget-s 260} --warm-max-fetch \$best\" \
       || status=\$?
     echo \$status >$work/serving_exit" >"$work/serving.log" 2>&1 </dev/null &
 fi
