@@ -7,7 +7,8 @@
 #      (RECSYS_WARM_MAX_FETCH; default "256 4096"): time to ready, memory, and 2,000 requests whose slowest 1 % are
 #      kept with their users' seen counts;
 #   3. the capacity stage (wrk, 8 workers and the search process; CAPACITY_OPTIONS, default GETs at 16 to 256
-#      connections) at the warm-up reach whose serve p99 was lowest.
+#      connections) at the warm-up reach whose serve p99 was lowest; CAPACITY=0 leaves it out.
+# SERVE_NOTE (default "lent GPU, alone") is recorded with each row: say so when something else shares the card.
 #
 #   bash tools/device/industrial_serving.sh WAIT_SECONDS
 #
@@ -27,16 +28,18 @@ if [ ! -f "$work/serving_started" ]; then
     for file in ${AFTER:-}; do while [ ! -f \$file ]; do sleep 5; done; done
     echo \"card free at \$(date +%T)\"
     for fetch in ${WARM_FETCHES:-256 4096}; do
-      $scale --stages serve --note \"lent GPU, alone; RECSYS_WARM_MAX_FETCH \$fetch\" \
+      $scale --stages serve --note \"${SERVE_NOTE:-lent GPU, alone}; RECSYS_WARM_MAX_FETCH \$fetch\" \
         --serve-options \"--requests 2000 --concurrency 16 --ready-timeout 300 --warm-max-fetch \$fetch\" || status=\$?
     done
-    best=\$(python3 -c \"import json; rows = [r for r in json.load(open('$work/industrial_scale.json')) \\
-      if r['stage'] == 'serve' and r.get('p99_ms') and r.get('warm_max_fetch')]; \\
-      print(min(rows, key=lambda r: r['p99_ms'])['warm_max_fetch'] if rows else 256)\")
-    echo \"capacity at RECSYS_WARM_MAX_FETCH \$best\"
-    $scale --stages capacity --note \"lent GPU, alone; RECSYS_WARM_MAX_FETCH \$best, the lower serve p99\" \
-      --capacity-options \"${CAPACITY_OPTIONS:---connections 16 64 128 256 --scale-workers --budget-s 260} --warm-max-fetch \$best\" \
-      || status=\$?
+    if [ ${CAPACITY:-1} != 0 ]; then
+      best=\$(python3 -c \"import json; rows = [r for r in json.load(open('$work/industrial_scale.json')) \\
+        if r['stage'] == 'serve' and r.get('p99_ms') and r.get('warm_max_fetch')]; \\
+        print(min(rows, key=lambda r: r['p99_ms'])['warm_max_fetch'] if rows else 256)\")
+      echo \"capacity at RECSYS_WARM_MAX_FETCH \$best\"
+      $scale --stages capacity --note \"${SERVE_NOTE:-lent GPU, alone}; RECSYS_WARM_MAX_FETCH \$best, the lower serve p99\" \
+        --capacity-options \"${CAPACITY_OPTIONS:---connections 16 64 128 256 --scale-workers --budget-s 260} --warm-max-fetch \$best\" \
+        || status=\$?
+    fi
     echo \$status >$work/serving_exit" >"$work/serving.log" 2>&1 </dev/null &
 fi
 deadline=$((SECONDS + wait_seconds))
