@@ -65,11 +65,10 @@ def graphed_split_ms(backend: Any, queries: Any, k: int, repeats: int) -> dict[s
     answers copied back and split — says whether time beyond the kernels is the host's or a wait."""
     import torch
 
-    from index.retrieval.chunking import next_power_of_two
+    from index.retrieval.chunking import graph_k, graph_queries
     from index.retrieval.torch_backend import split_keys
-    from index.retrieval.triton_backend import graph_queries
 
-    n_padded, k_padded = graph_queries(queries.shape[0]), min(next_power_of_two(k), backend.n_items)
+    n_padded, k_padded = graph_queries(queries.shape[0]), graph_k(k, backend.n_items)
     steps: dict[str, list[float]] = {"queries in": [], "replay": [], "gpu wait": [], "answers out": []}
     with torch.cuda.device(backend.device):
         captured = backend._capture(n_padded, k_padded)

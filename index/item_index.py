@@ -51,6 +51,7 @@ from index.retrieval import (
     uses_faiss,
 )
 from index.retrieval import DevicePreference as DevicePreference  # the service and CLI name it here
+from index.retrieval.chunking import warm_shapes
 
 log = logging.getLogger(__name__)
 
@@ -372,22 +373,18 @@ class ItemIndex:
         return query_search_form(query_codes, self.user_layout, self.dim, self.layout)
 
     def warm(self, max_batch: int, max_fetch: int = WARM_MAX_FETCH) -> int:
-        """On a GPU, search once at every batch and fetch shape serving will ask for: powers of two up to
-        ``max_batch`` queries and from 16 up to ``max_fetch`` results (k plus the seen items a query skips). The
+        """On a GPU, search once at every batch and fetch shape serving will ask for (``warm_shapes``): up to
+        ``max_batch`` queries and ``max_fetch`` results (k plus the seen items a query skips), k = 1 included. The
         kernels compile and the CUDA graphs are captured here, not inside the first requests of each shape. Returns
         the searches made (none on a CPU, where there is nothing to capture)."""
         if max_batch < 1 or not self.on_gpu or self.n_items == 0:
             return 0
         queries = self.prepare_queries(self.warm_queries(max_batch))
-        fetches = [f for f in (16 << i for i in range(16)) if f <= min(max_fetch, self.n_items, MAX_K)]
-        searches = 0
-        batch = 1
-        while batch <= max_batch:
+        batches, fetches = warm_shapes(max_batch, min(max_fetch, MAX_K), self.n_items)
+        for batch in batches:
             for fetch in fetches:
                 self._search(queries[:batch], fetch)
-                searches += 1
-            batch *= 2
-        return searches
+        return len(batches) * len(fetches)
 
     def warm_queries(self, count: int) -> npt.NDArray[Any]:
         """``count`` query codes for ``warm``: this index's items, spread over the catalogue, coded as queries, so

@@ -50,9 +50,12 @@ from triton.runtime.errors import OutOfResources
 from index.retrieval.base import MAX_K, HammingBackend, TopK
 from index.retrieval.chunking import (
     FLAG_TILE,
+    GRAPH_MAX_QUERIES,
     KEY_BUDGET,
     MAX_CHUNK,
     ChunkPlan,
+    graph_k,
+    graph_queries,
     most_sampled,
     next_power_of_two,
     plan_chunks,
@@ -116,18 +119,8 @@ def to_host(tensor: torch.Tensor) -> torch.Tensor:
     return host
 
 
-# Searches of up to this many queries replay a captured CUDA graph when the plan is one chunk: below a few
-# milliseconds of GPU work a search is bound by its ~25 launches from Python, not by the work (1M items × 64
-# queries: 1.6–1.9 ms eager on an H200, most of it the GPU waiting for the host).
-GRAPH_MAX_QUERIES = 1024
 ANY_K_TILE = 1 << 23  # (query, item) distances per slice of a search past the kernel's k: 64 MiB of int64
 GRAPH_CACHE = 64  # (queries, k) shapes kept per backend: ``graph_queries`` has 22 batch shapes, k a power of two
-
-
-def graph_queries(n_queries: int) -> int:
-    """The batch a search of ``n_queries`` is captured at: a power of two up to 64, then a multiple of 64 (a
-    batch of 600 pads to 640, not 1024): 22 shapes cover every batch; past 640 queries padding adds under 10 %."""
-    return next_power_of_two(n_queries) if n_queries <= 64 else -(-n_queries // 64) * 64
 
 
 @dataclass(frozen=True)
@@ -585,9 +578,9 @@ class TritonBackend(HammingBackend):
         return _Captured(words, graph, chunk, packed)
 
     def _search_graphed(self, queries: npt.NDArray[np.uint8], k: int) -> TopK | None:
-        """Replay a captured search: queries padded (``graph_queries``), k rounded up (its first k are exact)."""
+        """Replay a captured search: queries padded (``graph_queries``), k rounded up (``graph_k``)."""
         n_queries = queries.shape[0]
-        n_padded, k_padded = graph_queries(n_queries), min(next_power_of_two(k), self.n_items)
+        n_padded, k_padded = graph_queries(n_queries), graph_k(k, self.n_items)
         with self._graph_lock:
             captured = self._capture(n_padded, k_padded)
             if captured is None:

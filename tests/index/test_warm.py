@@ -41,19 +41,23 @@ def cuda_and_triton() -> bool:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not cuda_and_triton(), reason="needs CUDA and Triton")
-def test_after_warm_up_serving_shapes_capture_nothing_new_and_answer_exactly() -> None:
+@pytest.mark.parametrize(("max_batch", "searches"), [(64, 7 * 5), (100, 8 * 5)])
+def test_after_warm_up_serving_shapes_capture_nothing_new_and_answer_exactly(max_batch: int, searches: int) -> None:
+    """Batches 1..64 (and a batch_max_size of 100, captured at 128), k = 5 without seen items (captured at 16)
+    and k = 20 with up to 200 seen (fetches to 220): every search replays a graph warm-up captured."""
     rng = np.random.default_rng(4)
     n_items, dim = 100_000, 256
     items = encode_sign1(rng.standard_normal((n_items, dim)))
     gpu = ItemIndex.build(items, CodeLayout.SIGN1, dim, device="gpu", backend="triton")
     cpu = ItemIndex.build(items, CodeLayout.SIGN1, dim, device="cpu", backend="faiss-cpu")
-    assert gpu.warm(64) == 7 * 5  # batches 1..64, fetches 16..256
+    assert gpu.warm(max_batch) == searches  # powers of two and max_batch, fetches 16..256
     captured = dict(gpu.retrieval._captured)  # type: ignore[union-attr]  # Triton answers every k itself
-    for batch in (1, 3, 37, 64):
+    for batch in sorted({1, 3, 37, 64, max_batch}):
         users = encode_sign1(rng.standard_normal((batch, dim)))
         exclude = [rng.choice(n_items, size=rng.integers(20, 200), replace=False) for _ in range(batch)]
         got, want = gpu.search(users, 20, exclude=exclude), cpu.search(users, 20, exclude=exclude)
         np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(gpu.search(users, 5).ids, cpu.search(users, 5).ids)
     assert dict(gpu.retrieval._captured).keys() == captured.keys()  # type: ignore[union-attr]
 
 

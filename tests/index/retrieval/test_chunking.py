@@ -18,12 +18,15 @@ from index.retrieval.chunking import (
     TIGHT_MIN_RANK,
     TIGHT_TAIL,
     flag_bytes,
+    graph_k,
+    graph_queries,
     most_sampled,
     plan_chunks,
     poisson_quantile,
     sample_group,
     spread_sample,
     tight_rank,
+    warm_shapes,
 )
 
 
@@ -129,3 +132,22 @@ def test_key_slots_hold_the_items_tied_at_a_billion_items_bound(bits: int) -> No
     counts = rng.binomial(n_items, cdf[bounds])
     assert int((counts > plan.capacity).sum()) == 0
     assert int((counts > 2 * rank * n_items // plan.n_sample + 1024).sum()) > 0  # the old room: not enough
+
+
+def test_a_graph_is_captured_at_k_of_at_least_16_and_at_most_the_catalogue() -> None:
+    assert [graph_k(k, 10**6) for k in (1, 5, 16, 17, 20, 300, 4096)] == [16, 16, 16, 32, 32, 512, 4096]
+    assert graph_k(5, 10) == 10 and graph_k(60, 40) == 40
+
+
+def test_warm_shapes_reach_every_k_serving_captures_and_the_largest_batch() -> None:
+    """Every fetch up to the warm-up's reach meets a k warm-up captured (k = 1 and a fetch past the last power of
+    two included), and the batch a loaded server fills is warmed even when it is no power of two."""
+    for max_batch, max_fetch, n_items in [(64, 256, 10**6), (150, 300, 10**6), (4, 4096, 10**5), (64, 256, 100)]:
+        batches, fetches = warm_shapes(max_batch, max_fetch, n_items)
+        assert {graph_k(fetch, n_items) for fetch in range(1, min(max_fetch, n_items) + 1)} == set(fetches)
+        assert {graph_queries(max_batch), *(graph_queries(2**i) for i in range(max_batch.bit_length()))} == {
+            graph_queries(batch) for batch in batches
+        }
+        assert max(batches) == max_batch
+    assert warm_shapes(64, 256, 10**6) == ([1, 2, 4, 8, 16, 32, 64], [16, 32, 64, 128, 256])  # 35 searches
+    assert warm_shapes(150, 300, 10**6)[1][-1] == 512  # a fetch of 300 is captured at 512
