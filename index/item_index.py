@@ -374,13 +374,15 @@ class ItemIndex:
 
     def warm(self, max_batch: int, max_fetch: int = WARM_MAX_FETCH) -> int:
         """On a GPU, search once at every batch and fetch shape serving will ask for (``warm_shapes``): up to
-        ``max_batch`` queries and ``max_fetch`` results (k plus the seen items a query skips), k = 1 included. The
-        kernels compile and the CUDA graphs are captured here, not inside the first requests of each shape. Returns
-        the searches made (none on a CPU, where there is nothing to capture)."""
+        ``max_batch`` queries and ``max_fetch`` results (k plus the seen items a query skips; at most the backend's
+        fast path), k = 1 included. The kernels compile and the CUDA graphs are captured here, not inside the first
+        requests of each shape. Returns the searches made (none on a CPU, where there is nothing to capture)."""
         if max_batch < 1 or not self.on_gpu or self.n_items == 0:
             return 0
         queries = self.prepare_queries(self.warm_queries(max_batch))
-        batches, fetches = warm_shapes(max_batch, min(max_fetch, MAX_K), self.n_items)
+        # Past the fast path (FAISS GPU's k of 2,048) a search runs on the host, where nothing is captured: warming it
+        # would only scan the catalogue on the CPU while the server starts.
+        batches, fetches = warm_shapes(max_batch, min(max_fetch, MAX_K, self._fast_k), self.n_items)
         for batch in batches:
             for fetch in fetches:
                 self._search(queries[:batch], fetch)
@@ -516,8 +518,12 @@ class ItemIndex:
         self, queries: npt.NDArray[np.int64], fetches: npt.NDArray[np.int64]
     ) -> list[npt.NDArray[np.int64]]:
         """``queries`` in the groups one backend call each searches (``fetch_groups``)."""
-        fast_k = self.retrieval.fast_k if self.retrieval is not None else self.n_items
-        return [queries[group] for group in fetch_groups(fetches, fast_k)]
+        return [queries[group] for group in fetch_groups(fetches, self._fast_k)]
+
+    @property
+    def _fast_k(self) -> int:
+        """The largest fetch the backend answers on its fast path (``SearchBackend.fast_k``)."""
+        return self.retrieval.fast_k if self.retrieval is not None else self.n_items
 
     @staticmethod
     def _finish_row(

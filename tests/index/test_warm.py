@@ -78,3 +78,17 @@ def test_warming_to_the_kernels_largest_fetch_covers_users_with_thousands_of_see
     got, want = gpu.search(users, 20, exclude=exclude), cpu.search(users, 20, exclude=exclude)
     np.testing.assert_array_equal(got.ids, want.ids)
     assert dict(gpu.retrieval._captured).keys() == captured.keys()  # type: ignore[union-attr]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_and_triton(), reason="needs CUDA")
+def test_warm_up_stops_at_the_backends_fast_path() -> None:
+    """FAISS GPU answers k up to 2,048 on the card and larger ones on the host: warming to 4,096 searches only up
+    to 2,048, rather than scanning the catalogue on the CPU while the server starts."""
+    from index.retrieval import available_backends
+
+    if "faiss-gpu" not in available_backends():
+        pytest.skip("needs FAISS built for the GPU")
+    items = encode_sign1(np.random.default_rng(6).standard_normal((50_000, 64)))
+    gpu = ItemIndex.build(items, CodeLayout.SIGN1, 64, device="gpu", backend="faiss-gpu")
+    assert gpu.warm(4, max_fetch=4096) == 3 * 8  # batches 1, 2, 4; fetches 16..2048
