@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,18 +76,12 @@ async def load(url: str, users: list[str], requests: int, concurrency: int) -> l
     return timed
 
 
-def slowest(timed: list[Timed], bundle_root: Path, share: float = 0.01) -> list[dict[str, Any]]:
-    """The slowest ``share`` of the requests, each with its user's count of seen items (None: an unknown user)."""
-    bundle = resolve_bundle_path(bundle_root)
+def slowest(timed: list[Timed], bundle: Path, row_of: Mapping[str, int], share: float = 0.01) -> list[dict[str, Any]]:
+    """The slowest ``share`` of the requests, each with its user's count of seen items (None: an unknown user);
+    ``row_of``: the bundle row of every user the load drew from."""
     worst = sorted(timed, key=lambda one: one.latency_s, reverse=True)[: max(1, int(len(timed) * share))]
-    wanted = {one.user for one in worst}
-    rows: dict[str, int] = {}
-    with (bundle / "user_ids.txt").open() as ids:
-        for row, line in enumerate(ids):
-            if line.rstrip("\n") in wanted:
-                rows[line.rstrip("\n")] = row
     indptr = read_npz(bundle / "seen.npz")["indptr"]
-    seen = {user: int(indptr[row + 1] - indptr[row]) for user, row in rows.items()}
+    seen = {one.user: int(indptr[row + 1] - indptr[row]) for one in worst if (row := row_of.get(one.user)) is not None}
     return [{"ms": round(1000 * one.latency_s, 1), "sent_s": round(one.sent_s, 2), "seen": seen.get(one.user)}
             for one in worst]  # fmt: skip
 
@@ -127,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             ready_s = time.perf_counter() - started
             memory = memory_of(serve.process.pid)
-            ids = (resolve_bundle_path(args.bundle_root) / "user_ids.txt").read_text().split("\n")[:-1]
-            users = random.Random(1).sample(ids, min(100_000, len(ids)))
+            bundle = resolve_bundle_path(args.bundle_root)
+            ids = (bundle / "user_ids.txt").read_text().split("\n")[:-1]
+            # The users random.sample(ids, n) draws, each with its row, which ``slowest`` reads seen counts at.
+            row_of = {ids[row]: row for row in random.Random(1).sample(range(len(ids)), min(100_000, len(ids)))}
+            users = list(row_of)
             del ids
             timed = asyncio.run(load(serve.url, users, args.requests, args.concurrency))
             latencies = sorted(one.latency_s for one in timed)
@@ -137,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warm_max_fetch": args.warm_max_fetch, "ready_s": round(ready_s, 1), "readiness": serve.readiness,
                 "memory": memory, "requests": len(latencies), "p50_ms": percentile_ms(latencies, 0.5),
                 "p99_ms": percentile_ms(latencies, 0.99), "p999_ms": percentile_ms(latencies, 0.999),
-                "slowest": slowest(timed, args.bundle_root), "memory_after_load": memory_of(serve.process.pid),
+                "slowest": slowest(timed, bundle, row_of), "memory_after_load": memory_of(serve.process.pid),
             }  # fmt: skip
             print(json.dumps(record))
         finally:

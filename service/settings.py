@@ -91,9 +91,8 @@ class ServiceSettings(BaseSettings):
         le=MAX_K,
         description="on a GPU, the largest fetch (k plus the seen items a query skips) warmed up at start, for "
         "batches of powers of two up to batch_max_size and of batch_max_size itself; a batch needing a larger "
-        "fetch compiles and captures it within its "
-        "first request in each worker. The Triton backend keeps 64 captured shapes: past 64 batch × fetch shapes, "
-        "warm-up evicts its own first ones",
+        "fetch compiles and captures it within its first request in each worker. The Triton backend keeps 64 "
+        "captured shapes: past 64 batch × fetch shapes, warm-up evicts its own first ones",
     )
     batch_max_wait_ms: float = Field(
         0.0,

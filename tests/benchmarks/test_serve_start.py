@@ -3,16 +3,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.serve_start import Timed, percentile_ms, slowest
-from index.bundle import MANIFEST
 
 
 def test_the_slowest_requests_carry_their_users_seen_counts(tmp_path: Path) -> None:
-    (tmp_path / MANIFEST).write_text("{}")
-    (tmp_path / "user_ids.txt").write_text("light\nheavy\nmiddle\n")
     np.savez(tmp_path / "seen.npz", indptr=np.array([0, 1, 5001, 5011]), indices=np.zeros(5011, dtype=np.int64))
     timed = [Timed("light", 0.0, 0.010), Timed("heavy", 0.5, 0.400), Timed("unknown-3", 0.2, 0.300),
              *(Timed("middle", 0.1 * n, 0.012) for n in range(197))]  # fmt: skip
-    worst = slowest(timed, tmp_path)
+    worst = slowest(timed, tmp_path, {"light": 0, "heavy": 1, "middle": 2})
     assert worst == [{"ms": 400.0, "sent_s": 0.5, "seen": 5000}, {"ms": 300.0, "sent_s": 0.2, "seen": None}]
 
 
