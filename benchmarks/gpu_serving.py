@@ -65,7 +65,6 @@ from benchmarks.wrk_load import (
 )
 from index.bundle import Bundle, publish_bundle
 from index.codes import CodeLayout
-from index.item_index import WARM_MAX_FETCH
 
 GPU_BACKENDS = ("triton", "faiss-gpu", "torch")
 DESIGNS = ("process", "own", "own-mps")
@@ -511,7 +510,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--wrk-threads", type=int, default=4, help="wrk threads (cores the generator may use)")
     add("--batch-max-size", type=int, default=64, help="RECSYS_BATCH_MAX_SIZE of the service")
     add("--batch-max-wait-ms", type=float, default=0.0, help="RECSYS_BATCH_MAX_WAIT_MS of the service")
-    add("--warm-max-fetch", type=int, default=WARM_MAX_FETCH, help="RECSYS_WARM_MAX_FETCH of the service")
+    add("--warm-max-fetch", type=int, default=0, help="RECSYS_WARM_MAX_FETCH of the service (0: from the bundle)")
     add("--designs", type=Design.parse, nargs="+", default=[Design("process")],
         help="how servers hold the index, each measured in the main phase (the first also in the others): process "
         "(RECSYS_SEARCH_PROCESS: one process owns it, for every worker), own (each worker its own), own-mps (each "

@@ -30,7 +30,6 @@ import httpx
 
 from benchmarks.serving_stack import RedisProcess, ServiceProcess
 from index.bundle import resolve_bundle_path
-from index.item_index import WARM_MAX_FETCH
 from index.npz_map import read_npz
 
 
@@ -102,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, default=None,
                         help="where redis-server's and recsys-serve's output goes (info level: each loading step "
                         "with its time); default a file in a temporary folder, named if the server fails")  # fmt: skip
-    parser.add_argument("--warm-max-fetch", type=int, default=WARM_MAX_FETCH,
-                        help="RECSYS_WARM_MAX_FETCH: the largest fetch a GPU index captures before ready")  # fmt: skip
+    parser.add_argument("--warm-max-fetch", type=int, default=0,
+                        help="RECSYS_WARM_MAX_FETCH: the largest fetch a GPU index captures before ready (0, the "
+                        "service's default: from the bundle's most-seen user)")  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         log = args.log or Path(folder) / "serve_start.log"

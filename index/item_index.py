@@ -110,8 +110,19 @@ class Reranker:
         return dequantize(self.item_codes[ids], layout, dim, self.item_scales[ids], self.mode)
 
 
-# Serving's widest fetch that warm-up prepares: k = 20 plus up to a few hundred seen items to skip (a power of two).
+# The least reach warm-up prepares: k = 20 plus up to a few hundred seen items to skip (a power of two).
 WARM_MAX_FETCH = 256
+
+
+def warm_reach(bundle: Bundle, k: int) -> int:
+    """The widest fetch a request for ``k`` results makes on ``bundle``: ``k`` plus its most-seen user's items,
+    at least ``WARM_MAX_FETCH`` and at most ``MAX_K``.
+
+    One search fetches at its batch's largest fetch, so a single heavy user moves the whole batch onto a shape
+    warm-up never made; its first occurrence compiles kernels and captures a graph while every request of the batch
+    waits. A reach taken from the bundle makes those shapes before the server turns ready."""
+    heaviest = int(np.diff(bundle.seen_indptr).max()) if bundle.manifest.n_users else 0
+    return min(MAX_K, max(WARM_MAX_FETCH, k + heaviest))
 
 
 Fetched = tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]  # a fetch's item ids and exact scores, per query

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from index.bundle import Bundle, BundleError
-from index.item_index import WARM_MAX_FETCH, DevicePreference, IndexSelfCheckError, ItemIndex, Reranker
+from index.item_index import DevicePreference, IndexSelfCheckError, ItemIndex, Reranker, warm_reach
 from index.out_of_memory import out_of_memory
 from index.retrieval import BackendName
 from service.cold_start import ColdStart
@@ -126,7 +126,8 @@ class ModelLoader:
     device: DevicePreference = "auto"
     backend: BackendName = "auto"
     warm_batch: int = 1
-    warm_max_fetch: int = WARM_MAX_FETCH
+    warm_max_fetch: int = 0  # 0: the bundle's (``warm_reach`` at ``warm_k``)
+    warm_k: int = 20
     search_socket: Path | None = None
     search_timeout_s: float = 5.0
     observe_search: SearchObserver | None = None
@@ -137,7 +138,7 @@ class ModelLoader:
         its micro-batcher."""
         return cls(
             bundle_root=settings.bundle_root, device=settings.device, backend=settings.retrieval_backend,
-            warm_batch=settings.batch_max_size, warm_max_fetch=settings.warm_max_fetch,
+            warm_batch=settings.batch_max_size, warm_max_fetch=settings.warm_max_fetch, warm_k=settings.default_k,
             search_socket=settings.search_socket,
             search_timeout_s=settings.search_timeout_s, observe_search=observe_search,
         )  # fmt: skip
@@ -188,5 +189,7 @@ class ModelLoader:
 
     def _own_index(self, bundle: Bundle) -> ItemIndex:
         index = ItemIndex.for_bundle(bundle, device=self.device, backend=self.backend)
-        index.warm(self.warm_batch, self.warm_max_fetch)
+        reach = self.warm_max_fetch or warm_reach(bundle, self.warm_k)
+        if searches := index.warm(self.warm_batch, reach):
+            log.info("warmed up %d search shapes: batches up to %d, fetches up to %d", searches, self.warm_batch, reach)
         return index

@@ -86,13 +86,14 @@ class ServiceSettings(BaseSettings):
     )
     batch_max_size: int = Field(64, ge=1, description="most queries merged into one index search")
     warm_max_fetch: int = Field(
-        WARM_MAX_FETCH,
-        ge=16,
+        0,
+        ge=0,
         le=MAX_K,
         description="on a GPU, the largest fetch (k plus the seen items a query skips) warmed up at start, for "
-        "batches of powers of two up to batch_max_size and of batch_max_size itself; a batch needing a larger "
-        "fetch compiles and captures it within its first request in each worker. The Triton backend keeps 64 "
-        "captured shapes: past 64 batch × fetch shapes, warm-up evicts its own first ones",
+        "batches of powers of two up to batch_max_size and of batch_max_size itself; 0: default_k plus the bundle's "
+        f"most-seen user's items, at least {WARM_MAX_FETCH}. A batch needing a larger fetch compiles and captures it "
+        "within its first request in each worker, and the whole batch waits for it. The Triton backend keeps 128 "
+        "captured shapes: past 128 batch × fetch shapes, warm-up evicts its own first ones",
     )
     batch_max_wait_ms: float = Field(
         0.0,

@@ -120,7 +120,9 @@ def to_host(tensor: torch.Tensor) -> torch.Tensor:
 
 
 ANY_K_TILE = 1 << 23  # (query, item) distances per slice of a search past the kernel's k: 64 MiB of int64
-GRAPH_CACHE = 64  # (queries, k) shapes kept per backend: ``graph_queries`` has 22 batch shapes, k a power of two
+# (queries, k) shapes kept per backend: ``graph_queries`` has 22 batch shapes, k a power of two. Warm-up's set must
+# fit: a search process merging 8 workers' batches of 64 warms 10 batch shapes × 9 fetches up to k = 4,096.
+GRAPH_CACHE = 128
 
 
 @dataclass(frozen=True)

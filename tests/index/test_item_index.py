@@ -11,7 +11,7 @@ import pytest
 from index.bundle import INDEX_FILE, Bundle, BundleError
 from index.cli import main as index_main
 from index.codes import CodeLayout, ScaleMode, dequantize, encode_planes2, encode_sign1
-from index.item_index import IndexSelfCheckError, ItemIndex
+from index.item_index import WARM_MAX_FETCH, IndexSelfCheckError, ItemIndex, warm_reach
 from index.retrieval import MAX_K
 from index.retrieval.counting_backend import CountingBackend
 from index.retrieval.faiss_backend import FaissBinaryBackend
@@ -275,3 +275,14 @@ def test_a_reranked_answer_does_not_depend_on_the_queries_searched_with_it() -> 
     alone = index.search(users[:1], 5, exclude=exclude[:1], query_scales=user_scales[:1])
     np.testing.assert_array_equal(together.ids[0], alone.ids[0])
     np.testing.assert_array_equal(together.scores[0], alone.scores[0])
+
+
+def test_warm_up_reaches_the_fetch_of_the_bundles_most_seen_user(ste_bundle: TrainedBundle) -> None:
+    """The widest fetch a request makes is k plus its user's seen items: the most-seen user sets the reach, never
+    below WARM_MAX_FETCH nor past the kernel's largest k."""
+    bundle = Bundle.load(ste_bundle.root)
+    heaviest = int(max(len(bundle.seen_items(row)) for row in range(bundle.manifest.n_users)))
+    assert 0 < heaviest < WARM_MAX_FETCH  # the tiny set: at k = 20 the floor holds
+    assert warm_reach(bundle, 20) == WARM_MAX_FETCH
+    assert warm_reach(bundle, WARM_MAX_FETCH) == WARM_MAX_FETCH + heaviest
+    assert warm_reach(bundle, MAX_K) == MAX_K

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.item_index import WARM_MAX_FETCH
 from service.model import ModelLoader, ModelLoadError
 from service.settings import ServiceSettings
 
@@ -22,10 +21,10 @@ def test_a_failed_allocation_is_one_line_and_may_pass() -> None:
 
 def test_every_loader_warms_up_to_the_fetch_the_settings_name(tmp_path: Path) -> None:
     """A worker's index and the search process's take RECSYS_WARM_MAX_FETCH (the search process at every worker's
-    batch size); the server's own check before binding warms nothing."""
-    settings = ServiceSettings(bundle_root=tmp_path, warm_max_fetch=4096, workers=4, batch_max_size=32)
+    batch size) and the default k a reach from the bundle starts at; the server's own check warms nothing."""
+    settings = ServiceSettings(bundle_root=tmp_path, warm_max_fetch=4096, workers=4, batch_max_size=32, default_k=50)
     worker, searcher = ModelLoader.for_worker(settings), ModelLoader.for_search_process(settings)
-    assert (worker.warm_batch, worker.warm_max_fetch) == (32, 4096)
-    assert (searcher.warm_batch, searcher.warm_max_fetch) == (128, 4096)
+    assert (worker.warm_batch, worker.warm_max_fetch, worker.warm_k) == (32, 4096, 50)
+    assert (searcher.warm_batch, searcher.warm_max_fetch, searcher.warm_k) == (128, 4096, 50)
     assert ModelLoader.for_check(settings).warm_batch == 0
-    assert ServiceSettings(bundle_root=tmp_path).warm_max_fetch == WARM_MAX_FETCH
+    assert ServiceSettings(bundle_root=tmp_path).warm_max_fetch == 0  # the bundle's reach

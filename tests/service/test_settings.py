@@ -62,7 +62,7 @@ def test_an_infinite_timeout_from_the_environment_is_one_line_before_anything_st
         ("RECSYS_REDIS_URL", "redis://127.0.0.1:99999/0", "Port out of range"),
         ("RECSYS_LOG_LEVEL", "nonsense", "setting log_level: Input should be 'critical', 'error'"),
         ("RECSYS_LOG_LEVEL", "", "setting log_level"),
-        ("RECSYS_WARM_MAX_FETCH", "8", "setting warm_max_fetch: Input should be greater than or equal to 16"),
+        ("RECSYS_WARM_MAX_FETCH", "-1", "setting warm_max_fetch: Input should be greater than or equal to 0"),
         ("RECSYS_WARM_MAX_FETCH", "8192", "setting warm_max_fetch: Input should be less than or equal to 4096"),
     ],
 )

@@ -4,7 +4,7 @@
 #   1. at once, the GPU warm-up tests (tests/index/test_warm.py), which need no card of their own;
 #   2. once every file of AFTER exists (what other jobs write when they are done with the GPU, e.g. industrial.sh's
 #      /tmp/industrial/exit; none: at once), the serve stage once per warm-up reach in WARM_FETCHES
-#      (RECSYS_WARM_MAX_FETCH; default "256 4096"): time to ready, memory, and 2,000 requests whose slowest 1 % are
+#      (RECSYS_WARM_MAX_FETCH; default "0 256": the bundle's reach, the default, against the old 256): time to ready, memory, and 2,000 requests whose slowest 1 % are
 #      kept with their users' seen counts;
 #   3. the capacity stage (wrk, 8 workers and the search process; CAPACITY_OPTIONS, default GETs at 16 to 256
 #      connections) at the warm-up reach whose serve p99 was lowest; CAPACITY=0 leaves it out.
@@ -27,14 +27,14 @@ if [ ! -f "$work/serving_started" ]; then
     python3 -m pytest -q -m gpu -p no:cacheprovider tests/index/test_warm.py || status=\$?
     for file in ${AFTER:-}; do while [ ! -f \$file ]; do sleep 5; done; done
     echo \"card free at \$(date +%T)\"
-    for fetch in ${WARM_FETCHES:-256 4096}; do
+    for fetch in ${WARM_FETCHES:-0 256}; do
       $scale --stages serve --note \"${SERVE_NOTE:-lent GPU, alone}; RECSYS_WARM_MAX_FETCH \$fetch\" \
         --serve-options \"--requests 2000 --concurrency 16 --ready-timeout 300 --warm-max-fetch \$fetch\" || status=\$?
     done
     if [ ${CAPACITY:-1} != 0 ]; then
       best=\$(python3 -c \"import json; rows = [r for r in json.load(open('$work/industrial_scale.json')) \\
-        if r['stage'] == 'serve' and r.get('p99_ms') and r.get('warm_max_fetch')]; \\
-        print(min(rows, key=lambda r: r['p99_ms'])['warm_max_fetch'] if rows else 256)\")
+        if r['stage'] == 'serve' and r.get('p99_ms') and 'warm_max_fetch' in r]; \\
+        print(min(rows, key=lambda r: r['p99_ms'])['warm_max_fetch'] if rows else 0)\")
       echo \"capacity at RECSYS_WARM_MAX_FETCH \$best\"
       $scale --stages capacity --note \"${SERVE_NOTE:-lent GPU, alone}; RECSYS_WARM_MAX_FETCH \$best, the lower serve p99\" \
         --capacity-options \"${CAPACITY_OPTIONS:---connections 16 64 128 256 --scale-workers --budget-s 260} --warm-max-fetch \$best\" \
