@@ -189,6 +189,8 @@ class ModelLoader:
 
     def _own_index(self, bundle: Bundle) -> ItemIndex:
         index = ItemIndex.for_bundle(bundle, device=self.device, backend=self.backend)
+        if not (self.warm_batch and index.on_gpu):
+            return index  # nothing to capture
         reach = self.warm_max_fetch or warm_reach(bundle, self.warm_k)
         if searches := index.warm(self.warm_batch, reach):
             log.info("warmed up %d search shapes: batches up to %d, fetches up to %d", searches, self.warm_batch, reach)
