@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from index.bundle import Bundle, resolve_bundle_path
 from index.codes import CodeLayout, as_query, encode_sign1
-from index.item_index import ItemIndex
+from index.item_index import ItemIndex, warm_reach
+from service.model import ModelLoader
+from tests.conftest import TrainedBundle
+from tests.index.test_bundle import forge, npz
 
 
 def test_a_cpu_index_has_nothing_to_warm() -> None:
@@ -92,3 +98,29 @@ def test_warm_up_stops_at_the_backends_fast_path() -> None:
     items = encode_sign1(np.random.default_rng(6).standard_normal((50_000, 64)))
     gpu = ItemIndex.build(items, CodeLayout.SIGN1, 64, device="gpu", backend="faiss-gpu")
     assert gpu.warm(4, max_fetch=4096) == 3 * 8  # batches 1, 2, 4; fetches 16..2048
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_and_triton(), reason="needs CUDA and Triton")
+def test_a_bundles_most_seen_user_meets_a_shape_the_servers_warm_up_captured(
+    tmp_path: Path, ste_bundle: TrainedBundle
+) -> None:
+    """The served reach comes from the bundle: a user who skips 350 of 400 items (a fetch of 370, captured at the
+    whole catalogue), searched with light users, replays a graph the loader's warm-up captured (a reach of 256
+    would not have) and answers as the CPU does."""
+    root = tmp_path / "bundles"
+    shutil.copytree(ste_bundle.root, root)
+    path = resolve_bundle_path(root)
+    bundle = Bundle.load(path)
+    rows = [np.arange(350, dtype=np.int64)] + [bundle.seen_items(row) for row in range(1, bundle.manifest.n_users)]
+    indptr = np.r_[0, np.cumsum([len(row) for row in rows])].astype(np.int64)
+    forge(path, "seen.npz", npz(indptr=indptr, indices=np.concatenate(rows)))
+    model = ModelLoader(bundle_root=root, device="gpu", backend="triton", warm_batch=4).load()
+    assert warm_reach(model.bundle, 20) == 370
+    captured = dict(model.index.retrieval._captured)  # type: ignore[union-attr]
+    users = np.asarray(model.bundle.user_codes[:3])
+    exclude = [model.bundle.seen_items(row) for row in range(3)]
+    cpu = ItemIndex.for_bundle(model.bundle, device="cpu", backend="faiss-cpu")
+    got, want = model.index.search(users, 20, exclude=exclude), cpu.search(users, 20, exclude=exclude)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    assert dict(model.index.retrieval._captured).keys() == captured.keys()  # type: ignore[union-attr]
