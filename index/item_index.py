@@ -110,7 +110,7 @@ class Reranker:
         return dequantize(self.item_codes[ids], layout, dim, self.item_scales[ids], self.mode)
 
 
-# The least reach warm-up prepares: k = 20 plus up to a few hundred seen items to skip (a power of two).
+# The least reach ``warm_reach`` takes from a bundle: k = 20 plus a few hundred seen items to skip (a power of two).
 WARM_MAX_FETCH = 256
 
 

@@ -4,8 +4,8 @@
 #   1. at once, the GPU warm-up tests (tests/index/test_warm.py), which need no card of their own;
 #   2. once every file of AFTER exists (what other jobs write when they are done with the GPU, e.g. industrial.sh's
 #      /tmp/industrial/exit; none: at once), the serve stage once per warm-up reach in WARM_FETCHES
-#      (RECSYS_WARM_MAX_FETCH; default "0 256": the bundle's reach, the default, against the old 256): time to ready, memory, and 2,000 requests whose slowest 1 % are
-#      kept with their users' seen counts;
+#      (RECSYS_WARM_MAX_FETCH; default "0 256": the bundle's reach, the service's default, against the old 256):
+#      time to ready, memory, and 2,000 requests whose slowest 1 % are kept with their users' seen counts;
 #   3. the capacity stage (wrk, 8 workers and the search process; CAPACITY_OPTIONS, default GETs at 16 to 256
 #      connections) at the warm-up reach whose serve p99 was lowest; CAPACITY=0 leaves it out.
 # SERVE_NOTE (default "lent GPU, alone") is recorded with each row: say so when something else shares the card.
