@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,18 @@ def capacity(args: Any, bundles: Path, work: Path) -> tuple[Measured, dict[str, 
     return run, figures
 
 
+def wait_for(files: list[Path], poll_s: float = 5.0) -> None:
+    """Until every file exists; the generate and load stages, on the host, need not wait."""
+    missing = [f for f in files if not f.exists()]
+    if not missing:
+        return
+    print(f"train waits for {', '.join(map(str, missing))}", flush=True)
+    started = time.monotonic()
+    while any(not f.exists() for f in files):
+        time.sleep(poll_s)
+    print(f"train waited {time.monotonic() - started:.0f} s", flush=True)
+
+
 def main() -> int:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -170,6 +183,9 @@ def main() -> int:
     parser.add_argument("--capacity-options", default="--connections 16 64 128 256 --post-connections "
                         "--scale-workers --budget-s 300", help="benchmarks.gpu_serving options")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600, help="seconds a stage may run")
+    parser.add_argument("--train-after", type=Path, nargs="*", default=[],
+                        help="files the train stage waits for: what other jobs write once done with the GPU, whose "
+                        "memory a 10M training needs to itself")  # fmt: skip
     parser.add_argument("--note", default="", help="recorded with each row")
     parser.add_argument("--out", type=Path, default=RESULTS / "industrial_scale.json")
     args = parser.parse_args()
@@ -200,6 +216,7 @@ def main() -> int:
             wall, host = figures.pop("wall_s"), figures.pop("peak_host_gb")
             row(stage, wall, host, None, ram_multiple=round(host / arrays_gb, 2), **figures)
         elif stage == "train":
+            wait_for(args.train_after)
             if records.exists():
                 records.unlink()
             run = measured(train_command(args, data, bundles, records), work / "train.log", args.timeout)

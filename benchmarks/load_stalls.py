@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import benchmark_parser, markdown_table
-from service.model import SWITCH_INTERVAL_S, ModelLoader
+from service.model import SWITCH_INTERVAL_S, ModelLoader, ModelLoadError
 
 TICK_S = 0.005
 
@@ -83,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                               dim=64)  # fmt: skip
         loader = ModelLoader(bundle_root=root, device=args.device, backend=args.backend, warm_batch=args.warm_batch)
         started = time.perf_counter()
-        with StallWatch(threading.get_ident()) as watch:
-            model = loader.load()
+        try:
+            with StallWatch(threading.get_ident()) as watch:
+                model = loader.load()
+        except ModelLoadError as error:  # no bundle there, or one that does not load: one line, as the service says
+            print(f"load_stalls: error: {error}", file=sys.stderr)
+            return 2
         load_s = time.perf_counter() - started
     longest = max((s["held_s"] for s in watch.stalls), default=0.0)
     record = {

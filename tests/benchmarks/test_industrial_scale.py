@@ -7,11 +7,14 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks.harness import ROOT
+from benchmarks.industrial_scale import wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None or shutil.which("wrk") is None, reason="needs redis-server and wrk"
@@ -53,3 +56,15 @@ def test_a_failed_stage_is_recorded_and_the_stages_after_it_still_run(tmp_path: 
     assert [row["stage"] for row in rows] == ["index", "serve"]
     assert all(row["wall_s"] is None and row["error"] for row in rows)
     assert "neither a bundle" in rows[1]["error"]  # the server's own reason, as soon as it exited
+
+
+def test_the_train_stage_waits_for_the_files_it_is_told_to(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--train-after: a 10M training must not start while another job still holds the GPU's memory."""
+    done = tmp_path / "other_job_done"
+    threading.Timer(0.5, done.touch).start()
+    started = time.monotonic()
+    wait_for([done], poll_s=0.05)
+    assert done.exists() and time.monotonic() - started >= 0.45
+    assert f"train waits for {done}" in capsys.readouterr().out
+    wait_for([done])  # already there: at once, silently
+    assert capsys.readouterr().out == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,11 @@ def test_a_worker_load_on_the_cpu_reports_its_longest_hold(capsys: pytest.Captur
     record = json.loads(capsys.readouterr().out.splitlines()[0])
     assert record["backend"] and record["load_s"] > 0
     assert record["would_be_killed"] is (record["longest_hold_s"] >= 5.0)
+
+
+def test_a_root_without_a_bundle_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pipeline whose training failed leaves no bundle: its stall check says so, not a traceback."""
+    assert main(["--bundle-root", str(tmp_path), "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("load_stalls: error: ") and "no CURRENT" in captured.err
+    assert captured.err.count("\n") == 1 and captured.out == ""

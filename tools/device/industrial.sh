@@ -8,7 +8,9 @@
 #
 # SCALES (default "1000000:3 10000000:10"): users=items : minutes of training. INDUSTRIAL_ARGS adds options of
 # benchmarks.industrial_scale (e.g. "--batch-size 2097152", or "--stages generate load train index" to leave the
-# serving stages to tools/device/industrial_serving.sh once the card is free). The first call starts the runs in their own process
+# serving stages to tools/device/industrial_serving.sh once the card is free). TRAIN_AFTER names files the train
+# stage waits for (what other jobs write once done with the GPU): generate and load run at once, on the host, but a
+# 10M training needs the card's memory to itself (beside four #32 recipes it ran out of it). The first call starts the runs in their own process
 # session; every call waits up to WAIT_SECONDS, then copies the records (industrial_scale.json) and each stage's log
 # to $OUT. Exit 0 while it runs, then the runs' exit code. Set RECSYS_COMMIT (no .git travels).
 # Needs, carried with the call: .whl/ (the service's wheels, faiss-cpu) and .carry/debs/ (redis-server and wrk:
@@ -34,11 +36,11 @@ if [ ! -f "$work/started" ]; then
         --device cuda --out $work/propagation_bandwidth.json || status=\$?; fi
       python3 -m benchmarks.industrial_scale --users \$n --items \$n --device cuda --train-minutes \$minutes \
         --work-dir $work/\$n --out $work/industrial_scale.json --note 'lent GPU, one stage at a time' \
-        ${INDUSTRIAL_ARGS:-} || { status=\$?
-          # A stage failed: how long loading this bundle as a worker does holds the interpreter (uvicorn kills a
-          # worker that cannot answer its health check), whatever the failure was.
-          python3 -m benchmarks.load_stalls --bundle-root $work/\$n/bundles --device gpu \
-            --out $work/\$n/load_stalls.json || true; }
+        ${TRAIN_AFTER:+--train-after $TRAIN_AFTER} ${INDUSTRIAL_ARGS:-} || { status=\$?
+          # A stage failed after the bundle was published: how long loading it as a worker holds the interpreter
+          # (uvicorn kills a worker that cannot answer its health check), whatever the failure was.
+          if [ -f $work/\$n/bundles/CURRENT ]; then python3 -m benchmarks.load_stalls --bundle-root \
+            $work/\$n/bundles --device gpu --out $work/\$n/load_stalls.json || true; fi; }
     done
     echo \$status >$work/exit" >"$work/run.log" 2>&1 </dev/null &
 fi

@@ -27,6 +27,10 @@ if [ ! -f "$work/serving_started" ]; then
     python3 -m pytest -q -m gpu -p no:cacheprovider tests/index/test_warm.py || status=\$?
     for file in ${AFTER:-}; do while [ ! -f \$file ]; do sleep 5; done; done
     echo \"card free at \$(date +%T)\"
+    if [ ! -f $work/$n/bundles/CURRENT ]; then  # the training failed: nothing to serve, no rows to record
+      echo \"no bundle published under $work/$n/bundles: the serving stages need industrial.sh's train stage\"
+      echo 1 >$work/serving_exit; exit 1
+    fi
     for fetch in ${WARM_FETCHES:-0 256}; do
       $scale --stages serve --note \"${SERVE_NOTE:-lent GPU, alone}; RECSYS_WARM_MAX_FETCH \$fetch\" \
         --serve-options \"--requests 2000 --concurrency 16 --ready-timeout 300 --warm-max-fetch \$fetch\" || status=\$?
