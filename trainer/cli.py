@@ -41,7 +41,7 @@ from trainer.export import ExportReport, export_bundle
 from trainer.metering import PhaseClock
 from trainer.options import add_options, flag_of, from_args, option, options_of
 from trainer.quantization import check_options
-from trainer.recipe import AUTO, RecipeOptions, check_recipe, fit, fp_stages, student_options
+from trainer.recipe import AUTO, RecipeOptions, best_teacher, check_recipe, fit, fp_stages, student_options
 from trainer.train import TrainResult, pick_device
 from trainer.warm_start import logit_temperature, save_stages
 
@@ -337,13 +337,14 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
     if recipe:
         check_output_directory(recipe_options.stage_cache, "--stage-cache")
         stage_argv, stage_given = inner_options("--stage-options", recipe_options.stage_options)
-        teacher_argv, teacher_given = inner_options("--teacher-options", recipe_options.teacher_options)
+        teachers_argv = [inner_options("--teacher-options", text) for text in recipe_options.teacher_options]
+        teacher_given = frozenset().union(*(given for _, given in teachers_argv))
         check_recipe(
             run_config.train, distributed=world.distributed, stage_options=stage_given, teacher_options=teacher_given
         )
-        # Both stages' configurations, their bounds checked before any data is read.
+        # Every stage's configuration, its bounds checked before any data is read.
         stage_train = inner_config("--stage-options", args, stage_argv)
-        teacher_train = inner_config("--teacher-options", args, stage_argv + teacher_argv)
+        teacher_trains = [inner_config("--teacher-options", args, stage_argv + argv) for argv, _ in teachers_argv]
     options, config, output = run_config.data, run_config.train, run_config.output
     synthetic = SyntheticConfig(
         n_users=options.synthetic_users, n_items=options.synthetic_items, seed=config.optim.seed
@@ -363,7 +364,7 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
     stage_records: list[dict[str, object]] = []
     if recipe:
         identity = {k: v for k, v in vars(options).items() if k not in ("data_dir", "dataset_url", "sha256")}
-        stages = fp_stages(
+        warm, teachers = fp_stages(
             data,
             stage_train,
             dim=config.model.dim,
@@ -371,10 +372,12 @@ def run(args: argparse.Namespace, world: World, given: frozenset[str] = frozense
             cache=recipe_options.stage_cache,
             identity=identity,
             side_by_side=recipe_options.stages_side_by_side and pick_device(stage_train.runtime.device).type == "cuda",
-            teacher_config=teacher_train,
+            teacher_configs=teacher_trains,
         )
-        stage_records = [stage.record(data.name) for stage in stages]
-        args = argparse.Namespace(**(vars(args) | student_options(config, *stages, given)))
+        teacher = best_teacher(teachers)
+        stage_records = [warm.record(data.name)]
+        stage_records += [t.record(data.name) | {"selected": t is teacher} for t in teachers]
+        args = argparse.Namespace(**(vars(args) | student_options(config, warm, teacher, given)))
         config = RunConfig.from_args(args).train
         clock.done("stages")
     result, saved = fit(data, config, with_refit=output.refit)

@@ -4,7 +4,10 @@ The best codes start from the `fp` model of their own width (the warm start) and
 twice as wide (the teacher; docs/training.md). With ``--teacher auto`` one run trains the three in turn:
 
 1. ``fp`` at the student's ``--dim``, saved as the warm start;
-2. ``fp`` at 2 × ``--dim``, saved as the teacher;
+2. ``fp`` at 2 × ``--dim``, saved as the teacher: one per ``--teacher-options`` candidate (by default the sampled
+   softmax at two L2 weights and BPR), the one with the best validation score kept. Which teacher is best differs
+   between datasets and budgets (docs/experiments/fp_quality.md: each dataset has its own weight; a softmax model cut
+   short on a CPU ranks below BPR), and validation is what a run may select on;
 3. the student, with ``--warm-start-from`` (1), ``--teacher`` (2) and the distillation settings of the best
    measured recipe where the command line did not set them.
 
@@ -20,7 +23,7 @@ import fcntl
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -38,13 +41,20 @@ from trainer.warm_start import SavedStage, Stage, load_stage, logit_temperature,
 
 log = logging.getLogger(__name__)
 # In every cache file's key: files of an older format are not reused. 2: the file records its logits' temperature
-# (a teacher is read at it; an older softmax teacher would be read at 1).
-STAGE_FORMAT = 2
+# (a teacher is read at it; an older softmax teacher would be read at 1). 3: and its validation score (which
+# teacher distils).
+STAGE_FORMAT = 3
 
 AUTO = Path("auto")  # --teacher auto
 
 # The best measured distillation of 2-bit codes (docs/training.md); 1-bit codes were best at the defaults.
 TWO_BIT_DEFAULTS: dict[str, object] = {"distill_weight": 3.0, "softmax_negatives": 1024}
+# The teachers tried by default: the #32 full-precision recipe (a sampled softmax over in-batch items with a strong
+# L2 weight), which taught the best measured codes (docs/benchmarks/quality.md), at the weights that were best on
+# validation for Yelp2018 (5e-2) and Gowalla (2e-1); and BPR, the better teacher where the softmax cannot converge
+# in the time given (ml-100k on a CPU).
+SOFTMAX_TEACHER = "--loss softmax --softmax-negatives 0 --temperature 0.2 --lr 1e-3"
+TEACHER_CANDIDATES = (f"{SOFTMAX_TEACHER} --reg 5e-2", f"{SOFTMAX_TEACHER} --reg 2e-1", "--loss bpr")
 
 
 @dataclass(frozen=True)
@@ -61,10 +71,11 @@ class RecipeOptions:
         "--teacher auto: optimisation, schedule and device options the fp stages take over this run's own, as on "
         'the command line (e.g. "--loss softmax --temperature 0.2 --lr 1e-3 --reg 0.2")',
     )
-    teacher_options: str = option(
-        "",
-        "--teacher auto: options the fp teacher (stage 2) alone takes over --stage-options, the same kinds (e.g. a "
-        'softmax-trained teacher beside a BPR warm start: "--loss softmax --temperature 0.2 --lr 1e-3")',
+    teacher_options: tuple[str, ...] = option(
+        TEACHER_CANDIDATES,
+        "--teacher auto: the fp teachers (stage 2) to try, one quoted string of options each, over --stage-options "
+        "and of the same kinds; all are trained (side by side on a GPU) and the one with the best validation score "
+        "distils (one string: that teacher alone). Default: the sampled softmax at --reg 5e-2 and 2e-1, and BPR",
     )
     stages_side_by_side: bool = option(
         True,
@@ -90,6 +101,7 @@ class FittedStage:
     cached: bool
     seconds: float
     epochs: int
+    valid: float | None  # the selection metric on validation of the selected (not the refit) model
 
     def record(self, dataset: str) -> dict[str, object]:
         """The stage's line in --results-json."""
@@ -103,7 +115,27 @@ class FittedStage:
             "stage_file": str(self.path),
             "train_seconds": round(self.seconds, 1),
             "epochs": self.epochs,
+            f"valid_{self.config.schedule.select_metric}": self.valid,
         }
+
+
+def best_teacher(teachers: Sequence[FittedStage]) -> FittedStage:
+    """The teacher with the best validation score (the first of equals; one that has none only when none has)."""
+    best = max(teachers, key=lambda stage: float("-inf") if stage.valid is None else stage.valid)
+    if len(teachers) > 1:
+        scores = "; ".join(f"{describe(t.config)}: {_score(t)}" for t in teachers)
+        log.info("stage 2/3: the teacher (%s) distils (validation %s: %s)", describe(best.config),
+                 best.config.schedule.select_metric, scores)  # fmt: skip
+    return best
+
+
+def _score(stage: FittedStage) -> str:
+    return "none" if stage.valid is None else f"{stage.valid:.4f}"
+
+
+def describe(config: TrainConfig) -> str:
+    """What tells the teachers apart in the log: their loss and L2 weight."""
+    return f"{config.optim.loss}, --reg {config.optim.reg:g}"
 
 
 def check_recipe(
@@ -156,7 +188,8 @@ def stage_config(config: TrainConfig, dim: int) -> TrainConfig:
 def fit(data: Dataset, config: TrainConfig, *, with_refit: bool) -> tuple[TrainResult, dict[Stage, SavedStage]]:
     """Train (and refit) one model; also its ego embeddings per stage, for a warm-start file."""
     result = train(data, config)
-    stages: dict[Stage, SavedStage] = {"select": _saved(result, result.train_seconds)}
+    valid = result.best_valid.get(config.schedule.select_metric)
+    stages: dict[Stage, SavedStage] = {"select": _saved(result, result.train_seconds, valid)}
     if with_refit:
         selected_seconds = result.train_seconds
         result = refit(data, config, result)
@@ -164,10 +197,10 @@ def fit(data: Dataset, config: TrainConfig, *, with_refit: bool) -> tuple[TrainR
     return result, stages
 
 
-def _saved(result: TrainResult, seconds: float) -> SavedStage:
+def _saved(result: TrainResult, seconds: float, valid: float | None = None) -> SavedStage:
     with torch.no_grad():
         ego = result.model.inputs().detach()
-    return SavedStage(ego=ego, seconds=seconds, epochs=result.best_epoch + 1)
+    return SavedStage(ego=ego, seconds=seconds, epochs=result.best_epoch + 1, valid=valid)
 
 
 def fp_stages(
@@ -179,29 +212,32 @@ def fp_stages(
     cache: Path,
     identity: Mapping[str, object],
     side_by_side: bool = False,
-    teacher_config: TrainConfig | None = None,
-) -> tuple[FittedStage, FittedStage]:
+    teacher_configs: Sequence[TrainConfig] = (),
+) -> tuple[FittedStage, list[FittedStage]]:
     """Stages 1 and 2, trained with ``config`` (the run's, with --stage-options) or reused: the warm start at the
-    student's width ``dim`` and the teacher at twice it, with ``teacher_config`` where given (--teacher-options).
+    student's width ``dim`` and a teacher at twice it for each of ``teacher_configs`` (one per --teacher-options
+    string; none given: ``config``), for ``best_teacher`` to choose from.
 
-    Neither needs the other, so with ``side_by_side`` the teacher trains in a second process while this one trains
-    the warm start: one small model leaves most of a GPU idle. A stage that another run is training (it holds the
+    None needs another, so with ``side_by_side`` the teachers train in other processes while this one trains the
+    warm start: one small model leaves most of a GPU idle. A stage that another run is training (it holds the
     stage's lock) is waited for and reused rather than trained twice."""
     key = {"dataset": dict(identity), "fingerprint": fingerprint(data), "refit": with_refit, "format": STAGE_FORMAT}
     warm = _plan("warm_start", 1, stage_config(config, dim), data, cache, key)
-    teacher = _plan("teacher", 2, stage_config(teacher_config or config, 2 * dim), data, cache, key)
-    trained: dict[str, tuple[float, int]] = {}
-    with ExitStack() as cleanup:  # each stage's lock is let go once it is saved; a second process is waited for
-        claimed = [(plan, cleanup.enter_context(lock)) for plan in (warm, teacher) if (lock := _claim(plan))]
+    plans = [_plan("teacher", 2, stage_config(c, 2 * dim), data, cache, key) for c in teacher_configs or [config]]
+    teachers = list({plan.path: plan for plan in plans}.values())  # a configuration given twice trains once
+    trained: dict[Path, tuple[float, int, float | None]] = {}
+    with ExitStack() as cleanup:  # each stage's lock is let go once it is saved; other processes are waited for
+        claimed = [(plan, cleanup.enter_context(lock)) for plan in (warm, *teachers) if (lock := _claim(plan))]
         here, beside = (claimed[:1], claimed[1:]) if side_by_side else (claimed, [])
-        pool = cleanup.enter_context(ProcessPoolExecutor(1, mp_context=get_context("spawn")))  # starts on submit
+        # Workers start on submit: none when nothing trains beside.
+        pool = cleanup.enter_context(ProcessPoolExecutor(max(1, len(beside)), mp_context=get_context("spawn")))
         futures = [(plan, pool.submit(_train_stage, data, plan, with_refit)) for plan, _ in beside]
         for plan, lock in here:
-            trained[plan.name] = _train_stage(data, plan, with_refit)
+            trained[plan.path] = _train_stage(data, plan, with_refit)
             lock.close()
         for plan, future in futures:
-            trained[plan.name] = future.result()
-    return _resolved(data, warm, trained, with_refit), _resolved(data, teacher, trained, with_refit)
+            trained[plan.path] = future.result()
+    return _resolved(data, warm, trained, with_refit), [_resolved(data, t, trained, with_refit) for t in teachers]
 
 
 @dataclass(frozen=True)
@@ -215,7 +251,8 @@ class _StagePlan:
 
     @property
     def title(self) -> str:
-        return f"stage {self.number}/3: fp d={self.config.model.dim} {self.name.replace('_', ' ')}"
+        what = f"fp d={self.config.model.dim} {self.name.replace('_', ' ')}"
+        return f"stage {self.number}/3: {what}" + (f" ({describe(self.config)})" if self.number == 2 else "")
 
     @contextmanager
     def lock(self, *, wait: bool) -> Iterator[bool]:
@@ -256,34 +293,36 @@ def _claim(plan: _StagePlan) -> ExitStack | None:
     return None
 
 
-def _train_stage(data: Dataset, plan: _StagePlan, with_refit: bool) -> tuple[float, int]:
+def _train_stage(data: Dataset, plan: _StagePlan, with_refit: bool) -> tuple[float, int, float | None]:
     """Train and save atomically (an interrupted run leaves no half file to reuse); the seconds and epochs it
-    took. Also the entry point of the second process of ``side_by_side``, which logs like the first."""
+    took and its validation score. Also the entry point of the other processes of ``side_by_side``, which log like
+    the first."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("%s: training, saved to %s", plan.title, plan.path)
     result, stages = fit(data, plan.config, with_refit=with_refit)
     save_stages(plan.path, data.name, stages, layers=plan.config.model.layers,
                 temperature=logit_temperature(plan.config.optim.loss, plan.config.optim.temperature))  # fmt: skip
-    return result.train_seconds, result.best_epoch + 1
+    return result.train_seconds, result.best_epoch + 1, stages["select"].valid
 
 
 def _resolved(
-    data: Dataset, plan: _StagePlan, trained: Mapping[str, tuple[float, int]], with_refit: bool
+    data: Dataset, plan: _StagePlan, trained: Mapping[Path, tuple[float, int, float | None]], with_refit: bool
 ) -> FittedStage:
     """The stage as this run trained it, or the saved one: waited for while another run trains it, trained here
     if that run failed."""
-    if plan.name in trained:
-        seconds, epochs = trained[plan.name]
-        return FittedStage(plan.name, plan.config, plan.path, cached=False, seconds=seconds, epochs=epochs)
-    with plan.lock(wait=True):
-        if not plan.path.is_file():
-            seconds, epochs = _train_stage(data, plan, with_refit)
-            return FittedStage(plan.name, plan.config, plan.path, cached=False, seconds=seconds, epochs=epochs)
+    if plan.path not in trained:
+        with plan.lock(wait=True):
+            if not plan.path.is_file():
+                trained = {plan.path: _train_stage(data, plan, with_refit)}
+    if plan.path in trained:
+        seconds, epochs, valid = trained[plan.path]
+        return FittedStage(plan.name, plan.config, plan.path, cached=False, seconds=seconds, epochs=epochs, valid=valid)
     dim = plan.config.model.dim
     saved = load_stage(plan.path, "select", dataset=data.name, n_nodes=data.n_users + data.n_items, dim=dim)
     log.info("%s: cached %s", plan.title, plan.path)
-    return FittedStage(plan.name, plan.config, plan.path, cached=True, seconds=saved.seconds, epochs=saved.epochs)
+    return FittedStage(plan.name, plan.config, plan.path, cached=True, seconds=saved.seconds, epochs=saved.epochs,
+                       valid=saved.valid)  # fmt: skip
 
 
 def student_options(

@@ -4,7 +4,8 @@ Quantization-aware training starts from a trained fp model (as GNAQ prescribes a
 does). Training that model once per quantized method repeats the same work; instead an `fp` run saves
 its ego embeddings — the validation-selected model and, with ``--refit``, the model refit on train +
 validation — and quantized runs load the one matching their own stage. The file also carries the
-seconds and epochs that stage took, so a quantized run's reported training time still includes them.
+seconds and epochs that stage took, so a quantized run's reported training time still includes them, and the
+selected model's validation score, by which ``--teacher auto`` picks one of several teachers.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class SavedStage:
     ego: torch.Tensor
     seconds: float
     epochs: int
+    valid: float | None = None  # the selection metric on validation (a refit stage has none of its own)
 
 
 def logit_temperature(loss: str, temperature: float) -> float:
@@ -56,7 +58,9 @@ def save_stages(
         **({"layers": layers} if layers is not None else {}),
         **({"temperature": temperature} if temperature is not None else {}),
         "stages": {
-            name: {"ego": s.ego.detach().cpu(), "seconds": s.seconds, "epochs": s.epochs} for name, s in stages.items()
+            name: {"ego": s.ego.detach().cpu(), "seconds": s.seconds, "epochs": s.epochs}
+            | ({"valid": s.valid} if s.valid is not None else {})
+            for name, s in stages.items()
         },
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -91,7 +95,11 @@ def load_stage(
         raise WarmStartError(f"{path}: embeddings of shape {tuple(ego.shape)}, this model needs {wanted}")
     if not torch.isfinite(ego).all():
         raise WarmStartError(f"{path}: the {stage!r} stage holds NaN or infinite embeddings")
-    return SavedStage(ego=ego.float(), seconds=float(entry["seconds"]), epochs=int(entry["epochs"]))
+    valid = entry.get("valid")
+    return SavedStage(
+        ego=ego.float(), seconds=float(entry["seconds"]), epochs=int(entry["epochs"]),
+        valid=float(valid) if valid is not None else None,
+    )  # fmt: skip
 
 
 def saved_temperature(path: Path) -> float:

@@ -19,7 +19,7 @@ from index.bundle import Bundle
 from trainer.cli import given_options
 from trainer.config import TrainConfig
 from trainer.data import Dataset
-from trainer.recipe import FittedStage, fp_stages
+from trainer.recipe import FittedStage, best_teacher, fp_stages
 
 TINY = ["--synthetic-users", "300", "--synthetic-items", "400", "--dim", "16", "--epochs", "2", "--eval-every", "1"]
 
@@ -36,22 +36,32 @@ def test_one_command_trains_the_stages_once_and_publishes_only_the_student(tmp_p
     first = run_cli(*common, "--method", "hq", "--bits", "2", "--bundle-root", str(tmp_path / "a"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "stage 1/3: fp d=16 warm start: training" in first.stderr
-    assert "stage 2/3: fp d=32 teacher: training" in first.stderr and "stage 3/3: hq d=16 student" in first.stderr
+    for kind in ("softmax, --reg 0.05", "softmax, --reg 0.2", "bpr, --reg 0.0001"):  # the default candidates
+        assert f"stage 2/3: fp d=32 teacher ({kind}): training" in first.stderr
+    assert "stage 3/3: hq d=16 student" in first.stderr
     assert "(refit stage)" in first.stderr  # the student's refit starts from and distils the fp stages' refits
 
     published = [p for p in (tmp_path / "a").iterdir() if p.name != "CURRENT"]
     assert len(published) == 1  # the fp stages publish nothing
     bundle = Bundle.load(tmp_path / "a")
     assert bundle.manifest.method == "hq" and bundle.manifest.bits == 2 and bundle.manifest.dim == 16
-    warm, teacher, student = json.loads(results.read_text())
-    assert [r["stage"] for r in (warm, teacher, student)] == ["warm_start", "teacher", "student"]
-    assert (warm["dim"], teacher["dim"], warm["cached"], teacher["cached"]) == (16, 32, False, False)
-    assert bundle.manifest.training["stages"] == [warm, teacher]
+    warm, *teachers, student = json.loads(results.read_text())
+    assert [r["stage"] for r in (warm, *teachers, student)] == ["warm_start", *["teacher"] * 3, "student"]
+    assert (warm["loss"], warm["dim"], warm["cached"]) == ("bpr", 16, False)
+    assert [(t["loss"], t["reg"], t["dim"], t["cached"]) for t in teachers] == [
+        ("softmax", 0.05, 32, False), ("softmax", 0.2, 32, False), ("bpr", 1e-4, 32, False)
+    ]  # fmt: skip
+    # The teacher that distils is the one with the best validation score.
+    (teacher,) = [t for t in teachers if t["selected"]]
+    assert teacher["valid_recall@20"] == max(t["valid_recall@20"] for t in teachers) > 0
+    assert f"stage 2/3: the teacher ({teacher['loss']}, --reg {teacher['reg']:g}) distils" in first.stderr
+    assert bundle.manifest.training["stages"] == [warm, *teachers]
     assert bundle.manifest.training["config"]["warm_start_from"] == warm["stage_file"]
     assert bundle.manifest.training["config"]["distillation"]["teacher"] == student["teacher"] == teacher["stage_file"]
     assert (student["distill_weight"], student["softmax_negatives"]) == (3.0, 1024)  # the best 2-bit recipe
+    assert student["distill_temperature"] == teacher["temperature"]  # the teacher read at its own temperature
     files = sorted(cache.glob("*.pt"))
-    assert len(files) == 2 and not list(cache.glob(".*"))  # no temporary file left behind
+    assert len(files) == 4 and not list(cache.glob(".*"))  # no temporary file left behind
     assert sorted(p.name for p in (cache / "locks").iterdir()) == [f"{f.name}.lock" for f in files]
     written = {f: f.stat().st_mtime_ns for f in files}
 
@@ -61,16 +71,21 @@ def test_one_command_trains_the_stages_once_and_publishes_only_the_student(tmp_p
         cwd=tmp_path,
     )  # fmt: skip
     assert second.returncode == 0, second.stderr
-    assert "warm start: cached" in second.stderr and "teacher: cached" in second.stderr
+    assert "warm start: cached" in second.stderr and second.stderr.count("--reg 0.2): cached") == 1
     assert "train fp" not in second.stderr
     assert {f: f.stat().st_mtime_ns for f in cache.glob("*.pt")} == written
-    records = json.loads(results.read_text())[3:]
+    records = json.loads(results.read_text())[5:]
     assert [(r["stage"], r.get("cached")) for r in records] == [
         ("warm_start", True),
         ("teacher", True),
+        ("teacher", True),
+        ("teacher", True),
         ("student", None),
     ]
-    assert (records[2]["distill_weight"], records[2]["softmax_negatives"]) == (2.0, 0)  # 1-bit: no 2-bit defaults
+    # The cached teachers' validation scores choose the same teacher again.
+    assert [r["selected"] for r in records[1:4]] == [t["selected"] for t in teachers]
+    assert [r["valid_recall@20"] for r in records[1:4]] == [t["valid_recall@20"] for t in teachers]
+    assert (records[4]["distill_weight"], records[4]["softmax_negatives"]) == (2.0, 0)  # 1-bit: no 2-bit defaults
 
 
 def test_stage_options_steer_the_fp_stages_only(tmp_path: Path) -> None:
@@ -81,9 +96,12 @@ def test_stage_options_steer_the_fp_stages_only(tmp_path: Path) -> None:
         "--bundle-root", str(tmp_path / "b"), cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    warm, teacher, student = json.loads(results.read_text())
-    for stage in (warm, teacher):
-        assert (stage["loss"], stage["temperature"], stage["lr"], stage["reg"]) == ("softmax", 0.2, 2e-3, 0.2)
+    warm, *teachers, student = json.loads(results.read_text())
+    assert (warm["loss"], warm["temperature"], warm["lr"], warm["reg"]) == ("softmax", 0.2, 2e-3, 0.2)
+    # The teachers take each of --teacher-options' default candidates over --stage-options.
+    assert [(t["loss"], t["temperature"], t["lr"], t["reg"]) for t in teachers] == [
+        ("softmax", 0.2, 1e-3, 0.05), ("softmax", 0.2, 1e-3, 0.2), ("bpr", 0.2, 2e-3, 0.2)
+    ]  # fmt: skip
     assert (student["loss"], student["lr"]) == ("bpr", 1e-3)  # the student keeps the run's own
 
 
@@ -96,11 +114,30 @@ def test_teacher_options_steer_the_teacher_alone(tmp_path: Path) -> None:
         "--results-json", str(results), "--bundle-root", str(tmp_path / "b"), cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    warm, teacher, student = json.loads(results.read_text())
+    warm, teacher, student = json.loads(results.read_text())  # one string: that teacher alone
     assert (warm["loss"], warm["temperature"], warm["lr"]) == ("bpr", 1.0, 2e-3)
-    assert (teacher["loss"], teacher["temperature"], teacher["lr"]) == ("softmax", 0.2, 2e-3)
+    assert (teacher["loss"], teacher["temperature"], teacher["lr"], teacher["selected"]) == ("softmax", 0.2, 2e-3, True)
     assert (student["loss"], student["lr"]) == ("bpr", 1e-3)
     assert student["distill_temperature"] == 0.2  # the teacher read at its own temperature, not the BPR student's 1
+
+
+@pytest.mark.parametrize(
+    ("options", "teacher"),
+    [
+        (["--teacher-options", "--loss bpr --reg 1e-4"], ("bpr", 1e-4)),  # #19's teacher
+        (["--teacher-options", "--loss softmax --reg 0.1"], ("softmax", 0.1)),
+    ],
+)
+def test_one_teacher_where_the_options_name_one(tmp_path: Path, options: list[str], teacher: tuple[str, float]) -> None:
+    results = tmp_path / "r.json"
+    run = run_cli(
+        *TINY, "--method", "hq", "--bits", "1", "--teacher", "auto", "--stage-cache", str(tmp_path / "stages"),
+        *options, "--results-json", str(results), "--bundle-root", str(tmp_path / "b"), cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    _, only, student = json.loads(results.read_text())
+    assert (only["stage"], only["loss"], only["reg"], only["selected"]) == ("teacher", *teacher, True)
+    assert student["teacher"] == only["stage_file"]
 
 
 def test_without_the_flag_the_run_is_the_plain_one(tmp_path: Path) -> None:
@@ -127,6 +164,12 @@ def test_without_the_flag_the_run_is_the_plain_one(tmp_path: Path) -> None:
         (["--method", "hq", "--bits", "2", "--teacher-options", "--lr x"], "--teacher-options '--lr x': argument --lr"),
         (["--method", "hq", "--bits", "2", "--teacher-options", "--nope 1"], "unrecognized arguments: --nope 1"),
         (["--method", "hq", "--bits", "2", "--stage-options", "--lr -1"], "--stage-options: --lr must be >= 0, got -1"),
+        # Every teacher's options are checked, not only the first's.
+        (["--method", "hq", "--bits", "2", "--teacher-options", "--loss bpr", "--lr x"], "--teacher-options '--lr x'"),
+        (
+            ["--method", "hq", "--bits", "2", "--teacher-options", "--loss bpr", "--reg -1"],
+            "--teacher-options: --reg must be >= 0, got -1",
+        ),
         (
             ["--method", "hq", "--bits", "2", "--teacher-options", "--lr nan"],
             "--teacher-options: --lr must be >= 0, got nan",
@@ -140,8 +183,11 @@ def test_combinations_that_make_no_sense_are_one_line(tmp_path: Path, options: l
     assert result.stderr.count("\n") == 1 and not (tmp_path / "b").exists() and not (tmp_path / "var").exists()
 
 
-@pytest.mark.parametrize("options", [["--stage-options", "--lr 1e-3"], ["--teacher-options", "--lr 1e-3"],
-                                     ["--stages-in-turn"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "options",
+    [["--stage-options", "--lr 1e-3"], ["--teacher-options", "--lr 1e-3"],
+     ["--teacher-options", "--loss bpr", "--lr 1e-3"], ["--stages-in-turn"]],
+)  # fmt: skip
 def test_what_steers_the_stages_is_refused_in_a_plain_run(tmp_path: Path, options: list[str]) -> None:
     result = run_cli(
         *TINY, "--method", "hq", "--bits", "2", *options, "--bundle-root", str(tmp_path / "b"), cwd=tmp_path
@@ -160,7 +206,10 @@ IDENTITY = {"dataset": "synthetic"}
 
 
 def stages_in(cache: Path, data: Dataset, *, side_by_side: bool = False) -> tuple[FittedStage, FittedStage]:
-    return fp_stages(data, STAGES, dim=8, with_refit=False, cache=cache, identity=IDENTITY, side_by_side=side_by_side)
+    warm, (teacher,) = fp_stages(
+        data, STAGES, dim=8, with_refit=False, cache=cache, identity=IDENTITY, side_by_side=side_by_side
+    )
+    return warm, teacher
 
 
 def ego_of(path: Path) -> torch.Tensor:
@@ -179,6 +228,33 @@ def test_side_by_side_the_teacher_trains_in_a_second_process_to_the_same_model(
         torch.testing.assert_close(ego_of(one.path), ego_of(other.path), rtol=0, atol=1e-6)
     again = stages_in(tmp_path / "b", tiny_data, side_by_side=True)
     assert [stage.cached for stage in again] == [True, True]
+
+
+def test_several_teachers_train_beside_the_warm_start_and_the_best_on_validation_distils(
+    tmp_path: Path, tiny_data: Dataset
+) -> None:
+    configs = [STAGES.with_options(reg=reg) for reg in (1e-4, 5.0, 1e-4)]  # 5.0: an L2 weight that ranks badly
+    runs = {
+        side_by_side: fp_stages(tiny_data, STAGES, dim=8, with_refit=False, cache=tmp_path / str(side_by_side),
+                                identity=IDENTITY, side_by_side=side_by_side, teacher_configs=configs)
+        for side_by_side in (False, True)
+    }  # fmt: skip
+    for warm, teachers in runs.values():
+        assert [t.config.optim.reg for t in teachers] == [1e-4, 5.0]  # a configuration given twice trains once
+        assert all(not t.cached and t.valid is not None for t in (warm, *teachers))
+        assert best_teacher(teachers) is teachers[0] and teachers[0].valid > teachers[1].valid  # type: ignore[operator]
+    for one, other in zip(runs[False][1], runs[True][1], strict=True):  # each in a process of its own, the same
+        torch.testing.assert_close(ego_of(one.path), ego_of(other.path), rtol=0, atol=1e-6)
+        assert one.valid == pytest.approx(other.valid, abs=1e-6)
+    _, cached = fp_stages(tiny_data, STAGES, dim=8, with_refit=False, cache=tmp_path / "True", identity=IDENTITY,
+                          teacher_configs=configs)  # fmt: skip
+    assert [(t.cached, t.valid) for t in cached] == [(True, t.valid) for t in runs[True][1]]  # the score was saved
+
+
+def test_best_teacher_prefers_a_score_to_none() -> None:
+    stage = FittedStage("teacher", STAGES, Path("a.pt"), cached=True, seconds=1.0, epochs=1, valid=None)
+    scored = FittedStage("teacher", STAGES, Path("b.pt"), cached=True, seconds=1.0, epochs=1, valid=0.01)
+    assert best_teacher([stage, scored]) is scored and best_teacher([stage]) is stage
 
 
 def hold_lock(path: Path) -> object:

@@ -11,9 +11,11 @@
 #   hq1u2_d128 16 B the other way: 1-bit items at d=128, 2-bit users (fp d=128 and d=256);
 #   hq2_d128   32 B: fp d=128 and d=256;
 #   hq1u2_d64  8 B: 1-bit items at d=64, 2-bit users (fp d=64 and d=128).
-# The fp stages take the run's own BPR options, as the product's default does (#19's 16-byte students kept 97.9 %),
-# or with STAGES=softmax the #32 full-precision recipe (docs/experiments/fp_quality.md: its students fell short), or
-# with STAGES=mixed a BPR warm start and a softmax-trained teacher (--teacher-options).
+# STAGES=auto (the default) trains the stages as `recsys-train --teacher auto` does: a BPR warm start and a teacher
+# per --teacher-options candidate (softmax at two weights, BPR), the best on validation distilling. STAGES=mixed is
+# one softmax teacher at each dataset's measured weight; STAGES=bpr a BPR teacher (#19's 16-byte students kept 97.9 % of a BPR
+# fp); STAGES=softmax the #32 full-precision recipe for both stages (docs/experiments/fp_quality.md: its students fell
+# short).
 # The first call starts the runs in their own process session; every call waits up to WAIT_SECONDS and copies what
 # is there to $OUT/recipe.tgz.
 # Needs, carried with the call: .whl/ and .carry/data/{gowalla,yelp2018}.
@@ -24,17 +26,19 @@ work=${RECIPE_WORK:-/tmp/recipe}
 PROTOCOL=${PROTOCOL:-"--epochs 1000 --eval-every 5 --patience 6 --lr-decay-patience 3 --batch-size 8192 --lr 5e-3 --refit"}
 STUDENT_CAP="--max-minutes ${STUDENT_MINUTES:-3.5}"
 SOFTMAX="--loss softmax --softmax-negatives 0 --temperature 0.2 --lr 1e-3 --max-minutes ${STAGE_MINUTES:-2.5}"
-# The stages as `recsys-train --teacher auto` trains them by default: the run's own (BPR) options, as in #19.
+# The warm start as `recsys-train --teacher auto` trains it: the run's own (BPR) options, as in #19. An empty
+# teacher entry passes no --teacher-options: the product's default teachers.
 BPR_STAGE="--max-minutes ${STAGE_MINUTES:-2.5}"
 declare -A STAGE_OPTIONS=([gowalla]="$BPR_STAGE" [yelp2018]="$BPR_STAGE" [ml-100k]="$BPR_STAGE")
 declare -A TEACHER_OPTIONS=([gowalla]="" [yelp2018]="" [ml-100k]="")
 # The #32 fp recipe (sampled softmax, strong L2) per dataset.
 declare -A SOFTMAX_FP=([gowalla]="$SOFTMAX --reg 2e-1" [yelp2018]="$SOFTMAX --reg 5e-2" [ml-100k]="$SOFTMAX --reg 5e-2")
-case "${STAGES:-bpr}" in
-  bpr) ;;
-  softmax) for d in "${!SOFTMAX_FP[@]}"; do STAGE_OPTIONS[$d]=${SOFTMAX_FP[$d]}; done ;;  # students kept 68-82 %
+case "${STAGES:-auto}" in
+  auto) ;;
+  bpr) for d in "${!TEACHER_OPTIONS[@]}"; do TEACHER_OPTIONS[$d]="--loss bpr"; done ;;
+  softmax) for d in "${!SOFTMAX_FP[@]}"; do STAGE_OPTIONS[$d]=${SOFTMAX_FP[$d]}; TEACHER_OPTIONS[$d]=${SOFTMAX_FP[$d]}; done ;;
   mixed) for d in "${!SOFTMAX_FP[@]}"; do TEACHER_OPTIONS[$d]=${SOFTMAX_FP[$d]}; done ;;
-  *) echo "recipe.sh: STAGES must be bpr, softmax or mixed, got ${STAGES}" >&2; exit 2 ;;
+  *) echo "recipe.sh: STAGES must be auto, bpr, softmax or mixed, got ${STAGES}" >&2; exit 2 ;;
 esac
 DATASETS=${DATASETS:-gowalla yelp2018}
 RUNS=${RUNS:-hq2_d64 hq1u2_d128 hq2_d128 hq1u2_d64}  # which of the runs above
@@ -49,7 +53,7 @@ run() {  # dataset name options...: one recipe run, its log and record under $wo
   python3 -m trainer.cli --dataset "$dataset" --data-dir "$DATA_DIR" --bundle-root "$work/bundles/${dataset}_$name" \
     --results-json "$work/records/${dataset}_$name.json" $PROTOCOL $STUDENT_CAP --teacher auto \
     --stage-cache "$work/stages" --stage-options "${STAGE_OPTIONS[$dataset]}" \
-    --teacher-options "${TEACHER_OPTIONS[$dataset]}" "$@" >"$work/logs/${dataset}_$name.log" 2>&1 || rc=$?
+    ${TEACHER_OPTIONS[$dataset]:+--teacher-options "${TEACHER_OPTIONS[$dataset]}"} "$@" >"$work/logs/${dataset}_$name.log" 2>&1 || rc=$?
   echo "$dataset $name exit $rc wall $(($(date +%s) - start)) s" >>"$work/walls.txt"
 }
 
