@@ -10,7 +10,8 @@ runs go first and save their models; a quantized run then starts from one of the
 distil from another (``teacher``): the runs go in waves, each after the runs it needs. ``--parallel N`` runs
 N at once (on one GPU they share it, so their times are not solo times). Records gain the run's name and
 ``--grid`` label and are appended to ``--out``; the table and the PNG are made from that grid's records in
-the whole file, so they can be refreshed alone with ``--report-only``.
+the whole file, so they can be refreshed alone with ``--report-only``, which also takes several grids at once
+(``--grid teachers recipe_mixed2``) and another grid's ``fp`` runs as the 100 % (``--reference-grid fp-lift``).
 
 Which run stands for a budget (the Pareto front, the ``fp`` d = 64 reference of every ratio) is chosen by
 validation Recall@20, never by test.
@@ -230,10 +231,17 @@ def main() -> int:
     parser.add_argument("--grid-file", type=Path, default=None, help="JSON of more runs (benchmarks/grids/)")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("RECSYS_DATA_DIR", "data")))
     parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
-    parser.add_argument("--grid", nargs="+", default=["codes"],
-                        help="label stored in the records (one when training); the report shows these grids' runs")
-    parser.add_argument("--reference-grid", default=None,
-                        help="the report's 100 %%: the best fp d = 64 on validation of this grid (default: --grid's)")
+    parser.add_argument(
+        "--grid",
+        nargs="+",
+        default=["codes"],
+        help="label stored in the records (one when training); the report shows these grids' runs",
+    )
+    parser.add_argument(
+        "--reference-grid",
+        default=None,
+        help="the report's 100 %%: the best fp d = 64 on validation of this grid (default: --grid's)",
+    )
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
     parser.add_argument("--logs", type=Path, default=Path("var/quality-logs"))
     parser.add_argument("--bundle-root", type=Path, default=Path("var/quality-bundles"))

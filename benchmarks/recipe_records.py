@@ -3,12 +3,13 @@
     python -m benchmarks.recipe_records /work/.device/<call>/recipe.tgz --device-call 1 \\
         --machine "NVIDIA H200 (lent device)" --commit ce888c6
 
-Each `recsys-train --teacher auto` run leaves a record per fp stage (``warm_start``, and a ``teacher`` per L2 weight
-it tried, the one that distilled ``selected``: how long each took, or that it was reused) and the student's. The students join ``benchmarks/results/quality.json`` under
-``--grid`` (default ``recipe``), named by their run, so ``benchmarks.quality --report-only --grid recipe`` draws
-them; every record, stages included, and each run's wall time (``walls.txt``: start to exit, stages and export
-included) go to ``benchmarks/results/recipe.json``. The table shows each student against the ``fp`` d = 64 run of
-``--reference-grid`` with the best validation Recall@20 (the 100 % of the ratios; chosen on validation, never test).
+Each `recsys-train --teacher auto` run leaves a record per fp stage (``warm_start``, and a ``teacher`` per candidate
+it tried, the one that distilled ``selected``: how long each took, or that it was reused) and the student's. The
+students join ``benchmarks/results/quality.json`` under ``--grid`` (default ``recipe``), named by their run, so
+``benchmarks.quality --report-only --grid recipe`` draws them; every record, stages included, and each run's wall
+time (``walls.txt``: start to exit, stages and export included) go to ``benchmarks/results/recipe.json``. The table
+shows each student against the ``fp`` d = 64 run of ``--reference-grid`` with the best validation Recall@20 (the 100
+% of the ratios; chosen on validation, never test).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from math import inf, isfinite
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -79,8 +80,8 @@ class RecipeOptions:
     )
     stages_side_by_side: bool = option(
         True,
-        "--teacher auto on a GPU: train the fp warm start and teacher one after the other, not side by side in two "
-        "processes (on a CPU they always take turns)",
+        "--teacher auto on a GPU: train the fp warm start and teachers one after the other, not side by side in "
+        "processes of their own (on a CPU they always take turns)",
         flag="--stages-in-turn",
     )
 
@@ -121,7 +122,7 @@ class FittedStage:
 
 def best_teacher(teachers: Sequence[FittedStage]) -> FittedStage:
     """The teacher with the best validation score (the first of equals; one that has none only when none has)."""
-    best = max(teachers, key=lambda stage: float("-inf") if stage.valid is None else stage.valid)
+    best = max(teachers, key=lambda stage: stage.valid if stage.valid is not None and isfinite(stage.valid) else -inf)
     if len(teachers) > 1:
         scores = "; ".join(f"{describe(t.config)}: {_score(t)}" for t in teachers)
         log.info("stage 2/3: the teacher (%s) distils (validation %s: %s)", describe(best.config),

@@ -16,7 +16,7 @@ import pytest
 from benchmarks.harness import ROOT
 from benchmarks.industrial_scale import wait_for
 
-pytestmark = pytest.mark.skipif(
+needs_services = pytest.mark.skipif(
     shutil.which("redis-server") is None or shutil.which("wrk") is None, reason="needs redis-server and wrk"
 )
 
@@ -28,6 +28,7 @@ def pipeline(work: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
 
 
+@needs_services
 def test_every_stage_runs_and_is_recorded(tmp_path: Path) -> None:
     run = pipeline(
         tmp_path, "--train-minutes", "0.1", "--serve-options", "--requests 40 --concurrency 4",
@@ -48,6 +49,7 @@ def test_every_stage_runs_and_is_recorded(tmp_path: Path) -> None:
     assert "ready" in (tmp_path / "serve_server.log").read_text()  # the server's own log is kept
 
 
+@needs_services
 def test_a_failed_stage_is_recorded_and_the_stages_after_it_still_run(tmp_path: Path) -> None:
     """No bundle was trained: the index build fails, and so does the service, each recorded with why."""
     run = pipeline(tmp_path, "--stages", "index", "serve", "--serve-options", "--ready-timeout 60")

@@ -59,7 +59,8 @@ def test_one_command_trains_the_stages_once_and_publishes_only_the_student(tmp_p
     assert bundle.manifest.training["config"]["warm_start_from"] == warm["stage_file"]
     assert bundle.manifest.training["config"]["distillation"]["teacher"] == student["teacher"] == teacher["stage_file"]
     assert (student["distill_weight"], student["softmax_negatives"]) == (3.0, 1024)  # the best 2-bit recipe
-    assert student["distill_temperature"] == teacher["temperature"]  # the teacher read at its own temperature
+    # The teacher read at the temperature its logits were trained under: a softmax one at its 0.2, BPR's at 1.
+    assert student["distill_temperature"] == (0.2 if teacher["loss"] == "softmax" else 1.0)
     files = sorted(cache.glob("*.pt"))
     assert len(files) == 4 and not list(cache.glob(".*"))  # no temporary file left behind
     assert sorted(p.name for p in (cache / "locks").iterdir()) == [f"{f.name}.lock" for f in files]

@@ -5,7 +5,7 @@
 #   bash tools/device/recipe.sh WAIT_SECONDS
 #
 # Per dataset, all started at once and sharing one --stage-cache, so each fp stage (d = 64, 128, 256) is trained
-# once, by whichever run claims it first (each run trains its two stages side by side), and waited for by the others:
+# once, by whichever run claims it first (each run trains its stages side by side), and waited for by the others:
 #   hq2_d64    16 B: fp d=64 warm start, fp d=128 teacher, 2-bit student. Its wall time is the recipe's on a GPU
 #              shared with the other runs (the caps are wall minutes; the refits are slower than alone);
 #   hq1u2_d128 16 B the other way: 1-bit items at d=128, 2-bit users (fp d=128 and d=256);
