@@ -8,13 +8,13 @@
 #
 # SCALES (default "1000000:3 10000000:10"): users=items : minutes of training. INDUSTRIAL_ARGS adds options of
 # benchmarks.industrial_scale (e.g. "--batch-size 2097152", or "--stages generate load train index" to leave the
-# serving stages to tools/device/industrial_serving.sh once the card is free). TRAIN_AFTER names files the train
-# stage waits for (what other jobs write once done with the GPU): generate and load run at once, on the host, but a
-# 10M training needs the card's memory to itself (beside four #32 recipes it ran out of it). The first call starts the runs in their own process
-# session; every call waits up to WAIT_SECONDS, then copies the records (industrial_scale.json) and each stage's log
-# to $OUT. Exit 0 while it runs, then the runs' exit code. Set RECSYS_COMMIT (no .git travels).
-# Needs, carried with the call: .whl/ (the service's wheels, faiss-cpu) and .carry/debs/ (redis-server and wrk:
-# tools/device/gpu_serving_carry.sh). Nothing else: the data is generated there.
+# serving stages to tools/device/industrial_serving.sh once the card is free). TRAIN_AFTER names files the train stage
+# waits for (what other jobs write once done with the GPU): generate and load run at once, on the host, but a 10M
+# training needs the card's memory to itself (beside four #32 recipes it ran out of it). The first call starts the
+# runs in their own process session; every call waits up to WAIT_SECONDS, then copies the records
+# (industrial_scale.json) and each stage's log to $OUT. Exit 0 while it runs, then the runs' exit code. Set
+# RECSYS_COMMIT (no .git travels). Needs, carried with the call: .whl/ (the service's wheels, faiss-cpu) and
+# .carry/debs/ (redis-server and wrk: tools/device/gpu_serving_carry.sh). Nothing else: the data is generated there.
 set -euo pipefail
 source tools/device/setup.sh
 source tools/device/carried_tools.sh

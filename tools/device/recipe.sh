@@ -13,9 +13,9 @@
 #   hq1u2_d64  8 B: 1-bit items at d=64, 2-bit users (fp d=64 and d=128).
 # STAGES=auto (the default) trains the stages as `recsys-train --teacher auto` does: a BPR warm start and a teacher
 # per --teacher-options candidate (softmax at two weights, BPR), the best on validation distilling. STAGES=mixed is
-# one softmax teacher at each dataset's measured weight; STAGES=bpr a BPR teacher (#19's 16-byte students kept 97.9 % of a BPR
-# fp); STAGES=softmax the #32 full-precision recipe for both stages (docs/experiments/fp_quality.md: its students fell
-# short).
+# one softmax teacher at each dataset's measured weight; STAGES=bpr a BPR teacher (#19's 16-byte students kept 97.9 %
+# of a BPR fp); STAGES=softmax the #32 full-precision recipe for both stages (docs/experiments/fp_quality.md: its
+# students fell short).
 # The first call starts the runs in their own process session; every call waits up to WAIT_SECONDS and copies what
 # is there to $OUT/recipe.tgz.
 # Needs, carried with the call: .whl/ and .carry/data/{gowalla,yelp2018}.
@@ -36,7 +36,8 @@ declare -A SOFTMAX_FP=([gowalla]="$SOFTMAX --reg 2e-1" [yelp2018]="$SOFTMAX --re
 case "${STAGES:-auto}" in
   auto) ;;
   bpr) for d in "${!TEACHER_OPTIONS[@]}"; do TEACHER_OPTIONS[$d]="--loss bpr"; done ;;
-  softmax) for d in "${!SOFTMAX_FP[@]}"; do STAGE_OPTIONS[$d]=${SOFTMAX_FP[$d]}; TEACHER_OPTIONS[$d]=${SOFTMAX_FP[$d]}; done ;;
+  softmax) for d in "${!SOFTMAX_FP[@]}"; do  # both stages softmax: students kept 68-82 %
+    STAGE_OPTIONS[$d]=${SOFTMAX_FP[$d]}; TEACHER_OPTIONS[$d]=${SOFTMAX_FP[$d]}; done ;;
   mixed) for d in "${!SOFTMAX_FP[@]}"; do TEACHER_OPTIONS[$d]=${SOFTMAX_FP[$d]}; done ;;
   *) echo "recipe.sh: STAGES must be auto, bpr, softmax or mixed, got ${STAGES}" >&2; exit 2 ;;
 esac
