@@ -125,7 +125,7 @@ def train_figures(records: Path, log: Path) -> dict[str, Any]:
     record = json.loads(records.read_text())[-1]
     keep = ("recall@20", "recall@20_se", "ndcg@20", "exact_recall@20", "valid_recall@20", "test_users",
             "eval_users", "input_parameters", "table_parameters", "best_epoch", "train_seconds", "samples_per_second",
-            "first_epoch_seconds", "batch_size", "peak_gpu_mb", "item_bytes", "model_version",
+            "first_epoch_seconds", "batch_size", "peak_gpu_mb", "peak_gpu_reserved_mb", "item_bytes", "model_version",
             "phase_seconds", "export_seconds")  # fmt: skip
     figures = {k: record[k] for k in keep if k in record}
     if record.get("input_parameters"):

@@ -8,7 +8,8 @@ graph `recsys-generate` draws with the same options (every interaction, not only
 device's copy bandwidth: a large tensor copied on the device, bytes read and written per second, the ceiling a
 memory-bound kernel can reach. What the product must move lies between two counts: the CSR arrays, X read once and Y
 written (rows of X reused from cache), and the CSR arrays, one row of X per nonzero and Y written (none reused).
-The table gives the product's time, the rate under each count and its share of the copy bandwidth.
+The table gives the product's time, the rate under each count and its share of the copy bandwidth, for each index
+width asked for (``--indices``: the trainer takes 32-bit indices where the graph fits them, ``trainer.graph``).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def checked(adjacency: sp.csr_matrix, x: torch.Tensor, y: torch.Tensor) -> None:
         raise AssertionError("the timed product differs from scipy's")
 
 
-def measure(args: Any) -> dict[str, Any]:
+def measure(args: Any) -> list[dict[str, Any]]:
+    """One record per index width in ``args.indices``, all on the same graph and vectors."""
     device = torch.device(args.device)
     config = SyntheticConfig(
         n_users=args.users, n_items=args.items, mean_items_per_user=args.interactions_per_user,
@@ -92,27 +94,32 @@ def measure(args: Any) -> dict[str, Any]:
     started = time.perf_counter()
     adjacency = normalized_adjacency(drawn_interactions(config, args.threads or usable_cores()))
     built = time.perf_counter() - started
-    on_device = to_torch_sparse(adjacency, device)
     x = torch.randn(adjacency.shape[0], args.dim, device=device)
-    checked(adjacency, x, on_device @ x)
-    seconds, fastest, slowest = median_seconds(lambda: on_device @ x, device, args.repeats)
     ceiling = copy_bandwidth(device, args.copy_mb, args.repeats)
-    nodes, nnz, row_bytes = adjacency.shape[0], adjacency.nnz, args.dim * 4
-    csr = (nodes + 1) * 8 + nnz * (8 + 4)
-    least, most = csr + 2 * nodes * row_bytes, csr + nnz * row_bytes + nodes * row_bytes
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return {
-        "benchmark": "propagation_bandwidth", "commit": commit(), "machine": name, "users": args.users,
-        "items": args.items, "interactions": int(adjacency.nnz // 2), "nnz": int(nnz), "dim": args.dim,
-        "graph_seconds": round(built, 1), "product_ms": round(seconds * 1e3, 3),
-        "product_ms_range": [round(fastest * 1e3, 3), round(slowest * 1e3, 3)], "repeats": args.repeats,
-        "copy_gb_per_s": round(ceiling / 1e9, 1),
-        "bytes_least": int(least), "bytes_most": int(most),
-        "gb_per_s_least": round(least / seconds / 1e9, 1), "gb_per_s_most": round(most / seconds / 1e9, 1),
-        "share_of_copy_least": round(least / seconds / ceiling, 3),
-        "share_of_copy_most": round(most / seconds / ceiling, 3),
-        "step_propagation_ms": round(2 * args.layers * seconds * 1e3, 3), "layers": args.layers,
-    }  # fmt: skip
+    records = []
+    for width in args.indices:
+        on_device = to_torch_sparse(adjacency, device, indices=np.dtype(width))
+        checked(adjacency, x, on_device @ x)
+        seconds, fastest, slowest = median_seconds(partial(torch.matmul, on_device, x), device, args.repeats)
+        index_bytes = np.dtype(width).itemsize
+        nodes, nnz, row_bytes = adjacency.shape[0], adjacency.nnz, args.dim * 4
+        csr = (nodes + 1) * index_bytes + nnz * (index_bytes + 4)
+        least, most = csr + 2 * nodes * row_bytes, csr + nnz * row_bytes + nodes * row_bytes
+        records.append({
+            "benchmark": "propagation_bandwidth", "commit": commit(), "machine": name, "users": args.users,
+            "items": args.items, "interactions": int(adjacency.nnz // 2), "nnz": int(nnz), "dim": args.dim,
+            "index_bits": 8 * index_bytes, "graph_seconds": round(built, 1), "product_ms": round(seconds * 1e3, 3),
+            "product_ms_range": [round(fastest * 1e3, 3), round(slowest * 1e3, 3)], "repeats": args.repeats,
+            "copy_gb_per_s": round(ceiling / 1e9, 1),
+            "bytes_least": int(least), "bytes_most": int(most),
+            "gb_per_s_least": round(least / seconds / 1e9, 1), "gb_per_s_most": round(most / seconds / 1e9, 1),
+            "share_of_copy_least": round(least / seconds / ceiling, 3),
+            "share_of_copy_most": round(most / seconds / ceiling, 3),
+            "step_propagation_ms": round(2 * args.layers * seconds * 1e3, 3), "layers": args.layers,
+        })  # fmt: skip
+        del on_device  # the next width's copy is built without this one beside it
+    return records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,17 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--copy-mb", type=int, default=4096, help="size of the copied tensor")
     parser.add_argument("--threads", type=int, default=None, help="threads drawing the graph (default: all cores)")
+    parser.add_argument("--indices", nargs="+", choices=("int32", "int64"), default=["int32", "int64"],
+                        help="CSR index widths to time, each on the same graph")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "propagation_bandwidth.json")
     args = parser.parse_args(argv)
-    record = measure(args)
-    append_records(args.out, [record])
-    header = ["machine", "nodes", "nnz", "d", "Â X ms", "copy GB/s", "GB/s (reused … not)", "share of copy",
-              "2K products ms"]  # fmt: skip
-    row = [record["machine"], f"{args.users + args.items:,}", f"{record['nnz']:,}", args.dim, record["product_ms"],
-           record["copy_gb_per_s"], f"{record['gb_per_s_least']} … {record['gb_per_s_most']}",
-           f"{record['share_of_copy_least']:.0%} … {record['share_of_copy_most']:.0%}",
-           record["step_propagation_ms"]]  # fmt: skip
-    print(markdown_table(header, [row]))
+    records = measure(args)
+    append_records(args.out, records)
+    header = ["machine", "nodes", "nnz", "d", "index bits", "Â X ms", "copy GB/s", "GB/s (reused … not)",
+              "share of copy", "2K products ms"]  # fmt: skip
+    rows = [[r["machine"], f"{args.users + args.items:,}", f"{r['nnz']:,}", args.dim, r["index_bits"], r["product_ms"],
+             r["copy_gb_per_s"], f"{r['gb_per_s_least']} … {r['gb_per_s_most']}",
+             f"{r['share_of_copy_least']:.0%} … {r['share_of_copy_most']:.0%}", r["step_propagation_ms"]]
+            for r in records]  # fmt: skip
+    print(markdown_table(header, rows))
     return 0
 
 

@@ -302,6 +302,7 @@ def result_record(
         "sampling": optim.sampling,
         "lr_milestones": result.lr_milestones,
         "peak_gpu_mb": round(result.peak_gpu_mb, 1),
+        "peak_gpu_reserved_mb": round(result.peak_gpu_reserved_mb, 1),
         "device": result.device,
         "commit": _commit(),
         "model_version": report.model_version,

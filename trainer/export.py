@@ -178,6 +178,7 @@ def export_bundle(
         "valid": result.best_valid,
         "train_seconds": round(result.train_seconds, 2),
         "peak_gpu_mb": round(result.peak_gpu_mb, 1),
+        "peak_gpu_reserved_mb": round(result.peak_gpu_reserved_mb, 1),
         "device": result.device,
         "bytes_per_node": bytes_per_node,
         "test_device_path": test_device,

@@ -34,16 +34,27 @@ def normalized_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix((data, indices, indptr), shape=(size, size))
 
 
-def to_torch_sparse(matrix: sp.csr_matrix, device: torch.device) -> torch.Tensor:
-    """A CSR tensor: its sparse @ dense product is several times faster than COO's on CPU and CUDA."""
+def index_dtype(matrix: sp.spmatrix) -> np.dtype[Any]:
+    """int32 where every row offset and column fits (nnz and both sides below 2³¹), else int64: at 400M nonzeros
+    the 32-bit indices are 1.6 GB less on the device and 4 bytes less a nonzero for each product to read."""
+    fits = max(matrix.nnz, *matrix.shape) <= np.iinfo(np.int32).max
+    return np.dtype(np.int32 if fits else np.int64)
+
+
+def to_torch_sparse(matrix: sp.csr_matrix, device: torch.device, indices: np.dtype[Any] | None = None) -> torch.Tensor:
+    """A CSR tensor: its sparse @ dense product is several times faster than COO's on CPU and CUDA.
+
+    ``indices``: the index type (default ``index_dtype``'s: the narrowest that fits).
+    """
     matrix = matrix.tocsr()
     matrix.sort_indices()
+    dtype = index_dtype(matrix) if indices is None else np.dtype(indices)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # torch 2.11
         return torch.sparse_csr_tensor(
-            torch.from_numpy(matrix.indptr.astype(np.int64, copy=False)),
-            torch.from_numpy(matrix.indices.astype(np.int64, copy=False)),
+            torch.from_numpy(matrix.indptr.astype(dtype, copy=False)),
+            torch.from_numpy(matrix.indices.astype(dtype, copy=False)),
             torch.from_numpy(matrix.data.astype(np.float32, copy=False)),
             matrix.shape,
             device=device,

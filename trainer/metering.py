@@ -46,9 +46,14 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """The most GPU memory allocated since ``reset_peak_memory`` (0 on the CPU)."""
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+def peak_memory_mb(device: torch.device, *, reserved: bool = False) -> float:
+    """The most GPU memory allocated since ``reset_peak_memory`` (0 on the CPU); ``reserved``: the most the caching
+    allocator held, which is what the card sees of this process (less the CUDA context) and what another process
+    on the card cannot have. Tensors need the first; fitting beside other work needs the second."""
+    if device.type != "cuda":
+        return 0.0
+    peak = torch.cuda.max_memory_reserved(device) if reserved else torch.cuda.max_memory_allocated(device)
+    return peak / 2**20
 
 
 def host_peak_gib() -> float:

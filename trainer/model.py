@@ -13,11 +13,24 @@ from trainer.graph import propagate
 
 
 def layer_mean(ego: torch.Tensor, adjacency: torch.Tensor, layers: int) -> torch.Tensor:
-    """LightGCN's representation of ego embeddings E⁰: the mean of E⁰ … E^K over Â, as a running sum."""
-    layer, total = ego, ego
+    """LightGCN's representation of ego embeddings E⁰: the mean of E⁰ … E^K over Â, as a running sum.
+
+    Three n × d buffers at its peak (layer, next layer, sum): E⁰ is let go once the first layer is added, so a
+    decoded input (the hashed layer's, held by no one else) is freed there; propagation and the sum save nothing
+    for their backward. Without autograd (validation, export) the sum also grows in place once it is its own.
+    """
+    layer = total = ego
+    del ego  # the caller's temporary, if that is all it was, goes with the first layer
+    owned = False  # whether ``total`` is this function's buffer (never the caller's E⁰)
     for _ in range(layers):
         layer = propagate(adjacency, layer)
-        total = total + layer
+        if owned and not torch.is_grad_enabled():
+            total.add_(layer)
+        else:
+            total, owned = total + layer, True
+    del layer
+    if owned and not torch.is_grad_enabled():
+        return total.div_(layers + 1)
     return total / (layers + 1)
 
 
@@ -65,8 +78,8 @@ class LightGCN(nn.Module):
     def layer_mean(self) -> torch.Tensor:
         """``forward().mean(dim=0)`` as a running sum: the K + 1 layers and their stack are never held at once.
 
-        The stack costs 2(K + 1) n × d floats at its peak, the running sum four (input, layer, next layer, sum);
-        propagation saves nothing for its backward, so neither does this. For callers that need only the mean of
+        The stack costs 2(K + 1) n × d floats at its peak, the running sum three (``layer_mean``); propagation
+        saves nothing for its backward, so neither does this. For callers that need only the mean of
         a large graph; the trainer's quantizers need the layers themselves.
         """
         return layer_mean(self.inputs(), self.adjacency, self.layers)

@@ -133,6 +133,8 @@ class RankingObjective(nn.Module):
         self.distillation = distillation
 
     def forward(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """The batch's ids may come narrow (``BPRSampler`` keeps int32): widened here, a batch at a time."""
+        users, positives, negatives = users.long(), positives.long(), negatives.long()
         return ranking_loss(
             self.model, self.quantizer, users, positives, negatives, self.reg, self.loss, self.distillation
         )

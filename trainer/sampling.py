@@ -23,6 +23,10 @@ class BPRSampler:
     Membership is tested by binary search over the sorted keys ``user·n_items + item`` of the training
     set; colliding negatives are redrawn a few times (after that the rare leftover is kept, as the
     reference implementations do).
+
+    Ids are held as ``int32`` where every id fits (the step widens its batch): on a GPU the training pairs,
+    the current epoch and the one drawn ahead are eight id arrays as long as the training set, 4.6 GB instead
+    of 9.2 at 144M interactions. Keys and the draw's arithmetic stay ``int64``, so the ids drawn are the same.
     """
 
     def __init__(
@@ -34,9 +38,10 @@ class BPRSampler:
         csr.sort_indices()
         coo = csr.tocoo()
         self.n_items = csr.shape[1]
-        self.users = torch.from_numpy(coo.row.astype(np.int64)).to(device)
-        self.items = torch.from_numpy(coo.col.astype(np.int64)).to(device)
-        self.keys = torch.sort(self.users * self.n_items + self.items).values
+        self.id_dtype = torch.int32 if max(csr.shape) <= torch.iinfo(torch.int32).max else torch.int64
+        self.users = torch.from_numpy(coo.row).to(device, self.id_dtype)
+        self.items = torch.from_numpy(coo.col).to(device, self.id_dtype)
+        self.keys = torch.sort(self.users.long() * self.n_items + self.items).values
         degrees = np.diff(csr.indptr)
         self.active = torch.from_numpy(np.flatnonzero(degrees).astype(np.int64)).to(device)
         self.start = torch.from_numpy(csr.indptr[:-1].astype(np.int64)).to(device)
@@ -49,7 +54,7 @@ class BPRSampler:
         return int(self.users.numel())
 
     def _is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        queries = users * self.n_items + items
+        queries = users.long() * self.n_items + items
         pos = torch.searchsorted(self.keys, queries).clamp_(max=self.keys.numel() - 1)
         found: torch.Tensor = self.keys[pos] == queries
         return found
@@ -79,6 +84,7 @@ class BPRSampler:
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         users, positives = self.positives(generator)
         negatives = self.negatives(users, generator)
+        users, positives, negatives = (ids.to(self.id_dtype) for ids in (users, positives, negatives))
         return [
             (users[s : s + batch_size], positives[s : s + batch_size], negatives[s : s + batch_size])
             for s in range(0, len(self), batch_size)

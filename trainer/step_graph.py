@@ -8,6 +8,13 @@ not the captured size (an epoch's last, partial batch), and steps before the cap
 cuBLAS/cuSPARSE handles, NCCL's communicator), run eagerly; the graph is captured again when a host value baked
 into it changes: the learning rate (a Python float in Adam's kernels) or a quantizer's constant (HQ's δ after a
 refresh).
+
+Memory: a captured graph keeps its step's intermediate buffers in a private pool that no eager work can use, and
+PyTorch's caching allocator keeps freed blocks per stream rather than handing them back to the device. At a graph
+of tens of millions of nodes a step's buffers are tens of GB, so three pools' worth (the warm-up's cache, the old
+graph's, the new graph's) or a pool beside a validation's cache would be held where one is needed. Hence the
+warm-ups share one stream, a capture first releases the old graph and the cache, and ``release`` hands the pool
+back before eager phases that need the room (validation, export).
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
         self.captured_for: tuple[float, ...] | None = None  # the host values baked into the graph
+        self.side: torch.cuda.Stream | None = None  # the warm-ups' stream: the allocator caches blocks per stream
         self.warm = 0
         self.replays = 0
         self.failed = False  # a capture failed: every step runs eagerly
@@ -77,7 +85,9 @@ class GraphedStep:
         return self.loss
 
     def _warm_up(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        if self.side is None:
+            self.side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        side = self.side
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             loss = self.step(users, positives, negatives)
@@ -85,13 +95,23 @@ class GraphedStep:
         self.warm += 1
         return loss
 
-    def _capture(self) -> bool:
-        """Capture the step; False (and eager steps from then on) when an operation in it cannot be captured."""
+    def release(self) -> None:
+        """Drop the captured graph and give its pool, and every block the allocator caches, back to the device.
+
+        The next full-size step captures again (one step's time). Gradients go too: they are allocated inside
+        the pool, and the step zeroes them first anyway.
+        """
+        torch.cuda.synchronize(self.device)  # no replay may still run on what is freed
         self.graph = None
         self.loss = None
-        torch.cuda.synchronize(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.device(self.device):
+            torch.cuda.empty_cache()
+
+    def _capture(self) -> bool:
+        """Capture the step; False (and eager steps from then on) when an operation in it cannot be captured."""
+        self.release()  # the old graph's pool and the warm-ups' cache, before the new pool is filled
         graph = torch.cuda.CUDAGraph()
-        self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
         # Our own capture stream, entered outside the graph's context: when capture fails, torch.cuda.graph
         # raises from capture_end before restoring the stream, and the outer context still restores it (the
         # failed stream, whose allocations may still go to the graph's pool, is never used again).

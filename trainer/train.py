@@ -68,6 +68,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
     peak_gpu_mb: float = 0.0
+    peak_gpu_reserved_mb: float = 0.0  # the allocator's peak: allocations plus what it cached (trainer.metering)
     device: str = "cpu"
     world_size: int = 1
     samples_per_second: float = 0.0  # BPR triples per second of stepping, all processes, epochs after the first
@@ -122,6 +123,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             stopping.best.epoch = epoch
         elif (epoch + 1) % schedule.eval_every == 0 or last_epoch:
             assert_in_step([model, quantizer], world)
+            release_graph(step)
             valid = evaluate_valid(model, quantizer, data, world, ranked)
             seconds = time.perf_counter() - started
             stopping.validated(epoch, mean_loss, seconds, valid, lambda: snapshot(model, quantizer), optimizer)
@@ -138,6 +140,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             log.info("stopping at epoch %d: time budget of %.1f min reached", epoch, schedule.max_minutes)
             break
     bar.close()
+    release_graph(step)  # the export, or the student after this stage, needs the room
     if stopping.best.weights is not None:
         model.load_state_dict(stopping.best.weights["model"])
         quantizer.load_state_dict(stopping.best.weights["quantizer"])
@@ -153,6 +156,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
         history=stopping.history,
         train_seconds=stage.seconds + time.perf_counter() - started,
         peak_gpu_mb=peak_memory_mb(device),
+        peak_gpu_reserved_mb=peak_memory_mb(device, reserved=True),
         device=device_name(device),
         world_size=world.size,
         samples_per_second=meter.samples_per_second,
@@ -193,6 +197,7 @@ def refit(data: Dataset, config: TrainConfig, selected: TrainResult) -> TrainRes
         epochs_trained=selected.epochs_trained + result.epochs_trained,
         train_seconds=selected.train_seconds + result.train_seconds,
         peak_gpu_mb=max(selected.peak_gpu_mb, result.peak_gpu_mb),
+        peak_gpu_reserved_mb=max(selected.peak_gpu_reserved_mb, result.peak_gpu_reserved_mb),
         target_seconds=selected.target_seconds,
     )
 
@@ -404,6 +409,12 @@ class EpochFeed:
         """Draw ``epoch`` as the upcoming one, remembering the generator state it was drawn from."""
         self.resume_state = self.generator.get_state()
         self.upcoming = self.draw(epoch)
+
+
+def release_graph(step: Step) -> None:
+    """Before eager work that needs room (validation, export): a captured step's pool back to the device."""
+    if isinstance(step, GraphedStep) and step.graph is not None:
+        step.release()
 
 
 def train_epoch(

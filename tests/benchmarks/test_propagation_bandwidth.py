@@ -41,13 +41,15 @@ def test_the_record_counts_the_graph_and_its_bytes(tmp_path: Path, capsys: pytes
     argv = ["--users", "3000", "--items", "2000", "--interactions-per-user", "10", "--device", "cpu", "--dim", "16",
             "--repeats", "3", "--copy-mb", "16", "--threads", "2", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
-    (record,) = json.loads(out.read_text())
+    narrow, wide = json.loads(out.read_text())  # both widths by default, on the same graph
     nodes = 5000
-    assert record["nnz"] == 2 * record["interactions"] >= 2 * 3 * 3000  # every user has at least 3 items
-    csr = (nodes + 1) * 8 + record["nnz"] * 12
-    assert record["bytes_least"] == csr + 2 * nodes * 64  # X read once and Y written, d = 16 floats a row
-    assert record["bytes_most"] == csr + record["nnz"] * 64 + nodes * 64  # a row of X per nonzero
-    assert 0 < record["product_ms_range"][0] <= record["product_ms"] <= record["product_ms_range"][1]
-    assert record["share_of_copy_least"] <= record["share_of_copy_most"]
-    assert record["step_propagation_ms"] == pytest.approx(6 * record["product_ms"], rel=0.01)
+    assert (narrow["index_bits"], wide["index_bits"]) == (32, 64) and narrow["nnz"] == wide["nnz"]
+    for record, index_bytes in ((narrow, 4), (wide, 8)):
+        assert record["nnz"] == 2 * record["interactions"] >= 2 * 3 * 3000  # every user has at least 3 items
+        csr = (nodes + 1) * index_bytes + record["nnz"] * (index_bytes + 4)
+        assert record["bytes_least"] == csr + 2 * nodes * 64  # X read once and Y written, d = 16 floats a row
+        assert record["bytes_most"] == csr + record["nnz"] * 64 + nodes * 64  # a row of X per nonzero
+        assert 0 < record["product_ms_range"][0] <= record["product_ms"] <= record["product_ms_range"][1]
+        assert record["share_of_copy_least"] <= record["share_of_copy_most"]
+        assert record["step_propagation_ms"] == pytest.approx(6 * record["product_ms"], rel=0.01)
     assert "| cpu (" in capsys.readouterr().out

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
-from trainer.graph import normalized_adjacency
+from trainer.data import Dataset
+from trainer.graph import index_dtype, normalized_adjacency, to_torch_sparse
 
 
 def dense_definition(train: np.ndarray) -> np.ndarray:
@@ -38,3 +40,20 @@ def test_matches_the_definition_with_isolated_nodes_and_repeated_pairs() -> None
 def test_an_empty_graph_gives_an_empty_adjacency() -> None:
     adjacency = normalized_adjacency(sp.csr_matrix((3, 4), dtype=np.float32))
     assert adjacency.shape == (7, 7) and adjacency.nnz == 0
+
+
+def test_the_torch_adjacency_takes_the_narrowest_index_type_and_multiplies_the_same(tiny_data: Dataset) -> None:
+    adjacency = normalized_adjacency(tiny_data.train)
+    x = torch.randn(adjacency.shape[0], 8)
+    narrow = to_torch_sparse(adjacency, torch.device("cpu"))
+    wide = to_torch_sparse(adjacency, torch.device("cpu"), indices=np.dtype(np.int64))
+    assert narrow.crow_indices().dtype == narrow.col_indices().dtype == torch.int32
+    assert wide.col_indices().dtype == torch.int64
+    torch.testing.assert_close(narrow @ x, wide @ x, rtol=0, atol=0)
+
+
+def test_indices_widen_when_a_side_passes_two_to_the_31() -> None:
+    small = sp.csr_matrix((3, 4), dtype=np.float32)
+    assert index_dtype(small) == np.int32
+    wide_side = sp.csr_matrix((1, 2**31), dtype=np.float32)  # no storage: the shape alone says int64
+    assert index_dtype(wide_side) == np.int64

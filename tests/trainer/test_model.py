@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from trainer.data import Dataset
 from trainer.graph import normalized_adjacency, to_torch_sparse
-from trainer.model import LightGCN
+from trainer.model import LightGCN, layer_mean
 
 
 def test_the_running_layer_mean_matches_the_stacked_mean_and_its_gradient(tiny_data: Dataset) -> None:
@@ -23,3 +24,36 @@ def test_the_running_layer_mean_matches_the_stacked_mean_and_its_gradient(tiny_d
     torch.testing.assert_close(grads[0][0], grads[1][0])
     torch.testing.assert_close(grads[0][1], grads[1][1])
     assert grads[0][1] is not None and grads[0][1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("layers", [0, 1, 3])
+def test_the_layer_mean_without_autograd_is_the_same_and_leaves_the_ego_alone(tiny_data: Dataset, layers: int) -> None:
+    adjacency = to_torch_sparse(normalized_adjacency(tiny_data.train), torch.device("cpu"))
+    ego = torch.randn(tiny_data.n_users + tiny_data.n_items, 8)
+    kept = ego.clone()
+    with_grad = layer_mean(ego, adjacency, layers)
+    with torch.no_grad():
+        without = layer_mean(ego, adjacency, layers)
+    assert torch.equal(with_grad, without)  # the same additions in the same order
+    assert torch.equal(ego, kept) and without.data_ptr() != ego.data_ptr()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_layer_mean_holds_three_node_matrices_at_most(grad: bool) -> None:
+    device = torch.device("cuda")
+    n = 200_000  # large against the adjacency and the allocator's rounding
+    rows = torch.arange(n, device=device)
+    adjacency = torch.sparse_coo_tensor(torch.stack([rows, (rows + 1) % n]), torch.ones(n, device=device), (n, n))
+    adjacency = adjacency.to_sparse_csr()
+    matrix = n * 64 * 4
+    weight = torch.randn(n, 64, device=device, requires_grad=grad)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.set_grad_enabled(grad):
+        mean = layer_mean(weight * 2, adjacency, 3)  # a decoded input: held by no one but the call
+    extra = torch.cuda.max_memory_allocated() - before
+    assert mean.shape == (n, 64)
+    assert extra < 3.5 * matrix, extra / matrix  # four while E⁰ was kept to the end

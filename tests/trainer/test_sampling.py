@@ -53,3 +53,15 @@ def test_interaction_sampling_visits_each_pair_once_per_epoch() -> None:
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="sampling must be one of"):
         BPRSampler(skewed_train(), torch.device("cpu"), mode="items")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["user", "interaction"])
+def test_ids_are_kept_narrow_and_are_the_ids_a_wide_sampler_draws(mode: str) -> None:
+    narrow = BPRSampler(skewed_train(), torch.device("cpu"), mode=mode)  # type: ignore[arg-type]
+    wide = BPRSampler(skewed_train(), torch.device("cpu"), mode=mode)  # type: ignore[arg-type]
+    wide.id_dtype, wide.users, wide.items = torch.int64, wide.users.long(), wide.items.long()  # what ids past 2³¹ get
+    drawn = [s.epoch(16, torch.Generator().manual_seed(3)) for s in (narrow, wide)]
+    for narrow_batch, wide_batch in zip(*drawn, strict=True):
+        for a, b in zip(narrow_batch, wide_batch, strict=True):
+            assert a.dtype == torch.int32 and b.dtype == torch.int64
+            assert torch.equal(a.long(), b)

@@ -9,7 +9,7 @@ from trainer.config import RuntimeConfig, TrainConfig
 from trainer.data import Dataset
 from trainer.distributed import World
 from trainer.quantization import make_quantizer
-from trainer.step_graph import GraphedStep, match_capturable, step_graph_applies
+from trainer.step_graph import GraphedStep, Step, match_capturable, step_graph_applies
 from trainer.train import train
 
 CUDA = torch.device("cuda")
@@ -84,3 +84,64 @@ def test_a_resumed_optimizer_takes_this_runs_capturable_mode() -> None:
     assert step.dtype == torch.float32 and step.device == parameter.device and float(step) == 1.0
     match_capturable(resumed, False)
     assert resumed.param_groups[0]["capturable"] is False and resumed.state[parameter]["step"].device.type == "cpu"
+
+
+def big_step(optimizer: torch.optim.Optimizer, parameter: torch.nn.Parameter, width: int) -> Step:
+    """A step whose intermediates are ``width`` floats per batch row: large next to everything else it holds."""
+
+    def step(users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        wide = parameter[users, None] * torch.ones(width, device=parameter.device)
+        loss = (wide.relu() * parameter[positives, None]).mean() - parameter[negatives].mean()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_warm_ups_share_a_stream_and_release_hands_the_pool_back() -> None:
+    batch, width = 4096, 8192  # an intermediate of 128 MiB
+    intermediate = batch * width * 4
+    parameter = torch.nn.Parameter(torch.rand(batch, device=CUDA))
+    optimizer = torch.optim.Adam([parameter], lr=1e-3, capturable=True)
+    step = big_step(optimizer, parameter, width)
+    ids = torch.randperm(batch, device=CUDA)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    step(ids, ids, ids)  # one eager step on this stream: what a step needs reserved
+    torch.cuda.synchronize()
+    one_step = torch.cuda.max_memory_reserved()
+    graphed = GraphedStep(step, optimizer, batch, CUDA)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(3):  # the warm-ups
+        graphed(ids, ids, ids)
+    torch.cuda.synchronize()
+    # One stream's cache is reused step after step; a stream of its own per warm-up kept three steps' worth.
+    assert torch.cuda.max_memory_reserved() < 1.5 * one_step, (torch.cuda.max_memory_reserved(), one_step)
+    losses = [float(graphed(ids, ids, ids)) for _ in range(3)]
+    assert graphed.graph is not None and graphed.replays == 3
+    held = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    assert held >= intermediate  # the graph's pool: freed buffers nothing else may use
+    graphed.release()
+    assert graphed.graph is None
+    assert torch.cuda.memory_reserved() - torch.cuda.memory_allocated() < intermediate / 4
+    after = [float(graphed(ids, ids, ids)) for _ in range(3)]  # captured again, and the same step
+    assert graphed.graph is not None and graphed.replays == 6
+    assert all(a != b for a, b in zip(losses, losses[1:], strict=False))  # the steps do move the parameter
+    assert len(after) == 3 and all(torch.isfinite(torch.tensor(after)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphed_training_with_validation_releases_the_graph_and_keeps_replaying(tiny_data: Dataset) -> None:
+    config = TrainConfig.of(dim=16, epochs=6, eval_every=1, patience=100, batch_size=256, device="cuda")
+    result = train(tiny_data, config)
+    full_batches = tiny_data.train.nnz // config.optim.batch_size
+    assert result.cuda_graph and result.graphed_steps == config.schedule.epochs * full_batches - 3
+    assert result.peak_gpu_reserved_mb >= result.peak_gpu_mb > 0
+    assert torch.cuda.memory_reserved() - torch.cuda.memory_allocated() < 64 * 2**20  # nothing left cached
