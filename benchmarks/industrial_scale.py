@@ -151,14 +151,17 @@ def capacity(args: Any, bundles: Path, work: Path) -> tuple[Measured, dict[str, 
     return run, figures
 
 
-def wait_for(files: list[Path], poll_s: float = 5.0) -> None:
-    """Until every file exists; the generate and load stages, on the host, need not wait."""
+def wait_for(files: list[Path], timeout_s: float, poll_s: float = 5.0) -> None:
+    """Until every file exists; the generate and load stages, on the host, need not wait. A job that never
+    finishes fails the stage after ``timeout_s`` (TimeoutError, an OSError: recorded), rather than the lease."""
     missing = [f for f in files if not f.exists()]
     if not missing:
         return
     print(f"train waits for {', '.join(map(str, missing))}", flush=True)
     started = time.monotonic()
-    while any(not f.exists() for f in files):
+    while missing := [f for f in files if not f.exists()]:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"train waited {timeout_s:.0f} s for {', '.join(map(str, missing))}; not started")
         time.sleep(poll_s)
     print(f"train waited {time.monotonic() - started:.0f} s", flush=True)
 
@@ -186,6 +189,8 @@ def main() -> int:
     parser.add_argument("--train-after", type=Path, nargs="*", default=[],
                         help="files the train stage waits for: what other jobs write once done with the GPU, whose "
                         "memory a 10M training needs to itself")  # fmt: skip
+    parser.add_argument("--train-after-timeout", type=float, default=3600,
+                        help="seconds the train stage waits for --train-after's files before it fails")  # fmt: skip
     parser.add_argument("--note", default="", help="recorded with each row")
     parser.add_argument("--out", type=Path, default=RESULTS / "industrial_scale.json")
     args = parser.parse_args()
@@ -216,7 +221,7 @@ def main() -> int:
             wall, host = figures.pop("wall_s"), figures.pop("peak_host_gb")
             row(stage, wall, host, None, ram_multiple=round(host / arrays_gb, 2), **figures)
         elif stage == "train":
-            wait_for(args.train_after)
+            wait_for(args.train_after, args.train_after_timeout)
             if records.exists():
                 records.unlink()
             run = measured(train_command(args, data, bundles, records), work / "train.log", args.timeout)

@@ -7,12 +7,15 @@ Runs the pieces ``recsys-train --input-layer hash --method hq`` runs, in its ord
 synthetic dataset, the normalised adjacency (and its torch copy), the hashed input layer's codes, the BPR
 sampler, one epoch's draw, ``--steps`` optimizer steps (every one propagates the whole graph), a validation
 and the test evaluation on the device path and on the served path (``index.ItemIndex``). After each phase it
-reads the process's peak and current resident memory and, on a GPU, the peak allocated since the phase began.
+reads the most resident memory the phase held (the kernel's high-water mark, started again at each phase), what
+it left resident and, on a GPU, the peak allocated and reserved since the phase began. On ``--device cpu`` the
+tensors a GPU run would keep on the card are on the host, so the phase peaks count them too.
 Steps per epoch are train interactions / batch size, so an epoch's time is steps × s/step plus the draw.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import resource
@@ -45,27 +48,50 @@ def resident_mb() -> tuple[float, float]:
     return peak, current
 
 
+def reset_phase_peak() -> None:
+    """Start the kernel's resident high-water mark (VmHWM) again, so that it reads one phase's peak; the kernel
+    starts ``ru_maxrss`` again with it, so the run's own peak is kept by ``Phases``."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def phase_peak_mb() -> float | None:
+    """The resident high-water mark since ``reset_phase_peak``, MB (None where /proc does not give it)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
 class Phases:
-    """Times each phase and records the memory it left behind."""
+    """Times each phase and records the memory it left behind and the most it held on the way."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.rows = device, []  # type: ignore[var-annotated]
+        self.run_peak_mb = resident_mb()[0]  # the process's peak before the first phase (imports, set-up)
 
     def run(self, name: str, work: Callable[[], T], **extra: Any) -> T:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+        reset_phase_peak()
         started = time.perf_counter()
         out = work()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
         peak, current = resident_mb()
+        phase_peak = phase_peak_mb()
+        self.run_peak_mb = peak = max(self.run_peak_mb, peak, phase_peak or 0.0)
         if isinstance(out, dict):  # an evaluation: its Recall@20 and, on a sample, the standard error
             extra |= {k: round(v, 5) for k, v in out.items() if k in ("recall@20", "recall@20_se")}
         gpu = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else 0.0
+        reserved = torch.cuda.max_memory_reserved(self.device) / 2**20 if self.device.type == "cuda" else 0.0
         self.rows.append({"phase": name, "seconds": round(seconds, 3), "peak_rss_mb": round(peak),
-                          "rss_mb": round(current), "peak_gpu_mb": round(gpu), **extra})  # fmt: skip
+                          "phase_peak_rss_mb": None if phase_peak is None else round(phase_peak),
+                          "rss_mb": round(current), "peak_gpu_mb": round(gpu), "peak_gpu_reserved_mb": round(reserved),
+                          **extra})  # fmt: skip
         print(json.dumps(self.rows[-1]), flush=True)
         return out
 
@@ -125,9 +151,9 @@ def main() -> None:
                 codes[0].codes, codes[1].codes, quantizer.layout, quantizer.code_dim, data.test, seen, users=sample
             ),
         )
-    print(markdown_table(["phase", "s", "peak RSS MB", "RSS MB", "peak GPU MB"],
-                         [[r["phase"], r["seconds"], r["peak_rss_mb"], r["rss_mb"], r["peak_gpu_mb"]]
-                          for r in phases.rows]))  # fmt: skip
+    print(markdown_table(["phase", "s", "phase's peak RSS MB", "RSS MB after", "peak GPU MB", "reserved MB"],
+                         [[r["phase"], r["seconds"], r["phase_peak_rss_mb"], r["rss_mb"], r["peak_gpu_mb"],
+                           r["peak_gpu_reserved_mb"]] for r in phases.rows]))  # fmt: skip
     print(f"{data.summary()}; {per_epoch} steps/epoch at batch {args.batch_size}, commit {commit()}")
     if args.out is not None:
         records = json.loads(args.out.read_text()) if args.out.is_file() else []

@@ -65,8 +65,11 @@ def test_the_train_stage_waits_for_the_files_it_is_told_to(tmp_path: Path, capsy
     done = tmp_path / "other_job_done"
     threading.Timer(0.5, done.touch).start()
     started = time.monotonic()
-    wait_for([done], poll_s=0.05)
+    wait_for([done], timeout_s=60, poll_s=0.05)
     assert done.exists() and time.monotonic() - started >= 0.45
     assert f"train waits for {done}" in capsys.readouterr().out
-    wait_for([done])  # already there: at once, silently
+    wait_for([done], timeout_s=0)  # already there: at once, silently
     assert capsys.readouterr().out == ""
+    never = tmp_path / "a_job_that_hangs"
+    with pytest.raises(TimeoutError, match="train waited 0 s for .*a_job_that_hangs; not started"):
+        wait_for([done, never], timeout_s=0.2, poll_s=0.05)
