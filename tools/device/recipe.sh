@@ -10,7 +10,8 @@
 #              shared with the other runs (the caps are wall minutes; the refits are slower than alone);
 #   hq1u2_d128 16 B the other way: 1-bit items at d=128, 2-bit users (fp d=128 and d=256);
 #   hq2_d128   32 B: fp d=128 and d=256;
-#   hq1u2_d64  8 B: 1-bit items at d=64, 2-bit users (fp d=64 and d=128).
+#   hq1u2_d64  8 B: 1-bit items at d=64, 2-bit users (fp d=64 and d=128);
+#   hq2_d32    8 B the other way: 2-bit codes at d=32 (fp d=32 and d=64); not in the default RUNS.
 # STAGES=auto (the default) trains the stages as `recsys-train --teacher auto` does: a BPR warm start and a teacher
 # per --teacher-options candidate (softmax at two weights, BPR), the best on validation distilling. STAGES=mixed is
 # one softmax teacher at each dataset's measured weight; STAGES=bpr a BPR teacher (#19's 16-byte students kept 97.9 %
@@ -65,7 +66,7 @@ if [ ! -f "$work/started" ]; then
   for dataset in $DATASETS; do
     setsid nohup bash -c "$(declare -f run); $(declare -p PROTOCOL STUDENT_CAP STAGE_OPTIONS TEACHER_OPTIONS work DATA_DIR RUNS);
       declare -A OPTIONS=([hq2_d64]='--bits 2 --dim 64' [hq1u2_d128]='--bits 1 --user-bits 2 --dim 128'
-        [hq2_d128]='--bits 2 --dim 128' [hq1u2_d64]='--bits 1 --user-bits 2 --dim 64')
+        [hq2_d128]='--bits 2 --dim 128' [hq1u2_d64]='--bits 1 --user-bits 2 --dim 64' [hq2_d32]='--bits 2 --dim 32')
       for name in \$RUNS; do run $dataset \$name --method hq \${OPTIONS[\$name]} & sleep 2; done
       wait; touch $work/done_$dataset" >"$work/logs/${dataset}_chain.log" 2>&1 </dev/null &
   done
