@@ -135,8 +135,11 @@ def _score(stage: FittedStage) -> str:
 
 
 def describe(config: TrainConfig) -> str:
-    """What tells the teachers apart in the log: their loss and L2 weight."""
-    return f"{config.optim.loss}, --reg {config.optim.reg:g}"
+    """What tells the teachers apart in the log: the options a candidate's string sets (the loss, its L2 weight and
+    learning rate, a softmax's temperature), so that candidates that differ in any of them read apart."""
+    optim = config.optim
+    temperature = f" --temperature {optim.temperature:g}" if optim.loss == "softmax" else ""
+    return f"{optim.loss}, --reg {optim.reg:g} --lr {optim.lr:g}{temperature}"
 
 
 def check_recipe(

@@ -36,8 +36,9 @@ def test_one_command_trains_the_stages_once_and_publishes_only_the_student(tmp_p
     first = run_cli(*common, "--method", "hq", "--bits", "2", "--bundle-root", str(tmp_path / "a"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "stage 1/3: fp d=16 warm start: training" in first.stderr
-    for kind in ("softmax, --reg 0.05", "softmax, --reg 0.2", "bpr, --reg 0.0001"):  # the default candidates
-        assert f"stage 2/3: fp d=32 teacher ({kind}): training" in first.stderr
+    softmax = "--lr 0.001 --temperature 0.2"
+    for kind in (f"softmax, --reg 0.05 {softmax}", f"softmax, --reg 0.2 {softmax}", "bpr, --reg 0.0001 --lr 0.001"):
+        assert f"stage 2/3: fp d=32 teacher ({kind}): training" in first.stderr  # the default candidates
     assert "stage 3/3: hq d=16 student" in first.stderr
     assert "(refit stage)" in first.stderr  # the student's refit starts from and distils the fp stages' refits
 
@@ -54,7 +55,9 @@ def test_one_command_trains_the_stages_once_and_publishes_only_the_student(tmp_p
     # The teacher that distils is the one with the best validation score.
     (teacher,) = [t for t in teachers if t["selected"]]
     assert teacher["valid_recall@20"] == max(t["valid_recall@20"] for t in teachers) > 0
-    assert f"stage 2/3: the teacher ({teacher['loss']}, --reg {teacher['reg']:g}) distils" in first.stderr
+    temperature = f" --temperature {teacher['temperature']:g}" if teacher["loss"] == "softmax" else ""
+    named = f"{teacher['loss']}, --reg {teacher['reg']:g} --lr {teacher['lr']:g}{temperature}"
+    assert f"stage 2/3: the teacher ({named}) distils" in first.stderr
     assert bundle.manifest.training["stages"] == [warm, *teachers]
     assert bundle.manifest.training["config"]["warm_start_from"] == warm["stage_file"]
     assert bundle.manifest.training["config"]["distillation"]["teacher"] == student["teacher"] == teacher["stage_file"]
@@ -72,7 +75,8 @@ def test_one_command_trains_the_stages_once_and_publishes_only_the_student(tmp_p
         cwd=tmp_path,
     )  # fmt: skip
     assert second.returncode == 0, second.stderr
-    assert "warm start: cached" in second.stderr and second.stderr.count("--reg 0.2): cached") == 1
+    assert "warm start: cached" in second.stderr
+    assert second.stderr.count("--reg 0.2 --lr 0.001 --temperature 0.2): cached") == 1
     assert "train fp" not in second.stderr
     assert {f: f.stat().st_mtime_ns for f in cache.glob("*.pt")} == written
     records = json.loads(results.read_text())[5:]
