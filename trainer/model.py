@@ -15,9 +15,10 @@ from trainer.graph import propagate
 def layer_mean(ego: torch.Tensor, adjacency: torch.Tensor, layers: int) -> torch.Tensor:
     """LightGCN's representation of ego embeddings E⁰: the mean of E⁰ … E^K over Â, as a running sum.
 
-    Three n × d buffers at its peak (layer, next layer, sum): E⁰ is let go once the first layer is added, so a
-    decoded input (the hashed layer's, held by no one else) is freed there; propagation and the sum save nothing
-    for their backward. Without autograd (validation, export) the sum also grows in place once it is its own.
+    At its peak it holds the layer, the sum and the next layer (and whatever scratch the sparse product takes):
+    E⁰ is let go once the first layer is added, so a decoded input (the hashed layer's, held by no one else) is
+    freed there; propagation and the sum save nothing for their backward. Without autograd (validation, export) the
+    sum also grows in place once it is its own.
     """
     layer = total = ego
     del ego  # the caller's temporary, if that is all it was, goes with the first layer

@@ -10,11 +10,11 @@ into it changes: the learning rate (a Python float in Adam's kernels) or a quant
 refresh).
 
 Memory: a captured graph keeps its step's intermediate buffers in a private pool that no eager work can use, and
-PyTorch's caching allocator keeps freed blocks per stream rather than handing them back to the device. At a graph
-of tens of millions of nodes a step's buffers are tens of GB, so three pools' worth (the warm-up's cache, the old
-graph's, the new graph's) or a pool beside a validation's cache would be held where one is needed. Hence the
-warm-ups share one stream, a capture first releases the old graph and the cache, and ``release`` hands the pool
-back before eager phases that need the room (validation, export).
+PyTorch's caching allocator keeps freed blocks per stream. At a graph of tens of millions of nodes a step's buffers
+are tens of GB, so eager work beside a live pool (an epoch's last, partial batch, which propagates the whole graph
+like any step; a quantizer's refresh; a validation) needs room for both, and warm-ups on streams of their own
+cached a step's worth each. Hence one stream for the warm-ups and the captures, and ``release``: the pool handed
+back before validation and export always, and before other eager work when it is large (``LARGE_POOL``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 WARMUP_STEPS = 3  # PyTorch's guidance: a few eager iterations on a side stream before capturing
+# A pool worth handing back before an eager step or a refresh: below it the re-capture that follows costs more
+# than the memory is worth (a Gowalla step's pool is a few hundred MB; a 10M graph's, about 20 GB).
+LARGE_POOL = 1 << 30
 
 
 class GraphedStep:
@@ -62,7 +65,8 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
         self.captured_for: tuple[float, ...] | None = None  # the host values baked into the graph
-        self.side: torch.cuda.Stream | None = None  # the warm-ups' stream: the allocator caches blocks per stream
+        self.pool_bytes = 0  # what the live graph's capture reserved
+        self.side: torch.cuda.Stream | None = None  # warm-ups' and captures': the allocator caches blocks per stream
         self.warm = 0
         self.replays = 0
         self.failed = False  # a capture failed: every step runs eagerly
@@ -72,6 +76,7 @@ class GraphedStep:
 
     def __call__(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         if users.numel() != self.batch_size or self.failed:
+            self.release_if_large()  # an eager step needs a step's room, which the pool holds for nothing
             return self.step(users, positives, negatives)
         if self.warm < WARMUP_STEPS:
             return self._warm_up(users, positives, negatives)
@@ -84,10 +89,14 @@ class GraphedStep:
         self.replays += 1
         return self.loss
 
-    def _warm_up(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    def _stream(self) -> torch.cuda.Stream:
+        """One side stream for every warm-up and capture: blocks, and cuBLAS's workspace, are kept per stream."""
         if self.side is None:
             self.side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
-        side = self.side
+        return self.side
+
+    def _warm_up(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        side = self._stream()
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             loss = self.step(users, positives, negatives)
@@ -104,18 +113,26 @@ class GraphedStep:
         torch.cuda.synchronize(self.device)  # no replay may still run on what is freed
         self.graph = None
         self.loss = None
+        self.pool_bytes = 0
         self.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.device(self.device):
             torch.cuda.empty_cache()
 
+    def release_if_large(self) -> None:
+        """``release`` when a live graph's pool is at least ``LARGE_POOL``: before eager work of a step's size."""
+        if self.graph is not None and self.pool_bytes >= LARGE_POOL:
+            self.release()
+
     def _capture(self) -> bool:
         """Capture the step; False (and eager steps from then on) when an operation in it cannot be captured."""
         self.release()  # the old graph's pool and the warm-ups' cache, before the new pool is filled
+        reserved = torch.cuda.memory_reserved(self.device)
         graph = torch.cuda.CUDAGraph()
         # Our own capture stream, entered outside the graph's context: when capture fails, torch.cuda.graph
         # raises from capture_end before restoring the stream, and the outer context still restores it (the
-        # failed stream, whose allocations may still go to the graph's pool, is never used again).
-        capture = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        # failed stream, whose allocations may still go to the graph's pool, is never used again: after a
+        # failure every step runs eagerly on the current stream).
+        capture = self._stream()
         capture.wait_stream(torch.cuda.current_stream(self.device))
         try:
             with torch.cuda.stream(capture):
@@ -129,6 +146,7 @@ class GraphedStep:
                         str(error).splitlines()[0] if str(error) else type(error).__name__)  # fmt: skip
             return False
         self.graph = graph
+        self.pool_bytes = torch.cuda.memory_reserved(self.device) - reserved
         self.captured_for = self._hyperparameters()
         log.debug("captured the training step (batch %d, lr %s)", self.batch_size, self.captured_for)
         return True

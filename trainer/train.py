@@ -117,6 +117,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
     for epoch in bar:
         epochs_trained = epoch + 1
         mean_loss, batches = train_epoch(step, feed, epoch, meter, world, device)
+        release_graph(step, large_only=True)  # the refresh propagates the whole graph too
         refresh(quantizer, model, batches, epoch, world)
         last_epoch = epoch + 1 == schedule.epochs or budget.spent()
         if not validating:
@@ -140,7 +141,7 @@ def train(data: Dataset, config: TrainConfig) -> TrainResult:
             log.info("stopping at epoch %d: time budget of %.1f min reached", epoch, schedule.max_minutes)
             break
     bar.close()
-    release_graph(step)  # the export, or the student after this stage, needs the room
+    release_graph(step)  # the export, or the student after this stage, needs the room (and the last cache)
     if stopping.best.weights is not None:
         model.load_state_dict(stopping.best.weights["model"])
         quantizer.load_state_dict(stopping.best.weights["quantizer"])
@@ -411,10 +412,11 @@ class EpochFeed:
         self.upcoming = self.draw(epoch)
 
 
-def release_graph(step: Step) -> None:
-    """Before eager work that needs room (validation, export): a captured step's pool back to the device."""
-    if isinstance(step, GraphedStep) and step.graph is not None:
-        step.release()
+def release_graph(step: Step, *, large_only: bool = False) -> None:
+    """Before eager work that needs room (validation, export; with ``large_only``, work that needs it only when the
+    graph's pool is large): a captured step's pool and the allocator's cache back to the device."""
+    if isinstance(step, GraphedStep):
+        step.release_if_large() if large_only else step.release()
 
 
 def train_epoch(
