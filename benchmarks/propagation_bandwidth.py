@@ -97,13 +97,13 @@ def measure(args: Any) -> list[dict[str, Any]]:
     x = torch.randn(adjacency.shape[0], args.dim, device=device)
     ceiling = copy_bandwidth(device, args.copy_mb, args.repeats)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    nodes, nnz, row_bytes = adjacency.shape[0], adjacency.nnz, args.dim * 4
     records = []
     for width in args.indices:
         on_device = to_torch_sparse(adjacency, device, indices=np.dtype(width))
         checked(adjacency, x, on_device @ x)
         seconds, fastest, slowest = median_seconds(partial(torch.matmul, on_device, x), device, args.repeats)
         index_bytes = np.dtype(width).itemsize
-        nodes, nnz, row_bytes = adjacency.shape[0], adjacency.nnz, args.dim * 4
         csr = (nodes + 1) * index_bytes + nnz * (index_bytes + 4)
         least, most = csr + 2 * nodes * row_bytes, csr + nnz * row_bytes + nodes * row_bytes
         records.append({

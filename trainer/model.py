@@ -22,17 +22,12 @@ def layer_mean(ego: torch.Tensor, adjacency: torch.Tensor, layers: int) -> torch
     """
     layer = total = ego
     del ego  # the caller's temporary, if that is all it was, goes with the first layer
-    owned = False  # whether ``total`` is this function's buffer (never the caller's E⁰)
-    for _ in range(layers):
+    in_place = not torch.is_grad_enabled()  # from the first addition on, ``total`` is never the caller's E⁰
+    for k in range(layers):
         layer = propagate(adjacency, layer)
-        if owned and not torch.is_grad_enabled():
-            total.add_(layer)
-        else:
-            total, owned = total + layer, True
+        total = total.add_(layer) if in_place and k > 0 else total + layer
     del layer
-    if owned and not torch.is_grad_enabled():
-        return total.div_(layers + 1)
-    return total / (layers + 1)
+    return total.div_(layers + 1) if in_place and layers > 0 else total / (layers + 1)
 
 
 class EmbeddingTable(nn.Module):
